@@ -1,0 +1,187 @@
+"""Command line: ``semiseg train | evaluate | predict | demo | bench | data``.
+
+Only argparse is imported at start-up so ``semiseg --help`` is instant; each command imports what
+it needs. User mistakes (:class:`~semiseg.errors.SemisegError`) print one line and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", required=True, help="YAML recipe (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=0.01 (repeatable)")
+    p.add_argument("--quick", action="store_true", help="apply the recipe's 'quick' section (CPU-sized run)")
+    p.add_argument("--data-root", help="folder holding the datasets (default: $SEMISEG_DATA)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="semiseg", description="Segmentation learning when dense labels are scarce."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a method from a YAML recipe")
+    _add_config_args(p)
+    p.add_argument("--output", "-o", help="output folder (default: output_dir from the config)")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
+
+    p = sub.add_parser("evaluate", help="score a checkpoint on the validation or test split")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--split", choices=["val", "test"], default="test")
+    p.add_argument("--data-root")
+    p.add_argument("--postprocess", choices=["none"], default="none", help="post-processing of probabilities")
+    p.add_argument("--output", "-o", help="write the metrics JSON here")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("predict", help="segment a folder of images into PNG masks")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--input", required=True, help="folder of PNG/JPG/TIFF images")
+    p.add_argument("--output", required=True, help="folder for the PNG masks (class index per pixel)")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("demo", help="train on built-in generated data, print a comparison, write plots")
+    p.add_argument("--output", "-o", default="runs/demo")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: 30)")
+
+    p = sub.add_parser("bench", help="run a benchmark table and write benchmarks/results/<table>.json")
+    p.add_argument("table", help="table name (see 'semiseg bench list')")
+    p.add_argument("--quick", action="store_true", help="CPU-sized protocol")
+    p.add_argument("--data-root")
+    p.add_argument("--results-dir", default="benchmarks/results")
+    p.add_argument("--work-dir", default="runs/bench")
+    p.add_argument("--seeds", type=int, nargs="+", help="override the protocol's seeds / draws")
+
+    p = sub.add_parser("data", help="inspect a dataset and write its split")
+    p.add_argument("action", choices=["check", "split"])
+    _add_config_args(p)
+    p.add_argument("--output", "-o", help="split: JSON file to write (default: print)")
+    return parser
+
+
+def _load_cfg(args):
+    from semiseg.config import build_config, load_yaml
+
+    return build_config(load_yaml(args.config), args.overrides, quick=args.quick, source=args.config)
+
+
+def cmd_train(args) -> int:
+    from semiseg.engine.run import train
+
+    cfg = _load_cfg(args)
+    results = train(cfg, data_root=args.data_root, output_dir=args.output, resume=args.resume)
+    if results:
+        out = Path(args.output or cfg.output_dir)
+        key = cfg.train.val_metric
+        msg = [f"done: {out}/ (best val {key} = {results['best']['value']:.4f} at epoch {results['best']['epoch']})"
+               if results["best"]["value"] is not None else f"done: {out}/"]
+        if "test" in results:
+            msg.append(f"test {key} = {results['test'].get(key, float('nan')):.4f}")
+        print("; ".join(msg))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from semiseg.data import prepare_data
+    from semiseg.engine.distributed import resolve_device
+    from semiseg.engine.evaluate import ALL_METRICS, evaluate_records
+    from semiseg.engine.io import atomic_write_text
+    from semiseg.engine.run import load_trained
+
+    device = resolve_device(args.device)
+    method, cfg, state = load_trained(args.checkpoint, device)
+    data = prepare_data(cfg, args.data_root)
+    records = data.val if args.split == "val" else data.test
+    if not records:
+        from semiseg.errors import DataError
+
+        raise DataError(None, f"{data.bundle.name}: the {args.split} split is empty")
+    with torch.no_grad():
+        means, cases = evaluate_records(
+            method.predict, records, num_classes=state["num_classes"], image_size=cfg.data.image_size,
+            device=device, metrics=ALL_METRICS,
+        )
+    result = {"checkpoint": str(args.checkpoint), "split": args.split, "n": len(records), "metrics": means,
+              "cases": cases}
+    if args.output:
+        atomic_write_text(args.output, json.dumps(result, indent=1, default=float))
+    width = max(len(k) for k in means)
+    for k, v in means.items():
+        print(f"{k:<{width}}  {v:.4f}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from semiseg.engine.distributed import resolve_device
+    from semiseg.engine.predict import predict_folder
+    from semiseg.engine.run import load_trained
+
+    device = resolve_device(args.device)
+    method, cfg, state = load_trained(args.checkpoint, device)
+    n = predict_folder(method, state, args.input, args.output, device)
+    print(f"wrote {n} masks to {args.output}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from semiseg.demo import run_demo
+
+    run_demo(args.output, epochs=args.epochs)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from semiseg.benchmarks import run_table
+
+    run_table(args.table, quick=args.quick, data_root=args.data_root, results_dir=args.results_dir,
+              work_dir=args.work_dir, seeds=args.seeds)
+    return 0
+
+
+def cmd_data(args) -> int:
+    from semiseg.data import load_bundle
+    from semiseg.data.splits import make_split
+
+    cfg = _load_cfg(args)
+    bundle = load_bundle(cfg.data, args.data_root)
+    split = make_split(bundle, cfg.data.split)
+    s = split.summary()
+    if args.action == "check":
+        print(f"{bundle.name}: {bundle.num_classes} classes, {bundle.in_channels} channel(s); "
+              f"labeled {len(s['labeled'])} ({len(s['labeled_groups'])} groups), unlabeled {len(s['unlabeled'])}, "
+              f"val {len(s['val'])}, test {len(s['test'])}")
+    elif args.output:
+        split.write(args.output)
+        print(f"wrote {args.output}")
+    else:
+        print(json.dumps(s, indent=1))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo,
+            "bench": cmd_bench, "data": cmd_data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from semiseg.errors import SemisegError
+
+    try:
+        return COMMANDS[args.command](args)
+    except SemisegError as exc:
+        print(f"semiseg {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"semiseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

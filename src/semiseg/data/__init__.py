@@ -1,0 +1,104 @@
+"""Datasets, supervision, splits and transforms.
+
+:func:`load_bundle` reads a dataset named in the config; :func:`prepare_data` turns it into the
+labeled / unlabeled training views and the validation / test records a run needs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from semiseg.config import DataConfig, RunConfig
+from semiseg.data.records import IGNORE_INDEX, DatasetBundle, Record
+from semiseg.errors import ConfigError, DataError
+
+__all__ = ["IGNORE_INDEX", "DatasetBundle", "Record", "load_bundle", "prepare_data", "resolve_data_root"]
+
+#: datasets that live under the data root, and their default folder names there
+_DEFAULT_FOLDERS = {"weizmann": "weizmann_horse", "acdc": "acdc", "acdc_lv": "acdc", "mnist": "mnist"}
+
+
+def resolve_data_root(option: str | None) -> Path:
+    """The data root from ``--data-root`` or ``$SEMISEG_DATA``; a clear error when neither is usable."""
+    value = option or os.environ.get("SEMISEG_DATA")
+    if not value:
+        raise ConfigError("no data root: pass --data-root DIR or set SEMISEG_DATA")
+    root = Path(value).expanduser()
+    if not root.is_dir():
+        source = "--data-root" if option else "SEMISEG_DATA"
+        raise DataError(root, f"data root not found (from {source})")
+    return root
+
+
+def _dataset_path(cfg: DataConfig, data_root: str | None) -> Path:
+    if cfg.path is not None and Path(cfg.path).expanduser().is_absolute():
+        return Path(cfg.path).expanduser()
+    root = resolve_data_root(data_root)
+    sub = cfg.path or _DEFAULT_FOLDERS.get(cfg.dataset)
+    if sub is None:
+        raise ConfigError(f"data.path: required for dataset '{cfg.dataset}'")
+    return root / sub
+
+
+def load_bundle(cfg: DataConfig, data_root: str | None = None) -> DatasetBundle:
+    """Read the dataset ``cfg.dataset`` (validating every file) into a :class:`DatasetBundle`."""
+    if cfg.dataset == "shapes":
+        from semiseg.data.synthetic import load_shapes
+
+        return load_shapes(cfg.num_images, max(cfg.image_size), cfg.shapes_classes, seed=1234)
+    path = _dataset_path(cfg, data_root)
+    if cfg.dataset == "folder":
+        from semiseg.data.folder import load_folder
+
+        return load_folder(
+            path, num_classes=cfg.num_classes or 2, mask_threshold=cfg.mask_threshold, channels=cfg.channels
+        )
+    if cfg.dataset == "weizmann":
+        from semiseg.data.weizmann import load_weizmann
+
+        return load_weizmann(path)
+    if cfg.dataset in ("acdc", "acdc_lv"):
+        from semiseg.data.acdc import load_acdc
+
+        return load_acdc(path, binary_lv=cfg.dataset == "acdc_lv")
+    if cfg.dataset == "mnist":
+        from semiseg.data.mnist import load_mnist
+
+        return load_mnist(path)
+    raise ConfigError(f"data.dataset: unknown dataset '{cfg.dataset}'")  # pragma: no cover
+
+
+@dataclass
+class PreparedData:
+    bundle: DatasetBundle
+    split: object  # semiseg.data.splits.Split
+    labeled: object  # TrainSet
+    unlabeled: object | None  # TrainSet or None
+    val: list[Record]
+    test: list[Record]
+
+
+def prepare_data(cfg: RunConfig, data_root: str | None = None, bundle: DatasetBundle | None = None) -> PreparedData:
+    """Load, split and wrap the data of a run. Fails before training on any data problem."""
+    from semiseg.data.splits import make_split
+    from semiseg.data.views import TrainSet
+
+    bundle = bundle or load_bundle(cfg.data, data_root)
+    split = make_split(bundle, cfg.data.split)
+    if not split.val:
+        raise DataError(None, f"{bundle.name}: the validation set is empty (raise data.split.val_fraction)")
+    spec = cfg.data.split
+    common = dict(num_classes=bundle.num_classes, image_size=tuple(cfg.data.image_size), augment_cfg=cfg.train.augment)
+    for r in split.labeled + split.unlabeled:
+        if r.image.shape[0] != bundle.in_channels:
+            raise DataError(r.source or r.id, f"expected {bundle.in_channels} channels, got {r.image.shape[0]}")
+    labeled = TrainSet(
+        split.labeled, supervision=spec.supervision, seed=cfg.train.seed, sparse_pixels=spec.sparse_pixels,
+        draw=spec.draw, split_seed=spec.seed, **common,
+    )
+    unlabeled = None
+    if split.unlabeled:
+        unlabeled = TrainSet(split.unlabeled, supervision="none", seed=cfg.train.seed + 1_000_003, **common)
+    return PreparedData(bundle, split, labeled, unlabeled, split.val, split.test)

@@ -1,0 +1,70 @@
+"""The in-memory form every loader produces.
+
+A loader reads files, validates them and returns :class:`Record` objects grouped in a
+:class:`DatasetBundle`. Records hold numpy arrays at the data's native resolution; resizing,
+supervision (dense / sparse / tag / size / none) and augmentation are applied later by
+:mod:`semiseg.data.views`, identically for every source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: Mask value of pixels that carry no label (sparse masks, unlabeled images).
+IGNORE_INDEX = 255
+
+
+@dataclass
+class Record:
+    """One image (2D) or volume (3D) with its optional ground truth.
+
+    Attributes:
+        id: Unique, stable name (file stem, e.g. ``horse001`` or ``patient003_frame01_slice_2``).
+        image: ``float32`` array, shape ``[C, H, W]`` (2D) or ``[C, D, H, W]`` (volume); finite values,
+            intensities scaled to roughly ``[0, 1]``.
+        mask: ``int64`` class map, shape ``[H, W]`` or ``[D, H, W]`` matching the image's spatial shape,
+            values in ``[0, num_classes)``; ``None`` if the source has no mask for this item.
+        label: Image-level class (e.g. the MNIST digit), or ``None``.
+        group: Grouping key for splits "by patient" (ACDC: ``patient003``); defaults to ``id``.
+        source: File the record came from (for error messages).
+    """
+
+    id: str
+    image: np.ndarray
+    mask: np.ndarray | None = None
+    label: int | None = None
+    group: str = ""
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.group:
+            self.group = self.id
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(self.image.shape[1:])
+
+
+@dataclass
+class DatasetBundle:
+    """A dataset's records, divided as its own protocol prescribes.
+
+    ``train`` is what split specs draw labeled / unlabeled items from. ``val`` and ``test`` are
+    evaluation sets (``None`` when the source has no fixed split; the split spec then carves a
+    validation set out of ``train``). Volumes (``[C, D, H, W]`` records) in ``val``/``test`` are
+    evaluated per volume, slice by slice.
+    """
+
+    name: str
+    num_classes: int
+    in_channels: int
+    train: list[Record]
+    val: list[Record] | None = None
+    test: list[Record] | None = None
+    class_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.class_names:
+            self.class_names = ["background"] + [f"class{i}" for i in range(1, self.num_classes)]

@@ -1,0 +1,1 @@
+"""Training engine: loop, checkpoints, distributed set-up, evaluation, plots."""

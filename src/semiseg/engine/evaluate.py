@@ -1,0 +1,105 @@
+"""Inference at native resolution and evaluation of records (2D images or 3D volumes).
+
+An image is resized to the training size, segmented, and its class probabilities are resized
+back (bilinear) to the record's own resolution before the argmax, so metrics are computed
+against the original masks. A volume ``[C, D, H, W]`` is segmented slice by slice and scored as
+one case (per-volume metrics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from semiseg.data.records import Record
+from semiseg.data.views import resize_image
+
+FAST_METRICS = ("dice", "jaccard", "pixel_error")
+ALL_METRICS = ("dice", "jaccard", "pixel_error", "rad", "hd95")
+
+
+@torch.no_grad()
+def predict_slices(
+    predict: Callable[[torch.Tensor], torch.Tensor], slices: list[torch.Tensor], image_size: Sequence[int],
+    device: torch.device, batch_size: int = 32,
+) -> list[torch.Tensor]:
+    """Class probabilities for 2D images of any sizes, each at its own resolution.
+
+    Shape:
+        each slice ``[C, H_i, W_i]`` → each output ``[K, H_i, W_i]`` (float32, CPU).
+    """
+    out: list[torch.Tensor] = []
+    for start in range(0, len(slices), batch_size):
+        chunk = slices[start : start + batch_size]
+        x = torch.cat([resize_image(s[None].float(), tuple(image_size)) for s in chunk]).to(device)
+        probs = predict(x).float().softmax(1).cpu()
+        for p, s in zip(probs, chunk):
+            if tuple(p.shape[-2:]) != tuple(s.shape[-2:]):
+                p = F.interpolate(p[None], size=tuple(s.shape[-2:]), mode="bilinear", align_corners=False)[0]
+            out.append(p)
+    return out
+
+
+def record_slices(record: Record) -> list[torch.Tensor]:
+    image = torch.from_numpy(record.image)
+    if image.ndim == 3:
+        return [image]
+    return [image[:, d] for d in range(image.shape[1])]
+
+
+def predict_records(
+    predict: Callable[[torch.Tensor], torch.Tensor], records: list[Record], image_size: Sequence[int],
+    device: torch.device, batch_size: int = 32,
+) -> list[torch.Tensor]:
+    """Probabilities per record: ``[K, H, W]`` for images, ``[K, D, H, W]`` for volumes."""
+    flat: list[torch.Tensor] = []
+    counts = []
+    for r in records:
+        s = record_slices(r)
+        flat.extend(s)
+        counts.append(len(s))
+    probs = predict_slices(predict, flat, image_size, device, batch_size)
+    out, i = [], 0
+    for r, n in zip(records, counts):
+        chunk = probs[i : i + n]
+        i += n
+        out.append(chunk[0] if r.image.ndim == 3 else torch.stack(chunk, dim=1))
+    return out
+
+
+def evaluate_records(
+    predict: Callable[[torch.Tensor], torch.Tensor], records: list[Record], *, num_classes: int,
+    image_size: Sequence[int], device: torch.device, metrics: Sequence[str] = FAST_METRICS,
+    postprocess: Callable[[torch.Tensor, Record], torch.Tensor] | None = None, class_names: list[str] | None = None,
+) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """Score ``records`` (all with masks). Returns the mean of every metric and the per-case values.
+
+    ``postprocess(probs, record) -> label map`` replaces the argmax (e.g. an MRF).
+    """
+    from semiseg.metrics import aggregate, evaluate_case
+
+    cases = []
+    # predict in chunks of records so memory stays bounded on large test sets
+    for start in range(0, len(records), 64):
+        chunk = records[start : start + 64]
+        for r, p in zip(chunk, predict_records(predict, chunk, image_size, device)):
+            pred = postprocess(p, r) if postprocess is not None else p.argmax(0)
+            case = evaluate_case(pred, torch.from_numpy(np.asarray(r.mask)), num_classes, metrics=tuple(metrics))
+            case["id"] = r.id
+            cases.append(case)
+    summary = aggregate([{k: v for k, v in c.items() if k != "id"} for c in cases])
+    means = {k: v["mean"] for k, v in summary.items()}
+    return means, cases
+
+
+def metric_keys(num_classes: int, metrics: Sequence[str] = FAST_METRICS) -> list[str]:
+    keys = []
+    for m in metrics:
+        if m == "pixel_error":
+            keys.append(m)
+        else:
+            keys += [f"{m}/{c}" for c in range(num_classes)] + [f"{m}/mean"]
+    return keys

@@ -1,0 +1,74 @@
+"""End-of-run figures: learning curves and prediction overlays (matplotlib, imported lazily)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def learning_curves(history: list[dict[str, Any]], path: str | Path, val_metric: str) -> None:
+    """Training loss components per epoch (left) and the validation metric (right)."""
+    plt = _plt()
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.6))
+    keys = sorted({k for h in history for k in h if k.startswith("train/")})
+    x = np.arange(1, len(history) + 1)
+    for k in keys:
+        ax_loss.plot(x, [h.get(k, np.nan) for h in history], label=k[6:])
+    ax_loss.set_xlabel("epoch (all phases)")
+    ax_loss.set_ylabel("training loss")
+    ax_loss.legend(fontsize=7)
+    vals = [h.get(f"val/{val_metric}", np.nan) for h in history]
+    ax_val.plot(x, vals, marker="o", ms=3)
+    ax_val.set_xlabel("epoch (all phases)")
+    ax_val.set_ylabel(f"validation {val_metric}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def overlays(items: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], path: str | Path, num_classes: int) -> None:
+    """Rows of (image, truth overlay, prediction overlay).
+
+    Args:
+        items: ``(title, image [H, W], truth [H, W], prediction [H, W])`` tuples.
+    """
+    plt = _plt()
+    n = len(items)
+    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for row, (title, image, truth, pred) in zip(axes, items):
+        for ax, label, name in zip(row, (None, truth, pred), ("image", "truth", "prediction")):
+            ax.imshow(image, cmap="gray")
+            if label is not None:
+                rgba = np.zeros((*label.shape, 4))
+                for c in range(1, num_classes):
+                    rgba[label == c] = (*cmap(c - 1)[:3], 0.45)
+                ax.imshow(rgba)
+            ax.set_title(f"{title}: {name}" if name == "image" else name, fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def overlay_items(records, probs) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """Pick a displayable 2D slice (the one with most foreground) from each record."""
+    items = []
+    for r, p in zip(records, probs):
+        image, truth, pred = r.image[0], np.asarray(r.mask), p.argmax(0).numpy()
+        if image.ndim == 3:  # volume: middle-most slice with foreground
+            d = int(np.argmax((truth > 0).reshape(truth.shape[0], -1).sum(1)))
+            image, truth, pred = image[d], truth[d], pred[d]
+        items.append((r.id, image, truth, pred))
+    return items

@@ -1,0 +1,107 @@
+"""High-level entry points used by the CLI, the demo and the benchmarks."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from semiseg.config import RunConfig, build_config, to_dict
+from semiseg.engine import distributed as D
+from semiseg.engine.checkpoint import load_checkpoint, seed_everything
+from semiseg.engine.evaluate import ALL_METRICS, evaluate_records, predict_records
+from semiseg.engine.io import atomic_write_text
+
+
+def peak_memory_mib() -> float:
+    """Peak resident memory of this process so far (MiB)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def build_method_for(cfg: RunConfig, in_channels: int, num_classes: int):
+    from semiseg.methods import build_method
+
+    return build_method(cfg.method, cfg.model, in_channels=in_channels, num_classes=num_classes)
+
+
+def train(
+    cfg: RunConfig, *, data_root: str | None = None, output_dir: str | Path | None = None, resume: bool = False,
+    bundle=None, final_eval: bool = True,
+) -> dict[str, Any]:
+    """Train ``cfg``; evaluate the best (validation-selected) model on val and test; write results.
+
+    Returns the metrics dict written to ``metrics.json`` (rank 0; other ranks get ``{}``).
+    """
+    from semiseg.data import prepare_data
+    from semiseg.engine.trainer import Trainer
+
+    out = Path(output_dir or cfg.output_dir)
+    info, device = D.setup(cfg.train.device)
+    try:
+        data = prepare_data(cfg, data_root, bundle=bundle)  # validates all data before any training
+        if info.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            data.split.write(out / "split.json")
+            atomic_write_text(out / "config.json", json.dumps(to_dict(cfg), indent=1))
+        seed_everything(cfg.train.seed)
+        method = build_method_for(cfg, data.bundle.in_channels, data.bundle.num_classes)
+        trainer = Trainer(cfg, method, data, out, info=info, device=device, resume=resume)
+        start = time.perf_counter()
+        trainer.fit()
+        wall = time.perf_counter() - start
+        if not info.is_main:
+            return {}
+        results: dict[str, Any] = {
+            "best": trainer.best,
+            "train_seconds": round(trainer.train_seconds, 2),
+            "wall_seconds": round(wall, 2),
+            "images_per_second": round(trainer.images_seen / max(trainer.train_seconds, 1e-9), 2),
+            "peak_memory_mib": round(peak_memory_mib(), 1),
+            "labeled": len(data.split.labeled),
+            "unlabeled": len(data.split.unlabeled),
+        }
+        if final_eval:
+            best_path = out / "best.pt"
+            if best_path.is_file():
+                method.load_state_dict(load_checkpoint(best_path, device)["method_state"])
+            method.eval()
+            for name, records in (("val", data.val), ("test", data.test)):
+                if not records:
+                    continue
+                means, cases = evaluate_records(
+                    method.predict, records, num_classes=data.bundle.num_classes,
+                    image_size=cfg.data.image_size, device=device, metrics=ALL_METRICS,
+                )
+                results[name] = means
+                results[f"{name}_cases"] = cases
+            if cfg.train.plots:
+                write_plots(trainer.history, method, data.val, cfg, device, out, data.bundle.num_classes)
+        atomic_write_text(out / "metrics.json", json.dumps(results, indent=1, default=float))
+        return results
+    finally:
+        D.teardown()
+
+
+def write_plots(history, method, records, cfg: RunConfig, device, out: Path, num_classes: int) -> None:
+    from semiseg.engine import plots
+
+    plots.learning_curves(history, out / "learning_curves.png", cfg.train.val_metric)
+    shown = records[:6]
+    probs = predict_records(method.predict, shown, cfg.data.image_size, device)
+    plots.overlays(plots.overlay_items(shown, probs), out / "overlays.png", num_classes)
+
+
+def load_trained(checkpoint: str | Path, device: torch.device | str = "cpu"):
+    """(method in eval mode, config, checkpoint dict) from a ``best.pt`` / ``last.pt``."""
+    state = load_checkpoint(checkpoint, device)
+    cfg = build_config(state["config"], source=str(checkpoint))
+    method = build_method_for(cfg, state["in_channels"], state["num_classes"])
+    method.load_state_dict(state["method_state"])
+    method.to(device).eval()
+    return method, cfg, state

@@ -1,0 +1,87 @@
+"""The contract between a method and the engine.
+
+A method is an ``nn.Module`` holding its networks. It declares its training :class:`Phase`\\ s
+(pre-training, a regressor phase, alternating loops, ...); each phase names its optimizers and
+the data streams it consumes. For every step the engine calls
+``training_step(batch, phase, optimizer)`` once per optimizer of the phase, back-propagates the
+returned ``"loss"`` and steps that optimizer, so GAN-style alternating updates fit too. The engine
+never knows which method it runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from semiseg.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One stage of training.
+
+    Attributes:
+        name: Shown in logs and checkpoints.
+        epochs: Epochs of this phase; ``None`` = ``train.epochs``.
+        optimizers: Names of the optimizers stepped, in order, at every iteration.
+        streams: Data streams of a batch: "labeled" (the labeled split), "unlabeled".
+        validate: Evaluate the segmenter on the validation split during this phase and keep the
+            best checkpoint (the phase that trains the segmenter).
+        lr: Learning rate of this phase; ``None`` = ``train.lr``.
+    """
+
+    name: str = "train"
+    epochs: int | None = None
+    optimizers: tuple[str, ...] = ("main",)
+    streams: tuple[str, ...] = ("labeled",)
+    validate: bool = True
+    lr: float | None = None
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's config; ``name`` selects the method."""
+
+    name: str = ""
+
+
+class Method(nn.Module):
+    """Base class of all methods. Subclasses set ``config_class`` and implement ``training_step``."""
+
+    config_class: type = MethodConfig
+
+    def __init__(self, cfg: MethodConfig, *, in_channels: int, num_classes: int, model_cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.model_cfg = model_cfg
+
+    # ------------------------------------------------------------------ declared by subclasses
+    def phases(self) -> list[Phase]:
+        return [Phase()]
+
+    def parameters_for(self, phase: str, optimizer: str) -> Iterator[nn.Parameter]:
+        """Parameters updated by ``optimizer`` in ``phase`` (default: the segmenter's)."""
+        return self.segmenter.parameters()
+
+    def training_step(self, batch: dict[str, dict[str, torch.Tensor]], phase: str, optimizer: str) -> dict:
+        """Return ``{"loss": scalar, <component>: scalar, ...}`` for one optimizer step."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ shared
+    @property
+    def segmenter(self) -> nn.Module:
+        return self.model  # subclasses with another name override
+
+    def forward(self, batch: dict, phase: str, optimizer: str) -> dict:
+        # DDP calls forward; routing it to training_step lets any method run under DDP.
+        return self.training_step(batch, phase, optimizer)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Segmentation logits. Shape: ``[B, C, H, W]`` → ``[B, K, H, W]``."""
+        return self.segmenter(images)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,6 +33,9 @@ class SplitConfig:
     sparse_pixels: int = 10  #: labeled pixels per image when ``supervision: sparse``
     draw: int = 0  #: index of the random draw (labeled subset and sparse pixels)
     unlabeled: Literal["rest", "none"] = "rest"  #: keep the other training items as unlabeled
+    #: masks of validation items: "dense", or "same" = the supervision of the labeled items (sparse
+    #: pixels), so model selection never sees labels a sparse-label user would not have
+    val_supervision: Literal["dense", "same"] = "dense"
     val_fraction: float = 0.1  #: carved from the training pool when the dataset has no val split
     test_fraction: float = 0.2  #: carved from the training pool when the dataset has no test split
     seed: int = 0
@@ -194,11 +199,24 @@ def to_dict(obj: Any) -> Any:
     return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
 
 
+@functools.cache
+def _yaml_loader() -> type:
+    """PyYAML's SafeLoader, plus YAML 1.2 floats without a dot (``1e-3``), which YAML 1.1 reads as strings."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    exponent_float = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", exponent_float, list("-+0123456789"))
+    return Loader
+
+
 def _parse_scalar(text: str) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_yaml_loader())
     except yaml.YAMLError:
         return text
 
@@ -231,7 +249,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.load(p.read_text(), Loader=_yaml_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

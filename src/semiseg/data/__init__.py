@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from semiseg.config import DataConfig, RunConfig
 from semiseg.data.records import IGNORE_INDEX, DatasetBundle, Record
 from semiseg.errors import ConfigError, DataError
@@ -90,6 +92,8 @@ def prepare_data(cfg: RunConfig, data_root: str | None = None, bundle: DatasetBu
     if not split.val:
         raise DataError(None, f"{bundle.name}: the validation set is empty (raise data.split.val_fraction)")
     spec = cfg.data.split
+    if spec.val_supervision == "same" and spec.supervision == "sparse":
+        split.val = sparsify_records(split.val, spec.sparse_pixels, spec.seed, spec.draw)
     common = dict(num_classes=bundle.num_classes, image_size=tuple(cfg.data.image_size), augment_cfg=cfg.train.augment)
     for r in split.labeled + split.unlabeled:
         if r.image.shape[0] != bundle.in_channels:
@@ -102,3 +106,18 @@ def prepare_data(cfg: RunConfig, data_root: str | None = None, bundle: DatasetBu
     if split.unlabeled:
         unlabeled = TrainSet(split.unlabeled, supervision="none", seed=cfg.train.seed + 1_000_003, **common)
     return PreparedData(bundle, split, labeled, unlabeled, split.val, split.test)
+
+
+def sparsify_records(records: list[Record], n_pixels: int, seed: int, draw: int) -> list[Record]:
+    """Copies of ``records`` whose masks keep ``n_pixels`` random pixels (per 2D image or volume)."""
+    import dataclasses
+
+    import torch
+
+    from semiseg.data.views import sparse_mask
+
+    out = []
+    for r in records:
+        m = sparse_mask(torch.from_numpy(np.asarray(r.mask)), n_pixels, seed, draw, "val:" + r.id).numpy()
+        out.append(dataclasses.replace(r, mask=m))
+    return out

@@ -1,0 +1,153 @@
+"""A user's own dataset: a folder of images and (optionally) masks paired by file name.
+
+Two layouts are recognised::
+
+    root/images/a.png   root/masks/a.png        everything goes to bundle.train
+    root/train/images/… root/train/masks/…      fixed splits: train (required), val, test
+    root/val/images/…   root/test/images/…
+
+Images and masks are paired by file stem, so ``images/a.jpg`` may have ``masks/a.png``. An image
+without a mask is an unlabeled record (``mask=None``); a mask without an image is an error.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from semiseg.data.io import CHANNEL_MODES, check_same_size, list_images, read_image, read_mask
+from semiseg.data.records import DatasetBundle, Record
+from semiseg.errors import ConfigError, DataError
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def _by_stem(files: list[Path]) -> dict[str, Path]:
+    """Maps file stem to file; two files with one stem (``a.png`` and ``a.jpg``) are an error."""
+    out: dict[str, Path] = {}
+    for f in files:
+        if f.stem in out:
+            raise DataError(f, f"two files with the same name stem {f.stem!r} (also {out[f.stem].name})")
+        out[f.stem] = f
+    return out
+
+
+def _load_split(
+    split_root: Path,
+    *,
+    num_classes: int,
+    image_dir: str,
+    mask_dir: str,
+    mask_threshold: int | None,
+    channels: str,
+) -> list[Record]:
+    """Reads one ``images/`` + ``masks/`` pair of folders into records sorted by id."""
+    images_path = split_root / image_dir
+    if not images_path.is_dir():
+        raise DataError(images_path, "image folder not found")
+    images = _by_stem(list_images(images_path))
+    if not images:
+        raise DataError(images_path, "no images found (PNG/JPG/TIFF)")
+    masks = _by_stem(list_images(split_root / mask_dir))
+    for stem, mask_path in sorted(masks.items()):
+        if stem not in images:
+            raise DataError(mask_path, f"mask has no matching image in {images_path}")
+
+    records = []
+    for stem in sorted(images):
+        image_path = images[stem]
+        image = read_image(image_path, channels)
+        mask = None
+        if stem in masks:
+            mask = read_mask(masks[stem], num_classes, mask_threshold)
+            check_same_size(image, mask, image_path, masks[stem])
+        records.append(Record(id=stem, image=image, mask=mask, source=str(image_path)))
+    return records
+
+
+def _check_channels(splits: dict[str, list[Record]]) -> int:
+    """Returns the common channel count; raises naming the first image that differs."""
+    first: Record | None = None
+    for records in splits.values():
+        for rec in records:
+            if first is None:
+                first = rec
+            elif rec.image.shape[0] != first.image.shape[0]:
+                raise DataError(
+                    rec.source,
+                    f"image has {rec.image.shape[0]} channel(s) but {first.source} has "
+                    f"{first.image.shape[0]}; mixed gray/colour images need channels='gray' or 'rgb'",
+                )
+    assert first is not None
+    return int(first.image.shape[0])
+
+
+def load_folder(
+    root: str | os.PathLike,
+    *,
+    num_classes: int = 2,
+    image_dir: str = "images",
+    mask_dir: str = "masks",
+    mask_threshold: int | None = None,
+    channels: str = "auto",
+    name: str = "folder",
+) -> DatasetBundle:
+    """Loads a folder dataset (see the module docstring for the layouts).
+
+    Args:
+        root: Dataset folder.
+        num_classes: Number of classes including background; mask values must lie in
+            ``[0, num_classes)``.
+        image_dir: Name of the image sub-folder.
+        mask_dir: Name of the mask sub-folder (may be absent: all images unlabeled).
+        mask_threshold: For lossy (JPEG) binary masks: values above it are class 1, others 0.
+        channels: ``"auto"`` (from the files; all images must agree), ``"gray"`` or ``"rgb"``.
+        name: Dataset name stored in the bundle.
+
+    Returns:
+        A bundle whose records have ``id`` = file stem and ``source`` = image path, sorted by id.
+        ``val``/``test`` are ``None`` unless the root has ``val/``/``test/`` sub-folders.
+
+    Raises:
+        DataError: Missing folder, no images, a mask without an image, unreadable files, masks
+            of the wrong size or with values outside the classes, mixed channel counts.
+        ConfigError: ``num_classes`` below 2 or an unknown ``channels`` mode.
+    """
+    if num_classes < 2:
+        raise ConfigError(f"num_classes must be at least 2 (background + one class); got {num_classes}")
+    if channels not in CHANNEL_MODES:
+        raise ConfigError(f"channels must be one of {', '.join(CHANNEL_MODES)}; got {channels!r}")
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(root, "data folder not found")
+
+    split_dirs = [s for s in SPLIT_NAMES if (root / s / image_dir).is_dir()]
+    if split_dirs and (root / image_dir).is_dir():
+        raise DataError(root, f"has both {image_dir}/ and {'/, '.join(split_dirs)}/ folders; use one layout")
+    options = dict(
+        num_classes=num_classes,
+        image_dir=image_dir,
+        mask_dir=mask_dir,
+        mask_threshold=mask_threshold,
+        channels=channels,
+    )
+    splits: dict[str, list[Record]] = {}
+    if split_dirs:
+        if "train" not in split_dirs:
+            raise DataError(root / "train" / image_dir, "split layout needs a train/ folder (image folder)")
+        for split in split_dirs:
+            splits[split] = _load_split(root / split, **options)
+    else:
+        if not (root / image_dir).is_dir():
+            raise DataError(root / image_dir, "no images found (PNG/JPG/TIFF)")
+        splits["train"] = _load_split(root, **options)
+
+    in_channels = _check_channels(splits)
+    return DatasetBundle(
+        name=name,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        train=splits["train"],
+        val=splits.get("val"),
+        test=splits.get("test"),
+    )

@@ -1,0 +1,201 @@
+"""Reading single image and mask files into the arrays a :class:`~semiseg.data.records.Record` holds.
+
+Images become ``float32`` arrays of shape ``[C, H, W]`` scaled to ``[0, 1]``; masks become ``int64``
+class maps of shape ``[H, W]``. Every problem with a file (missing, unreadable, NaN pixels, class
+values the dataset does not have, a mask of the wrong size) raises :class:`~semiseg.errors.DataError`
+naming the file, so a bad dataset fails at load time instead of half-way through training.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from semiseg.errors import ConfigError, DataError
+
+#: File suffixes (lower case) recognised as images or masks.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+#: Channel modes accepted by :func:`read_image`.
+CHANNEL_MODES = ("auto", "gray", "rgb")
+
+_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+_LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def _open(path: str | os.PathLike) -> Image.Image:
+    """Opens and decodes an image file, turning every failure into a :class:`DataError`."""
+    if not os.path.isfile(path):
+        raise DataError(path, "file not found")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(path, f"cannot read image: {exc}") from exc
+
+
+def _gray_array(im: Image.Image, path: str | os.PathLike) -> np.ndarray:
+    """Returns a single-channel image as a float32 ``[H, W]`` array scaled to ``[0, 1]``."""
+    if im.mode == "LA":
+        im = im.convert("L")
+    arr = np.asarray(im)
+    if arr.dtype == np.bool_:
+        return arr.astype(np.float32)
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    if arr.dtype.kind == "u" and arr.dtype.itemsize == 2:
+        return arr.astype(np.float32) / 65535.0
+    if arr.dtype.kind == "i":
+        # Pillow mode "I" (32-bit int), e.g. some 16-bit PNG/TIFF writers: accept the 16-bit range only.
+        lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+        if lo < 0 or hi > 65535:
+            raise DataError(
+                path, f"32-bit integer image with values {lo}..{hi} outside 0..65535; save it as 8/16-bit"
+            )
+        return arr.astype(np.float32) / 65535.0
+    return arr.astype(np.float32)  # mode "F": float intensities kept as they are
+
+
+def read_image(path: str | os.PathLike, channels: str = "auto") -> np.ndarray:
+    """Reads a PNG, JPEG or TIFF image.
+
+    Integer images are scaled to ``[0, 1]`` (8-bit by 255, 16-bit by 65535); float TIFFs (mode
+    ``"F"``) are kept as they are. Alpha channels are dropped; palette and other colour modes are
+    converted to RGB.
+
+    Args:
+        path: Image file.
+        channels: ``"gray"`` (one channel; colour images are converted with ITU-R 601 luma
+            weights), ``"rgb"`` (three channels; grayscale is repeated) or ``"auto"`` (one channel if
+            the file is grayscale, else three).
+
+    Returns:
+        ``float32`` array.
+
+    Shape:
+        Output: ``[C, H, W]`` with ``C`` 1 or 3.
+
+    Raises:
+        DataError: The file is missing, cannot be decoded, or contains NaN or infinite values.
+        ConfigError: ``channels`` is not one of :data:`CHANNEL_MODES`.
+    """
+    if channels not in CHANNEL_MODES:
+        raise ConfigError(f"channels must be one of {', '.join(CHANNEL_MODES)}; got {channels!r}")
+    im = _open(path)
+    if im.mode in _GRAY_MODES:
+        arr = _gray_array(im, path)[None]
+    else:
+        arr = np.asarray(im.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0
+    if not np.isfinite(arr).all():
+        raise DataError(path, "image contains NaN or infinite values")
+    if channels == "gray" and arr.shape[0] == 3:
+        arr = np.tensordot(_LUMA_WEIGHTS, arr, axes=1)[None]
+    elif channels == "rgb" and arr.shape[0] == 1:
+        arr = np.repeat(arr, 3, axis=0)
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def check_mask_values(mask: np.ndarray, num_classes: int, path: str | os.PathLike, hint: str = "") -> None:
+    """Raises :class:`DataError` if ``mask`` has values outside ``[0, num_classes)``.
+
+    The message lists up to five of the offending values, e.g.
+    ``mask values [3, 7] outside classes 0..1``.
+
+    Args:
+        mask: Integer class map of any shape.
+        num_classes: Number of classes of the dataset.
+        path: File the mask came from (for the message).
+        hint: Optional text appended to the message (e.g. how to fix it).
+    """
+    if mask.size == 0:
+        return
+    if int(mask.min()) >= 0 and int(mask.max()) < num_classes:
+        return
+    bad = np.unique(mask[(mask < 0) | (mask >= num_classes)])
+    shown = ", ".join(str(int(v)) for v in bad[:5]) + (", ..." if bad.size > 5 else "")
+    raise DataError(path, f"mask values [{shown}] outside classes 0..{num_classes - 1}{hint}")
+
+
+def read_mask(path: str | os.PathLike, num_classes: int, threshold: int | None = None) -> np.ndarray:
+    """Reads a class-index mask.
+
+    Without ``threshold`` pixel values are class indices: palette (``"P"``) images give their raw
+    palette indices, grayscale images their raw values. RGB masks are accepted only when all three
+    channels are equal (colour-coded masks need a colour map this function does not guess).
+    With ``threshold`` (lossy JPEG masks) the image is converted to grayscale and pixels above the
+    threshold become class 1, the others class 0.
+
+    Args:
+        path: Mask file (PNG, JPEG or TIFF).
+        num_classes: Number of classes; every value must lie in ``[0, num_classes)``.
+        threshold: Binarisation threshold on raw gray values, or ``None``.
+
+    Returns:
+        ``int64`` class map.
+
+    Shape:
+        Output: ``[H, W]``.
+
+    Raises:
+        DataError: The file is missing or unreadable, has non-integer or colour values, or values
+            outside the classes.
+    """
+    im = _open(path)
+    if threshold is not None:
+        if im.mode not in _GRAY_MODES or im.mode in ("1", "LA"):
+            im = im.convert("L")  # "1" becomes 0/255 so the threshold means the same as for "L"
+        mask = (np.asarray(im) > threshold).astype(np.int64)
+    else:
+        if im.mode in ("LA", "PA"):
+            im = im.getchannel(0)
+        elif im.mode not in _GRAY_MODES and im.mode != "P":
+            rgb = np.asarray(im.convert("RGB"))
+            if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all()):
+                raise DataError(
+                    path, "colour mask; save masks as grayscale or palette images holding class indices"
+                )
+            im = Image.fromarray(rgb[..., 0])
+        raw = np.asarray(im)
+        if raw.dtype.kind == "f":
+            if not np.isfinite(raw).all() or not (raw == np.round(raw)).all():
+                raise DataError(path, "mask has non-integer values")
+        mask = raw.astype(np.int64)
+    is_jpeg = Path(path).suffix.lower() in (".jpg", ".jpeg")
+    hint = "; JPEG masks are lossy, give a mask threshold" if threshold is None and is_jpeg else ""
+    check_mask_values(mask, num_classes, path, hint)
+    return mask
+
+
+def check_same_size(
+    image: np.ndarray, mask: np.ndarray, image_path: str | os.PathLike, mask_path: str | os.PathLike
+) -> None:
+    """Raises :class:`DataError` (naming the mask) if the mask's size differs from the image's.
+
+    Shape:
+        image: ``[C, H, W]`` or ``[C, D, H, W]``.
+        mask: ``[H, W]`` or ``[D, H, W]``.
+    """
+    if tuple(image.shape[1:]) != tuple(mask.shape):
+        got = "x".join(str(s) for s in mask.shape)
+        want = "x".join(str(s) for s in image.shape[1:])
+        raise DataError(mask_path, f"mask size {got} does not match image size {want} ({image_path})")
+
+
+def list_images(directory: str | os.PathLike) -> list[Path]:
+    """Image files (by :data:`IMAGE_SUFFIXES`, any case) directly in ``directory``, sorted by name.
+
+    Hidden files (``.DS_Store``, ``._x.png``) and other suffixes are skipped. A missing directory
+    gives an empty list.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(
+        p
+        for p in directory.iterdir()
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )

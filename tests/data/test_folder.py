@@ -1,0 +1,176 @@
+"""Tests for semiseg.data.folder.load_folder on tiny generated folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from semiseg.data.folder import load_folder
+from semiseg.errors import ConfigError, DataError
+
+RNG = np.random.default_rng(1)
+
+
+def _image(path: Path, shape: tuple[int, ...] = (6, 8)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(RNG.integers(0, 256, size=shape, dtype=np.uint8)).save(path)
+    return path
+
+
+def _mask(path: Path, values: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(values.astype(np.uint8)).save(path)
+    return path
+
+
+def _labels(shape: tuple[int, int] = (6, 8), num_classes: int = 2) -> np.ndarray:
+    return RNG.integers(0, num_classes, size=shape)
+
+
+def test_flat_layout(tmp_path: Path) -> None:
+    _image(tmp_path / "images" / "b.jpg")
+    _image(tmp_path / "images" / "a.png")
+    _image(tmp_path / "images" / "c.tif")
+    a_mask = _labels(num_classes=3)
+    _mask(tmp_path / "masks" / "a.png", a_mask)
+    _mask(tmp_path / "masks" / "b.png", _labels(num_classes=3))  # different suffix from its image
+    (tmp_path / "masks" / "notes.txt").write_text("ignored")
+
+    bundle = load_folder(tmp_path, num_classes=3, name="mine")
+    assert bundle.name == "mine" and bundle.num_classes == 3 and bundle.in_channels == 1
+    assert bundle.val is None and bundle.test is None
+    assert [r.id for r in bundle.train] == ["a", "b", "c"]
+    a, b, c = bundle.train
+    assert a.image.shape == (1, 6, 8) and a.image.dtype == np.float32
+    np.testing.assert_array_equal(a.mask, a_mask)
+    assert a.mask.dtype == np.int64
+    assert b.mask is not None and c.mask is None  # c is unlabeled
+    assert a.source == str(tmp_path / "images" / "a.png")
+    assert bundle.class_names == ["background", "class1", "class2"]
+
+
+def test_split_layout(tmp_path: Path) -> None:
+    for split, names in [("train", ["t1", "t2"]), ("val", ["v1"]), ("test", ["s1", "s2", "s3"])]:
+        for n in names:
+            _image(tmp_path / split / "images" / f"{n}.png")
+            _mask(tmp_path / split / "masks" / f"{n}.png", _labels())
+    bundle = load_folder(tmp_path)
+    assert [r.id for r in bundle.train] == ["t1", "t2"]
+    assert [r.id for r in bundle.val] == ["v1"]
+    assert [r.id for r in bundle.test] == ["s1", "s2", "s3"]
+
+
+def test_split_layout_val_optional_train_required(tmp_path: Path) -> None:
+    _image(tmp_path / "train" / "images" / "a.png")
+    _image(tmp_path / "test" / "images" / "b.png")
+    bundle = load_folder(tmp_path)
+    assert bundle.val is None and [r.id for r in bundle.test] == ["b"]
+    assert bundle.train[0].mask is None  # no masks folder: unlabeled
+
+    other = tmp_path / "other"
+    _image(other / "val" / "images" / "a.png")
+    with pytest.raises(DataError, match="needs a train/ folder"):
+        load_folder(other)
+
+
+def test_both_layouts_is_ambiguous(tmp_path: Path) -> None:
+    _image(tmp_path / "images" / "a.png")
+    _image(tmp_path / "train" / "images" / "a.png")
+    with pytest.raises(DataError, match="use one layout"):
+        load_folder(tmp_path)
+
+
+def test_custom_folder_names_and_threshold(tmp_path: Path) -> None:
+    _image(tmp_path / "img" / "a.png", (16, 16))
+    arr = np.zeros((16, 16), dtype=np.uint8)
+    arr[:8] = 255
+    (tmp_path / "gt").mkdir()
+    Image.fromarray(arr).save(tmp_path / "gt" / "a.jpg")
+    bundle = load_folder(tmp_path, image_dir="img", mask_dir="gt", mask_threshold=127)
+    np.testing.assert_array_equal(bundle.train[0].mask, (arr > 127).astype(np.int64))
+
+
+def test_channels_auto_rgb_and_mixed(tmp_path: Path) -> None:
+    _image(tmp_path / "images" / "a.png", (4, 4, 3))
+    _image(tmp_path / "images" / "b.png", (4, 4, 3))
+    assert load_folder(tmp_path).in_channels == 3
+    _image(tmp_path / "images" / "c.png", (4, 4))
+    with pytest.raises(DataError, match="image has 1 channel") as info:
+        load_folder(tmp_path)
+    assert info.value.path == str(tmp_path / "images" / "c.png")
+    bundle = load_folder(tmp_path, channels="rgb")
+    assert bundle.in_channels == 3 and all(r.image.shape[0] == 3 for r in bundle.train)
+    assert load_folder(tmp_path, channels="gray").in_channels == 1
+
+
+def test_mixed_channels_across_splits(tmp_path: Path) -> None:
+    _image(tmp_path / "train" / "images" / "a.png", (4, 4))
+    _image(tmp_path / "test" / "images" / "b.png", (4, 4, 3))
+    with pytest.raises(DataError, match="channel"):
+        load_folder(tmp_path)
+
+
+def test_mask_without_image(tmp_path: Path) -> None:
+    _image(tmp_path / "images" / "a.png")
+    _mask(tmp_path / "masks" / "a.png", _labels())
+    orphan = _mask(tmp_path / "masks" / "zzz.png", _labels())
+    with pytest.raises(DataError, match="mask has no matching image in") as info:
+        load_folder(tmp_path)
+    assert info.value.path == str(orphan)
+
+
+def test_size_mismatch(tmp_path: Path) -> None:
+    _image(tmp_path / "images" / "a.png", (6, 8))
+    _mask(tmp_path / "masks" / "a.png", _labels((6, 7)))
+    with pytest.raises(DataError, match="mask size 6x7 does not match image size 6x8") as info:
+        load_folder(tmp_path)
+    assert info.value.path == str(tmp_path / "masks" / "a.png")
+
+
+def test_mask_values_outside_classes(tmp_path: Path) -> None:
+    _image(tmp_path / "images" / "a.png")
+    _mask(tmp_path / "masks" / "a.png", np.full((6, 8), 2))
+    with pytest.raises(DataError, match=r"mask values \[2\] outside classes 0\.\.1"):
+        load_folder(tmp_path)
+    assert load_folder(tmp_path, num_classes=3).train[0].mask.max() == 2
+
+
+def test_unreadable_image(tmp_path: Path) -> None:
+    _image(tmp_path / "images" / "a.png")
+    (tmp_path / "images" / "b.png").write_bytes(b"\x00\x01corrupt")
+    with pytest.raises(DataError, match="cannot read image") as info:
+        load_folder(tmp_path)
+    assert info.value.path == str(tmp_path / "images" / "b.png")
+
+
+def test_duplicate_stems(tmp_path: Path) -> None:
+    _image(tmp_path / "images" / "a.png")
+    _image(tmp_path / "images" / "a.jpg")
+    with pytest.raises(DataError, match="same name stem 'a'"):
+        load_folder(tmp_path)
+
+
+def test_missing_root_and_empty_folders(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="data folder not found") as info:
+        load_folder(tmp_path / "nope")
+    assert info.value.path == str(tmp_path / "nope")
+
+    with pytest.raises(DataError, match=r"no images found \(PNG/JPG/TIFF\)") as info:
+        load_folder(tmp_path)  # no images/ at all
+    assert info.value.path == str(tmp_path / "images")
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "readme.txt").write_text("not an image")
+    with pytest.raises(DataError, match=r"no images found \(PNG/JPG/TIFF\)"):
+        load_folder(tmp_path)
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    _image(tmp_path / "images" / "a.png")
+    with pytest.raises(ConfigError, match="num_classes"):
+        load_folder(tmp_path, num_classes=1)
+    with pytest.raises(ConfigError, match="channels"):
+        load_folder(tmp_path, channels="RGB")

@@ -242,12 +242,22 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+RECIPES = Path(__file__).parent / "configs"
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file, or a built-in recipe by name (e.g. ``supervised-horse``)."""
     import yaml
 
     p = Path(path)
+    if not p.is_file() and (RECIPES / f"{p.name}.yaml").is_file() and p.suffix == "":
+        p = RECIPES / f"{p.name}.yaml"
     if not p.is_file():
-        raise ConfigError(f"{p}: config file not found")
+        raise ConfigError(f"{p}: config file not found (built-in recipes: {', '.join(recipe_names())})")
     try:
         data = yaml.load(p.read_text(), Loader=_yaml_loader())
     except yaml.YAMLError as exc:

@@ -134,7 +134,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         if value in typing.get_args(tp):
             return value
-        raise ConfigError(f"config: '{key}' must be one of {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"'{key}' must be one of {_type_name(tp)}, got {value!r}")
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -146,19 +146,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError:
                 continue
-        raise ConfigError(f"config: '{key}' must be {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"'{key}' must be {_type_name(tp)}, got {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"config: '{key}' must be a mapping, got {value!r}")
+            raise ConfigError(f"'{key}' must be a mapping, got {value!r}")
         return from_dict(tp, value, prefix=key)
     if origin is list:
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"config: '{key}' must be {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"'{key}' must be {_type_name(tp)}, got {value!r}")
         (inner,) = typing.get_args(tp) or (Any,)
         return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"config: '{key}' must be a mapping, got {value!r}")
+            raise ConfigError(f"'{key}' must be a mapping, got {value!r}")
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):
@@ -174,13 +174,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
     else:  # pragma: no cover - unsupported annotation is a programming error
         raise TypeError(f"unsupported config type {tp!r} for {key}")
-    raise ConfigError(f"config: '{key}' must be {_type_name(tp)}, got {value!r}")
+    raise ConfigError(f"'{key}' must be {_type_name(tp)}, got {value!r}")
 
 
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
     if not isinstance(data, dict):
-        raise ConfigError(f"config: '{prefix or 'top level'}' must be a mapping, got {data!r}")
+        raise ConfigError(f"'{prefix or 'top level'}' must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -189,7 +189,7 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(names)})"
-            raise ConfigError(f"config: unknown key '{full}'{hint}")
+            raise ConfigError(f"unknown key '{full}'{hint}")
         kwargs[key] = _coerce(value, hints[key], full)
     return cls(**kwargs)
 

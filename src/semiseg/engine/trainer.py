@@ -264,7 +264,8 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         saved = self._restore() if self.resume else None
         if not self.resume and self.main:
-            for name in ("steps.jsonl", "epochs.jsonl", "epochs.csv"):
+            # a fresh run must not leave an earlier run's checkpoints or results next to its own logs
+            for name in ("steps.jsonl", "epochs.jsonl", "epochs.csv", "last.pt", "best.pt", "metrics.json"):
                 (self.out / name).unlink(missing_ok=True)
         from tqdm.auto import tqdm
 
@@ -302,10 +303,9 @@ class Trainer:
             if not all(math.isfinite(v) for v in values.values()):
                 bad = {k: v for k, v in values.items() if not math.isfinite(v)}
                 where = f"phase '{phase.name}' epoch {self.epoch + 1} step {self.global_step}"
-                raise TrainingDiverged(
-                    f"training stopped: non-finite loss {bad} at {where}; last good checkpoint kept at "
-                    f"{self.out / 'last.pt'}"
-                )
+                last = self.out / "last.pt"
+                kept = f"last good checkpoint kept at {last}" if last.is_file() else "no checkpoint yet"
+                raise TrainingDiverged(f"training stopped: non-finite loss {bad} at {where}; {kept}")
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
             if self.global_step % self.cfg.train.log_every == 0:

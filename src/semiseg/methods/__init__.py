@@ -43,5 +43,8 @@ def build_method(options: dict[str, Any], model_cfg: ModelConfig, *, in_channels
     if name not in METHODS:
         raise ConfigError(f"method.name: unknown method '{name}' (known: {', '.join(sorted(METHODS))})")
     cls = METHODS[name]
-    cfg = from_dict(cls.config_class, dict(options), prefix="method")
+    try:
+        cfg = from_dict(cls.config_class, dict(options), prefix="method")
+    except ConfigError as exc:
+        raise ConfigError(f"config: {exc}") from None
     return cls(cfg, in_channels=in_channels, num_classes=num_classes, model_cfg=model_cfg)

@@ -25,6 +25,27 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
     return nn.Identity()
 
 
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad the last two dims (bottom / right, replicating edges) up to a multiple of ``multiple``."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+    return x
+
+
+class PadCrop(nn.Module):
+    """Wraps a network that needs sizes divisible by ``multiple``: pad the input, crop the output."""
+
+    def __init__(self, net: nn.Module, multiple: int):
+        super().__init__()
+        self.net, self.multiple = net, multiple
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        return self.net(pad_to_multiple(x, self.multiple))[..., :h, :w]
+
+
 class ConvBlock(nn.Sequential):
     """Two 3x3 conv → norm → ReLU layers."""
 
@@ -72,10 +93,7 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        m = 2**self.depth
-        ph, pw = (-h) % m, (-w) % m
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph), mode="replicate" if min(h, w) > 1 else "constant")
+        x = pad_to_multiple(x, 2**self.depth)
         skips = []
         for i, block in enumerate(self.encoder):
             x = block(x if i == 0 else F.max_pool2d(x, 2))
@@ -95,9 +113,10 @@ def _build_unet(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Mod
 def _build_monai_unet(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
     from monai.networks.nets import UNet as MonaiUNet
 
-    norm = {"batch": "batch", "instance": "instance", "group": ("group", {"num_groups": 8}), "none": None}[cfg.norm]
-    return MonaiUNet(
+    norms = {"batch": "batch", "instance": "instance", "group": ("group", {"num_groups": 1}), "none": None}
+    net = MonaiUNet(
         spatial_dims=2, in_channels=in_channels, out_channels=out_channels,
         channels=tuple(cfg.width * 2**i for i in range(cfg.depth + 1)), strides=(2,) * cfg.depth,
-        num_res_units=2, norm=norm, dropout=cfg.dropout,
+        num_res_units=2, norm=norms[cfg.norm], dropout=cfg.dropout,
     )
+    return PadCrop(net, 2**cfg.depth)

@@ -1,0 +1,198 @@
+"""Split specs: determinism from the seed, draws that share val/test, groups, pinned ids, errors, JSON."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from semiseg.config import SplitConfig
+from semiseg.data.records import DatasetBundle, Record
+from semiseg.data.splits import make_split
+from semiseg.errors import ConfigError, DataError
+
+
+def make_records(
+    n: int, *, groups: int | None = None, masked: bool = True, prefix: str = "img"
+) -> list[Record]:
+    """``n`` tiny records; with ``groups`` they belong to ``groups`` patients (``p0``, ``p1``, ...)."""
+    out = []
+    for i in range(n):
+        image = np.full((1, 4, 4), i / max(n, 1), dtype=np.float32)
+        mask = np.zeros((4, 4), dtype=np.int64) if masked else None
+        group = f"p{i % groups}" if groups else ""
+        out.append(Record(id=f"{prefix}{i:03d}", image=image, mask=mask, group=group))
+    return out
+
+
+def bundle_of(records, val=None, test=None) -> DatasetBundle:
+    return DatasetBundle(name="toy", num_classes=2, in_channels=1, train=records, val=val, test=test)
+
+
+def ids(records) -> list[str]:
+    return [r.id for r in records]
+
+
+def check_partition(split, bundle) -> None:
+    """Every training item lands in exactly one of labeled / unlabeled / val / test."""
+    parts = [ids(split.labeled), ids(split.unlabeled), ids(split.val), ids(split.test)]
+    flat = [i for p in parts for i in p]
+    assert len(flat) == len(set(flat))
+    assert set(flat) == set(ids(bundle.train))
+
+
+# ------------------------------------------------------------------------------------------ determinism
+def test_same_seed_same_split():
+    bundle = bundle_of(make_records(40))
+    spec = SplitConfig(labeled=5, seed=3, draw=1)
+    a, b = make_split(bundle, spec), make_split(bundle, spec)
+    assert a.summary() == b.summary()
+    check_partition(a, bundle)
+    assert len(a.labeled) == 5
+    assert len(a.test) == 8 and len(a.val) == 3  # round(0.2 * 40), round(0.1 * 32)
+    assert len(a.unlabeled) == 40 - 5 - 8 - 3
+
+
+def test_other_draw_changes_labeled_set_but_not_val_and_test():
+    bundle = bundle_of(make_records(40))
+    splits = [make_split(bundle, SplitConfig(labeled=5, seed=0, draw=d)) for d in range(4)]
+    labeled_sets = {frozenset(ids(s.labeled)) for s in splits}
+    assert len(labeled_sets) == 4  # every draw is different
+    for s in splits[1:]:
+        assert ids(s.val) == ids(splits[0].val)
+        assert ids(s.test) == ids(splits[0].test)
+        check_partition(s, bundle)
+
+
+def test_other_seed_changes_val_and_test():
+    bundle = bundle_of(make_records(40))
+    a = make_split(bundle, SplitConfig(labeled=5, seed=0))
+    b = make_split(bundle, SplitConfig(labeled=5, seed=1))
+    assert set(ids(a.test)) != set(ids(b.test))
+    assert set(ids(a.val)) != set(ids(b.val))
+
+
+def test_split_does_not_depend_on_record_order():
+    records = make_records(30)
+    spec = SplitConfig(labeled=4, seed=5)
+    a = make_split(bundle_of(records), spec)
+    b = make_split(bundle_of(list(reversed(records))), spec)
+    for part in ("labeled", "unlabeled", "val", "test"):
+        assert sorted(ids(getattr(a, part))) == sorted(ids(getattr(b, part)))
+
+
+def test_labeled_fraction_and_all():
+    bundle = bundle_of(make_records(50))
+    s = make_split(bundle, SplitConfig(labeled_fraction=0.25))
+    pool = 50 - len(s.val) - len(s.test)
+    assert len(s.labeled) == round(0.25 * pool)
+    every = make_split(bundle, SplitConfig())
+    assert len(every.labeled) == pool and every.unlabeled == []
+
+
+def test_unlabeled_none_drops_the_rest():
+    s = make_split(bundle_of(make_records(30)), SplitConfig(labeled=3, unlabeled="none"))
+    assert len(s.labeled) == 3 and s.unlabeled == []
+
+
+def test_items_without_mask_are_only_unlabeled_and_never_evaluated():
+    records = make_records(20) + make_records(10, masked=False, prefix="raw")
+    bundle = bundle_of(records)
+    s = make_split(bundle, SplitConfig(labeled=4))
+    check_partition(s, bundle)
+    raw = {r.id for r in records if r.mask is None}
+    assert raw <= set(ids(s.unlabeled))
+    assert not raw & set(ids(s.labeled) + ids(s.val) + ids(s.test))
+
+
+def test_fixed_val_and_test_of_the_dataset_are_kept():
+    val, test = make_records(3, prefix="v"), make_records(4, prefix="t")
+    bundle = bundle_of(make_records(10), val=val, test=test)
+    s = make_split(bundle, SplitConfig(labeled=2, val_fraction=0.5, test_fraction=0.5))
+    assert ids(s.val) == ids(val) and ids(s.test) == ids(test)
+    assert len(s.labeled) + len(s.unlabeled) == 10  # nothing carved out of train
+
+
+# ------------------------------------------------------------------------------------------ groups
+def test_labeled_by_group_takes_whole_groups():
+    records = make_records(60, groups=12)  # 12 patients x 5 slices
+    bundle = bundle_of(records)
+    s = make_split(bundle, SplitConfig(labeled=3, labeled_by="group"))
+    check_partition(s, bundle)
+    labeled_groups = {r.group for r in s.labeled}
+    assert len(labeled_groups) == 3
+    assert len(s.labeled) == 15  # all 5 slices of each chosen patient
+    assert s.summary()["labeled_groups"] == sorted(labeled_groups)
+    # no patient is split between labeled, unlabeled, val and test
+    part_groups = [{r.group for r in getattr(s, p)} for p in ("labeled", "unlabeled", "val", "test")]
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not part_groups[i] & part_groups[j]
+
+
+def test_val_and_test_are_carved_by_group_even_when_labeled_by_image():
+    s = make_split(bundle_of(make_records(60, groups=12)), SplitConfig(labeled=5))
+    train_groups = {r.group for r in s.labeled + s.unlabeled}
+    assert not train_groups & {r.group for r in s.val + s.test}
+
+
+# ------------------------------------------------------------------------------------------ pinned ids
+def test_labeled_ids():
+    bundle = bundle_of(make_records(30))
+    free = make_split(bundle, SplitConfig(labeled=3))
+    wanted = ids(free.unlabeled)[:2]
+    s = make_split(bundle, SplitConfig(labeled_ids=wanted, labeled=3))  # the ids override the count
+    assert sorted(ids(s.labeled)) == sorted(wanted)
+    assert ids(s.val) == ids(free.val) and ids(s.test) == ids(free.test)
+
+
+def test_labeled_ids_by_group():
+    s = make_split(
+        bundle_of(make_records(40, groups=8)),
+        SplitConfig(labeled_ids=["p1"], labeled_by="group", val_fraction=0, test_fraction=0),
+    )
+    assert ids(s.labeled) == [f"img{i:03d}" for i in range(1, 40, 8)]
+
+
+def test_unknown_labeled_ids():
+    bundle = bundle_of(make_records(20))
+    test_id = ids(make_split(bundle, SplitConfig()).test)[0]
+    for bad in ("nope", test_id):  # a held-out test image cannot be labeled either
+        with pytest.raises(ConfigError, match=f"labeled_ids: not in the labeled pool: {bad}"):
+            make_split(bundle, SplitConfig(labeled_ids=[bad]))
+
+
+# ------------------------------------------------------------------------------------------ errors
+def test_more_labeled_than_exist():
+    bundle = bundle_of(make_records(20))
+    with pytest.raises(ConfigError, match=r"asked for 50 but only 14 images have masks"):
+        make_split(bundle, SplitConfig(labeled=50))
+    with pytest.raises(ConfigError, match=r"asked for 5 but only 3 groups"):
+        make_split(bundle_of(make_records(20, groups=5)), SplitConfig(labeled=5, labeled_by="group"))
+
+
+def test_empty_labeled_set():
+    bundle = bundle_of(make_records(10, masked=False))
+    with pytest.raises(DataError, match="toy: the labeled training set is empty"):
+        make_split(bundle, SplitConfig())
+    with pytest.raises(DataError, match="labeled training set is empty"):
+        make_split(bundle_of(make_records(4)), SplitConfig(labeled_ids=[]))
+
+
+# ------------------------------------------------------------------------------------------ JSON
+def test_write_round_trip(tmp_path):
+    bundle = bundle_of(make_records(40, groups=10))
+    spec = SplitConfig(labeled=2, labeled_by="group", seed=4, draw=2, supervision="sparse")
+    s = make_split(bundle, spec)
+    path = tmp_path / "out" / "split.json"
+    s.write(path)
+    saved = json.loads(path.read_text())
+    assert saved == s.summary()
+    assert saved["spec"]["draw"] == 2 and saved["spec"]["supervision"] == "sparse"
+    assert [p.name for p in path.parent.iterdir()] == ["split.json"]  # no temp file left behind
+    # the written split pins the same partition: spec from the file + the labeled groups
+    pinned = SplitConfig(**{**saved["spec"], "labeled_ids": saved["labeled_groups"], "labeled": None})
+    again = make_split(bundle, pinned)
+    for part in ("labeled", "unlabeled", "val", "test"):
+        assert ids(getattr(again, part)) == saved[part]

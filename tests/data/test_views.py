@@ -1,0 +1,241 @@
+"""Training views: resizing, supervision kinds (dense / sparse / tag / size / none), joint augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from semiseg.config import AugmentConfig
+from semiseg.data.records import IGNORE_INDEX, Record
+from semiseg.data.synthetic import make_shapes
+from semiseg.data.views import SUPERVISION_KINDS, TrainSet, sparse_mask
+
+K = 3
+SIZE = (32, 32)
+
+
+@pytest.fixture(scope="module")
+def records() -> list[Record]:
+    return make_shapes(8, size=32, num_classes=K, seed=0)
+
+
+def view(records, supervision="dense", augment=None, **kw) -> TrainSet:
+    return TrainSet(
+        records, supervision=supervision, num_classes=K, image_size=SIZE, augment_cfg=augment, **kw
+    )
+
+
+def blob_record(size: int = 32) -> Record:
+    """An asymmetric bright L-shape plus a disc on a dark background; mask = image > 0.5."""
+    image = np.full((size, size), 0.2, dtype=np.float32)
+    image[4:26, 5:11] = 0.8
+    image[20:26, 5:22] = 0.8
+    yy, xx = np.mgrid[0:size, 0:size]
+    image[(yy - 9) ** 2 + (xx - 22) ** 2 <= 16] = 0.8
+    return Record(id="blob", image=image[None], mask=(image > 0.5).astype(np.int64))
+
+
+# ------------------------------------------------------------------------------------------ batches
+def test_dense_items_and_batch_keys(records):
+    ds = view(records)
+    item = ds[3]
+    assert set(item) == {"image", "mask", "tags", "sizes", "kind", "index"}
+    assert item["image"].shape == (1, *SIZE) and item["image"].dtype == torch.float32
+    assert item["mask"].shape == SIZE and item["mask"].dtype == torch.long
+    assert torch.equal(item["mask"], torch.from_numpy(records[3].mask))
+    assert torch.equal(item["image"], torch.from_numpy(records[3].image))
+    assert item["tags"].isnan().all() and item["sizes"].isnan().all()
+    assert item["kind"].item() == SUPERVISION_KINDS.index("dense") and item["index"].item() == 3
+    batch = next(iter(DataLoader(ds, batch_size=4)))
+    assert batch["image"].shape == (4, 1, *SIZE) and batch["mask"].shape == (4, *SIZE)
+    assert batch["tags"].shape == (4, K) and batch["kind"].shape == (4,)
+    assert batch["index"].tolist() == [0, 1, 2, 3]
+
+
+def test_records_are_resized_to_the_training_size():
+    recs = make_shapes(2, size=48, num_classes=K, seed=1)
+    ds = TrainSet(recs, supervision="dense", num_classes=K, image_size=(24, 40))
+    item = ds[0]
+    assert item["image"].shape == (1, 24, 40) and item["mask"].shape == (24, 40)
+    # nearest-neighbour masks keep class values (no interpolated in-between labels)
+    assert set(item["mask"].unique().tolist()) <= set(np.unique(recs[0].mask).tolist())
+
+
+def test_unlabeled_items_carry_nothing(records):
+    item = view(records, "none")[0]
+    assert (item["mask"] == IGNORE_INDEX).all()
+    assert item["tags"].isnan().all() and item["sizes"].isnan().all()
+    assert item["kind"].item() == 0
+
+
+def test_unknown_supervision():
+    with pytest.raises(ValueError, match="unknown supervision"):
+        view(make_shapes(1, size=16), "points")
+
+
+# ------------------------------------------------------------------------------------------ sparse
+def test_sparse_masks_have_exactly_n_pixels_that_agree_with_the_dense_mask(records):
+    dense = view(records).masks
+    sparse = view(records, "sparse", sparse_pixels=25, split_seed=3, draw=1)
+    for i in range(len(records)):
+        m = sparse[i]["mask"]
+        kept = m != IGNORE_INDEX
+        assert kept.sum().item() == 25
+        assert torch.equal(m[kept], dense[i][kept])
+    assert sparse[0]["kind"].item() == SUPERVISION_KINDS.index("sparse")
+
+
+def test_sparse_pixels_are_deterministic_per_seed_draw_and_id(records):
+    def masks(**kw):
+        return view(records, "sparse", sparse_pixels=10, **kw).masks
+
+    base = masks(split_seed=0, draw=0)
+    assert torch.equal(base, masks(split_seed=0, draw=0))
+    for other in (masks(split_seed=0, draw=1), masks(split_seed=1, draw=0)):
+        for a, b in zip(base, other):
+            assert not torch.equal(a != IGNORE_INDEX, b != IGNORE_INDEX)
+    # the pixels depend on the record id, not on its position in the view
+    flipped = view(list(reversed(records)), "sparse", sparse_pixels=10).masks
+    assert torch.equal(flipped.flip(0), base)
+
+
+def test_sparse_mask_only_draws_labeled_pixels():
+    mask = torch.full((6, 6), IGNORE_INDEX, dtype=torch.long)
+    mask[1:3, 1:3] = torch.tensor([[0, 1], [2, 1]])
+    out = sparse_mask(mask, 100, seed=0, draw=0, record_id="x")  # more than the 4 labeled pixels
+    assert torch.equal(out, mask)
+    out = sparse_mask(mask, 2, seed=0, draw=0, record_id="x")
+    kept = out != IGNORE_INDEX
+    assert kept.sum() == 2 and torch.equal(out[kept], mask[kept])
+
+
+# ------------------------------------------------------------------------------------------ tag / size
+def test_tag_and_size_supervision(records):
+    dense = view(records).masks
+    counts = torch.stack([torch.bincount(m.flatten(), minlength=K) for m in dense]).float()
+    tags, sizes = view(records, "tag"), view(records, "size")
+    for i in range(len(records)):
+        t, s = tags[i], sizes[i]
+        assert (t["mask"] == IGNORE_INDEX).all() and (s["mask"] == IGNORE_INDEX).all()
+        assert torch.equal(t["tags"], (counts[i] > 0).float())
+        assert t["sizes"].isnan().all() and s["tags"].isnan().all()
+        assert torch.equal(s["sizes"], counts[i])
+        assert s["sizes"].sum().item() == SIZE[0] * SIZE[1]
+    # shapes images do not all contain every class, so the tags are informative
+    all_tags = torch.stack([tags[i]["tags"] for i in range(len(records))])
+    assert (all_tags == 0).any() and (all_tags[:, 0] == 1).all()
+    assert tags[0]["kind"].item() == SUPERVISION_KINDS.index("tag")
+    assert sizes[0]["kind"].item() == SUPERVISION_KINDS.index("size")
+
+
+# ------------------------------------------------------------------------------------------ augmentation
+_DIHEDRAL = {
+    f"rot{k}{'-h' if h else ''}": (lambda x, k=k, h=h: (x.flip(-1) if h else x).rot90(k, (-2, -1)))
+    for k in range(4)
+    for h in (False, True)
+}
+
+
+@pytest.mark.parametrize(
+    "cfg, allowed",
+    [
+        (AugmentConfig(hflip=True), {"rot0", "rot0-h"}),
+        (AugmentConfig(vflip=True), {"rot0", "rot2-h"}),  # vertical flip = horizontal flip + 180°
+        (AugmentConfig(rot90=True), {"rot0", "rot1", "rot2", "rot3"}),
+        (AugmentConfig(hflip=True, vflip=True, rot90=True), set(_DIHEDRAL)),
+    ],
+    ids=["hflip", "vflip", "rot90", "all"],
+)
+def test_flips_and_rot90_move_image_and_mask_together(records, cfg, allowed):
+    plain, aug = view(records), view(records, augment=cfg)
+    seen = set()
+    for epoch in range(6):
+        aug.set_epoch(epoch)
+        for i in range(len(records)):
+            item = aug[i]
+            matches = [n for n, f in _DIHEDRAL.items() if torch.equal(item["image"], f(plain.images[i]))]
+            assert len(matches) == 1, "augmented image is not a single flip/rotation of the original"
+            name = matches[0]
+            assert name in allowed
+            assert torch.equal(item["mask"], _DIHEDRAL[name](plain.masks[i]))
+            seen.add(name)
+    assert seen == allowed  # every allowed transform actually occurs (48 draws)
+
+
+def test_rotation_and_scaling_keep_labels_aligned():
+    rec = blob_record()
+    cfg = AugmentConfig(rotate_degrees=40, scale=[0.8, 1.25])
+    ds = TrainSet([rec], supervision="dense", num_classes=2, image_size=SIZE, augment_cfg=cfg)
+    original = torch.from_numpy(rec.mask)
+    ignored_somewhere = False
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        item = ds[0]
+        image, mask = item["image"][0], item["mask"]
+        valid = mask != IGNORE_INDEX
+        assert valid.float().mean() > 0.5
+        assert set(mask[valid].unique().tolist()) <= {0, 1}
+        agree = ((image > 0.5) == (mask == 1))[valid].float().mean().item()
+        assert agree > 0.97, f"epoch {epoch}: mask does not follow the transformed image ({agree:.3f})"
+        # the transform is not trivial: the un-augmented mask no longer fits the image
+        stale = ((image > 0.5) == (original == 1))[valid].float().mean().item()
+        assert stale < agree - 0.03
+        ignored_somewhere |= bool((~valid).any())
+    assert ignored_somewhere  # pixels rotated in from outside the image carry no label
+
+
+def test_region_sizes_follow_scaling():
+    size = 32
+    yy, xx = np.mgrid[0:size, 0:size]
+    disc = ((yy - 16) ** 2 + (xx - 16) ** 2 <= 36).astype(np.int64)
+    rec = Record(id="disc", image=(0.2 + 0.6 * disc).astype(np.float32)[None], mask=disc)
+    cfg = AugmentConfig(scale=[0.6, 1.6], rotate_degrees=20)
+    sized = TrainSet([rec], supervision="size", num_classes=2, image_size=(size, size), augment_cfg=cfg)
+    dense = TrainSet([rec], supervision="dense", num_classes=2, image_size=(size, size), augment_cfg=cfg)
+    ratios = []
+    for epoch in range(6):
+        sized.set_epoch(epoch)
+        dense.set_epoch(epoch)
+        s, d = sized[0], dense[0]
+        assert torch.equal(s["image"], d["image"])  # same random draw whatever the supervision
+        visible = (d["mask"] == 1).sum().item()  # the disc stays inside the image
+        assert s["sizes"][1].item() == pytest.approx(visible, rel=0.12)
+        ratios.append(s["sizes"][1].item() / disc.sum())
+    assert max(ratios) / min(ratios) > 1.5  # scaling really varied
+
+
+def test_intensity_augmentation_leaves_the_mask_alone(records):
+    cfg = AugmentConfig(brightness=0.2, contrast=0.3, noise_std=0.05)
+    plain, aug = view(records), view(records, augment=cfg)
+    for i in range(4):
+        item = aug[i]
+        assert torch.equal(item["mask"], plain.masks[i])
+        assert not torch.allclose(item["image"], plain.images[i], atol=1e-3)
+
+
+def test_identity_config_is_no_augmentation(records):
+    ds = view(records, augment=AugmentConfig())
+    assert ds.augment_cfg is None
+    assert torch.equal(ds[0]["image"], ds.images[0])
+
+
+def test_same_seed_epoch_index_same_augmentation(records):
+    cfg = AugmentConfig(hflip=True, rotate_degrees=30, scale=[0.9, 1.1], brightness=0.1, noise_std=0.02)
+
+    def item(seed, epoch, index, order=None):
+        ds = view(records if order is None else order, augment=cfg, seed=seed)
+        ds.set_epoch(epoch)
+        return ds[index]
+
+    a, b = item(0, 2, 5), item(0, 2, 5)
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+    for other in (item(0, 3, 5), item(1, 2, 5)):  # another epoch or seed: another draw
+        assert not torch.equal(a["image"], other["image"])
+    # reading items in another order (other workers, ranks, resumption) gives the same results
+    ds = view(records, augment=cfg)
+    ds.set_epoch(2)
+    forward = [ds[i]["image"] for i in range(len(records))]
+    backward = [ds[i]["image"] for i in reversed(range(len(records)))][::-1]
+    assert all(torch.equal(x, y) for x, y in zip(forward, backward))

@@ -1,0 +1,178 @@
+"""Every registered method: one step on a synthetic batch per phase/optimizer, gradients, save/load."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from semiseg.config import ModelConfig
+from semiseg.data.records import IGNORE_INDEX
+from semiseg.data.views import SUPERVISION_KINDS
+from semiseg.errors import ConfigError
+from semiseg.methods import METHODS, Method, Phase, build_method, method_names
+
+K = 3
+MODEL = ModelConfig(name="unet", width=4, depth=2, norm="batch", dropout=0.0)
+
+
+def stream(kind: str, b: int = 2, hw=(32, 32), seed: int = 0) -> dict[str, torch.Tensor]:
+    """A batch with the keys of :class:`semiseg.data.views.TrainSet` and ``kind`` supervision."""
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(b, 1, *hw, generator=g)
+    dense = torch.randint(0, K, (b, *hw), generator=g)
+    dense[:, :4] = IGNORE_INDEX  # e.g. pixels rotated in from outside the image
+    counts = torch.stack([torch.bincount(m[m != IGNORE_INDEX], minlength=K) for m in dense]).float()
+    nan = torch.full((b, K), float("nan"))
+    mask, tags, sizes = torch.full_like(dense, IGNORE_INDEX), nan.clone(), nan.clone()
+    if kind == "dense":
+        mask = dense
+    elif kind == "sparse":
+        keep = torch.rand(b, *hw, generator=g) < 0.05
+        mask = torch.where(keep, dense, torch.full_like(dense, IGNORE_INDEX))
+    elif kind == "tag":
+        tags = (counts > 0).float()
+    elif kind == "size":
+        sizes = counts
+    return {
+        "image": image,
+        "mask": mask,
+        "tags": tags,
+        "sizes": sizes,
+        "kind": torch.full((b,), SUPERVISION_KINDS.index(kind)),
+        "index": torch.arange(b),
+    }
+
+
+def batch(labeled_kind: str = "dense") -> dict[str, dict[str, torch.Tensor]]:
+    return {"labeled": stream(labeled_kind, seed=0), "unlabeled": stream("none", b=3, seed=1)}
+
+
+def build(name: str, seed: int = 0, **options) -> Method:
+    torch.manual_seed(seed)
+    return build_method({"name": name, **options}, MODEL, in_channels=1, num_classes=K)
+
+
+NAMES = method_names()
+
+
+def test_registry_is_not_empty():
+    assert "supervised" in NAMES
+    assert all(METHODS[n].method_name == n for n in NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_phases_are_well_formed(name):
+    method = build(name)
+    phases = method.phases()
+    assert phases and all(isinstance(p, Phase) for p in phases)
+    assert len({p.name for p in phases}) == len(phases)
+    assert any(p.validate for p in phases), "some phase must train (and select) the segmenter"
+    for p in phases:
+        assert p.optimizers and set(p.streams) <= {"labeled", "unlabeled"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_step_per_phase_and_optimizer(name):
+    method = build(name)
+    method.train()
+    data = batch()
+    for phase in method.phases():
+        for opt_name in phase.optimizers:
+            method.zero_grad(set_to_none=True)
+            out = method.training_step({s: data[s] for s in phase.streams}, phase.name, opt_name)
+            where = f"{name}: phase {phase.name!r}, optimizer {opt_name!r}"
+            assert "loss" in out, where
+            loss = out["loss"]
+            assert torch.is_tensor(loss) and loss.ndim == 0 and loss.requires_grad, where
+            for key, value in out.items():
+                assert torch.isfinite(torch.as_tensor(value)).all(), f"{where}: {key} = {value}"
+            loss.backward()
+            params = [
+                (n, p)
+                for n, p in method.named_parameters()
+                if any(p is q for q in method.parameters_for(phase.name, opt_name))
+            ]
+            assert params, f"{where}: no parameters to optimise"
+            trainable = [(n, p) for n, p in params if p.requires_grad]
+            missing = [n for n, p in trainable if p.grad is None or not p.grad.abs().sum() > 0]
+            assert not missing, f"{where}: no gradient for {missing}"
+            assert all(torch.isfinite(p.grad).all() for _, p in trainable), where
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_routes_to_training_step(name):
+    # the engine calls the module (forward) so that DDP sees the step
+    method = build(name)
+    phase = method.phases()[-1]
+    data = {s: batch()[s] for s in phase.streams}
+    torch.manual_seed(0)
+    a = method(data, phase.name, phase.optimizers[0])["loss"]
+    torch.manual_seed(0)
+    b = method.training_step(data, phase.name, phase.optimizers[0])["loss"]
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_predict_shape(name):
+    method = build(name).eval()
+    x = torch.rand(3, 1, 37, 45)
+    logits = method.predict(x)
+    assert logits.shape == (3, K, 37, 45) and not logits.requires_grad
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_round_trip(name):
+    a = build(name, seed=0)
+    # one optimiser step so that weights and normalisation statistics differ from initialisation
+    phase = [p for p in a.phases() if p.validate][0]
+    opt = torch.optim.SGD(a.parameters_for(phase.name, phase.optimizers[0]), lr=0.1)
+    a.training_step({s: batch()[s] for s in phase.streams}, phase.name, phase.optimizers[0])[
+        "loss"
+    ].backward()
+    opt.step()
+    buffer = io.BytesIO()
+    torch.save(a.state_dict(), buffer)
+    buffer.seek(0)
+    b = build(name, seed=1)
+    a.eval()
+    b.eval()
+    x = torch.rand(2, 1, 32, 32)
+    assert not torch.equal(a.predict(x), b.predict(x))
+    b.load_state_dict(torch.load(buffer, weights_only=True))
+    assert torch.equal(a.predict(x), b.predict(x))
+    assert a.state_dict().keys() == b.state_dict().keys()
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unknown_method_option(name):
+    with pytest.raises(ConfigError, match=r"unknown key 'method\.not_an_option'"):
+        build(name, not_an_option=1)
+
+
+def test_unknown_method_name():
+    with pytest.raises(ConfigError, match="unknown method 'nope'.*known: .*supervised"):
+        build("nope")
+
+
+# -------------------------------------------------------------------------------- supervised specifics
+@pytest.mark.parametrize("kind", ["dense", "sparse"])
+def test_supervised_loss_components(kind):
+    method = build("supervised", ce_weight=1.0, dice_weight=0.5)
+    out = method.training_step(batch(kind), "train", "main")
+    assert set(out) == {"loss", "ce", "dice"}
+    torch.testing.assert_close(out["loss"], out["ce"] + 0.5 * out["dice"])
+
+
+def test_supervised_uses_labeled_pixels_only():
+    method = build("supervised").eval()
+    data = batch("sparse")
+    loss = method.training_step(data, "train", "main")["loss"]
+    other = {"labeled": data["labeled"], "unlabeled": stream("none", b=3, seed=9)}
+    assert torch.equal(method.training_step(other, "train", "main")["loss"], loss)  # unlabeled stream unused
+    relabeled = dict(data["labeled"])
+    labeled = relabeled["mask"] != IGNORE_INDEX
+    relabeled["mask"] = torch.where(labeled, (relabeled["mask"] + 1) % K, relabeled["mask"])
+    assert not torch.equal(method.training_step({"labeled": relabeled}, "train", "main")["loss"], loss)

@@ -1,0 +1,151 @@
+"""Networks: one shared tester (odd sizes, gradients, state_dict round trip), a tiny subclass per model."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from semiseg.config import ModelConfig
+from semiseg.errors import ConfigError
+from semiseg.models import MODELS, build_model
+
+SIZES = [(32, 32), (37, 45), (9, 17)]
+
+
+class ModelTester:
+    """Shared checks; subclasses set the model options (kept tiny: width 4-8, depth 2-3)."""
+
+    name = "unet"
+    norm = "batch"
+    width = 4
+    depth = 2
+    dropout = 0.0
+    in_channels = 1
+    num_classes = 3
+
+    def build(self, seed: int = 0) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        cfg = ModelConfig(
+            name=self.name, width=self.width, depth=self.depth, norm=self.norm, dropout=self.dropout
+        )
+        return build_model(cfg, self.in_channels, self.num_classes)
+
+    def inputs(self, hw, batch: int = 2, seed: int = 1) -> torch.Tensor:
+        return torch.randn(batch, self.in_channels, *hw, generator=torch.Generator().manual_seed(seed))
+
+    @pytest.mark.parametrize("hw", SIZES, ids=lambda hw: f"{hw[0]}x{hw[1]}")
+    def test_forward_shape(self, hw):
+        model = self.build()
+        out = model(self.inputs(hw))
+        assert out.shape == (2, self.num_classes, *hw)
+        assert out.dtype == torch.float32 and torch.isfinite(out).all()
+        model.eval()
+        with torch.no_grad():
+            assert model(self.inputs(hw)).shape == (2, self.num_classes, *hw)
+
+    @pytest.mark.parametrize("hw", SIZES, ids=lambda hw: f"{hw[0]}x{hw[1]}")
+    def test_every_parameter_gets_a_gradient(self, hw):
+        model = self.build()
+        x = self.inputs(hw).requires_grad_(True)
+        target = torch.randint(0, self.num_classes, (2, *hw), generator=torch.Generator().manual_seed(2))
+        F.cross_entropy(model(x), target).backward()
+        missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+        assert not missing, f"parameters without gradient: {missing}"
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+        assert x.grad is not None and (x.grad != 0).any()
+
+    def test_state_dict_round_trip(self):
+        a = self.build(seed=0)
+        # one training step so that normalisation statistics and weights differ from the initial ones
+        opt = torch.optim.SGD(a.parameters(), lr=0.1)
+        x = self.inputs((32, 32))
+        a(x).square().mean().backward()
+        opt.step()
+        buffer = io.BytesIO()
+        torch.save(a.state_dict(), buffer)
+        buffer.seek(0)
+        b = self.build(seed=1)
+        a.eval()
+        b.eval()
+        probe = self.inputs((32, 32), seed=5)
+        with torch.no_grad():
+            assert not torch.equal(a(probe), b(probe))
+        b.load_state_dict(torch.load(buffer, weights_only=True))
+        with torch.no_grad():
+            assert torch.equal(a(probe), b(probe))
+        for (na, ta), (nb, tb) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert na == nb and torch.equal(ta, tb)
+
+    def test_eval_output_does_not_depend_on_the_batch(self):
+        model = self.build().eval()
+        x = self.inputs((32, 32), batch=3)
+        with torch.no_grad():
+            together = model(x)
+            alone = torch.cat([model(x[i : i + 1]) for i in range(3)])
+        torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+
+
+class TestUNetBatch(ModelTester):
+    norm = "batch"
+
+
+class TestUNetInstance(ModelTester):
+    norm = "instance"
+
+
+class TestUNetGroup(ModelTester):
+    norm = "group"
+    width = 8
+
+
+class TestUNetNoNorm(ModelTester):
+    norm = "none"
+
+
+class TestUNetDeepRGBDropout(ModelTester):
+    depth = 3
+    dropout = 0.3
+    in_channels = 3
+    num_classes = 2
+
+    def test_dropout_active_in_training_only(self):
+        model = self.build()
+        x = self.inputs((32, 32))
+        with torch.no_grad():
+            assert not torch.equal(model(x), model(x))
+            model.eval()
+            assert torch.equal(model(x), model(x))
+
+
+class TestMonaiUNet(ModelTester):
+    name = "monai_unet"
+    width = 8
+
+
+class TestMonaiUNetInstance(TestMonaiUNet):
+    norm = "instance"
+
+
+class TestMonaiUNetGroup(TestMonaiUNet):
+    norm = "group"
+
+
+class TestMonaiUNetNoNorm(TestMonaiUNet):
+    norm = "none"
+    width = 4
+
+
+def test_every_registered_model_has_a_tester():
+    build_model(ModelConfig(), 1, 2)  # loads the built-in registrations
+    tested = {cls.name for cls in ModelTester.__subclasses__()} | {
+        c.name for s in ModelTester.__subclasses__() for c in s.__subclasses__()
+    }
+    assert set(MODELS) <= tested
+
+
+def test_unknown_model_name():
+    with pytest.raises(ConfigError, match="unknown model 'resnet'.*known: .*unet"):
+        build_model(ModelConfig(name="resnet"), 1, 2)

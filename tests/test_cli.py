@@ -1,0 +1,336 @@
+"""The CLI: fast --help, train → evaluate → predict on generated data, one-line errors for user mistakes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from semiseg.cli import main
+
+SHAPES = {
+    "data": {"dataset": "shapes", "image_size": [32, 32], "num_images": 20, "split": {"labeled": 4}},
+    "model": {"name": "unet", "width": 4, "depth": 2},
+    "method": {"name": "supervised", "dice_weight": 0.5},
+    "train": {
+        "epochs": 2,
+        "batch_size": 4,
+        "iters_per_epoch": 2,
+        "lr": 0.01,
+        "progress": False,
+        "plots": False,
+    },
+}
+
+
+def write_recipe(path: Path, recipe: dict) -> str:
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path)
+
+
+def run_module(*args: str, code: str | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-c", code] if code else [sys.executable, "-m", "semiseg.cli", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+
+
+def assert_one_line_error(capsys, command: str, *fragments: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err, err
+    assert err.startswith(f"semiseg {command}: error: "), err
+    assert "Traceback" not in err
+    for f in fragments:
+        assert f in err, err
+    return err
+
+
+# ------------------------------------------------------------------------------------------ start-up
+def test_help_runs_and_lists_commands():
+    result = run_module("--help")
+    assert result.returncode == 0, result.stderr
+    for command in ("train", "evaluate", "predict", "demo", "bench", "data"):
+        assert command in result.stdout
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys\n"
+        "import semiseg.cli as cli\n"
+        "for argv in (['--help'], ['train', '--help'], ['predict', '--help']):\n"
+        "    try:\n"
+        "        cli.main(argv)\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code == 0, exc.code\n"
+        "heavy = sorted(m for m in ('torch', 'monai', 'matplotlib', 'scipy') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    result = run_module(code=code)
+    assert result.returncode == 0, result.stderr
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "semiseg"
+    if not script.exists():
+        pytest.skip("console script not installed in this environment")
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "usage: semiseg" in result.stdout
+
+
+# ------------------------------------------------------------------------------------------ end to end
+def test_train_evaluate_predict(tmp_path, capsys):
+    recipe = write_recipe(tmp_path / "shapes.yaml", SHAPES)
+    out = tmp_path / "run"
+    assert main(["train", "-c", recipe, "-o", str(out), "--set", "train.epochs=2"]) == 0
+    assert "done: " in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+
+    report = tmp_path / "eval" / "test.json"
+    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--split", "test", "-o", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "dice/mean" in printed and "hd95/mean" in printed
+    result = json.loads(report.read_text())
+    assert result["split"] == "test" and result["n"] == len(metrics["test_cases"]) == 4
+    for key, value in metrics["test"].items():  # same model, same split: the training run's final test scores
+        assert result["metrics"][key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    sizes = {"a": (30, 40), "b": (32, 32), "c": (50, 25)}  # (H, W)
+    for stem, (h, w) in sizes.items():
+        pixels = (rng.random((h, w)) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(images / f"{stem}.png")
+    Image.fromarray((rng.random((20, 24, 3)) * 255).astype(np.uint8)).save(images / "d.jpg")  # colour → gray
+    (images / "notes.txt").write_text("not an image")
+    masks = tmp_path / "masks"
+    assert (
+        main(
+            ["predict", "--checkpoint", str(out / "best.pt"), "--input", str(images), "--output", str(masks)]
+        )
+        == 0
+    )
+    assert "wrote 4 masks" in capsys.readouterr().out
+    sizes["d"] = (20, 24)
+    assert sorted(p.name for p in masks.iterdir()) == ["a.png", "b.png", "c.png", "d.png"]
+    for stem, (h, w) in sizes.items():
+        with Image.open(masks / f"{stem}.png") as im:
+            assert im.size == (w, h) and im.mode == "L"
+            assert np.asarray(im).max() < 3  # class indices of the 3-class shapes set
+
+
+def test_data_check_and_split(tmp_path, capsys):
+    recipe = write_recipe(tmp_path / "shapes.yaml", SHAPES)
+    assert main(["data", "check", "-c", recipe]) == 0
+    assert "shapes: 3 classes, 1 channel(s); labeled 4" in capsys.readouterr().out
+    assert (
+        main(
+            ["data", "split", "-c", recipe, "-o", str(tmp_path / "split.json"), "--set", "data.split.draw=1"]
+        )
+        == 0
+    )
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert len(split["labeled"]) == 4 and split["spec"]["draw"] == 1
+
+
+# ------------------------------------------------------------------------------------------ user mistakes
+def test_bad_config_key_exits_2_with_one_line(tmp_path):
+    recipe = write_recipe(tmp_path / "bad.yaml", {**SHAPES, "train": {**SHAPES["train"], "epoch": 3}})
+    result = run_module("train", "-c", recipe, "-o", str(tmp_path / "out"))
+    assert result.returncode == 2
+    err = result.stderr.strip()
+    assert (
+        err == f"semiseg train: error: {recipe}: unknown key 'train.epoch' (did you mean 'epochs'?)"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--set", "train.epochs=zero"], ["'train.epochs' must be int"]),
+        (["--set", "model.norm=layer"], ["'model.norm' must be one of"]),
+        (["--set", "method.name=nope"], ["unknown method 'nope'"]),
+        (["--set", "method.tv_wieght=1"], ["unknown key 'method.tv_wieght'"]),
+        (["--set", "train.device=gpu9"], ["train.device: invalid device 'gpu9'"]),
+    ],
+)
+def test_bad_options_exit_2(tmp_path, capsys, args, fragments):
+    recipe = write_recipe(tmp_path / "shapes.yaml", SHAPES)
+    assert main(["train", "-c", recipe, "-o", str(tmp_path / "out"), *args]) == 2
+    assert_one_line_error(capsys, "train", *fragments)
+
+
+def test_missing_config_file(tmp_path, capsys):
+    assert main(["train", "-c", str(tmp_path / "nope.yaml")]) == 2
+    assert_one_line_error(capsys, "train", "nope.yaml: config file not found")
+
+
+def test_diverged_training_exits_3(tmp_path, capsys, monkeypatch):
+    from semiseg.methods.supervised import Supervised
+
+    original = Supervised.training_step
+    monkeypatch.setattr(
+        Supervised,
+        "training_step",
+        lambda self, *a: {**original(self, *a), "loss": original(self, *a)["loss"] * float("inf")},
+    )
+    recipe = write_recipe(tmp_path / "shapes.yaml", SHAPES)
+    assert main(["train", "-c", recipe, "-o", str(tmp_path / "out")]) == 3
+    assert_one_line_error(capsys, "train", "non-finite loss")
+
+
+# ------------------------------------------------------------------------------------------ bad data (folder)
+def make_folder(root: Path, n: int = 8, size: tuple[int, int] = (32, 32)) -> Path:
+    rng = np.random.default_rng(1)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        mask = np.zeros(size, dtype=np.uint8)
+        mask[8:20, 6 + i : 18 + i] = 1
+        image = (60 + 120 * mask + rng.integers(0, 40, size)).astype(np.uint8)
+        Image.fromarray(image).save(root / "images" / f"img{i:03d}.png")
+        Image.fromarray(mask).save(root / "masks" / f"img{i:03d}.png")
+    return root
+
+
+def folder_recipe(tmp_path: Path, root: Path) -> str:
+    recipe = {
+        **SHAPES,
+        "data": {"dataset": "folder", "path": str(root), "image_size": [32, 32], "num_classes": 2},
+    }
+    return write_recipe(tmp_path / "folder.yaml", recipe)
+
+
+def test_folder_dataset_trains(tmp_path, capsys):
+    root = make_folder(tmp_path / "data")
+    assert (
+        main(
+            [
+                "train",
+                "-c",
+                folder_recipe(tmp_path, root),
+                "-o",
+                str(tmp_path / "out"),
+                "--set",
+                "train.epochs=1",
+            ]
+        )
+        == 0
+    )
+    split = json.loads((tmp_path / "out" / "split.json").read_text())
+    assert (len(split["labeled"]), len(split["val"]), len(split["test"])) == (5, 1, 2)
+
+
+def _size_mismatch(root: Path) -> Path:
+    bad = root / "masks" / "img003.png"
+    Image.fromarray(np.zeros((30, 32), dtype=np.uint8)).save(bad)
+    return bad
+
+
+def _bad_values(root: Path) -> Path:
+    bad = root / "masks" / "img005.png"
+    Image.fromarray(np.full((32, 32), 5, dtype=np.uint8)).save(bad)
+    return bad
+
+
+def _unreadable(root: Path) -> Path:
+    bad = root / "images" / "img002.png"
+    bad.write_bytes(b"\x89PNG this is not really a png")
+    return bad
+
+
+def _nan_pixels(root: Path) -> Path:
+    (root / "images" / "img004.png").unlink()
+    bad = root / "images" / "img004.tif"
+    pixels = np.full((32, 32), 0.5, dtype=np.float32)
+    pixels[3, 7] = np.nan
+    Image.fromarray(pixels, mode="F").save(bad)
+    return bad
+
+
+def _no_masks(root: Path) -> Path:
+    for p in (root / "masks").iterdir():
+        p.unlink()
+    (root / "masks").rmdir()
+    return root
+
+
+@pytest.mark.parametrize(
+    "damage, what",
+    [
+        (_size_mismatch, "mask size 30x32 does not match image size 32x32"),
+        (_bad_values, "mask values [5] outside classes 0..1"),
+        (_unreadable, "cannot read image"),
+        (_nan_pixels, "NaN"),
+        (_no_masks, "labeled training set is empty"),
+    ],
+    ids=["size-mismatch", "mask-values", "unreadable", "nan-pixels", "empty-labeled"],
+)
+def test_bad_folder_data_exits_2_naming_the_file(tmp_path, capsys, damage, what):
+    root = make_folder(tmp_path / "data")
+    bad = damage(root)
+    out = tmp_path / "out"
+    assert main(["train", "-c", folder_recipe(tmp_path, root), "-o", str(out)]) == 2
+    names = [] if bad == root else [str(bad)]
+    assert_one_line_error(capsys, "train", what, *names)
+    assert not (out / "last.pt").exists()  # nothing was trained
+
+
+def test_missing_data_root_exits_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("SEMISEG_DATA", raising=False)
+    recipe = write_recipe(
+        tmp_path / "w.yaml", {**SHAPES, "data": {"dataset": "weizmann", "image_size": [32, 32]}}
+    )
+    missing = tmp_path / "no-such-root"
+    assert main(["train", "-c", recipe, "--data-root", str(missing)]) == 2
+    assert_one_line_error(capsys, "train", str(missing), "data root not found (from --data-root)")
+    assert main(["train", "-c", recipe]) == 2
+    assert_one_line_error(capsys, "train", "no data root: pass --data-root DIR or set SEMISEG_DATA")
+    monkeypatch.setenv("SEMISEG_DATA", str(missing))
+    assert main(["data", "check", "-c", recipe]) == 2
+    assert_one_line_error(capsys, "data", "data root not found (from SEMISEG_DATA)")
+
+
+def test_missing_folder_dataset_exits_2(tmp_path, capsys):
+    missing = tmp_path / "nothing-here"
+    assert main(["train", "-c", folder_recipe(tmp_path, missing)]) == 2
+    assert_one_line_error(capsys, "train", str(missing))
+
+
+def test_missing_or_bad_checkpoint_exits_2(tmp_path, capsys):
+    missing = tmp_path / "none.pt"
+    assert main(["evaluate", "--checkpoint", str(missing)]) == 2
+    assert_one_line_error(capsys, "evaluate", f"{missing}: checkpoint not found")
+    junk = tmp_path / "junk.pt"
+    junk.write_text("junk")
+    assert (
+        main(
+            ["predict", "--checkpoint", str(junk), "--input", str(tmp_path), "--output", str(tmp_path / "o")]
+        )
+        == 2
+    )
+    assert_one_line_error(capsys, "predict", f"{junk}: cannot read checkpoint")
+
+
+def test_predict_bad_input_folder_exits_2(tmp_path, capsys):
+    recipe = write_recipe(tmp_path / "shapes.yaml", SHAPES)
+    out = tmp_path / "run"
+    assert main(["train", "-c", recipe, "-o", str(out), "--set", "train.epochs=1"]) == 0
+    capsys.readouterr()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = ["predict", "--checkpoint", str(out / "best.pt"), "--output", str(tmp_path / "masks")]
+    assert main([*args, "--input", str(empty)]) == 2
+    assert_one_line_error(capsys, "predict", str(empty), "no images found")
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(empty / "good.png")
+    (empty / "bad.png").write_bytes(b"garbage")
+    assert main([*args, "--input", str(empty)]) == 2
+    assert_one_line_error(capsys, "predict", str(empty / "bad.png"))
+    assert not (tmp_path / "masks").exists()  # all inputs are checked before anything is written

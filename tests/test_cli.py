@@ -145,9 +145,7 @@ def test_bad_config_key_exits_2_with_one_line(tmp_path):
     result = run_module("train", "-c", recipe, "-o", str(tmp_path / "out"))
     assert result.returncode == 2
     err = result.stderr.strip()
-    assert (
-        err == f"semiseg train: error: {recipe}: unknown key 'train.epoch' (did you mean 'epochs'?)"
-    )
+    assert err == f"semiseg train: error: {recipe}: unknown key 'train.epoch' (did you mean 'epochs'?)"
     assert not (tmp_path / "out").exists()
 
 

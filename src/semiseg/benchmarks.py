@@ -88,9 +88,15 @@ TABLES = {"supervised-horse": _horse, "supervised-acdc": _acdc}
 # ---------------------------------------------------------------------------------- provenance
 def git_commit() -> str:
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, check=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -108,9 +114,13 @@ def hardware() -> dict[str, Any]:
     except OSError:
         pass
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
     }
 
 
@@ -137,8 +147,14 @@ def measure_throughput(model: dict[str, Any], steps: int = 10, warmup: int = 3) 
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    return {"image_size": [128, 128], "batch_size": 16, "device": "cpu", "model": model,
-            "images_per_second": round(out["images_per_second"], 2), "peak_rss_mib": round(out["peak_rss_mib"], 1)}
+    return {
+        "image_size": [128, 128],
+        "batch_size": 16,
+        "device": "cpu",
+        "model": model,
+        "images_per_second": round(out["images_per_second"], 2),
+        "peak_rss_mib": round(out["peak_rss_mib"], 1),
+    }
 
 
 # -------------------------------------------------------------------------------------- runner
@@ -159,8 +175,13 @@ def row_config(table: Table, row: Row, seed: int, quick: bool):
 
 
 def run_table(
-    name: str, *, quick: bool = False, data_root: str | None = None, results_dir: str | Path = "benchmarks/results",
-    work_dir: str | Path = "runs/bench", seeds: list[int] | None = None,
+    name: str,
+    *,
+    quick: bool = False,
+    data_root: str | None = None,
+    results_dir: str | Path = "benchmarks/results",
+    work_dir: str | Path = "runs/bench",
+    seeds: list[int] | None = None,
 ) -> dict[str, Any]:
     """Run every row of table ``name`` and write its JSON and Markdown results."""
     from semiseg.config import to_dict
@@ -185,13 +206,33 @@ def run_table(
             res = train(cfg, data_root=data_root, output_dir=out, bundle=bundle)
             value = res["test"][table.metric] * table.scale
             values.append(value)
-            runs.append({"method": row.method, "setting": row.setting, "seed": seed, "test": value,
-                         "val_best": res["best"], "seconds": round(time.perf_counter() - t0, 1),
-                         "images_per_second": res["images_per_second"], "labeled": res["labeled"]})
-            print(f"[{name}] {row.method} | {row.setting} | seed {seed}: {table.metric} = {value:.2f}", flush=True)
-        rows_out.append({"method": row.method, "setting": row.setting, "metric": table.metric_label,
-                         "mean": round(sum(values) / len(values), 3), "std": round(_std(values), 3),
-                         "n_runs": len(values), "paper": row.paper})
+            runs.append(
+                {
+                    "method": row.method,
+                    "setting": row.setting,
+                    "seed": seed,
+                    "test": value,
+                    "val_best": res["best"],
+                    "seconds": round(time.perf_counter() - t0, 1),
+                    "images_per_second": res["images_per_second"],
+                    "labeled": res["labeled"],
+                }
+            )
+            print(
+                f"[{name}] {row.method} | {row.setting} | seed {seed}: {table.metric} = {value:.2f}",
+                flush=True,
+            )
+        rows_out.append(
+            {
+                "method": row.method,
+                "setting": row.setting,
+                "metric": table.metric_label,
+                "mean": round(sum(values) / len(values), 3),
+                "std": round(_std(values), 3),
+                "n_runs": len(values),
+                "paper": row.paper,
+            }
+        )
     results = {
         "table": name,
         "title": table.title,
@@ -200,8 +241,11 @@ def run_table(
         "notes": table.notes,
         "provenance": {
             "git_commit": commit,
-            "config": {"recipe": table.recipe, "row_overrides": {r.setting: r.overrides for r in table.rows},
-                       "resolved_seed0": configs},
+            "config": {
+                "recipe": table.recipe,
+                "row_overrides": {r.setting: r.overrides for r in table.rows},
+                "resolved_seed0": configs,
+            },
             "seeds": seeds,
             "hardware": hardware(),
             "wall_seconds": round(time.perf_counter() - start, 1),
@@ -217,18 +261,29 @@ def run_table(
 
 def markdown(results: dict[str, Any]) -> str:
     p = results["provenance"]
-    lines = [f"# {results['table']}: {results['title']}", "",
-             "| method | setting | metric | mean | std | runs | paper |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# {results['table']}: {results['title']}",
+        "",
+        "| method | setting | metric | mean | std | runs | paper |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results["rows"]:
         paper = "–" if r["paper"] is None else f"{r['paper']:.2f}"
-        lines.append(f"| {r['method']} | {r['setting']} | {r['metric']} | {r['mean']:.2f} | {r['std']:.2f} | "
-                     f"{r['n_runs']} | {paper} |")
+        lines.append(
+            f"| {r['method']} | {r['setting']} | {r['metric']} | {r['mean']:.2f} | {r['std']:.2f} | "
+            f"{r['n_runs']} | {paper} |"
+        )
     t = p["throughput"]
-    lines += ["", results.get("notes", ""), "",
-              f"Mode: **{p['mode']}**; seeds {p['seeds']}; commit `{p['git_commit']}`; wall time {p['wall_seconds']} s; "
-              f"hardware: {p['hardware']['cpu']} ({p['hardware']['cores']} cores), torch {p['hardware']['torch']}.",
-              f"Training throughput at 128x128, batch 16, CPU: {t['images_per_second']} images/s; peak resident "
-              f"memory of that training process {t['peak_rss_mib']} MiB.", ""]
+    lines += [
+        "",
+        results.get("notes", ""),
+        "",
+        f"Mode: **{p['mode']}**; seeds {p['seeds']}; commit `{p['git_commit']}`; wall time {p['wall_seconds']} s; "
+        f"hardware: {p['hardware']['cpu']} ({p['hardware']['cores']} cores), torch {p['hardware']['torch']}.",
+        f"Training throughput at 128x128, batch 16, CPU: {t['images_per_second']} images/s; peak resident "
+        f"memory of that training process {t['peak_rss_mib']} MiB.",
+        "",
+    ]
     return "\n".join(lines)
 
 

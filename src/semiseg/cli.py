@@ -14,8 +14,14 @@ from pathlib import Path
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", required=True, help="YAML recipe (see configs/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.lr=0.01 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.lr=0.01 (repeatable)",
+    )
     p.add_argument("--quick", action="store_true", help="apply the recipe's 'quick' section (CPU-sized run)")
     p.add_argument("--data-root", help="folder holding the datasets (default: $SEMISEG_DATA)")
 
@@ -78,8 +84,11 @@ def cmd_train(args) -> int:
     if results:
         out = Path(args.output or cfg.output_dir)
         key = cfg.train.val_metric
-        msg = [f"done: {out}/ (best val {key} = {results['best']['value']:.4f} at epoch {results['best']['epoch']})"
-               if results["best"]["value"] is not None else f"done: {out}/"]
+        msg = [
+            f"done: {out}/ (best val {key} = {results['best']['value']:.4f} at epoch {results['best']['epoch']})"
+            if results["best"]["value"] is not None
+            else f"done: {out}/"
+        ]
         if "test" in results:
             msg.append(f"test {key} = {results['test'].get(key, float('nan')):.4f}")
         print("; ".join(msg))
@@ -105,11 +114,20 @@ def cmd_evaluate(args) -> int:
         raise DataError(None, f"{data.bundle.name}: the {args.split} split is empty")
     with torch.no_grad():
         means, cases = evaluate_records(
-            method.predict, records, num_classes=state["num_classes"], image_size=cfg.data.image_size,
-            device=device, metrics=ALL_METRICS,
+            method.predict,
+            records,
+            num_classes=state["num_classes"],
+            image_size=cfg.data.image_size,
+            device=device,
+            metrics=ALL_METRICS,
         )
-    result = {"checkpoint": str(args.checkpoint), "split": args.split, "n": len(records), "metrics": means,
-              "cases": cases}
+    result = {
+        "checkpoint": str(args.checkpoint),
+        "split": args.split,
+        "n": len(records),
+        "metrics": means,
+        "cases": cases,
+    }
     if args.output:
         atomic_write_text(args.output, json.dumps(result, indent=1, default=float))
     width = max(len(k) for k in means)
@@ -140,8 +158,14 @@ def cmd_demo(args) -> int:
 def cmd_bench(args) -> int:
     from semiseg.benchmarks import run_table
 
-    run_table(args.table, quick=args.quick, data_root=args.data_root, results_dir=args.results_dir,
-              work_dir=args.work_dir, seeds=args.seeds)
+    run_table(
+        args.table,
+        quick=args.quick,
+        data_root=args.data_root,
+        results_dir=args.results_dir,
+        work_dir=args.work_dir,
+        seeds=args.seeds,
+    )
     return 0
 
 
@@ -154,9 +178,11 @@ def cmd_data(args) -> int:
     split = make_split(bundle, cfg.data.split)
     s = split.summary()
     if args.action == "check":
-        print(f"{bundle.name}: {bundle.num_classes} classes, {bundle.in_channels} channel(s); "
-              f"labeled {len(s['labeled'])} ({len(s['labeled_groups'])} groups), unlabeled {len(s['unlabeled'])}, "
-              f"val {len(s['val'])}, test {len(s['test'])}")
+        print(
+            f"{bundle.name}: {bundle.num_classes} classes, {bundle.in_channels} channel(s); "
+            f"labeled {len(s['labeled'])} ({len(s['labeled_groups'])} groups), unlabeled {len(s['unlabeled'])}, "
+            f"val {len(s['val'])}, test {len(s['test'])}"
+        )
     elif args.output:
         split.write(args.output)
         print(f"wrote {args.output}")
@@ -165,8 +191,14 @@ def cmd_data(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo,
-            "bench": cmd_bench, "data": cmd_data}
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+    "demo": cmd_demo,
+    "bench": cmd_bench,
+    "data": cmd_data,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

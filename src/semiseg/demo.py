@@ -13,20 +13,35 @@ from pathlib import Path
 from typing import Any
 
 BASE: dict[str, Any] = {
-    "data": {"dataset": "shapes", "image_size": [64, 64], "num_images": 120, "shapes_classes": 3,
-             "split": {"seed": 0, "val_fraction": 0.1, "test_fraction": 0.2, "unlabeled": "none"}},
+    "data": {
+        "dataset": "shapes",
+        "image_size": [64, 64],
+        "num_images": 120,
+        "shapes_classes": 3,
+        "split": {"seed": 0, "val_fraction": 0.1, "test_fraction": 0.2, "unlabeled": "none"},
+    },
     "model": {"name": "unet", "width": 16, "depth": 3, "norm": "batch"},
     "method": {"name": "supervised", "ce_weight": 1.0, "dice_weight": 0.5},
-    "train": {"epochs": 30, "batch_size": 8, "iters_per_epoch": 10, "lr": 0.003, "val_every": 3,
-              "val_metric": "dice/mean", "progress": False,
-              "augment": {"hflip": True, "vflip": True, "rot90": True}},
+    "train": {
+        "epochs": 30,
+        "batch_size": 8,
+        "iters_per_epoch": 10,
+        "lr": 0.003,
+        "val_every": 3,
+        "val_metric": "dice/mean",
+        "progress": False,
+        "augment": {"hflip": True, "vflip": True, "rot90": True},
+    },
 }
 
 #: (name, what the labels are, overrides)
 RUNS: list[tuple[str, str, dict[str, Any]]] = [
     ("dense-8", "8 images, dense masks", {"data.split.labeled": 8}),
-    ("sparse-20px", "all images, 20 labeled pixels each", {"data.split.supervision": "sparse",
-                                                          "data.split.sparse_pixels": 20}),
+    (
+        "sparse-20px",
+        "all images, 20 labeled pixels each",
+        {"data.split.supervision": "sparse", "data.split.sparse_pixels": 20},
+    ),
     ("dense-all", "all images, dense masks", {}),
 ]
 
@@ -54,14 +69,23 @@ def run_demo(output: str | Path = "runs/demo", epochs: int | None = None) -> lis
         print(f"[demo] training {name}: {labels} ...", flush=True)
         t0 = time.perf_counter()
         res = train(cfg, output_dir=out / name, bundle=bundle)
-        rows.append({"run": name, "labels": labels, "labeled_images": res["labeled"],
-                     "test_dice": res["test"]["dice/mean"], "test_pixel_error": res["test"]["pixel_error"],
-                     "seconds": round(time.perf_counter() - t0, 1)})
+        rows.append(
+            {
+                "run": name,
+                "labels": labels,
+                "labeled_images": res["labeled"],
+                "test_dice": res["test"]["dice/mean"],
+                "test_pixel_error": res["test"]["pixel_error"],
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
     header = f"{'run':<12} {'labels':<38} {'test Dice':>9} {'pixel err':>9} {'time':>7}"
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r['run']:<12} {r['labels']:<38} {r['test_dice']:>9.3f} {r['test_pixel_error']:>9.3f} "
-                     f"{r['seconds']:>6.0f}s")
+        lines.append(
+            f"{r['run']:<12} {r['labels']:<38} {r['test_dice']:>9.3f} {r['test_pixel_error']:>9.3f} "
+            f"{r['seconds']:>6.0f}s"
+        )
     table = "\n".join(lines)
     print("\n" + table)
     atomic_write_text(out / "comparison.txt", table + "\n")
@@ -86,15 +110,22 @@ def _comparison_figure(out: Path, names: list[str], load_trained) -> None:
     methods = [load_trained(out / n / "best.pt") for n in names]
     cfg = build_config(json.loads((out / names[0] / "config.json").read_text()))
     test = make_split(load_bundle(cfg.data), cfg.data.split).test[:4]
-    preds = [[p.argmax(0).numpy() for p in predict_records(m.predict, test, cfg.data.image_size, "cpu")]
-             for m, _, _ in methods]
+    preds = [
+        [p.argmax(0).numpy() for p in predict_records(m.predict, test, cfg.data.image_size, "cpu")]
+        for m, _, _ in methods
+    ]
     cols = 2 + len(names)
     fig, axes = plt.subplots(len(test), cols, figsize=(2.2 * cols, 2.2 * len(test)), squeeze=False)
     for i, r in enumerate(test):
         panels = [("image", r.image[0], "gray"), ("truth", r.mask, "viridis")]
         panels += [(n, preds[j][i], "viridis") for j, n in enumerate(names)]
         for ax, (title, img, cmap) in zip(axes[i], panels):
-            ax.imshow(img, cmap=cmap, vmin=0 if cmap == "viridis" else None, vmax=cfg.data.shapes_classes - 1 if cmap == "viridis" else None)
+            ax.imshow(
+                img,
+                cmap=cmap,
+                vmin=0 if cmap == "viridis" else None,
+                vmax=cfg.data.shapes_classes - 1 if cmap == "viridis" else None,
+            )
             ax.set_title(title, fontsize=8)
             ax.axis("off")
     fig.tight_layout()

@@ -82,7 +82,9 @@ class PreparedData:
     test: list[Record]
 
 
-def prepare_data(cfg: RunConfig, data_root: str | None = None, bundle: DatasetBundle | None = None) -> PreparedData:
+def prepare_data(
+    cfg: RunConfig, data_root: str | None = None, bundle: DatasetBundle | None = None
+) -> PreparedData:
     """Load, split and wrap the data of a run. Fails before training on any data problem."""
     from semiseg.data.splits import make_split
     from semiseg.data.views import TrainSet
@@ -94,13 +96,22 @@ def prepare_data(cfg: RunConfig, data_root: str | None = None, bundle: DatasetBu
     spec = cfg.data.split
     if spec.val_supervision == "same" and spec.supervision == "sparse":
         split.val = sparsify_records(split.val, spec.sparse_pixels, spec.seed, spec.draw)
-    common = dict(num_classes=bundle.num_classes, image_size=tuple(cfg.data.image_size), augment_cfg=cfg.train.augment)
+    common = dict(
+        num_classes=bundle.num_classes, image_size=tuple(cfg.data.image_size), augment_cfg=cfg.train.augment
+    )
     for r in split.labeled + split.unlabeled:
         if r.image.shape[0] != bundle.in_channels:
-            raise DataError(r.source or r.id, f"expected {bundle.in_channels} channels, got {r.image.shape[0]}")
+            raise DataError(
+                r.source or r.id, f"expected {bundle.in_channels} channels, got {r.image.shape[0]}"
+            )
     labeled = TrainSet(
-        split.labeled, supervision=spec.supervision, seed=cfg.train.seed, sparse_pixels=spec.sparse_pixels,
-        draw=spec.draw, split_seed=spec.seed, **common,
+        split.labeled,
+        supervision=spec.supervision,
+        seed=cfg.train.seed,
+        sparse_pixels=spec.sparse_pixels,
+        draw=spec.draw,
+        split_seed=spec.seed,
+        **common,
     )
     unlabeled = None
     if split.unlabeled:

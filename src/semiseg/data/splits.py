@@ -92,7 +92,9 @@ def make_split(bundle: DatasetBundle, spec: SplitConfig) -> Split:
         if spec.labeled is not None:
             if spec.labeled > n:
                 unit = "groups" if spec.labeled_by == "group" else "images"
-                raise ConfigError(f"data.split.labeled: asked for {spec.labeled} but only {n} {unit} have masks")
+                raise ConfigError(
+                    f"data.split.labeled: asked for {spec.labeled} but only {n} {unit} have masks"
+                )
             n = spec.labeled
         elif spec.labeled_fraction is not None:
             n = max(1, round(spec.labeled_fraction * n))
@@ -100,7 +102,9 @@ def make_split(bundle: DatasetBundle, spec: SplitConfig) -> Split:
         chosen = set(rng.permutation(np.array(candidates, dtype=object))[:n].tolist())
     labeled = [r for r in masked if key(r) in chosen]
     if not labeled:
-        raise DataError(None, f"{bundle.name}: the labeled training set is empty (check data.split and that masks exist)")
+        raise DataError(
+            None, f"{bundle.name}: the labeled training set is empty (check data.split and that masks exist)"
+        )
     rest = [r for r in pool if key(r) not in chosen or r.mask is None]
     unlabeled = rest if spec.unlabeled == "rest" else []
     return Split(labeled=labeled, unlabeled=unlabeled, val=val, test=test, spec=spec)

@@ -26,7 +26,7 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int = 4) -> n
     c01 = coarse[y0][:, x0 + 1]
     c10 = coarse[y0 + 1][:, x0]
     c11 = coarse[y0 + 1][:, x0 + 1]
-    return (c00 * (1 - fy) * (1 - fx) + c01 * (1 - fy) * fx + c10 * fy * (1 - fx) + c11 * fy * fx)
+    return c00 * (1 - fy) * (1 - fx) + c01 * (1 - fy) * fx + c10 * fy * (1 - fx) + c11 * fy * fx
 
 
 def _shape_mask(rng: np.random.Generator, kind: int, h: int, w: int) -> np.ndarray:

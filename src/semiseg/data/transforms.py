@@ -24,7 +24,9 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, index])
 
 
-def _affine(image: torch.Tensor, mask: torch.Tensor, angle: float, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _affine(
+    image: torch.Tensor, mask: torch.Tensor, angle: float, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
     theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=image.dtype)[None]
     grid = F.affine_grid(theta, [1, *image.shape], align_corners=False)
@@ -72,6 +74,13 @@ def augment(
 
 def is_identity(cfg: AugmentConfig) -> bool:
     return not (
-        cfg.hflip or cfg.vflip or cfg.rot90 or cfg.rotate_degrees or cfg.scale[0] != 1.0 or cfg.scale[1] != 1.0
-        or cfg.brightness or cfg.contrast or cfg.noise_std
+        cfg.hflip
+        or cfg.vflip
+        or cfg.rot90
+        or cfg.rotate_degrees
+        or cfg.scale[0] != 1.0
+        or cfg.scale[1] != 1.0
+        or cfg.brightness
+        or cfg.contrast
+        or cfg.noise_std
     )

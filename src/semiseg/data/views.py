@@ -46,7 +46,9 @@ def stack_resized(records: list[Record], size: tuple[int, int]) -> tuple[torch.T
     images, masks = [], []
     for r in records:
         if r.image.ndim != 3:
-            raise ValueError(f"{r.source or r.id}: training needs 2D images [C, H, W], got shape {r.image.shape}")
+            raise ValueError(
+                f"{r.source or r.id}: training needs 2D images [C, H, W], got shape {r.image.shape}"
+            )
         img = resize_image(torch.from_numpy(r.image)[None], size)[0]
         if r.mask is None:
             m = torch.full(size, IGNORE_INDEX, dtype=torch.long)
@@ -97,9 +99,13 @@ class TrainSet(Dataset):
         if supervision == "dense":
             self.masks = dense
         elif supervision == "sparse":
-            self.masks = torch.stack([sparse_mask(m, sparse_pixels, split_seed, draw, i) for m, i in zip(dense, self.ids)])
+            self.masks = torch.stack(
+                [sparse_mask(m, sparse_pixels, split_seed, draw, i) for m, i in zip(dense, self.ids)]
+            )
         elif supervision in ("tag", "size"):
-            counts = torch.stack([torch.bincount(m[m != IGNORE_INDEX], minlength=k)[:k] for m in dense]).float()
+            counts = torch.stack(
+                [torch.bincount(m[m != IGNORE_INDEX], minlength=k)[:k] for m in dense]
+            ).float()
             if supervision == "tag":
                 self.tags = (counts > 0).float()
             else:

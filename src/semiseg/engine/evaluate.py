@@ -23,8 +23,11 @@ ALL_METRICS = ("dice", "jaccard", "pixel_error", "rad", "hd95")
 
 @torch.no_grad()
 def predict_slices(
-    predict: Callable[[torch.Tensor], torch.Tensor], slices: list[torch.Tensor], image_size: Sequence[int],
-    device: torch.device, batch_size: int = 32,
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    slices: list[torch.Tensor],
+    image_size: Sequence[int],
+    device: torch.device,
+    batch_size: int = 32,
 ) -> list[torch.Tensor]:
     """Class probabilities for 2D images of any sizes, each at its own resolution.
 
@@ -51,8 +54,11 @@ def record_slices(record: Record) -> list[torch.Tensor]:
 
 
 def predict_records(
-    predict: Callable[[torch.Tensor], torch.Tensor], records: list[Record], image_size: Sequence[int],
-    device: torch.device, batch_size: int = 32,
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    records: list[Record],
+    image_size: Sequence[int],
+    device: torch.device,
+    batch_size: int = 32,
 ) -> list[torch.Tensor]:
     """Probabilities per record: ``[K, H, W]`` for images, ``[K, D, H, W]`` for volumes."""
     flat: list[torch.Tensor] = []
@@ -71,9 +77,15 @@ def predict_records(
 
 
 def evaluate_records(
-    predict: Callable[[torch.Tensor], torch.Tensor], records: list[Record], *, num_classes: int,
-    image_size: Sequence[int], device: torch.device, metrics: Sequence[str] = FAST_METRICS,
-    postprocess: Callable[[torch.Tensor, Record], torch.Tensor] | None = None, class_names: list[str] | None = None,
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    records: list[Record],
+    *,
+    num_classes: int,
+    image_size: Sequence[int],
+    device: torch.device,
+    metrics: Sequence[str] = FAST_METRICS,
+    postprocess: Callable[[torch.Tensor, Record], torch.Tensor] | None = None,
+    class_names: list[str] | None = None,
 ) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Score ``records`` (all with masks). Returns the mean of every metric and the per-case values.
 
@@ -87,7 +99,9 @@ def evaluate_records(
         chunk = records[start : start + 64]
         for r, p in zip(chunk, predict_records(predict, chunk, image_size, device)):
             pred = postprocess(p, r) if postprocess is not None else p.argmax(0)
-            case = evaluate_case(pred, torch.from_numpy(np.asarray(r.mask)), num_classes, metrics=tuple(metrics))
+            case = evaluate_case(
+                pred, torch.from_numpy(np.asarray(r.mask)), num_classes, metrics=tuple(metrics)
+            )
             case["id"] = r.id
             cases.append(case)
     summary = aggregate([{k: v for k, v in c.items() if k != "id"} for c in cases])

@@ -37,7 +37,9 @@ def learning_curves(history: list[dict[str, Any]], path: str | Path, val_metric:
     plt.close(fig)
 
 
-def overlays(items: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], path: str | Path, num_classes: int) -> None:
+def overlays(
+    items: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], path: str | Path, num_classes: int
+) -> None:
     """Rows of (image, truth overlay, prediction overlay).
 
     Args:

@@ -12,7 +12,9 @@ from semiseg.engine.io import atomic_write
 from semiseg.errors import DataError
 
 
-def predict_folder(method, state: dict, input_dir: str | Path, output_dir: str | Path, device: torch.device) -> int:
+def predict_folder(
+    method, state: dict, input_dir: str | Path, output_dir: str | Path, device: torch.device
+) -> int:
     """Write ``<output_dir>/<stem>.png`` (uint8 class indices) for every image in ``input_dir``.
 
     All inputs are read and checked first, so a bad file stops the command before anything is written.
@@ -34,5 +36,7 @@ def predict_folder(method, state: dict, input_dir: str | Path, output_dir: str |
     out.mkdir(parents=True, exist_ok=True)
     for path, p in zip(files, probs):
         label = p.argmax(0).numpy().astype(np.uint8)
-        atomic_write(out / f"{path.stem}.png", lambda tmp, a=label: Image.fromarray(a).save(tmp, format="PNG"))
+        atomic_write(
+            out / f"{path.stem}.png", lambda tmp, a=label: Image.fromarray(a).save(tmp, format="PNG")
+        )
     return len(files)

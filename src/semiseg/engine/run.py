@@ -31,8 +31,13 @@ def build_method_for(cfg: RunConfig, in_channels: int, num_classes: int):
 
 
 def train(
-    cfg: RunConfig, *, data_root: str | None = None, output_dir: str | Path | None = None, resume: bool = False,
-    bundle=None, final_eval: bool = True,
+    cfg: RunConfig,
+    *,
+    data_root: str | None = None,
+    output_dir: str | Path | None = None,
+    resume: bool = False,
+    bundle=None,
+    final_eval: bool = True,
 ) -> dict[str, Any]:
     """Train ``cfg``; evaluate the best (validation-selected) model on val and test; write results.
 
@@ -75,8 +80,12 @@ def train(
                 if not records:
                     continue
                 means, cases = evaluate_records(
-                    method.predict, records, num_classes=data.bundle.num_classes,
-                    image_size=cfg.data.image_size, device=device, metrics=ALL_METRICS,
+                    method.predict,
+                    records,
+                    num_classes=data.bundle.num_classes,
+                    image_size=cfg.data.image_size,
+                    device=device,
+                    metrics=ALL_METRICS,
                 )
                 results[name] = means
                 results[f"{name}_cases"] = cases

@@ -22,7 +22,13 @@ from torch.utils.data import DataLoader
 from semiseg.config import RunConfig, to_dict
 from semiseg.data import PreparedData
 from semiseg.engine import distributed as D
-from semiseg.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from semiseg.engine.checkpoint import (
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
 from semiseg.engine.evaluate import FAST_METRICS, evaluate_records, metric_keys
 from semiseg.engine.io import atomic_write_text
 from semiseg.errors import ConfigError, TrainingDiverged
@@ -67,8 +73,15 @@ class Trainer:
     """Runs ``method`` on ``data`` as ``cfg`` says, writing everything under ``output_dir``."""
 
     def __init__(
-        self, cfg: RunConfig, method: Method, data: PreparedData, output_dir: str | Path, *,
-        info: D.DistInfo | None = None, device: torch.device | None = None, resume: bool = False,
+        self,
+        cfg: RunConfig,
+        method: Method,
+        data: PreparedData,
+        output_dir: str | Path,
+        *,
+        info: D.DistInfo | None = None,
+        device: torch.device | None = None,
+        resume: bool = False,
     ):
         self.cfg = cfg
         self.info = info or D.DistInfo()
@@ -84,14 +97,20 @@ class Trainer:
             raise ConfigError(f"train.val_metric: '{cfg.train.val_metric}' is not one of {', '.join(valid)}")
         for ph in self.phases:
             if "unlabeled" in ph.streams and data.unlabeled is None:
-                raise ConfigError(f"method '{cfg.method['name']}' needs unlabeled data but data.split leaves none")
+                raise ConfigError(
+                    f"method '{cfg.method['name']}' needs unlabeled data but data.split leaves none"
+                )
         self.model = method
         if self.info.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = DDP(method, device_ids=ids, find_unused_parameters=len(self.phases) > 1 or any(
-                len(p.optimizers) > 1 for p in self.phases))
+            self.model = DDP(
+                method,
+                device_ids=ids,
+                find_unused_parameters=len(self.phases) > 1
+                or any(len(p.optimizers) > 1 for p in self.phases),
+            )
         self.amp = cfg.train.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
         # run state (saved in last.pt)
@@ -120,8 +139,13 @@ class Trainer:
         ds = self.data.labeled if stream == "labeled" else self.data.unlabeled
         ds.set_epoch(epoch + 1000 * self.phase_index)
         batches = D.epoch_batches(
-            len(ds), self.cfg.train.batch_size, iters, seed=self.cfg.train.seed,
-            epoch=epoch + 1000 * self.phase_index, stream=STREAM_IDS[stream], info=self.info,
+            len(ds),
+            self.cfg.train.batch_size,
+            iters,
+            seed=self.cfg.train.seed,
+            epoch=epoch + 1000 * self.phase_index,
+            stream=STREAM_IDS[stream],
+            info=self.info,
         )
         return DataLoader(ds, batch_sampler=batches, num_workers=self.cfg.train.num_workers)
 
@@ -159,8 +183,11 @@ class Trainer:
     def meta(self) -> dict[str, Any]:
         b = self.data.bundle
         return {
-            "num_classes": b.num_classes, "in_channels": b.in_channels, "class_names": b.class_names,
-            "image_size": list(self.cfg.data.image_size), "dataset": b.name,
+            "num_classes": b.num_classes,
+            "in_channels": b.in_channels,
+            "class_names": b.class_names,
+            "image_size": list(self.cfg.data.image_size),
+            "dataset": b.name,
         }
 
     def _check_resume_config(self, saved: dict[str, Any]) -> None:
@@ -180,7 +207,11 @@ class Trainer:
         state = load_checkpoint(path, self.device)
         self._check_resume_config(state["config"])
         self.method.load_state_dict(state["method_state"])
-        self.phase_index, self.epoch, self.global_step = state["phase_index"], state["epoch"], state["global_step"]
+        self.phase_index, self.epoch, self.global_step = (
+            state["phase_index"],
+            state["epoch"],
+            state["global_step"],
+        )
         self.best, self.history = state["best"], state["history"]
         self.train_seconds, self.images_seen = state["train_seconds"], state["images_seen"]
         if self.scaler and state.get("scaler"):
@@ -193,7 +224,9 @@ class Trainer:
         path = self.out / "steps.jsonl"
         if not (self.main and path.is_file()):
             return
-        keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.global_step]
+        keep = [
+            ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.global_step
+        ]
         atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
     # ------------------------------------------------------------------------------------ logging
@@ -209,16 +242,21 @@ class Trainer:
         keys: list[str] = []
         for h in self.history:
             keys += [k for k in h if k not in keys]
-        rows = [",".join(keys)] + [",".join("" if h.get(k) is None else str(h.get(k, "")) for k in keys)
-                                   for h in self.history]
+        rows = [",".join(keys)] + [
+            ",".join("" if h.get(k) is None else str(h.get(k, "")) for k in keys) for h in self.history
+        ]
         atomic_write_text(self.out / "epochs.csv", "\n".join(rows) + "\n")
 
     # ---------------------------------------------------------------------------------- training
     def validate(self) -> dict[str, float]:
         self.method.eval()
         means, _ = evaluate_records(
-            self.method.predict, self.data.val, num_classes=self.num_classes,
-            image_size=self.cfg.data.image_size, device=self.device, metrics=FAST_METRICS,
+            self.method.predict,
+            self.data.val,
+            num_classes=self.num_classes,
+            image_size=self.cfg.data.image_size,
+            device=self.device,
+            metrics=FAST_METRICS,
         )
         self.method.train()
         return means
@@ -243,7 +281,9 @@ class Trainer:
             else:
                 loss.backward()
             if self.cfg.train.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.method.parameters_for(phase.name, name), self.cfg.train.grad_clip)
+                torch.nn.utils.clip_grad_norm_(
+                    self.method.parameters_for(phase.name, name), self.cfg.train.grad_clip
+                )
             if self.scaler:
                 self.scaler.step(opt)
             else:
@@ -281,8 +321,12 @@ class Trainer:
                 saved = None
             n_epochs = self.phase_epochs(phase)
             bar = tqdm(
-                total=n_epochs * iters, initial=self.epoch * iters, desc=phase.name, dynamic_ncols=True,
-                disable=not (self.main and self.cfg.train.progress), leave=False,
+                total=n_epochs * iters,
+                initial=self.epoch * iters,
+                desc=phase.name,
+                dynamic_ncols=True,
+                disable=not (self.main and self.cfg.train.progress),
+                leave=False,
             )
             while self.epoch < n_epochs:
                 self._train_epoch(phase, opts, scheds, iters, bar)
@@ -310,8 +354,15 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + v
             if self.global_step % self.cfg.train.log_every == 0:
                 lr = next(iter(opts.values())).param_groups[0]["lr"]
-                self._log_step({"phase": phase.name, "epoch": self.epoch + 1, "step": self.global_step, "lr": lr,
-                                **values})
+                self._log_step(
+                    {
+                        "phase": phase.name,
+                        "epoch": self.epoch + 1,
+                        "step": self.global_step,
+                        "lr": lr,
+                        **values,
+                    }
+                )
             bar.set_postfix(loss=f"{values.get('loss', next(iter(values.values()))):.4f}", refresh=False)
             bar.update(1)
         self.epoch += 1
@@ -333,8 +384,15 @@ class Trainer:
         self.history.append(record)
         if self.main:
             if improved:
-                save_checkpoint({"config": to_dict(self.cfg), "method_state": self.method.state_dict(),
-                                 "best": self.best, **self.meta()}, self.out / "best.pt")
+                save_checkpoint(
+                    {
+                        "config": to_dict(self.cfg),
+                        "method_state": self.method.state_dict(),
+                        "best": self.best,
+                        **self.meta(),
+                    },
+                    self.out / "best.pt",
+                )
             save_checkpoint(self._state(opts, scheds), self.out / "last.pt")
             self._write_epoch_logs()
         D.barrier(self.info)

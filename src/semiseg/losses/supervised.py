@@ -37,7 +37,10 @@ def masked_cross_entropy(
 
 
 def masked_dice_loss(
-    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX, include_background: bool = False,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int = IGNORE_INDEX,
+    include_background: bool = False,
     smooth: float = 1e-5,
 ) -> torch.Tensor:
     """1 − soft Dice of the softmax over labeled pixels, batch-wise per class, averaged over classes.
@@ -51,7 +54,9 @@ def masked_dice_loss(
     k = logits.shape[1]
     valid = (target != ignore_index).unsqueeze(1).to(logits.dtype)
     probs = logits.softmax(dim=1) * valid
-    onehot = F.one_hot(target.masked_fill(target == ignore_index, 0), k).movedim(-1, 1).to(logits.dtype) * valid
+    onehot = (
+        F.one_hot(target.masked_fill(target == ignore_index, 0), k).movedim(-1, 1).to(logits.dtype) * valid
+    )
     dims = [0] + list(range(2, logits.ndim))
     inter = (probs * onehot).sum(dims)
     denom = probs.sum(dims) + onehot.sum(dims)
@@ -71,7 +76,9 @@ class MaskedCrossEntropy(nn.Module):
 
 
 class MaskedDice(nn.Module):
-    def __init__(self, ignore_index: int = IGNORE_INDEX, include_background: bool = False, smooth: float = 1e-5):
+    def __init__(
+        self, ignore_index: int = IGNORE_INDEX, include_background: bool = False, smooth: float = 1e-5
+    ):
         super().__init__()
         self.ignore_index, self.include_background, self.smooth = ignore_index, include_background, smooth
 

@@ -36,7 +36,9 @@ def method_names() -> list[str]:
     return sorted(METHODS)
 
 
-def build_method(options: dict[str, Any], model_cfg: ModelConfig, *, in_channels: int, num_classes: int) -> Method:
+def build_method(
+    options: dict[str, Any], model_cfg: ModelConfig, *, in_channels: int, num_classes: int
+) -> Method:
     """Instantiate the method named ``options["name"]`` with its checked config."""
     _load_builtin()
     name = options.get("name")

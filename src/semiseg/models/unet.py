@@ -78,7 +78,12 @@ class UNet(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, width: int = 16, depth: int = 4, norm: str = "batch",
+        self,
+        in_channels: int,
+        out_channels: int,
+        width: int = 16,
+        depth: int = 4,
+        norm: str = "batch",
         dropout: float = 0.0,
     ):
         super().__init__()
@@ -87,8 +92,12 @@ class UNet(nn.Module):
         self.encoder = nn.ModuleList([ConvBlock(in_channels, chans[0], norm)])
         for i in range(1, depth + 1):
             self.encoder.append(ConvBlock(chans[i - 1], chans[i], norm, dropout if i == depth else 0.0))
-        self.up = nn.ModuleList([nn.ConvTranspose2d(chans[i], chans[i - 1], 2, stride=2) for i in range(depth, 0, -1)])
-        self.decoder = nn.ModuleList([ConvBlock(2 * chans[i - 1], chans[i - 1], norm) for i in range(depth, 0, -1)])
+        self.up = nn.ModuleList(
+            [nn.ConvTranspose2d(chans[i], chans[i - 1], 2, stride=2) for i in range(depth, 0, -1)]
+        )
+        self.decoder = nn.ModuleList(
+            [ConvBlock(2 * chans[i - 1], chans[i - 1], norm) for i in range(depth, 0, -1)]
+        )
         self.head = nn.Conv2d(chans[0], out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,8 +124,13 @@ def _build_monai_unet(cfg: ModelConfig, in_channels: int, out_channels: int) -> 
 
     norms = {"batch": "batch", "instance": "instance", "group": ("group", {"num_groups": 1}), "none": None}
     net = MonaiUNet(
-        spatial_dims=2, in_channels=in_channels, out_channels=out_channels,
-        channels=tuple(cfg.width * 2**i for i in range(cfg.depth + 1)), strides=(2,) * cfg.depth,
-        num_res_units=2, norm=norms[cfg.norm], dropout=cfg.dropout,
+        spatial_dims=2,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        channels=tuple(cfg.width * 2**i for i in range(cfg.depth + 1)),
+        strides=(2,) * cfg.depth,
+        num_res_units=2,
+        norm=norms[cfg.norm],
+        dropout=cfg.dropout,
     )
     return PadCrop(net, 2**cfg.depth)

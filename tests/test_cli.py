@@ -276,7 +276,7 @@ def test_bad_folder_data_exits_2_naming_the_file(tmp_path, capsys, damage, what)
     bad = damage(root)
     out = tmp_path / "out"
     assert main(["train", "-c", folder_recipe(tmp_path, root), "-o", str(out)]) == 2
-    names = [] if bad == root else [str(bad)]
+    names = [str(bad)]  # the damaged file, or the dataset folder for the empty labeled set
     assert_one_line_error(capsys, "train", what, *names)
     assert not (out / "last.pt").exists()  # nothing was trained
 

@@ -156,8 +156,12 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from semiseg.benchmarks import run_table
+    from semiseg.benchmarks import TABLES, run_table
 
+    if args.table == "list":
+        for name in sorted(TABLES):
+            print(f"{name:<24} {TABLES[name]().title}")
+        return 0
     run_table(
         args.table,
         quick=args.quick,

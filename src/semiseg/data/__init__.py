@@ -51,6 +51,12 @@ def load_bundle(cfg: DataConfig, data_root: str | None = None) -> DatasetBundle:
 
         return load_shapes(cfg.num_images, max(cfg.image_size), cfg.shapes_classes, seed=1234)
     path = _dataset_path(cfg, data_root)
+    bundle = _load_from(cfg, path)
+    bundle.root = str(path)
+    return bundle
+
+
+def _load_from(cfg: DataConfig, path: Path) -> DatasetBundle:
     if cfg.dataset == "folder":
         from semiseg.data.folder import load_folder
 
@@ -92,7 +98,9 @@ def prepare_data(
     bundle = bundle or load_bundle(cfg.data, data_root)
     split = make_split(bundle, cfg.data.split)
     if not split.val:
-        raise DataError(None, f"{bundle.name}: the validation set is empty (raise data.split.val_fraction)")
+        raise DataError(
+            bundle.root or None, f"{bundle.name}: the validation set is empty (raise data.split.val_fraction)"
+        )
     spec = cfg.data.split
     if spec.val_supervision == "same" and spec.supervision == "sparse":
         split.val = sparsify_records(split.val, spec.sparse_pixels, spec.seed, spec.draw)

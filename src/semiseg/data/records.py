@@ -64,6 +64,7 @@ class DatasetBundle:
     val: list[Record] | None = None
     test: list[Record] | None = None
     class_names: list[str] = field(default_factory=list)
+    root: str = ""  #: folder the dataset was read from (for error messages)
 
     def __post_init__(self) -> None:
         if not self.class_names:

@@ -103,7 +103,8 @@ def make_split(bundle: DatasetBundle, spec: SplitConfig) -> Split:
     labeled = [r for r in masked if key(r) in chosen]
     if not labeled:
         raise DataError(
-            None, f"{bundle.name}: the labeled training set is empty (check data.split and that masks exist)"
+            bundle.root or None,
+            f"{bundle.name}: the labeled training set is empty (check data.split and that masks exist)",
         )
     rest = [r for r in pool if key(r) not in chosen or r.mask is None]
     unlabeled = rest if spec.unlabeled == "rest" else []

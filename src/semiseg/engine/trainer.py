@@ -96,7 +96,7 @@ class Trainer:
         if cfg.train.val_metric not in valid:
             raise ConfigError(f"train.val_metric: '{cfg.train.val_metric}' is not one of {', '.join(valid)}")
         for ph in self.phases:
-            if "unlabeled" in ph.streams and data.unlabeled is None:
+            if "unlabeled" in self.streams(ph) and data.unlabeled is None:
                 raise ConfigError(
                     f"method '{cfg.method['name']}' needs unlabeled data but data.split leaves none"
                 )
@@ -131,6 +131,11 @@ class Trainer:
         if self.cfg.train.iters_per_epoch:
             return self.cfg.train.iters_per_epoch
         return max(1, math.ceil(len(self.data.labeled) / self.cfg.train.batch_size))
+
+    def streams(self, phase: Phase) -> tuple[str, ...]:
+        """The phase's streams plus the optional ones the data has."""
+        available = {"labeled": True, "unlabeled": self.data.unlabeled is not None}
+        return tuple(phase.streams) + tuple(s for s in phase.optional_streams if available.get(s))
 
     def phase_epochs(self, phase: Phase) -> int:
         return phase.epochs if phase.epochs is not None else self.cfg.train.epochs
@@ -337,10 +342,12 @@ class Trainer:
 
     def _train_epoch(self, phase: Phase, opts, scheds, iters: int, bar) -> None:
         t0 = time.perf_counter()
-        loaders = [self._loader(s, self.epoch, iters) for s in phase.streams]
+        streams = self.streams(phase)
+        loaders = [self._loader(s, self.epoch, iters) for s in streams]
         sums: dict[str, float] = {}
         for batches in zip(*loaders):
-            batch = {s: self._to_device(b) for s, b in zip(phase.streams, batches)}
+            batch = {s: self._to_device(b) for s, b in zip(streams, batches)}
+            self.method.global_step = self.global_step
             values = self._step(batch, phase, opts, scheds)
             self.global_step += 1
             self.images_seen += sum(len(b["image"]) for b in batch.values()) * self.info.world_size

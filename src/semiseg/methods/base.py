@@ -11,7 +11,8 @@ never knows which method it runs.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -28,6 +29,8 @@ class Phase:
         epochs: Epochs of this phase; ``None`` = ``train.epochs``.
         optimizers: Names of the optimizers stepped, in order, at every iteration.
         streams: Data streams of a batch: "labeled" (the labeled split), "unlabeled".
+        optional_streams: Streams used when the data has them (e.g. unlabeled images for a
+            regulariser), silently absent otherwise.
         validate: Evaluate the segmenter on the validation split during this phase and keep the
             best checkpoint (the phase that trains the segmenter).
         lr: Learning rate of this phase; ``None`` = ``train.lr``.
@@ -37,15 +40,21 @@ class Phase:
     epochs: int | None = None
     optimizers: tuple[str, ...] = ("main",)
     streams: tuple[str, ...] = ("labeled",)
+    optional_streams: tuple[str, ...] = ()
     validate: bool = True
     lr: float | None = None
 
 
 @dataclass
 class MethodConfig:
-    """Base of every method's config; ``name`` selects the method."""
+    """Base of every method's config; ``name`` selects the method.
+
+    ``regularizers`` adds losses on the segmenter's output from config, e.g.
+    ``[{name: tv, weight: 0.1, ramp_up_steps: 200}]`` (see :mod:`semiseg.losses.regularizers`).
+    """
 
     name: str = ""
+    regularizers: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Method(nn.Module):
@@ -59,6 +68,11 @@ class Method(nn.Module):
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.model_cfg = model_cfg
+        #: optimisation steps done so far; set by the engine before every step (for ramp-ups)
+        self.global_step = 0
+        from semiseg.losses.regularizers import build_regularizers
+
+        self.regularizers = build_regularizers(cfg.regularizers)
 
     # ------------------------------------------------------------------ declared by subclasses
     def phases(self) -> list[Phase]:
@@ -73,6 +87,27 @@ class Method(nn.Module):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ shared
+    def regularization(
+        self, logits: dict[str, torch.Tensor], batch: dict[str, dict]
+    ) -> dict[str, torch.Tensor]:
+        """The configured regularisers on ``logits`` per stream: ``{"reg/<name>": raw value, ...}``
+        plus ``"reg_total"``, the weighted (ramped) sum to add to the loss."""
+        out: dict[str, torch.Tensor] = {}
+        total = None
+        for i, reg in enumerate(self.regularizers):
+            value = reg(logits, batch, self.global_step)
+            key = f"reg/{reg.name}" if f"reg/{reg.name}" not in out else f"reg/{reg.name}{i}"
+            out[key] = value
+            weighted = reg.current_weight(self.global_step) * value
+            total = weighted if total is None else total + weighted
+        if total is not None:
+            out["reg_total"] = total
+        return out
+
+    def regularizer_streams(self) -> tuple[str, ...]:
+        """Streams the configured regularisers look at beyond the labeled one."""
+        return tuple(sorted({s for r in self.regularizers for s in r.streams} - {"labeled"}))
+
     @property
     def segmenter(self) -> nn.Module:
         return self.model  # subclasses with another name override

@@ -8,7 +8,7 @@ import torch
 
 from semiseg.losses.supervised import masked_cross_entropy, masked_dice_loss
 from semiseg.methods import register
-from semiseg.methods.base import Method, MethodConfig
+from semiseg.methods.base import Method, MethodConfig, Phase
 from semiseg.models import build_model
 
 
@@ -37,6 +37,14 @@ class Supervised(Method):
         loss = self.cfg.ce_weight * out.get("ce", 0.0) + self.cfg.dice_weight * out.get("dice", 0.0)
         return {"loss": loss, **out}
 
+    def phases(self):
+        return [Phase(optional_streams=self.regularizer_streams())]
+
     def training_step(self, batch, phase, optimizer):
-        labeled = batch["labeled"]
-        return self.supervised_loss(self.model(labeled["image"]), labeled["mask"])
+        logits = {stream: self.model(b["image"]) for stream, b in batch.items()}
+        out = self.supervised_loss(logits["labeled"], batch["labeled"]["mask"])
+        if len(self.regularizers):
+            reg = self.regularization(logits, batch)
+            out["loss"] = out["loss"] + reg.pop("reg_total")
+            out.update(reg)
+        return out

@@ -1,0 +1,113 @@
+"""Total variation of softmax probability maps: the unsupervised spatial loss of the TV paper.
+
+The unsupervised loss of Javanmardi et al., "Unsupervised Total Variation Loss for
+Semi-supervised Deep Learning of Semantic Segmentation" (eqs. 7–13): for every class map ``P_c``
+of every image, the L1 norm of its spatial gradient,
+computed with the Sobel operators of eq. 11,
+
+    TV(P) = Σ_c Σ_pixels |∇_X P_c| + |∇_Y P_c|,
+
+over *all* pixels (labeled and unlabeled images alike). Autograd of this sum gives exactly the
+sub-gradient of eq. 15: the coefficient at neighbour ``i`` of pixel ``k`` is
+``sign(∇_X P(k))·∇_X(i) + sign(∇_Y P(k))·∇_Y(i)`` (with ``sign(0) = 0``).
+
+Options beyond the paper: ``operator="forward"`` uses plain forward differences
+``P[y+1, x] − P[y, x]`` and ``P[y, x+1] − P[y, x]``; ``norm="l2"`` is the isotropic variant
+``sqrt(∇_X² + ∇_Y² + eps)`` instead of ``|∇_X| + |∇_Y|``. Borders are replicated, so a constant
+map has zero TV everywhere.
+
+Reduction: ``"mean"`` divides the sum over classes and pixels by the number of pixels
+``B·H·W`` (not by the number of classes), so the value is "TV per pixel" and does not depend on
+image size or batch size; ``"sum"`` is the paper's plain sum; ``"none"`` returns one value per image.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from semiseg.losses.regularizers import register_regularizer
+
+#: eq. 11 of the paper, applied as a cross-correlation (row-major neighbourhood, eq. 13)
+SOBEL_X = ((-1.0, -2.0, -1.0), (0.0, 0.0, 0.0), (1.0, 2.0, 1.0))
+SOBEL_Y = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
+
+
+def spatial_gradients(probs: torch.Tensor, operator: str = "sobel") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel derivatives of every channel.
+
+    Shape:
+        probs ``[B, K, H, W]`` → two tensors ``[B, K, H, W]`` (∇_X, ∇_Y of the paper's eq. 11).
+    """
+    if probs.ndim != 4:
+        raise ValueError(
+            f"total variation expects [B, K, H, W] probabilities, got shape {tuple(probs.shape)}"
+        )
+    k = probs.shape[1]
+    if operator == "sobel":
+        padded = F.pad(probs, (1, 1, 1, 1), mode="replicate")
+        kernel = torch.tensor([SOBEL_X, SOBEL_Y], dtype=probs.dtype, device=probs.device)
+        weight = kernel[:, None].repeat(k, 1, 1, 1)  # [2K, 1, 3, 3]: (x, y) per class
+        grads = F.conv2d(padded, weight, groups=k)
+        return grads[:, 0::2], grads[:, 1::2]
+    if operator == "forward":
+        padded = F.pad(probs, (0, 1, 0, 1), mode="replicate")
+        gx = padded[:, :, 1:, :-1] - padded[:, :, :-1, :-1]  # along rows, like SOBEL_X
+        gy = padded[:, :, :-1, 1:] - padded[:, :, :-1, :-1]  # along columns, like SOBEL_Y
+        return gx, gy
+    raise ValueError(f"operator must be 'sobel' or 'forward', got {operator!r}")
+
+
+def total_variation(
+    probs: torch.Tensor, operator: str = "sobel", norm: str = "l1", reduction: str = "mean", eps: float = 1e-6
+) -> torch.Tensor:
+    """Total variation of probability maps, summed over classes.
+
+    Args:
+        probs: Softmax probabilities (any real maps work).
+        operator: "sobel" (the paper) or "forward" differences.
+        norm: "l1" = ``|∇_X| + |∇_Y|`` (the paper) or "l2" = ``sqrt(∇_X² + ∇_Y² + eps)`` (isotropic).
+        reduction: "mean" (per pixel: sum / (B·H·W)), "sum", or "none" (per image, mean over its pixels).
+        eps: Smoothing of the isotropic norm at zero gradient.
+
+    Shape:
+        probs ``[B, K, H, W]`` → scalar, or ``[B]`` for ``reduction="none"``.
+    """
+    gx, gy = spatial_gradients(probs, operator)
+    if norm == "l1":
+        tv = gx.abs() + gy.abs()
+    elif norm == "l2":
+        tv = torch.sqrt(gx * gx + gy * gy + eps) - eps**0.5
+    else:
+        raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
+    per_pixel = tv.sum(dim=1)  # [B, H, W]
+    if reduction == "mean":
+        return per_pixel.mean()
+    if reduction == "sum":
+        return per_pixel.sum()
+    if reduction == "none":
+        return per_pixel.flatten(1).mean(1)
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+class TotalVariationLoss(nn.Module):
+    """Module form of :func:`total_variation`; ``from_logits`` applies the softmax first."""
+
+    def __init__(
+        self, operator: str = "sobel", norm: str = "l1", reduction: str = "mean", from_logits: bool = True
+    ):
+        super().__init__()
+        self.operator, self.norm, self.reduction, self.from_logits = operator, norm, reduction, from_logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = x.softmax(dim=1) if self.from_logits else x
+        return total_variation(probs, self.operator, self.norm, self.reduction)
+
+
+@register_regularizer("tv")
+def _tv_regularizer(operator: str = "sobel", norm: str = "l1", reduction: str = "mean"):
+    """Factory of the ``tv`` regulariser: TV of the softmax of the segmenter's logits."""
+    loss = TotalVariationLoss(operator, norm, reduction, from_logits=True)
+    total_variation(torch.zeros(1, 1, 2, 2), operator, norm, reduction)  # validates the options early
+    return lambda logits, batch: loss(logits)

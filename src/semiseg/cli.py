@@ -41,7 +41,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--split", choices=["val", "test"], default="test")
     p.add_argument("--data-root")
-    p.add_argument("--postprocess", choices=["none"], default="none", help="post-processing of probabilities")
+    p.add_argument(
+        "--postprocess",
+        choices=["none", "mrf"],
+        default="none",
+        help="post-processing of probabilities (mrf: Potts MRF; graph cut for 2 classes, ICM otherwise)",
+    )
+    p.add_argument(
+        "--mrf-weight",
+        type=float,
+        default=None,
+        help="MRF pairwise weight (default: tuned on the validation split)",
+    )
+    p.add_argument(
+        "--mrf-contrast-sigma",
+        type=float,
+        default=None,
+        help="contrast-sensitive pairwise weights exp(-dI^2 / 2 sigma^2) (default: plain Potts)",
+    )
     p.add_argument("--output", "-o", help="write the metrics JSON here")
     p.add_argument("--device", default="auto")
 
@@ -112,6 +129,7 @@ def cmd_evaluate(args) -> int:
         from semiseg.errors import DataError
 
         raise DataError(None, f"{data.bundle.name}: the {args.split} split is empty")
+    postprocess, post_info = build_postprocess(args, method, cfg, data, device)
     with torch.no_grad():
         means, cases = evaluate_records(
             method.predict,
@@ -120,10 +138,12 @@ def cmd_evaluate(args) -> int:
             image_size=cfg.data.image_size,
             device=device,
             metrics=ALL_METRICS,
+            postprocess=postprocess,
         )
     result = {
         "checkpoint": str(args.checkpoint),
         "split": args.split,
+        "postprocess": post_info,
         "n": len(records),
         "metrics": means,
         "cases": cases,
@@ -134,6 +154,47 @@ def cmd_evaluate(args) -> int:
     for k, v in means.items():
         print(f"{k:<{width}}  {v:.4f}")
     return 0
+
+
+def build_postprocess(args, method, cfg, data, device):
+    """The ``--postprocess`` callable and a description of it (with the MRF weight tuning, if any)."""
+    info = {"name": args.postprocess}
+    if args.postprocess != "mrf":
+        return None, info
+    from semiseg.errors import ConfigError
+    from semiseg.postprocess import MRFPostprocess, tune_mrf_weight
+
+    if args.mrf_weight is not None and args.mrf_weight < 0:
+        raise ConfigError(f"--mrf-weight: must be >= 0, got {args.mrf_weight}")
+    if args.mrf_contrast_sigma is not None and args.mrf_contrast_sigma <= 0:
+        raise ConfigError(f"--mrf-contrast-sigma: must be > 0, got {args.mrf_contrast_sigma}")
+    weight = args.mrf_weight
+    if weight is None:  # chosen on the validation split only, never on test
+        from semiseg.engine.evaluate import predict_records
+
+        if args.split == "val":
+            raise ConfigError(
+                "--mrf-weight: required with --split val (the weight is tuned on the validation split)"
+            )
+        val = data.val
+        with torch_no_grad():
+            val_probs = predict_records(method.predict, val, cfg.data.image_size, device)
+        weight, table = tune_mrf_weight(
+            val_probs,
+            [r.mask for r in val],
+            images=[r.image for r in val],
+            contrast_sigma=args.mrf_contrast_sigma,
+        )
+        info["tuning"] = {"split": "val", "metric": "pixel_error", "n": len(val), "table": table}
+        print(f"mrf weight {weight:g} (tuned on {len(val)} validation cases)", file=sys.stderr)
+    info.update(weight=weight, contrast_sigma=args.mrf_contrast_sigma)
+    return MRFPostprocess(weight, contrast_sigma=args.mrf_contrast_sigma), info
+
+
+def torch_no_grad():
+    import torch
+
+    return torch.no_grad()
 
 
 def cmd_predict(args) -> int:

@@ -52,14 +52,18 @@ class Regularizer(nn.Module):
                 f"{where}: unknown regularizer '{name}' (known: {', '.join(sorted(REGULARIZERS))})"
             )
         self.name = name
-        self.weight = float(spec.pop("weight", 1.0))
-        self.ramp_up_steps = int(spec.pop("ramp_up_steps", 0))
+        try:
+            self.weight = float(spec.pop("weight", 1.0))
+            self.ramp_up_steps = int(spec.pop("ramp_up_steps", 0))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}.{name}: weight and ramp_up_steps must be numbers ({exc})") from None
         self.ramp_shape = spec.pop("ramp_shape", "sigmoid")
-        self.streams = tuple(spec.pop("streams", ("labeled", "unlabeled")))
+        streams = spec.pop("streams", ("labeled", "unlabeled"))
+        self.streams = tuple(streams) if isinstance(streams, list | tuple) else ()  # "labeled" → error
         spec.pop("name")
         if self.ramp_shape not in ("sigmoid", "linear"):
             raise ConfigError(f"{where}.{name}.ramp_shape: must be 'sigmoid' or 'linear'")
-        if not set(self.streams) <= {"labeled", "unlabeled"}:
+        if not self.streams or not set(self.streams) <= {"labeled", "unlabeled"}:
             raise ConfigError(f"{where}.{name}.streams: must list 'labeled' and/or 'unlabeled'")
         factory = REGULARIZERS[name]
         allowed = set(inspect.signature(factory).parameters)

@@ -44,13 +44,17 @@ def spatial_gradients(probs: torch.Tensor, operator: str = "sobel") -> tuple[tor
         raise ValueError(
             f"total variation expects [B, K, H, W] probabilities, got shape {tuple(probs.shape)}"
         )
-    k = probs.shape[1]
     if operator == "sobel":
+        # SOBEL_X / SOBEL_Y as separable sums: a central difference, then a (1, 2, 1) smoothing
+        # across it. Differencing first keeps flat regions exactly 0 in floating point (a 3x3
+        # conv2d leaves ~1e-8 residues on e.g. a constant 0.7 map, whose sign(·) = ±1 would break
+        # eq. 15's sign(0) = 0 and give a constant map non-zero TV and gradient).
         padded = F.pad(probs, (1, 1, 1, 1), mode="replicate")
-        kernel = torch.tensor([SOBEL_X, SOBEL_Y], dtype=probs.dtype, device=probs.device)
-        weight = kernel[:, None].repeat(k, 1, 1, 1)  # [2K, 1, 3, 3]: (x, y) per class
-        grads = F.conv2d(padded, weight, groups=k)
-        return grads[:, 0::2], grads[:, 1::2]
+        d_rows = padded[:, :, 2:] - padded[:, :, :-2]  # P[y+1] − P[y−1]: [B, K, H, W+2]
+        d_cols = padded[..., 2:] - padded[..., :-2]  # P[x+1] − P[x−1]: [B, K, H+2, W]
+        gx = d_rows[..., :-2] + 2 * d_rows[..., 1:-1] + d_rows[..., 2:]
+        gy = d_cols[:, :, :-2] + 2 * d_cols[:, :, 1:-1] + d_cols[:, :, 2:]
+        return gx, gy
     if operator == "forward":
         padded = F.pad(probs, (0, 1, 0, 1), mode="replicate")
         gx = padded[:, :, 1:, :-1] - padded[:, :, :-1, :-1]  # along rows, like SOBEL_X
@@ -108,6 +112,8 @@ class TotalVariationLoss(nn.Module):
 @register_regularizer("tv")
 def _tv_regularizer(operator: str = "sobel", norm: str = "l1", reduction: str = "mean"):
     """Factory of the ``tv`` regulariser: TV of the softmax of the segmenter's logits."""
+    if reduction == "none":  # a regulariser must give a scalar (streams of different batch sizes)
+        raise ValueError("reduction must be 'mean' or 'sum' for a regularizer, got 'none'")
     loss = TotalVariationLoss(operator, norm, reduction, from_logits=True)
     total_variation(torch.zeros(1, 1, 2, 2), operator, norm, reduction)  # validates the options early
     return lambda logits, batch: loss(logits)

@@ -41,7 +41,8 @@ class Supervised(Method):
         return [Phase(optional_streams=self.regularizer_streams())]
 
     def training_step(self, batch, phase, optimizer):
-        logits = {stream: self.model(b["image"]) for stream, b in batch.items()}
+        used = ("labeled", *self.regularizer_streams())
+        logits = {stream: self.model(b["image"]) for stream, b in batch.items() if stream in used}
         out = self.supervised_loss(logits["labeled"], batch["labeled"]["mask"])
         if len(self.regularizers):
             reg = self.regularization(logits, batch)

@@ -11,6 +11,7 @@ fits the labeled pixels. The same loss is available to any method as a regularis
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -43,5 +44,5 @@ class TotalVariation(Supervised):
             "norm": cfg.norm,
             "reduction": cfg.reduction,
         }
-        cfg.regularizers = [tv, *cfg.regularizers]
-        super().__init__(cfg, **kwargs)
+        # appended, so errors in the user's own regularizers keep their index; the config is copied
+        super().__init__(dataclasses.replace(cfg, regularizers=[*cfg.regularizers, tv]), **kwargs)

@@ -79,6 +79,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", default="benchmarks/results")
     p.add_argument("--work-dir", default="runs/bench")
     p.add_argument("--seeds", type=int, nargs="+", help="override the protocol's seeds / draws")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value in every run (recorded in the results' provenance)",
+    )
 
     p = sub.add_parser("data", help="inspect a dataset and write its split")
     p.add_argument("action", choices=["check", "split"])
@@ -217,7 +225,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from semiseg.benchmarks import TABLES, run_table
+    from semiseg.bench import TABLES, run_table
 
     if args.table == "list":
         for name in sorted(TABLES):
@@ -230,6 +238,7 @@ def cmd_bench(args) -> int:
         results_dir=args.results_dir,
         work_dir=args.work_dir,
         seeds=args.seeds,
+        overrides=args.overrides,
     )
     return 0
 

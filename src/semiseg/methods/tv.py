@@ -27,6 +27,8 @@ class TVConfig(SupervisedConfig):
     norm: Literal["l1", "l2"] = "l1"  #: l1 = anisotropic (paper), l2 = isotropic
     reduction: Literal["mean", "sum"] = "mean"  #: mean = per pixel (size independent)
     tv_on_unlabeled: bool = True  #: also on unlabeled images when the split has them
+    #: edge-aware TV (beyond the paper): weight each pixel by exp(-|∇I|²/2σ²); None = plain TV
+    edge_sigma: float | None = None
 
 
 @register("tv")
@@ -43,6 +45,7 @@ class TotalVariation(Supervised):
             "operator": cfg.operator,
             "norm": cfg.norm,
             "reduction": cfg.reduction,
+            "edge_sigma": cfg.edge_sigma,
         }
         # appended, so errors in the user's own regularizers keep their index; the config is copied
         super().__init__(dataclasses.replace(cfg, regularizers=[*cfg.regularizers, tv]), **kwargs)

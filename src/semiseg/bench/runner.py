@@ -95,17 +95,18 @@ class BenchContext:
 
 # ---------------------------------------------------------------------------------- provenance
 def git_commit() -> str:
+    """Commit of the checkout semiseg runs from (``+dirty`` with uncommitted changes), else "unknown"."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, check=True, cwd=here
+        ).stdout.strip()
+
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
+        return git("rev-parse", "HEAD") + (
+            "+dirty" if git("status", "--porcelain", "--untracked-files=no") else ""
+        )
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -258,6 +259,8 @@ def _tune(ctx: BenchContext) -> dict[str, Any]:
     t = ctx.table.tuning
     row = next(r for r in ctx.table.rows if r.key == t.row)
     keys = list(t.grid)
+    if not keys or any(not t.grid[k] for k in keys):
+        raise ConfigError(f"bench {ctx.table.name}: the tuning grid needs at least one value per key")
     trials = []
     for combo in itertools.product(*(t.grid[k] for k in keys)):
         extra = dict(zip(keys, combo))

@@ -146,7 +146,10 @@ for i in range({warmup} + {steps}):
     if i == {warmup}: t = time.perf_counter()
     opt.zero_grad(); masked_cross_entropy(m(x), y).backward(); opt.step()
 ips = 16 * {steps} / (time.perf_counter() - t)
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+try:  # VmHWM belongs to this process's own address space; ru_maxrss would include the forking parent's
+    rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
+except OSError:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({{"images_per_second": ips, "peak_rss_mib": rss}}))
 """
 
@@ -429,6 +432,13 @@ def markdown(results: dict[str, Any]) -> str:
         f"hardware: {p['hardware']['cpu']} ({p['hardware']['cores']} cores), torch {p['hardware']['torch']}.",
         f"Training throughput at 128x128, batch 16, CPU: {t['images_per_second']} images/s; peak resident "
         f"memory of that training process {t['peak_rss_mib']} MiB.",
+    ]
+    if "peak_memory_mib_bench_process" in p:
+        lines.append(f"Peak resident memory of the whole bench process (data, training, evaluation): "
+                     f"{p['peak_memory_mib_bench_process']} MiB.")  # fmt: skip
+    if "note" in t:
+        lines.append(f"Throughput note: {t['note']}")
+    lines += [
         "",
     ]
     return "\n".join(lines)

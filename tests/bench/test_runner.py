@@ -295,3 +295,23 @@ def test_row_config_applies_the_quick_section_only_when_quick(tmp_path):
     assert cfg.data.split.sparse_pixels == 5 and cfg.train.lr == 0.5
     with pytest.raises(ConfigError, match="unknown key"):
         row_config(table, sup, 0, quick=False, user=["train.nope=1"])
+
+
+@pytest.mark.parametrize("quick, expected", [(True, [0]), (False, [0, 1])])
+def test_row_quick_seeds_apply_only_in_quick_mode(tmp_path, monkeypatch, quick, expected):
+    recipe = write_recipe(tmp_path / "tiny.yaml")
+    table = Table(
+        name="tiny-q",
+        title="Tiny table with per-row quick seeds",
+        recipe=str(recipe),
+        rows=[Row("supervised", "20 px", quick_seeds=[0]), Row("supervised", "dense", seeds=[1])],
+        metric="pixel_error",
+        metric_label="pixel error (%)",
+        seeds=[0, 1],
+        quick_seeds=[0, 1],
+    )
+    monkeypatch.setitem(TABLES, "tiny-q", lambda: table)
+    Spy(monkeypatch)
+    results = run_table("tiny-q", quick=quick, results_dir=tmp_path / "r", work_dir=tmp_path / "w")
+    assert [r["seed"] for r in runs_of(results, "supervised | 20 px")] == expected
+    assert [r["seed"] for r in runs_of(results, "supervised | dense")] == [1]  # fixed seeds in both modes

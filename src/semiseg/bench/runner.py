@@ -37,6 +37,7 @@ class Row:
         postprocess: "mrf": no training; post-process the checkpoints of row ``reuse``.
         reuse: ``method | setting`` of the trained row to post-process.
         seeds: Seeds of this row (default: the table's).
+        quick_seeds: Seeds of this row in quick mode (default: ``seeds``, else the table's quick seeds).
     """
 
     method: str
@@ -47,6 +48,7 @@ class Row:
     postprocess: str | None = None
     reuse: str | None = None
     seeds: list[int] | None = None
+    quick_seeds: list[int] | None = None
 
     @property
     def key(self) -> str:
@@ -348,7 +350,8 @@ def run_table(
     rows_out, runs, configs = [], [], {}
     for row in table.rows:
         values = []
-        row_seeds = [s for s in (row.seeds or seeds) if s in seeds] or seeds[:1]
+        wanted = (row.quick_seeds if quick and row.quick_seeds else None) or row.seeds or seeds
+        row_seeds = [s for s in wanted if s in seeds] or seeds[:1]
         for seed in row_seeds:
             t0 = time.perf_counter()
             if row.postprocess:
@@ -424,9 +427,15 @@ def markdown(results: dict[str, Any]) -> str:
         trials = "; ".join(f"{tr['overrides']} → {tr['val']:.4f}" for tr in tu["trials"])
         lines += [f"Tuned on the validation split ({tu['row']}, seed {tu['seed']}): {trials}. "
                   f"Chosen: {tu['chosen']}.", ""]  # fmt: skip
-    for key in ("step_time_ratio", "figure"):
-        if key in p:
-            lines += [f"{key.replace('_', ' ').capitalize()}: {json.dumps(p[key])}", ""]
+    if "step_time_ratio" in p:
+        r = p["step_time_ratio"]
+        named = {"": r} if "ratio" in r else r
+        lines += ["Step time / supervised step time (same batch, CPU, medians): " + "; ".join(
+            f"{name + ' ' if name else ''}{v['ratio']:.3f} ({v['seconds_per_step']['method']:.3f} s vs "
+            f"{v['seconds_per_step']['baseline']:.3f} s, {v['image_size']}x{v['image_size']}, batch {v['batch_size']})"
+            for name, v in named.items()), ""]  # fmt: skip
+    if "figure" in p:
+        lines += [f"Figure: `{p['figure']}`", ""]
     lines += [
         f"Mode: **{p['mode']}**; seeds {p['seeds']}; commit `{p['git_commit']}`; wall time {p['wall_seconds']} s; "
         f"hardware: {p['hardware']['cpu']} ({p['hardware']['cores']} cores), torch {p['hardware']['torch']}.",

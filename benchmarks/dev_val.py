@@ -1,0 +1,58 @@
+"""Development runs that look at validation data only.
+
+Trains a recipe (quick mode) with ``--set``-style overrides, skips the final test evaluation, and
+appends one line per run to a JSONL log: the engine's best validation value and the mean of the
+validation metric over the second half of training (less noisy than the best of ~20 noisy values
+when the validation split holds only sparse pixels). Used to fix hyper-parameters before a table is
+run; the test split is never read.
+
+    python benchmarks/dev_val.py --recipe tv-horse --name tv03e05 --data-root ../shared/data \\
+        method.tv_weight=0.3 method.edge_sigma=0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+
+def summarize(run_dir: Path, metric: str) -> dict:
+    rows = [json.loads(line) for line in (run_dir / "epochs.jsonl").read_text().splitlines()]
+    vals = [(r["epoch"], r[f"val/{metric}"]) for r in rows if f"val/{metric}" in r]
+    half = [v for e, v in vals if e > len(rows) // 2]
+    return {
+        "val_mean_second_half": sum(half) / max(1, len(half)),
+        "val_curve": [round(v, 4) for _, v in vals],
+    }
+
+
+def main() -> None:
+    from semiseg.config import build_config, load_yaml
+    from semiseg.engine.run import train
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--recipe", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--work-dir", default="runs/dev")
+    p.add_argument("--log", default="runs/dev/dev_val.jsonl")
+    p.add_argument("--full", action="store_true", help="full mode instead of the recipe's quick section")
+    p.add_argument("overrides", nargs="*")
+    a = p.parse_args()
+    cfg = build_config(load_yaml(a.recipe), ["train.progress=false", "train.plots=false", *a.overrides],
+                       quick=not a.full)  # fmt: skip
+    out = Path(a.work_dir) / a.name
+    t0 = time.time()
+    res = train(cfg, data_root=a.data_root, output_dir=out, final_eval=False)
+    row = {"name": a.name, "recipe": a.recipe, "overrides": a.overrides, "quick": not a.full,
+           "best": res["best"], **summarize(out, cfg.train.val_metric), "seconds": round(time.time() - t0, 1)}  # fmt: skip
+    print(json.dumps(row))
+    Path(a.log).parent.mkdir(parents=True, exist_ok=True)
+    with open(a.log, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -89,6 +89,7 @@ class Regularizer(nn.Module):
 
 
 def build_regularizers(specs: list[dict[str, Any]]) -> nn.ModuleList:
+    import semiseg.losses.size  # noqa: F401  (registers "size")
     import semiseg.losses.tv  # noqa: F401  (registers "tv")
 
     return nn.ModuleList([Regularizer(s, f"method.regularizers[{i}]") for i, s in enumerate(specs)])

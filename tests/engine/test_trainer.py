@@ -361,3 +361,103 @@ def test_multi_phase_resume_equals_straight_run(tmp_path, make_config, toy_metho
     train(make_config("method.name=toy_two_phase", "train.epochs=2"), resumed, resume=True)
     assert_same_weights(straight / "last.pt", resumed / "last.pt")
     assert without_seconds(epoch_log(straight)) == without_seconds(epoch_log(resumed))
+
+
+# ------------------------------------------------------------------- per-phase selection (restore_best)
+class ToyScored(Method):
+    """Phase "pre" trains a scalar ``w`` toward 0 then away from it; its own validation metric is
+    ``|w|`` (min), with ``restore_best``: phase "main" must start from the best ``w`` of "pre"."""
+
+    config_class = ToyConfig
+    seen_at_main: list[float] = []
+
+    def __init__(self, cfg, **kwargs):
+        super().__init__(cfg, **kwargs)
+        self.model = build_model(self.model_cfg, self.in_channels, self.num_classes)
+        self.w = nn.Parameter(torch.tensor(3.0))
+
+    def phases(self):
+        return [
+            Phase(
+                "pre",
+                epochs=4,
+                optimizers=("w",),
+                val_metric="abs_w",
+                val_mode="min",
+                final=False,
+                restore_best=True,
+                lr=0.5,
+            ),  # fmt: skip
+            Phase("main", epochs=1),
+        ]
+
+    def parameters_for(self, phase, optimizer):
+        return [self.w] if optimizer == "w" else self.model.parameters()
+
+    def validation_metrics(self, phase, records, image_size, device):
+        return {"abs_w": abs(self.w.item())} if phase == "pre" else None
+
+    def training_step(self, batch, phase, optimizer):
+        if phase == "pre":  # SGD steps of 0.5 on w, 2 per epoch: |w| = 2, 1, 0, then back to 1
+            return {"loss": self.w * (1.0 if self.global_step < 6 else -1.0)}
+        if not self.seen_at_main:
+            self.seen_at_main.append(self.w.item())
+        labeled = batch["labeled"]
+        return {"loss": masked_cross_entropy(self.model(labeled["image"]), labeled["mask"])}
+
+
+@pytest.fixture
+def scored_method():
+    register("toy_scored")(ToyScored)
+    ToyScored.seen_at_main.clear()
+    yield "toy_scored"
+    METHODS.pop("toy_scored", None)
+
+
+def test_restore_best_phase_continues_from_its_best_validation(tmp_path, make_config, scored_method):
+    cfg = make_config(
+        "method.name=toy_scored", "train.optimizer=sgd", "train.momentum=0.0", "train.scheduler=none"
+    )
+    results = train(cfg, tmp_path)
+    history = epoch_log(tmp_path)
+    pre = [h["val/abs_w"] for h in history if h["phase"] == "pre"]
+    assert pre == pytest.approx([2.0, 1.0, 0.0, 1.0])  # w went to 0, then away again
+    assert ToyScored.seen_at_main[0] == pytest.approx(min(pre))  # "main" started from the best "pre" state
+    best_pre = load_checkpoint(tmp_path / "best_pre.pt")
+    assert best_pre["best"]["value"] == pytest.approx(min(pre))
+    # only the final phase competes for best.pt, with the segmenter's metric
+    assert results["best"]["phase"] == "main"
+    assert "val/dice/mean" in history[-1] and "val/dice/mean" not in history[0]
+
+
+def test_restore_best_resume_equals_straight_run(tmp_path, make_config, scored_method):
+    opts = ("method.name=toy_scored", "train.optimizer=sgd", "train.momentum=0.0", "train.scheduler=none")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(make_config(*opts), straight)
+    ToyScored.seen_at_main.clear()
+    # interrupt inside "pre" (after 2 of its 4 epochs), then resume
+    cfg = make_config(*opts)
+    trainer_out = resumed
+    with pytest.MonkeyPatch.context() as mp:
+        calls = {"n": 0}
+        original = Trainer._train_epoch
+
+        def stop_after_two(self, *a, **k):
+            if calls["n"] == 2:
+                raise KeyboardInterrupt
+            calls["n"] += 1
+            return original(self, *a, **k)
+
+        mp.setattr(Trainer, "_train_epoch", stop_after_two)
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, trainer_out)
+    train(cfg, trainer_out, resume=True)
+    assert_same_weights(straight / "last.pt", resumed / "last.pt")
+    assert without_seconds(epoch_log(straight)) == without_seconds(epoch_log(resumed))
+
+
+def test_unknown_phase_metric_is_a_clear_error(tmp_path, make_config, scored_method, monkeypatch):
+    monkeypatch.setattr(ToyScored, "validation_metrics", lambda self, *a: {"other": 1.0})
+    cfg = make_config("method.name=toy_scored")
+    with pytest.raises(ConfigError, match="phase 'pre': validation metric 'abs_w' is not one of other"):
+        train(cfg, tmp_path)

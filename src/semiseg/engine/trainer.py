@@ -118,6 +118,7 @@ class Trainer:
         self.epoch = 0  # completed epochs of the current phase
         self.global_step = 0
         self.best: dict[str, Any] = {"value": None, "epoch": None, "phase": None}
+        self.phase_best: dict[str, Any] = {"value": None, "epoch": None, "phase": None}  # current phase
         self.history: list[dict[str, Any]] = []
         self.train_seconds = 0.0
         self.images_seen = 0
@@ -178,6 +179,7 @@ class Trainer:
             "epoch": self.epoch,
             "global_step": self.global_step,
             "best": self.best,
+            "phase_best": self.phase_best,
             "history": self.history,
             "train_seconds": self.train_seconds,
             "images_seen": self.images_seen,
@@ -218,6 +220,7 @@ class Trainer:
             state["global_step"],
         )
         self.best, self.history = state["best"], state["history"]
+        self.phase_best = state.get("phase_best", self.phase_best)
         self.train_seconds, self.images_seen = state["train_seconds"], state["images_seen"]
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -253,8 +256,15 @@ class Trainer:
         atomic_write_text(self.out / "epochs.csv", "\n".join(rows) + "\n")
 
     # ---------------------------------------------------------------------------------- training
-    def validate(self) -> dict[str, float]:
+    def validate(self, phase: Phase | None = None) -> dict[str, float]:
         self.method.eval()
+        if phase is not None:
+            own = self.method.validation_metrics(
+                phase.name, self.data.val, self.cfg.data.image_size, self.device
+            )
+            if own is not None:
+                self.method.train()
+                return own
         means, _ = evaluate_records(
             self.method.predict,
             self.data.val,
@@ -266,10 +276,30 @@ class Trainer:
         self.method.train()
         return means
 
-    def _is_better(self, value: float) -> bool:
-        if self.best["value"] is None or math.isnan(self.best["value"]):
+    def _is_better(self, value: float, best: dict[str, Any] | None = None, mode: str | None = None) -> bool:
+        best = self.best if best is None else best
+        mode = mode or self.cfg.train.val_mode
+        if best["value"] is None or math.isnan(best["value"]):
             return not math.isnan(value)
-        return value > self.best["value"] if self.cfg.train.val_mode == "max" else value < self.best["value"]
+        return value > best["value"] if mode == "max" else value < best["value"]
+
+    def _phase_metric(self, phase: Phase, val: dict[str, float]) -> float:
+        key = phase.val_metric or self.cfg.train.val_metric
+        if key not in val:
+            raise ConfigError(
+                f"phase '{phase.name}': validation metric '{key}' is not one of {', '.join(sorted(val))}"
+            )
+        return val[key]
+
+    def _phase_best_path(self, phase: Phase) -> Path:
+        return self.out / f"best_{phase.name}.pt"
+
+    def _restore_phase_best(self, phase: Phase) -> None:
+        """End of a ``restore_best`` phase: continue from the state of its best validation."""
+        D.barrier(self.info)
+        path = self._phase_best_path(phase)
+        if phase.restore_best and phase.validate and path.is_file():
+            self.method.load_state_dict(load_checkpoint(path, self.device)["method_state"])
 
     def _step(self, batch: dict, phase: Phase, opts, scheds) -> dict[str, float]:
         values: dict[str, torch.Tensor] = {}
@@ -312,6 +342,8 @@ class Trainer:
             # a fresh run must not leave an earlier run's checkpoints or results next to its own logs
             for name in ("steps.jsonl", "epochs.jsonl", "epochs.csv", "last.pt", "best.pt", "metrics.json"):
                 (self.out / name).unlink(missing_ok=True)
+            for old in self.out.glob("best_*.pt"):
+                old.unlink()
         from tqdm.auto import tqdm
 
         iters = self.iters_per_epoch()
@@ -336,8 +368,10 @@ class Trainer:
             while self.epoch < n_epochs:
                 self._train_epoch(phase, opts, scheds, iters, bar)
             bar.close()
+            self._restore_phase_best(phase)
             self.phase_index += 1
             self.epoch = 0
+            self.phase_best = {"value": None, "epoch": None, "phase": None}
         return self.history[-1] if self.history else {}
 
     def _train_epoch(self, phase: Phase, opts, scheds, iters: int, bar) -> None:
@@ -378,18 +412,28 @@ class Trainer:
         record.update({f"train/{k}": v / iters for k, v in sums.items()})
         improved = False
         n_epochs = self.phase_epochs(phase)
+        phase_improved = False
         if phase.validate and (self.epoch % self.cfg.train.val_every == 0 or self.epoch == n_epochs):
             if self.main:
-                val = self.validate()
+                val = self.validate(phase)
                 record.update({f"val/{k}": v for k, v in val.items()})
-                value = val[self.cfg.train.val_metric]
-                improved = self._is_better(value)
-                if improved:
-                    self.best = {"value": value, "epoch": self.epoch, "phase": phase.name}
+                value = self._phase_metric(phase, val)
+                if phase.restore_best:
+                    phase_improved = self._is_better(value, self.phase_best, phase.val_mode)
+                    if phase_improved:
+                        self.phase_best = {"value": value, "epoch": self.epoch, "phase": phase.name}
+                if phase.final:
+                    improved = self._is_better(value)
+                    if improved:
+                        self.best = {"value": value, "epoch": self.epoch, "phase": phase.name}
             improved = D.broadcast_flag(improved, self.info)
+            phase_improved = D.broadcast_flag(phase_improved, self.info)
         record["seconds"] = round(time.perf_counter() - t0, 3)
         self.history.append(record)
         if self.main:
+            if phase_improved:
+                save_checkpoint({"method_state": self.method.state_dict(), "best": self.phase_best},
+                                self._phase_best_path(phase))  # fmt: skip
             if improved:
                 save_checkpoint(
                     {

@@ -34,6 +34,14 @@ class Phase:
         validate: Evaluate the segmenter on the validation split during this phase and keep the
             best checkpoint (the phase that trains the segmenter).
         lr: Learning rate of this phase; ``None`` = ``train.lr``.
+        val_metric: Key of the phase's validation metrics that selects within it; ``None`` =
+            ``train.val_metric`` (the segmenter's). A method returns other metrics (e.g. a size
+            regressor's error) from :meth:`Method.validation_metrics`.
+        val_mode: "min" or "max" for ``val_metric``; ``None`` = ``train.val_mode``.
+        final: Validations of this phase compete for ``best.pt``, the model evaluated at the end.
+            Pre-training phases set it False.
+        restore_best: At the end of the phase, reload the method state of its best validation
+            (kept in ``best_<phase>.pt``), so the next phase starts from it.
     """
 
     name: str = "train"
@@ -43,6 +51,10 @@ class Phase:
     optional_streams: tuple[str, ...] = ()
     validate: bool = True
     lr: float | None = None
+    val_metric: str | None = None
+    val_mode: str | None = None
+    final: bool = True
+    restore_best: bool = False
 
 
 @dataclass
@@ -85,6 +97,11 @@ class Method(nn.Module):
     def training_step(self, batch: dict[str, dict[str, torch.Tensor]], phase: str, optimizer: str) -> dict:
         """Return ``{"loss": scalar, <component>: scalar, ...}`` for one optimizer step."""
         raise NotImplementedError
+
+    def validation_metrics(self, phase: str, records, image_size, device) -> dict[str, float] | None:
+        """Validation metrics of ``phase`` on the validation records, or None for the engine's
+        default (the segmenter's segmentation metrics). Called with the method in eval mode."""
+        return None
 
     # ------------------------------------------------------------------ shared
     def regularization(

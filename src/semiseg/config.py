@@ -33,6 +33,9 @@ class SplitConfig:
     sparse_pixels: int = 10  #: labeled pixels per image when ``supervision: sparse``
     draw: int = 0  #: index of the random draw (labeled subset and sparse pixels)
     unlabeled: Literal["rest", "none"] = "rest"  #: keep the other training items as unlabeled
+    #: weak labels the unlabeled items carry: none, an image tag per class (present / absent), or
+    #: each class's region size in pixels (e.g. the oracle bounds of the size-constraint method)
+    unlabeled_supervision: Literal["none", "tag", "size"] = "none"
     #: masks of validation items: "dense", or "same" = the supervision of the labeled items (sparse
     #: pixels), so model selection never sees labels a sparse-label user would not have
     val_supervision: Literal["dense", "same"] = "dense"

@@ -123,7 +123,15 @@ def prepare_data(
     )
     unlabeled = None
     if split.unlabeled:
-        unlabeled = TrainSet(split.unlabeled, supervision="none", seed=cfg.train.seed + 1_000_003, **common)
+        weak = spec.unlabeled_supervision
+        if weak != "none":
+            missing = next((r for r in split.unlabeled if r.mask is None), None)
+            if missing is not None:
+                raise DataError(
+                    missing.source or missing.id,
+                    f"data.split.unlabeled_supervision: {weak} needs a mask to count from, and this item has none",
+                )
+        unlabeled = TrainSet(split.unlabeled, supervision=weak, seed=cfg.train.seed + 1_000_003, **common)
     return PreparedData(bundle, split, labeled, unlabeled, split.val, split.test)
 
 

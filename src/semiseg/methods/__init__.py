@@ -14,7 +14,7 @@ __all__ = ["METHODS", "Method", "MethodConfig", "Phase", "build_method", "regist
 METHODS: dict[str, type[Method]] = {}
 
 #: modules imported on first use of the registry (each registers its methods)
-_BUILTIN = ("semiseg.methods.supervised", "semiseg.methods.tv")
+_BUILTIN = ("semiseg.methods.supervised", "semiseg.methods.tv", "semiseg.methods.size")
 
 
 def register(name: str):

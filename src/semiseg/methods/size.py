@@ -1,0 +1,308 @@
+"""Curriculum semi-supervised segmentation with size constraints (Kervadec et al.).
+
+A curriculum of two tasks: first an easy one, regressing each region's size from the image on the
+labeled images; then the segmenter is trained with cross-entropy on the labeled images plus
+``λ · C`` on the unlabeled images, where ``C`` (eqs. 3–5, :mod:`semiseg.losses.size`) penalises a
+soft size ``Σ_p S_p`` outside ``[(1−γ)R, (1+γ)R]`` around the regressed size ``R``.
+
+``source`` selects where the bounds come from:
+
+- ``regressor`` (proposed): phase "regressor" trains a CNN on the labeled images (squared L2 on the
+  per-class size, as fractions of the image area, with flips and rotations up to
+  ``regressor_rotate_degrees`` drawn anew at every step); it is selected on the validation split by
+  its size error and frozen; phase "segmenter" uses its predictions on the unlabeled images.
+- ``oracle``: the true size ± γ (the paper's upper bound); needs
+  ``data.split.unlabeled_supervision: size``.
+- ``fs``: the labeled images only (the paper's full-supervision baseline on the labeled subset).
+- ``proposals``: phase "fs" trains on the labeled images and is selected on validation; phase
+  "proposals" adds cross-entropy on the pixels the frozen FS model predicts as foreground on the
+  unlabeled images (the paper's pseudo-label baseline), continuing from the FS weights.
+
+Optionally (``centroid_margin``) the regressor also predicts each region's centroid and the
+segmenter's soft centroid is bounded to ± margin around it (a first shape moment, beyond the
+paper's experiments). The size penalty is also a regulariser any method can use:
+``regularizers: [{name: size, weight: 0.01, gamma: 0.1}]`` with sizes from the data.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from semiseg.data.records import IGNORE_INDEX
+from semiseg.errors import ConfigError
+from semiseg.losses.regularizers import ramp_weight
+from semiseg.losses.size import NORMALIZATIONS, centroid_penalty, size_penalty, soft_centroid
+from semiseg.losses.supervised import masked_cross_entropy
+from semiseg.methods import register
+from semiseg.methods.base import Phase
+from semiseg.methods.supervised import Supervised, SupervisedConfig
+from semiseg.models import build_model
+
+SOURCES = ("regressor", "oracle", "fs", "proposals")
+DENSE, SIZE = 1, 4  # indices of "dense" and "size" in semiseg.data.views.SUPERVISION_KINDS
+
+
+@dataclass
+class SizeConfig(SupervisedConfig):
+    source: Literal["regressor", "oracle", "fs", "proposals"] = "regressor"
+    size_weight: float = 0.01  #: λ
+    gamma: float = 0.1  #: relative tolerance of the size bounds
+    normalization: Literal["pixels", "none", "area"] = "pixels"  #: see semiseg.losses.size
+    classes: list[int] | None = None  #: constrained classes (default: every foreground class)
+    ramp_up_steps: int = 0  #: sigmoid ramp-up of λ over the segmenter phase's first steps
+    centroid_margin: float | None = None  #: ± bounds on regressed centroids (fraction of each axis)
+    centroid_min_size: float = 0.005  #: constrain centroids of regions at least this area fraction
+    regressor_epochs: int = 20
+    regressor_lr: float | None = None  #: None = train.lr
+    regressor_width: int = 16
+    regressor_depth: int = 4
+    regressor_rotate_degrees: float = 45.0
+    regressor_flips: bool = True
+    fs_epochs: int | None = None  #: proposals: epochs of the FS phase (None = train.epochs)
+    proposal_weight: float = 1.0  #: weight of the cross-entropy on the proposals
+
+
+def rotate_flip(
+    image: torch.Tensor, mask: torch.Tensor, degrees: float, flips: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random flips and a rotation in ``[-degrees, degrees]`` per sample (torch RNG); mask pixels from
+    outside the image become ``IGNORE_INDEX``.
+
+    Shape:
+        image ``[B, C, H, W]``, mask ``[B, H, W]`` → same.
+    """
+    b = image.shape[0]
+    if flips:
+        h = torch.rand(b) < 0.5
+        v = torch.rand(b) < 0.5
+        image = torch.where(h.view(-1, 1, 1, 1).to(image.device), image.flip(-1), image)
+        mask = torch.where(h.view(-1, 1, 1).to(mask.device), mask.flip(-1), mask)
+        image = torch.where(v.view(-1, 1, 1, 1).to(image.device), image.flip(-2), image)
+        mask = torch.where(v.view(-1, 1, 1).to(mask.device), mask.flip(-2), mask)
+    if degrees <= 0:
+        return image, mask
+    angle = (torch.rand(b) * 2 - 1) * math.radians(degrees)
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack(
+        [torch.stack([cos, -sin, torch.zeros(b)], 1), torch.stack([sin, cos, torch.zeros(b)], 1)], 1
+    )
+    grid = F.affine_grid(theta.to(image), list(image.shape), align_corners=False)
+    image = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    shifted = (mask.clamp(min=-1) + 1).masked_fill(mask == IGNORE_INDEX, 0).to(image.dtype)[:, None]
+    m = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=False)[:, 0]
+    m = m.round().long() - 1
+    return image, m.masked_fill(m < 0, IGNORE_INDEX)
+
+
+def region_targets(mask: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Area fractions ``[B, K]`` and centroids ``[B, K, 2]`` of each class (ignored pixels count as
+    no class)."""
+    valid = mask != IGNORE_INDEX
+    onehot = F.one_hot(mask.clamp(min=0) * valid, num_classes).permute(0, 3, 1, 2).float()
+    onehot = onehot * valid[:, None]
+    area = mask.shape[-1] * mask.shape[-2]
+    return onehot.flatten(2).sum(-1) / area, soft_centroid(onehot)
+
+
+@register("size")
+class SizeConstrained(Supervised):
+    config_class = SizeConfig
+
+    def __init__(self, cfg: SizeConfig, **kwargs):
+        super().__init__(cfg, **kwargs)
+        if cfg.source not in SOURCES:
+            raise ConfigError(f"method.source: must be one of {', '.join(SOURCES)}, got {cfg.source!r}")
+        if cfg.normalization not in NORMALIZATIONS:
+            raise ConfigError(f"method.normalization: must be one of {', '.join(NORMALIZATIONS)}")
+        if cfg.gamma < 0 or cfg.size_weight < 0:
+            raise ConfigError("method.gamma and method.size_weight must be >= 0")
+        k = self.num_classes
+        self.classes = list(range(1, k)) if cfg.classes is None else list(cfg.classes)
+        if not self.classes or any(not 0 <= c < k for c in self.classes):
+            raise ConfigError(f"method.classes: must list classes in 0..{k - 1}, got {cfg.classes}")
+        if cfg.centroid_margin is not None and cfg.source != "regressor":
+            raise ConfigError(
+                "method.centroid_margin: centroid bounds come from the regressor (source: regressor)"
+            )
+        self.with_centroid = cfg.centroid_margin is not None
+        #: global step of the first segmenter step with the penalty (λ's ramp-up starts there)
+        self.register_buffer("segmenter_start", torch.tensor(-1))
+        if cfg.source == "regressor":
+            from semiseg.models.regressor import Regressor
+
+            outputs = len(self.classes) * (3 if self.with_centroid else 1)
+            self.regressor = Regressor(
+                self.in_channels, outputs, cfg.regressor_width, cfg.regressor_depth, self.model_cfg.norm
+            )
+        if cfg.source == "proposals":
+            self.teacher = build_model(self.model_cfg, self.in_channels, self.num_classes).requires_grad_(
+                False
+            )
+            self.register_buffer("teacher_ready", torch.tensor(False))
+
+    # ------------------------------------------------------------------------------ phases
+    def phases(self):
+        cfg, extra = self.cfg, self.regularizer_streams()
+        both = ("labeled", "unlabeled")
+        if cfg.source == "fs":
+            return [Phase(optional_streams=extra)]
+        if cfg.source == "oracle":
+            return [Phase("segmenter", streams=both)]
+        if cfg.source == "proposals":
+            return [
+                Phase("fs", epochs=cfg.fs_epochs, optional_streams=extra, final=False, restore_best=True),
+                Phase("proposals", streams=both),
+            ]
+        return [
+            Phase(
+                "regressor",
+                epochs=cfg.regressor_epochs,
+                optimizers=("regressor",),
+                val_metric="size_mae",
+                val_mode="min",
+                final=False,
+                restore_best=True,
+                lr=cfg.regressor_lr,
+            ),  # fmt: skip
+            Phase("segmenter", streams=both),
+        ]
+
+    def parameters_for(self, phase, optimizer):
+        return self.regressor.parameters() if optimizer == "regressor" else self.model.parameters()
+
+    # ------------------------------------------------------------------------------ regressor
+    def regress(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Regressed area fractions ``[B, len(classes)]`` and centroids ``[B, len(classes), 2]``."""
+        out = self.regressor(images)
+        n = len(self.classes)
+        return out[:, :n], (out[:, n:].reshape(-1, n, 2) if self.with_centroid else None)
+
+    def _regressor_step(self, labeled: dict) -> dict:
+        kind = labeled["kind"]
+        if not bool(((kind == DENSE) | (kind == SIZE)).all()):
+            raise ConfigError(
+                "method.source: regressor needs dense masks or size labels on the labeled images"
+            )
+        image, mask = rotate_flip(labeled["image"], labeled["mask"], self.cfg.regressor_rotate_degrees,
+                                  self.cfg.regressor_flips)  # fmt: skip
+        area, centroid = region_targets(mask, self.num_classes)
+        given = labeled["sizes"] / (mask.shape[-1] * mask.shape[-2])
+        area = torch.where(torch.isnan(given), area, given)  # size labels when the data has them
+        pred_area, pred_centroid = self.regress(image)
+        loss = (pred_area - area[:, self.classes]).square().sum(1).mean()
+        out = {"size_loss": loss}
+        if pred_centroid is not None:
+            present = (labeled["kind"] == DENSE)[:, None] & (area[:, self.classes] > 0)
+            err = (pred_centroid - centroid[:, self.classes]).square().sum(-1) * present
+            out["centroid_loss"] = err.sum(1).mean()
+            loss = loss + out["centroid_loss"]
+        return {"loss": loss, **out}
+
+    @torch.no_grad()
+    def validation_metrics(self, phase, records, image_size, device):
+        if phase != "regressor":
+            return None
+        from semiseg.data.views import resize_image, resize_mask
+        from semiseg.engine.evaluate import record_slices
+
+        errors, centroid_errors = [], []
+        for r in records:
+            masks = torch.from_numpy(r.mask)
+            masks = masks[None] if masks.ndim == 2 else masks
+            images = torch.stack(record_slices(r))
+            x = resize_image(images.float(), tuple(image_size)).to(device)
+            m = resize_mask(masks, tuple(image_size)).to(device)
+            area, centroid = region_targets(m, self.num_classes)
+            pred_area, pred_centroid = self.regress(x)
+            n_pix = image_size[0] * image_size[1]
+            errors.append(((pred_area - area[:, self.classes]).abs() * n_pix).cpu())
+            if pred_centroid is not None:
+                present = area[:, self.classes] > 0
+                d = (pred_centroid - centroid[:, self.classes]).square().sum(-1).sqrt()
+                centroid_errors.append(d[present].cpu())
+        err = torch.cat(errors)
+        out = {
+            "size_mae": err.mean().item(),
+            "size_mae_fraction": (err / (image_size[0] * image_size[1])).mean().item(),
+        }
+        if centroid_errors:
+            out["centroid_error"] = torch.cat(centroid_errors).mean().item()
+        return out
+
+    # ------------------------------------------------------------------------------ segmenter
+    def _bounds(self, unlabeled: dict, probs: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Per-class size estimates in pixels ``[B, K]`` (NaN = unconstrained) and centroid bounds."""
+        n_pix = probs.shape[-1] * probs.shape[-2]
+        sizes = torch.full(probs.shape[:2], math.nan, device=probs.device, dtype=probs.dtype)
+        extra: dict = {}
+        if self.cfg.source == "oracle":
+            given = unlabeled["sizes"].to(probs.dtype)
+            if torch.isnan(given[:, self.classes]).any():
+                raise ConfigError("method.source: oracle needs data.split.unlabeled_supervision: size")
+            sizes[:, self.classes] = given[:, self.classes]
+            return sizes, extra
+        self.regressor.eval()
+        with torch.no_grad():
+            area, centroid = self.regress(unlabeled["image"])
+        sizes[:, self.classes] = area.clamp(min=0).to(probs.dtype) * n_pix
+        if centroid is not None:
+            m = self.cfg.centroid_margin
+            big = (area >= self.cfg.centroid_min_size)[..., None]
+            nan = torch.full_like(centroid, math.nan)
+            lo = torch.full((*probs.shape[:2], 2), math.nan, device=probs.device, dtype=probs.dtype)
+            hi = lo.clone()
+            lo[:, self.classes] = torch.where(big, centroid - m, nan).to(probs.dtype)
+            hi[:, self.classes] = torch.where(big, centroid + m, nan).to(probs.dtype)
+            extra = {"lower": lo, "upper": hi}
+        return sizes, extra
+
+    def _proposal_mask(self, images: torch.Tensor) -> torch.Tensor:
+        if not bool(self.teacher_ready):
+            self.teacher.load_state_dict(self.model.state_dict())  # the best FS model (restore_best)
+            self.teacher_ready.fill_(True)
+        self.teacher.eval()
+        with torch.no_grad():
+            pred = self.teacher(images).argmax(1)
+        keep = torch.zeros_like(pred, dtype=torch.bool)
+        for c in self.classes:
+            keep |= pred == c
+        return pred.masked_fill(~keep, IGNORE_INDEX)
+
+    def training_step(self, batch, phase, optimizer):
+        if phase == "regressor":
+            return self._regressor_step(batch["labeled"])
+        if phase not in ("segmenter", "proposals"):
+            return super().training_step(batch, phase, optimizer)  # fs
+        used = ("labeled", "unlabeled", *self.regularizer_streams())
+        logits = {stream: self.model(b["image"]) for stream, b in batch.items() if stream in used}
+        out = self.supervised_loss(logits["labeled"], batch["labeled"]["mask"])
+        unl = batch["unlabeled"]
+        if phase == "proposals":
+            out["proposal_ce"] = masked_cross_entropy(logits["unlabeled"], self._proposal_mask(unl["image"]))
+            out["loss"] = out["loss"] + self.cfg.proposal_weight * out["proposal_ce"]
+        else:
+            probs = logits["unlabeled"].softmax(1)
+            sizes, centroid_bounds = self._bounds(unl, probs)
+            out["size_penalty"] = size_penalty(
+                probs, sizes, self.cfg.gamma, self.classes, self.cfg.normalization
+            )
+            penalty = out["size_penalty"]
+            if centroid_bounds:
+                out["centroid_penalty"] = centroid_penalty(probs, centroid_bounds["lower"],
+                                                           centroid_bounds["upper"], self.classes)  # fmt: skip
+                penalty = penalty + out["centroid_penalty"]
+            if int(self.segmenter_start) < 0:
+                self.segmenter_start.fill_(self.global_step)
+            step = self.global_step - int(self.segmenter_start)
+            weight = ramp_weight(self.cfg.size_weight, step, self.cfg.ramp_up_steps)
+            out["loss"] = out["loss"] + weight * penalty
+        if len(self.regularizers):
+            reg = self.regularization(logits, batch)
+            out["loss"] = out["loss"] + reg.pop("reg_total")
+            out.update(reg)
+        return out

@@ -100,6 +100,8 @@ class TrainConfig:
     progress: bool = True
     plots: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    #: checkpoint (best.pt / last.pt) whose segmenter weights start this run (e.g. a supervised model)
+    init: str | None = None
 
 
 @dataclass

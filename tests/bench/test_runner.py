@@ -315,3 +315,84 @@ def test_row_quick_seeds_apply_only_in_quick_mode(tmp_path, monkeypatch, quick, 
     results = run_table("tiny-q", quick=quick, results_dir=tmp_path / "r", work_dir=tmp_path / "w")
     assert [r["seed"] for r in runs_of(results, "supervised | 20 px")] == expected
     assert [r["seed"] for r in runs_of(results, "supervised | dense")] == [1]  # fixed seeds in both modes
+
+
+def test_rows_start_from_an_earlier_rows_checkpoint_of_the_same_seed(tmp_path, monkeypatch):
+    recipe = write_recipe(tmp_path / "tiny.yaml")
+    table = Table(
+        name="tiny-init",
+        title="Tiny table with a warm-started row",
+        recipe=str(recipe),
+        rows=[
+            Row("supervised", "20 px"),
+            Row(
+                "continued", "20 px", {"train.epochs": 2}, init_from=SUP, quick_overrides={"train.epochs": 1}
+            ),
+        ],
+        metric="pixel_error",
+        metric_label="pixel error (%)",
+        quick_seeds=[0, 1],
+    )
+    monkeypatch.setitem(TABLES, "tiny-init", lambda: table)
+    spy = Spy(monkeypatch)
+    results = run_table("tiny-init", quick=True, results_dir=tmp_path / "r", work_dir=tmp_path / "w")
+    by_dir = {out: cfg for cfg, out in spy.trained}
+    for seed in (0, 1):
+        cfg = by_dir[tmp_path / "w" / "tiny-init" / runner._slug("continued | 20 px") / f"seed{seed}"]
+        start = tmp_path / "w" / "tiny-init" / runner._slug(SUP) / f"seed{seed}" / "best.pt"
+        assert cfg.train.init == str(start) and start.is_file()
+        assert cfg.train.epochs == 1  # the quick override wins over the row's full-mode value
+    assert results["provenance"]["config"]["row_init_from"] == {"continued | 20 px": SUP}
+    assert row_config(table, table.rows[1], 0, quick=False).train.epochs == 2
+
+
+def test_init_from_a_row_without_runs_is_a_config_error(tmp_path, monkeypatch):
+    recipe = write_recipe(tmp_path / "tiny.yaml")
+    table = Table(
+        name="tiny-bad-init",
+        title="Tiny table whose warm start has no source",
+        recipe=str(recipe),
+        rows=[Row("continued", "20 px", init_from=SUP)],
+        metric="pixel_error",
+        metric_label="pixel error (%)",
+    )
+    monkeypatch.setitem(TABLES, "tiny-bad-init", lambda: table)
+    Spy(monkeypatch)
+    with pytest.raises(ConfigError, match="starts from 'supervised \\| 20 px'.*seed 0"):
+        run_table("tiny-bad-init", quick=True, results_dir=tmp_path / "r", work_dir=tmp_path / "w")
+
+
+def test_step_time_ratio_gives_the_baseline_every_streams_images():
+    from semiseg.methods.size import SizeConstrained
+    from semiseg.methods.supervised import Supervised
+
+    seen: dict[str, list] = {}
+
+    def recording(cls):
+        original = cls.training_step
+
+        def step(self, batch, phase, optimizer):
+            seen.setdefault(cls.__name__, []).append(
+                (phase, {s: b["image"].shape[0] for s, b in batch.items()})
+            )
+            return original(self, batch, phase, optimizer)
+
+        return step
+
+    with pytest.MonkeyPatch.context() as mp:
+        for cls in (Supervised, SizeConstrained):
+            mp.setattr(cls, "training_step", recording(cls))
+        out = runner.step_time_ratio(
+            {"name": "size", "source": "oracle"},
+            {"name": "supervised"},
+            MODEL,
+            image_size=16,
+            batch_size=2,
+            steps=1,
+            streams=("labeled", "unlabeled"),
+            phase="segmenter",
+        )
+    assert out["ratio"] > 0 and out["streams"] == ["labeled", "unlabeled"] and out["phase"] == "segmenter"
+    assert seen["Supervised"] and all(x == ("train", {"labeled": 4}) for x in seen["Supervised"])
+    sized = seen["SizeConstrained"]
+    assert sized and all(x == ("segmenter", {"labeled": 2, "unlabeled": 2}) for x in sized)

@@ -16,6 +16,8 @@ def test_row_keys_are_unique_and_reused_rows_exist(name):
     for r in table.rows:
         if r.reuse is not None:
             assert r.reuse in keys
+        if r.init_from is not None:  # a warm start comes from a row trained earlier in the table
+            assert r.init_from in keys[: keys.index(r.key)]
 
 
 @pytest.mark.parametrize("name", sorted(TABLES))
@@ -74,3 +76,37 @@ def test_markdown_renders_one_or_several_step_time_ratios():
     assert "supervised step time" in one and "1.050 (0.200 s vs 0.100 s, 128x128, batch 16)" in one
     several = markdown(_results({"TV": _ratio(1.05), "TV, edge-aware": _ratio(1.1)}))
     assert "TV 1.050" in several and "TV, edge-aware 1.100" in several
+
+
+@pytest.mark.parametrize("name, classes", [("curriculum-acdc", [1]), ("curriculum-acdc-4class", [1, 2, 3])])
+def test_curriculum_rows_start_from_fs_and_train_the_same_extra_epochs(name, classes):
+    from semiseg.bench.tables import CONTINUE_EPOCHS, CONTINUE_EPOCHS_QUICK, CURRICULUM_PAPER
+
+    table = TABLES[name]()
+    by_key = {r.key: r for r in table.rows}
+    ns = sorted({int(r.setting.split()[0]) for r in table.rows})
+    assert ns == (sorted(CURRICULUM_PAPER) if name == "curriculum-acdc" else [3, 7])
+    for n in ns:
+        setting = f"{n} labeled patients"
+        fs = row_config(table, by_key[f"FS | {setting}"], seed=2, quick=True)
+        assert fs.method["source"] == "fs" and fs.data.split.labeled == n and fs.train.init is None
+        sources = {"FS, continued": "fs", "Proposals": "proposals", "Proposed (size regressor)": "regressor",
+                   "Oracle (true size)": "oracle"}  # fmt: skip
+        for method, source in sources.items():
+            row = by_key[f"{method} | {setting}"]
+            assert row.init_from == f"FS | {setting}"
+            for quick, epochs in ((True, CONTINUE_EPOCHS_QUICK), (False, CONTINUE_EPOCHS)):
+                cfg = row_config(table, row, seed=2, quick=quick)
+                assert cfg.method["source"] == source and cfg.train.epochs == epochs
+                assert cfg.data.split.labeled == n and cfg.data.split.draw == 2
+        oracle = row_config(table, by_key[f"Oracle (true size) | {setting}"], seed=0, quick=True)
+        assert oracle.data.split.unlabeled_supervision == "size"
+        assert (
+            row_config(table, by_key[f"Proposals | {setting}"], seed=0, quick=True).method["fs_epochs"] == 0
+        )
+    if name == "curriculum-acdc":
+        for n, paper in CURRICULUM_PAPER.items():
+            got = [by_key[f"{m} | {n} labeled patients"].paper for m in
+                   ("FS", "Proposals", "Proposed (size regressor)", "Oracle (true size)")]  # fmt: skip
+            assert got == list(paper)
+    assert len(table.seeds) >= 3 and len(table.quick_seeds) >= 3

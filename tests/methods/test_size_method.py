@@ -50,10 +50,14 @@ def test_rotate_flip_moves_image_and_mask_together():
         ("oracle", ["segmenter"]),
         ("fs", ["train"]),
         ("proposals", ["fs", "proposals"]),
+        ("proposals-0", ["proposals"]),
     ],  # fmt: skip
 )
 def test_phases_per_source(source, names):
-    method = build("size", source=source)
+    if source == "proposals-0":  # no FS phase: the starting model (train.init) is the teacher
+        method = build("size", source="proposals", fs_epochs=0)
+    else:
+        method = build("size", source=source)
     phases = method.phases()
     assert [p.name for p in phases] == names
     assert phases[-1].final and all(not p.final and p.restore_best for p in phases[:-1])
@@ -96,9 +100,11 @@ def test_regressed_sizes_bound_the_segmenter(monkeypatch):
     assert int(method.segmenter_start) == 0
 
 
-def test_regressor_step_learns_sizes_and_validation_reports_the_error():
+@pytest.mark.parametrize("arch", ["cnn", "density"])
+def test_regressor_step_learns_sizes_and_validation_reports_the_error(arch):
     torch.manual_seed(0)
-    method = build("size", source="regressor", regressor_rotate_degrees=0.0, regressor_flips=False)
+    method = build("size", source="regressor", regressor_rotate_degrees=0.0, regressor_flips=False,
+                   regressor_arch=arch)  # fmt: skip
     data = batch()
     opt = torch.optim.Adam(method.regressor.parameters(), 1e-2)
     first = None
@@ -116,6 +122,24 @@ def test_regressor_step_learns_sizes_and_validation_reports_the_error():
     metrics = method.validation_metrics("regressor", records, (32, 32), torch.device("cpu"))
     assert set(metrics) == {"size_mae", "size_mae_fraction"} and metrics["size_mae"] >= 0
     assert method.validation_metrics("segmenter", records, (32, 32), torch.device("cpu")) is None
+
+
+def test_density_regressor_outputs_areas_and_centroids_of_its_density_map():
+    from semiseg.models.regressor import DensityRegressor
+
+    torch.manual_seed(0)
+    reg = DensityRegressor(1, regions=2, centroids=True, width=4, depth=2)
+    x = torch.rand(3, 1, 16, 16)
+    out = reg(x)
+    density = torch.sigmoid(reg.net(x))
+    assert out.shape == (3, 2 + 4)
+    assert torch.allclose(out[:, :2], density.mean(dim=(-2, -1)))
+    assert ((out[:, 2:] >= 0) & (out[:, 2:] <= 1)).all()
+    method = build("size", source="regressor", regressor_arch="density", centroid_margin=0.1)
+    area, centroid = method.regress(x)
+    assert area.shape == (3, K - 1) and centroid.shape == (3, K - 1, 2)
+    with pytest.raises(ConfigError, match="method.regressor_arch"):
+        build("size", source="regressor", regressor_arch="resnet")
 
 
 def test_regressor_needs_dense_or_size_labels():
@@ -139,10 +163,15 @@ def test_proposals_use_the_frozen_fs_model_on_foreground_pixels_only():
     method = build("size", source="proposals")
     data = batch()
     assert not bool(method.teacher_ready)
+    before = {k: v.clone() for k, v in method.model.state_dict().items()}
     out = method.training_step(data, "proposals", "main")
     assert bool(method.teacher_ready) and "proposal_ce" in out
-    for (n, p), q in zip(method.model.state_dict().items(), method.teacher.state_dict().values()):
-        assert torch.equal(p, q), n
+    # the teacher is the model as it was before this step's forward passes (BatchNorm statistics too)
+    teacher = method.teacher.state_dict()
+    for n, p in before.items():
+        assert torch.equal(p, teacher[n]), n
+    bn = next(k for k in before if k.endswith("running_mean"))
+    assert not torch.equal(before[bn], method.model.state_dict()[bn])  # while the model's moved on
     mask = method._proposal_mask(data["unlabeled"]["image"])
     assert not (mask == 0).any()  # background predictions are not used
     assert not any(p.requires_grad for p in method.teacher.parameters())
@@ -185,3 +214,29 @@ def test_train_end_to_end(tmp_path, overrides):
         assert "val/size_mae" in history[0] and "val/dice/mean" not in history[0]
         assert "train/size_penalty" in history[-1]
         assert load_checkpoint(tmp_path / "best_regressor.pt")["best"]["phase"] == "regressor"
+
+
+def test_train_init_starts_the_segmenter_from_another_runs_checkpoint(tmp_path):
+    fs = build_config(json.loads(json.dumps(RAW)), ["method.source=fs"])
+    train(fs, output_dir=tmp_path / "fs")
+    start = tmp_path / "fs" / "best.pt"
+    fs_model = {k[6:]: v for k, v in load_checkpoint(start)["method_state"].items() if k.startswith("model.")}
+    cfg = build_config(
+        json.loads(json.dumps(RAW)),
+        ["method.source=proposals", "method.fs_epochs=0", f"train.init={start}", "train.epochs=1"],
+    )
+    train(cfg, output_dir=tmp_path / "prop")
+    teacher = load_checkpoint(tmp_path / "prop" / "last.pt")["method_state"]
+    for k, v in fs_model.items():  # the frozen teacher is the FS model the run started from
+        assert torch.equal(teacher[f"teacher.{k}"], v), k
+
+
+def test_train_init_errors_are_one_line_config_errors(tmp_path):
+    raw = json.loads(json.dumps(RAW))
+    with pytest.raises(Exception, match="no_such.pt"):
+        train(build_config(raw, ["train.init=" + str(tmp_path / "no_such.pt")]), output_dir=tmp_path / "a")
+    fs = build_config(raw, ["method.source=fs", "train.epochs=1"])
+    train(fs, output_dir=tmp_path / "fs")
+    wider = build_config(raw, ["model.width=8", f"train.init={tmp_path / 'fs' / 'best.pt'}"])
+    with pytest.raises(ConfigError, match="train.init: .*best.pt: its segmenter does not fit"):
+        train(wider, output_dir=tmp_path / "b")

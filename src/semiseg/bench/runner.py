@@ -38,6 +38,9 @@ class Row:
         reuse: ``method | setting`` of the trained row to post-process.
         seeds: Seeds of this row (default: the table's).
         quick_seeds: Seeds of this row in quick mode (default: ``seeds``, else the table's quick seeds).
+        quick_overrides: Further overrides in quick mode only (e.g. a shorter schedule).
+        init_from: ``method | setting`` of an earlier trained row: each seed starts from that row's
+            same-seed ``best.pt`` (``train.init``).
     """
 
     method: str
@@ -49,6 +52,8 @@ class Row:
     reuse: str | None = None
     seeds: list[int] | None = None
     quick_seeds: list[int] | None = None
+    init_from: str | None = None
+    quick_overrides: dict[str, Any] = field(default_factory=dict)  #: on top of ``overrides`` in quick mode
 
     @property
     def key(self) -> str:
@@ -182,10 +187,13 @@ def step_time_ratio(
     batch_size: int = 16,
     steps: int = 12,
     streams: tuple[str, ...] = ("labeled",),
+    phase: str = "train",
 ) -> dict[str, Any]:
-    """Wall time of one training step of ``method`` over one of ``baseline`` (same batch, CPU).
+    """Wall time of one training step (``phase``) of ``method`` over one of ``baseline`` (CPU).
 
-    The two methods alternate step by step so both see the same machine load; medians are compared.
+    ``method`` gets ``batch_size`` images in each of ``streams``; the baseline gets all of them as one
+    labeled batch, so both push the same images through the segmenter. The two methods alternate
+    step by step so both see the same machine load; medians are compared.
     """
     import statistics
 
@@ -197,7 +205,13 @@ def step_time_ratio(
     torch.manual_seed(0)
     x = torch.rand(batch_size, 1, image_size, image_size)
     y = torch.randint(0, num_classes, (batch_size, image_size, image_size))
-    batch = {s: {"image": x, "mask": y} for s in streams}
+    sizes = torch.stack([(y == c).flatten(1).sum(1) for c in range(num_classes)], 1).float()
+    kind = torch.ones(batch_size, dtype=torch.long)  # 1 = dense (semiseg.data.views.SUPERVISION_KINDS)
+    one = {"image": x, "mask": y, "sizes": sizes, "kind": kind}
+    batches = {
+        "method": {s: one for s in streams},
+        "baseline": {"labeled": {k: torch.cat([v] * len(streams)) for k, v in one.items()}},
+    }
     built = {}
     for key, opts in (("method", method), ("baseline", baseline)):
         m = build_method(opts, ModelConfig(**model), in_channels=1, num_classes=num_classes)
@@ -207,14 +221,15 @@ def step_time_ratio(
         for key, (m, opt) in built.items():
             t0 = time.perf_counter()
             opt.zero_grad()
-            m.training_step(batch, "train", "main")["loss"].backward()
+            step_phase = phase if key == "method" else "train"
+            m.training_step(batches[key], step_phase, "main")["loss"].backward()
             opt.step()
             if i >= 2:  # warm-up
                 times[key].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"ratio": round(med["method"] / med["baseline"], 3), "method": method, "baseline": baseline,
             "seconds_per_step": {k: round(v, 4) for k, v in med.items()}, "image_size": image_size,
-            "batch_size": batch_size, "device": "cpu"}  # fmt: skip
+            "batch_size": batch_size, "streams": list(streams), "phase": phase, "device": "cpu"}  # fmt: skip
 
 
 # -------------------------------------------------------------------------------------- runner
@@ -237,7 +252,7 @@ def row_config(
     + seed + the user's ``--set`` overrides (recorded in the provenance)."""
     from semiseg.config import build_config, load_yaml
 
-    values = {**row.overrides, **(extra or {})}
+    values = {**row.overrides, **(row.quick_overrides if quick else {}), **(extra or {})}
     overrides = [f"{k}={json.dumps(v)}" for k, v in values.items()]
     overrides += [f"data.split.draw={seed}", f"train.seed={seed}", "train.progress=false", *(user or [])]
     return build_config(load_yaml(table.recipe), overrides, quick=quick, source=f"bench {table.name}")
@@ -358,7 +373,15 @@ def run_table(
                 value, info = _postprocessed(ctx, ctx.run_dirs[(row.reuse, seed)])
                 ctx.run_dirs[(row.key, seed)] = ctx.run_dirs[(row.reuse, seed)]
             else:
-                cfg = row_config(table, row, seed, quick, ctx.tuned if row.tuned else None, overrides)
+                extra = dict(ctx.tuned) if row.tuned else {}
+                if row.init_from:
+                    if (row.init_from, seed) not in ctx.run_dirs:
+                        raise ConfigError(
+                            f"bench {name}: row '{row.key}' starts from '{row.init_from}', which has no "
+                            f"earlier trained run with seed {seed}"
+                        )
+                    extra["train.init"] = str(ctx.run_dirs[(row.init_from, seed)] / "best.pt")
+                cfg = row_config(table, row, seed, quick, extra, overrides)
                 configs.setdefault(row.key, to_dict(cfg))
                 res, out = _train_cached(ctx, cfg, ctx.work_dir / _slug(row.key) / f"seed{seed}")
                 ctx.run_dirs[(row.key, seed)] = out
@@ -384,6 +407,7 @@ def run_table(
         "config": {
             "recipe": table.recipe,
             "row_overrides": {r.key: r.overrides for r in table.rows},
+            "row_init_from": {r.key: r.init_from for r in table.rows if r.init_from},
             "tuned_rows": [r.key for r in table.rows if r.tuned],
             "user_overrides": overrides,
             "resolved_first_seed": configs,

@@ -179,4 +179,111 @@ def comparison_figure(
     plt.close(fig)
 
 
-TABLES = {"supervised-horse": supervised_horse, "supervised-acdc": supervised_acdc, "tv-horse": tv_horse}
+#: Kervadec et al., Table 1 (ACDC LV, 75 training exams): n → (FS, Proposals, Proposed, Oracle)
+CURRICULUM_PAPER = {5: (24.8, 8.1, 53.1, 74.3), 10: (44.4, 43.9, 58.5, 75.7), 20: (71.7, 49.1, 72.7, 79.0),
+                    30: (73.1, 62.6, 75.4, 77.0), 40: (75.8, 68.8, 76.3, 80.4)}  # fmt: skip
+
+#: Epochs of the rows that continue from the FS model (full mode / quick mode).
+CONTINUE_EPOCHS, CONTINUE_EPOCHS_QUICK = 50, 10
+
+
+def curriculum_rows(n: int, paper: tuple[float | None, ...] = (None, None, None, None)) -> list[Row]:
+    """FS from scratch; then, each starting from the same seed's FS model and trained for the same
+    extra epochs: FS continued (the control), Proposals, Proposed (size regressor), Oracle (true size)."""
+    setting = f"{n} labeled patients"
+    fs = {"data.split.labeled": n, "method.source": "fs"}
+    cont = {"train.epochs": CONTINUE_EPOCHS}
+    quick = {"train.epochs": CONTINUE_EPOCHS_QUICK}
+    start = f"FS | {setting}"
+
+    def after_fs(name: str, overrides: dict[str, Any], value: float | None) -> Row:
+        over = {**fs, **cont, **overrides}
+        return Row(name, setting, over, paper=value, init_from=start, quick_overrides=quick)
+
+    return [
+        Row("FS", setting, fs, paper=paper[0]),
+        after_fs("FS, continued", {}, None),
+        after_fs("Proposals", {"method.source": "proposals", "method.fs_epochs": 0}, paper[1]),
+        after_fs("Proposed (size regressor)", {"method.source": "regressor"}, paper[2]),
+        after_fs(
+            "Oracle (true size)",
+            {"method.source": "oracle", "data.split.unlabeled_supervision": "size"},
+            paper[3],
+        ),  # fmt: skip
+    ]
+
+
+def curriculum_acdc() -> Table:
+    rows = [r for n, paper in CURRICULUM_PAPER.items() for r in curriculum_rows(n, paper)]
+    return Table(
+        name="curriculum-acdc",
+        title="Curriculum semi-supervised segmentation with size constraints, ACDC left ventricle",
+        recipe="curriculum-acdc",
+        rows=rows,
+        metric="dice/1",
+        metric_label="LV Dice (%) per test volume, mean over 40 volumes",
+        seeds=[0, 1, 2],
+        quick_seeds=[0, 1, 2],
+        extras=_size_extras,
+        notes=(
+            "SSL4MIS split: 70 training patients (the paper had 75), 10 validation, 20 test patients; both "
+            "frames of a patient are volumes of that patient. n labeled patients (dense masks, both frames), "
+            "every other training patient unlabeled. Each seed draws different labeled patients. `FS` trains "
+            "on the labeled slices only; every other row starts from the same seed's FS checkpoint "
+            "(`train.init`) and trains the same number of further epochs: `FS, continued` (labeled only, the "
+            "control for the extra epochs), `Proposals` (cross-entropy on the FS model's LV pixels on "
+            "unlabeled slices), `Proposed` (size regressor trained on the labeled slices, then lambda * size "
+            "penalty on unlabeled slices, gamma 0.1), `Oracle` (true sizes +- gamma). Model selection: best "
+            "validation Dice (10 validation patients) per run; the test volumes are scored once with that "
+            "checkpoint. `paper` = Kervadec et al. Table 1 (validation Dice over the last 50 epochs, ENet, "
+            "256x256); ours: UNet, Dice on test volumes."
+        ),
+    )
+
+
+def curriculum_acdc_4class() -> Table:
+    paper = {3: (41.5, None, None, None), 7: (62.5, None, None, None)}
+    rows = [r for n, p in paper.items() for r in curriculum_rows(n, p)]
+    return Table(
+        name="curriculum-acdc-4class",
+        title="Curriculum size constraints with per-class sizes on 4-class ACDC (RV, MYO, LV)",
+        recipe="curriculum-acdc-4class",
+        rows=rows,
+        metric="dice/mean",
+        metric_label="Dice (%) per test volume, mean over RV/MYO/LV and 40 volumes",
+        seeds=[0, 1, 2],
+        quick_seeds=[0, 1, 2],
+        extras=_size_extras,
+        notes=(
+            "As curriculum-acdc with every foreground class constrained by its own regressed size. `paper` "
+            "for FS = SupBaseline reported by UniMatch (Yang et al., CVPR 2023: 41.5 / 62.5 at 3 / 7 "
+            "labeled cases); UniMatch itself reaches 88.9 / 89.9 (full 256x256 schedule, GPU)."
+        ),
+    )
+
+
+def _size_extras(ctx: BenchContext) -> dict[str, Any]:
+    """Step time of the size method's segmenter phase over a supervised step on the same images."""
+    from semiseg.config import to_dict
+    from semiseg.engine.run import load_trained
+
+    key = next(k for (k, _) in ctx.run_dirs if k.startswith("Proposed"))
+    seed = min(s for (k, s) in ctx.run_dirs if k == key)
+    _, cfg, _ = load_trained(ctx.run_dirs[(key, seed)] / "best.pt")
+    c = to_dict(cfg)
+    method = {k: v for k, v in c["method"].items() if k not in ("ramp_up_steps",)}
+    base = {"name": "supervised", **{k: c["method"][k] for k in ("ce_weight", "dice_weight")}}
+    half = max(1, cfg.train.batch_size // 2)  # per stream: the baseline sees the same images in one batch
+    ratio = step_time_ratio(method, base, c["model"], num_classes=int(ctx.bundle.num_classes),
+                            image_size=cfg.data.image_size[0], batch_size=half,
+                            streams=("labeled", "unlabeled"), phase="segmenter")  # fmt: skip
+    return {"step_time_ratio": {"Proposed (size regressor)": ratio}}
+
+
+TABLES = {
+    "supervised-horse": supervised_horse,
+    "supervised-acdc": supervised_acdc,
+    "tv-horse": tv_horse,
+    "curriculum-acdc": curriculum_acdc,
+    "curriculum-acdc-4class": curriculum_acdc_4class,
+}

@@ -30,6 +30,24 @@ def build_method_for(cfg: RunConfig, in_channels: int, num_classes: int):
     return build_method(cfg.method, cfg.model, in_channels=in_channels, num_classes=num_classes)
 
 
+def init_segmenter(method, path: str | Path) -> None:
+    """Copy the segmenter weights (``model.*``) of checkpoint ``path`` into ``method``.
+
+    Only the segmenter is taken: the checkpoint may come from any method (e.g. a supervised run) and
+    the method's other parts (regressor, teacher, heads) keep their fresh initialisation.
+    """
+    from semiseg.errors import ConfigError
+
+    state = load_checkpoint(path, "cpu")["method_state"]
+    weights = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+    try:
+        method.model.load_state_dict(weights)
+    except RuntimeError:
+        raise ConfigError(
+            f"train.init: {path}: its segmenter does not fit this run's model (model.* or data classes differ)"
+        ) from None
+
+
 def train(
     cfg: RunConfig,
     *,
@@ -56,6 +74,8 @@ def train(
             atomic_write_text(out / "config.json", json.dumps(to_dict(cfg), indent=1))
         seed_everything(cfg.train.seed)
         method = build_method_for(cfg, data.bundle.in_channels, data.bundle.num_classes)
+        if cfg.train.init and not resume:
+            init_segmenter(method, cfg.train.init)
         trainer = Trainer(cfg, method, data, out, info=info, device=device, resume=resume)
         start = time.perf_counter()
         trainer.fit()

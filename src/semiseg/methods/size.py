@@ -16,7 +16,11 @@ soft size ``Σ_p S_p`` outside ``[(1−γ)R, (1+γ)R]`` around the regressed siz
 - ``fs``: the labeled images only (the paper's full-supervision baseline on the labeled subset).
 - ``proposals``: phase "fs" trains on the labeled images and is selected on validation; phase
   "proposals" adds cross-entropy on the pixels the frozen FS model predicts as foreground on the
-  unlabeled images (the paper's pseudo-label baseline), continuing from the FS weights.
+  unlabeled images (the paper's pseudo-label baseline), continuing from the FS weights. With
+  ``fs_epochs: 0`` there is no FS phase: the starting model (``train.init``) is the frozen teacher.
+
+Every source can start from a trained segmenter with ``train.init: <run>/best.pt`` (the benchmark
+starts Proposals / Proposed / Oracle from the same seed's FS model).
 
 Optionally (``centroid_margin``) the regressor also predicts each region's centroid and the
 segmenter's soft centroid is bounded to ± margin around it (a first shape moment, beyond the
@@ -61,6 +65,9 @@ class SizeConfig(SupervisedConfig):
     regressor_lr: float | None = None  #: None = train.lr
     regressor_width: int = 16
     regressor_depth: int = 4
+    #: "cnn": encoder + pooling + MLP (the paper's design); "density": a UNet density map whose mean is
+    #: the area (semiseg.models.regressor.DensityRegressor); both learn from sizes only
+    regressor_arch: Literal["cnn", "density"] = "cnn"
     regressor_rotate_degrees: float = 45.0
     regressor_flips: bool = True
     fs_epochs: int | None = None  #: proposals: epochs of the FS phase (None = train.epochs)
@@ -133,12 +140,21 @@ class SizeConstrained(Supervised):
         #: global step of the first segmenter step with the penalty (λ's ramp-up starts there)
         self.register_buffer("segmenter_start", torch.tensor(-1))
         if cfg.source == "regressor":
-            from semiseg.models.regressor import Regressor
+            from semiseg.models.regressor import DensityRegressor, Regressor
 
-            outputs = len(self.classes) * (3 if self.with_centroid else 1)
-            self.regressor = Regressor(
-                self.in_channels, outputs, cfg.regressor_width, cfg.regressor_depth, self.model_cfg.norm
-            )
+            n, norm = len(self.classes), self.model_cfg.norm
+            if cfg.regressor_arch == "density":
+                self.regressor = DensityRegressor(self.in_channels, n, self.with_centroid,
+                                                  cfg.regressor_width, cfg.regressor_depth, norm)  # fmt: skip
+            elif cfg.regressor_arch == "cnn":
+                outputs = n * (3 if self.with_centroid else 1)
+                self.regressor = Regressor(
+                    self.in_channels, outputs, cfg.regressor_width, cfg.regressor_depth, norm
+                )
+            else:
+                raise ConfigError(
+                    f"method.regressor_arch: must be cnn or density, got {cfg.regressor_arch!r}"
+                )
         if cfg.source == "proposals":
             self.teacher = build_model(self.model_cfg, self.in_channels, self.num_classes).requires_grad_(
                 False
@@ -154,9 +170,12 @@ class SizeConstrained(Supervised):
         if cfg.source == "oracle":
             return [Phase("segmenter", streams=both)]
         if cfg.source == "proposals":
+            proposals = Phase("proposals", streams=both)
+            if cfg.fs_epochs == 0:  # the teacher is the starting model (e.g. train.init = an FS run)
+                return [proposals]
             return [
                 Phase("fs", epochs=cfg.fs_epochs, optional_streams=extra, final=False, restore_best=True),
-                Phase("proposals", streams=both),
+                proposals,
             ]
         return [
             Phase(
@@ -278,12 +297,14 @@ class SizeConstrained(Supervised):
             return self._regressor_step(batch["labeled"])
         if phase not in ("segmenter", "proposals"):
             return super().training_step(batch, phase, optimizer)  # fs
+        unl = batch["unlabeled"]
+        # before the segmenter's forwards: the first call copies the model, BatchNorm statistics included
+        proposals = self._proposal_mask(unl["image"]) if phase == "proposals" else None
         used = ("labeled", "unlabeled", *self.regularizer_streams())
         logits = {stream: self.model(b["image"]) for stream, b in batch.items() if stream in used}
         out = self.supervised_loss(logits["labeled"], batch["labeled"]["mask"])
-        unl = batch["unlabeled"]
-        if phase == "proposals":
-            out["proposal_ce"] = masked_cross_entropy(logits["unlabeled"], self._proposal_mask(unl["image"]))
+        if proposals is not None:
+            out["proposal_ce"] = masked_cross_entropy(logits["unlabeled"], proposals)
             out["loss"] = out["loss"] + self.cfg.proposal_weight * out["proposal_ce"]
         else:
             probs = logits["unlabeled"].softmax(1)

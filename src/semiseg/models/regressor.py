@@ -3,6 +3,10 @@
 The curriculum paper regresses region sizes with a ResNeXt-101 trained from scratch; on a CPU
 budget we use the same recipe (conv blocks, pooling) at a small width. Outputs are unconstrained
 real numbers (e.g. region sizes as fractions of the image area, centroids in [0, 1]).
+
+:class:`DensityRegressor` is a counting-style alternative: a small UNet predicts a per-pixel density
+in [0, 1] per region, the area is its mean and the centroid its soft centroid. It is still trained
+only on the image-level targets (sizes, centroids), never on masks.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from semiseg.models.unet import ConvBlock
+from semiseg.models.unet import ConvBlock, UNet
 
 
 class Regressor(nn.Module):
@@ -40,3 +44,37 @@ class Regressor(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.encoder(x)
         return self.head(features.mean(dim=(-2, -1), keepdim=True))
+
+
+class DensityRegressor(nn.Module):
+    """``[B, C, H, W]`` images → ``[B, n]`` area fractions (+ ``[B, 2n]`` centroids (row, col) in [0, 1]
+    when ``centroids``), from a sigmoid density map per region.
+
+    Args:
+        in_channels: Image channels.
+        regions: Number of regions ``n``.
+        centroids: Also output each region's soft centroid.
+        width, depth, norm: Of the UNet.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        regions: int,
+        centroids: bool = False,
+        width: int = 16,
+        depth: int = 4,
+        norm: str = "batch",
+    ):
+        super().__init__()
+        self.net = UNet(in_channels, regions, width, depth, norm)
+        self.centroids = centroids
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from semiseg.losses.size import soft_centroid
+
+        density = torch.sigmoid(self.net(x))
+        area = density.flatten(2).mean(-1)
+        if not self.centroids:
+            return area
+        return torch.cat([area, soft_centroid(density).flatten(1)], 1)

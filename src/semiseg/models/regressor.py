@@ -69,6 +69,9 @@ class DensityRegressor(nn.Module):
         super().__init__()
         self.net = UNet(in_channels, regions, width, depth, norm)
         self.centroids = centroids
+        # start from a small density (sigmoid(-4) ≈ 2% of the image per region), not 50%: regions are
+        # usually small, and a half-covered start makes the size loss crawl for many epochs
+        nn.init.constant_(self.net.head.bias, -4.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from semiseg.losses.size import soft_centroid

@@ -19,12 +19,23 @@ from pathlib import Path
 
 
 def summarize(run_dir: Path, metric: str) -> dict:
+    """The last phase's validation curve and its mean over that phase's second half; the last
+    validation values of any earlier phase (e.g. the size regressor's ``size_mae``)."""
     rows = [json.loads(line) for line in (run_dir / "epochs.jsonl").read_text().splitlines()]
-    vals = [(r["epoch"], r[f"val/{metric}"]) for r in rows if f"val/{metric}" in r]
-    half = [v for e, v in vals if e > len(rows) // 2]
+    last = rows[-1]["phase"] if rows else None
+    final = [r for r in rows if r["phase"] == last]
+    vals = [(r["epoch"], r[f"val/{metric}"]) for r in final if f"val/{metric}" in r]
+    half = [v for e, v in vals if e > len(final) // 2]
+    earlier = {}
+    for r in rows:
+        if r["phase"] != last:
+            earlier.update(
+                {f"{r['phase']}/{k[4:]}": round(v, 4) for k, v in r.items() if k.startswith("val/")}
+            )
     return {
         "val_mean_second_half": sum(half) / max(1, len(half)),
         "val_curve": [round(v, 4) for _, v in vals],
+        **({"earlier_phases": earlier} if earlier else {}),
     }
 
 

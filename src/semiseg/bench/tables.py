@@ -273,9 +273,10 @@ def _size_extras(ctx: BenchContext) -> dict[str, Any]:
     c = to_dict(cfg)
     method = {k: v for k, v in c["method"].items() if k not in ("ramp_up_steps",)}
     base = {"name": "supervised", **{k: c["method"][k] for k in ("ce_weight", "dice_weight")}}
-    half = max(1, cfg.train.batch_size // 2)  # per stream: the baseline sees the same images in one batch
+    # the trainer draws train.batch_size images from each stream; the baseline gets all of them at once
+    per_stream = cfg.train.batch_size
     ratio = step_time_ratio(method, base, c["model"], num_classes=int(ctx.bundle.num_classes),
-                            image_size=cfg.data.image_size[0], batch_size=half,
+                            image_size=cfg.data.image_size[0], batch_size=per_stream,
                             streams=("labeled", "unlabeled"), phase="segmenter")  # fmt: skip
     return {"step_time_ratio": {"Proposed (size regressor)": ratio}}
 

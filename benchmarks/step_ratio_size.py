@@ -19,6 +19,7 @@ from pathlib import Path
 
 def main() -> None:
     from semiseg.bench.runner import git_commit, hardware, step_time_ratio
+    from semiseg.bench.tables import size_step_options
     from semiseg.config import build_config, load_yaml, to_dict
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -28,8 +29,7 @@ def main() -> None:
     a = p.parse_args()
     start = time.perf_counter()
     cfg = to_dict(build_config(load_yaml(a.recipe), [], quick=True))
-    method = {k: v for k, v in cfg["method"].items() if k != "ramp_up_steps"}
-    base = {"name": "supervised", **{k: method[k] for k in ("ce_weight", "dice_weight")}}
+    method, base = size_step_options(cfg)
     bs, size = cfg["train"]["batch_size"], cfg["data"]["image_size"][0]
     classes = 4 if cfg["data"]["dataset"] == "acdc" else 2
     cases = []

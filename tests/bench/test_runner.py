@@ -82,6 +82,14 @@ def tiny_table(recipe: Path, name: str = "tiny-tv") -> Table:
     )
 
 
+def register_table(mp: pytest.MonkeyPatch, recipe: Path, name: str, rows: list[Row], **kwargs) -> Table:
+    """A tiny pixel-error table on ``recipe``, registered under ``name`` for this test."""
+    table = Table(name=name, title=f"Tiny table {name}", recipe=str(recipe), rows=rows, metric="pixel_error",
+                  metric_label="pixel error (%)", **kwargs)  # fmt: skip
+    mp.setitem(TABLES, name, lambda: table)
+    return table
+
+
 class Spy:
     """Stubs the throughput subprocess and git; records training and post-processing calls."""
 
@@ -247,16 +255,9 @@ def test_mrf_rows_post_process_the_supervised_runs(bench):
 
 # ---------------------------------------------------------------------------------------- full mode, errors
 def test_full_mode_single_seed(tmp_path, monkeypatch):
-    recipe = write_recipe(tmp_path / "tiny.yaml")
-    table = Table(
-        name="tiny-sup",
-        title="Tiny supervised table",
-        recipe=str(recipe),
-        rows=[Row("supervised", "20 px")],
-        metric="pixel_error",
-        metric_label="pixel error (%)",
+    register_table(
+        monkeypatch, write_recipe(tmp_path / "tiny.yaml"), "tiny-sup", [Row("supervised", "20 px")]
     )
-    monkeypatch.setitem(TABLES, "tiny-sup", lambda: table)
     spy = Spy(monkeypatch)
     results = run_table("tiny-sup", results_dir=tmp_path / "results", work_dir=tmp_path / "work", seeds=[3])
     check_schema(results)
@@ -299,18 +300,9 @@ def test_row_config_applies_the_quick_section_only_when_quick(tmp_path):
 
 @pytest.mark.parametrize("quick, expected", [(True, [0]), (False, [0, 1])])
 def test_row_quick_seeds_apply_only_in_quick_mode(tmp_path, monkeypatch, quick, expected):
+    rows = [Row("supervised", "20 px", quick_seeds=[0]), Row("supervised", "dense", seeds=[1])]
     recipe = write_recipe(tmp_path / "tiny.yaml")
-    table = Table(
-        name="tiny-q",
-        title="Tiny table with per-row quick seeds",
-        recipe=str(recipe),
-        rows=[Row("supervised", "20 px", quick_seeds=[0]), Row("supervised", "dense", seeds=[1])],
-        metric="pixel_error",
-        metric_label="pixel error (%)",
-        seeds=[0, 1],
-        quick_seeds=[0, 1],
-    )
-    monkeypatch.setitem(TABLES, "tiny-q", lambda: table)
+    register_table(monkeypatch, recipe, "tiny-q", rows, seeds=[0, 1], quick_seeds=[0, 1])
     Spy(monkeypatch)
     results = run_table("tiny-q", quick=quick, results_dir=tmp_path / "r", work_dir=tmp_path / "w")
     assert [r["seed"] for r in runs_of(results, "supervised | 20 px")] == expected
@@ -318,22 +310,13 @@ def test_row_quick_seeds_apply_only_in_quick_mode(tmp_path, monkeypatch, quick, 
 
 
 def test_rows_start_from_an_earlier_rows_checkpoint_of_the_same_seed(tmp_path, monkeypatch):
-    recipe = write_recipe(tmp_path / "tiny.yaml")
-    table = Table(
-        name="tiny-init",
-        title="Tiny table with a warm-started row",
-        recipe=str(recipe),
-        rows=[
-            Row("supervised", "20 px"),
-            Row(
-                "continued", "20 px", {"train.epochs": 2}, init_from=SUP, quick_overrides={"train.epochs": 1}
-            ),
-        ],
-        metric="pixel_error",
-        metric_label="pixel error (%)",
-        quick_seeds=[0, 1],
+    continued = Row(
+        "continued", "20 px", {"train.epochs": 2}, init_from=SUP, quick_overrides={"train.epochs": 1}
     )
-    monkeypatch.setitem(TABLES, "tiny-init", lambda: table)
+    recipe = write_recipe(tmp_path / "tiny.yaml")
+    table = register_table(
+        monkeypatch, recipe, "tiny-init", [Row("supervised", "20 px"), continued], quick_seeds=[0, 1]
+    )
     spy = Spy(monkeypatch)
     results = run_table("tiny-init", quick=True, results_dir=tmp_path / "r", work_dir=tmp_path / "w")
     by_dir = {out: cfg for cfg, out in spy.trained}
@@ -348,15 +331,7 @@ def test_rows_start_from_an_earlier_rows_checkpoint_of_the_same_seed(tmp_path, m
 
 def test_init_from_a_row_without_runs_is_a_config_error(tmp_path, monkeypatch):
     recipe = write_recipe(tmp_path / "tiny.yaml")
-    table = Table(
-        name="tiny-bad-init",
-        title="Tiny table whose warm start has no source",
-        recipe=str(recipe),
-        rows=[Row("continued", "20 px", init_from=SUP)],
-        metric="pixel_error",
-        metric_label="pixel error (%)",
-    )
-    monkeypatch.setitem(TABLES, "tiny-bad-init", lambda: table)
+    register_table(monkeypatch, recipe, "tiny-bad-init", [Row("continued", "20 px", init_from=SUP)])
     Spy(monkeypatch)
     with pytest.raises(ConfigError, match="starts from 'supervised \\| 20 px'.*seed 0"):
         run_table("tiny-bad-init", quick=True, results_dir=tmp_path / "r", work_dir=tmp_path / "w")

@@ -213,53 +213,60 @@ def curriculum_rows(n: int, paper: tuple[float | None, ...] = (None, None, None,
     ]
 
 
-def curriculum_acdc() -> Table:
-    rows = [r for n, paper in CURRICULUM_PAPER.items() for r in curriculum_rows(n, paper)]
+def _curriculum_table(name: str, title: str, paper: dict[int, tuple], metric: str, label: str, notes: str):
     return Table(
-        name="curriculum-acdc",
-        title="Curriculum semi-supervised segmentation with size constraints, ACDC left ventricle",
-        recipe="curriculum-acdc",
-        rows=rows,
-        metric="dice/1",
-        metric_label="LV Dice (%) per test volume, mean over 40 volumes",
+        name=name,
+        title=title,
+        recipe=name,
+        rows=[r for n, p in paper.items() for r in curriculum_rows(n, p)],
+        metric=metric,
+        metric_label=label,
         seeds=[0, 1, 2],
         quick_seeds=[0, 1, 2],
         extras=_size_extras,
-        notes=(
-            "SSL4MIS split: 70 training patients (the paper had 75), 10 validation, 20 test patients; both "
-            "frames of a patient are volumes of that patient. n labeled patients (dense masks, both frames), "
-            "every other training patient unlabeled. Each seed draws different labeled patients. `FS` trains "
-            "on the labeled slices only; every other row starts from the same seed's FS checkpoint "
-            "(`train.init`) and trains the same number of further epochs: `FS, continued` (labeled only, the "
-            "control for the extra epochs), `Proposals` (cross-entropy on the FS model's LV pixels on "
-            "unlabeled slices), `Proposed` (size regressor trained on the labeled slices, then lambda * size "
-            "penalty on unlabeled slices, gamma 0.1), `Oracle` (true sizes +- gamma). Model selection: best "
-            "validation Dice (10 validation patients) per run; the test volumes are scored once with that "
-            "checkpoint. `paper` = Kervadec et al. Table 1 (validation Dice over the last 50 epochs, ENet, "
-            "256x256); ours: UNet, Dice on test volumes."
-        ),
+        notes=notes,
+    )
+
+
+def curriculum_acdc() -> Table:
+    return _curriculum_table(
+        "curriculum-acdc",
+        "Curriculum semi-supervised segmentation with size constraints, ACDC left ventricle",
+        CURRICULUM_PAPER,
+        "dice/1",
+        "LV Dice (%) per test volume, mean over 40 volumes",
+        "SSL4MIS split: 70 training patients (the paper had 75), 10 validation, 20 test patients; both "
+        "frames of a patient are volumes of that patient. n labeled patients (dense masks, both frames), "
+        "every other training patient unlabeled. Each seed draws different labeled patients. `FS` trains "
+        "on the labeled slices only; every other row starts from the same seed's FS checkpoint "
+        "(`train.init`) and trains the same number of further epochs: `FS, continued` (labeled only, the "
+        "control for the extra epochs), `Proposals` (cross-entropy on the FS model's LV pixels on "
+        "unlabeled slices), `Proposed` (size regressor trained on the labeled slices, then lambda * size "
+        "penalty on unlabeled slices, gamma 0.1), `Oracle` (true sizes +- gamma). Model selection: best "
+        "validation Dice (10 validation patients) per run; the test volumes are scored once with that "
+        "checkpoint. `paper` = Kervadec et al. Table 1 (validation Dice over the last 50 epochs, ENet, "
+        "256x256); ours: UNet, Dice on test volumes.",
     )
 
 
 def curriculum_acdc_4class() -> Table:
-    paper = {3: (41.5, None, None, None), 7: (62.5, None, None, None)}
-    rows = [r for n, p in paper.items() for r in curriculum_rows(n, p)]
-    return Table(
-        name="curriculum-acdc-4class",
-        title="Curriculum size constraints with per-class sizes on 4-class ACDC (RV, MYO, LV)",
-        recipe="curriculum-acdc-4class",
-        rows=rows,
-        metric="dice/mean",
-        metric_label="Dice (%) per test volume, mean over RV/MYO/LV and 40 volumes",
-        seeds=[0, 1, 2],
-        quick_seeds=[0, 1, 2],
-        extras=_size_extras,
-        notes=(
-            "As curriculum-acdc with every foreground class constrained by its own regressed size. `paper` "
-            "for FS = SupBaseline reported by UniMatch (Yang et al., CVPR 2023: 41.5 / 62.5 at 3 / 7 "
-            "labeled cases); UniMatch itself reaches 88.9 / 89.9 (full 256x256 schedule, GPU)."
-        ),
+    return _curriculum_table(
+        "curriculum-acdc-4class",
+        "Curriculum size constraints with per-class sizes on 4-class ACDC (RV, MYO, LV)",
+        {3: (41.5, None, None, None), 7: (62.5, None, None, None)},
+        "dice/mean",
+        "Dice (%) per test volume, mean over RV/MYO/LV and 40 volumes",
+        "As curriculum-acdc with every foreground class constrained by its own regressed size. `paper` "
+        "for FS = SupBaseline reported by UniMatch (Yang et al., CVPR 2023: 41.5 / 62.5 at 3 / 7 "
+        "labeled cases); UniMatch itself reaches 88.9 / 89.9 (full 256x256 schedule, GPU).",
     )
+
+
+def size_step_options(cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(size method, supervised baseline with the same supervised losses) of a resolved config dict,
+    for :func:`step_time_ratio` (the λ ramp-up is dropped: the step is timed at full weight)."""
+    method = {k: v for k, v in cfg["method"].items() if k != "ramp_up_steps"}
+    return method, {"name": "supervised", **{k: method[k] for k in ("ce_weight", "dice_weight")}}
 
 
 def _size_extras(ctx: BenchContext) -> dict[str, Any]:
@@ -271,12 +278,10 @@ def _size_extras(ctx: BenchContext) -> dict[str, Any]:
     seed = min(s for (k, s) in ctx.run_dirs if k == key)
     _, cfg, _ = load_trained(ctx.run_dirs[(key, seed)] / "best.pt")
     c = to_dict(cfg)
-    method = {k: v for k, v in c["method"].items() if k not in ("ramp_up_steps",)}
-    base = {"name": "supervised", **{k: c["method"][k] for k in ("ce_weight", "dice_weight")}}
+    method, base = size_step_options(c)
     # the trainer draws train.batch_size images from each stream; the baseline gets all of them at once
-    per_stream = cfg.train.batch_size
     ratio = step_time_ratio(method, base, c["model"], num_classes=int(ctx.bundle.num_classes),
-                            image_size=cfg.data.image_size[0], batch_size=per_stream,
+                            image_size=cfg.data.image_size[0], batch_size=cfg.train.batch_size,
                             streams=("labeled", "unlabeled"), phase="segmenter")  # fmt: skip
     return {"step_time_ratio": {"Proposed (size regressor)": ratio}}
 

@@ -16,6 +16,7 @@ from semiseg.engine import distributed as D
 from semiseg.engine.checkpoint import load_checkpoint, seed_everything
 from semiseg.engine.evaluate import ALL_METRICS, evaluate_records, predict_records
 from semiseg.engine.io import atomic_write_text
+from semiseg.errors import ConfigError
 
 
 def peak_memory_mib() -> float:
@@ -36,8 +37,6 @@ def init_segmenter(method, path: str | Path) -> None:
     Only the segmenter is taken: the checkpoint may come from any method (e.g. a supervised run) and
     the method's other parts (regressor, teacher, heads) keep their fresh initialisation.
     """
-    from semiseg.errors import ConfigError
-
     state = load_checkpoint(path, "cpu")["method_state"]
     weights = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from semiseg.losses.size import soft_centroid
 from semiseg.models.unet import ConvBlock, UNet
 
 
@@ -74,8 +75,6 @@ class DensityRegressor(nn.Module):
         nn.init.constant_(self.net.head.bias, -4.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from semiseg.losses.size import soft_centroid
-
         density = torch.sigmoid(self.net(x))
         area = density.flatten(2).mean(-1)
         if not self.centroids:

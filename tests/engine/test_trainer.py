@@ -15,9 +15,9 @@ from PIL import Image
 from semiseg.engine import run as engine_run
 from semiseg.engine.checkpoint import load_checkpoint, save_checkpoint
 from semiseg.engine.evaluate import FAST_METRICS, evaluate_records
-from semiseg.engine.io import atomic_write, atomic_write_text
 from semiseg.engine.trainer import Trainer
 from semiseg.errors import ConfigError, DataError, TrainingDiverged
+from semiseg.io import atomic_write, atomic_write_text
 from semiseg.losses import masked_cross_entropy
 from semiseg.methods import METHODS, Method, MethodConfig, Phase, register
 from semiseg.methods.supervised import Supervised
@@ -68,17 +68,17 @@ def test_resume_after_interruption_mid_epoch_equals_straight_run(tmp_path, make_
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     train(cfg, straight)
 
-    original_step = Trainer._step
+    original_step = Trainer.train_step
 
     def crashing_step(self, *args, **kwargs):
         if self.global_step == 3:  # third step done and logged: the crash hits the 4th (epoch 2)
             raise KeyboardInterrupt
         return original_step(self, *args, **kwargs)
 
-    monkeypatch.setattr(Trainer, "_step", crashing_step)
+    monkeypatch.setattr(Trainer, "train_step", crashing_step)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, crashed)
-    monkeypatch.setattr(Trainer, "_step", original_step)
+    monkeypatch.setattr(Trainer, "train_step", original_step)
     assert load_checkpoint(crashed / "last.pt")["epoch"] == 1
     assert len((crashed / "steps.jsonl").read_text().splitlines()) == 3  # one step beyond last.pt
 
@@ -315,12 +315,12 @@ class ToyTwoPhase(Method):
         self.calls.append((phase, optimizer, tuple(sorted(batch))))
         labeled = batch["labeled"]
         if optimizer == "b":
-            fake = self.model(batch["unlabeled"]["image"]).softmax(1).detach()
+            fake = self.model(batch["unlabeled"].image).softmax(1).detach()
             return {"loss": self.critic(fake).square().mean()}
-        ce = masked_cross_entropy(self.model(labeled["image"]), labeled["mask"])
+        ce = masked_cross_entropy(self.model(labeled.image), labeled.mask)
         if phase == "pre":
             return {"loss": ce}
-        adv = self.critic(self.model(batch["unlabeled"]["image"]).softmax(1)).mean()
+        adv = self.critic(self.model(batch["unlabeled"].image).softmax(1)).mean()
         return {"loss": ce + self.cfg.aux_weight * adv, "ce": ce, "adv": adv}
 
 
@@ -403,7 +403,7 @@ class ToyScored(Method):
         if not self.seen_at_main:
             self.seen_at_main.append(self.w.item())
         labeled = batch["labeled"]
-        return {"loss": masked_cross_entropy(self.model(labeled["image"]), labeled["mask"])}
+        return {"loss": masked_cross_entropy(self.model(labeled.image), labeled.mask)}
 
 
 @pytest.fixture

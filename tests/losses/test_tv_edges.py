@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from semiseg.config import ModelConfig
+from semiseg.core import Batch
 from semiseg.errors import ConfigError
 from semiseg.losses.regularizers import Regularizer
 from semiseg.losses.tv import edge_weights, spatial_gradients, total_variation
@@ -148,14 +149,12 @@ def test_tv_regularizer_weights_by_the_batch_image():
     reg = Regularizer({"name": "tv", "edge_sigma": 0.5})
     logits = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(10))
     image = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(11))
-    value = reg({"labeled": logits}, {"labeled": {"image": image}}, step=0)
+    value = reg({"labeled": logits}, {"labeled": Batch.of(image)}, step=0)
     expected = total_variation(logits.softmax(1), image=image, edge_sigma=0.5)
     torch.testing.assert_close(value, expected)
-    other = reg({"labeled": logits}, {"labeled": {"image": torch.zeros(2, 1, 8, 8)}}, step=0)
+    other = reg({"labeled": logits}, {"labeled": Batch.of(torch.zeros(2, 1, 8, 8))}, step=0)
     torch.testing.assert_close(other, total_variation(logits.softmax(1)))  # flat image: plain TV
     assert not torch.allclose(value, other)
-    with pytest.raises(ValueError, match="needs the images"):
-        reg({"labeled": logits}, {"labeled": {}}, step=0)
 
 
 @pytest.mark.parametrize("sigma", [0, -0.5])
@@ -174,8 +173,8 @@ def test_tv_method_with_edge_sigma_trains_one_step():
     ).train()  # fmt: skip
     g = torch.Generator().manual_seed(12)
     batch = {
-        "labeled": {"image": torch.rand(2, 1, 16, 16, generator=g), "mask": torch.randint(0, k, (2, 16, 16), generator=g)},
-        "unlabeled": {"image": torch.rand(2, 1, 16, 16, generator=g)},
+        "labeled": Batch.of(torch.rand(2, 1, 16, 16, generator=g), torch.randint(0, k, (2, 16, 16), generator=g)),
+        "unlabeled": Batch.of(torch.rand(2, 1, 16, 16, generator=g)),
     }  # fmt: skip
     opt = torch.optim.SGD(method.parameters(), lr=0.1)
     out = method.training_step(batch, "train", "main")
@@ -183,11 +182,11 @@ def test_tv_method_with_edge_sigma_trains_one_step():
     assert torch.isfinite(out["loss"]) and out["reg/tv"] > 0
     with torch.no_grad():
         tv = torch.stack(
-            [total_variation(method.model(b["image"]).softmax(1), image=b["image"], edge_sigma=0.3)
+            [total_variation(method.model(b.image).softmax(1), image=b.image, edge_sigma=0.3)
              for b in batch.values()]
         ).mean()  # fmt: skip
         plain = torch.stack(
-            [total_variation(method.model(b["image"]).softmax(1)) for b in batch.values()]
+            [total_variation(method.model(b.image).softmax(1)) for b in batch.values()]
         ).mean()
     torch.testing.assert_close(out["reg/tv"].detach(), tv)
     assert tv < plain

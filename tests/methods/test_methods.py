@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import pytest
 import torch
 
 from semiseg.config import ModelConfig
+from semiseg.core import Batch, Supervision
 from semiseg.data.records import IGNORE_INDEX
-from semiseg.data.views import SUPERVISION_KINDS
 from semiseg.errors import ConfigError
 from semiseg.methods import METHODS, Method, Phase, build_method, method_names
 
@@ -17,8 +18,8 @@ K = 3
 MODEL = ModelConfig(name="unet", width=4, depth=2, norm="batch", dropout=0.0)
 
 
-def stream(kind: str, b: int = 2, hw=(32, 32), seed: int = 0) -> dict[str, torch.Tensor]:
-    """A batch with the keys of :class:`semiseg.data.views.TrainSet` and ``kind`` supervision."""
+def stream(kind: str, b: int = 2, hw=(32, 32), seed: int = 0) -> Batch:
+    """A :class:`Batch` with ``kind`` supervision."""
     g = torch.Generator().manual_seed(seed)
     image = torch.rand(b, 1, *hw, generator=g)
     dense = torch.randint(0, K, (b, *hw), generator=g)
@@ -35,17 +36,10 @@ def stream(kind: str, b: int = 2, hw=(32, 32), seed: int = 0) -> dict[str, torch
         tags = (counts > 0).float()
     elif kind == "size":
         sizes = counts
-    return {
-        "image": image,
-        "mask": mask,
-        "tags": tags,
-        "sizes": sizes,
-        "kind": torch.full((b,), SUPERVISION_KINDS.index(kind)),
-        "index": torch.arange(b),
-    }
+    return Batch.of(image, mask, num_classes=K, tags=tags, sizes=sizes, kind=Supervision.parse(kind))
 
 
-def batch(labeled_kind: str = "dense") -> dict[str, dict[str, torch.Tensor]]:
+def batch(labeled_kind: str = "dense") -> dict[str, Batch]:
     return {"labeled": stream(labeled_kind, seed=0), "unlabeled": stream("none", b=3, seed=1)}
 
 
@@ -172,7 +166,7 @@ def test_supervised_uses_labeled_pixels_only():
     loss = method.training_step(data, "train", "main")["loss"]
     other = {"labeled": data["labeled"], "unlabeled": stream("none", b=3, seed=9)}
     assert torch.equal(method.training_step(other, "train", "main")["loss"], loss)  # unlabeled stream unused
-    relabeled = dict(data["labeled"])
-    labeled = relabeled["mask"] != IGNORE_INDEX
-    relabeled["mask"] = torch.where(labeled, (relabeled["mask"] + 1) % K, relabeled["mask"])
+    relabeled = dataclasses.replace(data["labeled"])
+    labeled = relabeled.mask != IGNORE_INDEX
+    relabeled.mask = torch.where(labeled, (relabeled.mask + 1) % K, relabeled.mask)
     assert not torch.equal(method.training_step({"labeled": relabeled}, "train", "main")["loss"], loss)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from semiseg.config import ModelConfig, build_config
+from semiseg.core import Batch
 from semiseg.data.records import IGNORE_INDEX
 from semiseg.engine import run as engine_run
 from semiseg.losses import masked_cross_entropy
@@ -28,8 +29,8 @@ def batch(seed: int = 0, unlabeled_seed: int = 1, hw=(16, 16)) -> dict[str, dict
     mask[torch.rand(2, *hw, generator=g) < 0.9] = IGNORE_INDEX  # ~10 % labeled pixels
     unlabeled = torch.rand(3, 1, *hw, generator=torch.Generator().manual_seed(unlabeled_seed))
     return {
-        "labeled": {"image": torch.rand(2, 1, *hw, generator=g), "mask": mask},
-        "unlabeled": {"image": unlabeled},
+        "labeled": Batch.of(torch.rand(2, 1, *hw, generator=g), mask, num_classes=K),
+        "unlabeled": Batch.of(unlabeled, num_classes=K),
     }
 
 
@@ -42,8 +43,8 @@ def manual_loss(method, data, weight, operator="sobel", norm="l1", reduction="me
     """CE on labeled pixels + weight · mean over streams of TV(softmax(logits)), with the same model."""
     streams = streams or list(data)
     with torch.no_grad():
-        logits = {s: method.model(data[s]["image"]) for s in data}
-    ce = masked_cross_entropy(logits["labeled"], data["labeled"]["mask"])
+        logits = {s: method.model(data[s].image) for s in data}
+    ce = masked_cross_entropy(logits["labeled"], data["labeled"].mask)
     tv = torch.stack(
         [total_variation(logits[s].softmax(1), operator, norm, reduction) for s in streams]
     ).mean()
@@ -131,7 +132,7 @@ def test_ignored_pixels_get_gradient_from_tv_only(tv_weight):
     data = batch()
     method.training_step(data, "train", "main")["loss"].backward()
     labeled_logits, unlabeled_logits = logits  # forward order = batch order
-    mask = data["labeled"]["mask"]
+    mask = data["labeled"].mask
     ignored = (mask == IGNORE_INDEX).unsqueeze(1).expand_as(labeled_logits)
     assert ignored.any() and (~ignored).any()
     grad = labeled_logits.grad

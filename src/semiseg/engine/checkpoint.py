@@ -1,7 +1,13 @@
-"""Checkpoints: atomic writes and loading with clear errors."""
+"""Checkpoints: atomic writes, and safe loading with clear errors.
+
+A checkpoint holds only tensors and plain Python values (numbers, strings, lists, dicts), so it is
+read with ``torch.load(weights_only=True)``: a file someone hands over (a downloaded ``best.pt``)
+cannot run code when loaded; anything else in it is refused as a bad file.
+"""
 
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -9,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from semiseg.engine.io import atomic_write
 from semiseg.errors import DataError
+from semiseg.io import atomic_write
 
 FORMAT = "semiseg-checkpoint-1"
 
@@ -26,8 +32,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise DataError(path, "checkpoint not found")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise DataError(
+            path, "refused: the checkpoint holds objects other than tensors and plain values (unsafe to load)"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - any reading failure is a bad file for the user
         raise DataError(path, f"cannot read checkpoint ({type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DataError(path, "not a semiseg checkpoint")
@@ -35,7 +45,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The global RNG states as tensors and plain values (weights-only loadable)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "python": [version, list(internal), gauss_next],
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -43,8 +60,10 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 

@@ -86,8 +86,16 @@ def broadcast_flag(flag: bool, info: DistInfo) -> bool:
 
 
 def epoch_batches(
-    n_items: int, global_batch: int, iters: int, *, seed: int, epoch: int, stream: int, info: DistInfo
-) -> list[list[int]]:
+    n_items: int,
+    global_batch: int,
+    iters: int,
+    *,
+    seed: int,
+    epoch: int,
+    stream: int,
+    info: DistInfo,
+    positions: bool = False,
+) -> list[list[int]] | list[list[tuple[int, int]]]:
     """This rank's index lists for ``iters`` global batches of one epoch.
 
     The global order is a chain of seeded permutations of ``range(n_items)`` (re-shuffled each time
@@ -109,4 +117,66 @@ def epoch_batches(
         cycle += 1
     per_rank = global_batch // info.world_size
     start = info.rank * per_rank
-    return [order[b * global_batch + start : b * global_batch + start + per_rank] for b in range(iters)]
+    out = []
+    for b in range(iters):
+        first = b * global_batch + start
+        chunk = order[first : first + per_rank]
+        out.append([(i, first + j) for j, i in enumerate(chunk)] if positions else chunk)
+    return out
+
+
+class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """Batch norm whose training statistics are those of the global batch (all DDP processes).
+
+    Works on CPU (gloo) and GPU, for any number of spatial dims; torch's ``nn.SyncBatchNorm`` is
+    CUDA-only. Mean and variance are reduced in two passes (as a single process computes them)
+    with a differentiable all-reduce, so gradients flow through the global statistics exactly as
+    in one process. Its ``state_dict`` is a plain ``BatchNorm``'s: checkpoints load into models
+    without it. Outside training, or in one process, it is plain batch norm.
+    """
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input, got {x.dim()}D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
+        stats = all_reduce(torch.cat([x.sum(dims), count]))
+        n = stats[-1].detach()
+        mean = stats[:-1] / n
+        var = all_reduce((x - mean.view(shape)).square().sum(dims)) / n
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1).clamp(min=1), alpha=m)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def convert_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """Replace every batch-norm layer of ``module`` (in place) by :class:`SyncBatchNorm`, keeping its
+    parameters (the same ``Parameter`` objects) and statistics."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(child, SyncBatchNorm):
+            sync = SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                 child.track_running_stats)  # fmt: skip
+            if child.affine:
+                sync.weight, sync.bias = child.weight, child.bias
+            if child.track_running_stats:
+                sync.running_mean, sync.running_var = child.running_mean, child.running_var
+                sync.num_batches_tracked = child.num_batches_tracked
+            sync.train(child.training)
+            setattr(module, name, sync)
+        else:
+            convert_sync_batchnorm(child)
+    return module

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from semiseg.config import RunConfig, to_dict
+from semiseg.config import OptimizerConfig, RunConfig, to_dict
+from semiseg.core import Batch
 from semiseg.data import PreparedData
 from semiseg.engine import distributed as D
 from semiseg.engine.checkpoint import (
@@ -30,13 +31,16 @@ from semiseg.engine.checkpoint import (
     set_rng_state,
 )
 from semiseg.engine.evaluate import FAST_METRICS, evaluate_records, metric_keys
-from semiseg.engine.io import atomic_write_text
 from semiseg.errors import ConfigError, TrainingDiverged
-from semiseg.methods.base import Method, Phase
+from semiseg.io import atomic_write_text
+from semiseg.methods.base import Method, OptimizerSpec, Phase
+from semiseg.parallel import global_reduction
 
 STREAM_IDS = {"labeled": 0, "unlabeled": 1}
 #: config keys that may change between an interrupted run and its resumption
 RESUMABLE_CHANGES = ("train.progress", "train.plots", "train.num_workers", "quick")
+#: learning-rate schedules that depend on the run length (a resumed run cannot lengthen them)
+LENGTH_DEPENDENT = ("cosine", "poly")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -50,13 +54,34 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def build_optimizer(cfg: RunConfig, params, lr: float) -> torch.optim.Optimizer:
+def build_optimizer(
+    cfg: RunConfig, params, settings: OptimizerConfig, lr: float, where: str = "optimizer"
+) -> torch.optim.Optimizer:
+    """The optimizer of one :class:`OptimizerSpec`: its own settings, else the run's (``train.*``)."""
     t = cfg.train
     params = [p for p in params if p.requires_grad]
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=lr, weight_decay=t.weight_decay)
+    if not params:
+        raise ConfigError(f"{where}: has no trainable parameters")
+    kind = settings.type or t.optimizer
+    wd = t.weight_decay if settings.weight_decay is None else settings.weight_decay
+    if kind == "sgd":
+        momentum = t.momentum if settings.momentum is None else settings.momentum
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd)
+    cls = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
+    extra = {"betas": tuple(settings.betas)} if settings.betas is not None else {}
+    return cls(params, lr=lr, weight_decay=wd, **extra)
+
+
+def check_optimizer_settings(settings: OptimizerConfig, where: str) -> None:
+    """Value checks of an :class:`OptimizerConfig` (types are checked by the config loader)."""
+    if settings.lr is not None and settings.lr <= 0:
+        raise ConfigError(f"{where}.lr: must be positive, got {settings.lr}")
+    if settings.betas is not None and (
+        len(settings.betas) != 2 or not all(0 <= b < 1 for b in settings.betas)
+    ):
+        raise ConfigError(f"{where}.betas: must be two numbers in [0, 1), got {settings.betas}")
+    if settings.repeat < 1 or settings.every < 1:
+        raise ConfigError(f"{where}: repeat and every must be at least 1")
 
 
 def build_scheduler(kind: str, optimizer: torch.optim.Optimizer, total_iters: int):
@@ -100,6 +125,10 @@ class Trainer:
                 raise ConfigError(
                     f"method '{cfg.method['name']}' needs unlabeled data but data.split leaves none"
                 )
+        if self.info.enabled and cfg.train.sync_batchnorm:
+            D.convert_sync_batchnorm(method)
+        if cfg.train.channels_last:
+            method.to(memory_format=torch.channels_last)
         self.model = method
         if self.info.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -117,6 +146,7 @@ class Trainer:
         self.phase_index = 0
         self.epoch = 0  # completed epochs of the current phase
         self.global_step = 0
+        self.phase_step = 0  # iterations done in the current phase
         self.best: dict[str, Any] = {"value": None, "epoch": None, "phase": None}
         self.phase_best: dict[str, Any] = {"value": None, "epoch": None, "phase": None}  # current phase
         self.history: list[dict[str, Any]] = []
@@ -141,31 +171,60 @@ class Trainer:
     def phase_epochs(self, phase: Phase) -> int:
         return phase.epochs if phase.epochs is not None else self.cfg.train.epochs
 
-    def _loader(self, stream: str, epoch: int, iters: int) -> DataLoader:
+    def loader(self, stream: str, epoch: int, iters: int, phase: Phase | None = None) -> DataLoader:
+        """This rank's batches of ``stream`` for one epoch of the current phase.
+
+        Items come as ``(index, position)``: ``position`` (in the epoch's global sample order) keys
+        every random draw of the sample, so one process and several DDP ranks draw the same
+        augmentation for the same global sample, and different samples draw different ones.
+        """
         ds = self.data.labeled if stream == "labeled" else self.data.unlabeled
-        ds.set_epoch(epoch + 1000 * self.phase_index)
+        key_epoch = epoch + 1000 * self.phase_index
+        ds.set_epoch(key_epoch)
+        if hasattr(ds, "set_views"):
+            ds.set_views(phase.views.get(stream) if phase is not None else None)
         batches = D.epoch_batches(
             len(ds),
             self.cfg.train.batch_size,
             iters,
             seed=self.cfg.train.seed,
-            epoch=epoch + 1000 * self.phase_index,
+            epoch=key_epoch,
             stream=STREAM_IDS[stream],
             info=self.info,
+            positions=True,
         )
         return DataLoader(ds, batch_sampler=batches, num_workers=self.cfg.train.num_workers)
 
-    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+    def to_batch(self, raw: dict[str, torch.Tensor]) -> Batch:
+        """A collated dict of a dataset → :class:`Batch` on this rank's device."""
+        batch = Batch.from_dict(raw).to(self.device, non_blocking=True)
+        if self.cfg.train.channels_last:
+            batch.image = _channels_last(batch.image)
+            if batch.strong is not None:
+                batch.strong = torch.stack([_channels_last(v) for v in batch.strong.unbind(1)], 1)
+        return batch
 
-    def _build_optimizers(self, phase: Phase):
-        lr = phase.lr if phase.lr is not None else self.cfg.train.lr
-        total = self.phase_epochs(phase) * self.iters_per_epoch()
+    def build_optimizers(self, phase: Phase):
+        """Optimizers and schedulers of ``phase``, each with its own settings (:class:`OptimizerSpec`)."""
+        phase_lr = phase.lr if phase.lr is not None else self.cfg.train.lr
         opts, scheds = {}, {}
-        for name in phase.optimizers:
-            opts[name] = build_optimizer(self.cfg, self.method.parameters_for(phase.name, name), lr)
-            scheds[name] = build_scheduler(self.cfg.train.scheduler, opts[name], total)
+        for spec in phase.optimizer_specs:
+            where = f"phase '{phase.name}' optimizer '{spec.name}'"
+            s = spec.settings
+            check_optimizer_settings(s, where)
+            lr = s.lr if s.lr is not None else phase_lr
+            params = self.method.parameters_for(phase.name, spec.name)
+            opts[spec.name] = build_optimizer(self.cfg, params, s, lr, where)
+            scheds[spec.name] = build_scheduler(self._scheduler_kind(spec), opts[spec.name],
+                                                self._optimizer_steps(phase, spec))  # fmt: skip
         return opts, scheds
+
+    def _scheduler_kind(self, spec: OptimizerSpec) -> str:
+        return spec.settings.scheduler or self.cfg.train.scheduler
+
+    def _optimizer_steps(self, phase: Phase, spec: OptimizerSpec) -> int:
+        iters = self.phase_epochs(phase) * self.iters_per_epoch()
+        return max(1, math.ceil(iters / spec.settings.every) * spec.settings.repeat)
 
     # ------------------------------------------------------------------------------- checkpoints
     def _state(self, opts, scheds) -> dict[str, Any]:
@@ -178,6 +237,7 @@ class Trainer:
             "phase_index": self.phase_index,
             "epoch": self.epoch,
             "global_step": self.global_step,
+            "phase_step": self.phase_step,
             "best": self.best,
             "phase_best": self.phase_best,
             "history": self.history,
@@ -206,6 +266,20 @@ class Trainer:
                 raise ConfigError(
                     f"--resume: config differs from the checkpoint at '{key}' ({then.get(key)!r} → {now.get(key)!r})"
                 )
+        before, after = then.get("train.epochs"), now.get("train.epochs")
+        if before != after:
+            # phases without their own epoch count run train.epochs: their LR schedule spans the run
+            for phase in self.phases:
+                if phase.epochs is not None:
+                    continue
+                for spec in phase.optimizer_specs:
+                    kind = self._scheduler_kind(spec)
+                    if kind in LENGTH_DEPENDENT:
+                        raise ConfigError(
+                            f"--resume: train.epochs changed ({before} → {after}) but the '{kind}' learning-rate "
+                            f"schedule of phase '{phase.name}' depends on the run length; resume with "
+                            f"train.epochs={before} or start a new run"
+                        )
 
     def _restore(self) -> dict[str, Any] | None:
         path = self.out / "last.pt"
@@ -219,6 +293,7 @@ class Trainer:
             state["epoch"],
             state["global_step"],
         )
+        self.phase_step = state.get("phase_step", self.epoch * self.iters_per_epoch())
         self.best, self.history = state["best"], state["history"]
         self.phase_best = state.get("phase_best", self.phase_best)
         self.train_seconds, self.images_seen = state["train_seconds"], state["images_seen"]
@@ -301,35 +376,46 @@ class Trainer:
         if phase.restore_best and phase.validate and path.is_file():
             self.method.load_state_dict(load_checkpoint(path, self.device)["method_state"])
 
-    def _step(self, batch: dict, phase: Phase, opts, scheds) -> dict[str, float]:
+    def train_step(self, batch: dict[str, Batch], phase: Phase, opts, scheds) -> dict[str, float]:
+        """One iteration: every optimizer of ``phase`` (``repeat`` times, on iterations divisible by its
+        ``every``) on ``batch``, the method's ``on_step_end`` after each step. Returns the step's
+        values averaged over processes (``<optimizer>/<key>`` when the phase has several)."""
+        self.method.global_step, self.method.phase_step = self.global_step, self.phase_step
+        self.method.epoch = self.epoch
         values: dict[str, torch.Tensor] = {}
-        for name in phase.optimizers:
-            opt = opts[name]
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(self.device.type, enabled=self.amp):
-                out = self.model(batch, phase.name, name)
-            loss = out["loss"]
-            if self.scaler:
-                self.scaler.scale(loss).backward()
+        specs = phase.optimizer_specs
+        for spec in specs:
+            if self.phase_step % spec.settings.every:
+                continue
+            name, opt = spec.name, opts[spec.name]
+            for _ in range(spec.settings.repeat):
+                opt.zero_grad(set_to_none=True)
+                with torch.autocast(self.device.type, enabled=self.amp), global_reduction(self.info.enabled):
+                    out = self.model(batch, phase.name, name)
+                    loss = out["loss"]
+                    if self.scaler:
+                        self.scaler.scale(loss).backward()
+                        if self.cfg.train.grad_clip:
+                            self.scaler.unscale_(opt)
+                    else:
+                        loss.backward()
                 if self.cfg.train.grad_clip:
-                    self.scaler.unscale_(opt)
-            else:
-                loss.backward()
-            if self.cfg.train.grad_clip:
-                torch.nn.utils.clip_grad_norm_(
-                    self.method.parameters_for(phase.name, name), self.cfg.train.grad_clip
-                )
-            if self.scaler:
-                self.scaler.step(opt)
-            else:
-                opt.step()
-            scheds[name].step()
-            prefix = "" if len(phase.optimizers) == 1 else f"{name}/"
+                    torch.nn.utils.clip_grad_norm_(
+                        self.method.parameters_for(phase.name, name), self.cfg.train.grad_clip
+                    )
+                if self.scaler:
+                    self.scaler.step(opt)
+                    self.scaler.update()
+                else:
+                    opt.step()
+                scheds[name].step()
+                self.method.on_step_end(phase.name, name)
+            prefix = "" if len(specs) == 1 else f"{name}/"
             for k, v in out.items():
                 values[prefix + k] = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v))
-        if self.scaler:
-            self.scaler.update()
         keys = sorted(values)
+        if not keys:
+            return {}
         stacked = D.all_reduce_mean(torch.stack([values[k].cpu().reshape(()) for k in keys]), self.info)
         return dict(zip(keys, stacked.tolist()))
 
@@ -350,12 +436,14 @@ class Trainer:
         self.method.train()
         while self.phase_index < len(self.phases):
             phase = self.phases[self.phase_index]
-            opts, scheds = self._build_optimizers(phase)
+            opts, scheds = self.build_optimizers(phase)
             if saved is not None:
                 for k in opts:
                     opts[k].load_state_dict(saved["optimizers"][k])
                     scheds[k].load_state_dict(saved["schedulers"][k])
                 saved = None
+            if self.epoch == 0 and self.phase_step == 0:
+                self.method.on_phase_start(phase.name)
             n_epochs = self.phase_epochs(phase)
             bar = tqdm(
                 total=n_epochs * iters,
@@ -371,20 +459,22 @@ class Trainer:
             self._restore_phase_best(phase)
             self.phase_index += 1
             self.epoch = 0
+            self.phase_step = 0
             self.phase_best = {"value": None, "epoch": None, "phase": None}
         return self.history[-1] if self.history else {}
 
     def _train_epoch(self, phase: Phase, opts, scheds, iters: int, bar) -> None:
         t0 = time.perf_counter()
         streams = self.streams(phase)
-        loaders = [self._loader(s, self.epoch, iters) for s in streams]
+        loaders = [self.loader(s, self.epoch, iters, phase) for s in streams]
         sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
         for batches in zip(*loaders):
-            batch = {s: self._to_device(b) for s, b in zip(streams, batches)}
-            self.method.global_step = self.global_step
-            values = self._step(batch, phase, opts, scheds)
+            batch = {s: self.to_batch(b) for s, b in zip(streams, batches)}
+            values = self.train_step(batch, phase, opts, scheds)
             self.global_step += 1
-            self.images_seen += sum(len(b["image"]) for b in batch.values()) * self.info.world_size
+            self.phase_step += 1
+            self.images_seen += sum(len(b) for b in batch.values()) * self.info.world_size
             if not all(math.isfinite(v) for v in values.values()):
                 bad = {k: v for k, v in values.items() if not math.isfinite(v)}
                 where = f"phase '{phase.name}' epoch {self.epoch + 1} step {self.global_step}"
@@ -393,6 +483,7 @@ class Trainer:
                 raise TrainingDiverged(f"training stopped: non-finite loss {bad} at {where}; {kept}")
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
             if self.global_step % self.cfg.train.log_every == 0:
                 lr = next(iter(opts.values())).param_groups[0]["lr"]
                 self._log_step(
@@ -404,12 +495,15 @@ class Trainer:
                         **values,
                     }
                 )
-            bar.set_postfix(loss=f"{values.get('loss', next(iter(values.values()))):.4f}", refresh=False)
+            if values:
+                shown = values.get("loss", next(iter(values.values())))
+                bar.set_postfix(loss=f"{shown:.4f}", refresh=False)
             bar.update(1)
         self.epoch += 1
+        self.method.on_epoch_end(phase.name, self.epoch)
         self.train_seconds += time.perf_counter() - t0
         record: dict[str, Any] = {"phase": phase.name, "epoch": self.epoch, "step": self.global_step}
-        record.update({f"train/{k}": v / iters for k, v in sums.items()})
+        record.update({f"train/{k}": v / counts[k] for k, v in sums.items()})
         improved = False
         n_epochs = self.phase_epochs(phase)
         phase_improved = False
@@ -447,3 +541,11 @@ class Trainer:
             save_checkpoint(self._state(opts, scheds), self.out / "last.pt")
             self._write_epoch_logs()
         D.barrier(self.info)
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    if x.ndim == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    if x.ndim == 5:
+        return x.contiguous(memory_format=torch.channels_last_3d)
+    return x

@@ -10,7 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from semiseg.data.records import IGNORE_INDEX
+from semiseg.core import IGNORE_INDEX
+from semiseg.parallel import batch_sum, mean_denominator
 
 
 def masked_cross_entropy(
@@ -23,6 +24,8 @@ def masked_cross_entropy(
         target: Class indices, ``ignore_index`` for unlabeled pixels.
         ignore_index: Value marking unlabeled pixels.
         reduction: "mean" (over labeled pixels of the batch; 0 if there are none) or "sum".
+            Under DDP (inside :func:`semiseg.parallel.global_reduction`) the mean is over the labeled
+            pixels of the global batch, as in one process.
 
     Shape:
         logits ``[B, K, *spatial]``, target ``[B, *spatial]`` → scalar.
@@ -33,7 +36,7 @@ def masked_cross_entropy(
     if reduction == "sum":
         return total
     n = (target != ignore_index).sum()
-    return total / n.clamp(min=1)
+    return total / mean_denominator(n).clamp(min=1)
 
 
 def masked_dice_loss(
@@ -46,7 +49,7 @@ def masked_dice_loss(
     """1 − soft Dice of the softmax over labeled pixels, batch-wise per class, averaged over classes.
 
     Classes absent from both prediction and target on the labeled pixels contribute a Dice of ~1
-    (loss ~0) through ``smooth``.
+    (loss ~0) through ``smooth``. Under DDP the sums run over the global batch.
 
     Shape:
         logits ``[B, K, *spatial]``, target ``[B, *spatial]`` → scalar.
@@ -58,8 +61,8 @@ def masked_dice_loss(
         F.one_hot(target.masked_fill(target == ignore_index, 0), k).movedim(-1, 1).to(logits.dtype) * valid
     )
     dims = [0] + list(range(2, logits.ndim))
-    inter = (probs * onehot).sum(dims)
-    denom = probs.sum(dims) + onehot.sum(dims)
+    inter = batch_sum((probs * onehot).sum(dims))
+    denom = batch_sum(probs.sum(dims) + onehot.sum(dims))
     dice = (2 * inter + smooth) / (denom + smooth)
     if not include_background and k > 1:
         dice = dice[1:]

@@ -1,11 +1,19 @@
 """The contract between a method and the engine.
 
-A method is an ``nn.Module`` holding its networks. It declares its training :class:`Phase`\\ s
-(pre-training, a regressor phase, alternating loops, ...); each phase names its optimizers and
-the data streams it consumes. For every step the engine calls
-``training_step(batch, phase, optimizer)`` once per optimizer of the phase, back-propagates the
-returned ``"loss"`` and steps that optimizer, so GAN-style alternating updates fit too. The engine
+A method is an ``nn.Module`` holding its networks. It declares its training :class:`Phase` s
+(pre-training, a regressor phase, alternating loops, ...); each phase names its optimizers (each
+with its own settings, :class:`OptimizerSpec`) and the data streams it consumes, and may ask a
+stream for paired weak/strong views (:class:`~semiseg.core.ViewSpec`). For every iteration the
+engine calls ``training_step(batch, phase, optimizer)`` once per optimizer of the phase (a batch
+is ``{stream: Batch}``), back-propagates the returned ``"loss"``, steps that optimizer and calls
+:meth:`Method.on_step_end`; after every epoch it calls :meth:`Method.on_epoch_end`. The engine
 never knows which method it runs.
+
+Method state: everything a method keeps lives in its ``state_dict`` and so in every checkpoint
+and ``--resume``: parameters and buffers (EMA weights, cluster centres, caches as buffers) and,
+for non-tensor state (its own RNG, counters), torch's ``get_extra_state`` / ``set_extra_state``
+returning tensors and plain Python values (checkpoints are loaded weights-only). State that
+must agree across DDP processes is synchronised with :mod:`semiseg.parallel`.
 """
 
 from __future__ import annotations
@@ -17,7 +25,16 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from semiseg.config import ModelConfig
+from semiseg.config import ModelConfig, OptimizerConfig
+from semiseg.core import Batch, ViewSpec
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """A named optimizer of a phase with its own settings (type, lr, betas, schedule, update ratio)."""
+
+    name: str = "main"
+    settings: OptimizerConfig = field(default_factory=OptimizerConfig)
 
 
 @dataclass(frozen=True)
@@ -27,7 +44,9 @@ class Phase:
     Attributes:
         name: Shown in logs and checkpoints.
         epochs: Epochs of this phase; ``None`` = ``train.epochs``.
-        optimizers: Names of the optimizers stepped, in order, at every iteration.
+        optimizers: The optimizers stepped, in order, at every iteration: names (settings from
+            ``train.*``) or :class:`OptimizerSpec` (own type, lr, betas, weight decay, scheduler,
+            update ratio).
         streams: Data streams of a batch: "labeled" (the labeled split), "unlabeled".
         optional_streams: Streams used when the data has them (e.g. unlabeled images for a
             regulariser), silently absent otherwise.
@@ -42,11 +61,13 @@ class Phase:
             Pre-training phases set it False.
         restore_best: At the end of the phase, reload the method state of its best validation
             (kept in ``best_<phase>.pt``), so the next phase starts from it.
+        views: Paired views per stream, e.g. ``{"unlabeled": ViewSpec(strong=2, cutmix=True)}``:
+            the stream's ``Batch.strong`` / ``Batch.cutmix`` are then filled.
     """
 
     name: str = "train"
     epochs: int | None = None
-    optimizers: tuple[str, ...] = ("main",)
+    optimizers: tuple[str | OptimizerSpec, ...] = ("main",)
     streams: tuple[str, ...] = ("labeled",)
     optional_streams: tuple[str, ...] = ()
     validate: bool = True
@@ -55,6 +76,15 @@ class Phase:
     val_mode: str | None = None
     final: bool = True
     restore_best: bool = False
+    views: dict[str, ViewSpec] = field(default_factory=dict)
+
+    @property
+    def optimizer_specs(self) -> tuple[OptimizerSpec, ...]:
+        return tuple(o if isinstance(o, OptimizerSpec) else OptimizerSpec(o) for o in self.optimizers)
+
+    @property
+    def optimizer_names(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.optimizer_specs)
 
 
 @dataclass
@@ -80,8 +110,11 @@ class Method(nn.Module):
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.model_cfg = model_cfg
-        #: optimisation steps done so far; set by the engine before every step (for ramp-ups)
+        #: iterations done so far in the run and in the current phase, and the current epoch (0-based)
+        #: of the phase; set by the engine before every iteration (ramp-ups, schedules)
         self.global_step = 0
+        self.phase_step = 0
+        self.epoch = 0
         from semiseg.losses.regularizers import build_regularizers
 
         self.regularizers = build_regularizers(cfg.regularizers)
@@ -94,9 +127,19 @@ class Method(nn.Module):
         """Parameters updated by ``optimizer`` in ``phase`` (default: the segmenter's)."""
         return self.segmenter.parameters()
 
-    def training_step(self, batch: dict[str, dict[str, torch.Tensor]], phase: str, optimizer: str) -> dict:
+    def training_step(self, batch: dict[str, Batch], phase: str, optimizer: str) -> dict:
         """Return ``{"loss": scalar, <component>: scalar, ...}`` for one optimizer step."""
         raise NotImplementedError
+
+    def on_phase_start(self, phase: str) -> None:
+        """Called once when ``phase`` starts (not again when a run resumes inside it)."""
+
+    def on_step_end(self, phase: str, optimizer: str) -> None:
+        """Called after every step of ``optimizer`` (e.g. an EMA teacher update)."""
+
+    def on_epoch_end(self, phase: str, epoch: int) -> None:
+        """Called after every epoch of ``phase`` (``epoch`` counts from 1), before validation and the
+        checkpoint (e.g. DEC's target distribution, a pseudo-label refresh)."""
 
     def validation_metrics(self, phase: str, records, image_size, device) -> dict[str, float] | None:
         """Validation metrics of ``phase`` on the validation records, or None for the engine's
@@ -105,7 +148,7 @@ class Method(nn.Module):
 
     # ------------------------------------------------------------------ shared
     def regularization(
-        self, logits: dict[str, torch.Tensor], batch: dict[str, dict]
+        self, logits: dict[str, torch.Tensor], batch: dict[str, Batch]
     ) -> dict[str, torch.Tensor]:
         """The configured regularisers on ``logits`` per stream: ``{"reg/<name>": raw value, ...}``
         plus ``"reg_total"``, the weighted (ramped) sum to add to the loss."""
@@ -129,7 +172,7 @@ class Method(nn.Module):
     def segmenter(self) -> nn.Module:
         return self.model  # subclasses with another name override
 
-    def forward(self, batch: dict, phase: str, optimizer: str) -> dict:
+    def forward(self, batch: dict[str, Batch], phase: str, optimizer: str) -> dict:
         # DDP calls forward; routing it to training_step lets any method run under DDP.
         return self.training_step(batch, phase, optimizer)
 

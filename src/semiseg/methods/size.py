@@ -34,10 +34,11 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from semiseg.data.records import IGNORE_INDEX
+from semiseg.core import IGNORE_INDEX, Batch, Supervision
 from semiseg.errors import ConfigError
 from semiseg.losses.regularizers import ramp_weight
 from semiseg.losses.size import NORMALIZATIONS, centroid_penalty, size_penalty, soft_centroid
@@ -48,7 +49,8 @@ from semiseg.methods.supervised import Supervised, SupervisedConfig
 from semiseg.models import build_model
 
 SOURCES = ("regressor", "oracle", "fs", "proposals")
-DENSE, SIZE = 1, 4  # indices of "dense" and "size" in semiseg.data.views.SUPERVISION_KINDS
+#: salt of the regressor's per-sample rotate/flip draws (keyed by Batch.key, like the data's)
+REGRESSOR_AUGMENT_SALT = 7331
 
 
 @dataclass
@@ -75,25 +77,27 @@ class SizeConfig(SupervisedConfig):
 
 
 def rotate_flip(
-    image: torch.Tensor, mask: torch.Tensor, degrees: float, flips: bool
+    image: torch.Tensor, mask: torch.Tensor, degrees: float, flips: bool, rngs: list[np.random.Generator]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random flips and a rotation in ``[-degrees, degrees]`` per sample (torch RNG); mask pixels from
-    outside the image become ``IGNORE_INDEX``.
+    """Random flips and a rotation in ``[-degrees, degrees]`` per sample, drawn from that sample's
+    generator (:meth:`semiseg.core.Batch.generators`, so the draws do not depend on the process
+    count); mask pixels from outside the image become ``IGNORE_INDEX``.
 
     Shape:
         image ``[B, C, H, W]``, mask ``[B, H, W]`` → same.
     """
     b = image.shape[0]
+    draws = torch.tensor([[g.random(), g.random(), g.uniform(-1, 1)] for g in rngs], dtype=torch.float64)
     if flips:
-        h = torch.rand(b) < 0.5
-        v = torch.rand(b) < 0.5
+        h = draws[:, 0] < 0.5
+        v = draws[:, 1] < 0.5
         image = torch.where(h.view(-1, 1, 1, 1).to(image.device), image.flip(-1), image)
         mask = torch.where(h.view(-1, 1, 1).to(mask.device), mask.flip(-1), mask)
         image = torch.where(v.view(-1, 1, 1, 1).to(image.device), image.flip(-2), image)
         mask = torch.where(v.view(-1, 1, 1).to(mask.device), mask.flip(-2), mask)
     if degrees <= 0:
         return image, mask
-    angle = (torch.rand(b) * 2 - 1) * math.radians(degrees)
+    angle = (draws[:, 2] * math.radians(degrees)).float()
     cos, sin = angle.cos(), angle.sin()
     theta = torch.stack(
         [torch.stack([cos, -sin, torch.zeros(b)], 1), torch.stack([sin, cos, torch.zeros(b)], 1)], 1
@@ -137,8 +141,6 @@ class SizeConstrained(Supervised):
                 "method.centroid_margin: centroid bounds come from the regressor (source: regressor)"
             )
         self.with_centroid = cfg.centroid_margin is not None
-        #: global step of the first segmenter step with the penalty (λ's ramp-up starts there)
-        self.register_buffer("segmenter_start", torch.tensor(-1))
         if cfg.source == "regressor":
             from semiseg.models.regressor import DensityRegressor, Regressor
 
@@ -159,7 +161,10 @@ class SizeConstrained(Supervised):
             self.teacher = build_model(self.model_cfg, self.in_channels, self.num_classes).requires_grad_(
                 False
             )
-            self.register_buffer("teacher_ready", torch.tensor(False))
+
+    def on_phase_start(self, phase):
+        if phase == "proposals":  # the frozen teacher: the best FS model (restore_best) or train.init's
+            self.teacher.load_state_dict(self.model.state_dict())
 
     # ------------------------------------------------------------------------------ phases
     def phases(self):
@@ -201,22 +206,22 @@ class SizeConstrained(Supervised):
         n = len(self.classes)
         return out[:, :n], (out[:, n:].reshape(-1, n, 2) if self.with_centroid else None)
 
-    def _regressor_step(self, labeled: dict) -> dict:
-        kind = labeled["kind"]
-        if not bool(((kind == DENSE) | (kind == SIZE)).all()):
+    def _regressor_step(self, labeled: Batch) -> dict:
+        if not bool(labeled.has(Supervision.DENSE, Supervision.SIZE).all()):
             raise ConfigError(
                 "method.source: regressor needs dense masks or size labels on the labeled images"
             )
-        image, mask = rotate_flip(labeled["image"], labeled["mask"], self.cfg.regressor_rotate_degrees,
-                                  self.cfg.regressor_flips)  # fmt: skip
+        rngs = labeled.generators(REGRESSOR_AUGMENT_SALT)
+        image, mask = rotate_flip(labeled.image, labeled.mask, self.cfg.regressor_rotate_degrees,
+                                  self.cfg.regressor_flips, rngs)  # fmt: skip
         area, centroid = region_targets(mask, self.num_classes)
-        given = labeled["sizes"] / (mask.shape[-1] * mask.shape[-2])
+        given = labeled.sizes / (mask.shape[-1] * mask.shape[-2])
         area = torch.where(torch.isnan(given), area, given)  # size labels when the data has them
         pred_area, pred_centroid = self.regress(image)
         loss = (pred_area - area[:, self.classes]).square().sum(1).mean()
         out = {"size_loss": loss}
         if pred_centroid is not None:
-            present = (labeled["kind"] == DENSE)[:, None] & (area[:, self.classes] > 0)
+            present = labeled.has(Supervision.DENSE)[:, None] & (area[:, self.classes] > 0)
             err = (pred_centroid - centroid[:, self.classes]).square().sum(-1) * present
             out["centroid_loss"] = err.sum(1).mean()
             loss = loss + out["centroid_loss"]
@@ -254,20 +259,20 @@ class SizeConstrained(Supervised):
         return out
 
     # ------------------------------------------------------------------------------ segmenter
-    def _bounds(self, unlabeled: dict, probs: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def _bounds(self, unlabeled: Batch, probs: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Per-class size estimates in pixels ``[B, K]`` (NaN = unconstrained) and centroid bounds."""
         n_pix = probs.shape[-1] * probs.shape[-2]
         sizes = torch.full(probs.shape[:2], math.nan, device=probs.device, dtype=probs.dtype)
         extra: dict = {}
         if self.cfg.source == "oracle":
-            given = unlabeled["sizes"].to(probs.dtype)
+            given = unlabeled.sizes.to(probs.dtype)
             if torch.isnan(given[:, self.classes]).any():
                 raise ConfigError("method.source: oracle needs data.split.unlabeled_supervision: size")
             sizes[:, self.classes] = given[:, self.classes]
             return sizes, extra
         self.regressor.eval()
         with torch.no_grad():
-            area, centroid = self.regress(unlabeled["image"])
+            area, centroid = self.regress(unlabeled.image)
         sizes[:, self.classes] = area.clamp(min=0).to(probs.dtype) * n_pix
         if centroid is not None:
             m = self.cfg.centroid_margin
@@ -281,9 +286,6 @@ class SizeConstrained(Supervised):
         return sizes, extra
 
     def _proposal_mask(self, images: torch.Tensor) -> torch.Tensor:
-        if not bool(self.teacher_ready):
-            self.teacher.load_state_dict(self.model.state_dict())  # the best FS model (restore_best)
-            self.teacher_ready.fill_(True)
         self.teacher.eval()
         with torch.no_grad():
             pred = self.teacher(images).argmax(1)
@@ -298,11 +300,10 @@ class SizeConstrained(Supervised):
         if phase not in ("segmenter", "proposals"):
             return super().training_step(batch, phase, optimizer)  # fs
         unl = batch["unlabeled"]
-        # before the segmenter's forwards: the first call copies the model, BatchNorm statistics included
-        proposals = self._proposal_mask(unl["image"]) if phase == "proposals" else None
+        proposals = self._proposal_mask(unl.image) if phase == "proposals" else None
         used = ("labeled", "unlabeled", *self.regularizer_streams())
-        logits = {stream: self.model(b["image"]) for stream, b in batch.items() if stream in used}
-        out = self.supervised_loss(logits["labeled"], batch["labeled"]["mask"])
+        logits = {stream: self.model(b.image) for stream, b in batch.items() if stream in used}
+        out = self.supervised_loss(logits["labeled"], batch["labeled"].mask)
         if proposals is not None:
             out["proposal_ce"] = masked_cross_entropy(logits["unlabeled"], proposals)
             out["loss"] = out["loss"] + self.cfg.proposal_weight * out["proposal_ce"]
@@ -317,10 +318,7 @@ class SizeConstrained(Supervised):
                 out["centroid_penalty"] = centroid_penalty(probs, centroid_bounds["lower"],
                                                            centroid_bounds["upper"], self.classes)  # fmt: skip
                 penalty = penalty + out["centroid_penalty"]
-            if int(self.segmenter_start) < 0:
-                self.segmenter_start.fill_(self.global_step)
-            step = self.global_step - int(self.segmenter_start)
-            weight = ramp_weight(self.cfg.size_weight, step, self.cfg.ramp_up_steps)
+            weight = ramp_weight(self.cfg.size_weight, self.phase_step, self.cfg.ramp_up_steps)
             out["loss"] = out["loss"] + weight * penalty
         if len(self.regularizers):
             reg = self.regularization(logits, batch)

@@ -42,8 +42,8 @@ class Supervised(Method):
 
     def training_step(self, batch, phase, optimizer):
         used = ("labeled", *self.regularizer_streams())
-        logits = {stream: self.model(b["image"]) for stream, b in batch.items() if stream in used}
-        out = self.supervised_loss(logits["labeled"], batch["labeled"]["mask"])
+        logits = {stream: self.model(b.image) for stream, b in batch.items() if stream in used}
+        out = self.supervised_loss(logits["labeled"], batch["labeled"].mask)
         if len(self.regularizers):
             reg = self.regularization(logits, batch)
             out["loss"] = out["loss"] + reg.pop("reg_total")

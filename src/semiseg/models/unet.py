@@ -2,7 +2,9 @@
 
 Width (channels of the first level, doubled per level), depth (number of poolings) and the
 normalisation are options. Inputs of any size work: they are padded to a multiple of
-``2**depth`` and the output is cropped back.
+``2**depth`` and the output is cropped back. ``encode`` / ``decode`` expose the encoder features
+and a decoder that accepts (perturbed) features, for feature-perturbation consistency and heads
+on the features without model surgery: ``model(x) == model.decode(model.encode(x), x.shape[-2:])``.
 """
 
 from __future__ import annotations
@@ -100,17 +102,31 @@ class UNet(nn.Module):
         )
         self.head = nn.Conv2d(chans[0], out_channels, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Encoder features, finest first, the bottleneck last (the input is padded to a multiple of
+        ``2**depth``).
+
+        Shape:
+            ``[B, C, H, W]`` → ``depth + 1`` maps ``[B, width·2^i, H'/2^i, W'/2^i]``.
+        """
         x = pad_to_multiple(x, 2**self.depth)
-        skips = []
+        features = []
         for i, block in enumerate(self.encoder):
             x = block(x if i == 0 else F.max_pool2d(x, 2))
-            skips.append(x)
+            features.append(x)
+        return features
+
+    def decode(self, features: list[torch.Tensor], size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Logits from (possibly perturbed, e.g. dropped-out) encoder features, cropped to ``size``."""
+        skips = list(features)
         x = skips.pop()
         for up, block in zip(self.up, self.decoder):
             x = block(torch.cat([skips.pop(), up(x)], dim=1))
-        return self.head(x)[..., :h, :w]
+        out = self.head(x)
+        return out if size is None else out[..., : size[0], : size[1]]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x), tuple(x.shape[-2:]))
 
 
 @register_model("unet")

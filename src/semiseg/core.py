@@ -1,0 +1,164 @@
+"""The lowest layer: constants and types every other module may import (nothing from semiseg).
+
+- :data:`IGNORE_INDEX`: mask value of pixels without a label.
+- :class:`Supervision`: what a training item carries (dense / sparse mask, tag, size, nothing).
+- :class:`ViewSpec`: the paired views a method asks a data stream for (weak + k strong).
+- :class:`Batch`: one stream's batch as the engine hands it to a method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+#: Mask value of pixels that carry no label (sparse masks, unlabeled images, pixels from outside).
+IGNORE_INDEX = 255
+
+
+class Supervision(enum.IntEnum):
+    """Kind of supervision of a training item (``Batch.kind`` holds these values)."""
+
+    NONE = 0
+    DENSE = 1
+    SPARSE = 2
+    TAG = 3
+    SIZE = 4
+
+    @classmethod
+    def parse(cls, name: str) -> Supervision:
+        """``"dense"`` → ``Supervision.DENSE`` (the names used in configs)."""
+        try:
+            return cls[name.upper()]
+        except KeyError:
+            raise ValueError(f"unknown supervision {name!r} (known: {', '.join(cls.names())})") from None
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [k.name.lower() for k in cls]
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """Paired views a method asks of a stream.
+
+    The item's ``image`` is the weak view (the run's ``train.augment``); ``strong`` further views
+    share its geometric transform exactly (pixel correspondence) and add strong photometric
+    perturbations (``train.strong_augment``). With ``cutmix`` each strong view also gets a box
+    mask, drawn per sample, for mixing images and pseudo-labels within a batch.
+    """
+
+    strong: int = 0
+    cutmix: bool = False
+
+
+@dataclass
+class Batch:
+    """A stream's batch (labeled or unlabeled items), as a method receives it.
+
+    Shape (``*S`` = spatial dims, ``H, W`` in 2D or ``D, H, W`` in 3D; ``K`` classes):
+        image: ``[B, C, *S]`` float, the (weak) view.
+        mask: ``[B, *S]`` long, class indices; ``IGNORE_INDEX`` where unknown.
+        tags: ``[B, K]`` float, 1/0 presence per class; NaN where the item has no tag.
+        sizes: ``[B, K]`` float, pixel count per class; NaN where unknown.
+        kind: ``[B]`` long, :class:`Supervision` values.
+        index: ``[B]`` long, position of the item in its dataset view.
+        key: ``[B, 3]`` long, (stream seed, epoch, position in the epoch's global order): the key
+            of every random draw for this sample (augmentations, and any draw a method makes
+            with :meth:`generators`), the same in one process and under DDP.
+        strong: ``[B, k, C, *S]`` float strong views (when the phase asks for them), else None.
+        cutmix: ``[B, k, *S]`` bool box masks, one per strong view (all False when the box was
+            not drawn for that sample), else None.
+    """
+
+    image: torch.Tensor
+    mask: torch.Tensor
+    tags: torch.Tensor
+    sizes: torch.Tensor
+    kind: torch.Tensor
+    index: torch.Tensor
+    key: torch.Tensor
+    strong: torch.Tensor | None = None
+    cutmix: torch.Tensor | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Batch:
+        """From the collated dict of a dataset (missing ``key`` = zeros)."""
+        d = dict(d)
+        if "key" not in d:
+            d["key"] = torch.zeros(len(d["image"]), 3, dtype=torch.long)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def of(
+        cls,
+        image: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        *,
+        num_classes: int | None = None,
+        tags: torch.Tensor | None = None,
+        sizes: torch.Tensor | None = None,
+        kind: Supervision | None = None,
+    ) -> Batch:
+        """A batch from tensors, the rest filled in: no mask = all ``IGNORE_INDEX``; unknown tags and
+        sizes = NaN (``num_classes`` columns; default: 1 + the largest label); ``kind`` = DENSE when
+        every pixel is labeled, SPARSE when some are, TAG / SIZE / NONE otherwise.
+
+        Examples:
+            >>> b = Batch.of(torch.rand(2, 1, 8, 8), torch.zeros(2, 8, 8, dtype=torch.long))
+            >>> b.kind.tolist(), tuple(b.tags.shape)
+            ([1, 1], (2, 1))
+        """
+        n, spatial = image.shape[0], image.shape[2:]
+        if mask is None:
+            mask = torch.full((n, *spatial), IGNORE_INDEX, dtype=torch.long, device=image.device)
+        labeled = mask != IGNORE_INDEX
+        if num_classes is None:
+            num_classes = int(mask[labeled].max()) + 1 if labeled.any() else 2
+        nan = torch.full((n, num_classes), float("nan"), device=image.device)
+        if kind is None:
+            if labeled.flatten(1).all(1).all():
+                kind = Supervision.DENSE
+            elif labeled.any():
+                kind = Supervision.SPARSE
+            elif tags is not None:
+                kind = Supervision.TAG
+            elif sizes is not None:
+                kind = Supervision.SIZE
+            else:
+                kind = Supervision.NONE
+        return cls(
+            image=image,
+            mask=mask,
+            tags=nan.clone() if tags is None else tags,
+            sizes=nan.clone() if sizes is None else sizes,
+            kind=torch.full((n,), int(kind), dtype=torch.long, device=image.device),
+            index=torch.arange(n, device=image.device),
+            key=torch.zeros(n, 3, dtype=torch.long, device=image.device),
+        )
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        def move(v):
+            return v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v
+
+        return Batch(**{f.name: move(getattr(self, f.name)) for f in dataclasses.fields(self)})
+
+    def has(self, *kinds: Supervision) -> torch.Tensor:
+        """``[B]`` bool: items whose supervision is one of ``kinds``."""
+        out = torch.zeros_like(self.kind, dtype=torch.bool)
+        for k in kinds:
+            out |= self.kind == int(k)
+        return out
+
+    def generators(self, salt: int) -> list[np.random.Generator]:
+        """One numpy generator per sample, seeded by (``key``, ``salt``): draws a method makes per
+        sample are the same whatever the process count, worker count or resumption."""
+        return [np.random.default_rng([*map(int, k), int(salt)]) for k in self.key.cpu()]

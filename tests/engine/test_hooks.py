@@ -1,0 +1,232 @@
+"""Engine v2 hooks, proved by two methods written only here (each under 60 lines): an EMA teacher
+with weak/strong views (mean-teacher / FixMatch shape) and a two-optimizer method whose optimizers
+have their own settings (GAN shape). Both run through the engine and resume exactly."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+import torch.nn as nn
+
+from semiseg.config import OptimizerConfig
+from semiseg.core import ViewSpec
+from semiseg.engine import run as engine_run
+from semiseg.engine.checkpoint import load_checkpoint
+from semiseg.errors import ConfigError
+from semiseg.losses import masked_cross_entropy
+from semiseg.engine.trainer import Trainer
+from semiseg.methods import METHODS, Method, MethodConfig, OptimizerSpec, Phase, register
+from semiseg.methods.supervised import Supervised
+from semiseg.models import build_model
+
+
+# --------------------------------------------------------------------- proof 1: EMA teacher, views
+@dataclass
+class EMAConfig(MethodConfig):
+    ema: float = 0.9
+    weight: float = 0.5
+
+
+class EMATeacher(Method):
+    """CE on labeled images + consistency of the student on a CutMix of strong views with the EMA
+    teacher's predictions on the weak views, mixed the same way. The teacher follows every step."""
+
+    config_class = EMAConfig
+
+    def __init__(self, cfg, **kwargs):
+        super().__init__(cfg, **kwargs)
+        self.model = build_model(self.model_cfg, self.in_channels, self.num_classes)
+        self.teacher = copy.deepcopy(self.model).requires_grad_(False)
+        self.register_buffer("updates", torch.tensor(0))
+
+    def phases(self):
+        both = ("labeled", "unlabeled")
+        return [Phase(streams=both, views={"unlabeled": ViewSpec(strong=1, cutmix=True)})]
+
+    def training_step(self, batch, phase, optimizer):
+        lab, unl = batch["labeled"], batch["unlabeled"]
+        with torch.no_grad():
+            target = self.teacher(unl.image).softmax(1)
+        box = unl.cutmix[:, 0, None]  # [B, 1, H, W]: paste the next sample inside the box
+        mixed = torch.where(box, unl.strong[:, 0].roll(1, 0), unl.strong[:, 0])
+        target = torch.where(box, target.roll(1, 0), target)
+        consistency = (self.model(mixed).softmax(1) - target).square().mean()
+        ce = masked_cross_entropy(self.model(lab.image), lab.mask)
+        return {"loss": ce + self.cfg.weight * consistency, "ce": ce, "consistency": consistency}
+
+    @torch.no_grad()
+    def on_step_end(self, phase, optimizer):
+        for t, s in zip(self.teacher.parameters(), self.model.parameters()):
+            t.lerp_(s, 1 - self.cfg.ema)
+        for t, s in zip(self.teacher.buffers(), self.model.buffers()):
+            t.copy_(s)
+        self.updates += 1
+
+
+# ------------------------------------------------------------ proof 2: two optimizers, own settings
+@dataclass
+class TwoOptConfig(MethodConfig):
+    generator: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=0.002, betas=[0.5, 0.9]))
+    critic: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(type="sgd", lr=0.05, repeat=2))
+    adv_weight: float = 0.1
+
+
+class TwoOptimizers(Method):
+    """A segmenter (optimizer "generator") and a critic on its softmax maps (optimizer "critic",
+    ``repeat`` steps per iteration), GAN style; both optimizers are configured, not hand-coded."""
+
+    config_class = TwoOptConfig
+
+    def __init__(self, cfg, **kwargs):
+        super().__init__(cfg, **kwargs)
+        self.model = build_model(self.model_cfg, self.in_channels, self.num_classes)
+        self.critic = nn.Conv2d(self.num_classes, 1, 3, padding=1)
+        self.register_buffer("steps", torch.zeros(2, dtype=torch.long))  # generator, critic
+
+    def phases(self):
+        opts = (OptimizerSpec("generator", self.cfg.generator), OptimizerSpec("critic", self.cfg.critic))
+        return [Phase(optimizers=opts, streams=("labeled", "unlabeled"))]
+
+    def parameters_for(self, phase, optimizer):
+        return self.critic.parameters() if optimizer == "critic" else self.model.parameters()
+
+    def training_step(self, batch, phase, optimizer):
+        fake = self.model(batch["unlabeled"].image).softmax(1)
+        if optimizer == "critic":  # real = labeled one-hot masks would do; a constant target is enough here
+            return {"loss": self.critic(fake.detach()).square().mean()}
+        lab = batch["labeled"]
+        ce = masked_cross_entropy(self.model(lab.image), lab.mask)
+        adv = self.critic(fake).mean()
+        return {"loss": ce + self.cfg.adv_weight * adv, "ce": ce, "adv": adv}
+
+    def on_step_end(self, phase, optimizer):
+        self.steps[int(optimizer == "critic")] += 1
+
+
+# ------------------------------------------------------------------------------------------ tests
+@pytest.fixture
+def proof_methods():
+    register("test_ema_teacher")(EMATeacher)
+    register("test_two_optimizers")(TwoOptimizers)
+    yield
+    for name in ("test_ema_teacher", "test_two_optimizers"):
+        METHODS.pop(name, None)
+
+
+def run(cfg, out, **kw):
+    return engine_run.train(cfg, output_dir=out, **kw)
+
+
+def same_state(a, b) -> bool:
+    sa, sb = load_checkpoint(a)["method_state"], load_checkpoint(b)["method_state"]
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def epochs(out):
+    return [{k: v for k, v in json.loads(ln).items() if k != "seconds"} for ln in (out / "epochs.jsonl").open()]
+
+
+AUG = ("train.augment.hflip=true", "train.augment.rotate_degrees=10", "train.scheduler=cosine")
+
+
+@pytest.mark.parametrize("name", ["test_ema_teacher", "test_two_optimizers"])
+def test_proof_methods_resume_exactly(tmp_path, make_config, proof_methods, monkeypatch, name):
+    """A crash in epoch 3 of 3 (cosine schedule, augmentation, strong views), then --resume."""
+    cfg = make_config(f"method.name={name}", *AUG)
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    run(cfg, straight)
+    original = Trainer._train_epoch
+
+    def crash_in_epoch_3(self, phase, *args):
+        if self.epoch == 2:
+            raise KeyboardInterrupt
+        return original(self, phase, *args)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", crash_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, crashed)
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    run(cfg, crashed, resume=True)
+    assert same_state(straight / "last.pt", crashed / "last.pt")
+    assert same_state(straight / "best.pt", crashed / "best.pt")
+    assert epochs(straight) == epochs(crashed)
+
+
+def test_ema_teacher_follows_every_step(tmp_path, make_config, proof_methods):
+    run(make_config("method.name=test_ema_teacher", *AUG), tmp_path)
+    state = load_checkpoint(tmp_path / "last.pt")["method_state"]
+    assert int(state["updates"]) == 6  # 3 epochs x 2 iterations, one optimizer
+    teacher = {k[len("teacher.") :]: v for k, v in state.items() if k.startswith("teacher.")}
+    model = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+    assert any(not torch.equal(teacher[k], model[k]) for k in model if model[k].is_floating_point())
+    log = epochs(tmp_path)
+    assert all(h["train/consistency"] > 0 for h in log)
+
+
+def test_ema_update_is_exact(proof_methods):
+    from semiseg.config import ModelConfig
+    from semiseg.methods import build_method
+
+    torch.manual_seed(0)
+    m = build_method({"name": "test_ema_teacher", "ema": 0.75}, ModelConfig(width=4, depth=2),
+                     in_channels=1, num_classes=2)  # fmt: skip
+    before = [p.detach().clone() for p in m.teacher.parameters()]
+    with torch.no_grad():
+        for p in m.model.parameters():
+            p.add_(1.0)
+    m.on_step_end("train", "main")
+    for b, t, s in zip(before, m.teacher.parameters(), m.model.parameters()):
+        torch.testing.assert_close(t, 0.75 * b + 0.25 * s)
+
+
+def test_two_optimizers_have_their_own_settings(tmp_path, make_config, proof_methods):
+    cfg = make_config("method.name=test_two_optimizers", "method.critic.every=2", "method.critic.lr=0.03")
+    run(cfg, tmp_path)
+    state = load_checkpoint(tmp_path / "last.pt")
+    gen, critic = state["optimizers"]["generator"], state["optimizers"]["critic"]
+    assert gen["param_groups"][0]["lr"] == 0.002 and gen["param_groups"][0]["betas"] == (0.5, 0.9)
+    assert critic["param_groups"][0]["lr"] == 0.03 and "momentum" in critic["param_groups"][0]  # SGD
+    # 6 iterations: generator every one; critic on iterations 0, 2, 4, twice each
+    assert state["method_state"]["steps"].tolist() == [6, 6]
+    log = epochs(tmp_path)
+    assert "train/critic/loss" in log[0] and "train/generator/ce" in log[0]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("method.critic.lr=-1", r"optimizer 'critic'.lr: must be positive"),
+        ("method.critic.repeat=0", r"optimizer 'critic': repeat and every must be at least 1"),
+        ("method.generator.betas=[0.5]", r"optimizer 'generator'.betas: must be two numbers"),
+        ("method.critic.lrr=0.1", r"unknown key 'method.critic.lrr' \(did you mean 'lr'\?\)"),
+    ],
+)
+def test_bad_optimizer_settings_are_one_line_errors(tmp_path, make_config, proof_methods, override, message):
+    with pytest.raises(ConfigError, match=message):
+        run(make_config("method.name=test_two_optimizers", override), tmp_path)
+
+
+def test_hooks_are_called_in_order(tmp_path, make_config):
+    calls = []
+
+    class Recorder(Supervised):
+        def on_phase_start(self, phase):
+            calls.append(("start", phase))
+
+        def on_step_end(self, phase, optimizer):
+            calls.append(("step", self.global_step))
+
+        def on_epoch_end(self, phase, epoch):
+            calls.append(("epoch", epoch))
+
+    register("test_recorder")(Recorder)
+    try:
+        run(make_config("method.name=test_recorder", "train.epochs=2"), tmp_path)
+    finally:
+        METHODS.pop("test_recorder", None)
+    assert calls == [("start", "train"), ("step", 0), ("step", 1), ("epoch", 1), ("step", 2), ("step", 3),
+                     ("epoch", 2)]  # fmt: skip

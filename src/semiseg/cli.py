@@ -126,8 +126,8 @@ def cmd_evaluate(args) -> int:
     from semiseg.data import prepare_data
     from semiseg.engine.distributed import resolve_device
     from semiseg.engine.evaluate import ALL_METRICS, evaluate_records
-    from semiseg.engine.io import atomic_write_text
     from semiseg.engine.run import load_trained
+    from semiseg.io import atomic_write_text
 
     device = resolve_device(args.device)
     method, cfg, state = load_trained(args.checkpoint, device)

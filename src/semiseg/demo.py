@@ -51,8 +51,8 @@ def run_demo(output: str | Path = "runs/demo", epochs: int | None = None) -> lis
 
     from semiseg.config import build_config, set_dotted
     from semiseg.data import load_bundle
-    from semiseg.engine.io import atomic_write_text
     from semiseg.engine.run import load_trained, train
+    from semiseg.io import atomic_write_text
 
     out = Path(output)
     torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -17,6 +17,7 @@ import numpy as np
 from semiseg.config import SplitConfig
 from semiseg.data.records import DatasetBundle, Record
 from semiseg.errors import ConfigError, DataError
+from semiseg.io import atomic_write_text
 
 
 @dataclass
@@ -38,8 +39,6 @@ class Split:
         }
 
     def write(self, path: str | Path) -> None:
-        from semiseg.engine.io import atomic_write_text
-
         atomic_write_text(path, json.dumps(self.summary(), indent=1))
 
 

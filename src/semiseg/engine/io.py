@@ -1,34 +1,6 @@
-"""Atomic file writes: write to a temporary file in the same folder, then ``os.replace``."""
+"""Moved to :mod:`semiseg.io` (a low module that data, engine and bench all use); kept as an alias
+for code written against the old path. New code imports ``semiseg.io``."""
 
-from __future__ import annotations
+from semiseg.io import atomic_write, atomic_write_text
 
-import os
-import tempfile
-from collections.abc import Callable
-from pathlib import Path
-
-
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then atomically move the result to ``path``.
-
-    A crash while writing leaves the previous file (if any) intact and no partial file behind.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-
-    atomic_write(path, write)
+__all__ = ["atomic_write", "atomic_write_text"]

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from semiseg.engine.evaluate import predict_slices
-from semiseg.engine.io import atomic_write
 from semiseg.errors import DataError
+from semiseg.io import atomic_write
 
 
 def predict_folder(

@@ -15,8 +15,8 @@ from semiseg.config import RunConfig, build_config, to_dict
 from semiseg.engine import distributed as D
 from semiseg.engine.checkpoint import load_checkpoint, seed_everything
 from semiseg.engine.evaluate import ALL_METRICS, evaluate_records, predict_records
-from semiseg.engine.io import atomic_write_text
 from semiseg.errors import ConfigError
+from semiseg.io import atomic_write_text
 
 
 def peak_memory_mib() -> float:

@@ -1,0 +1,90 @@
+"""Atomic file writes: write to a temporary file in the same folder, then ``os.replace``.
+
+Used for everything a run writes (checkpoints, logs, metrics, splits, predicted masks). A crash
+while writing leaves the previous file (if any) intact and no partial file behind. The file gets
+the permissions an ordinary ``open(path, "w")`` would give (``0o666`` minus the process umask), and
+its data reaches the disk (``fsync``) before it replaces the old file, so a power loss cannot leave
+an empty file under the final name. A low module: imports nothing from semiseg.
+
+Examples:
+    >>> import pathlib, tempfile
+    >>> target = pathlib.Path(tempfile.mkdtemp()) / "out" / "metrics.json"
+    >>> atomic_write_text(target, '{"dice": 0.9}')
+    >>> target.read_text()
+    '{"dice": 0.9}'
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+
+def _create_temp(folder: Path, name: str) -> str:
+    """A new empty file next to the target; ``os.open`` with mode 0o666 lets the kernel apply the
+    umask (``tempfile.mkstemp`` would always give 0o600)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = folder / f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, flags, 0o666))
+        except FileExistsError:
+            continue
+        return str(tmp)
+    raise FileExistsError(f"{folder}: could not create a temporary file for {name}")  # pragma: no cover
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY if os.name == "posix" else os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable; best effort (not every OS or file system supports it)."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` then atomically move the result to ``path``.
+
+    The parent folder is created if needed. ``write`` receives the path of an empty temporary file
+    in the same folder (any writer that opens a path works: ``torch.save``, ``Image.save``, ...).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _create_temp(path.parent, path.name)
+    try:
+        write(tmp)
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+
+    atomic_write(path, write)

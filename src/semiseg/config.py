@@ -4,6 +4,12 @@ A run is described by :class:`RunConfig` (``data``, ``model``, ``method``, ``tra
 ``--set key=value`` overrides are checked against the dataclasses: an unknown key or a value of the
 wrong type raises :class:`~semiseg.errors.ConfigError` with a one-line message naming the key.
 A recipe may carry a ``quick:`` mapping of dotted overrides applied with ``--quick``.
+
+Two hooks let a config dataclass check itself with the same one-line errors:
+
+- ``__post_init__`` may raise :class:`FieldError` for a bad value (reported as ``'<key>' <why>``);
+- a ``config_subclass(data, key)`` classmethod makes a field polymorphic: it picks the concrete
+  dataclass from the mapping before it is checked (e.g. a regulariser spec by its ``name``).
 """
 
 from __future__ import annotations
@@ -14,11 +20,29 @@ import functools
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from semiseg.core import IGNORE_INDEX
 from semiseg.errors import ConfigError
+from semiseg.registry import Registry
+
+#: Dataset loaders by ``data.dataset`` name (:class:`semiseg.data.registry.DatasetSource`). Declared
+#: here, where the name is checked; the loaders register themselves in their modules of
+#: :mod:`semiseg.data` (``@register_dataset("weizmann", folder="weizmann_horse")``), third-party
+#: ones through the ``semiseg.datasets`` entry-point group.
+DATASETS: Registry[Any] = Registry("dataset", package="semiseg.data")
+
+
+class FieldError(ValueError):
+    """A bad value of one field, raised by a config dataclass's ``__post_init__``; the checker
+    reports it as ``'<prefix>.<field>' <message>``."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field} {message}")
+        self.field, self.message = field, message
 
 
 @dataclass
@@ -46,12 +70,16 @@ class SplitConfig:
 
 @dataclass
 class DataConfig:
-    dataset: Literal["shapes", "folder", "weizmann", "acdc", "acdc_lv", "mnist"] = "shapes"
+    dataset: str = "shapes"  #: a name in DATASETS: shapes, folder, weizmann, acdc, acdc_lv, mnist, ...
     path: str | None = None  #: folder of the dataset; relative paths are under the data root
     image_size: list[int] = field(default_factory=lambda: [64, 64])  #: training H, W
     num_classes: int | None = None  #: folder datasets (default 2)
     mask_threshold: int | None = None  #: folder datasets with JPEG masks
     channels: Literal["auto", "gray", "rgb"] = "auto"
+    #: intensity scaling of image files (folder datasets): "auto" = 8-bit ÷ 255, 16-bit and float
+    #: images min-max per image to [0, 1]; "minmax" / "percentile" (0.5–99.5, clipped) to [0, 1] or
+    #: "zscore" per image; "none" = raw stored values. Other datasets accept "auto" only.
+    intensity: Literal["auto", "minmax", "percentile", "zscore", "none"] = "auto"
     num_images: int = 120  #: generated "shapes" set size
     shapes_classes: int = 3  #: generated "shapes" set: classes incl. background
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -68,14 +96,50 @@ class ModelConfig:
 
 @dataclass
 class AugmentConfig:
-    hflip: bool = False
-    vflip: bool = False
-    rot90: bool = False
+    hflip: bool = False  #: flip the last (W) axis
+    vflip: bool = False  #: flip the second-to-last (H) axis
+    dflip: bool = False  #: volumes only: flip the depth (D) axis
+    rot90: bool = False  #: 90° rotations in the H-W plane (when H == W)
     rotate_degrees: float = 0.0
     scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
     brightness: float = 0.0  #: additive shift drawn from U(-b, b)
     contrast: float = 0.0  #: multiplicative factor drawn from U(1-c, 1+c)
     noise_std: float = 0.0
+
+
+@dataclass
+class StrongAugmentConfig:
+    """Strong photometric perturbations of a strong view (UniMatch's defaults), on top of the weak view."""
+
+    jitter_prob: float = 0.8  #: probability of the brightness / contrast jitter
+    brightness: float = 0.5  #: multiplicative factor drawn from U(1-b, 1+b) (torchvision's ColorJitter)
+    contrast: float = 0.5  #: factor drawn from U(1-c, 1+c) on the deviation from the image mean
+    blur_prob: float = 0.5  #: probability of a Gaussian blur
+    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])  #: sigma range, in pixels
+    noise_std: float = 0.0  #: additive Gaussian noise
+    cutmix_prob: float = 0.5  #: probability of a CutMix box (else an empty box mask)
+    cutmix_area: list[float] = field(default_factory=lambda: [0.02, 0.4])  #: box area / image area
+    cutmix_aspect: list[float] = field(default_factory=lambda: [0.3, 3.3])  #: box side ratio H / W
+
+
+@dataclass
+class OptimizerConfig:
+    """Settings of one optimizer of a phase; ``None`` = the run's (``train.*``) or the phase's value.
+
+    A method exposes one of these per optimizer in its config (e.g. a GAN's ``generator`` and
+    ``discriminator``), so two learning rates or optimizer types are configured, not hand-coded.
+    """
+
+    type: Literal["adam", "adamw", "sgd"] | None = None  #: None = train.optimizer
+    lr: float | None = None  #: None = the phase's lr, else train.lr
+    betas: list[float] | None = None  #: Adam/AdamW betas; None = torch's (0.9, 0.999)
+    momentum: float | None = None  #: SGD; None = train.momentum
+    weight_decay: float | None = None  #: None = train.weight_decay
+    scheduler: Literal["none", "cosine", "poly"] | None = None  #: None = train.scheduler
+    #: update ratio: this optimizer steps ``repeat`` times per iteration (e.g. k critic steps per
+    #: generator step) and only on iterations divisible by ``every``
+    repeat: int = 1
+    every: int = 1
 
 
 @dataclass
@@ -100,8 +164,14 @@ class TrainConfig:
     progress: bool = True
     plots: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    #: strong views, for methods that ask for them (weak-to-strong consistency, CutMix)
+    strong_augment: StrongAugmentConfig = field(default_factory=StrongAugmentConfig)
     #: checkpoint (best.pt / last.pt) whose segmenter weights start this run (e.g. a supervised model)
     init: str | None = None
+    #: channels-last memory format for the networks and their image inputs (faster convolutions on CPU)
+    channels_last: bool = False
+    #: under DDP, batch-norm statistics over the global batch (all processes), as in one process
+    sync_batchnorm: bool = True
 
 
 @dataclass
@@ -153,6 +223,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 continue
         raise ConfigError(f"'{key}' must be {_type_name(tp)}, got {value!r}")
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):  # already built (e.g. a spec made in code)
+            return value
         if not isinstance(value, dict):
             raise ConfigError(f"'{key}' must be a mapping, got {value!r}")
         return from_dict(tp, value, prefix=key)
@@ -183,9 +255,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys, wrong types and (through the
+    class's :class:`FieldError`) bad values. A ``cls.config_subclass(data, prefix)`` classmethod
+    first picks the concrete class (polymorphic fields)."""
     if not isinstance(data, dict):
         raise ConfigError(f"'{prefix or 'top level'}' must be a mapping, got {data!r}")
+    select = getattr(cls, "config_subclass", None)
+    if select is not None:
+        cls = select(data, prefix)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -195,8 +272,27 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(names)})"
             raise ConfigError(f"unknown key '{full}'{hint}")
+        default = _dataclass_default(cls, key)
+        if default is not None and isinstance(value, dict):
+            # a mapping sets some fields of a nested config; the others keep the field's default
+            value = {**to_dict(default), **value}
         kwargs[key] = _coerce(value, hints[key], full)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except FieldError as exc:
+        raise ConfigError(f"'{f'{prefix}.{exc.field}' if prefix else exc.field}' {exc.message}") from None
+
+
+def _dataclass_default(cls: type, name: str) -> Any:
+    """The default of field ``name`` of ``cls`` when it is a dataclass instance, else None."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    elif f.default is not dataclasses.MISSING:
+        value = f.default
+    else:
+        return None
+    return value if dataclasses.is_dataclass(value) and not isinstance(value, type) else None
 
 
 def to_dict(obj: Any) -> Any:
@@ -307,6 +403,10 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
 
     if len(cfg.data.image_size) != 2 or min(cfg.data.image_size) < 8:
         bad("data.image_size", "must be [H, W] with both at least 8")
+    if cfg.data.num_classes is not None and not 2 <= cfg.data.num_classes < IGNORE_INDEX:
+        bad("data.num_classes", f"must be in 2..{IGNORE_INDEX - 1} ({IGNORE_INDEX} is the ignore label)")
+    if not 2 <= cfg.data.shapes_classes <= 4:
+        bad("data.shapes_classes", "must be 2, 3 or 4 (background + up to 3 shapes)")
     s = cfg.data.split
     if s.labeled is not None and s.labeled < 1:
         bad("data.split.labeled", "must be at least 1")
@@ -326,7 +426,28 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         bad("train.lr", "must be positive")
     if len(t.augment.scale) != 2 or not 0 < t.augment.scale[0] <= t.augment.scale[1]:
         bad("train.augment.scale", "must be [min, max] with 0 < min <= max")
+    _validate_strong(t.strong_augment, bad)
     if cfg.model.width < 1 or cfg.model.depth < 0:
         bad("model.width/depth", "must be positive")
     if "name" not in cfg.method or not isinstance(cfg.method["name"], str):
         bad("method.name", "is required (e.g. 'supervised')")
+    if cfg.data.dataset not in DATASETS:
+        DATASETS.get(cfg.data.dataset, where=f"{source}: data.dataset")  # raises, naming the known ones
+
+
+def _validate_strong(a: StrongAugmentConfig, bad: Callable[[str, str], None]) -> None:
+    """Ranges of ``train.strong_augment`` (one-line errors through ``bad(key, why)``)."""
+    key = "train.strong_augment"
+    for name in ("jitter_prob", "blur_prob", "cutmix_prob"):
+        if not 0 <= getattr(a, name) <= 1:
+            bad(f"{key}.{name}", "must be a probability in [0, 1]")
+    for name in ("brightness", "contrast"):
+        if not 0 <= getattr(a, name) <= 1:
+            bad(f"{key}.{name}", "must be in [0, 1] (factors drawn from U(1-x, 1+x))")
+    if a.noise_std < 0:
+        bad(f"{key}.noise_std", "must be at least 0")
+    ranges = (("blur_sigma", False), ("cutmix_area", True), ("cutmix_aspect", False))
+    for name, fraction in ranges:
+        r = getattr(a, name)
+        if len(r) != 2 or not 0 < r[0] <= r[1] or (fraction and r[1] > 1):
+            bad(f"{key}.{name}", f"must be [min, max] with 0 < min <= max{' <= 1' if fraction else ''}")

@@ -56,19 +56,21 @@ RECIPE = {
         "dataset": "shapes",
         "image_size": [32, 32],
         "num_images": 20,
-        "split": {"labeled": 6, "supervision": "dense"},
+        # sparse masks + rotation: the labeled-pixel count differs between the processes' halves
+        "split": {"labeled": 6, "supervision": "sparse", "sparse_pixels": 30},
     },
-    "model": {"name": "unet", "width": 4, "depth": 2, "norm": "instance"},  # no cross-sample statistics
-    "method": {"name": "supervised", "ce_weight": 1.0, "dice_weight": 0.0},
+    "model": {"name": "unet", "width": 4, "depth": 2, "norm": "batch"},  # cross-sample statistics
+    "method": {"name": "supervised", "ce_weight": 1.0, "dice_weight": 0.5},
     "train": {
         "epochs": 3,
         "batch_size": 4,
-        "iters_per_epoch": 3,
+        "iters_per_epoch": 7,
         "lr": 0.01,
         "progress": False,
         "plots": False,
         "device": "cpu",
         "log_every": 1,
+        "augment": {"hflip": True, "rotate_degrees": 30.0},
     },
 }
 
@@ -88,6 +90,8 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_torchrun_two_processes_matches_single_process(tmp_path):
+    """Batch norm (synchronised), sparse masks, rotation, soft Dice: per-step losses of 2 gloo processes
+    equal one process's over 21 steps."""
     recipe = tmp_path / "ddp.yaml"
     recipe.write_text(yaml.safe_dump(RECIPE))
     single, ddp = tmp_path / "single", tmp_path / "ddp"
@@ -95,15 +99,16 @@ def test_torchrun_two_processes_matches_single_process(tmp_path):
     b = torchrun("train", "-c", str(recipe), "-o", str(ddp))
     assert b.returncode == 0, b.stderr
 
-    def losses(out):
-        return [json.loads(line)["train/loss"] for line in (out / "epochs.jsonl").read_text().splitlines()]
+    def steps(out):
+        return [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
 
-    one, two = losses(single), losses(ddp)
-    assert len(one) == len(two) == 3
-    assert one == pytest.approx(two, rel=1e-5)
-    assert one[0] != pytest.approx(one[-1], rel=1e-3)  # the loss moved: the runs really trained
-    # rank 0 wrote everything, once
-    assert len((ddp / "steps.jsonl").read_text().splitlines()) == 9
+    one, two = steps(single), steps(ddp)  # rank 0 wrote everything, once
+    assert len(one) == len(two) == 21
+    for a, b_ in zip(one, two):
+        assert a["step"] == b_["step"]
+        for key in ("loss", "ce", "dice"):
+            assert a[key] == pytest.approx(b_[key], rel=1e-5, abs=1e-6), (a["step"], key)
+    assert one[0]["loss"] != pytest.approx(one[-1]["loss"], rel=1e-3)  # the runs really trained
     assert json.loads((ddp / "metrics.json").read_text())["val"]["dice/mean"] == pytest.approx(
         json.loads((single / "metrics.json").read_text())["val"]["dice/mean"], abs=1e-4
     )

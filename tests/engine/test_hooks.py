@@ -16,9 +16,9 @@ from semiseg.config import OptimizerConfig
 from semiseg.core import ViewSpec
 from semiseg.engine import run as engine_run
 from semiseg.engine.checkpoint import load_checkpoint
+from semiseg.engine.trainer import Trainer
 from semiseg.errors import ConfigError
 from semiseg.losses import masked_cross_entropy
-from semiseg.engine.trainer import Trainer
 from semiseg.methods import METHODS, Method, MethodConfig, OptimizerSpec, Phase, register
 from semiseg.methods.supervised import Supervised
 from semiseg.models import build_model
@@ -127,7 +127,9 @@ def same_state(a, b) -> bool:
 
 
 def epochs(out):
-    return [{k: v for k, v in json.loads(ln).items() if k != "seconds"} for ln in (out / "epochs.jsonl").open()]
+    return [
+        {k: v for k, v in json.loads(ln).items() if k != "seconds"} for ln in (out / "epochs.jsonl").open()
+    ]
 
 
 AUG = ("train.augment.hflip=true", "train.augment.rotate_degrees=10", "train.scheduler=cosine")

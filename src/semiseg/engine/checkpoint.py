@@ -33,7 +33,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise DataError(path, "checkpoint not found")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        if "GLOBAL" not in str(exc):  # garbage bytes, not a forbidden object (torch's message names it)
+            raise DataError(path, f"cannot read checkpoint ({type(exc).__name__})") from None
         raise DataError(
             path, "refused: the checkpoint holds objects other than tensors and plain values (unsafe to load)"
         ) from None

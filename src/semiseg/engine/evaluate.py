@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from semiseg.data.records import Record
+from semiseg.data.records import Record, record_slices
 from semiseg.data.views import resize_image
 
 FAST_METRICS = ("dice", "jaccard", "pixel_error")
@@ -44,13 +44,6 @@ def predict_slices(
                 p = F.interpolate(p[None], size=tuple(s.shape[-2:]), mode="bilinear", align_corners=False)[0]
             out.append(p)
     return out
-
-
-def record_slices(record: Record) -> list[torch.Tensor]:
-    image = torch.from_numpy(record.image)
-    if image.ndim == 3:
-        return [image]
-    return [image[:, d] for d in range(image.shape[1])]
 
 
 def predict_records(

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn as nn
 
 from semiseg.config import ModelConfig, OptimizerConfig
 from semiseg.core import Batch, ViewSpec
+from semiseg.losses.regularizers import RegularizerSpec, build_regularizers
 
 
 @dataclass(frozen=True)
@@ -92,11 +92,12 @@ class MethodConfig:
     """Base of every method's config; ``name`` selects the method.
 
     ``regularizers`` adds losses on the segmenter's output from config, e.g.
-    ``[{name: tv, weight: 0.1, ramp_up_steps: 200}]`` (see :mod:`semiseg.losses.regularizers`).
+    ``[{name: tv, weight: 0.1, ramp_up_steps: 200}]``: typed specs, one subclass of
+    :class:`~semiseg.losses.regularizers.RegularizerSpec` per regulariser, chosen by ``name``.
     """
 
     name: str = ""
-    regularizers: list[dict[str, Any]] = field(default_factory=list)
+    regularizers: list[RegularizerSpec] = field(default_factory=list)
 
 
 class Method(nn.Module):
@@ -115,8 +116,6 @@ class Method(nn.Module):
         self.global_step = 0
         self.phase_step = 0
         self.epoch = 0
-        from semiseg.losses.regularizers import build_regularizers
-
         self.regularizers = build_regularizers(cfg.regularizers)
 
     # ------------------------------------------------------------------ declared by subclasses
@@ -155,10 +154,11 @@ class Method(nn.Module):
         out: dict[str, torch.Tensor] = {}
         total = None
         for i, reg in enumerate(self.regularizers):
-            value = reg(logits, batch, self.global_step)
+            value = reg(logits, batch)
             key = f"reg/{reg.name}" if f"reg/{reg.name}" not in out else f"reg/{reg.name}{i}"
             out[key] = value
-            weighted = reg.current_weight(self.global_step) * value
+            # ramped by the run's or the phase's step (spec.ramp_from), both set by the engine
+            weighted = reg.current_weight(reg.ramp_step(self.global_step, self.phase_step)) * value
             total = weighted if total is None else total + weighted
         if total is not None:
             out["reg_total"] = total

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from semiseg.core import IGNORE_INDEX, Batch, Supervision
 from semiseg.errors import ConfigError
-from semiseg.losses.regularizers import ramp_weight
+from semiseg.losses.ramp import ramp_weight
 from semiseg.losses.size import NORMALIZATIONS, centroid_penalty, size_penalty, soft_centroid
 from semiseg.losses.supervised import masked_cross_entropy
 from semiseg.methods import register
@@ -231,8 +231,8 @@ class SizeConstrained(Supervised):
     def validation_metrics(self, phase, records, image_size, device):
         if phase != "regressor":
             return None
+        from semiseg.data.records import record_slices
         from semiseg.data.views import resize_image, resize_mask
-        from semiseg.engine.evaluate import record_slices
 
         errors, centroid_errors = [], []
         for r in records:

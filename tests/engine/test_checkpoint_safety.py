@@ -1,0 +1,110 @@
+"""Checkpoints are loaded weights-only: a crafted pickle never runs; resume refuses a schedule change."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+import yaml
+
+from semiseg.cli import main
+from semiseg.config import to_dict
+from semiseg.engine import run as engine_run
+from semiseg.engine.checkpoint import FORMAT, load_checkpoint
+from semiseg.errors import DataError
+
+
+class Payload:
+    """Unpickling this object calls ``os.mkdir(marker)``: proof that code ran."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+@pytest.fixture
+def malicious(tmp_path):
+    marker = tmp_path / "code-was-executed"
+    path = tmp_path / "best.pt"
+    torch.save({"format": FORMAT, "method_state": {}, "config": {}, "payload": Payload(str(marker))}, path)
+    return path, marker
+
+
+def test_load_checkpoint_refuses_a_pickle_that_would_run_code(malicious):
+    path, marker = malicious
+    with pytest.raises(DataError, match="refused: the checkpoint holds objects other than tensors"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_cli_refuses_a_malicious_checkpoint_with_exit_2(malicious, tmp_path, capsys, command):
+    path, marker = malicious
+    images = tmp_path / "images"
+    images.mkdir()
+    args = {
+        "predict": [
+            "predict",
+            "--checkpoint",
+            str(path),
+            "--input",
+            str(images),
+            "--output",
+            str(tmp_path / "o"),
+        ],
+        "evaluate": ["evaluate", "--checkpoint", str(path), "--split", "val"],
+    }[command]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(path) in err[0] and "refused" in err[0]
+    assert not marker.exists()
+    assert not (tmp_path / "o").exists()
+
+
+def test_real_checkpoints_load_weights_only(tmp_path, make_config):
+    engine_run.train(make_config("train.epochs=1"), output_dir=tmp_path)
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(tmp_path / name, weights_only=True)  # raises if anything unsafe was saved
+        assert state["format"] == FORMAT
+
+
+# ------------------------------------------------------------------------ resume and the LR schedule
+def write_recipe(path, cfg):
+    path.write_text(yaml.safe_dump(to_dict(cfg)))
+    return str(path)
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "poly"])
+def test_resume_to_more_epochs_refuses_a_length_dependent_schedule(tmp_path, make_config, capsys, scheduler):
+    out = str(tmp_path / "run")
+    short = write_recipe(
+        tmp_path / "short.yaml", make_config("train.epochs=1", f"train.scheduler={scheduler}")
+    )
+    longer = write_recipe(
+        tmp_path / "long.yaml", make_config("train.epochs=3", f"train.scheduler={scheduler}")
+    )
+    assert main(["train", "-c", short, "-o", out]) == 0
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "-c", longer, "-o", out, "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert f"train.epochs changed (1 → 3) but the '{scheduler}' learning-rate schedule" in err[0]
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before  # nothing touched
+
+
+def test_resume_to_more_epochs_continues_a_constant_schedule(tmp_path, make_config):
+    out = str(tmp_path / "run")
+    assert (
+        main(["train", "-c", write_recipe(tmp_path / "a.yaml", make_config("train.epochs=1")), "-o", out])
+        == 0
+    )
+    assert main(["train", "-c", write_recipe(tmp_path / "b.yaml", make_config("train.epochs=3")), "-o", out,
+                 "--resume"]) == 0  # fmt: skip
+    steps = [json.loads(ln) for ln in (tmp_path / "run" / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2, 3, 4, 5, 6]
+    assert {s["lr"] for s in steps} == {0.01}

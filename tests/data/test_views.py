@@ -7,10 +7,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from semiseg.config import AugmentConfig
+from semiseg.config import AugmentConfig, StrongAugmentConfig
+from semiseg.core import Batch, Supervision, ViewSpec
 from semiseg.data.records import IGNORE_INDEX, Record
 from semiseg.data.synthetic import make_shapes
-from semiseg.data.views import SUPERVISION_KINDS, TrainSet, sparse_mask
+from semiseg.data.views import TrainSet, sparse_mask
 
 K = 3
 SIZE = (32, 32)
@@ -41,17 +42,19 @@ def blob_record(size: int = 32) -> Record:
 def test_dense_items_and_batch_keys(records):
     ds = view(records)
     item = ds[3]
-    assert set(item) == {"image", "mask", "tags", "sizes", "kind", "index"}
+    assert set(item) == {"image", "mask", "tags", "sizes", "kind", "index", "key"}
     assert item["image"].shape == (1, *SIZE) and item["image"].dtype == torch.float32
     assert item["mask"].shape == SIZE and item["mask"].dtype == torch.long
     assert torch.equal(item["mask"], torch.from_numpy(records[3].mask))
     assert torch.equal(item["image"], torch.from_numpy(records[3].image))
     assert item["tags"].isnan().all() and item["sizes"].isnan().all()
-    assert item["kind"].item() == SUPERVISION_KINDS.index("dense") and item["index"].item() == 3
+    assert item["kind"].item() == Supervision.DENSE and item["index"].item() == 3
+    assert item["key"].tolist() == [0, 0, 3] and item["key"].dtype == torch.long
     batch = next(iter(DataLoader(ds, batch_size=4)))
     assert batch["image"].shape == (4, 1, *SIZE) and batch["mask"].shape == (4, *SIZE)
     assert batch["tags"].shape == (4, K) and batch["kind"].shape == (4,)
     assert batch["index"].tolist() == [0, 1, 2, 3]
+    assert batch["key"].shape == (4, 3)
 
 
 def test_records_are_resized_to_the_training_size():
@@ -67,7 +70,7 @@ def test_unlabeled_items_carry_nothing(records):
     item = view(records, "none")[0]
     assert (item["mask"] == IGNORE_INDEX).all()
     assert item["tags"].isnan().all() and item["sizes"].isnan().all()
-    assert item["kind"].item() == 0
+    assert item["kind"].item() == Supervision.NONE
 
 
 def test_unknown_supervision():
@@ -84,7 +87,7 @@ def test_sparse_masks_have_exactly_n_pixels_that_agree_with_the_dense_mask(recor
         kept = m != IGNORE_INDEX
         assert kept.sum().item() == 25
         assert torch.equal(m[kept], dense[i][kept])
-    assert sparse[0]["kind"].item() == SUPERVISION_KINDS.index("sparse")
+    assert sparse[0]["kind"].item() == Supervision.SPARSE
 
 
 def test_sparse_pixels_are_deterministic_per_seed_draw_and_id(records):
@@ -126,8 +129,8 @@ def test_tag_and_size_supervision(records):
     # shapes images do not all contain every class, so the tags are informative
     all_tags = torch.stack([tags[i]["tags"] for i in range(len(records))])
     assert (all_tags == 0).any() and (all_tags[:, 0] == 1).all()
-    assert tags[0]["kind"].item() == SUPERVISION_KINDS.index("tag")
-    assert sizes[0]["kind"].item() == SUPERVISION_KINDS.index("size")
+    assert tags[0]["kind"].item() == Supervision.TAG
+    assert sizes[0]["kind"].item() == Supervision.SIZE
 
 
 # ------------------------------------------------------------------------------------------ augmentation
@@ -239,3 +242,121 @@ def test_same_seed_epoch_index_same_augmentation(records):
     forward = [ds[i]["image"] for i in range(len(records))]
     backward = [ds[i]["image"] for i in reversed(range(len(records)))][::-1]
     assert all(torch.equal(x, y) for x, y in zip(forward, backward))
+
+
+# ------------------------------------------------------------------------------------------ keys and views
+WEAK = AugmentConfig(
+    hflip=True, vflip=True, rotate_degrees=30, scale=[0.8, 1.2], brightness=0.1, noise_std=0.02
+)
+STRONG = StrongAugmentConfig(jitter_prob=1.0, blur_prob=0.5, noise_std=0.05, cutmix_prob=0.5)
+
+
+def paired(records, strong=2, cutmix=True, weak=WEAK, strong_cfg=STRONG, epoch=0, **kw) -> TrainSet:
+    ds = TrainSet(
+        records,
+        supervision="dense",
+        num_classes=K,
+        image_size=SIZE,
+        augment_cfg=weak,
+        strong_cfg=strong_cfg,
+        **kw,
+    )
+    ds.set_views(ViewSpec(strong=strong, cutmix=cutmix))
+    ds.set_epoch(epoch)
+    return ds
+
+
+def same_item(a: dict, b: dict) -> bool:
+    """Exactly equal tensors under every key (NaN == NaN: unknown sizes and tags)."""
+
+    def same(x: torch.Tensor, y: torch.Tensor) -> bool:
+        if x.is_floating_point():
+            return x.shape == y.shape and torch.allclose(x, y, rtol=0, atol=0, equal_nan=True)
+        return torch.equal(x, y)
+
+    return set(a) == set(b) and all(same(a[k], b[k]) for k in a)
+
+
+def test_int_key_is_the_index_at_its_own_position(records):
+    ds = paired(records, seed=4, epoch=3)
+    for i in (0, 5):
+        assert same_item(ds[i], ds[(i, i)])
+        assert ds[(i, i)]["key"].tolist() == [4, 3, i]
+
+
+def test_draws_follow_the_position_not_the_index(records):
+    ds = paired(records)
+    a, b = ds[(2, 7)], ds[(2, 7)]
+    assert same_item(a, b)
+    assert a["index"].item() == 2 and a["key"].tolist() == [0, 0, 7]
+    other = ds[(2, 6)]  # the same image at another place of the epoch (another rank, another draw)
+    assert not torch.equal(a["image"], other["image"]) and not torch.equal(a["strong"], other["strong"])
+    # two images at one position get the same random parameters, e.g. the same flips
+    plain, flipped = view(records), view(records, augment=AugmentConfig(hflip=True, vflip=True))
+    flips = [(), (-1,), (-2,), (-1, -2)]
+
+    def which(i: int, position: int) -> int:
+        (match,) = [f for f in flips if torch.equal(flipped[(i, position)]["mask"], plain.masks[i].flip(f))]
+        return flips.index(match)
+
+    drawn = [which(1, p) for p in range(8)]
+    assert drawn == [which(3, p) for p in range(8)] and len(set(drawn)) > 1
+
+
+def test_one_process_and_two_ranks_draw_the_same_augmentations(records):
+    """A global order of (index, position); rank r reads positions r, r + 2, ...: same items."""
+    order = [(int(i), p) for p, i in enumerate(np.random.default_rng(0).permutation(len(records)))]
+    single = paired(records, epoch=5)
+    ranks = [paired(records, epoch=5), paired(records, epoch=5)]
+    for p, key in enumerate(order):
+        assert same_item(single[key], ranks[p % 2][key])
+
+
+def test_a_fresh_set_at_a_resumed_epoch_gives_the_same_items(records):
+    first = paired(records)
+    for epoch in range(3):
+        first.set_epoch(epoch)
+        items = [first[(i, p)] for p, i in enumerate([3, 1, 4])]
+    resumed = paired(records, epoch=2)
+    assert all(same_item(a, resumed[(i, p)]) for a, (p, i) in zip(items, enumerate([3, 1, 4])))
+    resumed.set_epoch(1)
+    assert not torch.equal(items[0]["image"], resumed[(3, 0)]["image"])
+
+
+def test_strong_views_shapes_and_batch(records):
+    ds = paired(records, strong=3)
+    item = ds[0]
+    assert item["strong"].shape == (3, 1, *SIZE) and item["strong"].dtype == torch.float32
+    assert item["cutmix"].shape == (3, *SIZE) and item["cutmix"].dtype == torch.bool
+    batch = Batch.from_dict(next(iter(DataLoader(ds, batch_size=4))))
+    assert batch.strong.shape == (4, 3, 1, *SIZE) and batch.cutmix.shape == (4, 3, *SIZE)
+    assert batch.key[:, 2].tolist() == [0, 1, 2, 3]
+    no_boxes = paired(records, strong=2, cutmix=False)[0]
+    assert "strong" in no_boxes and "cutmix" not in no_boxes
+    ds.set_views(None)
+    assert "strong" not in ds[0]
+
+
+def test_strong_view_without_photometric_equals_the_weak_view(records):
+    off = StrongAugmentConfig(jitter_prob=0.0, blur_prob=0.0, noise_std=0.0, cutmix_prob=0.0)
+    ds = paired(records, strong=2, strong_cfg=off)
+    for i in range(4):
+        item = ds[i]
+        assert all(torch.equal(v, item["image"]) for v in item["strong"])
+        assert not item["cutmix"].any()
+    # weak views (and masks) do not depend on whether strong views are asked for
+    plain = paired(records, strong=0)
+    assert torch.equal(plain[1]["image"], ds[1]["image"]) and torch.equal(plain[1]["mask"], ds[1]["mask"])
+
+
+def test_strong_views_share_the_weak_geometry_exactly(records):
+    """Brightness only: each strong view is the weak view times one factor, pixel for pixel."""
+    bright = StrongAugmentConfig(jitter_prob=1.0, contrast=0.0, blur_prob=0.0, noise_std=0.0)
+    ds = paired(records, strong=2, strong_cfg=bright)
+    for i in range(4):
+        item = ds[i]
+        weak = item["image"]
+        for view in item["strong"]:
+            factor = view.sum() / weak.sum()
+            assert not torch.isclose(factor, torch.tensor(1.0))
+            torch.testing.assert_close(view, weak * factor, atol=1e-5, rtol=1e-5)

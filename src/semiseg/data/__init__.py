@@ -105,7 +105,10 @@ def prepare_data(
     if spec.val_supervision == "same" and spec.supervision == "sparse":
         split.val = sparsify_records(split.val, spec.sparse_pixels, spec.seed, spec.draw)
     common = dict(
-        num_classes=bundle.num_classes, image_size=tuple(cfg.data.image_size), augment_cfg=cfg.train.augment
+        num_classes=bundle.num_classes,
+        image_size=tuple(cfg.data.image_size),
+        augment_cfg=cfg.train.augment,
+        strong_cfg=cfg.train.strong_augment,
     )
     for r in split.labeled + split.unlabeled:
         if r.image.shape[0] != bundle.in_channels:

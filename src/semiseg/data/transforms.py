@@ -1,35 +1,109 @@
-"""Joint augmentations: one random draw applied to the image and to every kind of supervision.
+"""Joint augmentations for any number of spatial dimensions, and the paired views of a sample.
 
-Geometric transforms (flips, 90° rotations, rotation, scaling) move image and mask together; the
-mask is resampled with nearest neighbour and pixels that come from outside the image become
-``IGNORE_INDEX`` (their label is unknown). Region sizes follow the area change of scaling; image
-tags are unchanged. Intensity transforms touch the image only. Random parameters come from a
-generator seeded by ``(seed, epoch, index)``, so a sample's augmentation does not depend on worker
-count, process rank or resumption.
+Shapes: an image is ``[C, *S]`` and its mask ``[*S]`` with ``S = (H, W)`` or ``(D, H, W)``.
+
+A sample's augmentation has two parts, drawn and applied separately:
+
+- **Geometric** (:class:`Geometric`: flips, 90° rotations, rotation, scaling) moves image and mask
+  together; the mask is resampled with nearest neighbour and pixels that come from outside the image
+  become ``IGNORE_INDEX`` (their label is unknown). Region sizes follow the area change of scaling;
+  image tags are unchanged. Rotation, 90° rotations and scaling act in the H-W plane (the last two
+  axes), also for volumes.
+- **Photometric** (:class:`Photometric`: contrast, brightness, noise) touches the image only.
+
+:func:`augment` applies both to a sample (the weak view). Strong views (:func:`strong_views`) start
+from the weak view, so they share its geometric transform exactly (pixel correspondence with the
+weak view and its mask), and add strong photometric perturbations (:class:`StrongDraw`: jitter,
+blur, noise) and optionally a CutMix box mask.
+
+Random parameters come from generators seeded by ``(seed, epoch, position)`` (:func:`sample_rng`,
+:func:`view_rngs`), so a sample's augmentation does not depend on worker count, process rank or
+resumption.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from semiseg.config import AugmentConfig
-from semiseg.data.records import IGNORE_INDEX
+from semiseg.config import AugmentConfig, StrongAugmentConfig
+from semiseg.core import IGNORE_INDEX
 
 
-def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
-    return np.random.default_rng([seed, epoch, index])
+def sample_rng(seed: int, epoch: int, position: int) -> np.random.Generator:
+    """The generator of a sample's weak view (geometric, then photometric draws)."""
+    return np.random.default_rng([seed, epoch, position])
+
+
+def view_rngs(seed: int, epoch: int, position: int, k: int) -> list[np.random.Generator]:
+    """``k`` generators for a sample's strong views, independent of each other and of
+    :func:`sample_rng` (children of the same seed sequence)."""
+    return [np.random.default_rng(s) for s in np.random.SeedSequence([seed, epoch, position]).spawn(k)]
+
+
+# ------------------------------------------------------------------------------------------ geometric
+@dataclass(frozen=True)
+class Geometric:
+    """One draw of the geometric transform.
+
+    Attributes:
+        flips: Axes flipped (negative, counted from the last spatial axis: -1 = W, -2 = H, -3 = D).
+        rot90: Number of 90° rotations in the H-W plane.
+        angle: Rotation in the H-W plane, radians.
+        scale: Zoom factor in the H-W plane (> 1 magnifies).
+    """
+
+    flips: tuple[int, ...] = ()
+    rot90: int = 0
+    angle: float = 0.0
+    scale: float = 1.0
+
+    @property
+    def resamples(self) -> bool:
+        """Whether the transform interpolates (rotation or scaling)."""
+        return self.angle != 0.0 or self.scale != 1.0
+
+
+def draw_geometric(cfg: AugmentConfig, rng: np.random.Generator, spatial_shape: Sequence[int]) -> Geometric:
+    """Draws a geometric transform for an image of spatial shape ``spatial_shape``.
+
+    Draw order (fixed, the same as before the split into geometric and photometric parts): hflip,
+    vflip, dflip (volumes only), rot90 (when H == W), angle, scale; a draw is made only when its
+    option is on.
+    """
+    flips = []
+    if cfg.hflip and rng.random() < 0.5:
+        flips.append(-1)
+    if cfg.vflip and rng.random() < 0.5:
+        flips.append(-2)
+    if cfg.dflip and len(spatial_shape) >= 3 and rng.random() < 0.5:
+        flips.append(-3)
+    k = 0
+    if cfg.rot90 and spatial_shape[-1] == spatial_shape[-2]:
+        k = int(rng.integers(0, 4))
+    angle = math.radians(rng.uniform(-cfg.rotate_degrees, cfg.rotate_degrees)) if cfg.rotate_degrees else 0.0
+    scale = rng.uniform(cfg.scale[0], cfg.scale[1]) if cfg.scale[0] != cfg.scale[1] else cfg.scale[0]
+    return Geometric(tuple(flips), k, angle, float(scale))
 
 
 def _affine(
     image: torch.Tensor, mask: torch.Tensor, angle: float, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotation by ``angle`` and zoom by ``scale`` in the H-W plane, about the centre, in pixel units."""
+    n = image.ndim - 1
+    height, width = image.shape[-2], image.shape[-1]
     cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
-    theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=image.dtype)[None]
-    grid = F.affine_grid(theta, [1, *image.shape], align_corners=False)
+    # normalised coordinates (x = W, y = H, z = D): undo the aspect ratio so that a rotation of the
+    # grid is a rotation of the pixels (factors are exactly 1 for square images)
+    theta = [[float(i == j) for j in range(n + 1)] for i in range(n)]
+    theta[0][:2] = [cos, -sin * (height / width)]
+    theta[1][:2] = [sin * (width / height), cos]
+    grid = F.affine_grid(torch.tensor(theta, dtype=image.dtype)[None], [1, *image.shape], align_corners=False)
     image = F.grid_sample(image[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
     # shift mask by one so that out-of-image pixels (0 after zero padding) can be recognised
     m = (mask.to(image.dtype) + 1)[None, None]
@@ -39,36 +113,93 @@ def _affine(
     return image, m
 
 
+def apply_geometric(
+    image: torch.Tensor, mask: torch.Tensor, geo: Geometric
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Applies ``geo`` to an image and its mask.
+
+    Shape:
+        image: ``[C, *S]`` float; mask: ``[*S]`` long. Returns the same shapes.
+
+    Examples:
+        >>> image, mask = torch.rand(1, 4, 4), torch.zeros(4, 4, dtype=torch.long)
+        >>> out, m = apply_geometric(image, mask, Geometric(flips=(-1,)))
+        >>> torch.equal(out, image.flip(-1))
+        True
+    """
+    for axis in geo.flips:
+        image, mask = image.flip(axis), mask.flip(axis)
+    if geo.rot90:
+        image, mask = image.rot90(geo.rot90, (-2, -1)), mask.rot90(geo.rot90, (-2, -1))
+    if geo.resamples:
+        image, mask = _affine(image, mask, geo.angle, geo.scale)
+    return image, mask
+
+
+# ------------------------------------------------------------------------------------------ photometric
+@dataclass(frozen=True)
+class Photometric:
+    """One draw of the weak photometric transform; ``None`` = not applied.
+
+    Attributes:
+        contrast: Factor on the deviation from the image mean.
+        brightness: Additive shift.
+        noise_seed: Seed of the Gaussian noise (of standard deviation ``noise_std``).
+    """
+
+    contrast: float | None = None
+    brightness: float | None = None
+    noise_seed: int | None = None
+    noise_std: float = 0.0
+
+
+def draw_photometric(cfg: AugmentConfig, rng: np.random.Generator) -> Photometric:
+    """Draws contrast, brightness, noise seed (in this order; each only when its option is on)."""
+    contrast = rng.uniform(1 - cfg.contrast, 1 + cfg.contrast) if cfg.contrast else None
+    brightness = rng.uniform(-cfg.brightness, cfg.brightness) if cfg.brightness else None
+    noise_seed = int(rng.integers(0, 2**31)) if cfg.noise_std else None
+    return Photometric(contrast, brightness, noise_seed, cfg.noise_std)
+
+
+def _noise(image: torch.Tensor, seed: int, std: float) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return image + std * torch.randn(image.shape, generator=gen, dtype=image.dtype)
+
+
+def apply_photometric(image: torch.Tensor, photo: Photometric) -> torch.Tensor:
+    """Applies ``photo`` to an image of any shape (contrast, then brightness, then noise)."""
+    if photo.contrast is not None:
+        mean = image.mean()
+        image = (image - mean) * photo.contrast + mean
+    if photo.brightness is not None:
+        image = image + photo.brightness
+    if photo.noise_seed is not None:
+        image = _noise(image, photo.noise_seed, photo.noise_std)
+    return image
+
+
 def augment(
     image: torch.Tensor, mask: torch.Tensor, sizes: torch.Tensor, cfg: AugmentConfig, rng: np.random.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Augment one sample.
+    """Augments one sample: geometric, then photometric transform (the weak view).
 
     Shape:
-        image: ``[C, H, W]`` float; mask: ``[H, W]`` long (``IGNORE_INDEX`` = unlabeled);
+        image: ``[C, *S]`` float; mask: ``[*S]`` long (``IGNORE_INDEX`` = unlabeled);
         sizes: ``[K]`` float region sizes (NaN when unknown). Returns the same shapes.
+
+    Examples:
+        >>> cfg = AugmentConfig(hflip=True, rotate_degrees=10, noise_std=0.1)
+        >>> image, mask = torch.rand(1, 8, 16, 16), torch.zeros(8, 16, 16, dtype=torch.long)
+        >>> out, m, s = augment(image, mask, torch.full((2,), float("nan")), cfg, sample_rng(0, 0, 0))
+        >>> out.shape, m.shape
+        (torch.Size([1, 8, 16, 16]), torch.Size([8, 16, 16]))
     """
-    if cfg.hflip and rng.random() < 0.5:
-        image, mask = image.flip(-1), mask.flip(-1)
-    if cfg.vflip and rng.random() < 0.5:
-        image, mask = image.flip(-2), mask.flip(-2)
-    if cfg.rot90 and image.shape[-1] == image.shape[-2]:
-        k = int(rng.integers(0, 4))
-        if k:
-            image, mask = image.rot90(k, (-2, -1)), mask.rot90(k, (-2, -1))
-    angle = math.radians(rng.uniform(-cfg.rotate_degrees, cfg.rotate_degrees)) if cfg.rotate_degrees else 0.0
-    scale = rng.uniform(cfg.scale[0], cfg.scale[1]) if cfg.scale[0] != cfg.scale[1] else cfg.scale[0]
-    if angle != 0.0 or scale != 1.0:
-        image, mask = _affine(image, mask, angle, scale)
-        sizes = sizes * scale**2
-    if cfg.contrast:
-        mean = image.mean()
-        image = (image - mean) * rng.uniform(1 - cfg.contrast, 1 + cfg.contrast) + mean
-    if cfg.brightness:
-        image = image + rng.uniform(-cfg.brightness, cfg.brightness)
-    if cfg.noise_std:
-        gen = torch.Generator().manual_seed(int(rng.integers(0, 2**31)))
-        image = image + cfg.noise_std * torch.randn(image.shape, generator=gen, dtype=image.dtype)
+    geo = draw_geometric(cfg, rng, image.shape[1:])
+    photo = draw_photometric(cfg, rng)
+    image, mask = apply_geometric(image, mask, geo)
+    if geo.resamples:
+        sizes = sizes * geo.scale**2  # zoom in the H-W plane
+    image = apply_photometric(image, photo)
     return image.contiguous(), mask.contiguous(), sizes
 
 
@@ -76,6 +207,7 @@ def is_identity(cfg: AugmentConfig) -> bool:
     return not (
         cfg.hflip
         or cfg.vflip
+        or cfg.dflip
         or cfg.rot90
         or cfg.rotate_degrees
         or cfg.scale[0] != 1.0
@@ -84,3 +216,152 @@ def is_identity(cfg: AugmentConfig) -> bool:
         or cfg.contrast
         or cfg.noise_std
     )
+
+
+# ------------------------------------------------------------------------------------------ strong views
+@dataclass(frozen=True)
+class StrongDraw:
+    """One strong view's perturbations; ``None`` = not applied.
+
+    Attributes:
+        brightness: Multiplicative factor.
+        contrast: Factor on the deviation from the image mean.
+        sigma: Gaussian blur standard deviation (pixels, every spatial axis).
+        noise_seed: Seed of the Gaussian noise (of standard deviation ``noise_std``).
+        box: CutMix box, ``(start, stop)`` per spatial axis; ``None`` when not drawn.
+    """
+
+    brightness: float | None = None
+    contrast: float | None = None
+    sigma: float | None = None
+    noise_seed: int | None = None
+    noise_std: float = 0.0
+    box: tuple[tuple[int, int], ...] | None = None
+
+
+def draw_box(
+    spatial_shape: Sequence[int], area: Sequence[float], aspect: Sequence[float], rng: np.random.Generator
+) -> tuple[tuple[int, int], ...]:
+    """A random axis-aligned box in N-D (UniMatch's CutMix box, for any dimension).
+
+    The box covers a fraction ``U(*area)`` of the image; each side but the last is ``U(*aspect)``
+    times the last one (in 2D: H / W of the box). Side lengths are rounded to whole pixels (at least
+    1); a shape that does not fit is redrawn (up to 100 times, then clipped to the image). The
+    position is uniform among the positions where the box fits.
+
+    Returns:
+        ``(start, stop)`` per spatial axis.
+
+    Examples:
+        >>> box = draw_box((32, 32), (0.1, 0.2), (0.5, 2.0), np.random.default_rng(0))
+        >>> all(0 <= a < b <= 32 for a, b in box)
+        True
+    """
+    n = len(spatial_shape)
+    volume = rng.uniform(area[0], area[1]) * math.prod(spatial_shape)
+    for _ in range(100):
+        ratios = [rng.uniform(aspect[0], aspect[1]) for _ in range(n - 1)] + [1.0]
+        last = (volume / math.prod(ratios)) ** (1 / n)
+        sides = [max(1, round(r * last)) for r in ratios]
+        if all(s <= size for s, size in zip(sides, spatial_shape)):
+            break
+    sides = [min(s, size) for s, size in zip(sides, spatial_shape)]
+    starts = [int(rng.integers(0, size - s + 1)) for s, size in zip(sides, spatial_shape)]
+    return tuple((a, a + s) for a, s in zip(starts, sides))
+
+
+def box_mask(spatial_shape: Sequence[int], box: tuple[tuple[int, int], ...] | None) -> torch.Tensor:
+    """Shape: ``[*S]`` bool, True inside ``box`` (all False for ``None``)."""
+    out = torch.zeros(tuple(spatial_shape), dtype=torch.bool)
+    if box is not None:
+        out[tuple(slice(a, b) for a, b in box)] = True
+    return out
+
+
+def draw_strong(
+    cfg: StrongAugmentConfig, rng: np.random.Generator, spatial_shape: Sequence[int], cutmix: bool = False
+) -> StrongDraw:
+    """Draws one strong view's perturbations.
+
+    Draw order: jitter coin, brightness, contrast; blur coin, sigma; noise seed; CutMix coin, box
+    (only with ``cutmix``, so asking for boxes leaves the photometric draws unchanged).
+    """
+    brightness = contrast = sigma = noise_seed = box = None
+    if rng.random() < cfg.jitter_prob:
+        if cfg.brightness:
+            brightness = float(rng.uniform(1 - cfg.brightness, 1 + cfg.brightness))
+        if cfg.contrast:
+            contrast = float(rng.uniform(1 - cfg.contrast, 1 + cfg.contrast))
+    if rng.random() < cfg.blur_prob:
+        sigma = float(rng.uniform(cfg.blur_sigma[0], cfg.blur_sigma[1]))
+    if cfg.noise_std:
+        noise_seed = int(rng.integers(0, 2**31))
+    if cutmix and rng.random() < cfg.cutmix_prob:
+        box = draw_box(spatial_shape, cfg.cutmix_area, cfg.cutmix_aspect, rng)
+    return StrongDraw(brightness, contrast, sigma, noise_seed, cfg.noise_std, box)
+
+
+def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur along every spatial axis (kernel radius ``ceil(3 sigma)``, borders
+    replicated).
+
+    Shape:
+        image: ``[C, *S]``. Returns the same shape.
+
+    Examples:
+        >>> x = torch.ones(1, 5, 6, 7)
+        >>> torch.allclose(gaussian_blur(x, 1.5), x)
+        True
+    """
+    radius = max(1, math.ceil(3 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=image.dtype)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).view(1, 1, -1)
+    out = image
+    for axis in range(1, image.ndim):
+        moved = out.movedim(axis, -1)
+        flat = F.pad(moved.reshape(-1, 1, moved.shape[-1]), (radius, radius), mode="replicate")
+        out = F.conv1d(flat, kernel).reshape(moved.shape).movedim(-1, axis)
+    return out
+
+
+def apply_strong(image: torch.Tensor, draw: StrongDraw) -> torch.Tensor:
+    """Applies a strong view's photometric perturbations (brightness, contrast, blur, noise).
+
+    Shape:
+        image: ``[C, *S]``. Returns the same shape.
+    """
+    if draw.brightness is not None:
+        image = image * draw.brightness
+    if draw.contrast is not None:
+        mean = image.mean()
+        image = (image - mean) * draw.contrast + mean
+    if draw.sigma is not None:
+        image = gaussian_blur(image, draw.sigma)
+    if draw.noise_seed is not None:
+        image = _noise(image, draw.noise_seed, draw.noise_std)
+    return image
+
+
+def strong_views(
+    image: torch.Tensor, cfg: StrongAugmentConfig, rngs: Sequence[np.random.Generator], cutmix: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Strong views of a (weak-view) image, one per generator, and their CutMix box masks.
+
+    The views are photometric perturbations of ``image`` only, so they keep its geometry: a
+    pseudo-label computed on the weak view fits every strong view pixel for pixel.
+
+    Shape:
+        image: ``[C, *S]``. Returns views ``[k, C, *S]`` and, with ``cutmix``, boxes ``[k, *S]``
+        bool (all False for a view whose box was not drawn), else ``None``.
+
+    Examples:
+        >>> views, boxes = strong_views(torch.rand(3, 16, 16), StrongAugmentConfig(), view_rngs(0, 0, 0, 2), True)
+        >>> views.shape, boxes.shape, boxes.dtype
+        (torch.Size([2, 3, 16, 16]), torch.Size([2, 16, 16]), torch.bool)
+    """
+    spatial = tuple(image.shape[1:])
+    draws = [draw_strong(cfg, rng, spatial, cutmix) for rng in rngs]
+    views = torch.stack([apply_strong(image, d) for d in draws])
+    boxes = torch.stack([box_mask(spatial, d.box) for d in draws]) if cutmix else None
+    return views, boxes

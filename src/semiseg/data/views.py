@@ -1,14 +1,19 @@
 """Training views: records resized to the training size, given their supervision, augmented.
 
 A batch from :class:`TrainSet` is a dict of tensors, the same keys whatever the supervision, so
-labeled, sparse, tagged, size-labeled and unlabeled items can share a batch:
+labeled, sparse, tagged, size-labeled and unlabeled items can share a batch (the fields of
+:class:`semiseg.core.Batch`; ``*S`` = ``H, W``):
 
-- ``image`` ``[B, C, H, W]`` float
-- ``mask`` ``[B, H, W]`` long: dense or sparse labels, ``IGNORE_INDEX`` where unknown
+- ``image`` ``[B, C, *S]`` float: the weak view (``train.augment``)
+- ``mask`` ``[B, *S]`` long: dense or sparse labels, ``IGNORE_INDEX`` where unknown
 - ``tags`` ``[B, K]`` float: 1/0 presence of each class, NaN when the item has no tag
 - ``sizes`` ``[B, K]`` float: pixel count of each class, NaN when unknown
-- ``kind`` ``[B]`` long: index into :data:`SUPERVISION_KINDS`
+- ``kind`` ``[B]`` long: :class:`~semiseg.core.Supervision` values
 - ``index`` ``[B]`` long: position in the view
+- ``key`` ``[B, 3]`` long: (seed, epoch, position in the epoch's global order), the seed of every
+  random draw of the item
+- with :meth:`TrainSet.set_views`: ``strong`` ``[B, k, C, *S]`` float strong views sharing the weak
+  view's geometry, and (``cutmix``) ``cutmix`` ``[B, k, *S]`` bool CutMix boxes
 """
 
 from __future__ import annotations
@@ -18,12 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from semiseg.config import AugmentConfig
-from semiseg.data.records import IGNORE_INDEX, Record
+from semiseg.config import AugmentConfig, StrongAugmentConfig
+from semiseg.core import IGNORE_INDEX, Supervision, ViewSpec
+from semiseg.data.records import Record
 from semiseg.data.splits import stable_hash
-from semiseg.data.transforms import augment, is_identity, sample_rng
+from semiseg.data.transforms import augment, is_identity, sample_rng, strong_views, view_rngs
 
-SUPERVISION_KINDS = ("none", "dense", "sparse", "tag", "size")
+#: Supervision names in :class:`~semiseg.core.Supervision` order (``SUPERVISION_KINDS.index(name)``
+#: is the ``kind`` value); prefer ``Supervision.parse(name)``.
+SUPERVISION_KINDS = tuple(Supervision.names())
 
 
 def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -80,13 +88,13 @@ class TrainSet(Dataset):
         num_classes: int,
         image_size: tuple[int, int],
         augment_cfg: AugmentConfig | None = None,
+        strong_cfg: StrongAugmentConfig | None = None,
         seed: int = 0,
         sparse_pixels: int = 10,
         draw: int = 0,
         split_seed: int = 0,
     ):
-        if supervision not in SUPERVISION_KINDS:
-            raise ValueError(f"unknown supervision {supervision!r}")
+        kind = Supervision.parse(supervision)
         self.ids = [r.id for r in records]
         self.supervision = supervision
         self.num_classes = num_classes
@@ -96,41 +104,62 @@ class TrainSet(Dataset):
         self.tags = torch.full((n, k), float("nan"))
         self.sizes = torch.full((n, k), float("nan"))
         self.masks = torch.full_like(dense, IGNORE_INDEX)
-        if supervision == "dense":
+        if kind == Supervision.DENSE:
             self.masks = dense
-        elif supervision == "sparse":
+        elif kind == Supervision.SPARSE:
             self.masks = torch.stack(
                 [sparse_mask(m, sparse_pixels, split_seed, draw, i) for m, i in zip(dense, self.ids)]
             )
-        elif supervision in ("tag", "size"):
+        elif kind in (Supervision.TAG, Supervision.SIZE):
             counts = torch.stack(
                 [torch.bincount(m[m != IGNORE_INDEX], minlength=k)[:k] for m in dense]
             ).float()
-            if supervision == "tag":
+            if kind == Supervision.TAG:
                 self.tags = (counts > 0).float()
             else:
                 self.sizes = counts
-        self.kind = SUPERVISION_KINDS.index(supervision)
+        self.kind = kind
         self.augment_cfg = augment_cfg if augment_cfg is not None and not is_identity(augment_cfg) else None
+        self.strong_cfg = strong_cfg if strong_cfg is not None else StrongAugmentConfig()
+        self.views: ViewSpec | None = None
         self.seed = seed
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def set_views(self, spec: ViewSpec | None) -> None:
+        """Ask for ``spec.strong`` strong views per item (and CutMix boxes); ``None`` = weak view only."""
+        self.views = spec
+
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        """``key`` is an index, or ``(index, position)`` with ``position`` the item's place in the
+        epoch's global sample order: every random draw is seeded by ``(seed, epoch, position)``
+        (``position = index`` for a plain index)."""
+        if isinstance(key, tuple | list):
+            index, position = int(key[0]), int(key[1])
+        else:
+            index = position = int(key)
         image, mask, sizes = self.images[index], self.masks[index], self.sizes[index]
         if self.augment_cfg is not None:
-            rng = sample_rng(self.seed, self.epoch, index)
+            rng = sample_rng(self.seed, self.epoch, position)
             image, mask, sizes = augment(image, mask, sizes, self.augment_cfg, rng)
-        return {
+        item = {
             "image": image,
             "mask": mask,
             "tags": self.tags[index],
             "sizes": sizes,
-            "kind": torch.tensor(self.kind),
+            "kind": torch.tensor(int(self.kind)),
             "index": torch.tensor(index),
+            "key": torch.tensor([self.seed, self.epoch, position]),
         }
+        if self.views is not None and self.views.strong > 0:
+            rngs = view_rngs(self.seed, self.epoch, position, self.views.strong)
+            strong, boxes = strong_views(image, self.strong_cfg, rngs, self.views.cutmix)
+            item["strong"] = strong
+            if boxes is not None:
+                item["cutmix"] = boxes
+        return item

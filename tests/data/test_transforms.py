@@ -1,0 +1,228 @@
+"""Augmentations for any spatial dims: geometric / photometric parts, strong views, CutMix boxes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from semiseg.config import AugmentConfig, StrongAugmentConfig
+from semiseg.core import IGNORE_INDEX
+from semiseg.data.transforms import (
+    Geometric,
+    apply_geometric,
+    augment,
+    box_mask,
+    draw_box,
+    draw_geometric,
+    draw_strong,
+    gaussian_blur,
+    sample_rng,
+    strong_views,
+    view_rngs,
+)
+
+SHAPES = {"2d": (24, 24), "3d": (6, 24, 24)}
+NO_PHOTOMETRIC = StrongAugmentConfig(jitter_prob=0.0, blur_prob=0.0, noise_std=0.0)
+
+
+def sample(spatial, channels=2, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    image = torch.rand((channels, *spatial), generator=gen)
+    mask = torch.randint(0, 3, spatial, generator=gen)
+    return image, mask
+
+
+def disc(spatial, radius, centre=None):
+    """A binary ball (disc in the H-W plane of every slice); centre defaults to the middle."""
+    grids = np.meshgrid(*[np.arange(s) for s in spatial[-2:]], indexing="ij")
+    centre = centre or [(s - 1) / 2 for s in spatial[-2:]]
+    inside = sum((g - c) ** 2 for g, c in zip(grids, centre)) <= radius**2
+    return torch.from_numpy(np.broadcast_to(inside, spatial).copy()).long()
+
+
+# ------------------------------------------------------------------------------------------ geometric
+@pytest.mark.parametrize("dims", list(SHAPES))
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        AugmentConfig(hflip=True),
+        AugmentConfig(vflip=True),
+        AugmentConfig(dflip=True),
+        AugmentConfig(rot90=True),
+        AugmentConfig(rotate_degrees=30),
+        AugmentConfig(scale=[0.7, 1.4]),
+        AugmentConfig(brightness=0.2, contrast=0.3, noise_std=0.1),
+    ],
+    ids=["hflip", "vflip", "dflip", "rot90", "rotate", "scale", "photometric"],
+)
+def test_every_augmentation_keeps_shapes_in_2d_and_3d(dims, cfg):
+    image, mask = sample(SHAPES[dims])
+    sizes = torch.tensor([10.0, 20.0, float("nan")])
+    for i in range(4):
+        out, m, s = augment(image, mask, sizes, cfg, sample_rng(0, 0, i))
+        assert out.shape == image.shape and out.dtype == image.dtype
+        assert m.shape == mask.shape and m.dtype == torch.long
+        assert s.shape == sizes.shape and s[2].isnan()
+        assert set(m.unique().tolist()) <= {0, 1, 2, IGNORE_INDEX}
+
+
+@pytest.mark.parametrize("dims", list(SHAPES))
+def test_flips_act_on_their_own_axis(dims):
+    image, mask = sample(SHAPES[dims])
+    for axis in (-1, -2, -3)[: len(SHAPES[dims])]:
+        out, m = apply_geometric(image, mask, Geometric(flips=(axis,)))
+        assert torch.equal(out, image.flip(axis)) and torch.equal(m, mask.flip(axis))
+    out, m = apply_geometric(image, mask, Geometric(rot90=1))
+    assert torch.equal(out, image.rot90(1, (-2, -1))) and torch.equal(m, mask.rot90(1, (-2, -1)))
+
+
+def test_config_flags_draw_the_right_flips():
+    seen = {(): 0, (-1,): 0, (-2,): 0, (-3,): 0}
+    for cfg in (AugmentConfig(hflip=True), AugmentConfig(vflip=True), AugmentConfig(dflip=True)):
+        for i in range(20):
+            seen[draw_geometric(cfg, sample_rng(0, 0, i), (4, 8, 8)).flips] += 1
+    assert all(v > 0 for v in seen.values())
+    # no depth axis in 2D: dflip draws nothing (and so leaves 2D draws unchanged)
+    assert all(
+        draw_geometric(AugmentConfig(dflip=True), sample_rng(0, 0, i), (8, 8)).flips == () for i in range(9)
+    )
+
+
+def test_rotation_of_a_volume_is_the_rotation_of_each_slice():
+    image, mask = sample(SHAPES["3d"])
+    geo = Geometric(angle=math.radians(25), scale=1.2)
+    out, m = apply_geometric(image, mask, geo)
+    for d in range(image.shape[1]):
+        slice_out, slice_m = apply_geometric(image[:, d], mask[d], geo)
+        torch.testing.assert_close(out[:, d], slice_out, atol=1e-5, rtol=0)
+        assert torch.equal(m[d], slice_m)
+
+
+@pytest.mark.parametrize("spatial", [(20, 40), (40, 20), (3, 20, 40)])
+def test_rotation_of_a_non_square_image_is_a_rotation(spatial):
+    """A disc rotated about its centre stays the same disc (no shear from the aspect ratio)."""
+    ball = disc(spatial, radius=7)
+    image = ball[None].float()
+    for degrees in (30, 60, 90):
+        out, m = apply_geometric(image, ball, Geometric(angle=math.radians(degrees)))
+        inter = ((m == 1) & (ball == 1)).sum().item()
+        union = ((m == 1) | (ball == 1)).sum().item()
+        assert inter / union > 0.9, f"{degrees}°: IoU {inter / union:.2f}"
+        assert torch.equal(m == 1, out[0] > 0.5)
+
+
+def test_scaling_scales_region_sizes_by_the_area_factor():
+    sizes = torch.tensor([100.0, 50.0, 0.0])
+    for dims in ((16, 16), (4, 16, 16)):
+        image, mask = sample(dims)
+        for i in range(3):
+            cfg = AugmentConfig(scale=[0.5, 2.0])
+            geo = draw_geometric(cfg, sample_rng(0, 0, i), dims)
+            _, _, s = augment(image, mask, sizes, cfg, sample_rng(0, 0, i))
+            torch.testing.assert_close(s, sizes * geo.scale**2)  # zoom in the H-W plane
+
+
+# ------------------------------------------------------------------------------------------ blur
+@pytest.mark.parametrize("dims", list(SHAPES))
+def test_gaussian_blur_preserves_constants_and_mass(dims):
+    spatial = {"2d": (16, 16), "3d": (12, 16, 16)}[dims]  # room for the kernel around the centre
+    const = torch.full((2, *spatial), 0.7)
+    torch.testing.assert_close(gaussian_blur(const, 1.3), const)
+    delta = torch.zeros(1, *spatial)
+    centre = tuple(s // 2 for s in spatial)
+    delta[(0, *centre)] = 1.0
+    out = gaussian_blur(delta, 1.0)
+    assert out.shape == delta.shape
+    assert out.sum().item() == pytest.approx(1.0, abs=1e-5)
+    assert out[(0, *centre)] == out.max()
+    for axis in range(len(spatial)):  # variance along every axis close to sigma² (truncated kernel)
+        profile = out[0].sum(dim=[a for a in range(len(spatial)) if a != axis])
+        pos = torch.arange(spatial[axis], dtype=torch.float32) - centre[axis]
+        assert (profile * pos**2).sum().item() == pytest.approx(1.0, rel=0.05)
+
+
+# ------------------------------------------------------------------------------------------ cutmix boxes
+@pytest.mark.parametrize("spatial", [(32, 32), (24, 48), (16, 32, 32)])
+def test_cutmix_box_is_inside_and_covers_the_area_range(spatial):
+    area, aspect = (0.05, 0.3), (0.3, 3.3)
+    total = math.prod(spatial)
+    fractions = []
+    for i in range(200):
+        box = draw_box(spatial, area, aspect, np.random.default_rng(i))
+        assert len(box) == len(spatial)
+        assert all(0 <= a < b <= s for (a, b), s in zip(box, spatial))
+        sides = [b - a for a, b in box]
+        # sides are rounded to whole pixels: the unrounded box had an area in range
+        assert math.prod(s - 0.5 for s in sides) <= area[1] * total + 1e-9
+        assert math.prod(s + 0.5 for s in sides) >= area[0] * total - 1e-9
+        fractions.append(math.prod(sides) / total)
+        mask = box_mask(spatial, box)
+        assert mask.dtype == torch.bool and mask.sum().item() == math.prod(sides)
+    assert min(fractions) < 0.1 and max(fractions) > 0.22  # the whole range is drawn
+
+
+def test_cutmix_box_aspect_ratio_in_2d():
+    ratios = []
+    for i in range(200):
+        (y0, y1), (x0, x1) = draw_box((200, 200), (0.05, 0.1), (0.5, 2.0), np.random.default_rng(i))
+        ratios.append((y1 - y0) / (x1 - x0))
+    assert 0.45 < min(ratios) < 0.6 and 1.7 < max(ratios) < 2.2
+
+
+def test_cutmix_prob_zero_gives_empty_boxes_and_one_gives_boxes():
+    image, _ = sample((16, 16))
+    cfg = StrongAugmentConfig(cutmix_prob=0.0)
+    _, boxes = strong_views(image, cfg, view_rngs(0, 0, 0, 5), cutmix=True)
+    assert boxes.shape == (5, 16, 16) and boxes.dtype == torch.bool and not boxes.any()
+    _, boxes = strong_views(image, StrongAugmentConfig(cutmix_prob=1.0), view_rngs(0, 0, 0, 5), cutmix=True)
+    assert all(b.any() for b in boxes)
+    _, boxes = strong_views(image, cfg, view_rngs(0, 0, 0, 5), cutmix=False)
+    assert boxes is None
+
+
+# ------------------------------------------------------------------------------------------ strong views
+@pytest.mark.parametrize("dims", list(SHAPES))
+def test_strong_views_shapes_in_2d_and_3d(dims):
+    image, _ = sample(SHAPES[dims], channels=3)
+    cfg = StrongAugmentConfig(jitter_prob=1.0, blur_prob=1.0, noise_std=0.05, cutmix_prob=1.0)
+    views, boxes = strong_views(image, cfg, view_rngs(1, 2, 3, 2), cutmix=True)
+    assert views.shape == (2, *image.shape) and views.dtype == image.dtype
+    assert boxes.shape == (2, *SHAPES[dims])
+    assert not torch.allclose(views[0], views[1])  # each view has its own draw
+
+
+def test_strong_view_without_photometric_is_the_weak_view():
+    image, _ = sample((16, 16))
+    views, _ = strong_views(image, NO_PHOTOMETRIC, view_rngs(0, 0, 0, 3), cutmix=True)
+    assert all(torch.equal(v, image) for v in views)
+
+
+def test_asking_for_boxes_leaves_the_photometric_draws_unchanged():
+    cfg = StrongAugmentConfig(noise_std=0.1)
+    for i in range(10):
+        a = draw_strong(cfg, view_rngs(0, 0, i, 1)[0], (16, 16), cutmix=False)
+        b = draw_strong(cfg, view_rngs(0, 0, i, 1)[0], (16, 16), cutmix=True)
+        assert a.brightness == b.brightness and a.sigma == b.sigma and a.noise_seed == b.noise_seed
+
+
+def test_strong_draws_follow_their_probabilities():
+    cfg = StrongAugmentConfig()
+    draws = [draw_strong(cfg, rng, (32, 32), cutmix=True) for rng in view_rngs(0, 0, 0, 400)]
+    assert np.mean([d.brightness is not None for d in draws]) == pytest.approx(0.8, abs=0.06)
+    assert np.mean([d.sigma is not None for d in draws]) == pytest.approx(0.5, abs=0.07)
+    assert np.mean([d.box is not None for d in draws]) == pytest.approx(0.5, abs=0.07)
+    assert all(0.5 <= d.brightness <= 1.5 for d in draws if d.brightness is not None)
+    assert all(0.1 <= d.sigma <= 2.0 for d in draws if d.sigma is not None)
+    assert all(d.noise_seed is None for d in draws)  # noise_std 0 by default
+
+
+def test_strong_generators_are_deterministic_and_distinct():
+    def first(rngs):
+        return [float(r.random()) for r in rngs]
+
+    assert first(view_rngs(0, 1, 2, 3)) == first(view_rngs(0, 1, 2, 3))
+    values = first(view_rngs(0, 1, 2, 3)) + first(view_rngs(0, 1, 3, 3)) + [sample_rng(0, 1, 2).random()]
+    assert len(set(values)) == len(values)

@@ -461,3 +461,13 @@ def test_unknown_phase_metric_is_a_clear_error(tmp_path, make_config, scored_met
     cfg = make_config("method.name=toy_scored")
     with pytest.raises(ConfigError, match="phase 'pre': validation metric 'abs_w' is not one of other"):
         train(cfg, tmp_path)
+
+
+def test_channels_last_trains_like_nchw(tmp_path, make_config):
+    train(make_config("train.epochs=1"), tmp_path / "nchw")
+    train(make_config("train.epochs=1", "train.channels_last=true"), tmp_path / "cl")
+
+    def steps(out):
+        return [json.loads(ln)["loss"] for ln in (out / "steps.jsonl").read_text().splitlines()]
+
+    assert steps(tmp_path / "cl") == pytest.approx(steps(tmp_path / "nchw"), rel=1e-4)

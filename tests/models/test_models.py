@@ -25,6 +25,7 @@ class ModelTester:
     dropout = 0.0
     in_channels = 1
     num_classes = 3
+    features = True  #: exposes ``encode`` / ``decode`` (feature perturbation, heads on features)
 
     def build(self, seed: int = 0) -> torch.nn.Module:
         torch.manual_seed(seed)
@@ -79,6 +80,24 @@ class ModelTester:
         for (na, ta), (nb, tb) in zip(a.state_dict().items(), b.state_dict().items()):
             assert na == nb and torch.equal(ta, tb)
 
+    @pytest.mark.parametrize("hw", SIZES, ids=lambda hw: f"{hw[0]}x{hw[1]}")
+    def test_encode_decode_equal_forward_and_accept_perturbed_features(self, hw):
+        model = self.build().eval()
+        if not self.features:
+            assert not hasattr(model, "encode")
+            return
+        x = self.inputs(hw)
+        with torch.no_grad():
+            features = model.encode(x)
+            assert len(features) >= 2 and all(f.shape[0] == 2 for f in features)
+            torch.testing.assert_close(model.decode(features, hw), model(x))
+        model.train()
+        perturbed = [F.dropout(f, 0.5, training=True) for f in model.encode(x)]
+        out = model.decode(perturbed, hw)
+        assert out.shape == (2, self.num_classes, *hw)
+        out.square().mean().backward()
+        assert all(p.grad is not None for p in model.parameters())
+
     def test_eval_output_does_not_depend_on_the_batch(self):
         model = self.build().eval()
         x = self.inputs((32, 32), batch=3)
@@ -123,6 +142,7 @@ class TestUNetDeepRGBDropout(ModelTester):
 class TestMonaiUNet(ModelTester):
     name = "monai_unet"
     width = 8
+    features = False  # MONAI's recursive UNet has no encoder/decoder split
 
 
 class TestMonaiUNetInstance(TestMonaiUNet):

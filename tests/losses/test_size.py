@@ -147,6 +147,6 @@ def test_size_regularizer_reads_the_batch_sizes():
     (reg,) = build_regularizers([{"name": "size", "weight": 2.0, "gamma": 0.1, "streams": ["unlabeled"]}])
     logits = torch.randn(2, 2, 6, 6)
     sizes = torch.tensor([[math.nan, 3.0], [math.nan, 30.0]])
-    got = reg({"unlabeled": logits}, {"unlabeled": Batch.of(torch.rand(2, 1, 6, 6), sizes=sizes)}, step=0)
+    got = reg({"unlabeled": logits}, {"unlabeled": Batch.of(torch.rand(2, 1, 6, 6), sizes=sizes)})
     assert torch.allclose(got, size_penalty(logits.softmax(1), sizes, 0.1))  # the method applies the weight
     assert reg.current_weight(0) == 2.0

@@ -149,17 +149,17 @@ def test_tv_regularizer_weights_by_the_batch_image():
     reg = Regularizer({"name": "tv", "edge_sigma": 0.5})
     logits = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(10))
     image = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(11))
-    value = reg({"labeled": logits}, {"labeled": Batch.of(image)}, step=0)
+    value = reg({"labeled": logits}, {"labeled": Batch.of(image)})
     expected = total_variation(logits.softmax(1), image=image, edge_sigma=0.5)
     torch.testing.assert_close(value, expected)
-    other = reg({"labeled": logits}, {"labeled": Batch.of(torch.zeros(2, 1, 8, 8))}, step=0)
+    other = reg({"labeled": logits}, {"labeled": Batch.of(torch.zeros(2, 1, 8, 8))})
     torch.testing.assert_close(other, total_variation(logits.softmax(1)))  # flat image: plain TV
     assert not torch.allclose(value, other)
 
 
 @pytest.mark.parametrize("sigma", [0, -0.5])
 def test_tv_regularizer_rejects_bad_sigma_at_build(sigma):
-    with pytest.raises(ConfigError, match="edge_sigma must be positive"):
+    with pytest.raises(ConfigError, match="edge_sigma' must be positive"):
         Regularizer({"name": "tv", "edge_sigma": sigma})
 
 

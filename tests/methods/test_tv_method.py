@@ -15,7 +15,7 @@ from semiseg.core import Batch
 from semiseg.data.records import IGNORE_INDEX
 from semiseg.engine import run as engine_run
 from semiseg.losses import masked_cross_entropy
-from semiseg.losses.regularizers import ramp_weight
+from semiseg.losses.ramp import ramp_weight
 from semiseg.losses.tv import total_variation
 from semiseg.methods import build_method
 
@@ -70,7 +70,7 @@ def test_loss_is_ce_plus_weighted_tv_over_both_streams(options):
 
 def test_default_weight_is_the_config_default():
     method = build_tv()
-    assert len(method.regularizers) == 1 and method.regularizers[0].weight == 0.1
+    assert len(method.regularizers) == 1 and method.regularizers[0].spec.weight == 0.1
     out = method.training_step(batch(), "train", "main")
     torch.testing.assert_close(out["loss"], out["ce"] + 0.1 * out["reg/tv"])
 

@@ -1,7 +1,8 @@
 """Datasets, supervision, splits and transforms.
 
-:func:`load_bundle` reads a dataset named in the config; :func:`prepare_data` turns it into the
-labeled / unlabeled training views and the validation / test records a run needs.
+:func:`load_bundle` reads a dataset named in the config (loaders register themselves by name,
+:mod:`semiseg.data.registry`); :func:`prepare_data` turns it into the labeled / unlabeled training
+views and the validation / test records a run needs.
 """
 
 from __future__ import annotations
@@ -14,12 +15,19 @@ import numpy as np
 
 from semiseg.config import DataConfig, RunConfig
 from semiseg.data.records import IGNORE_INDEX, DatasetBundle, Record
+from semiseg.data.registry import DATASETS, DatasetSource, register_dataset
 from semiseg.errors import ConfigError, DataError
 
-__all__ = ["IGNORE_INDEX", "DatasetBundle", "Record", "load_bundle", "prepare_data", "resolve_data_root"]
-
-#: datasets that live under the data root, and their default folder names there
-_DEFAULT_FOLDERS = {"weizmann": "weizmann_horse", "acdc": "acdc", "acdc_lv": "acdc", "mnist": "mnist"}
+__all__ = [
+    "DATASETS",
+    "IGNORE_INDEX",
+    "DatasetBundle",
+    "Record",
+    "load_bundle",
+    "prepare_data",
+    "register_dataset",
+    "resolve_data_root",
+]
 
 
 def resolve_data_root(option: str | None) -> Path:
@@ -34,11 +42,15 @@ def resolve_data_root(option: str | None) -> Path:
     return root
 
 
-def _dataset_path(cfg: DataConfig, data_root: str | None) -> Path:
+def _dataset_path(cfg: DataConfig, data_root: str | None, source: DatasetSource) -> Path | None:
+    """``data.path`` (absolute, or under the data root), else the source's folder under the data root;
+    None for generated data without ``data.path``."""
     if cfg.path is not None and Path(cfg.path).expanduser().is_absolute():
         return Path(cfg.path).expanduser()
+    if cfg.path is None and not source.needs_root:
+        return None
     root = resolve_data_root(data_root)
-    sub = cfg.path or _DEFAULT_FOLDERS.get(cfg.dataset)
+    sub = cfg.path or source.folder
     if sub is None:
         raise ConfigError(f"data.path: required for dataset '{cfg.dataset}'")
     return root / sub
@@ -46,36 +58,12 @@ def _dataset_path(cfg: DataConfig, data_root: str | None) -> Path:
 
 def load_bundle(cfg: DataConfig, data_root: str | None = None) -> DatasetBundle:
     """Read the dataset ``cfg.dataset`` (validating every file) into a :class:`DatasetBundle`."""
-    if cfg.dataset == "shapes":
-        from semiseg.data.synthetic import load_shapes
-
-        return load_shapes(cfg.num_images, max(cfg.image_size), cfg.shapes_classes, seed=1234)
-    path = _dataset_path(cfg, data_root)
-    bundle = _load_from(cfg, path)
-    bundle.root = str(path)
+    source = DATASETS.get(cfg.dataset, where="data.dataset")
+    path = _dataset_path(cfg, data_root, source)
+    bundle = source.load(cfg, path)
+    if path is not None:
+        bundle.root = str(path)
     return bundle
-
-
-def _load_from(cfg: DataConfig, path: Path) -> DatasetBundle:
-    if cfg.dataset == "folder":
-        from semiseg.data.folder import load_folder
-
-        return load_folder(
-            path, num_classes=cfg.num_classes or 2, mask_threshold=cfg.mask_threshold, channels=cfg.channels
-        )
-    if cfg.dataset == "weizmann":
-        from semiseg.data.weizmann import load_weizmann
-
-        return load_weizmann(path)
-    if cfg.dataset in ("acdc", "acdc_lv"):
-        from semiseg.data.acdc import load_acdc
-
-        return load_acdc(path, binary_lv=cfg.dataset == "acdc_lv")
-    if cfg.dataset == "mnist":
-        from semiseg.data.mnist import load_mnist
-
-        return load_mnist(path)
-    raise ConfigError(f"data.dataset: unknown dataset '{cfg.dataset}'")  # pragma: no cover
 
 
 @dataclass

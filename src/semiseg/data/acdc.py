@@ -24,8 +24,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from semiseg.config import DataConfig
 from semiseg.data.io import check_mask_values, check_same_size
 from semiseg.data.records import DatasetBundle, Record
+from semiseg.data.registry import register_dataset
 from semiseg.errors import DataError
 
 CLASS_NAMES = ["background", "RV", "MYO", "LV"]
@@ -152,3 +154,15 @@ def load_acdc(root: str | os.PathLike, *, binary_lv: bool = False) -> DatasetBun
         test=test,
         class_names=["background", "LV"] if binary_lv else list(CLASS_NAMES),
     )
+
+
+@register_dataset("acdc", folder="acdc")
+def _load_acdc(cfg: DataConfig, path: Path | None) -> DatasetBundle:
+    """``data.dataset: acdc``: 4 classes (background, RV, MYO, LV)."""
+    return load_acdc(path)
+
+
+@register_dataset("acdc_lv", folder="acdc")
+def _load_acdc_lv(cfg: DataConfig, path: Path | None) -> DatasetBundle:
+    """``data.dataset: acdc_lv``: LV vs rest."""
+    return load_acdc(path, binary_lv=True)

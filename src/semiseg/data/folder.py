@@ -15,8 +15,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from semiseg.config import DataConfig
 from semiseg.data.io import CHANNEL_MODES, check_same_size, list_images, read_image, read_mask
 from semiseg.data.records import DatasetBundle, Record
+from semiseg.data.registry import register_dataset
 from semiseg.errors import ConfigError, DataError
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -150,4 +152,11 @@ def load_folder(
         train=splits["train"],
         val=splits.get("val"),
         test=splits.get("test"),
+    )
+
+
+@register_dataset("folder")  # no default folder: data.path is required
+def _load(cfg: DataConfig, path: Path | None) -> DatasetBundle:
+    return load_folder(
+        path, num_classes=cfg.num_classes or 2, mask_threshold=cfg.mask_threshold, channels=cfg.channels
     )

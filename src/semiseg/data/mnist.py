@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from semiseg.config import DataConfig
 from semiseg.data.records import DatasetBundle, Record
+from semiseg.data.registry import register_dataset
 from semiseg.errors import ConfigError, DataError
 
 #: IDX magic numbers: ``0x0000_08_0N`` = unsigned bytes with N dimensions.
@@ -142,3 +144,8 @@ def load_mnist(root: str | os.PathLike, *, foreground_threshold: float = 0.5) ->
         test=None,
         class_names=list(CLASS_NAMES),
     )
+
+
+@register_dataset("mnist", folder="mnist")
+def _load(cfg: DataConfig, path: Path | None) -> DatasetBundle:
+    return load_mnist(path)

@@ -11,9 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
-#: Mask value of pixels that carry no label (sparse masks, unlabeled images).
-IGNORE_INDEX = 255
+from semiseg.core import IGNORE_INDEX
+
+__all__ = ["IGNORE_INDEX", "DatasetBundle", "Record", "record_slices"]
 
 
 @dataclass
@@ -69,3 +71,16 @@ class DatasetBundle:
     def __post_init__(self) -> None:
         if not self.class_names:
             self.class_names = ["background"] + [f"class{i}" for i in range(1, self.num_classes)]
+
+
+def record_slices(record: Record) -> list[torch.Tensor]:
+    """A record's 2D images: the image itself, or a volume's slices along depth.
+
+    Shape:
+        image ``[C, H, W]`` → ``[[C, H, W]]``; volume ``[C, D, H, W]`` → ``D`` tensors ``[C, H, W]``
+        (views of the record's array, no copy).
+    """
+    image = torch.from_numpy(record.image)
+    if image.ndim == 3:
+        return [image]
+    return [image[:, d] for d in range(image.shape[1])]

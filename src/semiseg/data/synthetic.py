@@ -9,9 +9,13 @@ Everything is deterministic from the seed.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from semiseg.config import DataConfig
 from semiseg.data.records import DatasetBundle, Record
+from semiseg.data.registry import register_dataset
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int = 4) -> np.ndarray:
@@ -82,3 +86,9 @@ def load_shapes(num_images: int = 120, size: int = 64, num_classes: int = 3, see
         train=make_shapes(num_images, size, num_classes, seed),
         class_names=names,
     )
+
+
+@register_dataset("shapes", needs_root=False)
+def _load(cfg: DataConfig, path: Path | None) -> DatasetBundle:
+    """``data.dataset: shapes``: generated in memory (``num_images``, ``shapes_classes``), no files."""
+    return load_shapes(cfg.num_images, max(cfg.image_size), cfg.shapes_classes, seed=1234)

@@ -16,8 +16,10 @@ import os
 import re
 from pathlib import Path
 
+from semiseg.config import DataConfig
 from semiseg.data.io import IMAGE_SUFFIXES, check_same_size, list_images, read_image, read_mask
 from semiseg.data.records import DatasetBundle, Record
+from semiseg.data.registry import register_dataset
 from semiseg.errors import DataError
 
 IMAGE_DIR = "gray"
@@ -87,3 +89,8 @@ def load_weizmann(root: str | os.PathLike) -> DatasetBundle:
         test=records[1::2],
         class_names=list(CLASS_NAMES),
     )
+
+
+@register_dataset("weizmann", folder="weizmann_horse")
+def _load(cfg: DataConfig, path: Path | None) -> DatasetBundle:
+    return load_weizmann(path)

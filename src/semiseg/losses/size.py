@@ -23,44 +23,19 @@ one bound (``"mean"``) or summed (``"sum"``); unknown bounds (NaN) cost nothing.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
 
-from semiseg.losses.regularizers import register_regularizer
+from semiseg.config import FieldError
+from semiseg.core import Batch
+from semiseg.losses.regularizers import RegularizerSpec, register_regularizer
+from semiseg.ops import soft_centroid, soft_size
+from semiseg.parallel import mean_denominator
 
 NORMALIZATIONS = ("pixels", "none", "area")
-
-
-def soft_size(probs: torch.Tensor) -> torch.Tensor:
-    """Sum of each class's probabilities over all pixels (2D or 3D).
-
-    Shape:
-        probs ``[B, K, *spatial]`` → ``[B, K]``.
-    """
-    return probs.flatten(2).sum(-1)
-
-
-def soft_centroid(probs: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Probability-weighted mean position of each class, in [0, 1] per axis (0 = first row / column).
-
-    Shape:
-        probs ``[B, K, *spatial]`` → ``[B, K, D]`` with ``D`` = number of spatial axes.
-    """
-    spatial = probs.shape[2:]
-    mass = probs.flatten(2).sum(-1) + eps  # [B, K]
-    coords = []
-    for axis, n in enumerate(spatial):
-        pos = (
-            torch.linspace(0.0, 1.0, n, dtype=probs.dtype, device=probs.device)
-            if n > 1
-            else probs.new_zeros(1)
-        )
-        shape = [1] * len(spatial)
-        shape[axis] = n
-        weighted = (probs * pos.view(*shape)).flatten(2).sum(-1)
-        coords.append(weighted / mass)
-    return torch.stack(coords, dim=-1)
 
 
 def bounds_penalty(values: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
@@ -87,7 +62,7 @@ def _reduce(per_image: torch.Tensor, constrained: torch.Tensor, reduction: str) 
         return per_image.sum()
     if reduction == "mean":
         n = constrained.sum()
-        return per_image.sum() / n.clamp(min=1)
+        return per_image.sum() / mean_denominator(n).clamp(min=1)
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
@@ -181,24 +156,27 @@ class SizePenalty(nn.Module):
 
 
 @register_regularizer("size")
-def _size_regularizer(
-    gamma: float = 0.1,
-    classes: list[int] | None = None,
-    normalization: str = "pixels",
-    reduction: str = "mean",
-):
-    """Factory of the ``size`` regulariser: bounds from the batch's ``sizes`` (pixels at the training
-    size; NaN = unknown), e.g. given as size supervision or filled in by a method's size estimator."""
-    if reduction == "none":
-        raise ValueError("reduction must be 'mean' or 'sum' for a regularizer, got 'none'")
-    size_bounds(torch.zeros(1), gamma)  # validates gamma early
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
+@dataclass
+class SizeSpec(RegularizerSpec):
+    """Spec of the ``size`` regulariser: :func:`size_penalty` with bounds from the batch's ``sizes``
+    (pixels at the training size; NaN = unknown), e.g. given as size supervision or filled in by a
+    method's size estimator.
 
-    def loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
-        sizes = batch.get("sizes")
-        if sizes is None:
-            return logits.sum() * 0.0
-        return size_penalty(logits.softmax(dim=1), sizes, gamma, classes, normalization, reduction)
+    ``method.regularizers: [{name: size, weight: 0.01, gamma: 0.1, streams: [unlabeled]}]``
+    """
 
-    return loss
+    gamma: float = 0.1  #: relative tolerance γ of the bounds
+    classes: list[int] | None = None  #: constrained classes (default: all but the background)
+    normalization: Literal["pixels", "none", "area"] = "pixels"
+    #: a regulariser gives a scalar (streams of different batch sizes): no "none"
+    reduction: Literal["mean", "sum"] = "mean"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.gamma >= 0:
+            raise FieldError("gamma", f"must be >= 0, got {self.gamma}")
+
+    def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return size_penalty(
+            logits.softmax(dim=1), batch.sizes, self.gamma, self.classes, self.normalization, self.reduction
+        )

@@ -23,11 +23,16 @@ image size or batch size; ``"sum"`` is the paper's plain sum; ``"none"`` returns
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from semiseg.losses.regularizers import register_regularizer
+from semiseg.config import FieldError
+from semiseg.core import Batch
+from semiseg.losses.regularizers import RegularizerSpec, register_regularizer
 
 #: eq. 11 of the paper, applied as a cross-correlation (row-major neighbourhood, eq. 13)
 SOBEL_X = ((-1.0, -2.0, -1.0), (0.0, 0.0, 0.0), (1.0, 2.0, 1.0))
@@ -136,16 +141,31 @@ class TotalVariationLoss(nn.Module):
 
 
 @register_regularizer("tv")
-def _tv_regularizer(
-    operator: str = "sobel", norm: str = "l1", reduction: str = "mean", edge_sigma: float | None = None
-):
-    """Factory of the ``tv`` regulariser: TV of the softmax of the segmenter's logits."""
-    if reduction == "none":  # a regulariser must give a scalar (streams of different batch sizes)
-        raise ValueError("reduction must be 'mean' or 'sum' for a regularizer, got 'none'")
-    z = torch.zeros(1, 1, 2, 2)
-    total_variation(
-        z, operator, norm, reduction, image=z, edge_sigma=edge_sigma
-    )  # validates the options early
-    return lambda logits, batch: total_variation(
-        logits.softmax(dim=1), operator, norm, reduction, image=batch.get("image"), edge_sigma=edge_sigma
-    )
+@dataclass
+class TVSpec(RegularizerSpec):
+    """Spec of the ``tv`` regulariser: :func:`total_variation` of the softmax of the segmenter's logits
+    (edge-aware with ``edge_sigma``, weighted by the batch's images).
+
+    ``method.regularizers: [{name: tv, weight: 0.1, operator: sobel, norm: l1}]``
+    """
+
+    operator: Literal["sobel", "forward"] = "sobel"
+    norm: Literal["l1", "l2"] = "l1"
+    #: a regulariser gives a scalar (streams of different batch sizes): no "none"
+    reduction: Literal["mean", "sum"] = "mean"
+    edge_sigma: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.edge_sigma is not None and not self.edge_sigma > 0:
+            raise FieldError("edge_sigma", f"must be positive, got {self.edge_sigma}")
+
+    def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return total_variation(
+            logits.softmax(dim=1),
+            self.operator,
+            self.norm,
+            self.reduction,
+            image=batch.image,
+            edge_sigma=self.edge_sigma,
+        )

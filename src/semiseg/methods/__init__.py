@@ -1,50 +1,46 @@
-"""Methods: one file each, registered by name with :func:`register`."""
+"""Methods: one file each, registered by name with ``@register("name")``.
+
+:data:`METHODS` is a :class:`~semiseg.registry.Registry`: every module of this package is imported
+on first lookup (so a new method is one new file), and third-party methods come from the
+``semiseg.methods`` entry-point group.
+"""
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from semiseg.config import ModelConfig, from_dict
 from semiseg.errors import ConfigError
-from semiseg.methods.base import Method, MethodConfig, Phase
+from semiseg.methods.base import Method, MethodConfig, OptimizerSpec, Phase
+from semiseg.registry import Registry
 
-__all__ = ["METHODS", "Method", "MethodConfig", "Phase", "build_method", "register"]
+__all__ = [
+    "METHODS",
+    "Method",
+    "MethodConfig",
+    "OptimizerSpec",
+    "Phase",
+    "build_method",
+    "method_names",
+    "register",
+]
 
-METHODS: dict[str, type[Method]] = {}
+#: name → Method subclass; registering sets the class's ``method_name``
+METHODS: Registry[type[Method]] = Registry("method", package="semiseg.methods", name_attr="method_name")
 
-#: modules imported on first use of the registry (each registers its methods)
-_BUILTIN = ("semiseg.methods.supervised", "semiseg.methods.tv", "semiseg.methods.size")
-
-
-def register(name: str):
-    def wrap(cls: type[Method]) -> type[Method]:
-        METHODS[name] = cls
-        cls.method_name = name
-        return cls
-
-    return wrap
-
-
-def _load_builtin() -> None:
-    for module in _BUILTIN:
-        importlib.import_module(module)
+#: class decorator: ``@register("tv")``
+register = METHODS.register
 
 
 def method_names() -> list[str]:
-    _load_builtin()
-    return sorted(METHODS)
+    return METHODS.names()
 
 
 def build_method(
     options: dict[str, Any], model_cfg: ModelConfig, *, in_channels: int, num_classes: int
 ) -> Method:
     """Instantiate the method named ``options["name"]`` with its checked config."""
-    _load_builtin()
-    name = options.get("name")
-    if name not in METHODS:
-        raise ConfigError(f"method.name: unknown method '{name}' (known: {', '.join(sorted(METHODS))})")
-    cls = METHODS[name]
+    cls = METHODS.get(options.get("name"), where="method.name")
     try:
         cfg = from_dict(cls.config_class, dict(options), prefix="method")
     except ConfigError as exc:

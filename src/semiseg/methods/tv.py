@@ -11,10 +11,12 @@ fits the labeled pixels. The same loss is available to any method as a regularis
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+from semiseg.config import FieldError
+from semiseg.losses.regularizers import Regularizer
+from semiseg.losses.tv import TVSpec
 from semiseg.methods import register
 from semiseg.methods.supervised import Supervised, SupervisedConfig
 
@@ -30,22 +32,30 @@ class TVConfig(SupervisedConfig):
     #: edge-aware TV (beyond the paper): weight each pixel by exp(-|∇I|²/2σ²); None = plain TV
     edge_sigma: float | None = None
 
+    def __post_init__(self) -> None:
+        try:
+            self.tv_spec()  # checks the values with the regulariser's own checks, named as options here
+        except FieldError as exc:
+            raise FieldError({"weight": "tv_weight"}.get(exc.field, exc.field), exc.message) from None
+
+    def tv_spec(self) -> TVSpec:
+        """The method's TV term as the ``tv`` regulariser's typed spec."""
+        return TVSpec(
+            weight=self.tv_weight,
+            ramp_up_steps=self.ramp_up_steps,
+            streams=["labeled", "unlabeled"] if self.tv_on_unlabeled else ["labeled"],
+            operator=self.operator,
+            norm=self.norm,
+            reduction=self.reduction,
+            edge_sigma=self.edge_sigma,
+        )
+
 
 @register("tv")
 class TotalVariation(Supervised):
     config_class = TVConfig
 
     def __init__(self, cfg: TVConfig, **kwargs):
-        streams = ["labeled", "unlabeled"] if cfg.tv_on_unlabeled else ["labeled"]
-        tv = {
-            "name": "tv",
-            "weight": cfg.tv_weight,
-            "ramp_up_steps": cfg.ramp_up_steps,
-            "streams": streams,
-            "operator": cfg.operator,
-            "norm": cfg.norm,
-            "reduction": cfg.reduction,
-            "edge_sigma": cfg.edge_sigma,
-        }
-        # appended, so errors in the user's own regularizers keep their index; the config is copied
-        super().__init__(dataclasses.replace(cfg, regularizers=[*cfg.regularizers, tv]), **kwargs)
+        super().__init__(cfg, **kwargs)
+        # after the user's own regularizers (``method.regularizers``); the config stays as given
+        self.regularizers.append(Regularizer(cfg.tv_spec()))

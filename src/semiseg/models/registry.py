@@ -1,4 +1,9 @@
-"""Model registry: a name → a builder taking ``(ModelConfig, in_channels, out_channels)``."""
+"""Model registry: a name → a builder taking ``(ModelConfig, in_channels, out_channels)``.
+
+Built-in models register in their own module (``@register_model("unet")``); every module of
+:mod:`semiseg.models` is imported on first lookup, third-party models come from the
+``semiseg.models`` entry-point group (see :class:`~semiseg.registry.Registry`).
+"""
 
 from __future__ import annotations
 
@@ -7,22 +12,16 @@ from collections.abc import Callable
 import torch.nn as nn
 
 from semiseg.config import ModelConfig
-from semiseg.errors import ConfigError
+from semiseg.registry import Registry
 
-MODELS: dict[str, Callable[[ModelConfig, int, int], nn.Module]] = {}
+ModelBuilder = Callable[[ModelConfig, int, int], nn.Module]
 
+MODELS: Registry[ModelBuilder] = Registry("model", package="semiseg.models")
 
-def register_model(name: str) -> Callable:
-    def wrap(builder: Callable[[ModelConfig, int, int], nn.Module]) -> Callable:
-        MODELS[name] = builder
-        return builder
-
-    return wrap
+#: decorator of a builder: ``@register_model("unet")``
+register_model = MODELS.register
 
 
 def build_model(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
-    import semiseg.models.unet  # noqa: F401  (registers the built-in models)
-
-    if cfg.name not in MODELS:
-        raise ConfigError(f"model.name: unknown model '{cfg.name}' (known: {', '.join(sorted(MODELS))})")
-    return MODELS[cfg.name](cfg, in_channels, out_channels)
+    """The network named ``cfg.name``; an unknown name raises a ConfigError naming ``model.name``."""
+    return MODELS.get(cfg.name, where="model.name")(cfg, in_channels, out_channels)

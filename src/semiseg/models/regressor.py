@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from semiseg.losses.size import soft_centroid
 from semiseg.models.unet import ConvBlock, UNet
+from semiseg.ops import soft_centroid
 
 
 class Regressor(nn.Module):

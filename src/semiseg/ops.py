@@ -1,0 +1,51 @@
+"""Small differentiable geometry of soft region maps, shared by losses, models and methods.
+
+A low module (imports nothing from semiseg): losses (size penalties), models (the density regressor)
+and methods (region targets) all measure regions the same way. Works for any number of spatial
+dimensions: maps are ``[B, K, *S]`` with ``S = (H, W)`` or ``(D, H, W)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def soft_size(probs: torch.Tensor) -> torch.Tensor:
+    """Sum of each class's probabilities over all pixels (2D) or voxels (3D).
+
+    Shape:
+        probs ``[B, K, *S]`` → ``[B, K]``.
+
+    Examples:
+        >>> soft_size(torch.full((1, 2, 4, 4), 0.5)).tolist()
+        [[8.0, 8.0]]
+    """
+    return probs.flatten(2).sum(-1)
+
+
+def soft_centroid(probs: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Probability-weighted mean position of each class, in [0, 1] per axis (0 = first row / column).
+
+    Shape:
+        probs ``[B, K, *S]`` → ``[B, K, D]`` with ``D`` = number of spatial axes (``len(S)``).
+
+    Examples:
+        >>> m = torch.zeros(1, 1, 5, 5)
+        >>> m[0, 0, 4, 2] = 1.0  # last row, middle column
+        >>> soft_centroid(m).round(decimals=3).tolist()
+        [[[1.0, 0.5]]]
+    """
+    spatial = probs.shape[2:]
+    mass = probs.flatten(2).sum(-1) + eps  # [B, K]
+    coords = []
+    for axis, n in enumerate(spatial):
+        pos = (
+            torch.linspace(0.0, 1.0, n, dtype=probs.dtype, device=probs.device)
+            if n > 1
+            else probs.new_zeros(1)
+        )
+        shape = [1] * len(spatial)
+        shape[axis] = n
+        weighted = (probs * pos.view(*shape)).flatten(2).sum(-1)
+        coords.append(weighted / mass)
+    return torch.stack(coords, dim=-1)

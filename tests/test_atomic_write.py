@@ -103,9 +103,3 @@ def test_creates_parent_folders_and_writes_utf8(tmp_path):
     target = tmp_path / "a" / "b" / "notes.txt"
     atomic_write_text(target, "α·TV ≥ 0")
     assert target.read_bytes().decode("utf-8") == "α·TV ≥ 0"
-
-
-def test_engine_io_is_an_alias():
-    from semiseg.engine import io as engine_io
-
-    assert engine_io.atomic_write is atomic_write and engine_io.atomic_write_text is atomic_write_text

@@ -70,7 +70,8 @@ class Registry(Generic[T]):
     Args:
         kind: What the entries are, singular ("method"); used in error messages.
         package: Package whose modules are imported on first lookup (built-in plugins), e.g.
-            ``"semiseg.methods"``; ``None`` = none.
+            ``"semiseg.methods"``; a plain module (``"semiseg.bench.tables"``) is just imported;
+            ``None`` = none.
         group: Entry-point group of third-party plugins; default ``f"semiseg.{kind}s"``; ``None`` =
             no entry points.
         name_attr: If set, :meth:`register` also stores the name on the registered object under this

@@ -94,7 +94,7 @@ def test_train_evaluate_predict(tmp_path, capsys):
     report = tmp_path / "eval" / "test.json"
     assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--split", "test", "-o", str(report)]) == 0
     printed = capsys.readouterr().out
-    assert "dice/mean" in printed and "hd95/mean" in printed
+    assert "dice/mean" in printed and "hd95_px/mean" in printed
     result = json.loads(report.read_text())
     assert result["split"] == "test" and result["n"] == len(metrics["test_cases"]) == 4
     for key, value in metrics["test"].items():  # same model, same split: the training run's final test scores

@@ -266,6 +266,22 @@ def test_quick_section_is_checked(recipe):
         ({"train": {"augment": {"scale": [1.0]}}}, "train.augment.scale"),
         ({"model": {"width": 0}}, "model.width/depth"),
         ({"method": {"ce_weight": 1.0}}, "method.name"),
+        # the ignore label 255 must not be a class
+        ({"data": {"dataset": "folder", "num_classes": 255}}, "data.num_classes"),
+        ({"data": {"dataset": "folder", "num_classes": 300}}, "data.num_classes"),
+        ({"data": {"dataset": "folder", "num_classes": 1}}, "data.num_classes"),
+        ({"data": {"shapes_classes": 255}}, "data.shapes_classes"),
+        ({"data": {"shapes_classes": 1}}, "data.shapes_classes"),
+        ({"data": {"intensity": "zscore"}}, "data.intensity"),  # shapes: fixed scaling
+        ({"data": {"dataset": "acdc", "intensity": "minmax"}}, "data.intensity"),
+        ({"train": {"strong_augment": {"jitter_prob": 1.5}}}, "train.strong_augment.jitter_prob"),
+        ({"train": {"strong_augment": {"cutmix_prob": -0.1}}}, "train.strong_augment.cutmix_prob"),
+        ({"train": {"strong_augment": {"brightness": 1.5}}}, "train.strong_augment.brightness"),
+        ({"train": {"strong_augment": {"noise_std": -1}}}, "train.strong_augment.noise_std"),
+        ({"train": {"strong_augment": {"blur_sigma": [0.0, 1.0]}}}, "train.strong_augment.blur_sigma"),
+        ({"train": {"strong_augment": {"cutmix_area": [0.5, 0.2]}}}, "train.strong_augment.cutmix_area"),
+        ({"train": {"strong_augment": {"cutmix_area": [0.1, 1.2]}}}, "train.strong_augment.cutmix_area"),
+        ({"train": {"strong_augment": {"cutmix_aspect": [1.0]}}}, "train.strong_augment.cutmix_aspect"),
     ],
 )
 def test_validate_rejects_bad_values(raw, key):
@@ -286,3 +302,7 @@ def test_validate_accepts_edge_values():
         }
     )
     assert cfg.data.image_size == [8, 8] and cfg.model.depth == 0
+    cfg = build({"data": {"dataset": "folder", "num_classes": 254, "intensity": "percentile"}})
+    assert cfg.data.num_classes == 254
+    strong = {"jitter_prob": 0, "blur_prob": 1, "cutmix_prob": 1, "cutmix_area": [1.0, 1.0], "brightness": 0}
+    assert build({"train": {"strong_augment": strong}}).train.strong_augment.cutmix_area == [1.0, 1.0]

@@ -16,6 +16,7 @@ from semiseg.metrics import (
     confusion_matrix,
     dice_per_class,
     evaluate_case,
+    hd95_key,
     hd95_per_class,
     jaccard_per_class,
     pixel_error,
@@ -153,13 +154,13 @@ def test_evaluate_case_keys_and_means(overlapping_squares):
     target[6:8, 6:8] = 2  # class 2 perfect
     out = evaluate_case(pred, target, num_classes=3)
     assert set(out) == {
-        *(f"{m}/{c}" for m in ("dice", "jaccard", "rad", "hd95") for c in ("1", "2", "mean")),
+        *(f"{m}/{c}" for m in ("dice", "jaccard", "rad", "hd95_px") for c in ("1", "2", "mean")),
         "pixel_error",
     }
     assert out["dice/1"] == pytest.approx(0.5) and out["dice/2"] == 1.0
     assert out["dice/mean"] == pytest.approx(0.75)
     assert out["jaccard/mean"] == pytest.approx((1 / 3 + 1) / 2)
-    assert out["hd95/2"] == 0.0 and out["hd95/mean"] == pytest.approx(out["hd95/1"] / 2)
+    assert out["hd95_px/2"] == 0.0 and out["hd95_px/mean"] == pytest.approx(out["hd95_px/1"] / 2)
     assert out["pixel_error"] == pytest.approx(16 / 64)
 
     with_bg = evaluate_case(pred, target, 3, metrics=("dice",), include_background=True)
@@ -168,27 +169,63 @@ def test_evaluate_case_keys_and_means(overlapping_squares):
     assert with_bg["dice/mean"] == pytest.approx(float(per_class.mean()))
 
 
+def test_hd95_key_carries_the_unit():
+    target = square(16, slice(4, 10), slice(4, 10))
+    pred = square(16, slice(4, 10), slice(6, 12))  # shifted 2 pixels along columns
+    px = evaluate_case(pred, target, 2, metrics=("hd95",))
+    mm = evaluate_case(pred, target, 2, metrics=("hd95",), spacing=(1.0, 0.7))
+    assert px == {"hd95_px/1": pytest.approx(2.0), "hd95_px/mean": pytest.approx(2.0)}
+    assert mm == {"hd95_mm/1": pytest.approx(1.4), "hd95_mm/mean": pytest.approx(1.4)}
+    assert hd95_key(None) == "hd95_px" and hd95_key(0.5) == "hd95_mm"
+
+
+def test_records_with_a_spacing_are_scored_in_millimetres():
+    from semiseg.data.records import Record
+    from semiseg.engine.evaluate import ALL_METRICS, evaluate_records, metric_keys
+
+    target = torch.zeros(4, 16, 16, dtype=torch.long)
+    target[1:3, 4:10, 4:10] = 1
+    image = torch.roll(target, 2, dims=-1)[None].float().numpy()  # the prediction, shifted 2 voxels along W
+    records = [
+        Record(id="px", image=image, mask=target.numpy()),
+        Record(id="mm", image=image, mask=target.numpy(), spacing=(5.0, 1.5, 1.5)),
+    ]
+
+    def predict(x):  # segments the image as it is
+        return torch.cat([1.0 - x, x], dim=1) * 10
+
+    means, cases = evaluate_records(
+        predict, records, num_classes=2, image_size=(16, 16), device=torch.device("cpu"), metrics=ALL_METRICS
+    )
+    assert cases[0]["hd95_px/1"] == pytest.approx(2.0) and "hd95_mm/1" not in cases[0]
+    assert cases[1]["hd95_mm/1"] == pytest.approx(3.0) and "hd95_px/1" not in cases[1]
+    assert means["hd95_px/mean"] == pytest.approx(2.0) and means["hd95_mm/mean"] == pytest.approx(3.0)
+    assert {"hd95_px/mean", "hd95_mm/mean"} <= set(metric_keys(2, ALL_METRICS))
+    with pytest.raises(ValueError, match="spacing"):
+        Record(id="bad", image=image, spacing=(1.0, 1.0))
+
+
 def test_evaluate_case_nan_mean_and_class_names():
     target = square(10, slice(2, 5), slice(2, 5), label=1)
     pred = target.clone()
     pred[7:9, 7:9] = 2  # hd95/2 undefined
     out = evaluate_case(pred, target, 3, metrics=("hd95", "dice"), class_names=["bg", "LV", "RV"])
-    assert list(out) == ["hd95/LV", "hd95/RV", "hd95/mean", "dice/LV", "dice/RV", "dice/mean"]
-    assert math.isnan(out["hd95/RV"]) and out["hd95/mean"] == 0.0  # nan-mean over classes
+    assert list(out) == ["hd95_px/LV", "hd95_px/RV", "hd95_px/mean", "dice/LV", "dice/RV", "dice/mean"]
+    assert math.isnan(out["hd95_px/RV"]) and out["hd95_px/mean"] == 0.0  # nan-mean over classes
     assert out["dice/mean"] == pytest.approx(0.5)  # plain mean: 1 and 0
 
 
 def test_aggregate_mean_population_std_and_nan_count():
     cases = [
-        {"dice/1": 0.5, "hd95/1": 2.0},
-        {"dice/1": 1.0, "hd95/1": math.nan},
-        {"dice/1": 0.0, "hd95/1": 4.0},
+        {"dice/1": 0.5, "hd95_px/1": 2.0},
+        {"dice/1": 1.0, "hd95_px/1": math.nan},
+        {"dice/1": 0.0, "hd95_px/1": 4.0},
     ]
     agg = aggregate(cases)
     assert agg["dice/1"]["mean"] == pytest.approx(0.5)
     assert agg["dice/1"]["std"] == pytest.approx(math.sqrt((0.0**2 + 0.5**2 + 0.5**2) / 3))  # ddof=0
     assert agg["dice/1"]["n"] == 3 and agg["dice/1"]["n_nan"] == 0
-    assert agg["hd95/1"] == {"mean": pytest.approx(3.0), "std": pytest.approx(1.0), "n": 2, "n_nan": 1}
+    assert agg["hd95_px/1"] == {"mean": pytest.approx(3.0), "std": pytest.approx(1.0), "n": 2, "n_nan": 1}
     only_nan = aggregate([{"x": math.nan}])["x"]
     assert math.isnan(only_nan["mean"]) and math.isnan(only_nan["std"]) and only_nan["n_nan"] == 1
     assert aggregate([]) == {}

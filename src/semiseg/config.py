@@ -395,6 +395,11 @@ def build_config(
     return cfg
 
 
+#: built-in datasets whose images have one fixed scaling (8-bit ÷ 255, or stored normalised like
+#: ACDC's h5 slices and volumes): ``data.intensity`` other than "auto" is refused for them
+_FIXED_INTENSITY = ("shapes", "weizmann", "acdc", "acdc_lv", "mnist")
+
+
 def validate(cfg: RunConfig, source: str = "config") -> None:
     """Value checks beyond types (ranges, lengths); method options are checked by the method."""
 
@@ -407,6 +412,8 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         bad("data.num_classes", f"must be in 2..{IGNORE_INDEX - 1} ({IGNORE_INDEX} is the ignore label)")
     if not 2 <= cfg.data.shapes_classes <= 4:
         bad("data.shapes_classes", "must be 2, 3 or 4 (background + up to 3 shapes)")
+    if cfg.data.intensity != "auto" and cfg.data.dataset in _FIXED_INTENSITY:
+        bad("data.intensity", f"must be 'auto' for dataset '{cfg.data.dataset}' (fixed image scaling)")
     s = cfg.data.split
     if s.labeled is not None and s.labeled < 1:
         bad("data.split.labeled", "must be at least 1")

@@ -16,6 +16,11 @@ Conventions:
   (nothing to find, nothing found); absent from exactly one it scores 0.
 * **Empty classes in HD95.** 0 when the class is absent from both; ``nan`` when it is absent from
   exactly one (the distance is undefined; MONAI would give ``inf``/``nan`` with a warning).
+* **HD95 unit.** Distances are in pixels (voxels) unless a pixel spacing is given, and the key
+  says which: :func:`evaluate_case` reports ``hd95_px/...`` without ``spacing`` and
+  ``hd95_mm/...`` with it (``spacing`` = physical size of a pixel along each axis, in
+  millimetres, e.g. :attr:`semiseg.data.records.Record.spacing`). The requested metric is
+  ``"hd95"`` either way.
 * **Relative area difference** (``rad``) is signed: ``(|pred_k| - |target_k|) / |target_k|``,
   positive for over-segmentation, ``-1`` when the class is missed entirely. It is 0 when the class
   is absent from both, ``nan`` when it is absent from the target but predicted.
@@ -32,7 +37,7 @@ Conventions:
 Example:
     >>> per_case = [evaluate_case(p, t, num_classes=4) for p, t in pairs]
     >>> table = aggregate(per_case)
-    >>> table["dice/mean"]["mean"], table["hd95/3"]["n_nan"]
+    >>> table["dice/mean"]["mean"], table["hd95_px/3"]["n_nan"]
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from semiseg.data.records import IGNORE_INDEX
+from semiseg.core import IGNORE_INDEX
 
 __all__ = [
     "IGNORE_INDEX",
@@ -54,6 +59,7 @@ __all__ = [
     "confusion_matrix",
     "dice_per_class",
     "evaluate_case",
+    "hd95_key",
     "hd95_per_class",
     "jaccard_per_class",
     "pixel_error",
@@ -62,6 +68,13 @@ __all__ = [
 
 #: Metric names understood by :func:`evaluate_case`.
 METRICS = ("dice", "jaccard", "pixel_error", "rad", "hd95")
+
+
+def hd95_key(spacing: float | Sequence[float] | None) -> str:
+    """Key prefix of HD95 in :func:`evaluate_case`'s results: ``"hd95_mm"`` with a pixel spacing
+    (millimetres), ``"hd95_px"`` without (distances in pixels / voxels)."""
+    return "hd95_px" if spacing is None else "hd95_mm"
+
 
 LabelMap = np.ndarray | torch.Tensor
 
@@ -326,8 +339,8 @@ def hd95_per_class(
         pred: Predicted class indices in ``[0, num_classes)``.
         target: True class indices; pixels equal to ``ignore_index`` are excluded.
         num_classes: Number of classes ``K`` including background.
-        spacing: Pixel/voxel size, one number (isotropic) or one per axis in the order of the
-            array axes; ``None`` means 1 (distances in pixels).
+        spacing: Pixel/voxel size (e.g. millimetres), one number (isotropic) or one per axis in
+            the order of the array axes; ``None`` means 1 (distances in pixels).
         ignore_index: Target value of unlabeled pixels; ``None`` if every pixel is labeled.
 
     Returns:
@@ -360,7 +373,8 @@ def evaluate_case(
     """All requested metrics of one case as a flat dict, ready for a CSV row or :func:`aggregate`.
 
     Keys are ``"<metric>/<class>"`` for each reported class, ``"<metric>/mean"`` over them, and
-    ``"pixel_error"`` (which always counts every class). Reported classes are ``1..K-1``, or
+    ``"pixel_error"`` (which always counts every class); HD95's ``<metric>`` carries its unit,
+    ``hd95_px`` or ``hd95_mm`` (:func:`hd95_key`). Reported classes are ``1..K-1``, or
     ``0..K-1`` with ``include_background``. ``<class>`` is the class index, or
     ``class_names[index]`` when names are given, e.g. ``{"dice/1": 0.91, "dice/LV": ...}``.
 
@@ -370,7 +384,8 @@ def evaluate_case(
         num_classes: Number of classes ``K`` including background.
         metrics: Any of ``"dice"``, ``"jaccard"``, ``"pixel_error"``, ``"rad"``, ``"hd95"``.
         include_background: Report class 0 and include it in the means.
-        spacing: Pixel/voxel size for HD95 (see :func:`hd95_per_class`).
+        spacing: Pixel/voxel size in millimetres for HD95 (see :func:`hd95_per_class`); HD95 is
+            reported as ``hd95_mm/...`` with it and as ``hd95_px/...`` (pixels) without.
         ignore_index: Target value of unlabeled pixels; ``None`` if every pixel is labeled.
         class_names: ``K`` names (background first) used in keys instead of indices.
 
@@ -412,12 +427,13 @@ def evaluate_case(
             result["pixel_error"] = _pixel_error_from_cm(cm)
             continue
         values = per_class[metric]
+        key = hd95_key(spacing) if metric == "hd95" else metric
         for k, v in zip(classes, values.tolist()):
-            result[f"{metric}/{names[k]}"] = v
+            result[f"{key}/{names[k]}"] = v
         if metric in ("dice", "jaccard"):
-            result[f"{metric}/mean"] = float(values.mean()) if values.numel() else math.nan
+            result[f"{key}/mean"] = float(values.mean()) if values.numel() else math.nan
         else:
-            result[f"{metric}/mean"] = _nanmean(values)
+            result[f"{key}/mean"] = _nanmean(values)
     return result
 
 

@@ -174,3 +174,48 @@ def test_bad_arguments(tmp_path: Path) -> None:
         load_folder(tmp_path, num_classes=1)
     with pytest.raises(ConfigError, match="channels"):
         load_folder(tmp_path, channels="RGB")
+
+
+def test_png_0_255_mask_suggests_mask_threshold(tmp_path: Path) -> None:
+    _image(tmp_path / "images" / "a.png")
+    values = np.zeros((6, 8), dtype=np.uint8)
+    values[2:5, 3:6] = 255
+    _mask(tmp_path / "masks" / "a.png", values)
+    with pytest.raises(DataError, match=r"outside classes 0\.\.1; a 0/255 mask: set data\.mask_threshold"):
+        load_folder(tmp_path, num_classes=2)
+    np.testing.assert_array_equal(load_folder(tmp_path, mask_threshold=127).train[0].mask, values // 255)
+
+
+def _image16(path: Path, values: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(values.astype(np.uint16)).save(path)
+    return path
+
+
+def test_16bit_images_fill_the_unit_range_and_8bit_images_are_unchanged(tmp_path: Path) -> None:
+    twelve_bit = RNG.integers(200, 4096, size=(6, 8))
+    _image16(tmp_path / "images" / "a.png", twelve_bit)
+    eight_bit = _image(tmp_path / "images" / "b.png")
+    a, b = load_folder(tmp_path).train
+    assert a.image.min() == 0.0 and a.image.max() == 1.0  # was [0.003, 0.0625]: divided by 65535
+    np.testing.assert_allclose(a.image[0], (twelve_bit - twelve_bit.min()) / np.ptp(twelve_bit), rtol=1e-6)
+    assert np.array_equal(b.image[0], np.asarray(Image.open(eight_bit)).astype(np.float32) / 255.0)
+
+    z = load_folder(tmp_path, intensity="zscore").train
+    assert all(
+        abs(float(r.image.mean())) < 1e-5 and float(r.image.std()) == pytest.approx(1, rel=1e-4) for r in z
+    )
+    raw = load_folder(tmp_path, intensity="none").train
+    np.testing.assert_array_equal(raw[0].image[0], twelve_bit)
+    with pytest.raises(ConfigError, match="intensity"):
+        load_folder(tmp_path, intensity="zscores")
+
+
+def test_intensity_option_reaches_the_folder_loader(tmp_path: Path) -> None:
+    from semiseg.config import DataConfig
+    from semiseg.data import load_bundle
+
+    _image16(tmp_path / "images" / "a.png", RNG.integers(200, 4096, size=(6, 8)))
+    auto = load_bundle(DataConfig(dataset="folder", path=str(tmp_path)))
+    raw = load_bundle(DataConfig(dataset="folder", path=str(tmp_path), intensity="none"))
+    assert auto.train[0].image.max() == 1.0 and raw.train[0].image.max() >= 200

@@ -13,6 +13,7 @@ from semiseg.data.io import (
     check_mask_values,
     check_same_size,
     list_images,
+    normalize_intensity,
     read_image,
     read_mask,
 )
@@ -69,19 +70,55 @@ def test_rgba_drops_alpha(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("suffix", [".png", ".tif"])
-def test_16bit_scaled_by_65535(tmp_path: Path, suffix: str) -> None:
-    arr = np.array([[0, 1000, 65535]], dtype=np.uint16)
+def test_16bit_content_fills_the_unit_range_by_default(tmp_path: Path, suffix: str) -> None:
+    """12-bit content in a 16-bit file used to land in [0, 0.06] (÷ 65535); auto = per-image min-max."""
+    arr = np.array([[100, 1000, 4095]], dtype=np.uint16)
     Image.fromarray(arr).save(tmp_path / f"a{suffix}")
     img = read_image(tmp_path / f"a{suffix}")
-    np.testing.assert_allclose(img[0], arr / 65535.0, rtol=1e-6)
+    np.testing.assert_allclose(img[0], (arr - 100.0) / (4095.0 - 100.0), rtol=1e-6)
+    np.testing.assert_array_equal(read_image(tmp_path / f"a{suffix}", intensity="none")[0], arr)
 
 
-def test_float_tiff_kept_as_is(tmp_path: Path) -> None:
+def test_float_tiff_min_max_by_default_raw_with_none(tmp_path: Path) -> None:
     arr = np.array([[-0.5, 0.25], [1.0, 2.5]], dtype=np.float32)
     Image.fromarray(arr).save(tmp_path / "f.tiff")
     img = read_image(tmp_path / "f.tiff")
     assert img.shape == (1, 2, 2)
-    np.testing.assert_array_equal(img[0], arr)
+    np.testing.assert_allclose(img[0], (arr + 0.5) / 3.0, rtol=1e-6)
+    np.testing.assert_array_equal(read_image(tmp_path / "f.tiff", intensity="none")[0], arr)
+
+
+def test_eight_bit_auto_is_division_by_255_bit_for_bit(tmp_path: Path) -> None:
+    gray, rgb = _gray_u8(), RNG.integers(0, 256, size=(4, 7, 3), dtype=np.uint8)
+    Image.fromarray(gray).save(tmp_path / "g.png")
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    assert np.array_equal(read_image(tmp_path / "g.png")[0], gray.astype(np.float32) / 255.0)
+    c = rgb.astype(np.float32).transpose(2, 0, 1) / 255.0
+    assert np.array_equal(read_image(tmp_path / "c.png"), c)
+    luma = np.tensordot(np.array([0.299, 0.587, 0.114], dtype=np.float32), c, axes=1)
+    assert np.array_equal(read_image(tmp_path / "c.png", channels="gray")[0], luma)
+
+
+def test_explicit_intensity_modes(tmp_path: Path) -> None:
+    arr = np.arange(2, 202, dtype=np.uint8).reshape(10, 20)
+    arr[0, 0] = 255  # one outlier
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    raw = arr.astype(np.float32)
+
+    np.testing.assert_array_equal(read_image(tmp_path / "a.png", intensity="none")[0], raw)
+    np.testing.assert_allclose(
+        read_image(tmp_path / "a.png", intensity="minmax")[0], (raw - 3) / 252, rtol=1e-6
+    )
+    pct = read_image(tmp_path / "a.png", intensity="percentile")[0]
+    lo, hi = np.percentile(raw, [0.5, 99.5])
+    np.testing.assert_allclose(pct, np.clip((raw - lo) / (hi - lo), 0, 1), atol=1e-6)
+    assert pct.min() == 0.0 and pct.max() == 1.0 and pct[-1, -1] > 0.99  # the outlier does not squeeze 201
+    z = read_image(tmp_path / "a.png", intensity="zscore")[0]
+    assert z.mean() == pytest.approx(0.0, abs=1e-5) and z.std() == pytest.approx(1.0, rel=1e-5)
+    for mode in ("minmax", "percentile", "zscore"):  # a constant image gives zeros, not NaN
+        np.testing.assert_array_equal(normalize_intensity(np.full((1, 3, 3), 7.0), mode), np.zeros((1, 3, 3)))
+    with pytest.raises(ConfigError, match="intensity must be one of"):
+        read_image(tmp_path / "a.png", intensity="max")
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
@@ -180,8 +217,23 @@ def test_jpeg_mask_without_threshold_gets_hint(tmp_path: Path) -> None:
     arr = np.zeros((16, 16), dtype=np.uint8)
     arr[4:12, 4:12] = 255
     Image.fromarray(arr).save(tmp_path / "m.jpg")
-    with pytest.raises(DataError, match="outside classes 0..1; JPEG masks are lossy"):
+    with pytest.raises(
+        DataError, match="outside classes 0..1; JPEG masks are lossy, set data.mask_threshold"
+    ):
         read_mask(tmp_path / "m.jpg", num_classes=2)
+
+
+def test_png_0_255_mask_without_threshold_gets_hint(tmp_path: Path) -> None:
+    arr = np.zeros((16, 16), dtype=np.uint8)
+    arr[4:12, 4:12] = 255
+    Image.fromarray(arr).save(tmp_path / "m.png")
+    with pytest.raises(DataError, match=r"outside classes 0\.\.1; a 0/255 mask: set data.mask_threshold"):
+        read_mask(tmp_path / "m.png", num_classes=2)
+    np.testing.assert_array_equal(read_mask(tmp_path / "m.png", 2, threshold=127), arr // 255)
+    arr[0, 0] = 7  # other values: no 0/255 hint
+    Image.fromarray(arr).save(tmp_path / "m.png")
+    with pytest.raises(DataError, match=r"outside classes 0\.\.1$"):
+        read_mask(tmp_path / "m.png", num_classes=2)
 
 
 def test_colour_mask_rejected(tmp_path: Path) -> None:

@@ -57,3 +57,35 @@ def test_unlabeled_items_carry_nothing_by_default():
 def test_weak_labels_need_masks():
     with pytest.raises(DataError, match="unlabeled_supervision: size needs a mask"):
         prepare_data(config("data.split.unlabeled_supervision=size"), bundle=bundle(unmasked=2))
+
+
+@pytest.mark.parametrize("volumes", [False, True], ids=["images", "volumes"])
+def test_sparse_setting_validates_on_sparse_labels_only(volumes):
+    """val_supervision: same keeps sparse_pixels labeled pixels per validation image (or volume);
+    dense keeps them all; the test set stays dense either way."""
+    b = bundle()
+    if volumes:
+        rng = np.random.default_rng(7)
+        b.val = [
+            Record(
+                id=f"vol{i}",
+                image=rng.random((1, 3, 8, 8), dtype=np.float32),
+                mask=rng.integers(0, 2, (3, 8, 8)),
+            )
+            for i in range(3)
+        ]
+    originals = {r.id: r.mask.copy() for r in (b.val or b.train)}
+    sparse = "data.split.supervision=sparse", "data.split.sparse_pixels=5"
+
+    same = prepare_data(config(*sparse, "data.split.val_supervision=same"), bundle=b)
+    assert same.val and same.test
+    for r in same.val:
+        labeled = r.mask != IGNORE_INDEX
+        assert labeled.sum() == 5, r.id
+        assert (r.mask[labeled] == originals[r.id][labeled]).all()
+    assert all((r.mask != IGNORE_INDEX).all() for r in same.test)
+
+    dense = prepare_data(config(*sparse, "data.split.val_supervision=dense"), bundle=b)
+    assert [r.id for r in dense.val] == [r.id for r in same.val]
+    assert all(np.array_equal(r.mask, originals[r.id]) for r in dense.val)
+    assert all(np.array_equal(r.mask, originals[r.id]) for r in (b.val or []))  # the bundle is not modified

@@ -259,7 +259,7 @@ def test_run_writes_logs_metrics_and_plots(tmp_path, make_config):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["best"] == results["best"] and metrics["labeled"] == 4
     for split in ("val", "test"):
-        assert {"dice/mean", "jaccard/mean", "pixel_error", "hd95/mean", "rad/mean"} <= set(metrics[split])
+        assert {"dice/mean", "jaccard/mean", "pixel_error", "hd95_px/mean", "rad/mean"} <= set(metrics[split])
         assert len(metrics[f"{split}_cases"]) == (2 if split == "val" else 4)
     steps = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [1, 2, 3, 4]

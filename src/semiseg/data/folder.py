@@ -16,7 +16,14 @@ import os
 from pathlib import Path
 
 from semiseg.config import DataConfig
-from semiseg.data.io import CHANNEL_MODES, check_same_size, list_images, read_image, read_mask
+from semiseg.data.io import (
+    CHANNEL_MODES,
+    INTENSITY_MODES,
+    check_same_size,
+    list_images,
+    read_image,
+    read_mask,
+)
 from semiseg.data.records import DatasetBundle, Record
 from semiseg.data.registry import register_dataset
 from semiseg.errors import ConfigError, DataError
@@ -42,6 +49,7 @@ def _load_split(
     mask_dir: str,
     mask_threshold: int | None,
     channels: str,
+    intensity: str,
 ) -> list[Record]:
     """Reads one ``images/`` + ``masks/`` pair of folders into records sorted by id."""
     images_path = split_root / image_dir
@@ -58,7 +66,7 @@ def _load_split(
     records = []
     for stem in sorted(images):
         image_path = images[stem]
-        image = read_image(image_path, channels)
+        image = read_image(image_path, channels, intensity)
         mask = None
         if stem in masks:
             mask = read_mask(masks[stem], num_classes, mask_threshold)
@@ -92,6 +100,7 @@ def load_folder(
     mask_dir: str = "masks",
     mask_threshold: int | None = None,
     channels: str = "auto",
+    intensity: str = "auto",
     name: str = "folder",
 ) -> DatasetBundle:
     """Loads a folder dataset (see the module docstring for the layouts).
@@ -104,6 +113,10 @@ def load_folder(
         mask_dir: Name of the mask sub-folder (may be absent: all images unlabeled).
         mask_threshold: For lossy (JPEG) binary masks: values above it are class 1, others 0.
         channels: ``"auto"`` (from the files; all images must agree), ``"gray"`` or ``"rgb"``.
+        intensity: Scaling of the image intensities, one of
+            :data:`~semiseg.data.io.INTENSITY_MODES` (see :func:`~semiseg.data.io.read_image`):
+            ``"auto"`` divides 8-bit images by 255 and min-max scales 16-bit and float images per
+            image.
         name: Dataset name stored in the bundle.
 
     Returns:
@@ -113,12 +126,14 @@ def load_folder(
     Raises:
         DataError: Missing folder, no images, a mask without an image, unreadable files, masks
             of the wrong size or with values outside the classes, mixed channel counts.
-        ConfigError: ``num_classes`` below 2 or an unknown ``channels`` mode.
+        ConfigError: ``num_classes`` below 2 or an unknown ``channels`` or ``intensity`` mode.
     """
     if num_classes < 2:
         raise ConfigError(f"num_classes must be at least 2 (background + one class); got {num_classes}")
     if channels not in CHANNEL_MODES:
         raise ConfigError(f"channels must be one of {', '.join(CHANNEL_MODES)}; got {channels!r}")
+    if intensity not in INTENSITY_MODES:
+        raise ConfigError(f"intensity must be one of {', '.join(INTENSITY_MODES)}; got {intensity!r}")
     root = Path(root)
     if not root.is_dir():
         raise DataError(root, "data folder not found")
@@ -132,6 +147,7 @@ def load_folder(
         mask_dir=mask_dir,
         mask_threshold=mask_threshold,
         channels=channels,
+        intensity=intensity,
     )
     splits: dict[str, list[Record]] = {}
     if split_dirs:
@@ -158,5 +174,9 @@ def load_folder(
 @register_dataset("folder")  # no default folder: data.path is required
 def _load(cfg: DataConfig, path: Path | None) -> DatasetBundle:
     return load_folder(
-        path, num_classes=cfg.num_classes or 2, mask_threshold=cfg.mask_threshold, channels=cfg.channels
+        path,
+        num_classes=cfg.num_classes or 2,
+        mask_threshold=cfg.mask_threshold,
+        channels=cfg.channels,
+        intensity=cfg.intensity,
     )

@@ -1,7 +1,8 @@
 """Reading single image and mask files into the arrays a :class:`~semiseg.data.records.Record` holds.
 
-Images become ``float32`` arrays of shape ``[C, H, W]`` scaled to ``[0, 1]``; masks become ``int64``
-class maps of shape ``[H, W]``. Every problem with a file (missing, unreadable, NaN pixels, class
+Images become ``float32`` arrays of shape ``[C, H, W]`` (intensities scaled as
+:func:`normalize_intensity` describes, by default to ``[0, 1]``); masks become ``int64`` class maps
+of shape ``[H, W]``. Every problem with a file (missing, unreadable, NaN pixels, class
 values the dataset does not have, a mask of the wrong size) raises :class:`~semiseg.errors.DataError`
 naming the file, so a bad dataset fails at load time instead of half-way through training.
 """
@@ -22,6 +23,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 #: Channel modes accepted by :func:`read_image`.
 CHANNEL_MODES = ("auto", "gray", "rgb")
 
+#: Intensity modes accepted by :func:`read_image` and :func:`normalize_intensity` (``data.intensity``).
+INTENSITY_MODES = ("auto", "minmax", "percentile", "zscore", "none")
+
+#: Percentiles that ``"percentile"`` maps to 0 and 1 (values beyond are clipped).
+PERCENTILES = (0.5, 99.5)
+
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 _LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -38,40 +45,69 @@ def _open(path: str | os.PathLike) -> Image.Image:
         raise DataError(path, f"cannot read image: {exc}") from exc
 
 
-def _gray_array(im: Image.Image, path: str | os.PathLike) -> np.ndarray:
-    """Returns a single-channel image as a float32 ``[H, W]`` array scaled to ``[0, 1]``."""
+def _gray_array(im: Image.Image) -> tuple[np.ndarray, float | None]:
+    """A single-channel image's stored values as a float32 ``[H, W]`` array, and the full scale of
+    its format (255 for 8-bit, 1 for bilevel; ``None`` for 16-bit, 32-bit integer and float images,
+    whose content rarely fills the format's range)."""
     if im.mode == "LA":
         im = im.convert("L")
     arr = np.asarray(im)
     if arr.dtype == np.bool_:
-        return arr.astype(np.float32)
+        return arr.astype(np.float32), 1.0
     if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 255.0
-    if arr.dtype.kind == "u" and arr.dtype.itemsize == 2:
-        return arr.astype(np.float32) / 65535.0
-    if arr.dtype.kind == "i":
-        # Pillow mode "I" (32-bit int), e.g. some 16-bit PNG/TIFF writers: accept the 16-bit range only.
-        lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
-        if lo < 0 or hi > 65535:
-            raise DataError(
-                path, f"32-bit integer image with values {lo}..{hi} outside 0..65535; save it as 8/16-bit"
-            )
-        return arr.astype(np.float32) / 65535.0
-    return arr.astype(np.float32)  # mode "F": float intensities kept as they are
+        return arr.astype(np.float32), 255.0
+    return arr.astype(np.float32), None
 
 
-def read_image(path: str | os.PathLike, channels: str = "auto") -> np.ndarray:
+def normalize_intensity(image: np.ndarray, mode: str) -> np.ndarray:
+    """Scales one image's intensities, all channels together (colour balance is kept).
+
+    Modes: ``"minmax"`` maps the image's minimum and maximum to 0 and 1; ``"percentile"`` maps its
+    :data:`PERCENTILES` (0.5th and 99.5th) to 0 and 1 and clips beyond; ``"zscore"`` subtracts the
+    mean and divides by the standard deviation; ``"none"`` keeps the values. A constant image
+    becomes 0 (``"minmax"``, ``"percentile"``, ``"zscore"``). (``"auto"`` depends on the file format
+    and is resolved by :func:`read_image`.)
+
+    Shape:
+        image: any shape, e.g. ``[C, H, W]`` or ``[C, D, H, W]``. Returns the same shape, float32.
+
+    Examples:
+        >>> normalize_intensity(np.array([[[100.0, 300.0, 500.0]]]), "minmax")
+        array([[[0. , 0.5, 1. ]]], dtype=float32)
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if mode == "none":
+        return image
+    if mode in ("minmax", "percentile"):
+        if mode == "minmax":
+            lo, hi = float(image.min()), float(image.max())
+        else:
+            lo, hi = (float(v) for v in np.percentile(image, PERCENTILES))
+        if hi <= lo:
+            return np.zeros_like(image)
+        return np.clip((image - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    if mode == "zscore":
+        std = float(image.std())
+        centred = image - image.mean(dtype=np.float64)
+        return (centred / std if std > 0 else centred * 0.0).astype(np.float32)
+    raise ConfigError(f"intensity must be one of {', '.join(INTENSITY_MODES)}; got {mode!r}")
+
+
+def read_image(path: str | os.PathLike, channels: str = "auto", intensity: str = "auto") -> np.ndarray:
     """Reads a PNG, JPEG or TIFF image.
 
-    Integer images are scaled to ``[0, 1]`` (8-bit by 255, 16-bit by 65535); float TIFFs (mode
-    ``"F"``) are kept as they are. Alpha channels are dropped; palette and other colour modes are
-    converted to RGB.
+    With ``intensity="auto"`` 8-bit images (and colour images, which Pillow reads as 8-bit) are
+    divided by 255, and 16-bit, 32-bit integer and float images are min-max scaled to ``[0, 1]``
+    per image (12-bit content in a 16-bit file fills ``[0, 1]``). Other modes apply
+    :func:`normalize_intensity` to the stored values, after the channel conversion. Alpha channels
+    are dropped; palette and other colour modes are converted to RGB.
 
     Args:
         path: Image file.
         channels: ``"gray"`` (one channel; colour images are converted with ITU-R 601 luma
             weights), ``"rgb"`` (three channels; grayscale is repeated) or ``"auto"`` (one channel if
             the file is grayscale, else three).
+        intensity: One of :data:`INTENSITY_MODES` (``data.intensity``).
 
     Returns:
         ``float32`` array.
@@ -81,21 +117,31 @@ def read_image(path: str | os.PathLike, channels: str = "auto") -> np.ndarray:
 
     Raises:
         DataError: The file is missing, cannot be decoded, or contains NaN or infinite values.
-        ConfigError: ``channels`` is not one of :data:`CHANNEL_MODES`.
+        ConfigError: ``channels`` or ``intensity`` is not a known mode.
     """
     if channels not in CHANNEL_MODES:
         raise ConfigError(f"channels must be one of {', '.join(CHANNEL_MODES)}; got {channels!r}")
+    if intensity not in INTENSITY_MODES:
+        raise ConfigError(f"intensity must be one of {', '.join(INTENSITY_MODES)}; got {intensity!r}")
     im = _open(path)
     if im.mode in _GRAY_MODES:
-        arr = _gray_array(im, path)[None]
+        arr, full_scale = _gray_array(im)
+        arr = arr[None]
     else:
-        arr = np.asarray(im.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0
+        arr, full_scale = np.asarray(im.convert("RGB"), dtype=np.float32).transpose(2, 0, 1), 255.0
     if not np.isfinite(arr).all():
         raise DataError(path, "image contains NaN or infinite values")
+    if intensity == "auto" and full_scale is not None:
+        if full_scale != 1.0:
+            arr = arr / full_scale  # before the channel conversion, as always (bit-for-bit)
     if channels == "gray" and arr.shape[0] == 3:
         arr = np.tensordot(_LUMA_WEIGHTS, arr, axes=1)[None]
     elif channels == "rgb" and arr.shape[0] == 1:
         arr = np.repeat(arr, 3, axis=0)
+    if intensity != "auto":
+        arr = normalize_intensity(arr, intensity)
+    elif full_scale is None:
+        arr = normalize_intensity(arr, "minmax")
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
@@ -164,8 +210,11 @@ def read_mask(path: str | os.PathLike, num_classes: int, threshold: int | None =
             if not np.isfinite(raw).all() or not (raw == np.round(raw)).all():
                 raise DataError(path, "mask has non-integer values")
         mask = raw.astype(np.int64)
-    is_jpeg = Path(path).suffix.lower() in (".jpg", ".jpeg")
-    hint = "; JPEG masks are lossy, give a mask threshold" if threshold is None and is_jpeg else ""
+    hint = ""
+    if threshold is None and Path(path).suffix.lower() in (".jpg", ".jpeg"):
+        hint = "; JPEG masks are lossy, set data.mask_threshold (e.g. 127)"
+    elif threshold is None and mask.size and int(mask.max()) == 255 and np.isin(mask, (0, 255)).all():
+        hint = "; a 0/255 mask: set data.mask_threshold (e.g. 127) to read it as background/foreground"
     check_mask_values(mask, num_classes, path, hint)
     return mask
 

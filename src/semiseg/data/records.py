@@ -31,6 +31,9 @@ class Record:
         label: Image-level class (e.g. the MNIST digit), or ``None``.
         group: Grouping key for splits "by patient" (ACDC: ``patient003``); defaults to ``id``.
         source: File the record came from (for error messages).
+        spacing: Physical size of a pixel / voxel along each spatial axis, in millimetres, in the
+            order of the array axes (``(H, W)`` or ``(D, H, W)``); ``None`` when unknown. HD95 is
+            reported in millimetres (``hd95_mm``) for records with a spacing, else in pixels.
     """
 
     id: str
@@ -39,10 +42,18 @@ class Record:
     label: int | None = None
     group: str = ""
     source: str = ""
+    spacing: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.group:
             self.group = self.id
+        if self.spacing is not None:
+            self.spacing = tuple(float(s) for s in self.spacing)
+            if len(self.spacing) != self.image.ndim - 1 or not all(s > 0 for s in self.spacing):
+                raise ValueError(
+                    f"{self.source or self.id}: spacing {self.spacing} must give one positive size per "
+                    f"spatial axis of an image of shape {tuple(self.image.shape)}"
+                )
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:

@@ -3,7 +3,8 @@
 An image is resized to the training size, segmented, and its class probabilities are resized
 back (bilinear) to the record's own resolution before the argmax, so metrics are computed
 against the original masks. A volume ``[C, D, H, W]`` is segmented slice by slice and scored as
-one case (per-volume metrics).
+one case (per-volume metrics). HD95 is in pixels (``hd95_px``), or in millimetres (``hd95_mm``)
+for records with a ``spacing``.
 """
 
 from __future__ import annotations
@@ -92,9 +93,8 @@ def evaluate_records(
         chunk = records[start : start + 64]
         for r, p in zip(chunk, predict_records(predict, chunk, image_size, device)):
             pred = postprocess(p, r) if postprocess is not None else p.argmax(0)
-            case = evaluate_case(
-                pred, torch.from_numpy(np.asarray(r.mask)), num_classes, metrics=tuple(metrics)
-            )
+            mask = torch.from_numpy(np.asarray(r.mask))
+            case = evaluate_case(pred, mask, num_classes, metrics=tuple(metrics), spacing=r.spacing)
             case["id"] = r.id
             cases.append(case)
     summary = aggregate([{k: v for k, v in c.items() if k != "id"} for c in cases])
@@ -103,10 +103,13 @@ def evaluate_records(
 
 
 def metric_keys(num_classes: int, metrics: Sequence[str] = FAST_METRICS) -> list[str]:
+    """Keys :func:`evaluate_records` can report for ``metrics`` (HD95 as ``hd95_px`` and, for records
+    with a pixel spacing, ``hd95_mm``)."""
     keys = []
     for m in metrics:
         if m == "pixel_error":
             keys.append(m)
-        else:
-            keys += [f"{m}/{c}" for c in range(num_classes)] + [f"{m}/mean"]
+            continue
+        for name in ("hd95_px", "hd95_mm") if m == "hd95" else (m,):
+            keys += [f"{name}/{c}" for c in range(num_classes)] + [f"{name}/mean"]
     return keys

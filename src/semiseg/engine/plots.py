@@ -43,7 +43,9 @@ def overlays(
     """Rows of (image, truth overlay, prediction overlay).
 
     Args:
-        items: ``(title, image [H, W], truth [H, W], prediction [H, W])`` tuples.
+        items: ``(title, image, truth [H, W], prediction [H, W])`` tuples; ``image`` is ``[H, W]``
+            (drawn in gray) or ``[H, W, 3]`` RGB in ``[0, 1]`` (drawn in colour), see
+            :func:`display_image`.
     """
     plt = _plt()
     n = len(items)
@@ -64,13 +66,25 @@ def overlays(
     plt.close(fig)
 
 
+def display_image(image: np.ndarray) -> np.ndarray:
+    """A 2D image ``[C, H, W]`` as matplotlib draws it: ``[H, W]`` for one channel (gray colour
+    map, scaled by ``imshow``), ``[H, W, 3]`` for three, min-max scaled to ``[0, 1]`` (``imshow``
+    does not scale colour images)."""
+    if image.shape[0] != 3:
+        return image[0]
+    rgb = np.moveaxis(image, 0, -1).astype(np.float64)
+    lo, hi = float(rgb.min()), float(rgb.max())
+    return (rgb - lo) / (hi - lo) if hi > lo else np.zeros_like(rgb)
+
+
 def overlay_items(records, probs) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
-    """Pick a displayable 2D slice (the one with most foreground) from each record."""
+    """Pick a displayable 2D slice (the one with most foreground) from each record; colour images
+    stay in colour (:func:`display_image`)."""
     items = []
     for r, p in zip(records, probs):
-        image, truth, pred = r.image[0], np.asarray(r.mask), p.argmax(0).numpy()
-        if image.ndim == 3:  # volume: middle-most slice with foreground
+        image, truth, pred = r.image, np.asarray(r.mask), p.argmax(0).numpy()
+        if image.ndim == 4:  # volume [C, D, H, W]: the slice with most foreground
             d = int(np.argmax((truth > 0).reshape(truth.shape[0], -1).sum(1)))
-            image, truth, pred = image[d], truth[d], pred[d]
-        items.append((r.id, image, truth, pred))
+            image, truth, pred = image[:, d], truth[d], pred[d]
+        items.append((r.id, display_image(image), truth, pred))
     return items

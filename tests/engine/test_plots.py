@@ -1,0 +1,55 @@
+"""End-of-run figures: colour images are drawn in colour, volumes by their most foreground slice."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from semiseg.data.records import Record
+from semiseg.engine.plots import display_image, overlay_items, overlays
+
+
+def rgb_record() -> Record:
+    image = np.zeros((3, 12, 16), dtype=np.float32)
+    image[0, :, :8] = 1.0  # left half red
+    image[2, :, 8:] = 1.0  # right half blue
+    return Record(id="colour", image=image, mask=np.zeros((12, 16), dtype=np.int64))
+
+
+def test_colour_images_stay_in_colour():
+    rec = rgb_record()
+    probs = torch.zeros(2, 12, 16)
+    probs[0] = 1.0
+    ((title, image, truth, pred),) = overlay_items([rec], [probs])
+    assert title == "colour" and image.shape == (12, 16, 3) and truth.shape == pred.shape == (12, 16)
+    np.testing.assert_array_equal(image[0, 0], [1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(image[0, -1], [0.0, 0.0, 1.0])
+    gray = display_image(rec.image[:1])
+    assert gray.shape == (12, 16)
+    # intensities outside [0, 1] (e.g. z-scored) are scaled for display
+    assert display_image(rec.image * 4 - 2).min() == 0.0 and display_image(rec.image * 4 - 2).max() == 1.0
+
+
+def test_overlay_figure_shows_the_colours(tmp_path):
+    """No foreground anywhere, so any saturated pixel of the figure comes from the image itself."""
+    import matplotlib.pyplot as plt
+
+    rec = rgb_record()
+    probs = torch.zeros(2, 12, 16)
+    probs[0] = 1.0
+    path = tmp_path / "overlays.png"
+    overlays(overlay_items([rec], [probs]), path, num_classes=2)
+    figure = plt.imread(path)[..., :3]
+    red = (figure[..., 0] > 0.8) & (figure[..., 1] < 0.2) & (figure[..., 2] < 0.2)
+    blue = (figure[..., 2] > 0.8) & (figure[..., 0] < 0.2) & (figure[..., 1] < 0.2)
+    assert red.sum() > 100 and blue.sum() > 100
+
+
+def test_volumes_show_the_slice_with_most_foreground():
+    mask = np.zeros((3, 8, 8), dtype=np.int64)
+    mask[1, 2:6, 2:6] = 1
+    mask[2, 3:4, 3:4] = 1
+    image = np.stack([np.full((8, 8), d, dtype=np.float32) for d in range(3)])[None]
+    rec = Record(id="vol", image=image, mask=mask)
+    ((_, shown, truth, pred),) = overlay_items([rec], [torch.zeros(2, 3, 8, 8)])
+    assert shown.shape == (8, 8) and (shown == 1).all() and np.array_equal(truth, mask[1])

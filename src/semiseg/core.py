@@ -161,4 +161,9 @@ class Batch:
     def generators(self, salt: int) -> list[np.random.Generator]:
         """One numpy generator per sample, seeded by (``key``, ``salt``): draws a method makes per
         sample are the same whatever the process count, worker count or resumption."""
-        return [np.random.default_rng([*map(int, k), int(salt)]) for k in self.key.cpu()]
+        # spawn_key keeps these streams apart from the data's own (seed, epoch, position) generator,
+        # whatever the salt (a plain [*key, 0] seed would equal [*key])
+        return [
+            np.random.default_rng(np.random.SeedSequence([int(v) for v in k], spawn_key=(int(salt),)))
+            for k in self.key.cpu()
+        ]

@@ -40,6 +40,7 @@ def summarize(run_dir: Path, metric: str) -> dict:
 
 
 def main() -> None:
+    from semiseg.bench.provenance import git_commit, source_hash
     from semiseg.config import build_config, load_yaml
     from semiseg.engine.run import train
 
@@ -58,7 +59,8 @@ def main() -> None:
     t0 = time.time()
     res = train(cfg, data_root=a.data_root, output_dir=out, final_eval=False)
     row = {"name": a.name, "recipe": a.recipe, "overrides": a.overrides, "quick": not a.full,
-           "best": res["best"], **summarize(out, cfg.train.val_metric), "seconds": round(time.time() - t0, 1)}  # fmt: skip
+           "best": res["best"], **summarize(out, cfg.train.val_metric), "seconds": round(time.time() - t0, 1),
+           "git_commit": git_commit(), "source_hash": source_hash()}  # fmt: skip
     print(json.dumps(row))
     Path(a.log).parent.mkdir(parents=True, exist_ok=True)
     with open(a.log, "a") as f:

@@ -1,73 +1,86 @@
-"""Step time of the size method's segmenter phase over a supervised step on the same images (CPU).
+"""Step time of the size method's segmenter phase over a supervised step on as many images (CPU).
 
-The curriculum tables record one ratio in their provenance (half the configured batch per stream,
-so that both steps see ``batch_size`` images). This script measures the ratio for the settings a
-user actually trains with: ``train.batch_size`` images from *each* stream (labeled + unlabeled)
-against a supervised step on all of them, for each regressor architecture, at the recipe's quick
-resolution, and writes ``benchmarks/results/size-step-ratio.{json,md}``.
+Both sides run the trainer's own ``train_step`` on batches of their own trainer's loader, at the
+recipe's quick settings: the size method draws ``train.batch_size`` images from *each* stream
+(labeled + unlabeled), the supervised baseline (same cross-entropy / Dice weights) draws all of
+them as labeled images in one batch. For each regressor architecture, at the trained batch and at
+half of it. Rounds alternate size, supervised, size, ... (``--rounds``, each ``--steps``
+iterations); the ratio of the medians is reported to 2 decimals. Writes
+``benchmarks/results/size-step-ratio.{json,md}``.
 
-    python benchmarks/step_ratio_size.py [--recipe curriculum-acdc] [--steps 30]
+    python benchmarks/step_ratio_size.py --data-root ../shared/data [--recipe curriculum-acdc]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 
 def main() -> None:
-    from semiseg.bench.runner import git_commit, hardware, step_time_ratio
-    from semiseg.bench.tables import size_step_options
+    from semiseg.bench.provenance import provenance
+    from semiseg.bench.tables import size_step_configs
+    from semiseg.bench.timing import ROUNDS, STEPS_PER_ROUND, step_time_ratio
     from semiseg.config import build_config, load_yaml, to_dict
+    from semiseg.data import load_bundle
+    from semiseg.io import atomic_write_text
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--recipe", default="curriculum-acdc")
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--data-root")
+    p.add_argument("--rounds", type=int, default=ROUNDS)
+    p.add_argument("--steps", type=int, default=STEPS_PER_ROUND, help="iterations per round")
     p.add_argument("--results-dir", default="benchmarks/results")
     a = p.parse_args()
     start = time.perf_counter()
-    cfg = to_dict(build_config(load_yaml(a.recipe), [], quick=True))
-    method, base = size_step_options(cfg)
-    bs, size = cfg["train"]["batch_size"], cfg["data"]["image_size"][0]
-    classes = 4 if cfg["data"]["dataset"] == "acdc" else 2
+    cfg = build_config(load_yaml(a.recipe), ["train.progress=false"], quick=True)
+    bundle = load_bundle(cfg.data, a.data_root)
+    bs = cfg.train.batch_size
     cases = []
     for arch in ("density", "cnn"):
         for per_stream in (bs, max(1, bs // 2)):
-            r = step_time_ratio({**method, "regressor_arch": arch}, base, cfg["model"], num_classes=classes,
-                                image_size=size, batch_size=per_stream, steps=a.steps,
-                                streams=("labeled", "unlabeled"), phase="segmenter")  # fmt: skip
+            c = dataclasses.replace(cfg, method={**cfg.method, "regressor_arch": arch},
+                                    train=dataclasses.replace(cfg.train, batch_size=per_stream))  # fmt: skip
+            method, base = size_step_configs(c)
+            r = step_time_ratio(
+                method, base, phase="segmenter", bundle=bundle, rounds=a.rounds, steps=a.steps
+            )
             cases.append({"regressor_arch": arch, "images_per_stream": per_stream, **r})
-            print(f"{arch} {per_stream}/stream: {r['ratio']}", flush=True)
+            print(f"{arch} {per_stream}/stream: {r['ratio']:.2f}", flush=True)
     results = {
         "recipe": a.recipe,
         "cases": cases,
-        "provenance": {"git_commit": git_commit(), "config": cfg, "seed": 0, "steps": a.steps,
-                       "hardware": hardware(), "wall_seconds": round(time.perf_counter() - start, 1)},
+        "provenance": provenance(config=to_dict(cfg), seed=cfg.train.seed, rounds=a.rounds, steps_per_round=a.steps,
+                                 wall_seconds=round(time.perf_counter() - start, 1)),
     }  # fmt: skip
     out = Path(a.results_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "size-step-ratio.json").write_text(json.dumps(results, indent=1))
+    atomic_write_text(out / "size-step-ratio.json", json.dumps(results, indent=1))
+    size = cfg.data.image_size
     lines = [
         f"# Size-method step time / supervised step time ({a.recipe}, quick settings, CPU)",
         "",
-        "| regressor | images per stream (labeled + unlabeled) | size step (s) | supervised step, same images (s) | ratio |",
+        "| regressor | images per stream (labeled + unlabeled) | size iteration (s) "
+        "| supervised iteration, as many images (s) | ratio |",
         "|---|---|---|---|---|",
     ]
     for c in cases:
         s = c["seconds_per_step"]
         lines.append(f"| {c['regressor_arch']} | {c['images_per_stream']} + {c['images_per_stream']} | "
-                     f"{s['method']:.4f} | {s['baseline']:.4f} | {c['ratio']:.3f} |")  # fmt: skip
+                     f"{s['method']:.3f} | {s['baseline']:.3f} | {c['ratio']:.2f} |")  # fmt: skip
+    pr = results["provenance"]
     lines += [
         "",
-        f"{size}x{size} images, medians over {a.steps} alternating steps. "
-        f"`train.batch_size` = {bs} images per stream is what training uses.",
+        f"{size[0]}x{size[1]} images; both sides run the trainer's `train_step` (the size method's "
+        f"segmenter phase); medians of {a.rounds} interleaved rounds (size, supervised, size, ...) of "
+        f"{a.steps} iterations each. `train.batch_size` = {bs} images per stream is what training uses.",
         "",
-        f"Commit `{results['provenance']['git_commit']}`; wall time {results['provenance']['wall_seconds']} s; "
-        f"hardware: {results['provenance']['hardware']['cpu']} ({results['provenance']['hardware']['cores']} cores).",
+        f"Commit `{pr['git_commit']}`; source hash `{pr['source_hash']}`; wall time {pr['wall_seconds']} s; "
+        f"hardware: {pr['hardware']['cpu']} ({pr['hardware']['cores']} cores), torch {pr['hardware']['torch']}.",
     ]
-    (out / "size-step-ratio.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "size-step-ratio.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,33 @@ from __future__ import annotations
 
 import pytest
 
-from semiseg.bench.runner import markdown, row_config
-from semiseg.bench.tables import TABLES, TV_EDGE, TV_PAPER, TV_PLAIN
+from semiseg.bench import TABLES, get_table, register_table, table_names
+from semiseg.bench.runner import row_config
+from semiseg.bench.tables import TV_EDGE, TV_PAPER, TV_PLAIN, size_step_configs, supervised_baseline
+from semiseg.errors import ConfigError
+
+BUILT_IN = ["curriculum-acdc", "curriculum-acdc-4class", "supervised-acdc", "supervised-horse", "tv-horse"]
+
+
+def test_the_built_in_tables_are_registered():
+    assert set(BUILT_IN) <= set(table_names()) and table_names() == sorted(TABLES)
+    for name in BUILT_IN:
+        assert get_table(name).name == name
+    with pytest.raises(ConfigError, match="bench: unknown table 'tv-hors' \\(did you mean 'tv-horse'"):
+        get_table("tv-hors")
+
+
+def test_register_table_adds_a_table():
+    from semiseg.bench.spec import Table
+
+    @register_table("test-only-table")
+    def build() -> Table:
+        return Table("test-only-table", "T", "supervised-horse", [], "pixel_error", "pe")
+
+    try:
+        assert "test-only-table" in table_names() and get_table("test-only-table").title == "T"
+    finally:
+        TABLES.pop("test-only-table")
 
 
 @pytest.mark.parametrize("name", sorted(TABLES))
@@ -44,38 +69,20 @@ def test_tv_horse_rows_cover_every_n_with_the_paper_numbers():
         assert plain.data.split.draw == 1  # each seed is another sparse draw
 
 
-def _results(step_time_ratio):
-    return {
-        "table": "t",
-        "title": "T",
-        "rows": [],
-        "notes": "",
-        "provenance": {
-            "mode": "quick",
-            "seeds": [0],
-            "git_commit": "abc",
-            "wall_seconds": 1.0,
-            "hardware": {"cpu": "cpu", "cores": 2, "torch": "2"},
-            "throughput": {"images_per_second": 1.0, "peak_rss_mib": 2.0},
-            "step_time_ratio": step_time_ratio,
-        },
-    }
-
-
-def _ratio(r):
-    return {
-        "ratio": r,
-        "seconds_per_step": {"method": 0.2, "baseline": 0.1},
-        "image_size": 128,
-        "batch_size": 16,
-    }
-
-
-def test_markdown_renders_one_or_several_step_time_ratios():
-    one = markdown(_results(_ratio(1.05)))
-    assert "supervised step time" in one and "1.050 (0.200 s vs 0.100 s, 128x128, batch 16)" in one
-    several = markdown(_results({"TV": _ratio(1.05), "TV, edge-aware": _ratio(1.1)}))
-    assert "TV 1.050" in several and "TV, edge-aware 1.100" in several
+def test_step_time_baselines_are_supervised_on_as_many_images():
+    table = TABLES["tv-horse"]()
+    tv = row_config(table, next(r for r in table.rows if r.key == "TV | 10 px/image"), seed=0, quick=True)
+    base = supervised_baseline(tv)
+    assert base.method == {"name": "supervised", "ce_weight": tv.method["ce_weight"]}
+    assert base.train.batch_size == tv.train.batch_size
+    assert base.data == tv.data and base.model == tv.model and base.train.lr == tv.train.lr
+    table = TABLES["curriculum-acdc"]()
+    row = next(r for r in table.rows if r.key.startswith("Proposed"))
+    cfg = row_config(table, row, seed=0, quick=True)
+    method, base = size_step_configs(cfg)
+    assert method.method["source"] == "regressor" and "ramp_up_steps" not in method.method
+    assert base.method["name"] == "supervised" and base.data == method.data
+    assert set(base.method) <= {"name", "ce_weight", "dice_weight"}
 
 
 @pytest.mark.parametrize("name, classes", [("curriculum-acdc", [1]), ("curriculum-acdc-4class", [1, 2, 3])])

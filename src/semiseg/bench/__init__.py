@@ -1,6 +1,14 @@
-"""Benchmark tables: protocols (:mod:`.tables`), the runner and provenance (:mod:`.runner`)."""
+"""Benchmark tables and their harness.
 
-from semiseg.bench.runner import Row, Table, Tuning, run_table
-from semiseg.bench.tables import TABLES
+- :mod:`.spec`: what a table is (:class:`Table`, :class:`Row`, :class:`Tuning`) and the table
+  registry (:data:`TABLES`, :func:`register_table`); :mod:`.tables`: the built-in tables.
+- :mod:`.runner`: trains a table's rows over their seeds through the run cache (:mod:`.cache`).
+- :mod:`.provenance`: git commit, training-code hash, hardware; :mod:`.timing`: throughput and
+  interleaved step-time ratios; :mod:`.stats`: row statistics; :mod:`.render`: Markdown;
+  :mod:`.figures`: result figures.
+"""
 
-__all__ = ["TABLES", "Row", "Table", "Tuning", "run_table"]
+from semiseg.bench.runner import run_table
+from semiseg.bench.spec import TABLES, Row, Table, Tuning, get_table, register_table, table_names
+
+__all__ = ["TABLES", "Row", "Table", "Tuning", "get_table", "register_table", "run_table", "table_names"]

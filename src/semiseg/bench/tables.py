@@ -1,13 +1,20 @@
-"""The benchmark tables: which recipe, which rows, which seeds, and the papers' numbers."""
+"""The benchmark tables: which recipe, which rows, which seeds, and the papers' numbers.
+
+Each table is a function registered with :func:`~semiseg.bench.spec.register_table`.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+import dataclasses
+from typing import TYPE_CHECKING, Any
 
-from semiseg.bench.runner import BenchContext, Row, Table, step_time_ratio
+from semiseg.bench.spec import Row, Table, register_table
+
+if TYPE_CHECKING:
+    from semiseg.bench.runner import BenchContext
 
 
+@register_table("supervised-horse")
 def supervised_horse() -> Table:
     return Table(
         name="supervised-horse",
@@ -27,6 +34,7 @@ def supervised_horse() -> Table:
     )
 
 
+@register_table("supervised-acdc")
 def supervised_acdc() -> Table:
     return Table(
         name="supervised-acdc",
@@ -58,6 +66,7 @@ TV_PLAIN = {"method.name": "tv", "method.tv_weight": 0.03}
 TV_EDGE = {"method.name": "tv", "method.tv_weight": 0.3, "method.edge_sigma": 0.3}
 
 
+@register_table("tv-horse")
 def tv_horse() -> Table:
     rows: list[Row] = []
     for n, (sup, mrf, tv) in TV_PAPER.items():
@@ -101,30 +110,46 @@ def tv_horse() -> Table:
             "(benchmarks/dev/tv-horse-dev.md) and are used for every N; the MRF pairwise weight is chosen "
             "per run on the same validation pixels. Each seed is a different random draw of the sparse "
             "pixels: 5 draws per N in full mode; quick mode trains 2 draws at N = 10 and 50 and 1 draw at "
-            "N = 20, 30, 40 and dense (std 0 where n_runs = 1). `paper` = Javanmardi et al. Table 1 (CHM "
+            "N = 20, 30, 40 and dense (n=1: such rows do not support a claim). `paper` = Javanmardi et al. Table 1 (CHM "
             "classifier); the dense supervised `paper` value is their fully supervised CHM (5.73%)."
         ),
     )
 
 
+def supervised_baseline(cfg):
+    """``cfg`` with a supervised method (the same cross-entropy / Dice weights, no regularisers): the
+    baseline of a step-time ratio (:func:`~semiseg.bench.timing.step_time_ratio` gives it as many
+    images per iteration as the method draws over all its streams)."""
+    method = {
+        "name": "supervised",
+        **{k: cfg.method[k] for k in ("ce_weight", "dice_weight") if k in cfg.method},
+    }
+    return dataclasses.replace(cfg, method=method)
+
+
+def _config_of(ctx: BenchContext, key: str, seed: int):
+    """The resolved config of row ``key``, seed ``seed``, as the table ran it (tuned values aside)."""
+    from semiseg.bench.runner import row_config
+
+    row = next(r for r in ctx.table.rows if r.key == key)
+    return row_config(ctx.table, row, seed, ctx.quick, user=ctx.overrides)
+
+
 def _tv_extras(ctx: BenchContext) -> dict[str, Any]:
-    """Speed ratio of a TV step to a supervised step, and a figure like the paper's Fig. 2."""
-    from semiseg.config import to_dict
-    from semiseg.engine.run import load_trained
+    """Step time of TV over a supervised step (same data and batch), and a figure like the paper's Fig. 2."""
+    from semiseg.bench.figures import comparison_figure
+    from semiseg.bench.timing import step_time_ratio
 
     seed = min(s for (_, s) in ctx.run_dirs)
-    sup_dir = ctx.run_dirs[("supervised | 10 px/image", seed)]
-    _, cfg, _ = load_trained(sup_dir / "best.pt")
-    model = to_dict(cfg)["model"]
-    tv_opts = {k.split(".")[-1]: v for k, v in TV_PLAIN.items()}
-    edge_opts = {k.split(".")[-1]: v for k, v in TV_EDGE.items()}
-    ratio = {
-        "TV": step_time_ratio(tv_opts, {"name": "supervised"}, model),
-        "TV, edge-aware": step_time_ratio(edge_opts, {"name": "supervised"}, model),
-    }
+    ratio = {}
+    for name in ("TV", "TV, edge-aware"):
+        cfg = _config_of(ctx, f"{name} | 10 px/image", seed)
+        ratio[name] = step_time_ratio(
+            cfg, supervised_baseline(cfg), data_root=ctx.data_root, bundle=ctx.bundle
+        )
     dense_seed = min(s for (k, s) in ctx.run_dirs if k == "supervised | dense")
     panels = [
-        ("supervised (10 px)", sup_dir),
+        ("supervised (10 px)", ctx.run_dirs[("supervised | 10 px/image", seed)]),
         ("TV (10 px)", ctx.run_dirs[("TV | 10 px/image", seed)]),
         ("TV edge-aware (10 px)", ctx.run_dirs[("TV, edge-aware | 10 px/image", seed)]),
         ("supervised (dense)", ctx.run_dirs[("supervised | dense", dense_seed)]),
@@ -132,51 +157,6 @@ def _tv_extras(ctx: BenchContext) -> dict[str, Any]:
     figure = ctx.results_dir / f"{ctx.table.name}.png"
     comparison_figure(panels, figure, ctx)
     return {"step_time_ratio": ratio, "figure": str(figure)}
-
-
-def comparison_figure(
-    panels: list[tuple[str, Path]], path: Path, ctx: BenchContext, n_images: int = 4
-) -> None:
-    """Rows of test images: image, each run's prediction, ground truth (as the TV paper's Fig. 2)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import torch
-
-    from semiseg.data import prepare_data
-    from semiseg.engine.evaluate import predict_records
-    from semiseg.engine.run import load_trained
-
-    loaded = [load_trained(d / "best.pt") for _, d in panels]
-    test = prepare_data(loaded[0][1], ctx.data_root, bundle=ctx.bundle).test[:: max(1, 164 // n_images)][
-        :n_images
-    ]
-    preds = []
-    for method, cfg, _ in loaded:
-        with torch.no_grad():
-            preds.append(
-                [
-                    p.argmax(0).numpy()
-                    for p in predict_records(method.predict, test, cfg.data.image_size, "cpu")
-                ]
-            )
-    cols = len(panels) + 2
-    fig, axes = plt.subplots(len(test), cols, figsize=(2.4 * cols, 2.0 * len(test)), squeeze=False)
-    for i, r in enumerate(test):
-        shown = (
-            [("image", r.image[0])]
-            + [(t, preds[j][i]) for j, (t, _) in enumerate(panels)]
-            + [("truth", r.mask)]
-        )
-        for ax, (title, img) in zip(axes[i], shown):
-            ax.imshow(img, cmap="gray")
-            ax.set_title(title if i == 0 else "", fontsize=8)
-            ax.axis("off")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 #: Kervadec et al., Table 1 (ACDC LV, 75 training exams): n → (FS, Proposals, Proposed, Oracle)
@@ -228,6 +208,7 @@ def _curriculum_table(name: str, title: str, paper: dict[int, tuple], metric: st
     )
 
 
+@register_table("curriculum-acdc")
 def curriculum_acdc() -> Table:
     return _curriculum_table(
         "curriculum-acdc",
@@ -249,6 +230,7 @@ def curriculum_acdc() -> Table:
     )
 
 
+@register_table("curriculum-acdc-4class")
 def curriculum_acdc_4class() -> Table:
     return _curriculum_table(
         "curriculum-acdc-4class",
@@ -262,34 +244,24 @@ def curriculum_acdc_4class() -> Table:
     )
 
 
-def size_step_options(cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(size method, supervised baseline with the same supervised losses) of a resolved config dict,
-    for :func:`step_time_ratio` (the λ ramp-up is dropped: the step is timed at full weight)."""
-    method = {k: v for k, v in cfg["method"].items() if k != "ramp_up_steps"}
-    return method, {"name": "supervised", **{k: method[k] for k in ("ce_weight", "dice_weight")}}
+def size_step_configs(cfg):
+    """(size method, supervised baseline on as many images) of a size-method run config, for
+    :func:`~semiseg.bench.timing.step_time_ratio` of its segmenter phase. The λ ramp-up is dropped
+    (the step is timed at full weight)."""
+    method_cfg = dataclasses.replace(
+        cfg, method={k: v for k, v in cfg.method.items() if k != "ramp_up_steps"}
+    )
+    return method_cfg, supervised_baseline(method_cfg)
 
 
 def _size_extras(ctx: BenchContext) -> dict[str, Any]:
-    """Step time of the size method's segmenter phase over a supervised step on the same images."""
-    from semiseg.config import to_dict
-    from semiseg.engine.run import load_trained
+    """Step time of the size method's segmenter phase over a supervised step on as many images."""
+    from semiseg.bench.timing import step_time_ratio
 
     key = next(k for (k, _) in ctx.run_dirs if k.startswith("Proposed"))
     seed = min(s for (k, s) in ctx.run_dirs if k == key)
-    _, cfg, _ = load_trained(ctx.run_dirs[(key, seed)] / "best.pt")
-    c = to_dict(cfg)
-    method, base = size_step_options(c)
-    # the trainer draws train.batch_size images from each stream; the baseline gets all of them at once
-    ratio = step_time_ratio(method, base, c["model"], num_classes=int(ctx.bundle.num_classes),
-                            image_size=cfg.data.image_size[0], batch_size=cfg.train.batch_size,
-                            streams=("labeled", "unlabeled"), phase="segmenter")  # fmt: skip
+    method_cfg, base_cfg = size_step_configs(_config_of(ctx, key, seed))
+    ratio = step_time_ratio(
+        method_cfg, base_cfg, phase="segmenter", data_root=ctx.data_root, bundle=ctx.bundle
+    )
     return {"step_time_ratio": {"Proposed (size regressor)": ratio}}
-
-
-TABLES = {
-    "supervised-horse": supervised_horse,
-    "supervised-acdc": supervised_acdc,
-    "tv-horse": tv_horse,
-    "curriculum-acdc": curriculum_acdc,
-    "curriculum-acdc-4class": curriculum_acdc_4class,
-}

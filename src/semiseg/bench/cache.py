@@ -1,0 +1,155 @@
+"""On-disk cache of benchmark runs, so a table that trains for many hours can stop and go on later.
+
+A run is keyed by the hash of the training code (:func:`semiseg.bench.provenance.source_hash`),
+its resolved config and its seed, and lives in ``<work_dir>/cache/<key>/``: the trainer's files
+(``last.pt`` after every epoch, ``best.pt``, logs, ``metrics.json``) plus ``bench-run.json``, the
+cache record (key parts, the commit it was started and resumed at, its result once finished).
+Running the table again:
+
+- a finished run (same key) is taken from the cache, not trained again;
+- an interrupted run resumes from its ``last.pt`` (``train(..., resume=True)``), which
+  reproduces the uninterrupted run;
+- a change of the training code, of the config or of the seed is another key: trained afresh.
+
+Commits that touch only docs, tests, benchmark scripts, other tables or the harness itself keep
+the key. The data root is recorded but not part of the key (a dataset is expected not to change).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RECORD = "bench-run.json"
+#: bump when the record layout changes: older records are then not reused
+FORMAT = 1
+
+
+@dataclass
+class CachedRun:
+    """A finished run: where it lives, its result (``train``'s metrics dict) and how it was obtained."""
+
+    run_dir: Path
+    result: dict[str, Any]
+    record: dict[str, Any]
+    status: str  #: "trained", "resumed" (finished from an interrupted run) or "reused" (cache hit)
+
+
+def run_key(source: str, config: dict[str, Any], seed: int) -> str:
+    """Cache key (24 hex digits) of a run: training-code hash, resolved config (a dict), seed.
+
+    Examples:
+        >>> run_key("abc", {"train": {"seed": 0}}, 0) == run_key("abc", {"train": {"seed": 0}}, 0)
+        True
+        >>> run_key("abc", {"train": {"seed": 0}}, 0) == run_key("abd", {"train": {"seed": 0}}, 0)
+        False
+    """
+    blob = json.dumps(
+        {"format": FORMAT, "source_hash": source, "config": config, "seed": seed}, sort_keys=True
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+class RunCache:
+    """Runs of one source hash under ``root`` (``<work_dir>/cache``).
+
+    Args:
+        root: Folder of the cached runs.
+        source: The training-code hash every run of this cache is trained with.
+        commit: The current git commit (recorded in each run).
+        data_root: Passed to training; recorded.
+        bundle: The dataset, loaded once for all runs.
+    """
+
+    def __init__(self, root: Path, source: str, commit: str, data_root: str | None = None, bundle=None):
+        self.root, self.source, self.commit = Path(root), source, commit
+        self.data_root, self.bundle = data_root, bundle
+        self.counts = {"trained": 0, "resumed": 0, "reused": 0}
+
+    def key(self, cfg) -> str:
+        from semiseg.config import to_dict
+
+        return run_key(self.source, to_dict(cfg), cfg.train.seed)
+
+    def run_dir(self, cfg) -> Path:
+        return self.root / self.key(cfg)
+
+    @staticmethod
+    def read_record(run_dir: Path) -> dict[str, Any] | None:
+        path = Path(run_dir) / RECORD
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return record if record.get("format") == FORMAT else None
+
+    def _write_record(self, run_dir: Path, record: dict[str, Any]) -> None:
+        from semiseg.io import atomic_write_text
+
+        atomic_write_text(run_dir / RECORD, json.dumps(record, indent=1, default=float))
+
+    def train(self, cfg) -> CachedRun:
+        """The finished run of ``cfg``: from the cache, resumed from its last epoch, or trained."""
+        from semiseg.config import to_dict
+        from semiseg.engine import run as engine_run
+
+        out = self.run_dir(cfg)
+        record = self.read_record(out)
+        if record is not None and record.get("finished"):
+            self.counts["reused"] += 1
+            return CachedRun(out, record["result"], record, "reused")
+        resume = record is not None and (out / "last.pt").is_file()
+        if record is None:
+            record = {
+                "format": FORMAT,
+                "key": out.name,
+                "source_hash": self.source,
+                "config": to_dict(cfg),
+                "seed": cfg.train.seed,
+                "data_root": self.data_root,
+                "git_commit": self.commit,  # the commit the run was started at
+                "resumed_at": [],
+                "seconds": 0.0,
+                "finished": False,
+            }
+        elif resume:
+            record["resumed_at"].append(self.commit)
+        out.mkdir(parents=True, exist_ok=True)
+        self._write_record(out, record)
+        t0 = time.perf_counter()
+        try:
+            result = engine_run.train(
+                cfg, data_root=self.data_root, output_dir=out, bundle=self.bundle, resume=resume
+            )
+        finally:  # an interrupted session's time still counts
+            record["seconds"] = round(record["seconds"] + time.perf_counter() - t0, 1)
+            self._write_record(out, record)
+        record.update(finished=True, result=result)
+        self._write_record(out, record)
+        status = "resumed" if resume else "trained"
+        self.counts[status] += 1
+        return CachedRun(out, result, record, status)
+
+    def memo(
+        self, run_dir: Path, name: str, compute: Callable[[], dict[str, Any]]
+    ) -> tuple[dict[str, Any], bool]:
+        """A result derived from a cached run (e.g. a post-processing score), computed once and kept in
+        ``run_dir/bench-<name>.json``. Returns ``(value, reused)``."""
+        from semiseg.io import atomic_write_text
+
+        path = Path(run_dir) / f"bench-{name}.json"
+        if path.is_file():
+            try:
+                return json.loads(path.read_text()), True
+            except json.JSONDecodeError:
+                pass
+        value = compute()
+        atomic_write_text(path, json.dumps(value, indent=1, default=float))
+        return value, False

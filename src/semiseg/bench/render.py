@@ -1,0 +1,166 @@
+"""Rendering a table's results (the JSON written by the runner) as Markdown.
+
+The Markdown is a function of the JSON alone, so committed results can be re-rendered after a
+change of presentation without re-running anything::
+
+    python benchmarks/render_results.py benchmarks/results/tv-horse.json [...]
+
+A table never mixes runs of different source hashes (:func:`semiseg.bench.provenance.source_hash`):
+rendering such results fails with :class:`MixedSourcesError`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from semiseg.bench.stats import supports_claim
+from semiseg.errors import SemisegError
+
+#: marks a row that does not support a claim (a single run), explained under the table
+SINGLE_RUN_MARK = "†"
+
+
+class MixedSourcesError(SemisegError):
+    """A table's runs were trained by different versions of the training code."""
+
+
+def check_single_source(results: dict[str, Any]) -> None:
+    """Raise :class:`MixedSourcesError` when the runs of ``results`` carry different source hashes."""
+    hashes = sorted({r["source_hash"] for r in results.get("runs", []) if r.get("source_hash")})
+    if len(hashes) > 1:
+        raise MixedSourcesError(
+            f"bench {results.get('table')}: its runs come from different training code (source hashes "
+            f"{', '.join(hashes)}); re-run the table so that every run has the same source"
+        )
+
+
+def _row_line(r: dict[str, Any]) -> str:
+    paper = "–" if r["paper"] is None else f"{r['paper']:.2f}"
+    if supports_claim(r):
+        mean, std = f"{r['mean']:.2f}", f"{r['std']:.2f}"
+    else:
+        mean, std = f"{r['mean']:.2f}{SINGLE_RUN_MARK}", f"n={r['n_runs']}"
+    return f"| {r['method']} | {r['setting']} | {r['metric']} | {mean} | {std} | {r['n_runs']} | {paper} |"
+
+
+def _step_ratio_lines(ratios: dict[str, Any]) -> list[str]:
+    named = {"": ratios} if "ratio" in ratios else ratios
+    new = {k: v for k, v in named.items() if "rounds" in v}
+    old = {k: v for k, v in named.items() if "rounds" not in v}
+    lines = []
+    if new:
+        first = next(iter(new.values()))
+        parts = [
+            f"{name + ' ' if name else ''}{v['ratio']:.2f} ({v['seconds_per_step']['method']:.3f} s vs "
+            f"{v['seconds_per_step']['baseline']:.3f} s per iteration, {v['images_per_step']['method']} vs "
+            f"{v['images_per_step']['baseline']} images of {v['image_size'][0]}x{v['image_size'][1]})"
+            for name, v in new.items()
+        ]
+        lines += [
+            f"Step time / supervised step time (the trainer's `train_step`, CPU, medians of {first['rounds']} "
+            f"interleaved rounds of {first['steps_per_round']} iterations): " + "; ".join(parts),
+            "",
+        ]
+    if old:  # results measured before the trainer-step measurement: shown as recorded, marked as such
+        parts = [
+            f"{name + ' ' if name else ''}{v['ratio']:.3f} ({v['seconds_per_step']['method']:.3f} s vs "
+            f"{v['seconds_per_step']['baseline']:.3f} s, {v['image_size']}x{v['image_size']}, batch {v['batch_size']})"
+            for name, v in old.items()
+        ]
+        lines += [
+            "Step time / supervised step time, earlier measurement (`Method.training_step` alone, medians of "
+            "single alternating steps; superseded by the trainer-step measurement, see benchmarks/README.md): "
+            + "; ".join(parts),
+            "",
+        ]
+    return lines
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The Markdown of a table's results."""
+    check_single_source(results)
+    p = results["provenance"]
+    lines = [
+        f"# {results['table']}: {results['title']}",
+        "",
+        "| method | setting | metric | mean | std | runs | paper |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [_row_line(r) for r in results["rows"]]
+    if not all(supports_claim(r) for r in results["rows"]):
+        lines += [
+            "",
+            f"{SINGLE_RUN_MARK} a single run (n=1): no spread estimate; the row does not support a claim.",
+        ]
+    lines += ["", results.get("notes", ""), ""]
+    if "tuning" in p:
+        tu = p["tuning"]
+        trials = "; ".join(f"{tr['overrides']} → {tr['val']:.4f}" for tr in tu["trials"])
+        lines += [f"Tuned on the validation split ({tu['row']}, seed {tu['seed']}): {trials}. "
+                  f"Chosen: {tu['chosen']}.", ""]  # fmt: skip
+    if "step_time_ratio" in p:
+        lines += _step_ratio_lines(p["step_time_ratio"])
+    if "figure" in p:
+        lines += [f"Figure: `{p['figure']}`", ""]
+    source = f"; source hash `{p['source_hash']}`" if p.get("source_hash") else ""
+    cache = p.get("cache")
+    lines += [
+        f"Mode: **{p['mode']}**; seeds {p['seeds']}; commit `{p['git_commit']}`{source}; wall time "
+        f"{p['wall_seconds']} s; hardware: {p['hardware']['cpu']} ({p['hardware']['cores']} cores), "
+        f"torch {p['hardware']['torch']}.",
+    ]
+    if cache:
+        lines.append(
+            f"Runs: {cache['trained']} trained, {cache['resumed']} resumed from their last epoch and "
+            f"{cache['reused']} taken from the run cache (same source hash, config and seed)."
+        )
+    t = p["throughput"]
+    lines.append(
+        f"Training throughput at 128x128, batch 16, CPU: {t['images_per_second']} images/s; peak resident "
+        f"memory of that training process {t['peak_rss_mib']} MiB."
+    )
+    if "peak_memory_mib_bench_process" in p:
+        lines.append(f"Peak resident memory of the whole bench process (data, training, evaluation): "
+                     f"{p['peak_memory_mib_bench_process']} MiB.")  # fmt: skip
+    if "note" in t:
+        lines.append(f"Throughput note: {t['note']}")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write_results(results: dict[str, Any], results_dir: Path) -> None:
+    """``<results_dir>/<table>.json`` and ``<table>.md`` (atomic writes; the Markdown is checked first)."""
+    from semiseg.io import atomic_write_text
+
+    text = markdown(results)  # refuses mixed sources before anything is written
+    results_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(results_dir / f"{results['table']}.json", json.dumps(results, indent=1, default=float))
+    atomic_write_text(results_dir / f"{results['table']}.md", text)
+
+
+def rerender(json_path: str | Path) -> Path:
+    """Rewrite the Markdown next to a results JSON from that JSON alone; returns the Markdown path."""
+    from semiseg.io import atomic_write_text
+
+    path = Path(json_path)
+    out = path.with_suffix(".md")
+    atomic_write_text(out, markdown(json.loads(path.read_text())))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Re-render the Markdown of each results JSON given; exit code 2 on a refused (mixed-source) table."""
+    paths = sys.argv[1:] if argv is None else argv
+    if not paths:
+        print("usage: python benchmarks/render_results.py RESULTS.json [...]", file=sys.stderr)
+        return 2
+    try:
+        for p in paths:
+            print(f"wrote {rerender(p)}")
+    except SemisegError as exc:
+        print(f"render: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0

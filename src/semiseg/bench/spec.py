@@ -1,0 +1,111 @@
+"""What a benchmark table is: its rows, seeds, tuning grid, and the catalogue of tables.
+
+A table is a function returning a :class:`Table`, registered by name::
+
+    @register_table("supervised-horse")
+    def supervised_horse() -> Table:
+        return Table(name="supervised-horse", ...)
+
+The built-in tables live in :mod:`semiseg.bench.tables`; :data:`TABLES` imports it on the first
+look-up, and a plugin module registers further tables the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from semiseg.registry import Registry
+
+if TYPE_CHECKING:
+    from semiseg.bench.runner import BenchContext
+
+
+@dataclass
+class Row:
+    """One line of a table.
+
+    Attributes:
+        method: Shown in the table.
+        setting: Shown in the table; ``method | setting`` must be unique.
+        overrides: Dotted config overrides on top of the table's recipe.
+        paper: The paper's number for this line, or None.
+        tuned: Apply the overrides chosen by the table's :class:`Tuning`.
+        postprocess: "mrf": no training; post-process the checkpoints of row ``reuse``.
+        reuse: ``method | setting`` of the trained row to post-process.
+        seeds: Seeds of this row (default: the table's).
+        quick_seeds: Seeds of this row in quick mode (default: ``seeds``, else the table's quick seeds).
+        quick_overrides: Further overrides in quick mode only (e.g. a shorter schedule).
+        init_from: ``method | setting`` of an earlier trained row: each seed starts from that row's
+            same-seed ``best.pt`` (``train.init``).
+    """
+
+    method: str
+    setting: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    paper: float | None = None
+    tuned: bool = False
+    postprocess: str | None = None
+    reuse: str | None = None
+    seeds: list[int] | None = None
+    quick_seeds: list[int] | None = None
+    init_from: str | None = None
+    quick_overrides: dict[str, Any] = field(default_factory=dict)  #: on top of ``overrides`` in quick mode
+
+    @property
+    def key(self) -> str:
+        return f"{self.method} | {self.setting}"
+
+    def seeds_for(self, table_seeds: list[int], quick: bool) -> list[int]:
+        """The seeds this row runs among ``table_seeds`` (the first one if none of its own is there)."""
+        wanted = (self.quick_seeds if quick and self.quick_seeds else None) or self.seeds or table_seeds
+        return [s for s in wanted if s in table_seeds] or table_seeds[:1]
+
+
+@dataclass
+class Tuning:
+    """Grid search on the validation split: the best combination is applied to ``tuned`` rows."""
+
+    row: str  #: key of the row whose configuration is tuned
+    grid: dict[str, list[Any]]  #: dotted key → candidate values (all combinations are tried)
+    seed: int = 0
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    recipe: str  #: built-in recipe (src/semiseg/configs/<recipe>.yaml) every row starts from
+    rows: list[Row]
+    metric: str  #: key of the test metrics, e.g. "pixel_error" or "dice/mean"
+    metric_label: str
+    scale: float = 100.0  #: reported as percent
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    quick_seeds: list[int] = field(default_factory=lambda: [0, 1])
+    notes: str = ""
+    tuning: Tuning | None = None
+    #: called with the finished :class:`BenchContext`; returns extra provenance (figures, timings)
+    extras: Callable[[BenchContext], dict[str, Any]] | None = None
+
+
+# ------------------------------------------------------------------------------------ catalogue
+#: table name → function building the :class:`Table`; the built-in tables register themselves in
+#: :mod:`semiseg.bench.tables` (imported on the first look-up), add-ons through the entry-point group
+#: ``semiseg.tables``
+TABLES: Registry[Callable[[], Table]] = Registry("table", package="semiseg.bench.tables")
+
+
+def register_table(name: str) -> Callable[[Callable[[], Table]], Callable[[], Table]]:
+    """Decorator: register a function returning a :class:`Table` under ``name``."""
+    return TABLES.register(name)
+
+
+def table_names() -> list[str]:
+    """Names of all registered tables, sorted."""
+    return TABLES.names()
+
+
+def get_table(name: str) -> Table:
+    """The :class:`Table` registered as ``name``; a ConfigError naming the known tables otherwise."""
+    return TABLES.get(name, where="bench")()

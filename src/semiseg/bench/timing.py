@@ -1,0 +1,190 @@
+"""Timing: training throughput, and the step time of one method over another.
+
+Every comparison here is measured interleaved in one process: rounds alternate A, B, A, B, ...,
+each round runs several steps, and the medians over rounds are compared, so a change of machine
+load (other processes on a shared machine, CPU frequency) hits both sides alike. Ratios are
+rounded to 2 decimals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+#: rounds (each side once per round) and steps per round of :func:`step_time_ratio`
+ROUNDS, STEPS_PER_ROUND, WARMUP_ROUNDS = 7, 3, 1
+
+
+def interleaved(
+    runs: dict[str, Callable[[], Any]], rounds: int, warmup: int = WARMUP_ROUNDS
+) -> dict[str, list[float]]:
+    """Seconds of each call of ``runs[name]()``, the names taking turns: A, B, A, B, ...
+
+    ``warmup`` untimed rounds come first. Returns ``{name: [seconds of round 1, ..., round n]}``.
+
+    Examples:
+        >>> times = interleaved({"a": lambda: None, "b": lambda: None}, rounds=5)
+        >>> sorted(times), len(times["a"])
+        (['a', 'b'], 5)
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for i in range(warmup + rounds):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    """``numerator / denominator`` rounded to 2 decimals (the precision every ratio is reported at)."""
+    return round(numerator / denominator, 2)
+
+
+# ------------------------------------------------------------------------------------ throughput
+_THROUGHPUT_SCRIPT = """
+import json, resource, time, torch
+from semiseg.config import ModelConfig
+from semiseg.losses.supervised import masked_cross_entropy
+from semiseg.models import build_model
+torch.manual_seed(0)
+cfg = ModelConfig(**json.loads({model!r}))
+m = build_model(cfg, 1, 4); opt = torch.optim.Adam(m.parameters(), 1e-3)
+x = torch.rand(16, 1, 128, 128); y = torch.randint(0, 4, (16, 128, 128))
+for i in range({warmup} + {steps}):
+    if i == {warmup}: t = time.perf_counter()
+    opt.zero_grad(); masked_cross_entropy(m(x), y).backward(); opt.step()
+ips = 16 * {steps} / (time.perf_counter() - t)
+try:  # VmHWM belongs to this process's own address space; ru_maxrss would include the forking parent's
+    rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
+except OSError:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({{"images_per_second": ips, "peak_rss_mib": rss}}))
+"""
+
+
+def measure_throughput(model: dict[str, Any], steps: int = 10, warmup: int = 3) -> dict[str, Any]:
+    """Training images/s of a plain PyTorch loop and its peak resident memory at 128x128, batch 16, CPU,
+    in a fresh process (a table's provenance: how fast the machine trains this model)."""
+    code = _THROUGHPUT_SCRIPT.format(model=json.dumps(model), steps=steps, warmup=warmup)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    return {
+        "image_size": [128, 128],
+        "batch_size": 16,
+        "device": "cpu",
+        "model": model,
+        "images_per_second": round(out["images_per_second"], 2),
+        "peak_rss_mib": round(out["peak_rss_mib"], 1),
+    }
+
+
+# ------------------------------------------------------------------------------- step-time ratio
+class TrainerSteps:
+    """``steps`` iterations of one phase of a run, through the trainer's own ``train_step``.
+
+    The batches come from the trainer's loader (drawn once, outside the timing); each call of the
+    object runs them all, advancing the trainer's step counters as training does.
+    """
+
+    def __init__(self, cfg, out: Path, *, phase: str | None, steps: int, data_root=None, bundle=None):
+        import torch
+
+        from semiseg.data import prepare_data
+        from semiseg.engine.checkpoint import seed_everything
+        from semiseg.engine.run import build_method_for
+        from semiseg.engine.trainer import Trainer
+
+        seed_everything(cfg.train.seed)
+        data = prepare_data(cfg, data_root, bundle=bundle)
+        method = build_method_for(cfg, data.bundle.in_channels, data.bundle.num_classes)
+        t = Trainer(cfg, method, data, out, device=torch.device("cpu"))
+        names = [p.name for p in t.phases]
+        if phase is not None and phase not in names:
+            raise ValueError(
+                f"step_time_ratio: method '{cfg.method['name']}' has no phase '{phase}' ({names})"
+            )
+        t.phase_index = names.index(phase) if phase is not None else len(names) - 1
+        self.trainer, self.phase = t, t.phases[t.phase_index]
+        self.optimizers, self.schedulers = t.build_optimizers(self.phase)
+        t.method.train()
+        t.method.on_phase_start(self.phase.name)
+        streams = t.streams(self.phase)
+        loaders = [t.loader(s, 0, steps, self.phase) for s in streams]
+        self.batches = [{s: t.to_batch(b) for s, b in zip(streams, bs)} for bs in zip(*loaders)]
+        self.images_per_step = sum(len(b) for b in self.batches[0].values())
+        self.streams = list(streams)
+
+    def __call__(self) -> None:
+        t = self.trainer
+        for batch in self.batches:
+            t.train_step(batch, self.phase, self.optimizers, self.schedulers)
+            t.global_step += 1
+            t.phase_step += 1
+
+
+def step_time_ratio(
+    method_cfg,
+    baseline_cfg,
+    *,
+    phase: str | None = None,
+    data_root: str | None = None,
+    bundle=None,
+    rounds: int = ROUNDS,
+    steps: int = STEPS_PER_ROUND,
+    same_images: bool = True,
+) -> dict[str, Any]:
+    """Wall time of one training iteration of ``method_cfg`` over one of ``baseline_cfg`` (CPU).
+
+    Both run through :meth:`Trainer.train_step` (every optimizer of the phase, the method's hooks)
+    on batches of their own trainer's loader. ``phase`` selects the method's phase (default: its
+    last one); the baseline (a one-stream method, e.g. supervised) runs its last phase. With
+    ``same_images`` the baseline's ``train.batch_size`` is set to the number of images a method
+    iteration draws over all its streams (e.g. 8 labeled + 8 unlabeled → 16), so the ratio is the
+    cost of the method's extra work on the same amount of data.
+
+    Rounds alternate method, baseline, method, ... (``rounds`` each, after one warm-up round), each
+    round ``steps`` iterations; the ratio is of the median seconds per iteration, to 2 decimals.
+    """
+    import dataclasses
+
+    with tempfile.TemporaryDirectory(prefix="semiseg-step-ratio-") as tmp:
+        method = TrainerSteps(method_cfg, Path(tmp) / "method", phase=phase, steps=steps,
+                              data_root=data_root, bundle=bundle)  # fmt: skip
+        if same_images:
+            train = dataclasses.replace(baseline_cfg.train, batch_size=method.images_per_step)
+            baseline_cfg = dataclasses.replace(baseline_cfg, train=train)
+        baseline = TrainerSteps(baseline_cfg, Path(tmp) / "baseline", phase=None, steps=steps,
+                                data_root=data_root, bundle=bundle)  # fmt: skip
+        sides = {"method": method, "baseline": baseline}
+        times = interleaved(sides, rounds)
+    per_step = {k: [t / steps for t in v] for k, v in times.items()}
+    med = {k: statistics.median(v) for k, v in per_step.items()}
+    image_size = list(method_cfg.data.image_size)
+    return {
+        "ratio": ratio(med["method"], med["baseline"]),
+        "measured_with": "Trainer.train_step",
+        "method": dict(method_cfg.method),
+        "baseline": dict(baseline_cfg.method),
+        "phase": sides["method"].phase.name,
+        "streams": sides["method"].streams,
+        "images_per_step": {k: s.images_per_step for k, s in sides.items()},
+        "image_size": image_size,
+        "seconds_per_step": {k: round(v, 4) for k, v in med.items()},
+        "rounds": rounds,
+        "steps_per_round": steps,
+        "round_seconds_per_step": {k: [round(t, 4) for t in v] for k, v in per_step.items()},
+        "device": "cpu",
+    }

@@ -1,0 +1,125 @@
+"""Markdown of results: statistics of single runs, step-time ratios, mixed sources refused, and the
+committed results re-rendered from their JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from semiseg.bench.render import MixedSourcesError, main, markdown, write_results
+from semiseg.bench.stats import sample_std, summarise, supports_claim
+
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+
+
+def _results(rows=(), runs=(), **provenance):
+    return {
+        "table": "t",
+        "title": "T",
+        "rows": list(rows),
+        "runs": list(runs),
+        "notes": "",
+        "provenance": {
+            "mode": "quick",
+            "seeds": [0],
+            "git_commit": "abc",
+            "wall_seconds": 1.0,
+            "hardware": {"cpu": "cpu", "cores": 2, "torch": "2"},
+            "throughput": {"images_per_second": 1.0, "peak_rss_mib": 2.0},
+            **provenance,
+        },
+    }
+
+
+def _row(method, n_runs, mean=10.0, std=None):
+    return {"method": method, "setting": "s", "metric": "m", "mean": mean, "std": std, "n_runs": n_runs,
+            "paper": None}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------ statistics
+def test_summary_of_one_run_has_no_std():
+    assert summarise([4.0]) == {"mean": 4.0, "std": None, "n_runs": 1}
+    assert summarise([1.0, 2.0, 4.0]) == {"mean": 2.333, "std": 1.528, "n_runs": 3}
+    assert sample_std([3.0]) is None and sample_std([1.0, 1.0]) == 0.0
+    assert not supports_claim({"n_runs": 1}) and supports_claim({"n_runs": 2})
+    with pytest.raises(ValueError):
+        summarise([])
+
+
+@pytest.mark.parametrize("std", [None, 0.0])  # new results (null) and older ones (0.0)
+def test_a_single_run_row_shows_n1_and_is_marked(std):
+    md = markdown(_results([_row("one", 1, 8.7, std), _row("two", 2, 9.79, 0.245)]))
+    assert "| one | s | m | 8.70† | n=1 | 1 | – |" in md
+    assert "| two | s | m | 9.79 | 0.24 | 2 | – |" in md  # ± is shown only with two or more runs
+    assert "0.00" not in md
+    assert "† a single run (n=1): no spread estimate; the row does not support a claim." in md
+
+
+def test_no_mark_when_every_row_has_several_runs():
+    md = markdown(_results([_row("two", 2, 9.0, 0.5)]))
+    assert "†" not in md and "n=1" not in md
+
+
+# ------------------------------------------------------------------------------------ source hashes
+def _run(source):
+    return {"method": "m", "setting": "s", "seed": 0, "test": 1.0, "source_hash": source}
+
+
+def test_rendering_refuses_runs_of_different_sources(tmp_path):
+    mixed = _results([_row("m", 2, 1.0, 0.0)], [_run("aaaa"), _run("bbbb")])
+    with pytest.raises(MixedSourcesError) as err:
+        markdown(mixed)
+    message = str(err.value)
+    assert "\n" not in message and "aaaa, bbbb" in message and "re-run" in message
+    with pytest.raises(MixedSourcesError):
+        write_results(mixed, tmp_path)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(mixed))
+    assert main([str(path)]) == 2 and not path.with_suffix(".md").exists()
+
+
+def test_one_source_or_results_from_before_source_hashes_render():
+    assert "# t: T" in markdown(_results([_row("m", 2, 1.0, 0.0)], [_run("aaaa"), _run("aaaa")]))
+    assert "# t: T" in markdown(_results([_row("m", 2, 1.0, 0.0)], [{"test": 1.0}]))
+
+
+# ------------------------------------------------------------------------------------ step-time ratios
+def _ratio(r, rounds=7):
+    out = {"ratio": r, "seconds_per_step": {"method": 0.2, "baseline": 0.1}}
+    if rounds:
+        out.update(rounds=rounds, steps_per_round=3, image_size=[128, 128],
+                   images_per_step={"method": 16, "baseline": 16})  # fmt: skip
+    else:  # recorded by the earlier measurement
+        out.update(image_size=128, batch_size=16)
+    return out
+
+
+def test_step_time_ratios_render_to_two_decimals():
+    one = markdown(_results(step_time_ratio=_ratio(1.05)))
+    assert "the trainer's `train_step`" in one and "medians of 7 interleaved rounds of 3 iterations" in one
+    assert "1.05 (0.200 s vs 0.100 s per iteration, 16 vs 16 images of 128x128)" in one
+    several = markdown(_results(step_time_ratio={"TV": _ratio(1.05), "TV, edge-aware": _ratio(1.1)}))
+    assert "TV 1.05 (" in several and "TV, edge-aware 1.10 (" in several
+
+
+def test_earlier_step_time_ratios_are_shown_as_recorded_and_marked():
+    md = markdown(_results(step_time_ratio={"TV": _ratio(0.996, rounds=0)}))
+    assert "earlier measurement" in md and "superseded" in md
+    assert "TV 0.996 (0.200 s vs 0.100 s, 128x128, batch 16)" in md
+
+
+# ------------------------------------------------------------------------------------ committed results
+TABLE_RESULTS = sorted(p for p in RESULTS.glob("*.json") if "rows" in json.loads(p.read_text()))
+
+
+@pytest.mark.parametrize("path", TABLE_RESULTS, ids=lambda p: p.stem)
+def test_committed_markdown_is_the_rendering_of_its_json(path):
+    results = json.loads(path.read_text())
+    md = markdown(results)
+    assert md == path.with_suffix(".md").read_text()
+    for row in results["rows"]:  # every number of the table is the JSON's, at 2 decimals
+        assert f"{row['mean']:.2f}" in md
+        assert (f"{row['std']:.2f}" if row["n_runs"] > 1 else "n=1") in md

@@ -1,0 +1,81 @@
+"""Timing helpers: interleaved rounds, and the step-time ratio through the trainer's own step.
+No assertions on measured times (they depend on the machine), only on what is run and recorded."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from bench_helpers import RECIPE
+
+from semiseg.bench.tables import size_step_configs, supervised_baseline
+from semiseg.bench.timing import interleaved, ratio, step_time_ratio
+from semiseg.config import build_config
+from semiseg.core import Batch
+from semiseg.engine.trainer import Trainer
+
+
+def test_interleaved_alternates_and_skips_the_warm_up():
+    calls: list[str] = []
+    times = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=5, warmup=2)
+    assert calls == ["a", "b"] * 7
+    assert [len(times["a"]), len(times["b"])] == [5, 5] and all(t >= 0 for t in times["a"] + times["b"])
+    with pytest.raises(ValueError):
+        interleaved({"a": lambda: None}, rounds=0)
+
+
+def test_ratio_has_two_decimals():
+    assert ratio(1.0, 3.0) == 0.33 and ratio(0.996, 1.0) == 1.0 and ratio(2.0, 1.0) == 2.0
+
+
+@pytest.fixture
+def steps(monkeypatch):
+    """Records every ``Trainer.train_step``: (method class, phase, images per stream)."""
+    seen: list[tuple[str, str, dict[str, int]]] = []
+    original = Trainer.train_step
+
+    def recording(self, batch, phase, optimizers, schedulers):
+        assert all(isinstance(b, Batch) for b in batch.values())
+        seen.append((type(self.method).__name__, phase.name, {s: len(b) for s, b in batch.items()}))
+        return original(self, batch, phase, optimizers, schedulers)
+
+    monkeypatch.setattr(Trainer, "train_step", recording)
+    return seen
+
+
+def _cfg(**method):
+    return build_config({k: v for k, v in RECIPE.items() if k != "quick"}, [], source="test")
+
+
+def test_step_time_ratio_runs_the_trainers_step_interleaved(steps):
+    tv = dataclasses.replace(_cfg(), method={"name": "tv", "tv_weight": 0.1})
+    out = step_time_ratio(tv, supervised_baseline(tv), rounds=5, steps=2)
+    # one warm-up round, then 5 timed rounds; each round = 2 iterations of one side, sides alternating
+    assert [name for name, _, _ in steps] == (["TotalVariation"] * 2 + ["Supervised"] * 2) * 6
+    # TV also draws the unlabeled images (for its regulariser); the baseline gets as many labeled ones
+    assert all(phase == "train" for _, phase, _ in steps)
+    assert {tuple(n.items()) for name, _, n in steps if name == "TotalVariation"} == {
+        (("labeled", 4), ("unlabeled", 4))
+    }
+    assert all(n == {"labeled": 8} for name, _, n in steps if name == "Supervised")
+    assert out["measured_with"] == "Trainer.train_step" and out["rounds"] == 5 and out["steps_per_round"] == 2
+    assert out["ratio"] > 0 and round(out["ratio"], 2) == out["ratio"]
+    assert len(out["round_seconds_per_step"]["method"]) == len(out["round_seconds_per_step"]["baseline"]) == 5
+    assert out["images_per_step"] == {"method": 8, "baseline": 8} and out["image_size"] == [32, 32]
+    assert out["method"] == tv.method and out["baseline"]["name"] == "supervised"
+
+
+def test_size_step_ratio_times_the_segmenter_phase_against_all_its_images(steps):
+    cfg = _cfg()
+    split = dataclasses.replace(cfg.data.split, unlabeled_supervision="size")
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, split=split),
+                              method={"name": "size", "source": "oracle"})  # fmt: skip
+    method, base = size_step_configs(cfg)
+    out = step_time_ratio(method, base, phase="segmenter", rounds=5, steps=1)
+    sized = [(p, n) for name, p, n in steps if name != "Supervised"]
+    assert sized and all(x == ("segmenter", {"labeled": 4, "unlabeled": 4}) for x in sized)
+    assert all(n == {"labeled": 8} for name, _, n in steps if name == "Supervised")
+    assert out["phase"] == "segmenter" and out["streams"] == ["labeled", "unlabeled"]
+    assert out["images_per_step"] == {"method": 8, "baseline": 8}
+    with pytest.raises(ValueError, match="no phase 'nope'"):
+        step_time_ratio(method, base, phase="nope", rounds=1, steps=1)

@@ -29,10 +29,6 @@ from semiseg.data.records import Record
 from semiseg.data.splits import stable_hash
 from semiseg.data.transforms import augment, is_identity, sample_rng, strong_views, view_rngs
 
-#: Supervision names in :class:`~semiseg.core.Supervision` order (``SUPERVISION_KINDS.index(name)``
-#: is the ``kind`` value); prefer ``Supervision.parse(name)``.
-SUPERVISION_KINDS = tuple(Supervision.names())
-
 
 def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Shape: ``[N, C, H, W]`` → ``[N, C, *size]`` (bilinear, antialiased when shrinking)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -37,7 +38,20 @@ def markdown(results: dict) -> str:
         side = m["sides"][key]
         rounds = ", ".join(f"{v:.1f}" for v in side["round_images_per_second"])
         lines.append(f"| {loop} | {fmt} | {side['images_per_second']:.1f} | {rounds} |")
-    lines += [""] + [f"- {k}: **{v:.2f}**" for k, v in m["ratios"].items()]
+    pairs = {"trainer/plain, NCHW": ("trainer/nchw", "plain/nchw"),
+             "trainer/plain, channels-last": ("trainer/channels_last", "plain/channels_last"),
+             "channels-last/NCHW, plain": ("plain/channels_last", "plain/nchw"),
+             "channels-last/NCHW, trainer": ("trainer/channels_last", "trainer/nchw")}  # fmt: skip
+    lines += [
+        "",
+        "| ratio | of the medians | per round: median | per round: min – max |",
+        "|---|---|---|---|",
+    ]
+    for k, v in m["ratios"].items():
+        a, b = (m["sides"][x]["round_images_per_second"] for x in pairs[k])
+        per_round = [x / y for x, y in zip(a, b)]  # the same round: the two sides ran one after the other
+        lines.append(f"| {k} | **{v:.2f}** | {statistics.median(per_round):.2f} | "
+                     f"{min(per_round):.2f} – {max(per_round):.2f} |")  # fmt: skip
     met = m["bar"]["met"]
     lines += [
         "",
@@ -75,7 +89,14 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=10, help="iterations per epoch (per round and side)")
     p.add_argument("--profile", action="store_true", help="write the trainer profile even if the bar is met")
     p.add_argument("--results-dir", default="benchmarks/results")
+    p.add_argument("--render", action="store_true", help="only re-render the Markdown from the results JSON")
     a = p.parse_args()
+    out = Path(a.results_dir)
+    if a.render:
+        atomic_write_text(
+            out / "engine-overhead.md", markdown(json.loads((out / "engine-overhead.json").read_text()))
+        )
+        return
     if a.rounds < 5:
         p.error("--rounds: at least 5")
     setup = Setup(iters=a.iters)
@@ -85,7 +106,6 @@ def main() -> None:
         m = measure(setup, a.rounds, Path(tmp))
         for k, v in m["ratios"].items():
             print(f"{k}: {v:.2f}", flush=True)
-        out = Path(a.results_dir)
         prof_path = None
         if a.profile or not all(m["bar"]["met"].values()):
             prof_path = out / "engine-overhead-profile.txt"

@@ -123,7 +123,13 @@ def run(cfg, out, **kw):
 
 def same_state(a, b) -> bool:
     sa, sb = load_checkpoint(a)["method_state"], load_checkpoint(b)["method_state"]
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+    def equal(x, y):
+        if isinstance(x, dict):
+            return x.keys() == y.keys() and all(equal(x[k], y[k]) for k in x)
+        return torch.equal(x, y) if torch.is_tensor(x) else x == y
+
+    return equal(sa, sb)
 
 
 def epochs(out):
@@ -232,3 +238,46 @@ def test_hooks_are_called_in_order(tmp_path, make_config):
         METHODS.pop("test_recorder", None)
     assert calls == [("start", "train"), ("step", 0), ("step", 1), ("epoch", 1), ("step", 2), ("step", 3),
                      ("epoch", 2)]  # fmt: skip
+
+
+class OwnRNG(Supervised):
+    """Draws input noise from its own generator, kept as method state (get/set_extra_state)."""
+
+    def __init__(self, cfg, **kwargs):
+        super().__init__(cfg, **kwargs)
+        self.rng = torch.Generator().manual_seed(123)
+
+    def training_step(self, batch, phase, optimizer):
+        lab = batch["labeled"]
+        noise = 0.1 * torch.randn(lab.image.shape, generator=self.rng)
+        return {"loss": masked_cross_entropy(self.model(lab.image + noise), lab.mask)}
+
+    def get_extra_state(self):
+        return {"rng": self.rng.get_state()}
+
+    def set_extra_state(self, state):
+        self.rng.set_state(state["rng"])
+
+
+def test_a_methods_own_rng_is_checkpointed_and_resumed(tmp_path, make_config, monkeypatch):
+    register("test_own_rng")(OwnRNG)
+    try:
+        cfg = make_config("method.name=test_own_rng")
+        straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+        run(cfg, straight)
+        original = Trainer._train_epoch
+
+        def crash_in_epoch_3(self, phase, *args):
+            if self.epoch == 2:
+                raise KeyboardInterrupt
+            return original(self, phase, *args)
+
+        monkeypatch.setattr(Trainer, "_train_epoch", crash_in_epoch_3)
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg, crashed)
+        monkeypatch.setattr(Trainer, "_train_epoch", original)
+        run(cfg, crashed, resume=True)
+    finally:
+        METHODS.pop("test_own_rng", None)
+    assert same_state(straight / "last.pt", crashed / "last.pt")
+    assert epochs(straight) == epochs(crashed)

@@ -170,7 +170,7 @@ def build_postprocess(args, method, cfg, data, device):
     if args.postprocess != "mrf":
         return None, info
     from semiseg.errors import ConfigError
-    from semiseg.postprocess import MRFPostprocess, tune_mrf_weight
+    from semiseg.postprocess import MRFPostprocess
 
     if args.mrf_weight is not None and args.mrf_weight < 0:
         raise ConfigError(f"--mrf-weight: must be >= 0, got {args.mrf_weight}")
@@ -178,31 +178,20 @@ def build_postprocess(args, method, cfg, data, device):
         raise ConfigError(f"--mrf-contrast-sigma: must be > 0, got {args.mrf_contrast_sigma}")
     weight = args.mrf_weight
     if weight is None:  # chosen on the validation split only, never on test
-        from semiseg.engine.evaluate import predict_records
+        from semiseg.engine.evaluate import tune_mrf_on_validation
 
         if args.split == "val":
             raise ConfigError(
                 "--mrf-weight: required with --split val (the weight is tuned on the validation split)"
             )
         val = data.val
-        with torch_no_grad():
-            val_probs = predict_records(method.predict, val, cfg.data.image_size, device)
-        weight, table = tune_mrf_weight(
-            val_probs,
-            [r.mask for r in val],
-            images=[r.image for r in val],
-            contrast_sigma=args.mrf_contrast_sigma,
+        weight, table = tune_mrf_on_validation(
+            method.predict, val, cfg.data.image_size, device, contrast_sigma=args.mrf_contrast_sigma
         )
         info["tuning"] = {"split": "val", "metric": "pixel_error", "n": len(val), "table": table}
         print(f"mrf weight {weight:g} (tuned on {len(val)} validation cases)", file=sys.stderr)
     info.update(weight=weight, contrast_sigma=args.mrf_contrast_sigma)
     return MRFPostprocess(weight, contrast_sigma=args.mrf_contrast_sigma), info
-
-
-def torch_no_grad():
-    import torch
-
-    return torch.no_grad()
 
 
 def cmd_predict(args) -> int:

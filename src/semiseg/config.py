@@ -168,8 +168,9 @@ class TrainConfig:
     strong_augment: StrongAugmentConfig = field(default_factory=StrongAugmentConfig)
     #: checkpoint (best.pt / last.pt) whose segmenter weights start this run (e.g. a supervised model)
     init: str | None = None
-    #: channels-last memory format for the networks and their image inputs (faster convolutions on CPU)
-    channels_last: bool = False
+    #: channels-last memory format for the networks and their image inputs; "auto" = on CPU (faster
+    #: there, benchmarks/results/engine-overhead.md), off on GPU (not measured)
+    channels_last: bool | Literal["auto"] = "auto"
     #: under DDP, batch-norm statistics over the global batch (all processes), as in one process
     sync_batchnorm: bool = True
 

@@ -97,37 +97,12 @@ def run_demo(output: str | Path = "runs/demo", epochs: int | None = None) -> lis
 
 def _comparison_figure(out: Path, names: list[str], load_trained) -> None:
     """Test images, their truth and each run's prediction side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from semiseg.config import build_config
     from semiseg.data import load_bundle
     from semiseg.data.splits import make_split
-    from semiseg.engine.evaluate import predict_records
+    from semiseg.engine.plots import compare_models
 
-    methods = [load_trained(out / n / "best.pt") for n in names]
+    models = {n: load_trained(out / n / "best.pt")[:2] for n in names}
     cfg = build_config(json.loads((out / names[0] / "config.json").read_text()))
     test = make_split(load_bundle(cfg.data), cfg.data.split).test[:4]
-    preds = [
-        [p.argmax(0).numpy() for p in predict_records(m.predict, test, cfg.data.image_size, "cpu")]
-        for m, _, _ in methods
-    ]
-    cols = 2 + len(names)
-    fig, axes = plt.subplots(len(test), cols, figsize=(2.2 * cols, 2.2 * len(test)), squeeze=False)
-    for i, r in enumerate(test):
-        panels = [("image", r.image[0], "gray"), ("truth", r.mask, "viridis")]
-        panels += [(n, preds[j][i], "viridis") for j, n in enumerate(names)]
-        for ax, (title, img, cmap) in zip(axes[i], panels):
-            ax.imshow(
-                img,
-                cmap=cmap,
-                vmin=0 if cmap == "viridis" else None,
-                vmax=cfg.data.shapes_classes - 1 if cmap == "viridis" else None,
-            )
-            ax.set_title(title, fontsize=8)
-            ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(out / "comparison.png", dpi=100)
-    plt.close(fig)
+    compare_models(models, test, out / "comparison.png", cfg.data.shapes_classes)

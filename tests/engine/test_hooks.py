@@ -147,17 +147,17 @@ def test_proof_methods_resume_exactly(tmp_path, make_config, proof_methods, monk
     cfg = make_config(f"method.name={name}", *AUG)
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     run(cfg, straight)
-    original = Trainer._train_epoch
+    original = Trainer.train_epoch
 
     def crash_in_epoch_3(self, phase, *args):
         if self.epoch == 2:
             raise KeyboardInterrupt
         return original(self, phase, *args)
 
-    monkeypatch.setattr(Trainer, "_train_epoch", crash_in_epoch_3)
+    monkeypatch.setattr(Trainer, "train_epoch", crash_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, crashed)
-    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    monkeypatch.setattr(Trainer, "train_epoch", original)
     run(cfg, crashed, resume=True)
     assert same_state(straight / "last.pt", crashed / "last.pt")
     assert same_state(straight / "best.pt", crashed / "best.pt")
@@ -265,17 +265,17 @@ def test_a_methods_own_rng_is_checkpointed_and_resumed(tmp_path, make_config, mo
         cfg = make_config("method.name=test_own_rng")
         straight, crashed = tmp_path / "straight", tmp_path / "crashed"
         run(cfg, straight)
-        original = Trainer._train_epoch
+        original = Trainer.train_epoch
 
         def crash_in_epoch_3(self, phase, *args):
             if self.epoch == 2:
                 raise KeyboardInterrupt
             return original(self, phase, *args)
 
-        monkeypatch.setattr(Trainer, "_train_epoch", crash_in_epoch_3)
+        monkeypatch.setattr(Trainer, "train_epoch", crash_in_epoch_3)
         with pytest.raises(KeyboardInterrupt):
             run(cfg, crashed)
-        monkeypatch.setattr(Trainer, "_train_epoch", original)
+        monkeypatch.setattr(Trainer, "train_epoch", original)
         run(cfg, crashed, resume=True)
     finally:
         METHODS.pop("test_own_rng", None)

@@ -440,7 +440,7 @@ def test_restore_best_resume_equals_straight_run(tmp_path, make_config, scored_m
     trainer_out = resumed
     with pytest.MonkeyPatch.context() as mp:
         calls = {"n": 0}
-        original = Trainer._train_epoch
+        original = Trainer.train_epoch
 
         def stop_after_two(self, *a, **k):
             if calls["n"] == 2:
@@ -448,7 +448,7 @@ def test_restore_best_resume_equals_straight_run(tmp_path, make_config, scored_m
             calls["n"] += 1
             return original(self, *a, **k)
 
-        mp.setattr(Trainer, "_train_epoch", stop_after_two)
+        mp.setattr(Trainer, "train_epoch", stop_after_two)
         with pytest.raises(KeyboardInterrupt):
             train(cfg, trainer_out)
     train(cfg, trainer_out, resume=True)
@@ -464,7 +464,7 @@ def test_unknown_phase_metric_is_a_clear_error(tmp_path, make_config, scored_met
 
 
 def test_channels_last_trains_like_nchw(tmp_path, make_config):
-    train(make_config("train.epochs=1"), tmp_path / "nchw")
+    train(make_config("train.epochs=1", "train.channels_last=false"), tmp_path / "nchw")
     train(make_config("train.epochs=1", "train.channels_last=true"), tmp_path / "cl")
 
     def steps(out):

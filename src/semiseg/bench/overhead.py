@@ -129,7 +129,7 @@ def trainer_epoch(setup: Setup, channels_last: bool, out: Path):
     bar = tqdm(disable=True)
 
     def epoch() -> None:
-        trainer._train_epoch(phase, opts, scheds, setup.iters, bar)
+        trainer.train_epoch(phase, opts, scheds, setup.iters, bar)
 
     return epoch, trainer
 

@@ -94,17 +94,15 @@ def _postprocessed(ctx: BenchContext, run_dir: Path) -> tuple[float, dict[str, A
 
         from semiseg.data import prepare_data
         from semiseg.engine.distributed import resolve_device
-        from semiseg.engine.evaluate import evaluate_records, predict_records
+        from semiseg.engine.evaluate import evaluate_records, tune_mrf_on_validation
         from semiseg.engine.run import load_trained
-        from semiseg.postprocess import MRFPostprocess, tune_mrf_weight
+        from semiseg.postprocess import MRFPostprocess
 
         method, cfg, state = load_trained(run_dir / "best.pt")
         device = resolve_device(cfg.train.device)
         method.to(device)
         data = prepare_data(cfg, ctx.data_root, bundle=ctx.bundle)
-        with torch.no_grad():
-            val_probs = predict_records(method.predict, data.val, cfg.data.image_size, device)
-        weight, table = tune_mrf_weight(val_probs, [r.mask for r in data.val])
+        weight, table = tune_mrf_on_validation(method.predict, data.val, cfg.data.image_size, device)
         with torch.no_grad():
             means, _ = evaluate_records(
                 method.predict,

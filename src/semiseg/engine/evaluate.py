@@ -113,3 +113,25 @@ def metric_keys(num_classes: int, metrics: Sequence[str] = FAST_METRICS) -> list
         for name in ("hd95_px", "hd95_mm") if m == "hd95" else (m,):
             keys += [f"{name}/{c}" for c in range(num_classes)] + [f"{name}/mean"]
     return keys
+
+
+def tune_mrf_on_validation(
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    records: list[Record],
+    image_size: Sequence[int],
+    device: torch.device,
+    contrast_sigma: float | None = None,
+) -> tuple[float, dict[float, float]]:
+    """The MRF pairwise weight chosen on ``records`` (pass the VALIDATION split): the one helper the
+    CLI (``evaluate --postprocess mrf``) and the benchmark's MRF rows share.
+
+    Returns:
+        ``(weight, {candidate weight: mean validation pixel error})``.
+    """
+    from semiseg.postprocess import tune_mrf_weight
+
+    with torch.no_grad():
+        probs = predict_records(predict, records, image_size, device)
+    return tune_mrf_weight(
+        probs, [r.mask for r in records], images=[r.image for r in records], contrast_sigma=contrast_sigma
+    )

@@ -88,3 +88,44 @@ def overlay_items(records, probs) -> list[tuple[str, np.ndarray, np.ndarray, np.
             image, truth, pred = image[:, d], truth[d], pred[d]
         items.append((r.id, display_image(image), truth, pred))
     return items
+
+
+def comparison(records, predictions: dict[str, list[np.ndarray]], path: str | Path, num_classes: int) -> None:
+    """Test cases side by side (the papers' qualitative figures): the image, its ground truth and
+    each model's prediction, one row per record. Used by the demo, the benchmark tables and plots.
+
+    Args:
+        records: 2D :class:`~semiseg.data.records.Record` s with masks.
+        predictions: Column title → one label map ``[H, W]`` per record (native resolution).
+        num_classes: Fixes the colour of each class across panels.
+    """
+    plt = _plt()
+    names = list(predictions)
+    cols = 2 + len(names)
+    fig, axes = plt.subplots(len(records), cols, figsize=(2.3 * cols, 2.2 * len(records)), squeeze=False)
+    for i, r in enumerate(records):
+        panels = [("image", display_image(r.image), "gray"), ("truth", r.mask, "viridis")]
+        panels += [(n, predictions[n][i], "viridis") for n in names]
+        for ax, (title, img, cmap) in zip(axes[i], panels):
+            labels = cmap == "viridis"
+            ax.imshow(img, cmap=cmap, vmin=0 if labels else None, vmax=num_classes - 1 if labels else None)
+            ax.set_title(title if i == 0 else "", fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def compare_models(models: dict[str, Any], records, path: str | Path, num_classes: int, device="cpu") -> None:
+    """:func:`comparison` of trained methods (title → ``(method, cfg)``) on ``records``."""
+    import torch
+
+    from semiseg.engine.evaluate import predict_records
+
+    predictions = {}
+    for name, (method, cfg) in models.items():
+        with torch.no_grad():
+            probs = predict_records(method.predict, records, cfg.data.image_size, device)
+        predictions[name] = [p.argmax(0).numpy() for p in probs]
+    comparison(records, predictions, path, num_classes)

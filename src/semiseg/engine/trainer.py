@@ -127,7 +127,9 @@ class Trainer:
                 )
         if self.info.enabled and cfg.train.sync_batchnorm:
             D.convert_sync_batchnorm(method)
-        if cfg.train.channels_last:
+        cl = cfg.train.channels_last
+        self.channels_last = self.device.type == "cpu" if cl == "auto" else bool(cl)
+        if self.channels_last:
             method.to(memory_format=torch.channels_last)
         self.model = method
         if self.info.enabled:
@@ -198,7 +200,7 @@ class Trainer:
     def to_batch(self, raw: dict[str, torch.Tensor]) -> Batch:
         """A collated dict of a dataset → :class:`Batch` on this rank's device."""
         batch = Batch.from_dict(raw).to(self.device, non_blocking=True)
-        if self.cfg.train.channels_last:
+        if self.channels_last:
             batch.image = _channels_last(batch.image)
             if batch.strong is not None:
                 batch.strong = torch.stack([_channels_last(v) for v in batch.strong.unbind(1)], 1)
@@ -454,7 +456,7 @@ class Trainer:
                 leave=False,
             )
             while self.epoch < n_epochs:
-                self._train_epoch(phase, opts, scheds, iters, bar)
+                self.train_epoch(phase, opts, scheds, iters, bar)
             bar.close()
             self._restore_phase_best(phase)
             self.phase_index += 1
@@ -463,7 +465,9 @@ class Trainer:
             self.phase_best = {"value": None, "epoch": None, "phase": None}
         return self.history[-1] if self.history else {}
 
-    def _train_epoch(self, phase: Phase, opts, scheds, iters: int, bar) -> None:
+    def train_epoch(self, phase: Phase, opts, scheds, iters: int, bar) -> None:
+        """One epoch of ``phase``: ``iters`` iterations, the epoch-end hook, validation (phases that
+        validate), ``best.pt`` / ``last.pt`` and the epoch logs. ``bar`` is a tqdm progress bar."""
         t0 = time.perf_counter()
         streams = self.streams(phase)
         loaders = [self.loader(s, self.epoch, iters, phase) for s in streams]

@@ -138,15 +138,8 @@ def epochs(out):
     ]
 
 
-AUG = ("train.augment.hflip=true", "train.augment.rotate_degrees=10", "train.scheduler=cosine")
-
-
-@pytest.mark.parametrize("name", ["test_ema_teacher", "test_two_optimizers"])
-def test_proof_methods_resume_exactly(tmp_path, make_config, proof_methods, monkeypatch, name):
-    """A crash in epoch 3 of 3 (cosine schedule, augmentation, strong views), then --resume."""
-    cfg = make_config(f"method.name={name}", *AUG)
-    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-    run(cfg, straight)
+def crash_in_epoch_3_then_resume(cfg, out, monkeypatch) -> None:
+    """Train ``cfg`` into ``out``, interrupted at the start of epoch 3, then ``--resume`` it."""
     original = Trainer.train_epoch
 
     def crash_in_epoch_3(self, phase, *args):
@@ -156,9 +149,21 @@ def test_proof_methods_resume_exactly(tmp_path, make_config, proof_methods, monk
 
     monkeypatch.setattr(Trainer, "train_epoch", crash_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
-        run(cfg, crashed)
+        run(cfg, out)
     monkeypatch.setattr(Trainer, "train_epoch", original)
-    run(cfg, crashed, resume=True)
+    run(cfg, out, resume=True)
+
+
+AUG = ("train.augment.hflip=true", "train.augment.rotate_degrees=10", "train.scheduler=cosine")
+
+
+@pytest.mark.parametrize("name", ["test_ema_teacher", "test_two_optimizers"])
+def test_proof_methods_resume_exactly(tmp_path, make_config, proof_methods, monkeypatch, name):
+    """A crash in epoch 3 of 3 (cosine schedule, augmentation, strong views), then --resume."""
+    cfg = make_config(f"method.name={name}", *AUG)
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    run(cfg, straight)
+    crash_in_epoch_3_then_resume(cfg, crashed, monkeypatch)
     assert same_state(straight / "last.pt", crashed / "last.pt")
     assert same_state(straight / "best.pt", crashed / "best.pt")
     assert epochs(straight) == epochs(crashed)
@@ -265,18 +270,7 @@ def test_a_methods_own_rng_is_checkpointed_and_resumed(tmp_path, make_config, mo
         cfg = make_config("method.name=test_own_rng")
         straight, crashed = tmp_path / "straight", tmp_path / "crashed"
         run(cfg, straight)
-        original = Trainer.train_epoch
-
-        def crash_in_epoch_3(self, phase, *args):
-            if self.epoch == 2:
-                raise KeyboardInterrupt
-            return original(self, phase, *args)
-
-        monkeypatch.setattr(Trainer, "train_epoch", crash_in_epoch_3)
-        with pytest.raises(KeyboardInterrupt):
-            run(cfg, crashed)
-        monkeypatch.setattr(Trainer, "train_epoch", original)
-        run(cfg, crashed, resume=True)
+        crash_in_epoch_3_then_resume(cfg, crashed, monkeypatch)
     finally:
         METHODS.pop("test_own_rng", None)
     assert same_state(straight / "last.pt", crashed / "last.pt")

@@ -49,3 +49,20 @@ def soft_centroid(probs: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
         weighted = (probs * pos.view(*shape)).flatten(2).sum(-1)
         coords.append(weighted / mass)
     return torch.stack(coords, dim=-1)
+
+
+def paste(base: torch.Tensor, other: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+    """``other`` inside ``box``, ``base`` elsewhere (CutMix, copy-paste), for images and label maps.
+
+    Shape:
+        base, other ``[B, C, *S]`` or ``[B, *S]``; box ``[B, *S]`` bool → like ``base``.
+
+    Examples:
+        >>> box = torch.tensor([[True, False]])
+        >>> paste(torch.zeros(1, 2), torch.ones(1, 2), box).tolist()
+        [[1.0, 0.0]]
+    """
+    if base.shape != other.shape:
+        raise ValueError(f"base {tuple(base.shape)} and other {tuple(other.shape)} differ")
+    b = box if box.dim() == base.dim() else box.unsqueeze(1)
+    return torch.where(b, other, base)

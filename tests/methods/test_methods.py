@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from semiseg.config import ModelConfig
-from semiseg.core import Batch, Supervision
+from semiseg.core import Batch, Supervision, ViewSpec
 from semiseg.data.records import IGNORE_INDEX
 from semiseg.errors import ConfigError
 from semiseg.methods import METHODS, Method, Phase, build_method, method_names
@@ -37,6 +37,26 @@ def stream(kind: str, b: int = 2, hw=(32, 32), seed: int = 0) -> Batch:
     elif kind == "size":
         sizes = counts
     return Batch.of(image, mask, num_classes=K, tags=tags, sizes=sizes, kind=Supervision.parse(kind))
+
+
+def with_views(b: Batch, spec: ViewSpec | None, seed: int = 7) -> Batch:
+    """``b`` with the strong views (noisy copies) and CutMix boxes a phase asks for, as TrainSet gives."""
+    if spec is None or spec.strong == 0:
+        return b
+    g = torch.Generator().manual_seed(seed)
+    n, k, spatial = len(b), spec.strong, b.image.shape[2:]
+    strong = b.image[:, None] + 0.1 * torch.randn(n, k, *b.image.shape[1:], generator=g)
+    boxes = None
+    if spec.cutmix:
+        boxes = torch.zeros(n, k, *spatial, dtype=torch.bool)
+        boxes[..., spatial[-2] // 4 : spatial[-2] // 2, spatial[-1] // 3 :] = True
+    return dataclasses.replace(b, strong=strong, cutmix=boxes)
+
+
+def phase_batch(phase: Phase, data: dict[str, Batch] | None = None) -> dict[str, Batch]:
+    """The streams of ``phase``, with the views it asks for."""
+    data = data or batch()
+    return {s: with_views(data[s], phase.views.get(s)) for s in phase.streams}
 
 
 def batch(labeled_kind: str = "dense") -> dict[str, Batch]:
@@ -73,9 +93,9 @@ def test_one_step_per_phase_and_optimizer(name):
     method.train()
     data = batch()
     for phase in method.phases():
-        for opt_name in phase.optimizers:
+        for opt_name in phase.optimizer_names:
             method.zero_grad(set_to_none=True)
-            out = method.training_step({s: data[s] for s in phase.streams}, phase.name, opt_name)
+            out = method.training_step(phase_batch(phase, data), phase.name, opt_name)
             where = f"{name}: phase {phase.name!r}, optimizer {opt_name!r}"
             assert "loss" in out, where
             loss = out["loss"]
@@ -100,11 +120,11 @@ def test_forward_routes_to_training_step(name):
     # the engine calls the module (forward) so that DDP sees the step
     method = build(name)
     phase = method.phases()[-1]
-    data = {s: batch()[s] for s in phase.streams}
+    data = phase_batch(phase)
     torch.manual_seed(0)
-    a = method(data, phase.name, phase.optimizers[0])["loss"]
+    a = method(data, phase.name, phase.optimizer_names[0])["loss"]
     torch.manual_seed(0)
-    b = method.training_step(data, phase.name, phase.optimizers[0])["loss"]
+    b = method.training_step(data, phase.name, phase.optimizer_names[0])["loss"]
     assert torch.equal(a, b)
 
 
@@ -121,10 +141,8 @@ def test_state_dict_round_trip(name):
     a = build(name, seed=0)
     # one optimiser step so that weights and normalisation statistics differ from initialisation
     phase = [p for p in a.phases() if p.validate][0]
-    opt = torch.optim.SGD(a.parameters_for(phase.name, phase.optimizers[0]), lr=0.1)
-    a.training_step({s: batch()[s] for s in phase.streams}, phase.name, phase.optimizers[0])[
-        "loss"
-    ].backward()
+    opt = torch.optim.SGD(a.parameters_for(phase.name, phase.optimizer_names[0]), lr=0.1)
+    a.training_step(phase_batch(phase), phase.name, phase.optimizer_names[0])["loss"].backward()
     opt.step()
     buffer = io.BytesIO()
     torch.save(a.state_dict(), buffer)

@@ -1,0 +1,23 @@
+"""The ``Examples:`` of public functions run as doctests."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "semiseg.core",
+    "semiseg.ops",
+    "semiseg.registry",
+    "semiseg.losses.ramp",
+    "semiseg.losses.consistency",
+    "semiseg.models.ema",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_examples(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0, f"{name}: {result.failed} of {result.attempted} examples failed"

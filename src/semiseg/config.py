@@ -53,6 +53,10 @@ class SplitConfig:
     labeled_fraction: float | None = None  #: alternative to ``labeled``
     labeled_by: Literal["image", "group"] = "image"  #: "group" = by patient (ACDC)
     labeled_ids: list[str] | None = None  #: explicit labeled ids (or groups); overrides the counts
+    #: how draw 0 picks its labeled items: "random" like every draw, or "listed" = the first ones in the
+    #: dataset's own order (the SSL4MIS ACDC protocol: the first patients of train_slices.list, e.g.
+    #: 099, 038, 050 for 3); draws >= 1 are random either way
+    first_draw: Literal["random", "listed"] = "random"
     supervision: Literal["dense", "sparse", "tag", "size"] = "dense"  #: what the labeled items carry
     sparse_pixels: int = 10  #: labeled pixels per image when ``supervision: sparse``
     draw: int = 0  #: index of the random draw (labeled subset and sparse pixels)

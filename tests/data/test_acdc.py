@@ -8,7 +8,9 @@ import h5py
 import numpy as np
 import pytest
 
+from semiseg.config import SplitConfig
 from semiseg.data.acdc import load_acdc
+from semiseg.data.splits import make_split
 from semiseg.errors import DataError
 
 TRAIN = ["patient003_frame01_slice_1", "patient003_frame01_slice_2", "patient004_frame02_slice_1"]
@@ -174,6 +176,13 @@ def test_real_acdc(real_data_root: Path) -> None:
     train_p, val_p, test_p = ({r.group for r in part} for part in (bundle.train, bundle.val, bundle.test))
     assert (len(train_p), len(val_p), len(test_p)) == (70, 10, 20)
     assert not (train_p & val_p) and not (train_p & test_p) and not (val_p & test_p)
+    # the literature's labeled patients (SSL4MIS: the first 32 / 68 / 136 slices of train_slices.list)
+    for n, slices, first in [(1, 32, {"patient099"}), (3, 68, {"patient099", "patient038", "patient050"})]:
+        spec = SplitConfig(labeled=n, labeled_by="group", first_draw="listed")
+        split = make_split(bundle, spec)
+        assert {r.group for r in split.labeled} == first and len(split.labeled) == slices
+    seven = make_split(bundle, SplitConfig(labeled=7, labeled_by="group", first_draw="listed"))
+    assert len(seven.labeled) == 136
 
 
 @pytest.mark.realdata

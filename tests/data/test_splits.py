@@ -131,6 +131,22 @@ def test_labeled_by_group_takes_whole_groups():
             assert not part_groups[i] & part_groups[j]
 
 
+def test_first_draw_listed_takes_the_first_groups_in_the_datasets_order():
+    records = make_records(40, groups=8)
+    order = [f"p{i}" for i in (5, 2, 7, 0, 1, 3, 4, 6)]  # the dataset's own (listed) order
+    records = sorted(records, key=lambda r: order.index(r.group))
+    val, test = make_records(2, prefix="v"), make_records(2, prefix="t")
+    bundle = bundle_of(records, val=val, test=test)
+    spec = SplitConfig(labeled=3, labeled_by="group", first_draw="listed")
+    assert {r.group for r in make_split(bundle, spec).labeled} == {"p5", "p2", "p7"}
+    random_draw0 = make_split(bundle, SplitConfig(labeled=3, labeled_by="group")).labeled
+    assert {r.group for r in random_draw0} != {"p5", "p2", "p7"}  # (this seed's random draw differs)
+    for draw in (1, 2):  # further draws stay random, the same as without "listed"
+        a = make_split(bundle, SplitConfig(labeled=3, labeled_by="group", first_draw="listed", draw=draw))
+        b = make_split(bundle, SplitConfig(labeled=3, labeled_by="group", draw=draw))
+        assert ids(a.labeled) == ids(b.labeled)
+
+
 def test_val_and_test_are_carved_by_group_even_when_labeled_by_image():
     s = make_split(bundle_of(make_records(60, groups=12)), SplitConfig(labeled=5))
     train_groups = {r.group for r in s.labeled + s.unlabeled}

@@ -97,8 +97,12 @@ def make_split(bundle: DatasetBundle, spec: SplitConfig) -> Split:
             n = spec.labeled
         elif spec.labeled_fraction is not None:
             n = max(1, round(spec.labeled_fraction * n))
-        rng = np.random.default_rng([spec.seed, spec.draw, 104729])
-        chosen = set(rng.permutation(np.array(candidates, dtype=object))[:n].tolist())
+        if spec.first_draw == "listed" and spec.draw == 0:
+            listed = list(dict.fromkeys(key(r) for r in masked))  # order of first appearance
+            chosen = set(listed[:n])
+        else:
+            rng = np.random.default_rng([spec.seed, spec.draw, 104729])
+            chosen = set(rng.permutation(np.array(candidates, dtype=object))[:n].tolist())
     labeled = [r for r in masked if key(r) in chosen]
     if not labeled:
         raise DataError(

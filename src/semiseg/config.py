@@ -177,6 +177,8 @@ class TrainConfig:
     channels_last: bool | Literal["auto"] = "auto"
     #: under DDP, batch-norm statistics over the global batch (all processes), as in one process
     sync_batchnorm: bool = True
+    #: also score the last model (not only the validation-selected best.pt): metrics.json "last"
+    eval_last: bool = False
 
 
 @dataclass

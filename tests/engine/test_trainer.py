@@ -471,3 +471,12 @@ def test_channels_last_trains_like_nchw(tmp_path, make_config):
         return [json.loads(ln)["loss"] for ln in (out / "steps.jsonl").read_text().splitlines()]
 
     assert steps(tmp_path / "cl") == pytest.approx(steps(tmp_path / "nchw"), rel=1e-4)
+
+
+def test_eval_last_scores_the_final_model_beside_the_best(tmp_path, make_config):
+    res = train(make_config("train.eval_last=true", "train.epochs=1"), tmp_path)
+    assert set(res["last"]) == {"val", "test"} and "dice/mean" in res["last"]["test"]
+    # one epoch: the last model is the best one, so the two scores agree
+    assert res["last"]["test"]["dice/mean"] == pytest.approx(res["test"]["dice/mean"])
+    assert res["last"]["val"]["pixel_error"] == pytest.approx(res["val"]["pixel_error"])
+    assert "last" not in train(make_config("train.epochs=1"), tmp_path / "plain")

@@ -14,7 +14,7 @@ import torch
 from semiseg.config import RunConfig, build_config, to_dict
 from semiseg.engine import distributed as D
 from semiseg.engine.checkpoint import load_checkpoint, seed_everything
-from semiseg.engine.evaluate import ALL_METRICS, evaluate_records, predict_records
+from semiseg.engine.evaluate import ALL_METRICS, FAST_METRICS, evaluate_records, predict_records
 from semiseg.errors import ConfigError
 from semiseg.io import atomic_write_text
 
@@ -90,6 +90,20 @@ def train(
             "labeled": len(data.split.labeled),
             "unlabeled": len(data.split.unlabeled),
         }
+        if final_eval and cfg.train.eval_last:
+            # the model as training left it (last.pt), beside the validation-selected one below
+            method.eval()
+            results["last"] = {}
+            for name, records in (("val", data.val), ("test", data.test)):
+                if records:
+                    results["last"][name] = evaluate_records(
+                        method.predict,
+                        records,
+                        num_classes=data.bundle.num_classes,
+                        image_size=cfg.data.image_size,
+                        device=device,
+                        metrics=FAST_METRICS,
+                    )[0]
         if final_eval:
             best_path = out / "best.pt"
             if best_path.is_file():

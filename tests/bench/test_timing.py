@@ -9,7 +9,7 @@ import pytest
 from bench_helpers import RECIPE
 
 from semiseg.bench.tables import size_step_configs, supervised_baseline
-from semiseg.bench.timing import interleaved, ratio, step_time_ratio
+from semiseg.bench.timing import interleaved, pass_budget_ratio, ratio, step_time_ratio
 from semiseg.config import build_config
 from semiseg.core import Batch
 from semiseg.engine.trainer import Trainer
@@ -79,3 +79,22 @@ def test_size_step_ratio_times_the_segmenter_phase_against_all_its_images(steps)
     assert out["images_per_step"] == {"method": 8, "baseline": 8}
     with pytest.raises(ValueError, match="no phase 'nope'"):
         step_time_ratio(method, base, phase="nope", rounds=1, steps=1)
+
+
+def test_pass_budget_counts_passes_with_and_without_gradients():
+    cfg = _cfg()
+    sup = pass_budget_ratio(cfg, supervised_baseline(cfg), rounds=1, steps=1)
+    assert sup["passes_per_step"] == {"grad": 4.0, "nograd": 0.0}  # the labeled batch, once
+    assert sup["ratio_to_budget"] > 0 and sup["t_grad_per_image"] > sup["t_nograd_per_image"] > 0
+    # the size method's "proposals" phase: the student on labeled + unlabeled, its frozen teacher on
+    # the unlabeled images without gradients
+    prop = dataclasses.replace(cfg, method={"name": "size", "source": "proposals", "fs_epochs": 0})
+    out = pass_budget_ratio(prop, supervised_baseline(cfg), phase="proposals", rounds=1, steps=1)
+    assert out["passes_per_step"] == {"grad": 8.0, "nograd": 4.0}
+    assert out["pass_counts"] == {
+        "encoder_grad": 8,
+        "encoder_nograd": 4,
+        "decoder_grad": 8,
+        "decoder_nograd": 4,
+    }
+    assert out["phase"] == "proposals"

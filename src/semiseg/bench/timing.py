@@ -188,3 +188,116 @@ def step_time_ratio(
         "round_seconds_per_step": {k: [round(t, 4) for t in v] for k, v in per_step.items()},
         "device": "cpu",
     }
+
+
+# --------------------------------------------------------------------------------- pass budget
+def segmenter_networks(method) -> dict[str, Any]:
+    """The method's segmentation networks (student, teacher, second network, ...): every submodule
+    with the ``encode`` / ``decode`` split and an ``encoder`` / ``head`` to hook, by name."""
+    return {
+        name: m
+        for name, m in method.named_modules()
+        if hasattr(m, "encode") and hasattr(m, "decode") and hasattr(m, "encoder") and hasattr(m, "head")
+    }
+
+
+class PassCounter:
+    """Counts the images each segmentation network processes, split by whether autograd records them.
+
+    A forward hook on a network's first encoder block counts encoder passes, one on its head decoder
+    passes (feature-perturbation streams decode without encoding again). One full pass = one encoder
+    plus one decoder pass; :attr:`full_passes` sums halves of each.
+    """
+
+    def __init__(self, method):
+        import torch
+
+        self.counts = {"encoder_grad": 0, "encoder_nograd": 0, "decoder_grad": 0, "decoder_nograd": 0}
+        self.handles = []
+
+        def hook(part: str):
+            def count(module, inputs, output):
+                grad = torch.is_grad_enabled() and output.requires_grad
+                self.counts[f"{part}_{'grad' if grad else 'nograd'}"] += int(output.shape[0])
+
+            return count
+
+        for net in segmenter_networks(method).values():
+            self.handles.append(net.encoder[0].register_forward_hook(hook("encoder")))
+            self.handles.append(net.head.register_forward_hook(hook("decoder")))
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+    @property
+    def full_passes(self) -> dict[str, float]:
+        c = self.counts
+        return {
+            "grad": (c["encoder_grad"] + c["decoder_grad"]) / 2,
+            "nograd": (c["encoder_nograd"] + c["decoder_nograd"]) / 2,
+        }
+
+
+def pass_budget_ratio(
+    method_cfg,
+    baseline_cfg,
+    *,
+    phase: str | None = None,
+    data_root: str | None = None,
+    bundle=None,
+    rounds: int = ROUNDS,
+    steps: int = STEPS_PER_ROUND,
+) -> dict[str, Any]:
+    """A method's iteration time against the work it must do (issue 11's pass budget).
+
+    One iteration of ``method_cfg`` (through :meth:`Trainer.train_step`) sends ``n_grad`` images through
+    its networks with gradients and ``n_nograd`` without (counted with hooks, per iteration). With
+    ``t_grad`` = seconds per image of a supervised training iteration (``baseline_cfg``, the labeled
+    batch) and ``t_nograd`` = seconds per image of a no-grad forward of the segmenter in eval mode, the
+    budget is ``n_grad·t_grad + n_nograd·t_nograd``; the ratio (method / budget) shows wasted passes
+    and per-step overhead. All three are measured interleaved, medians over rounds, ratio to 2 decimals.
+    """
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="semiseg-pass-budget-") as tmp:
+        method = TrainerSteps(method_cfg, Path(tmp) / "method", phase=phase, steps=steps,
+                              data_root=data_root, bundle=bundle)  # fmt: skip
+        baseline = TrainerSteps(baseline_cfg, Path(tmp) / "baseline", phase=None, steps=steps,
+                                data_root=data_root, bundle=bundle)  # fmt: skip
+        counter = PassCounter(method.trainer.method)
+        first = method.batches[0]
+        method.trainer.train_step(first, method.phase, method.optimizers, method.schedulers)
+        counter.close()
+        passes = counter.full_passes
+        segmenter = baseline.trainer.method.segmenter
+        images = next(iter(baseline.batches[0].values())).image
+
+        def inference() -> None:
+            segmenter.eval()
+            with torch.no_grad():
+                for _ in range(steps):
+                    segmenter(images)
+            segmenter.train()
+
+        times = interleaved({"method": method, "baseline": baseline, "inference": inference}, rounds)
+    med = {k: statistics.median(v) / steps for k, v in times.items()}
+    t_grad = med["baseline"] / baseline.images_per_step
+    t_nograd = med["inference"] / len(images)
+    budget = passes["grad"] * t_grad + passes["nograd"] * t_nograd
+    return {
+        "ratio_to_budget": ratio(med["method"], budget),
+        "passes_per_step": passes,
+        "pass_counts": counter.counts,
+        "seconds_per_step": round(med["method"], 4),
+        "budget_seconds_per_step": round(budget, 4),
+        "t_grad_per_image": round(t_grad, 5),
+        "t_nograd_per_image": round(t_nograd, 5),
+        "method": dict(method_cfg.method),
+        "phase": method.phase.name,
+        "image_size": list(method_cfg.data.image_size),
+        "rounds": rounds,
+        "steps_per_round": steps,
+        "measured_with": "Trainer.train_step; hooks on each network's first encoder block and head",
+        "device": "cpu",
+    }

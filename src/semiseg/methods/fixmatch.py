@@ -1,0 +1,208 @@
+"""FixMatch for segmentation: weak-to-strong consistency with confident pseudo-labels and CutMix.
+
+Sohn et al., "FixMatch: Simplifying Semi-Supervised Learning with Consistency and Confidence",
+NeurIPS 2020, as adapted to segmentation by the "FixMatch" baseline of UniMatch (Yang et al.,
+CVPR 2023; public code LiheYoung/UniMatch, ``fixmatch.py``). The network's prediction on the weak
+view of an unlabeled image gives per-pixel pseudo-labels ``ŷ = argmax p`` and confidences
+``max p``; the strong view is trained towards ``ŷ`` on the pixels whose confidence reaches τ
+(FixMatch's unlabeled loss ``ℓ_u = mean_p 1[max p ≥ τ] · H(ŷ, f(A(u)))``, Sec. 2 of the paper):
+
+    loss = supervised_weight · (ce_weight · CE + dice_weight · Dice)(labeled)
+         + unlabeled_weight · ℓ_u(CutMix of the strong views, mixed pseudo-labels)
+         + configured regularisers
+
+CutMix (UniMatch): inside its box (``Batch.cutmix``, drawn by the engine) the strong view of each
+unlabeled image shows the strong view of the previous image of the batch
+(:func:`cutmix_partner`), and the pseudo-labels and confidences are mixed with exactly the same
+box, so every pixel is supervised by the weak prediction of the image it shows.
+
+Weak prediction: in training mode, in one forward pass together with the labeled images (as
+UniMatch's code does: batch-norm statistics over labeled + weak images, model dropout active), then
+detached for the pseudo-labels. That same prediction, with its gradient, is what the configured
+regularisers (``method.regularizers``, e.g. TV or size) see for the unlabeled stream, so they cost
+no extra pass.
+
+Forward passes per training step (``B_l`` labeled, ``B_u`` unlabeled images):
+    with gradient: ``B_l + B_u`` (labeled and weak views, one pass) + ``B_u`` (mixed strong views,
+    one pass) = ``B_l + 2·B_u`` images; without gradient: none. (UniMatch's script adds an
+    eval-mode pass without gradient over a second unlabeled batch for the mix partners; here the
+    partners are the batch's own images, whose weak predictions already exist.)
+
+Defaults and their sources (paths in LiheYoung/UniMatch): τ = 0.95 (``conf_thresh`` of
+``more-scenarios/medical/configs/acdc.yaml``); ``supervised_weight = unlabeled_weight = 0.5``
+(``fixmatch.py``: ``loss = (loss_x + loss_u_s) / 2``); ``ce_weight = dice_weight = 0.5`` (the ACDC
+supervised loss ``(CE + Dice) / 2`` of ``more-scenarios/medical/unimatch.py``; the repository has no
+ACDC FixMatch script); the strong views' photometric perturbations and CutMix boxes are
+``train.strong_augment`` (UniMatch's defaults: jitter p = 0.8, blur p = 0.5, CutMix p = 0.5).
+
+Deviations from the papers:
+    - CutMix partner: the previous image of the same batch (``roll(1, 0)``) instead of an image of a
+      second unlabeled batch; its pseudo-labels come from the same training-mode weak pass rather
+      than UniMatch's extra eval-mode pass. With a batch of one image the partner is the image
+      itself. Under DDP the partner comes from the same process's share of the batch (as with
+      UniMatch's per-GPU mix loader), so the pairing of each share's first image differs from a
+      one-process run.
+    - Unlabeled loss: confident cross-entropy averaged over all pixels (UniMatch's natural-image
+      code) by default; UniMatch's ACDC code uses Dice on the confident pixels instead, available
+      as ``unlabeled_loss: dice``.
+    - Dice (supervised and ``unlabeled_loss: dice``) is the library's ``masked_dice_loss``, which
+      averages over the foreground classes; UniMatch's ``DiceLoss`` also averages the background.
+    - Classification FixMatch uses RandAugment / CTAugment and no CutMix; this is the segmentation
+      variant of UniMatch's baseline.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from semiseg.config import FieldError
+from semiseg.core import IGNORE_INDEX, Batch, ViewSpec
+from semiseg.losses.consistency import confident_cross_entropy, pseudo_labels
+from semiseg.losses.supervised import masked_dice_loss
+from semiseg.methods import register
+from semiseg.methods.base import Phase
+from semiseg.methods.supervised import Supervised, SupervisedConfig
+from semiseg.ops import paste
+
+STREAMS = ("labeled", "unlabeled")
+
+
+@dataclass
+class FixMatchConfig(SupervisedConfig):
+    ce_weight: float = 0.5  #: UniMatch ACDC: supervised loss (CE + Dice) / 2
+    dice_weight: float = 0.5
+    threshold: float = 0.95  #: τ, confidence a pseudo-label needs to count
+    supervised_weight: float = 0.5  #: UniMatch: loss = (supervised + unlabeled) / 2
+    unlabeled_weight: float = 0.5
+    #: "ce": confident cross-entropy (FixMatch, UniMatch's natural-image code); "dice": Dice on the
+    #: confident pixels (UniMatch's ACDC code)
+    unlabeled_loss: Literal["ce", "dice"] = "ce"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise FieldError("threshold", f"must be in [0, 1], got {self.threshold}")
+        for name in ("ce_weight", "dice_weight", "supervised_weight", "unlabeled_weight"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise FieldError(name, f"must be a finite number >= 0, got {value}")
+
+
+def cutmix_partner(x: torch.Tensor) -> torch.Tensor:
+    """The image (or map) each sample receives inside its CutMix box: the previous sample's.
+
+    Shape:
+        ``[B, ...]`` → ``[B, ...]`` (sample ``i`` gets sample ``i - 1``; sample 0 gets ``B - 1``).
+
+    Examples:
+        >>> cutmix_partner(torch.tensor([0, 1, 2])).tolist()
+        [2, 0, 1]
+    """
+    return x.roll(1, 0)
+
+
+def mix_with_partner(x: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+    """``x`` with its :func:`cutmix_partner` pasted inside ``box`` (images, labels, confidences).
+
+    Shape:
+        x ``[B, C, *S]`` or ``[B, *S]``; box ``[B, *S]`` bool → like ``x``.
+
+    Examples:
+        >>> x = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+        >>> mix_with_partner(x, torch.tensor([[True, False], [True, False]])).tolist()
+        [[1.0, 0.0], [0.0, 1.0]]
+    """
+    return paste(x, cutmix_partner(x), box)
+
+
+@register("fixmatch")
+class FixMatch(Supervised):
+    """FixMatch with CutMix (UniMatch's segmentation baseline); see the module docstring."""
+
+    config_class = FixMatchConfig
+
+    def strong_views(self) -> int:
+        """Strong views asked of the unlabeled stream."""
+        return 1
+
+    def phases(self):
+        views = {"unlabeled": ViewSpec(strong=self.strong_views(), cutmix=True)}
+        return [Phase(streams=STREAMS, views=views)]
+
+    # ------------------------------------------------------------------ losses
+    def unlabeled_loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss of ``logits`` towards the pseudo-labels on pixels with ``confidence >= threshold``
+        (the others get zero gradient), and the fraction of such pixels.
+
+        Shape:
+            logits ``[B, K, *S]``, labels and confidence ``[B, *S]`` → two scalars.
+        """
+        if self.cfg.unlabeled_loss == "dice":
+            keep = confidence >= self.cfg.threshold
+            loss = masked_dice_loss(logits, labels.masked_fill(~keep, IGNORE_INDEX))
+            return loss, keep.float().mean()
+        return confident_cross_entropy(logits, labels, confidence, self.cfg.threshold)
+
+    def strong_losses(
+        self, unlabeled: Batch, labels: torch.Tensor, confidence: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """One unlabeled loss per strong view: each view CutMix-ed with its partner inside its own
+        box, the pseudo-labels and confidences mixed with the same box; all views in one pass.
+
+        Shape:
+            ``unlabeled.strong`` ``[B, k, C, *S]``, ``unlabeled.cutmix`` ``[B, k, *S]``; labels and
+            confidence ``[B, *S]`` (of the weak views) → ``k`` scalars.
+        """
+        strong, boxes = unlabeled.strong, unlabeled.cutmix
+        if strong is None or boxes is None:
+            raise ValueError("the unlabeled stream carries no strong views / CutMix boxes")
+        k = strong.shape[1]
+        mixed = torch.cat([mix_with_partner(strong[:, j], boxes[:, j]) for j in range(k)])
+        logits = self.model(mixed).chunk(k)
+        return [
+            self.unlabeled_loss(
+                logits[j], mix_with_partner(labels, boxes[:, j]), mix_with_partner(confidence, boxes[:, j])
+            )[0]
+            for j in range(k)
+        ]
+
+    def finish(
+        self,
+        batch: dict[str, Batch],
+        logits_labeled: torch.Tensor,
+        logits_weak: torch.Tensor,
+        unlabeled: torch.Tensor,
+        confidence: torch.Tensor,
+        components: dict[str, torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        """``supervised_weight · supervised + unlabeled_weight · unlabeled`` + regularisers (on the
+        labeled logits and the weak views' logits, with gradient), with the logged components."""
+        cfg = self.cfg
+        sup = self.supervised_loss(logits_labeled, batch["labeled"].mask)
+        supervised = sup.pop("loss")
+        out = {
+            "loss": cfg.supervised_weight * supervised + cfg.unlabeled_weight * unlabeled,
+            "supervised": supervised,
+            **sup,
+            **components,
+            # fraction of weak-view pixels whose pseudo-label is confident (UniMatch's mask ratio)
+            "confident": (confidence >= cfg.threshold).float().mean(),
+        }
+        if len(self.regularizers):
+            reg = self.regularization({"labeled": logits_labeled, "unlabeled": logits_weak}, batch)
+            out["loss"] = out["loss"] + reg.pop("reg_total")
+            out.update(reg)
+        return out
+
+    def training_step(self, batch, phase, optimizer):
+        lab, unl = batch["labeled"], batch["unlabeled"]
+        logits = self.model(torch.cat([lab.image, unl.image]))
+        logits_labeled, logits_weak = logits.split([len(lab), len(unl)])
+        labels, confidence = pseudo_labels(logits_weak.detach().softmax(1))
+        (strong,) = self.strong_losses(unl, labels, confidence)
+        return self.finish(batch, logits_labeled, logits_weak, strong, confidence, {"strong": strong})

@@ -1,0 +1,308 @@
+"""The ``fixmatch`` method: confidence mask, CutMix of images and pseudo-labels with one box, the loss
+formula, the pass budget, regularisers on the weak prediction, and tiny runs that resume exactly.
+
+The helpers here (spies, tiny runs) are shared with ``test_unimatch.py``."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+from test_methods import K, batch, build
+
+from semiseg.config import build_config, load_yaml
+from semiseg.core import Batch
+from semiseg.engine import run as engine_run
+from semiseg.engine.checkpoint import load_checkpoint
+from semiseg.engine.trainer import Trainer
+from semiseg.errors import ConfigError
+from semiseg.methods import fixmatch as fixmatch_module
+
+
+# ------------------------------------------------------------------------------------ shared helpers
+def with_boxes(data: dict[str, Batch], k: int, seed: int = 3) -> dict[str, Batch]:
+    """``data`` with ``k`` strong views per unlabeled image and a different box per sample and view
+    (the last sample's first view without a box)."""
+    unl = data["unlabeled"]
+    g = torch.Generator().manual_seed(seed)
+    n, (h, w) = len(unl), unl.image.shape[-2:]
+    strong = unl.image[:, None] + 0.2 * torch.randn(n, k, *unl.image.shape[1:], generator=g)
+    boxes = torch.zeros(n, k, h, w, dtype=torch.bool)
+    for i in range(n):
+        for j in range(k):
+            top, left = 2 + 3 * i + j, 1 + 5 * j + 2 * i
+            boxes[i, j, top : top + 8 + 2 * j, left : left + 10] = True
+    boxes[n - 1, 0] = False
+    return {**data, "unlabeled": dataclasses.replace(unl, strong=strong, cutmix=boxes)}
+
+
+class Spy:
+    """Records the weak pseudo-labels, the unlabeled-loss targets and the regulariser inputs of a
+    method's steps (a wrapper around the method's own functions, results unchanged)."""
+
+    def __init__(self, method, monkeypatch, module):
+        self.weak: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.targets: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.regularized: list[dict[str, torch.Tensor]] = []
+        self.inputs: list[torch.Tensor] = []
+        original_pseudo, original_loss = module.pseudo_labels, method.unlabeled_loss
+        original_reg = method.regularization
+
+        def pseudo(probs):
+            labels, confidence = original_pseudo(probs)
+            self.weak.append((probs, labels, confidence))
+            return labels, confidence
+
+        def loss(logits, labels, confidence):
+            self.targets.append((logits, labels, confidence))
+            return original_loss(logits, labels, confidence)
+
+        def reg(logits, data):
+            self.regularized.append(logits)
+            return original_reg(logits, data)
+
+        monkeypatch.setattr(module, "pseudo_labels", pseudo)
+        monkeypatch.setattr(method, "unlabeled_loss", loss)
+        monkeypatch.setattr(method, "regularization", reg)
+        method.model.register_forward_pre_hook(lambda _m, args: self.inputs.append(args[0].detach()))
+
+
+def check_cutmix(spy: Spy, data: dict[str, Batch], strong_inputs: torch.Tensor, k: int) -> None:
+    """Each view's network input and its pseudo-labels / confidences show the partner (the previous
+    sample) exactly inside that view's box and the sample itself outside."""
+    unl = data["unlabeled"]
+    _, labels, confidence = spy.weak[0]
+    views = strong_inputs.chunk(k)
+    for j in range(k):
+        box = unl.cutmix[:, j]
+        image, partner = unl.strong[:, j], unl.strong[:, j].roll(1, 0)
+        inside = box[:, None].expand_as(image)
+        assert torch.equal(views[j][inside], partner[inside])
+        assert torch.equal(views[j][~inside], image[~inside])
+        _, target, conf = spy.targets[j]
+        assert torch.equal(target[box], labels.roll(1, 0)[box]) and torch.equal(target[~box], labels[~box])
+        assert torch.equal(conf[box], confidence.roll(1, 0)[box])
+        assert torch.equal(conf[~box], confidence[~box])
+        assert not target.requires_grad and not conf.requires_grad
+    # the boxes differ between samples, so the partner's labels really moved
+    assert not torch.equal(spy.targets[0][1], labels)
+
+
+def check_low_confidence_pixels_get_no_gradient(method, loss: str) -> None:
+    method.cfg.unlabeled_loss = loss
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, K, 8, 8, generator=g, requires_grad=True)
+    labels = torch.randint(0, K, (2, 8, 8), generator=g)
+    confidence = torch.full((2, 8, 8), 0.99)
+    confidence[:, :3] = method.cfg.threshold - 1e-3
+    value, ratio = method.unlabeled_loss(logits, labels, confidence)
+    value.backward()
+    per_pixel = logits.grad.abs().sum(1)
+    assert (per_pixel[:, :3] == 0).all() and (per_pixel[:, 3:] > 0).all()
+    assert float(ratio) == pytest.approx(5 / 8)
+
+
+def check_strong_gradient_follows_confidence(method, data, monkeypatch, module) -> None:
+    """In a whole step (unlabeled loss only), the strong logits get gradient exactly at the pixels
+    whose mixed confidence reaches τ."""
+    method.cfg.supervised_weight = 0.0
+    outputs = []
+
+    def keep(_module, _inputs, output):
+        output.retain_grad()
+        outputs.append(output)
+
+    spy = Spy(method, monkeypatch, module)
+    torch.manual_seed(0)
+    method.training_step(data, "train", "main")
+    method.cfg.threshold = float(spy.targets[0][2].median())  # about half the pixels confident
+    method.model.register_forward_hook(keep)
+    spy.targets.clear()
+    torch.manual_seed(0)
+    method.training_step(data, "train", "main")["loss"].backward()
+    strong = outputs[-1]  # the strong views' pass comes last
+    k = data["unlabeled"].strong.shape[1]
+    grads = strong.grad.abs().sum(1).chunk(k)
+    for j in range(k):
+        keep_pixels = spy.targets[j][2] >= method.cfg.threshold
+        assert keep_pixels.any() and (~keep_pixels).any()
+        assert (grads[j][~keep_pixels] == 0).all() and (grads[j][keep_pixels] > 0).all()
+
+
+TINY = {
+    "data": {
+        "dataset": "shapes",
+        "image_size": [32, 32],
+        "num_images": 20,
+        "shapes_classes": 3,
+        "split": {"labeled": 4, "unlabeled": "rest", "seed": 0},
+    },
+    "model": {"name": "unet", "width": 4, "depth": 2, "norm": "batch", "dropout": 0.0},
+    "method": {"name": "fixmatch"},
+    "train": {
+        "epochs": 3,
+        "batch_size": 4,
+        "iters_per_epoch": 2,
+        "lr": 0.01,
+        "progress": False,
+        "plots": False,
+        "log_every": 1,
+        "augment": {"hflip": True, "rotate_degrees": 10.0},
+        "scheduler": "cosine",
+    },
+}
+
+
+def tiny_config(name: str, *overrides: str, regularizers: list | None = None, threshold: float = 0.5):
+    """The tiny shapes run of method ``name`` (τ lowered so that the tiny net has confident pixels)."""
+    raw = copy.deepcopy(TINY)
+    raw["method"] = {"name": name, "threshold": threshold, "regularizers": regularizers or []}
+    return build_config(raw, list(overrides), source="tiny")
+
+
+def train(cfg, out, **kw):
+    return engine_run.train(cfg, output_dir=out, final_eval=False, **kw)
+
+
+def method_state(path) -> dict:
+    return load_checkpoint(path)["method_state"]
+
+
+def epochs(out) -> list[dict]:
+    lines = (out / "epochs.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(ln).items() if k != "seconds"} for ln in lines]
+
+
+def check_resumes_exactly(cfg, tmp_path, monkeypatch) -> list[dict]:
+    """Train straight, and again with a crash at the start of epoch 3 then ``--resume``: same final
+    method state and epoch logs. Returns the epoch logs."""
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    train(cfg, straight)
+    original = Trainer.train_epoch
+
+    def crash_in_epoch_3(self, phase, *args):
+        if self.epoch == 2:
+            raise KeyboardInterrupt
+        return original(self, phase, *args)
+
+    monkeypatch.setattr(Trainer, "train_epoch", crash_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, crashed)
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    train(cfg, crashed, resume=True)
+    a, b = method_state(straight / "last.pt"), method_state(crashed / "last.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+    log = epochs(straight)
+    assert log == epochs(crashed)
+    return log
+
+
+def check_recipe(name: str) -> None:
+    """The ACDC recipe: UniMatch's protocol in full, supervised-acdc's budget in quick mode."""
+    full = build_config(load_yaml(f"{name}-acdc"), source=name)
+    assert full.method["name"] == name and full.data.split.unlabeled == "rest"
+    assert full.data.split.labeled == 3 and full.data.split.labeled_by == "group"
+    t = full.train
+    assert (t.batch_size, t.epochs * t.iters_per_epoch, t.optimizer, t.lr) == (12, 30_000, "sgd", 0.01)
+    assert full.data.image_size == [256, 256]
+    quick = build_config(load_yaml(f"{name}-acdc"), quick=True, source=name)
+    reference = build_config(load_yaml("supervised-acdc"), quick=True, source="supervised-acdc")
+    for section, key in [("data", "image_size"), ("train", "batch_size"), ("train", "epochs"),
+                         ("train", "iters_per_epoch"), ("train", "optimizer"), ("train", "lr"),
+                         ("train", "augment")]:  # fmt: skip
+        assert getattr(getattr(quick, section), key) == getattr(getattr(reference, section), key), key
+
+
+def check_regularized_run(name: str, supervision: str, tmp_path) -> None:
+    cfg = tiny_config(
+        name, f"data.split.supervision={supervision}", regularizers=[{"name": "tv", "weight": 0.1}]
+    )
+    train(cfg, tmp_path)
+    steps = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    assert len(steps) == 6
+    for s in steps:
+        assert math.isfinite(s["loss"]) and s["reg/tv"] > 0 and 0 <= s["confident"] <= 1
+    assert all("train/reg/tv" in e for e in epochs(tmp_path))
+
+
+# ------------------------------------------------------------------------------------------- tests
+def test_phase_asks_for_one_cutmixed_strong_view():
+    (phase,) = build("fixmatch").phases()
+    assert set(phase.streams) == {"labeled", "unlabeled"}
+    assert phase.views["unlabeled"].strong == 1 and phase.views["unlabeled"].cutmix
+
+
+@pytest.mark.parametrize("loss", ["ce", "dice"])
+def test_low_confidence_pixels_get_no_gradient(loss):
+    check_low_confidence_pixels_get_no_gradient(build("fixmatch"), loss)
+
+
+@pytest.mark.parametrize("loss", ["ce", "dice"])
+def test_strong_gradient_only_at_confident_pixels(monkeypatch, loss):
+    method = build("fixmatch", unlabeled_loss=loss).train()
+    check_strong_gradient_follows_confidence(method, with_boxes(batch(), 1), monkeypatch, fixmatch_module)
+
+
+def test_cutmix_moves_the_box_in_image_and_pseudo_labels_alike(monkeypatch):
+    method = build("fixmatch").train()
+    spy = Spy(method, monkeypatch, fixmatch_module)
+    data = with_boxes(batch(), 1)
+    method.training_step(data, "train", "main")
+    check_cutmix(spy, data, spy.inputs[1], k=1)
+
+
+def test_passes_weak_prediction_and_regularizer_input(monkeypatch):
+    """Two passes (labeled + weak together in training mode, then the strong view); the regulariser
+    sees the weak pass's logits, with gradient, the very logits the pseudo-labels come from."""
+    method = build("fixmatch", regularizers=[{"name": "tv", "weight": 0.1}]).train()
+    spy = Spy(method, monkeypatch, fixmatch_module)
+    data = with_boxes(batch(), 1)
+    out = method.training_step(data, "train", "main")
+    lab, unl = data["labeled"], data["unlabeled"]
+    assert [len(x) for x in spy.inputs] == [len(lab) + len(unl), len(unl)]
+    assert torch.equal(spy.inputs[0], torch.cat([lab.image, unl.image]))
+    (logits,) = spy.regularized
+    assert logits["unlabeled"].requires_grad and logits["labeled"].requires_grad
+    assert torch.equal(logits["unlabeled"].detach().softmax(1), spy.weak[0][0])
+    assert out["reg/tv"] > 0
+
+
+def test_loss_is_the_weighted_sum_of_its_parts():
+    method = build("fixmatch", supervised_weight=0.3, unlabeled_weight=2.0).train()
+    out = method.training_step(with_boxes(batch("sparse"), 1), "train", "main")
+    torch.testing.assert_close(out["supervised"], 0.5 * out["ce"] + 0.5 * out["dice"])
+    torch.testing.assert_close(out["loss"], 0.3 * out["supervised"] + 2.0 * out["strong"])
+    assert 0 <= float(out["confident"]) <= 1
+
+
+def test_defaults_are_unimatchs_fixmatch_baseline():
+    cfg = build("fixmatch").cfg
+    assert (cfg.threshold, cfg.supervised_weight, cfg.unlabeled_weight) == (0.95, 0.5, 0.5)
+    assert (cfg.ce_weight, cfg.dice_weight, cfg.unlabeled_loss) == (0.5, 0.5, "ce")
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [({"threshold": 1.5}, "'method.threshold' must be in"), ({"unlabeled_weight": -1.0}, "unlabeled_weight")],
+)
+def test_bad_options_are_one_line_errors(option, message):
+    with pytest.raises(ConfigError, match=message):
+        build("fixmatch", **option)
+
+
+def test_recipe():
+    check_recipe("fixmatch")
+
+
+def test_tiny_run_resumes_exactly(tmp_path, monkeypatch):
+    log = check_resumes_exactly(tiny_config("fixmatch"), tmp_path, monkeypatch)
+    assert all(0 <= e["train/confident"] <= 1 and "train/strong" in e for e in log)
+
+
+@pytest.mark.parametrize("supervision", ["dense", "sparse"])
+def test_runs_with_a_regularizer_dense_and_sparse(tmp_path, supervision):
+    check_regularized_run("fixmatch", supervision, tmp_path)

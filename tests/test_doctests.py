@@ -14,6 +14,10 @@ MODULES = [
     "semiseg.losses.ramp",
     "semiseg.losses.consistency",
     "semiseg.models.ema",
+    "semiseg.methods.bcp",
+    "semiseg.methods.cps",
+    "semiseg.methods.fixmatch",
+    "semiseg.methods.pseudo_label",
 ]
 
 

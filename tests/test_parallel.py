@@ -33,7 +33,7 @@ def _data():
     return logits, target, x
 
 
-def _worker(rank: int, store: str, out: dict) -> None:
+def _worker(rank: int, store: str, result: str) -> None:
     # a file rendezvous: no TCP port to race for
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
@@ -57,18 +57,18 @@ def _worker(rank: int, store: str, out: dict) -> None:
             "gathered": parallel.all_gather_cat(torch.tensor([rank, rank])),
         }
         if rank == 0:
-            out.update({k: v.clone() for k, v in values.items()})
+            torch.save({k: v.clone() for k, v in values.items()}, result)
+        dist.barrier()  # nobody leaves while the other may still talk
     finally:
         dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
-    store = tmp_path_factory.mktemp("gloo") / "store"
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.spawn(_worker, args=(str(store), out), nprocs=2, join=True)
-        return dict(out)
+    folder = tmp_path_factory.mktemp("gloo")
+    result = folder / "result.pt"
+    mp.spawn(_worker, args=(str(folder / "store"), str(result)), nprocs=2, join=True)
+    return torch.load(result, weights_only=True)
 
 
 def test_losses_over_two_processes_equal_the_global_batch(two_processes):

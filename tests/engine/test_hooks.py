@@ -16,7 +16,6 @@ from semiseg.config import OptimizerConfig
 from semiseg.core import ViewSpec
 from semiseg.engine import run as engine_run
 from semiseg.engine.checkpoint import load_checkpoint
-from semiseg.engine.trainer import Trainer
 from semiseg.errors import ConfigError
 from semiseg.losses import masked_cross_entropy
 from semiseg.methods import METHODS, Method, MethodConfig, OptimizerSpec, Phase, register
@@ -138,35 +137,14 @@ def epochs(out):
     ]
 
 
-def crash_in_epoch_3_then_resume(cfg, out, monkeypatch) -> None:
-    """Train ``cfg`` into ``out``, interrupted at the start of epoch 3, then ``--resume`` it."""
-    original = Trainer.train_epoch
-
-    def crash_in_epoch_3(self, phase, *args):
-        if self.epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, phase, *args)
-
-    monkeypatch.setattr(Trainer, "train_epoch", crash_in_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, out)
-    monkeypatch.setattr(Trainer, "train_epoch", original)
-    run(cfg, out, resume=True)
-
-
 AUG = ("train.augment.hflip=true", "train.augment.rotate_degrees=10", "train.scheduler=cosine")
 
 
 @pytest.mark.parametrize("name", ["test_ema_teacher", "test_two_optimizers"])
-def test_proof_methods_resume_exactly(tmp_path, make_config, proof_methods, monkeypatch, name):
+def test_proof_methods_resume_exactly(tmp_path, make_config, proof_methods, resume_check, name):
     """A crash in epoch 3 of 3 (cosine schedule, augmentation, strong views), then --resume."""
-    cfg = make_config(f"method.name={name}", *AUG)
-    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-    run(cfg, straight)
-    crash_in_epoch_3_then_resume(cfg, crashed, monkeypatch)
-    assert same_state(straight / "last.pt", crashed / "last.pt")
-    assert same_state(straight / "best.pt", crashed / "best.pt")
-    assert epochs(straight) == epochs(crashed)
+    resume_check(make_config(f"method.name={name}", *AUG), tmp_path)
+    assert same_state(tmp_path / "straight" / "best.pt", tmp_path / "crashed" / "best.pt")
 
 
 def test_ema_teacher_follows_every_step(tmp_path, make_config, proof_methods):
@@ -264,14 +242,9 @@ class OwnRNG(Supervised):
         self.rng.set_state(state["rng"])
 
 
-def test_a_methods_own_rng_is_checkpointed_and_resumed(tmp_path, make_config, monkeypatch):
+def test_a_methods_own_rng_is_checkpointed_and_resumed(tmp_path, make_config, resume_check):
     register("test_own_rng")(OwnRNG)
     try:
-        cfg = make_config("method.name=test_own_rng")
-        straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-        run(cfg, straight)
-        crash_in_epoch_3_then_resume(cfg, crashed, monkeypatch)
+        resume_check(make_config("method.name=test_own_rng"), tmp_path)  # extra state compared too
     finally:
         METHODS.pop("test_own_rng", None)
-    assert same_state(straight / "last.pt", crashed / "last.pt")
-    assert epochs(straight) == epochs(crashed)

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_mean_teacher import PLAIN, build, check_resumes_exactly, epochs, perturb_student, tiny_config, train
+from test_mean_teacher import PLAIN, build, epochs, perturb_student, tiny_config, train
 from test_methods import K, batch
 
 from semiseg.config import ModelConfig
@@ -260,9 +260,9 @@ def test_bad_options_are_one_line_errors(option, message):
 
 # ------------------------------------------------------------------------------------------ end to end
 @pytest.mark.parametrize("pretrain_epochs", [2, 3])  # crash in self-training / in pre-training
-def test_tiny_run_resumes_exactly(tmp_path, monkeypatch, pretrain_epochs):
+def test_tiny_run_resumes_exactly(tmp_path, resume_check, pretrain_epochs):
     cfg = tiny_config({"name": "bcp", "pretrain_epochs": pretrain_epochs})
-    log = check_resumes_exactly(cfg, tmp_path, monkeypatch)
+    log = resume_check(cfg, tmp_path)
     assert [e["phase"] for e in log] == ["pretrain"] * pretrain_epochs + ["selftrain"] * 3
     assert (tmp_path / "straight" / "best_pretrain.pt").is_file()
     assert all(math.isfinite(e["train/loss_in"]) for e in log if e["phase"] == "selftrain")

@@ -15,7 +15,6 @@ from test_methods import K, batch, build
 from semiseg.config import build_config, load_yaml
 from semiseg.engine.checkpoint import load_checkpoint
 from semiseg.engine.run import train
-from semiseg.engine.trainer import Trainer
 from semiseg.errors import ConfigError
 from semiseg.methods.cps import cross_pseudo_supervision
 
@@ -133,28 +132,12 @@ def test_bad_options_are_config_errors(key, value, message):
 
 
 # ------------------------------------------------------------------------------------ end to end
-def test_resume_after_a_crash_in_epoch_3_is_exact(tmp_path, monkeypatch):
-    cfg = config(*AUG)
-    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-    train(cfg, output_dir=straight)
-    original = Trainer.train_epoch
-
-    def crash_in_epoch_3(self, phase, *args):
-        if self.epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, phase, *args)
-
-    monkeypatch.setattr(Trainer, "train_epoch", crash_in_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, output_dir=crashed)
-    monkeypatch.setattr(Trainer, "train_epoch", original)
-    train(cfg, output_dir=crashed, resume=True)
-    assert same_state(straight / "last.pt", crashed / "last.pt")
-    assert same_state(straight / "best.pt", crashed / "best.pt")
-    assert epochs(straight) == epochs(crashed)
+def test_resume_after_a_crash_in_epoch_3_is_exact(tmp_path, resume_check):
+    log = resume_check(config(*AUG), tmp_path)
+    straight = tmp_path / "straight"
+    assert same_state(straight / "best.pt", tmp_path / "crashed" / "best.pt")
     state = load_checkpoint(straight / "last.pt")["method_state"]
     assert any(k.startswith("model_b.") for k in state)
-    log = epochs(straight)
     assert log[-1]["train/cps_weight"] == pytest.approx(0.1)  # ramp of 4 steps done after 6
     assert all(h["train/cps_a"] > 0 and h["train/cps_b"] > 0 for h in log)
 

@@ -18,7 +18,6 @@ from semiseg.config import build_config, load_yaml
 from semiseg.core import Batch
 from semiseg.engine import run as engine_run
 from semiseg.engine.checkpoint import load_checkpoint
-from semiseg.engine.trainer import Trainer
 from semiseg.errors import ConfigError
 from semiseg.methods import fixmatch as fixmatch_module
 
@@ -177,30 +176,6 @@ def epochs(out) -> list[dict]:
     return [{k: v for k, v in json.loads(ln).items() if k != "seconds"} for ln in lines]
 
 
-def check_resumes_exactly(cfg, tmp_path, monkeypatch) -> list[dict]:
-    """Train straight, and again with a crash at the start of epoch 3 then ``--resume``: same final
-    method state and epoch logs. Returns the epoch logs."""
-    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-    train(cfg, straight)
-    original = Trainer.train_epoch
-
-    def crash_in_epoch_3(self, phase, *args):
-        if self.epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, phase, *args)
-
-    monkeypatch.setattr(Trainer, "train_epoch", crash_in_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, crashed)
-    monkeypatch.setattr(Trainer, "train_epoch", original)
-    train(cfg, crashed, resume=True)
-    a, b = method_state(straight / "last.pt"), method_state(crashed / "last.pt")
-    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
-    log = epochs(straight)
-    assert log == epochs(crashed)
-    return log
-
-
 def check_recipe(name: str) -> None:
     """The ACDC recipe: UniMatch's protocol in full, supervised-acdc's budget in quick mode."""
     full = build_config(load_yaml(f"{name}-acdc"), source=name)
@@ -298,8 +273,8 @@ def test_recipe():
     check_recipe("fixmatch")
 
 
-def test_tiny_run_resumes_exactly(tmp_path, monkeypatch):
-    log = check_resumes_exactly(tiny_config("fixmatch"), tmp_path, monkeypatch)
+def test_tiny_run_resumes_exactly(tmp_path, resume_check):
+    log = resume_check(tiny_config("fixmatch"), tmp_path)
     assert all(0 <= e["train/confident"] <= 1 and "train/strong" in e for e in log)
 
 

@@ -19,7 +19,6 @@ from semiseg.config import RECIPES, ModelConfig, build_config, load_yaml
 from semiseg.core import Batch
 from semiseg.engine import run as engine_run
 from semiseg.engine.checkpoint import load_checkpoint
-from semiseg.engine.trainer import Trainer
 from semiseg.errors import ConfigError
 from semiseg.losses.consistency import softmax_mse
 from semiseg.losses.ramp import ramp_weight
@@ -247,33 +246,8 @@ def method_state(path) -> dict:
     return load_checkpoint(path)["method_state"]
 
 
-def check_resumes_exactly(cfg, tmp_path, monkeypatch) -> list[dict]:
-    """Train straight, and again with a crash at the start of (a phase's) epoch 3 then ``--resume``:
-    the same ``last.pt`` method state and epoch logs. Returns the straight run's epoch log."""
-    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-    train(cfg, straight)
-    original = Trainer.train_epoch
-
-    def crash_in_epoch_3(self, phase, *args):
-        if self.epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, phase, *args)
-
-    monkeypatch.setattr(Trainer, "train_epoch", crash_in_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, crashed)
-    monkeypatch.setattr(Trainer, "train_epoch", original)
-    train(cfg, crashed, resume=True)
-    a, b = method_state(straight / "last.pt"), method_state(crashed / "last.pt")
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a if torch.is_tensor(a[k]))
-    log = epochs(straight)
-    assert log == epochs(crashed)
-    return log
-
-
-def test_tiny_run_resumes_exactly(tmp_path, monkeypatch):
-    log = check_resumes_exactly(tiny_config(TINY["method"]), tmp_path, monkeypatch)
+def test_tiny_run_resumes_exactly(tmp_path, resume_check):
+    log = resume_check(tiny_config(TINY["method"]), tmp_path)
     assert len(log) == 3 and all(e["train/consistency"] > 0 for e in log)
     state = method_state(tmp_path / "straight" / "last.pt")
     teacher = {k[len("teacher.") :]: v for k, v in state.items() if k.startswith("teacher.")}

@@ -12,7 +12,6 @@ from test_fixmatch import (
     check_low_confidence_pixels_get_no_gradient,
     check_recipe,
     check_regularized_run,
-    check_resumes_exactly,
     check_strong_gradient_follows_confidence,
     tiny_config,
     with_boxes,
@@ -132,8 +131,8 @@ def test_recipe():
     check_recipe("unimatch")
 
 
-def test_tiny_run_resumes_exactly(tmp_path, monkeypatch):
-    log = check_resumes_exactly(tiny_config("unimatch"), tmp_path, monkeypatch)
+def test_tiny_run_resumes_exactly(tmp_path, resume_check):
+    log = resume_check(tiny_config("unimatch"), tmp_path)
     assert all(0 <= e["train/confident"] <= 1 and "train/fp" in e and "train/strong2" in e for e in log)
 
 

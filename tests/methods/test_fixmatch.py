@@ -281,3 +281,19 @@ def test_tiny_run_resumes_exactly(tmp_path, resume_check):
 @pytest.mark.parametrize("supervision", ["dense", "sparse"])
 def test_runs_with_a_regularizer_dense_and_sparse(tmp_path, supervision):
     check_regularized_run("fixmatch", supervision, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["fixmatch", "unimatch"])
+@pytest.mark.parametrize("strong_bn_stats", [False, True])
+def test_strong_views_leave_the_running_statistics_alone(name, strong_bn_stats):
+    """By default only the labeled + weak pass moves the batch-norm running statistics."""
+    method = build(name, strong_bn_stats=strong_bn_stats).train()
+    data = with_boxes(batch(), k=method.strong_views())
+    lab, unl = data["labeled"], data["unlabeled"]
+    reference = copy.deepcopy(method)
+    method.training_step(data, "train", "main")
+    with torch.no_grad():  # the weak pass alone (UniMatch's feature-perturbation decode aside)
+        reference.model(torch.cat([lab.image, unl.image]))
+    stats = [k for k in method.state_dict() if k.startswith("model.encoder") and "running_mean" in k]
+    same = all(torch.equal(method.state_dict()[k], reference.state_dict()[k]) for k in stats)
+    assert same != strong_bn_stats

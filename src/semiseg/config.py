@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import math
 import re
 import types
 import typing
@@ -43,6 +44,15 @@ class FieldError(ValueError):
     def __init__(self, field: str, message: str):
         super().__init__(f"{field} {message}")
         self.field, self.message = field, message
+
+
+def check_weights(obj: Any, *names: str) -> None:
+    """Raise :class:`FieldError` unless every field ``names`` of ``obj`` is a finite number >= 0 (loss
+    weights, in a config dataclass's ``__post_init__``)."""
+    for name in names:
+        value = getattr(obj, name)
+        if not math.isfinite(value) or value < 0:
+            raise FieldError(name, f"must be a finite number >= 0, got {value}")
 
 
 @dataclass

@@ -4,7 +4,6 @@ have their own settings (GAN shape). Both run through the engine and resume exac
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import dataclass, field
 
@@ -21,6 +20,7 @@ from semiseg.losses import masked_cross_entropy
 from semiseg.methods import METHODS, Method, MethodConfig, OptimizerSpec, Phase, register
 from semiseg.methods.supervised import Supervised
 from semiseg.models import build_model
+from semiseg.models.ema import ema_copy, ema_update_
 
 
 # --------------------------------------------------------------------- proof 1: EMA teacher, views
@@ -39,7 +39,7 @@ class EMATeacher(Method):
     def __init__(self, cfg, **kwargs):
         super().__init__(cfg, **kwargs)
         self.model = build_model(self.model_cfg, self.in_channels, self.num_classes)
-        self.teacher = copy.deepcopy(self.model).requires_grad_(False)
+        self.teacher = ema_copy(self.model)
         self.register_buffer("updates", torch.tensor(0))
 
     def phases(self):
@@ -57,12 +57,8 @@ class EMATeacher(Method):
         ce = masked_cross_entropy(self.model(lab.image), lab.mask)
         return {"loss": ce + self.cfg.weight * consistency, "ce": ce, "consistency": consistency}
 
-    @torch.no_grad()
     def on_step_end(self, phase, optimizer):
-        for t, s in zip(self.teacher.parameters(), self.model.parameters()):
-            t.lerp_(s, 1 - self.cfg.ema)
-        for t, s in zip(self.teacher.buffers(), self.model.buffers()):
-            t.copy_(s)
+        ema_update_(self.teacher, self.model, self.cfg.ema)
         self.updates += 1
 
 

@@ -92,34 +92,13 @@ def train(
         }
         if final_eval and cfg.train.eval_last:
             # the model as training left it (last.pt), beside the validation-selected one below
-            method.eval()
-            results["last"] = {}
-            for name, records in (("val", data.val), ("test", data.test)):
-                if records:
-                    results["last"][name] = evaluate_records(
-                        method.predict,
-                        records,
-                        num_classes=data.bundle.num_classes,
-                        image_size=cfg.data.image_size,
-                        device=device,
-                        metrics=FAST_METRICS,
-                    )[0]
+            scores = _score(method, data, cfg, device, FAST_METRICS)
+            results["last"] = {name: means for name, (means, _) in scores.items()}
         if final_eval:
             best_path = out / "best.pt"
             if best_path.is_file():
                 method.load_state_dict(load_checkpoint(best_path, device)["method_state"])
-            method.eval()
-            for name, records in (("val", data.val), ("test", data.test)):
-                if not records:
-                    continue
-                means, cases = evaluate_records(
-                    method.predict,
-                    records,
-                    num_classes=data.bundle.num_classes,
-                    image_size=cfg.data.image_size,
-                    device=device,
-                    metrics=ALL_METRICS,
-                )
+            for name, (means, cases) in _score(method, data, cfg, device, ALL_METRICS).items():
                 results[name] = means
                 results[f"{name}_cases"] = cases
             if cfg.train.plots:
@@ -128,6 +107,23 @@ def train(
         return results
     finally:
         D.teardown()
+
+
+def _score(method, data, cfg: RunConfig, device, metrics) -> dict[str, tuple[dict, list]]:
+    """``{"val" | "test": (means, per-case values)}`` of ``method`` (in eval mode) on the run's splits."""
+    method.eval()
+    out = {}
+    for name, records in (("val", data.val), ("test", data.test)):
+        if records:
+            out[name] = evaluate_records(
+                method.predict,
+                records,
+                num_classes=data.bundle.num_classes,
+                image_size=cfg.data.image_size,
+                device=device,
+                metrics=metrics,
+            )
+    return out
 
 
 def write_plots(history, method, records, cfg: RunConfig, device, out: Path, num_classes: int) -> None:

@@ -183,8 +183,7 @@ class Trainer:
         ds = self.data.labeled if stream == "labeled" else self.data.unlabeled
         key_epoch = epoch + 1000 * self.phase_index
         ds.set_epoch(key_epoch)
-        if hasattr(ds, "set_views"):
-            ds.set_views(phase.views.get(stream) if phase is not None else None)
+        ds.set_views(phase.views.get(stream) if phase is not None else None)
         batches = D.epoch_batches(
             len(ds),
             self.cfg.train.batch_size,

@@ -27,7 +27,6 @@ Regularisers are found in every module of :mod:`semiseg.losses` and through the
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -35,7 +34,7 @@ from typing import Any, ClassVar, Literal
 import torch
 import torch.nn as nn
 
-from semiseg.config import FieldError, from_dict
+from semiseg.config import FieldError, check_weights, from_dict
 from semiseg.core import Batch
 from semiseg.errors import ConfigError
 from semiseg.losses.ramp import ramp_weight
@@ -96,8 +95,7 @@ class RegularizerSpec:
             self.name = self.registered_name
         elif self.registered_name and self.name != self.registered_name:
             raise FieldError("name", f"is '{self.name}' but this is the '{self.registered_name}' spec")
-        if not math.isfinite(self.weight) or self.weight < 0:
-            raise FieldError("weight", f"must be a finite number >= 0, got {self.weight}")
+        check_weights(self, "weight")
         if self.ramp_up_steps < 0:
             raise FieldError("ramp_up_steps", f"must be >= 0, got {self.ramp_up_steps}")
         if not self.streams or len(set(self.streams)) != len(self.streams):

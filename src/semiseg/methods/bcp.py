@@ -75,7 +75,6 @@ when a regulariser is configured).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -83,7 +82,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from semiseg.config import FieldError
+from semiseg.config import FieldError, check_weights
 from semiseg.core import IGNORE_INDEX, Batch
 from semiseg.methods import register
 from semiseg.methods.base import Phase
@@ -116,10 +115,7 @@ class BCPConfig(SupervisedConfig):
             raise FieldError("box_placement", f"must be one of {', '.join(PLACEMENTS)}")
         if not 0.0 <= self.ema_decay <= 1.0:
             raise FieldError("ema_decay", f"must be in [0, 1], got {self.ema_decay}")
-        for name in ("ce_weight", "dice_weight", "alpha"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise FieldError(name, f"must be a finite number >= 0, got {value}")
+        check_weights(self, "ce_weight", "dice_weight", "alpha")
         if self.pretrain_epochs is not None and self.pretrain_epochs < 0:
             raise FieldError("pretrain_epochs", f"must be >= 0, got {self.pretrain_epochs}")
 

@@ -58,13 +58,12 @@ Deviations from the papers:
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
-from semiseg.config import FieldError
+from semiseg.config import FieldError, check_weights
 from semiseg.core import IGNORE_INDEX, Batch, ViewSpec
 from semiseg.losses.consistency import confident_cross_entropy, pseudo_labels
 from semiseg.losses.supervised import masked_dice_loss
@@ -95,10 +94,7 @@ class FixMatchConfig(SupervisedConfig):
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
             raise FieldError("threshold", f"must be in [0, 1], got {self.threshold}")
-        for name in ("ce_weight", "dice_weight", "supervised_weight", "unlabeled_weight"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise FieldError(name, f"must be a finite number >= 0, got {value}")
+        check_weights(self, "ce_weight", "dice_weight", "supervised_weight", "unlabeled_weight")
 
 
 def cutmix_partner(x: torch.Tensor) -> torch.Tensor:

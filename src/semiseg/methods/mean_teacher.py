@@ -49,12 +49,11 @@ images and of the weak view of the unlabeled images.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-from semiseg.config import FieldError
+from semiseg.config import FieldError, check_weights
 from semiseg.core import ViewSpec
 from semiseg.losses.consistency import softmax_mse
 from semiseg.losses.ramp import ramp_weight
@@ -84,10 +83,7 @@ class MeanTeacherConfig(SupervisedConfig):
     def __post_init__(self) -> None:
         if not 0.0 <= self.ema_decay <= 1.0:
             raise FieldError("ema_decay", f"must be in [0, 1], got {self.ema_decay}")
-        for name in ("ce_weight", "dice_weight", "consistency_weight"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise FieldError(name, f"must be a finite number >= 0, got {value}")
+        check_weights(self, "ce_weight", "dice_weight", "consistency_weight")
         for name in ("ramp_up_steps", "consistency_start_step"):
             if getattr(self, name) < 0:
                 raise FieldError(name, f"must be >= 0, got {getattr(self, name)}")

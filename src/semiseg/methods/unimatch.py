@@ -50,13 +50,12 @@ the foreground classes):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from semiseg.config import FieldError
+from semiseg.config import FieldError, check_weights
 from semiseg.errors import ConfigError
 from semiseg.losses.consistency import pseudo_labels
 from semiseg.methods import register
@@ -74,10 +73,7 @@ class UniMatchConfig(FixMatchConfig):
         super().__post_init__()
         if self.strong_views < 1:
             raise FieldError("strong_views", f"must be at least 1, got {self.strong_views}")
-        for name in ("fp_weight", "strong_weight"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise FieldError(name, f"must be a finite number >= 0, got {value}")
+        check_weights(self, "fp_weight", "strong_weight")
         if not 0.0 <= self.fp_dropout < 1.0:
             raise FieldError("fp_dropout", f"must be in [0, 1), got {self.fp_dropout}")
 

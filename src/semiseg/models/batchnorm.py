@@ -2,10 +2,10 @@
 
 Strong photometric views (jitter, blur, noise, CutMix) have other intensity statistics than the
 images a model is evaluated on. In training mode, batch norm normalises each batch with its own
-statistics either way, but every pass also moves the running statistics that evaluation uses; passes
-of strong views drag them away from clean images (measured on ACDC quick runs of FixMatch: the
-validation Dice of the same weights was 0.21 with the running statistics and 0.43 with batch
-statistics). :func:`frozen_running_stats` lets a pass use batch statistics without updating them.
+statistics either way, but every pass also moves the running statistics that evaluation uses.
+:func:`frozen_running_stats` lets a pass use batch statistics without updating them (FixMatch /
+UniMatch's ``strong_bn_stats: false``). Whether that helps is not established: in two quick ACDC
+development runs it did not (``benchmarks/dev/semi-acdc-dev.md``).
 """
 
 from __future__ import annotations

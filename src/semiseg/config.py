@@ -182,9 +182,10 @@ class TrainConfig:
     strong_augment: StrongAugmentConfig = field(default_factory=StrongAugmentConfig)
     #: checkpoint (best.pt / last.pt) whose segmenter weights start this run (e.g. a supervised model)
     init: str | None = None
-    #: channels-last memory format for the networks and their image inputs; "auto" = on CPU (faster
-    #: there, benchmarks/results/engine-overhead.md), off on GPU (not measured)
-    channels_last: bool | Literal["auto"] = "auto"
+    #: channels-last memory format for the networks and their image inputs; "auto" = on CPU. Off by
+    #: default: 5-10 % faster on CPU (benchmarks/results/engine-overhead.md), but the demo's dense-all
+    #: run reached test Dice 0.35 with it against 0.62 without (same seed), not yet explained
+    channels_last: bool | Literal["auto"] = False
     #: under DDP, batch-norm statistics over the global batch (all processes), as in one process
     sync_batchnorm: bool = True
     #: also score the last model (not only the validation-selected best.pt): metrics.json "last"

@@ -123,3 +123,11 @@ def test_committed_markdown_is_the_rendering_of_its_json(path):
     for row in results["rows"]:  # every number of the table is the JSON's, at 2 decimals
         assert f"{row['mean']:.2f}" in md
         assert (f"{row['std']:.2f}" if row["n_runs"] > 1 else "n=1") in md
+
+
+def test_last_checkpoint_column_only_when_a_row_has_it():
+    assert "last checkpoint" not in markdown(_results([_row("one", 2, 9.0, 0.5)]))
+    rows = [{**_row("a", 2, 9.0, 0.5), "last": {"mean": 8.0, "std": 1.0}}, _row("b", 1, 7.0)]
+    md = markdown(_results(rows))
+    assert "| a | s | m | 9.00 | 0.50 | 2 | 8.00 ± 1.00 | – |" in md
+    assert "| b | s | m | 7.00† | n=1 | 1 | – | – |" in md

@@ -316,3 +316,26 @@ def test_init_from_a_row_without_runs_is_a_config_error(tmp_path, monkeypatch):
     Spy(monkeypatch)
     with registered(table), pytest.raises(ConfigError, match="starts from 'supervised \\| 20 px'.*seed 0"):
         run_table("tiny-bad-init", quick=True, results_dir=tmp_path / "r", work_dir=tmp_path / "w")
+
+
+def test_a_row_with_its_own_recipe_starts_from_it(tmp_path):
+    table = tiny_table(write_recipe(tmp_path / "tiny.yaml"))
+    other = write_recipe(tmp_path / "other.yaml", lr=0.5)
+    own = Row("supervised", "other recipe", recipe=str(other))
+    assert row_config(table, own, 0, quick=False).train.lr == 0.5
+    assert row_config(table, table.rows[0], 0, quick=False).train.lr == 0.01
+
+
+def test_last_checkpoint_scores_are_summarised_beside_the_best(tmp_path, monkeypatch):
+    table = simple_table(write_recipe(tmp_path / "tiny.yaml"), "tiny-last",
+                         [Row("supervised", "20 px", {"train.eval_last": True}), Row("supervised", "dense")],
+                         quick_seeds=[0, 1])  # fmt: skip
+    Spy(monkeypatch)
+    with registered(table):
+        results = run_table("tiny-last", quick=True, results_dir=tmp_path / "r", work_dir=tmp_path / "w")
+    with_last, without = results["rows"]
+    assert [r["test_last"] for r in runs_of(results, SUP)] and "last" in with_last and "last" not in without
+    lasts = [r["test_last"] for r in runs_of(results, SUP)]
+    assert with_last["last"]["mean"] == pytest.approx(sum(lasts) / 2, abs=1e-3)
+    md = (tmp_path / "r" / "tiny-last.md").read_text()
+    assert "last checkpoint (mean ± std)" in md and "| supervised | dense |" in md

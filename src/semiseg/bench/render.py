@@ -37,13 +37,25 @@ def check_single_source(results: dict[str, Any]) -> None:
         )
 
 
-def _row_line(r: dict[str, Any]) -> str:
-    paper = "–" if r["paper"] is None else f"{r['paper']:.2f}"
+def _mean_std(r: dict[str, Any]) -> tuple[str, str]:
     if supports_claim(r):
-        mean, std = f"{r['mean']:.2f}", f"{r['std']:.2f}"
-    else:
-        mean, std = f"{r['mean']:.2f}{SINGLE_RUN_MARK}", f"n={r['n_runs']}"
-    return f"| {r['method']} | {r['setting']} | {r['metric']} | {mean} | {std} | {r['n_runs']} | {paper} |"
+        return f"{r['mean']:.2f}", f"{r['std']:.2f}"
+    return f"{r['mean']:.2f}{SINGLE_RUN_MARK}", f"n={r['n_runs']}"
+
+
+def _row_line(r: dict[str, Any], with_last: bool = False) -> str:
+    paper = "–" if r["paper"] is None else f"{r['paper']:.2f}"
+    mean, std = _mean_std(r)
+    last = ""
+    if with_last and r.get("last") is None:
+        last = " – |"
+    elif with_last:
+        lr = {**r["last"], "n_runs": r["n_runs"]}
+        last_mean, last_std = _mean_std(lr)
+        last = f" {last_mean} ± {last_std} |" if supports_claim(lr) else f" {last_mean} |"
+    return (
+        f"| {r['method']} | {r['setting']} | {r['metric']} | {mean} | {std} | {r['n_runs']} |{last} {paper} |"
+    )
 
 
 def _step_ratio_lines(ratios: dict[str, Any]) -> list[str]:
@@ -86,10 +98,19 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"# {results['table']}: {results['title']}",
         "",
-        "| method | setting | metric | mean | std | runs | paper |",
-        "|---|---|---|---|---|---|---|",
     ]
-    lines += [_row_line(r) for r in results["rows"]]
+    with_last = any(r.get("last") for r in results["rows"])
+    if with_last:
+        lines += [
+            "| method | setting | metric | mean | std | runs | last checkpoint (mean ± std) | paper |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+    else:
+        lines += [
+            "| method | setting | metric | mean | std | runs | paper |",
+            "|---|---|---|---|---|---|---|",
+        ]
+    lines += [_row_line(r, with_last) for r in results["rows"]]
     if not all(supports_claim(r) for r in results["rows"]):
         lines += [
             "",

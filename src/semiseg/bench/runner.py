@@ -61,7 +61,8 @@ def row_config(
     values = {**row.overrides, **(row.quick_overrides if quick else {}), **(extra or {})}
     overrides = [f"{k}={json.dumps(v)}" for k, v in values.items()]
     overrides += [f"data.split.draw={seed}", f"train.seed={seed}", "train.progress=false", *(user or [])]
-    return build_config(load_yaml(table.recipe), overrides, quick=quick, source=f"bench {table.name}")
+    recipe = row.recipe or table.recipe
+    return build_config(load_yaml(recipe), overrides, quick=quick, source=f"bench {table.name}")
 
 
 def _tune(ctx: BenchContext) -> dict[str, Any]:
@@ -147,8 +148,11 @@ def _row_runs(ctx: BenchContext, row: Row, seeds: list[int], configs: dict) -> l
             run_dir, record = run.run_dir, run.record
             ctx.run_dirs[(row.key, seed)] = run_dir
             value = run.result["test"][table.metric]
+            last = run.result.get("last", {}).get("test", {}).get(table.metric)
             info = {"val_best": run.result["best"], "images_per_second": run.result["images_per_second"],
                     "labeled": run.result["labeled"], "status": run.status, "seconds": record["seconds"]}  # fmt: skip
+            if last is not None:  # train.eval_last: the model as training left it
+                info["test_last"] = last * table.scale
         runs.append(
             {"method": row.method, "setting": row.setting, "seed": seed, "test": value * table.scale, **info,
              "run_dir": str(run_dir), "git_commit": record.get("git_commit"),
@@ -200,11 +204,15 @@ def run_table(
         _write_index(ctx)
         rows_out.append({"method": row.method, "setting": row.setting, "metric": table.metric_label,
                          **summarise([r["test"] for r in row_runs]), "paper": row.paper})  # fmt: skip
+        if all("test_last" in r for r in row_runs):
+            rows_out[-1]["last"] = {k: v for k, v in summarise([r["test_last"] for r in row_runs]).items()
+                                    if k != "n_runs"}  # fmt: skip
     provenance = {
         "git_commit": commit,
         "source_hash": source,
         "config": {
             "recipe": table.recipe,
+            "row_recipes": {r.key: r.recipe for r in table.rows if r.recipe},
             "row_overrides": {r.key: r.overrides for r in table.rows},
             "row_init_from": {r.key: r.init_from for r in table.rows if r.init_from},
             "tuned_rows": [r.key for r in table.rows if r.tuned],

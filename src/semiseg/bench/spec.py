@@ -39,6 +39,8 @@ class Row:
         quick_overrides: Further overrides in quick mode only (e.g. a shorter schedule).
         init_from: ``method | setting`` of an earlier trained row: each seed starts from that row's
             same-seed ``best.pt`` (``train.init``).
+        recipe: Built-in recipe of this row (default: the table's), e.g. each method's own recipe
+            in a table comparing methods.
     """
 
     method: str
@@ -52,6 +54,7 @@ class Row:
     quick_seeds: list[int] | None = None
     init_from: str | None = None
     quick_overrides: dict[str, Any] = field(default_factory=dict)  #: on top of ``overrides`` in quick mode
+    recipe: str | None = None
 
     @property
     def key(self) -> str:
@@ -76,7 +79,9 @@ class Tuning:
 class Table:
     name: str
     title: str
-    recipe: str  #: built-in recipe (src/semiseg/configs/<recipe>.yaml) every row starts from
+    recipe: (
+        str  #: built-in recipe (src/semiseg/configs/<recipe>.yaml) a row starts from unless it names its own
+    )
     rows: list[Row]
     metric: str  #: key of the test metrics, e.g. "pixel_error" or "dice/mean"
     metric_label: str

@@ -25,7 +25,10 @@ starts Proposals / Proposed / Oracle from the same seed's FS model).
 Optionally (``centroid_margin``) the regressor also predicts each region's centroid and the
 segmenter's soft centroid is bounded to ± margin around it (a first shape moment, beyond the
 paper's experiments). The size penalty is also a regulariser any method can use:
-``regularizers: [{name: size, weight: 0.01, gamma: 0.1}]`` with sizes from the data.
+``regularizers: [{name: size, weight: 0.01, gamma: 0.1}]`` with sizes from the data, or with
+``source: regressor`` from a regressor trained like this method's in a phase of its own before the
+method's phases (:mod:`semiseg.losses.size`); both share the regressor's training code
+(:mod:`semiseg.models.size_regressor`).
 """
 
 from __future__ import annotations
@@ -34,23 +37,31 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from semiseg.core import IGNORE_INDEX, Batch, Supervision
+from semiseg.core import IGNORE_INDEX, Batch
 from semiseg.errors import ConfigError
 from semiseg.losses.ramp import ramp_weight
-from semiseg.losses.size import NORMALIZATIONS, centroid_penalty, size_penalty, soft_centroid
+from semiseg.losses.size import NORMALIZATIONS, centroid_penalty, size_penalty
 from semiseg.losses.supervised import masked_cross_entropy
 from semiseg.methods import register
 from semiseg.methods.base import Phase
 from semiseg.methods.supervised import Supervised, SupervisedConfig
 from semiseg.models import build_model
 
+# the regressor's training pieces, shared with the size regulariser (re-exported: public here before)
+from semiseg.models.size_regressor import (  # noqa: F401
+    REGRESSOR_AUGMENT_SALT,
+    build_size_regressor,
+    region_targets,
+    regressed_sizes,
+    regression_loss,
+    regression_metrics,
+    rotate_flip,
+    split_regression,
+)
+
 SOURCES = ("regressor", "oracle", "fs", "proposals")
-#: salt of the regressor's per-sample rotate/flip draws (keyed by Batch.key, like the data's)
-REGRESSOR_AUGMENT_SALT = 7331
 
 
 @dataclass
@@ -76,50 +87,6 @@ class SizeConfig(SupervisedConfig):
     proposal_weight: float = 1.0  #: weight of the cross-entropy on the proposals
 
 
-def rotate_flip(
-    image: torch.Tensor, mask: torch.Tensor, degrees: float, flips: bool, rngs: list[np.random.Generator]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random flips and a rotation in ``[-degrees, degrees]`` per sample, drawn from that sample's
-    generator (:meth:`semiseg.core.Batch.generators`, so the draws do not depend on the process
-    count); mask pixels from outside the image become ``IGNORE_INDEX``.
-
-    Shape:
-        image ``[B, C, H, W]``, mask ``[B, H, W]`` → same.
-    """
-    b = image.shape[0]
-    draws = torch.tensor([[g.random(), g.random(), g.uniform(-1, 1)] for g in rngs], dtype=torch.float64)
-    if flips:
-        h = draws[:, 0] < 0.5
-        v = draws[:, 1] < 0.5
-        image = torch.where(h.view(-1, 1, 1, 1).to(image.device), image.flip(-1), image)
-        mask = torch.where(h.view(-1, 1, 1).to(mask.device), mask.flip(-1), mask)
-        image = torch.where(v.view(-1, 1, 1, 1).to(image.device), image.flip(-2), image)
-        mask = torch.where(v.view(-1, 1, 1).to(mask.device), mask.flip(-2), mask)
-    if degrees <= 0:
-        return image, mask
-    angle = (draws[:, 2] * math.radians(degrees)).float()
-    cos, sin = angle.cos(), angle.sin()
-    theta = torch.stack(
-        [torch.stack([cos, -sin, torch.zeros(b)], 1), torch.stack([sin, cos, torch.zeros(b)], 1)], 1
-    )
-    grid = F.affine_grid(theta.to(image), list(image.shape), align_corners=False)
-    image = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    shifted = (mask.clamp(min=-1) + 1).masked_fill(mask == IGNORE_INDEX, 0).to(image.dtype)[:, None]
-    m = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=False)[:, 0]
-    m = m.round().long() - 1
-    return image, m.masked_fill(m < 0, IGNORE_INDEX)
-
-
-def region_targets(mask: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Area fractions ``[B, K]`` and centroids ``[B, K, 2]`` of each class (ignored pixels count as
-    no class)."""
-    valid = mask != IGNORE_INDEX
-    onehot = F.one_hot(mask.clamp(min=0) * valid, num_classes).permute(0, 3, 1, 2).float()
-    onehot = onehot * valid[:, None]
-    area = mask.shape[-1] * mask.shape[-2]
-    return onehot.flatten(2).sum(-1) / area, soft_centroid(onehot)
-
-
 @register("size")
 class SizeConstrained(Supervised):
     config_class = SizeConfig
@@ -142,21 +109,13 @@ class SizeConstrained(Supervised):
             )
         self.with_centroid = cfg.centroid_margin is not None
         if cfg.source == "regressor":
-            from semiseg.models.regressor import DensityRegressor, Regressor
-
-            n, norm = len(self.classes), self.model_cfg.norm
-            if cfg.regressor_arch == "density":
-                self.regressor = DensityRegressor(self.in_channels, n, self.with_centroid,
-                                                  cfg.regressor_width, cfg.regressor_depth, norm)  # fmt: skip
-            elif cfg.regressor_arch == "cnn":
-                outputs = n * (3 if self.with_centroid else 1)
-                self.regressor = Regressor(
-                    self.in_channels, outputs, cfg.regressor_width, cfg.regressor_depth, norm
-                )
-            else:
-                raise ConfigError(
-                    f"method.regressor_arch: must be cnn or density, got {cfg.regressor_arch!r}"
-                )
+            try:
+                self.regressor = build_size_regressor(
+                    cfg.regressor_arch, self.in_channels, len(self.classes), centroids=self.with_centroid,
+                    width=cfg.regressor_width, depth=cfg.regressor_depth, norm=self.model_cfg.norm,
+                )  # fmt: skip
+            except ValueError as exc:
+                raise ConfigError(f"method.regressor_arch: {exc}") from None
         if cfg.source == "proposals":
             self.teacher = build_model(self.model_cfg, self.in_channels, self.num_classes).requires_grad_(
                 False
@@ -202,69 +161,24 @@ class SizeConstrained(Supervised):
     # ------------------------------------------------------------------------------ regressor
     def regress(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Regressed area fractions ``[B, len(classes)]`` and centroids ``[B, len(classes), 2]``."""
-        out = self.regressor(images)
-        n = len(self.classes)
-        return out[:, :n], (out[:, n:].reshape(-1, n, 2) if self.with_centroid else None)
+        return split_regression(self.regressor(images), len(self.classes), self.with_centroid)
 
     def _regressor_step(self, labeled: Batch) -> dict:
-        if not bool(labeled.has(Supervision.DENSE, Supervision.SIZE).all()):
-            raise ConfigError(
-                "method.source: regressor needs dense masks or size labels on the labeled images"
-            )
-        rngs = labeled.generators(REGRESSOR_AUGMENT_SALT)
-        image, mask = rotate_flip(labeled.image, labeled.mask, self.cfg.regressor_rotate_degrees,
-                                  self.cfg.regressor_flips, rngs)  # fmt: skip
-        area, centroid = region_targets(mask, self.num_classes)
-        given = labeled.sizes / (mask.shape[-1] * mask.shape[-2])
-        area = torch.where(torch.isnan(given), area, given)  # size labels when the data has them
-        pred_area, pred_centroid = self.regress(image)
-        loss = (pred_area - area[:, self.classes]).square().sum(1).mean()
-        out = {"size_loss": loss}
-        if pred_centroid is not None:
-            present = labeled.has(Supervision.DENSE)[:, None] & (area[:, self.classes] > 0)
-            err = (pred_centroid - centroid[:, self.classes]).square().sum(-1) * present
-            out["centroid_loss"] = err.sum(1).mean()
-            loss = loss + out["centroid_loss"]
-        return {"loss": loss, **out}
+        cfg = self.cfg
+        return regression_loss(self.regress, labeled, self.num_classes, self.classes,
+                               degrees=cfg.regressor_rotate_degrees, flips=cfg.regressor_flips)  # fmt: skip
 
-    @torch.no_grad()
     def validation_metrics(self, phase, records, image_size, device):
         if phase != "regressor":
             return None
-        from semiseg.data.records import record_slices
-        from semiseg.data.views import resize_image, resize_mask
-
-        errors, centroid_errors = [], []
-        for r in records:
-            masks = torch.from_numpy(r.mask)
-            masks = masks[None] if masks.ndim == 2 else masks
-            images = torch.stack(record_slices(r))
-            x = resize_image(images.float(), tuple(image_size)).to(device)
-            m = resize_mask(masks, tuple(image_size)).to(device)
-            area, centroid = region_targets(m, self.num_classes)
-            pred_area, pred_centroid = self.regress(x)
-            n_pix = image_size[0] * image_size[1]
-            errors.append(((pred_area - area[:, self.classes]).abs() * n_pix).cpu())
-            if pred_centroid is not None:
-                present = area[:, self.classes] > 0
-                d = (pred_centroid - centroid[:, self.classes]).square().sum(-1).sqrt()
-                centroid_errors.append(d[present].cpu())
-        err = torch.cat(errors)
-        out = {
-            "size_mae": err.mean().item(),
-            "size_mae_fraction": (err / (image_size[0] * image_size[1])).mean().item(),
-        }
-        if centroid_errors:
-            out["centroid_error"] = torch.cat(centroid_errors).mean().item()
-        return out
+        return regression_metrics(self.regress, records, image_size, device, self.num_classes, self.classes)
 
     # ------------------------------------------------------------------------------ segmenter
     def _bounds(self, unlabeled: Batch, probs: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Per-class size estimates in pixels ``[B, K]`` (NaN = unconstrained) and centroid bounds."""
-        n_pix = probs.shape[-1] * probs.shape[-2]
-        sizes = torch.full(probs.shape[:2], math.nan, device=probs.device, dtype=probs.dtype)
         extra: dict = {}
         if self.cfg.source == "oracle":
+            sizes = torch.full(probs.shape[:2], math.nan, device=probs.device, dtype=probs.dtype)
             given = unlabeled.sizes.to(probs.dtype)
             if torch.isnan(given[:, self.classes]).any():
                 raise ConfigError("method.source: oracle needs data.split.unlabeled_supervision: size")
@@ -273,7 +187,7 @@ class SizeConstrained(Supervised):
         self.regressor.eval()
         with torch.no_grad():
             area, centroid = self.regress(unlabeled.image)
-        sizes[:, self.classes] = area.clamp(min=0).to(probs.dtype) * n_pix
+        sizes = regressed_sizes(area, self.classes, probs)
         if centroid is not None:
             m = self.cfg.centroid_margin
             big = (area >= self.cfg.centroid_min_size)[..., None]

@@ -1,6 +1,6 @@
 """Layers point one way: no module imports from a layer above its own.
 
-    errors, core, registry, io, ops, parallel → config → data, losses, models, metrics, postprocess
+    errors, core, registry, io, ops, parallel → config, phases → data, losses, models, metrics, postprocess
     → methods → engine → bench, demo → cli
 
 Every module under ``src/semiseg`` is parsed with ``ast``; every ``import`` counts, at top level or
@@ -27,6 +27,7 @@ LAYERS = {
     "ops": 0,
     "parallel": 0,
     "config": 1,
+    "phases": 1,  # Phase / OptimizerSpec: declared by methods and by regularisers (losses)
     "data": 2,
     "losses": 2,
     "models": 2,

@@ -1,9 +1,12 @@
 """The one training loop every method runs on.
 
-Per phase of the method: build its optimizers (and schedulers), then for every epoch draw this
-rank's batches of each stream, call ``training_step`` once per optimizer, check the loss is
+Per phase of the run (:meth:`~semiseg.methods.base.Method.run_phases`: the regularisers' own
+phases, then the method's): build its optimizers (and schedulers), then for every epoch draw this
+rank's batches of each stream, call the training step once per optimizer, check the loss is
 finite, log, and at the epoch end validate (phases with ``validate``), keep the best checkpoint
-(validation split only) and write ``last.pt`` atomically. ``resume`` restarts from ``last.pt``
+(validation split only) and write ``last.pt`` atomically. The phase's owner
+(:meth:`~semiseg.methods.base.Method.phase_owner`: the method or a regulariser) gives its
+parameters, validation metrics and hooks. ``resume`` restarts from ``last.pt``
 and reproduces the uninterrupted run exactly on CPU: data order and augmentation are functions of
 (seed, epoch, index), and model / optimizer / RNG states are restored.
 """
@@ -115,7 +118,7 @@ class Trainer:
         self.out = Path(output_dir)
         self.resume = resume
         self.method = method.to(self.device)
-        self.phases = method.phases()
+        self.phases = method.run_phases()
         self.num_classes = data.bundle.num_classes
         valid = metric_keys(self.num_classes, FAST_METRICS)
         if cfg.train.val_metric not in valid:
@@ -214,7 +217,7 @@ class Trainer:
             s = spec.settings
             check_optimizer_settings(s, where)
             lr = s.lr if s.lr is not None else phase_lr
-            params = self.method.parameters_for(phase.name, spec.name)
+            params = self.method.phase_owner(phase.name).parameters_for(phase.name, spec.name)
             opts[spec.name] = build_optimizer(self.cfg, params, s, lr, where)
             scheds[spec.name] = build_scheduler(self._scheduler_kind(spec), opts[spec.name],
                                                 self._optimizer_steps(phase, spec))  # fmt: skip
@@ -335,7 +338,7 @@ class Trainer:
     def validate(self, phase: Phase | None = None) -> dict[str, float]:
         self.method.eval()
         if phase is not None:
-            own = self.method.validation_metrics(
+            own = self.method.phase_owner(phase.name).validation_metrics(
                 phase.name, self.data.val, self.cfg.data.image_size, self.device
             )
             if own is not None:
@@ -379,12 +382,13 @@ class Trainer:
 
     def train_step(self, batch: dict[str, Batch], phase: Phase, opts, scheds) -> dict[str, float]:
         """One iteration: every optimizer of ``phase`` (``repeat`` times, on iterations divisible by its
-        ``every``) on ``batch``, the method's ``on_step_end`` after each step. Returns the step's
+        ``every``) on ``batch``, the phase owner's ``on_step_end`` after each step. Returns the step's
         values averaged over processes (``<optimizer>/<key>`` when the phase has several)."""
         self.method.global_step, self.method.phase_step = self.global_step, self.phase_step
         self.method.epoch = self.epoch
         values: dict[str, torch.Tensor] = {}
         specs = phase.optimizer_specs
+        owner = self.method.phase_owner(phase.name)
         for spec in specs:
             if self.phase_step % spec.settings.every:
                 continue
@@ -402,7 +406,7 @@ class Trainer:
                         loss.backward()
                 if self.cfg.train.grad_clip:
                     torch.nn.utils.clip_grad_norm_(
-                        self.method.parameters_for(phase.name, name), self.cfg.train.grad_clip
+                        owner.parameters_for(phase.name, name), self.cfg.train.grad_clip
                     )
                 if self.scaler:
                     self.scaler.step(opt)
@@ -410,7 +414,7 @@ class Trainer:
                 else:
                     opt.step()
                 scheds[name].step()
-                self.method.on_step_end(phase.name, name)
+                owner.on_step_end(phase.name, name)
             prefix = "" if len(specs) == 1 else f"{name}/"
             for k, v in out.items():
                 values[prefix + k] = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v))
@@ -444,7 +448,7 @@ class Trainer:
                     scheds[k].load_state_dict(saved["schedulers"][k])
                 saved = None
             if self.epoch == 0 and self.phase_step == 0:
-                self.method.on_phase_start(phase.name)
+                self.method.phase_owner(phase.name).on_phase_start(phase.name)
             n_epochs = self.phase_epochs(phase)
             bar = tqdm(
                 total=n_epochs * iters,
@@ -503,7 +507,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{shown:.4f}", refresh=False)
             bar.update(1)
         self.epoch += 1
-        self.method.on_epoch_end(phase.name, self.epoch)
+        self.method.phase_owner(phase.name).on_epoch_end(phase.name, self.epoch)
         self.train_seconds += time.perf_counter() - t0
         record: dict[str, Any] = {"phase": phase.name, "epoch": self.epoch, "step": self.global_step}
         record.update({f"train/{k}": v / counts[k] for k, v in sums.items()})

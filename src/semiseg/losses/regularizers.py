@@ -23,26 +23,43 @@ from there to the loss; :func:`semiseg.config.to_dict` turns them back into plai
 
 Regularisers are found in every module of :mod:`semiseg.losses` and through the
 ``semiseg.regularizers`` entry-point group (:class:`~semiseg.registry.Registry`).
+
+**Context.** A loss with a network of its own needs the run's image channels, classes and model
+settings: :meth:`RegularizerSpec.build_for` receives them as a :class:`RegularizerContext` (its
+default calls :meth:`RegularizerSpec.build`, so specs without that need ignore it).
+
+**Phases of its own.** A regulariser may train a part of itself before the method's phases (the
+``size`` regulariser's ``source: regressor`` trains its size regressor first): its spec's
+:meth:`RegularizerSpec.phases` declares them (:class:`~semiseg.phases.Phase`, names unique in the
+run) and its loss module, a :class:`PhasedLoss`, runs them (``training_step``, ``parameters_for``,
+``validation_metrics`` and the ``on_*`` hooks, with the method's signatures). The method runs these
+phases first (:meth:`semiseg.methods.base.Method.run_phases`) and hands them to their
+:class:`Regularizer` (:meth:`~semiseg.methods.base.Method.phase_owner`), so no method knows of them.
+The loss module is a submodule of the method: its weights are checkpointed and resumed with it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn as nn
 
-from semiseg.config import FieldError, check_weights, from_dict
+from semiseg.config import FieldError, ModelConfig, check_weights, from_dict
 from semiseg.core import Batch
 from semiseg.errors import ConfigError
 from semiseg.losses.ramp import ramp_weight
+from semiseg.phases import Phase
 from semiseg.registry import Registry
 
 __all__ = [
     "REGULARIZERS",
+    "PhasedLoss",
     "Regularizer",
+    "RegularizerContext",
     "RegularizerSpec",
     "build_regularizers",
     "parse_regularizer",
@@ -61,6 +78,23 @@ REGULARIZERS: Registry[type[RegularizerSpec]] = Registry(
 register_regularizer = REGULARIZERS.register
 
 
+@dataclass(frozen=True)
+class RegularizerContext:
+    """What a regulariser may need of its run to build its loss (:meth:`RegularizerSpec.build_for`).
+
+    Attributes:
+        in_channels: Image channels of the data.
+        num_classes: Classes of the segmentation (with the background).
+        model: The run's model settings (e.g. ``model.norm`` for a network of the loss's own).
+        where: The spec's config key, e.g. ``method.regularizers[0]`` (named in errors).
+    """
+
+    in_channels: int
+    num_classes: int
+    model: ModelConfig = field(default_factory=ModelConfig)
+    where: str = "method.regularizers"
+
+
 @dataclass
 class RegularizerSpec:
     """Common fields of every regulariser; subclasses add the loss's own options and :meth:`loss`.
@@ -76,8 +110,9 @@ class RegularizerSpec:
         streams: Streams whose images the loss sees: "labeled" and/or "unlabeled" (a stream absent
             from a batch is skipped).
 
-    Subclasses override :meth:`loss` (or :meth:`build`, for a loss with parameters or state) and may
-    check their values in ``__post_init__`` (call ``super().__post_init__()``) by raising
+    Subclasses override :meth:`loss` (or :meth:`build` / :meth:`build_for`, for a loss with
+    parameters or state), may declare phases of their own (:meth:`phases`) and may check their values
+    in ``__post_init__`` (call ``super().__post_init__()``) by raising
     :class:`~semiseg.config.FieldError`.
     """
 
@@ -120,6 +155,46 @@ class RegularizerSpec:
         :class:`Regularizer`, so its parameters and buffers are trained and checkpointed."""
         return self.loss
 
+    def build_for(self, context: RegularizerContext) -> Callable[[torch.Tensor, Batch], torch.Tensor]:
+        """The loss callable for a run described by ``context`` (default: :meth:`build`, which needs
+        none); a loss that owns :meth:`phases` returns a :class:`PhasedLoss`."""
+        return self.build()
+
+    def phases(self) -> list[Phase]:
+        """Phases this regulariser trains in before the method's own (default: none); their names
+        must be unique in the run. Its :class:`PhasedLoss` runs them."""
+        return []
+
+
+class PhasedLoss(nn.Module):
+    """The loss module of a regulariser that owns phases (:meth:`RegularizerSpec.phases`).
+
+    ``forward(logits, batch)`` is the loss on the segmenter's logits of one stream, used in the
+    method's phases; in its own phases the engine calls the hooks below (through the method and
+    the :class:`Regularizer`), with the signatures of :class:`semiseg.methods.base.Method`'s.
+    """
+
+    def training_step(self, batch: dict[str, Batch], phase: str, optimizer: str) -> dict:
+        """``{"loss": scalar, <component>: scalar, ...}`` of one step of ``optimizer`` in ``phase``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement training_step()")
+
+    def parameters_for(self, phase: str, optimizer: str) -> Iterator[nn.Parameter]:
+        """Parameters updated by ``optimizer`` in ``phase`` (default: all of this module's)."""
+        return self.parameters()
+
+    def validation_metrics(self, phase: str, records, image_size, device) -> dict[str, float] | None:
+        """Validation metrics of ``phase``, or None for the engine's default (the segmenter's)."""
+        return None
+
+    def on_phase_start(self, phase: str) -> None:
+        """Called once when ``phase`` starts (not again when a run resumes inside it)."""
+
+    def on_step_end(self, phase: str, optimizer: str) -> None:
+        """Called after every step of ``optimizer`` in ``phase``."""
+
+    def on_epoch_end(self, phase: str, epoch: int) -> None:
+        """Called after every epoch of ``phase`` (``epoch`` counts from 1)."""
+
 
 def parse_regularizer(data: dict[str, Any], where: str = "method.regularizers") -> RegularizerSpec:
     """A checked spec from a plain mapping (YAML), e.g. ``{"name": "tv", "weight": 0.1}``."""
@@ -129,17 +204,34 @@ def parse_regularizer(data: dict[str, Any], where: str = "method.regularizers") 
 class Regularizer(nn.Module):
     """A weighted, ramped loss on the segmenter's logits, averaged over the spec's streams.
 
+    For the phases its spec owns (:meth:`phases`, run before the method's) it stands in for the
+    method: :meth:`training_step`, :meth:`parameters_for`, :meth:`validation_metrics` and the
+    ``on_*`` hooks go to its :class:`PhasedLoss`.
+
     Args:
         spec: A :class:`RegularizerSpec` (or a mapping, parsed with :func:`parse_regularizer`).
         where: Config key named in errors when ``spec`` is a mapping.
+        context: The run's channels, classes and model settings, for a loss that builds a network
+            (:meth:`RegularizerSpec.build_for`); None = a context-free loss (:meth:`RegularizerSpec.build`).
     """
 
-    def __init__(self, spec: RegularizerSpec | dict[str, Any], where: str = "method.regularizers"):
+    def __init__(
+        self,
+        spec: RegularizerSpec | dict[str, Any],
+        where: str = "method.regularizers",
+        context: RegularizerContext | None = None,
+    ):
         super().__init__()
         self.spec = spec if isinstance(spec, RegularizerSpec) else parse_regularizer(spec, where)
         self.name = self.spec.name
+        self.where = where
         self.streams = tuple(self.spec.streams)
-        self.loss = self.spec.build()
+        if context is None:
+            self.loss = self.spec.build()
+        else:
+            self.loss = self.spec.build_for(dataclasses.replace(context, where=where))
+        if self.spec.phases() and not isinstance(self.loss, PhasedLoss):
+            raise TypeError(f"{type(self.spec).__name__} declares phases but its loss is not a PhasedLoss")
 
     def extra_repr(self) -> str:
         return repr(self.spec)
@@ -160,7 +252,44 @@ class Regularizer(nn.Module):
             return next(iter(logits.values())).new_zeros(())
         return torch.stack(values).mean()
 
+    # ------------------------------------------------------------------ phases of its own
+    def phases(self) -> list[Phase]:
+        """The phases this regulariser owns (its spec's), run before the method's."""
+        return self.spec.phases()
 
-def build_regularizers(specs: Sequence[RegularizerSpec | dict[str, Any]]) -> nn.ModuleList:
-    """One :class:`Regularizer` per spec; mappings are parsed as ``method.regularizers[i]``."""
-    return nn.ModuleList([Regularizer(s, f"method.regularizers[{i}]") for i, s in enumerate(specs)])
+    def owns(self, phase: str) -> bool:
+        return any(p.name == phase for p in self.phases())
+
+    def _phased(self, phase: str) -> PhasedLoss:
+        if not self.owns(phase):
+            raise ValueError(f"regularizer '{self.name}' ({self.where}) has no phase '{phase}'")
+        return self.loss  # a PhasedLoss: checked at construction
+
+    def training_step(self, batch: dict[str, Batch], phase: str, optimizer: str) -> dict:
+        """One step of ``optimizer`` in the owned ``phase``: ``{"loss": scalar, ...}``."""
+        return self._phased(phase).training_step(batch, phase, optimizer)
+
+    def parameters_for(self, phase: str, optimizer: str) -> Iterator[nn.Parameter]:
+        """Parameters updated by ``optimizer`` in the owned ``phase``."""
+        return self._phased(phase).parameters_for(phase, optimizer)
+
+    def validation_metrics(self, phase: str, records, image_size, device) -> dict[str, float] | None:
+        """Validation metrics of the owned ``phase`` (None = the segmenter's)."""
+        return self._phased(phase).validation_metrics(phase, records, image_size, device)
+
+    def on_phase_start(self, phase: str) -> None:
+        self._phased(phase).on_phase_start(phase)
+
+    def on_step_end(self, phase: str, optimizer: str) -> None:
+        self._phased(phase).on_step_end(phase, optimizer)
+
+    def on_epoch_end(self, phase: str, epoch: int) -> None:
+        self._phased(phase).on_epoch_end(phase, epoch)
+
+
+def build_regularizers(
+    specs: Sequence[RegularizerSpec | dict[str, Any]], context: RegularizerContext | None = None
+) -> nn.ModuleList:
+    """One :class:`Regularizer` per spec; mappings are parsed as ``method.regularizers[i]``;
+    ``context`` = the run's, for losses that build networks (see :class:`Regularizer`)."""
+    return nn.ModuleList([Regularizer(s, f"method.regularizers[{i}]", context) for i, s in enumerate(specs)])

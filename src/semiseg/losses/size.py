@@ -18,11 +18,30 @@ number of pixels ``H·W`` (as the authors' code does), ``"none"`` is eq. 5 verba
 sizes as fractions of the image (squared difference / (H·W)²), which makes λ independent of the image
 size. Reductions: the penalty is summed over classes and averaged over the images that have at least
 one bound (``"mean"``) or summed (``"sum"``); unknown bounds (NaN) cost nothing.
+
+As a regulariser any method can use (:class:`SizeSpec`, ``method.regularizers: [{name: size, ...}]``)
+the size estimates ``R`` come from one of two sources:
+
+- ``source: data`` (default): the batch's ``sizes``, i.e. the data's size labels (with
+  ``data.split.unlabeled_supervision: size``, the paper's oracle), NaN = unconstrained;
+- ``source: regressor`` (the paper's "Proposed"): a size regressor owned by the regulariser. It is
+  trained in a phase of its own, ``size_regressor``, run before the method's phases on the labeled
+  images exactly as the ``size`` method trains its regressor (:mod:`semiseg.models.size_regressor`:
+  squared L2 on area fractions, flips and rotations, selected on the validation split by
+  ``size_mae`` and restored at its best); afterwards it is frozen (evaluation mode, no gradient,
+  not in the segmenter's optimizer) and ``R`` is its prediction on each stream's ``batch.image``
+  (the weak view for FixMatch-like methods) in pixels at the training size. Its weights are part of
+  the method's state, so checkpoints and ``--resume`` cover them.
+
+``method.regularizers: [{name: size, weight: 0.001, gamma: 0.1, streams: [unlabeled], source:
+regressor, regressor_epochs: 10, regressor_arch: density, regressor_width: 8}]``
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,11 +50,30 @@ import torch.nn as nn
 
 from semiseg.config import FieldError
 from semiseg.core import Batch
-from semiseg.losses.regularizers import RegularizerSpec, register_regularizer
+from semiseg.errors import ConfigError
+from semiseg.losses.regularizers import (
+    PhasedLoss,
+    RegularizerContext,
+    RegularizerSpec,
+    register_regularizer,
+)
+from semiseg.models.size_regressor import (
+    ARCHS,
+    build_size_regressor,
+    regressed_sizes,
+    regression_loss,
+    regression_metrics,
+    split_regression,
+)
 from semiseg.ops import soft_centroid, soft_size
 from semiseg.parallel import mean_denominator
+from semiseg.phases import Phase
 
 NORMALIZATIONS = ("pixels", "none", "area")
+#: the phase (and its optimizer) in which ``source: regressor`` trains its regressor
+REGRESSOR_PHASE = "size_regressor"
+#: offset of the regressor's initialisation seed from the run's (``torch.initial_seed()``)
+REGRESSOR_INIT_SALT = 7349
 
 
 def bounds_penalty(values: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
@@ -158,9 +196,11 @@ class SizePenalty(nn.Module):
 @register_regularizer("size")
 @dataclass
 class SizeSpec(RegularizerSpec):
-    """Spec of the ``size`` regulariser: :func:`size_penalty` with bounds from the batch's ``sizes``
-    (pixels at the training size; NaN = unknown), e.g. given as size supervision or filled in by a
-    method's size estimator.
+    """Spec of the ``size`` regulariser: :func:`size_penalty` on the soft sizes of ``classes``,
+    with bounds ``[(1−γ)R, (1+γ)R]`` around size estimates ``R`` from ``source`` (see the module
+    docstring): "data" = the batch's ``sizes`` (pixels at the training size; NaN = unknown),
+    "regressor" = a regressor trained first in phase ``size_regressor`` (options ``regressor_*``,
+    with the defaults of the ``size`` method's).
 
     ``method.regularizers: [{name: size, weight: 0.01, gamma: 0.1, streams: [unlabeled]}]``
     """
@@ -170,13 +210,144 @@ class SizeSpec(RegularizerSpec):
     normalization: Literal["pixels", "none", "area"] = "pixels"
     #: a regulariser gives a scalar (streams of different batch sizes): no "none"
     reduction: Literal["mean", "sum"] = "mean"
+    #: where R comes from: the data's size labels or a regressor trained in phase size_regressor
+    source: Literal["data", "regressor"] = "data"
+    regressor_epochs: int = 20  #: epochs of phase size_regressor
+    regressor_lr: float | None = None  #: learning rate of phase size_regressor; None = train.lr
+    regressor_width: int = 16
+    regressor_depth: int = 4
+    #: "cnn": encoder + pooling + MLP (the paper's design); "density": a UNet density map whose mean
+    #: is the area (semiseg.models.regressor)
+    regressor_arch: Literal["cnn", "density"] = "cnn"
+    regressor_rotate_degrees: float = 45.0  #: rotations of the regressor's images, ± degrees
+    regressor_flips: bool = True  #: random horizontal and vertical flips of the regressor's images
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.gamma >= 0:
             raise FieldError("gamma", f"must be >= 0, got {self.gamma}")
+        if self.classes is not None and not self.classes:
+            raise FieldError("classes", "must list at least one class (or be left out: all but 0)")
+        if self.source not in ("data", "regressor"):
+            raise FieldError("source", f"must be 'data' or 'regressor', got {self.source!r}")
+        if self.source != "regressor":
+            for f in dataclasses.fields(self):
+                if f.name.startswith("regressor_") and getattr(self, f.name) != f.default:
+                    raise FieldError(f.name, "is an option of source: regressor (source is 'data')")
+            return
+        if self.regressor_arch not in ARCHS:
+            raise FieldError(
+                "regressor_arch", f"must be one of {' | '.join(ARCHS)}, got {self.regressor_arch!r}"
+            )
+        for name in ("regressor_epochs", "regressor_width", "regressor_depth"):
+            if getattr(self, name) < 1:
+                raise FieldError(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.regressor_lr is not None and not self.regressor_lr > 0:
+            raise FieldError("regressor_lr", f"must be positive, got {self.regressor_lr}")
+        if not self.regressor_rotate_degrees >= 0:
+            raise FieldError("regressor_rotate_degrees", f"must be >= 0, got {self.regressor_rotate_degrees}")
 
     def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The penalty with ``R`` = ``batch.sizes`` (``source: data``)."""
         return size_penalty(
             logits.softmax(dim=1), batch.sizes, self.gamma, self.classes, self.normalization, self.reduction
         )
+
+    def build(self):
+        if self.source == "regressor":
+            raise ValueError(
+                "source: regressor builds a network: use build_for(context) with the run's context"
+            )
+        return self.loss
+
+    def build_for(self, context: RegularizerContext):
+        if self.source == "data":
+            return self.loss
+        return RegressedSizePenalty(self, context)
+
+    def phases(self) -> list[Phase]:
+        """``source: regressor``: phase ``size_regressor`` (the labeled stream, its own optimizer,
+        selected by the regressor's validation error and restored at its best); else none."""
+        if self.source != "regressor":
+            return []
+        return [
+            Phase(
+                REGRESSOR_PHASE,
+                epochs=self.regressor_epochs,
+                optimizers=(REGRESSOR_PHASE,),
+                streams=("labeled",),
+                lr=self.regressor_lr,
+                val_metric="size_mae",
+                val_mode="min",
+                final=False,
+                restore_best=True,
+            )
+        ]
+
+
+class RegressedSizePenalty(PhasedLoss):
+    """The ``size`` regulariser with ``source: regressor``: owns the regressor, trains it in phase
+    ``size_regressor`` and, in the method's phases, bounds the soft sizes around its (frozen)
+    predictions.
+
+    Args:
+        spec: The regulariser's spec (``source: regressor``).
+        context: The run's channels, classes and model norm (the regressor's normalisation).
+    """
+
+    def __init__(self, spec: SizeSpec, context: RegularizerContext):
+        super().__init__()
+        k, where = context.num_classes, context.where
+        self.spec = spec
+        self.num_classes = k
+        self.classes = list(range(1, k)) if spec.classes is None else list(spec.classes)
+        if not self.classes or any(not 0 <= c < k for c in self.classes):
+            raise ConfigError(f"{where}.classes: must list classes in 0..{k - 1}, got {spec.classes}")
+        self.where = where
+        # drawn from its own stream, so adding the regulariser leaves the segmenter's initialisation
+        # (drawn after it from the global RNG) as it is without it
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(torch.initial_seed() + REGRESSOR_INIT_SALT)
+            self.regressor = build_size_regressor(
+                spec.regressor_arch, context.in_channels, len(self.classes),
+                width=spec.regressor_width, depth=spec.regressor_depth, norm=context.model.norm,
+            )  # fmt: skip
+
+    def regress(self, images: torch.Tensor) -> torch.Tensor:
+        """Regressed area fractions of the constrained classes. Shape: ``[B, C, H, W]`` → ``[B, n]``."""
+        area, _ = split_regression(self.regressor(images), len(self.classes))
+        return area
+
+    # ------------------------------------------------------------------ phase size_regressor
+    def parameters_for(self, phase: str, optimizer: str) -> Iterator[nn.Parameter]:
+        return self.regressor.parameters()
+
+    def training_step(self, batch: dict[str, Batch], phase: str, optimizer: str) -> dict:
+        s = self.spec
+        return regression_loss(
+            lambda x: (self.regress(x), None), batch["labeled"], self.num_classes, self.classes,
+            degrees=s.regressor_rotate_degrees, flips=s.regressor_flips, where=f"{self.where}.source",
+        )  # fmt: skip
+
+    def validation_metrics(self, phase, records, image_size, device) -> dict[str, float]:
+        return regression_metrics(lambda x: (self.regress(x), None), records, image_size, device,
+                                  self.num_classes, self.classes)  # fmt: skip
+
+    # ------------------------------------------------------------------ the method's phases
+    def sizes(self, images: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """Size estimates ``R`` in pixels at the size of ``probs`` from the frozen regressor's
+        prediction on ``images`` (NaN for unconstrained classes).
+
+        Shape:
+            images ``[B, C, H, W]``, probs ``[B, K, H, W]`` → ``[B, K]``.
+        """
+        self.regressor.eval()
+        with torch.no_grad():
+            area = self.regress(images)
+        return regressed_sizes(area, self.classes, probs)
+
+    def forward(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        probs = logits.softmax(dim=1)
+        s = self.spec
+        return size_penalty(probs, self.sizes(batch.image, probs), s.gamma, self.classes, s.normalization,
+                            s.reduction)  # fmt: skip

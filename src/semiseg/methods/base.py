@@ -7,7 +7,16 @@ stream for paired weak/strong views (:class:`~semiseg.core.ViewSpec`). For every
 engine calls ``training_step(batch, phase, optimizer)`` once per optimizer of the phase (a batch
 is ``{stream: Batch}``), back-propagates the returned ``"loss"``, steps that optimizer and calls
 :meth:`Method.on_step_end`; after every epoch it calls :meth:`Method.on_epoch_end`. The engine
-never knows which method it runs.
+never knows which method it runs. (:class:`Phase` and :class:`OptimizerSpec` are defined in
+:mod:`semiseg.phases` and re-exported here.)
+
+Regularisers (``method.regularizers``) may own phases too (e.g. the ``size`` regulariser's
+``size_regressor``, which trains its size regressor): :meth:`Method.run_phases` is what the engine
+runs, the regularisers' phases (in config order) before the method's :meth:`Method.phases`, and
+:meth:`Method.phase_owner` names who runs a phase: the method itself or the owning
+:class:`~semiseg.losses.regularizers.Regularizer`, which then gets ``training_step`` (through
+:meth:`Method.forward`), ``parameters_for``, ``validation_metrics`` and the ``on_*`` hooks. A
+method never sees a regulariser's phase, so none needs to know of them.
 
 Method state: everything a method keeps lives in its ``state_dict`` and so in every checkpoint
 and ``--resume``: parameters and buffers (EMA weights, cluster centres, caches as buffers) and,
@@ -24,67 +33,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from semiseg.config import ModelConfig, OptimizerConfig
-from semiseg.core import Batch, ViewSpec
-from semiseg.losses.regularizers import RegularizerSpec, build_regularizers
+from semiseg.config import ModelConfig
+from semiseg.core import Batch
+from semiseg.errors import ConfigError
+from semiseg.losses.regularizers import Regularizer, RegularizerContext, RegularizerSpec, build_regularizers
+from semiseg.phases import OptimizerSpec, Phase
 
-
-@dataclass(frozen=True)
-class OptimizerSpec:
-    """A named optimizer of a phase with its own settings (type, lr, betas, schedule, update ratio)."""
-
-    name: str = "main"
-    settings: OptimizerConfig = field(default_factory=OptimizerConfig)
-
-
-@dataclass(frozen=True)
-class Phase:
-    """One stage of training.
-
-    Attributes:
-        name: Shown in logs and checkpoints.
-        epochs: Epochs of this phase; ``None`` = ``train.epochs``.
-        optimizers: The optimizers stepped, in order, at every iteration: names (settings from
-            ``train.*``) or :class:`OptimizerSpec` (own type, lr, betas, weight decay, scheduler,
-            update ratio).
-        streams: Data streams of a batch: "labeled" (the labeled split), "unlabeled".
-        optional_streams: Streams used when the data has them (e.g. unlabeled images for a
-            regulariser), silently absent otherwise.
-        validate: Evaluate the segmenter on the validation split during this phase and keep the
-            best checkpoint (the phase that trains the segmenter).
-        lr: Learning rate of this phase; ``None`` = ``train.lr``.
-        val_metric: Key of the phase's validation metrics that selects within it; ``None`` =
-            ``train.val_metric`` (the segmenter's). A method returns other metrics (e.g. a size
-            regressor's error) from :meth:`Method.validation_metrics`.
-        val_mode: "min" or "max" for ``val_metric``; ``None`` = ``train.val_mode``.
-        final: Validations of this phase compete for ``best.pt``, the model evaluated at the end.
-            Pre-training phases set it False.
-        restore_best: At the end of the phase, reload the method state of its best validation
-            (kept in ``best_<phase>.pt``), so the next phase starts from it.
-        views: Paired views per stream, e.g. ``{"unlabeled": ViewSpec(strong=2, cutmix=True)}``:
-            the stream's ``Batch.strong`` / ``Batch.cutmix`` are then filled.
-    """
-
-    name: str = "train"
-    epochs: int | None = None
-    optimizers: tuple[str | OptimizerSpec, ...] = ("main",)
-    streams: tuple[str, ...] = ("labeled",)
-    optional_streams: tuple[str, ...] = ()
-    validate: bool = True
-    lr: float | None = None
-    val_metric: str | None = None
-    val_mode: str | None = None
-    final: bool = True
-    restore_best: bool = False
-    views: dict[str, ViewSpec] = field(default_factory=dict)
-
-    @property
-    def optimizer_specs(self) -> tuple[OptimizerSpec, ...]:
-        return tuple(o if isinstance(o, OptimizerSpec) else OptimizerSpec(o) for o in self.optimizers)
-
-    @property
-    def optimizer_names(self) -> tuple[str, ...]:
-        return tuple(o.name for o in self.optimizer_specs)
+__all__ = ["Method", "MethodConfig", "OptimizerSpec", "Phase"]
 
 
 @dataclass
@@ -116,14 +71,17 @@ class Method(nn.Module):
         self.global_step = 0
         self.phase_step = 0
         self.epoch = 0
-        self.regularizers = build_regularizers(cfg.regularizers)
+        context = RegularizerContext(in_channels=in_channels, num_classes=num_classes, model=model_cfg)
+        self.regularizers = build_regularizers(cfg.regularizers, context)
 
     # ------------------------------------------------------------------ declared by subclasses
     def phases(self) -> list[Phase]:
+        """The method's own phases (default: one, "train"); the engine runs :meth:`run_phases`."""
         return [Phase()]
 
     def parameters_for(self, phase: str, optimizer: str) -> Iterator[nn.Parameter]:
-        """Parameters updated by ``optimizer`` in ``phase`` (default: the segmenter's)."""
+        """Parameters updated by ``optimizer`` in ``phase`` (default: the segmenter's; never those of
+        a regulariser's own network, which trains in its own phases)."""
         return self.segmenter.parameters()
 
     def training_step(self, batch: dict[str, Batch], phase: str, optimizer: str) -> dict:
@@ -144,6 +102,43 @@ class Method(nn.Module):
         """Validation metrics of ``phase`` on the validation records, or None for the engine's
         default (the segmenter's segmentation metrics). Called with the method in eval mode."""
         return None
+
+    # ------------------------------------------------------------------ the engine's entry points
+    def run_phases(self) -> list[Phase]:
+        """The phases the engine runs: each regulariser's own phases (in config order), then the
+        method's :meth:`phases`.
+
+        Raises:
+            ConfigError: two phases of the run share a name (one line naming both owners).
+        """
+        owners = [(p, f"regularizer '{r.name}' ({r.where})") for r in self.regularizers for p in r.phases()]
+        owners += [(p, f"method '{self.cfg.name or type(self).__name__}'") for p in self.phases()]
+        seen: dict[str, str] = {}
+        for phase, owner in owners:
+            if phase.name in seen:
+                raise ConfigError(
+                    f"phase name '{phase.name}' of {owner} clashes with the phase '{phase.name}' of "
+                    f"{seen[phase.name]}; phase names must be unique in a run"
+                )
+            seen[phase.name] = owner
+        return [phase for phase, _ in owners]
+
+    def phase_owner(self, phase: str) -> Method | Regularizer:
+        """Who runs ``phase``: the :class:`~semiseg.losses.regularizers.Regularizer` that owns it, else
+        the method. The engine calls the owner's ``parameters_for``, ``validation_metrics`` and
+        ``on_*`` hooks; :meth:`forward` sends the training step to it."""
+        for reg in self.regularizers:
+            if reg.owns(phase):
+                return reg
+        return self
+
+    def forward(self, batch: dict[str, Batch], phase: str, optimizer: str) -> dict:
+        """The training step of ``phase``'s owner (:meth:`phase_owner`): :meth:`training_step` for the
+        method's phases. The engine calls the module (so DDP sees the step); any method runs under DDP."""
+        owner = self.phase_owner(phase)
+        if owner is self:
+            return self.training_step(batch, phase, optimizer)
+        return owner.training_step(batch, phase, optimizer)
 
     # ------------------------------------------------------------------ shared
     def regularization(
@@ -171,10 +166,6 @@ class Method(nn.Module):
     @property
     def segmenter(self) -> nn.Module:
         return self.model  # subclasses with another name override
-
-    def forward(self, batch: dict[str, Batch], phase: str, optimizer: str) -> dict:
-        # DDP calls forward; routing it to training_step lets any method run under DDP.
-        return self.training_step(batch, phase, optimizer)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,77 @@
+"""Training phases: the vocabulary of the engine's contract with what it trains.
+
+A :class:`Phase` is one stage of training (pre-training, a regressor phase, a round of
+self-training, ...): its length, optimizers (:class:`OptimizerSpec`), data streams and views, and
+how it is validated. Methods declare theirs (:meth:`semiseg.methods.base.Method.phases`), and so
+may regularisers that train a part of their own first
+(:meth:`semiseg.losses.regularizers.RegularizerSpec.phases`); the engine runs them in order.
+
+These types sit below losses and methods (beside :mod:`semiseg.config`) so that both can declare
+phases; :mod:`semiseg.methods.base` re-exports them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from semiseg.config import OptimizerConfig
+from semiseg.core import ViewSpec
+
+__all__ = ["OptimizerSpec", "Phase"]
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """A named optimizer of a phase with its own settings (type, lr, betas, schedule, update ratio)."""
+
+    name: str = "main"
+    settings: OptimizerConfig = field(default_factory=OptimizerConfig)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One stage of training.
+
+    Attributes:
+        name: Shown in logs and checkpoints; unique within a run.
+        epochs: Epochs of this phase; ``None`` = ``train.epochs``.
+        optimizers: The optimizers stepped, in order, at every iteration: names (settings from
+            ``train.*``) or :class:`OptimizerSpec` (own type, lr, betas, weight decay, scheduler,
+            update ratio).
+        streams: Data streams of a batch: "labeled" (the labeled split), "unlabeled".
+        optional_streams: Streams used when the data has them (e.g. unlabeled images for a
+            regulariser), silently absent otherwise.
+        validate: Evaluate on the validation split during this phase and keep the best checkpoint.
+        lr: Learning rate of this phase; ``None`` = ``train.lr``.
+        val_metric: Key of the phase's validation metrics that selects within it; ``None`` =
+            ``train.val_metric`` (the segmenter's). The phase's owner returns other metrics (e.g. a
+            size regressor's error) from its ``validation_metrics``.
+        val_mode: "min" or "max" for ``val_metric``; ``None`` = ``train.val_mode``.
+        final: Validations of this phase compete for ``best.pt``, the model evaluated at the end.
+            Pre-training phases set it False.
+        restore_best: At the end of the phase, reload the method state of its best validation
+            (kept in ``best_<phase>.pt``), so the next phase starts from it.
+        views: Paired views per stream, e.g. ``{"unlabeled": ViewSpec(strong=2, cutmix=True)}``:
+            the stream's ``Batch.strong`` / ``Batch.cutmix`` are then filled.
+    """
+
+    name: str = "train"
+    epochs: int | None = None
+    optimizers: tuple[str | OptimizerSpec, ...] = ("main",)
+    streams: tuple[str, ...] = ("labeled",)
+    optional_streams: tuple[str, ...] = ()
+    validate: bool = True
+    lr: float | None = None
+    val_metric: str | None = None
+    val_mode: str | None = None
+    final: bool = True
+    restore_best: bool = False
+    views: dict[str, ViewSpec] = field(default_factory=dict)
+
+    @property
+    def optimizer_specs(self) -> tuple[OptimizerSpec, ...]:
+        return tuple(o if isinstance(o, OptimizerSpec) else OptimizerSpec(o) for o in self.optimizers)
+
+    @property
+    def optimizer_names(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.optimizer_specs)

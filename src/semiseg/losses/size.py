@@ -307,7 +307,7 @@ class RegressedSizePenalty(PhasedLoss):
         # drawn from its own stream, so adding the regulariser leaves the segmenter's initialisation
         # (drawn after it from the global RNG) as it is without it
         with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(torch.initial_seed() + REGRESSOR_INIT_SALT)
+            torch.default_generator.manual_seed((torch.initial_seed() + REGRESSOR_INIT_SALT) % 2**63)
             self.regressor = build_size_regressor(
                 spec.regressor_arch, context.in_channels, len(self.classes),
                 width=spec.regressor_width, depth=spec.regressor_depth, norm=context.model.norm,

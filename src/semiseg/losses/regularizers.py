@@ -106,7 +106,8 @@ class RegularizerSpec:
             :func:`~semiseg.losses.ramp.ramp_weight`.
         ramp_shape: "sigmoid" (``exp(-5 (1 - t)²)``) or "linear".
         ramp_from: Count ramp steps from the start of the run ("global") or of the current phase
-            ("phase", e.g. a penalty that starts with a method's second phase).
+            ("phase", e.g. a penalty that starts with a method's second phase, or after a
+            regulariser's own phase).
         streams: Streams whose images the loss sees: "labeled" and/or "unlabeled" (a stream absent
             from a batch is skipped).
 

@@ -31,7 +31,10 @@ the size estimates ``R`` come from one of two sources:
   ``size_mae`` and restored at its best); afterwards it is frozen (evaluation mode, no gradient,
   not in the segmenter's optimizer) and ``R`` is its prediction on each stream's ``batch.image``
   (the weak view for FixMatch-like methods) in pixels at the training size. Its weights are part of
-  the method's state, so checkpoints and ``--resume`` cover them.
+  the method's state, so checkpoints and ``--resume`` cover them. Its phase's steps count in the
+  run's: a ramp-up meant to start with the method's training counts ``ramp_from: phase``. The
+  regressor's initial weights are drawn from a stream of their own (seeded by the run's seed), so
+  the segmenter starts from the same weights as without the regulariser.
 
 ``method.regularizers: [{name: size, weight: 0.001, gamma: 0.1, streams: [unlabeled], source:
 regressor, regressor_epochs: 10, regressor_arch: density, regressor_width: 8}]``

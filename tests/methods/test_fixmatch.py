@@ -297,3 +297,26 @@ def test_strong_views_leave_the_running_statistics_alone(name, strong_bn_stats):
     stats = [k for k in method.state_dict() if k.startswith("model.encoder") and "running_mean" in k]
     same = all(torch.equal(method.state_dict()[k], reference.state_dict()[k]) for k in stats)
     assert same != strong_bn_stats
+
+
+@pytest.mark.parametrize("name", ["fixmatch", "unimatch"])
+def test_warmup_phase_trains_on_labeled_images_only_first(name, tmp_path):
+    method = build(name, warmup_epochs=2)
+    warmup, main = method.phases()
+    assert (warmup.name, warmup.epochs, warmup.final, set(warmup.streams)) == (
+        "warmup",
+        2,
+        False,
+        {"labeled"},
+    )
+    assert main.views["unlabeled"].strong == method.strong_views()
+    data = with_boxes(batch(), k=method.strong_views())
+    out = method.training_step({"labeled": data["labeled"]}, "warmup", "main")
+    assert set(out) >= {"loss", "ce", "dice"} and "confident" not in out
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        build(name, warmup_epochs=-1)
+    cfg = tiny_config(name, "method.warmup_epochs=1")
+    train(cfg, tmp_path)
+    log = epochs(tmp_path)
+    assert [e["phase"] for e in log] == ["warmup"] + ["train"] * cfg.train.epochs
+    assert "train/confident" not in log[0] and 0 <= log[-1]["train/pseudo_foreground"] <= 1

@@ -49,6 +49,11 @@ Deviations from the papers:
       averages over the foreground classes; UniMatch's ``DiceLoss`` also averages the background.
     - Classification FixMatch uses RandAugment / CTAugment and no CutMix; this is the segmentation
       variant of UniMatch's baseline.
+    - ``warmup_epochs`` (default 0 = the papers): a supervised phase "warmup" on the labeled stream
+      before the unlabeled loss starts, so that the first pseudo-labels come from a trained network
+      rather than a random one (short CPU schedules; see ``benchmarks/dev/semi-acdc-dev.md``).
+      ``pseudo_foreground`` (logged) is the share of weak-view pixels pseudo-labelled foreground: a
+      fall towards 0 shows the collapse to background.
     - ``strong_bn_stats: false`` (not the default) keeps the strong views' pass out of the batch-norm
       running statistics. UniMatch's code lets it update them, and so does the default here: in two
       quick ACDC development runs, freezing them changed neither the collapse nor the gap between
@@ -89,10 +94,15 @@ class FixMatchConfig(SupervisedConfig):
     #: let the strong views' passes update the batch-norm running statistics (UniMatch's code does);
     #: false keeps them out (semiseg.models.batchnorm.frozen_running_stats)
     strong_bn_stats: bool = True
+    #: epochs of a supervised warm-up phase ("warmup", labeled stream only) before the unlabeled
+    #: loss starts, so the first pseudo-labels come from a trained network; 0 = none (the papers)
+    warmup_epochs: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
             raise FieldError("threshold", f"must be in [0, 1], got {self.threshold}")
+        if self.warmup_epochs < 0:
+            raise FieldError("warmup_epochs", f"must be >= 0, got {self.warmup_epochs}")
         check_weights(self, "ce_weight", "dice_weight", "supervised_weight", "unlabeled_weight")
 
 
@@ -135,7 +145,12 @@ class FixMatch(Supervised):
 
     def phases(self):
         views = {"unlabeled": ViewSpec(strong=self.strong_views(), cutmix=True)}
-        return [Phase(streams=STREAMS, views=views)]
+        train = Phase(streams=STREAMS, views=views)
+        if not self.cfg.warmup_epochs:
+            return [train]
+        warmup = Phase("warmup", epochs=self.cfg.warmup_epochs, optional_streams=self.regularizer_streams(),
+                       final=False)  # fmt: skip
+        return [warmup, train]
 
     # ------------------------------------------------------------------ losses
     def unlabeled_loss(
@@ -199,6 +214,8 @@ class FixMatch(Supervised):
             **components,
             # fraction of weak-view pixels whose pseudo-label is confident (UniMatch's mask ratio)
             "confident": (confidence >= cfg.threshold).float().mean(),
+            # fraction of weak-view pixels pseudo-labelled as foreground (a collapse to background shows)
+            "pseudo_foreground": (logits_weak.detach().argmax(1) != 0).float().mean(),
         }
         if len(self.regularizers):
             reg = self.regularization({"labeled": logits_labeled, "unlabeled": logits_weak}, batch)
@@ -207,6 +224,8 @@ class FixMatch(Supervised):
         return out
 
     def training_step(self, batch, phase, optimizer):
+        if phase == "warmup":
+            return super().training_step(batch, phase, optimizer)
         lab, unl = batch["labeled"], batch["unlabeled"]
         logits = self.model(torch.cat([lab.image, unl.image]))
         logits_labeled, logits_weak = logits.split([len(lab), len(unl)])

@@ -97,6 +97,8 @@ class UniMatch(FixMatch):
         return self.cfg.strong_views
 
     def training_step(self, batch, phase, optimizer):
+        if phase == "warmup":
+            return super().training_step(batch, phase, optimizer)
         cfg = self.cfg
         lab, unl = batch["labeled"], batch["unlabeled"]
         n_l, n_u = len(lab), len(unl)

@@ -70,7 +70,10 @@ class SplitConfig:
     supervision: Literal["dense", "sparse", "tag", "size"] = "dense"  #: what the labeled items carry
     sparse_pixels: int = 10  #: labeled pixels per image when ``supervision: sparse``
     draw: int = 0  #: index of the random draw (labeled subset and sparse pixels)
-    unlabeled: Literal["rest", "none"] = "rest"  #: keep the other training items as unlabeled
+    #: the unlabeled stream: "rest" = the training items not labeled, "none", or "all" = every
+    #: training item, the labeled ones too (their images without labels: e.g. consistency on the
+    #: unlabeled pixels of sparsely labeled images)
+    unlabeled: Literal["rest", "none", "all"] = "rest"
     #: weak labels the unlabeled items carry: none, an image tag per class (present / absent), or
     #: each class's region size in pixels (e.g. the oracle bounds of the size-constraint method)
     unlabeled_supervision: Literal["none", "tag", "size"] = "none"

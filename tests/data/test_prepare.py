@@ -89,3 +89,13 @@ def test_sparse_setting_validates_on_sparse_labels_only(volumes):
     assert [r.id for r in dense.val] == [r.id for r in same.val]
     assert all(np.array_equal(r.mask, originals[r.id]) for r in dense.val)
     assert all(np.array_equal(r.mask, originals[r.id]) for r in (b.val or []))  # the bundle is not modified
+
+
+def test_unlabeled_all_streams_the_sparsely_labeled_images_without_labels():
+    data = prepare_data(
+        config("data.split.unlabeled=all", "data.split.supervision=sparse", "data.split.labeled=null"),
+        bundle=bundle(),
+    )
+    assert set(data.unlabeled.ids) >= set(data.labeled.ids)
+    for i in range(len(data.unlabeled)):
+        assert (data.unlabeled[i]["mask"] == IGNORE_INDEX).all()

@@ -212,3 +212,11 @@ def test_write_round_trip(tmp_path):
     again = make_split(bundle, pinned)
     for part in ("labeled", "unlabeled", "val", "test"):
         assert ids(getattr(again, part)) == saved[part]
+
+
+def test_unlabeled_all_keeps_the_labeled_items_too():
+    bundle = bundle_of(make_records(30))
+    rest = make_split(bundle, SplitConfig(labeled=3))
+    every = make_split(bundle, SplitConfig(labeled=3, unlabeled="all"))
+    assert [r.id for r in every.labeled] == [r.id for r in rest.labeled]
+    assert {r.id for r in every.unlabeled} == {r.id for r in rest.labeled + rest.unlabeled}

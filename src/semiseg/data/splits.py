@@ -110,5 +110,5 @@ def make_split(bundle: DatasetBundle, spec: SplitConfig) -> Split:
             f"{bundle.name}: the labeled training set is empty (check data.split and that masks exist)",
         )
     rest = [r for r in pool if key(r) not in chosen or r.mask is None]
-    unlabeled = rest if spec.unlabeled == "rest" else []
+    unlabeled = {"rest": rest, "all": labeled + rest}.get(spec.unlabeled, [])
     return Split(labeled=labeled, unlabeled=unlabeled, val=val, test=test, spec=spec)

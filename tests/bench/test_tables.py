@@ -6,7 +6,7 @@ import pytest
 
 from semiseg.bench import TABLES, get_table, register_table, table_names
 from semiseg.bench.runner import row_config
-from semiseg.bench.tables import TV_EDGE, TV_PAPER, TV_PLAIN, size_step_configs, supervised_baseline
+from semiseg.bench.tables import TV_EDGE, TV_PAPER, TV_PLAIN, patients, size_step_configs, supervised_baseline
 from semiseg.errors import ConfigError
 
 BUILT_IN = ["curriculum-acdc", "curriculum-acdc-4class", "supervised-acdc", "supervised-horse", "tv-horse"]
@@ -92,9 +92,9 @@ def test_curriculum_rows_start_from_fs_and_train_the_same_extra_epochs(name, cla
     table = TABLES[name]()
     by_key = {r.key: r for r in table.rows}
     ns = sorted({int(r.setting.split()[0]) for r in table.rows})
-    assert ns == (sorted(CURRICULUM_PAPER) if name == "curriculum-acdc" else [3, 7])
+    assert ns == ([1, 2, *sorted(CURRICULUM_PAPER)] if name == "curriculum-acdc" else [3, 7])
     for n in ns:
-        setting = f"{n} labeled patients"
+        setting = patients(n)
         fs = row_config(table, by_key[f"FS | {setting}"], seed=2, quick=True)
         assert fs.method["source"] == "fs" and fs.data.split.labeled == n and fs.train.init is None
         sources = {"FS, continued": "fs", "Proposals": "proposals", "Proposed (size regressor)": "regressor",
@@ -106,6 +106,20 @@ def test_curriculum_rows_start_from_fs_and_train_the_same_extra_epochs(name, cla
                 cfg = row_config(table, row, seed=2, quick=quick)
                 assert cfg.method["source"] == source and cfg.train.epochs == epochs
                 assert cfg.data.split.labeled == n and cfg.data.split.draw == 2
+        if name == "curriculum-acdc" and n in (1, 2, 5):  # UniMatch, alone and with Proposed's size penalty
+            for quick, epochs in ((True, CONTINUE_EPOCHS_QUICK), (False, CONTINUE_EPOCHS)):
+                uni = row_config(table, by_key[f"UniMatch | {setting}"], seed=2, quick=quick)
+                both = row_config(table, by_key[f"UniMatch + size | {setting}"], seed=2, quick=quick)
+                assert uni.method["name"] == both.method["name"] == "unimatch"
+                assert uni.train.epochs == both.train.epochs == epochs and uni.data == both.data
+                (size,) = both.method["regularizers"]
+                proposed = row_config(
+                    table, by_key[f"Proposed (size regressor) | {setting}"], seed=2, quick=quick
+                )
+                assert (size["source"], size["weight"], size["gamma"]) == (
+                    "regressor", proposed.method["size_weight"], proposed.method["gamma"])  # fmt: skip
+                assert size["regressor_epochs"] == proposed.method["regressor_epochs"]
+                assert by_key[f"UniMatch + size | {setting}"].init_from == f"FS | {setting}"
         oracle = row_config(table, by_key[f"Oracle (true size) | {setting}"], seed=0, quick=True)
         assert oracle.data.split.unlabeled_supervision == "size"
         assert (
@@ -113,7 +127,28 @@ def test_curriculum_rows_start_from_fs_and_train_the_same_extra_epochs(name, cla
         )
     if name == "curriculum-acdc":
         for n, paper in CURRICULUM_PAPER.items():
-            got = [by_key[f"{m} | {n} labeled patients"].paper for m in
+            got = [by_key[f"{m} | {patients(n)}"].paper for m in
                    ("FS", "Proposals", "Proposed (size regressor)", "Oracle (true size)")]  # fmt: skip
             assert got == list(paper)
     assert len(table.seeds) >= 3 and len(table.quick_seeds) >= 3
+
+
+def test_semi_acdc_rows_share_the_quick_budget_and_the_listed_first_draw():
+    table = TABLES["semi-acdc"]()
+    by_key = {r.key: r for r in table.rows}
+    assert {r.setting for r in table.rows} == {patients(n) for n in (1, 3, 7)}
+    sup = row_config(table, by_key[f"supervised | {patients(3)}"], seed=0, quick=True)
+    assert sup.data.split.unlabeled == "none"  # the supervised row never sees the unlabeled slices
+    for r in table.rows:
+        cfg = row_config(table, r, seed=0, quick=True)
+        assert cfg.data.split.first_draw == "listed" and cfg.train.eval_last
+        assert (cfg.data.image_size, cfg.train.batch_size, cfg.train.optimizer, cfg.train.lr) == (
+            sup.data.image_size, sup.train.batch_size, sup.train.optimizer, sup.train.lr)  # fmt: skip
+        assert cfg.model == sup.model and cfg.train.augment == sup.train.augment
+        if r.method != "supervised":
+            assert cfg.data.split.unlabeled == "rest"
+    # at 3 patients: >= 3 draws for supervised, the size-composed row and the two semi rows chosen
+    at3 = [
+        r for r in table.rows if r.setting == patients(3) and len(r.seeds_for(table.quick_seeds, True)) >= 3
+    ]
+    assert {"supervised", "UniMatch + size (regressor)"} <= {r.method for r in at3} and len(at3) >= 4

@@ -185,19 +185,54 @@ CURRICULUM_PAPER = {5: (24.8, 8.1, 53.1, 74.3), 10: (44.4, 43.9, 58.5, 75.7), 20
 CONTINUE_EPOCHS, CONTINUE_EPOCHS_QUICK = 50, 10
 
 
-def curriculum_rows(n: int, paper: tuple[float | None, ...] = (None, None, None, None)) -> list[Row]:
+def patients(n: int) -> str:
+    """The setting of a row with ``n`` labeled patients."""
+    return f"{n} labeled patient{'s' if n != 1 else ''}"
+
+
+#: UniMatch continuing from the FS model (its defaults; the curriculum recipe's CE + Dice weights) and
+#: with the size penalty of "Proposed" (same weight, gamma, regressor) as a regulariser on the weak views
+CURRICULUM_UNIMATCH = {"name": "unimatch", "ce_weight": 1.0, "dice_weight": 1.0}
+CURRICULUM_SIZE = {"name": "size", "weight": 0.001, "gamma": 0.1, "streams": ["unlabeled"], "source": "regressor",
+                   "regressor_arch": "density", "regressor_epochs": 40, "regressor_rotate_degrees": 45.0}  # fmt: skip
+CURRICULUM_SIZE_QUICK = {**CURRICULUM_SIZE, "regressor_epochs": 10, "regressor_width": 8}
+
+
+def curriculum_rows(
+    n: int, paper: tuple[float | None, ...] = (None, None, None, None), unimatch: bool = False
+) -> list[Row]:
     """FS from scratch; then, each starting from the same seed's FS model and trained for the same
-    extra epochs: FS continued (the control), Proposals, Proposed (size regressor), Oracle (true size)."""
-    setting = f"{n} labeled patients"
+    extra epochs: FS continued (the control), Proposals, Proposed (size regressor), Oracle (true size)
+    and, with ``unimatch``, UniMatch and UniMatch + size (the Proposed size penalty as a regulariser)."""
+    setting = patients(n)
     fs = {"data.split.labeled": n, "method.source": "fs"}
     cont = {"train.epochs": CONTINUE_EPOCHS}
     quick = {"train.epochs": CONTINUE_EPOCHS_QUICK}
     start = f"FS | {setting}"
 
-    def after_fs(name: str, overrides: dict[str, Any], value: float | None) -> Row:
+    def after_fs(name: str, overrides: dict[str, Any], value: float | None, quick_extra=None) -> Row:
         over = {**fs, **cont, **overrides}
-        return Row(name, setting, over, paper=value, init_from=start, quick_overrides=quick)
+        return Row(
+            name,
+            setting,
+            over,
+            paper=value,
+            init_from=start,
+            quick_overrides={**quick, **(quick_extra or {})},
+        )
 
+    extra = []
+    if unimatch:
+        with_size = {**CURRICULUM_UNIMATCH, "regularizers": [CURRICULUM_SIZE]}
+        extra = [
+            after_fs("UniMatch", {"method": CURRICULUM_UNIMATCH}, None),
+            after_fs(
+                "UniMatch + size",
+                {"method": with_size},
+                None,
+                {"method": {**with_size, "regularizers": [CURRICULUM_SIZE_QUICK]}},
+            ),  # fmt: skip
+        ]
     return [
         Row("FS", setting, fs, paper=paper[0]),
         after_fs("FS, continued", {}, None),
@@ -208,15 +243,18 @@ def curriculum_rows(n: int, paper: tuple[float | None, ...] = (None, None, None,
             {"method.source": "oracle", "data.split.unlabeled_supervision": "size"},
             paper[3],
         ),  # fmt: skip
+        *extra,
     ]
 
 
-def _curriculum_table(name: str, title: str, paper: dict[int, tuple], metric: str, label: str, notes: str):
+def _curriculum_table(
+    name: str, title: str, paper: dict[int, tuple], metric: str, label: str, notes: str, unimatch=()
+):
     return Table(
         name=name,
         title=title,
         recipe=name,
-        rows=[r for n, p in paper.items() for r in curriculum_rows(n, p)],
+        rows=[r for n, p in paper.items() for r in curriculum_rows(n, p, n in unimatch)],
         metric=metric,
         metric_label=label,
         seeds=[0, 1, 2],
@@ -231,7 +269,7 @@ def curriculum_acdc() -> Table:
     return _curriculum_table(
         "curriculum-acdc",
         "Curriculum semi-supervised segmentation with size constraints, ACDC left ventricle",
-        CURRICULUM_PAPER,
+        {1: (None,) * 4, 2: (None,) * 4, **CURRICULUM_PAPER},
         "dice/1",
         "LV Dice (%) per test volume, mean over 40 volumes",
         "SSL4MIS split: 70 training patients (the paper had 75), 10 validation, 20 test patients; both "
@@ -244,7 +282,11 @@ def curriculum_acdc() -> Table:
         "penalty on unlabeled slices, gamma 0.1), `Oracle` (true sizes +- gamma). Model selection: best "
         "validation Dice (10 validation patients) per run; the test volumes are scored once with that "
         "checkpoint. `paper` = Kervadec et al. Table 1 (validation Dice over the last 50 epochs, ENet, "
-        "256x256); ours: UNet, Dice on test volumes.",
+        "256x256); ours: UNet, Dice on test volumes. `UniMatch` (n = 1, 2, 5) continues from the same FS "
+        "model for the same extra epochs with UniMatch's weak-to-strong consistency on the unlabeled slices; "
+        "`UniMatch + size` adds Proposed's size penalty (regressor trained first, same weight and gamma) on "
+        "the weak views. n = 1 and 2 (no paper numbers) are a low-label stress test.",
+        unimatch=(1, 2, 5),
     )
 
 
@@ -322,7 +364,7 @@ SEMI_QUICK_DRAWS = ("supervised", "UniMatch", "BCP", "UniMatch + size (regressor
 
 def semi_rows(n: int) -> list[Row]:
     """The semi-acdc rows at ``n`` labeled patients (draw 0 = the literature's listed patients)."""
-    setting = f"{n} labeled patient{'s' if n > 1 else ''}"
+    setting = patients(n)
     base = {"data.split.labeled": n, "data.split.first_draw": "listed", "train.eval_last": True}
     index = {1: 0, 3: 1, 7: 2}[n]
     quick = None if n == 3 else [0]

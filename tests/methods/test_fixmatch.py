@@ -211,12 +211,12 @@ def test_phase_asks_for_one_cutmixed_strong_view():
     assert phase.views["unlabeled"].strong == 1 and phase.views["unlabeled"].cutmix
 
 
-@pytest.mark.parametrize("loss", ["ce", "dice"])
+@pytest.mark.parametrize("loss", ["ce", "dice", "ce_dice"])
 def test_low_confidence_pixels_get_no_gradient(loss):
     check_low_confidence_pixels_get_no_gradient(build("fixmatch"), loss)
 
 
-@pytest.mark.parametrize("loss", ["ce", "dice"])
+@pytest.mark.parametrize("loss", ["ce", "dice", "ce_dice"])
 def test_strong_gradient_only_at_confident_pixels(monkeypatch, loss):
     method = build("fixmatch", unlabeled_loss=loss).train()
     check_strong_gradient_follows_confidence(method, with_boxes(batch(), 1), monkeypatch, fixmatch_module)
@@ -320,3 +320,18 @@ def test_warmup_phase_trains_on_labeled_images_only_first(name, tmp_path):
     log = epochs(tmp_path)
     assert [e["phase"] for e in log] == ["warmup"] + ["train"] * cfg.train.epochs
     assert "train/confident" not in log[0] and 0 <= log[-1]["train/pseudo_foreground"] <= 1
+
+
+def test_ce_dice_unlabeled_loss_is_the_supervised_mix_on_confident_pixels():
+    from semiseg.core import IGNORE_INDEX
+    from semiseg.losses.supervised import masked_cross_entropy, masked_dice_loss
+
+    method = build("fixmatch", unlabeled_loss="ce_dice", ce_weight=0.3, dice_weight=0.7, threshold=0.6)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, K, 8, 8, generator=g)
+    labels = torch.randint(0, K, (2, 8, 8), generator=g)
+    confidence = torch.rand(2, 8, 8, generator=g)
+    loss, ratio = method.unlabeled_loss(logits, labels, confidence)
+    target = labels.masked_fill(confidence < 0.6, IGNORE_INDEX)
+    expected = 0.3 * masked_cross_entropy(logits, target) + 0.7 * masked_dice_loss(logits, target)
+    assert torch.allclose(loss, expected) and float(ratio) == float((confidence >= 0.6).float().mean())

@@ -44,7 +44,9 @@ Deviations from the papers:
       one-process run.
     - Unlabeled loss: confident cross-entropy averaged over all pixels (UniMatch's natural-image
       code) by default; UniMatch's ACDC code uses Dice on the confident pixels instead, available
-      as ``unlabeled_loss: dice``.
+      as ``unlabeled_loss: dice``; ``ce_dice`` applies the supervised loss's CE + Dice mix to the
+      confident pixels (cross-entropy alone lets small foreground classes shrink on the unlabeled
+      images, see ``benchmarks/dev/semi-acdc-dev.md``).
     - Dice (supervised and ``unlabeled_loss: dice``) is the library's ``masked_dice_loss``, which
       averages over the foreground classes; UniMatch's ``DiceLoss`` also averages the background.
     - Classification FixMatch uses RandAugment / CTAugment and no CutMix; this is the segmentation
@@ -71,7 +73,7 @@ import torch
 from semiseg.config import FieldError, check_weights
 from semiseg.core import IGNORE_INDEX, Batch, ViewSpec
 from semiseg.losses.consistency import confident_cross_entropy, pseudo_labels
-from semiseg.losses.supervised import masked_dice_loss
+from semiseg.losses.supervised import masked_cross_entropy, masked_dice_loss
 from semiseg.methods import register
 from semiseg.methods.base import Phase
 from semiseg.methods.supervised import Supervised, SupervisedConfig
@@ -89,8 +91,9 @@ class FixMatchConfig(SupervisedConfig):
     supervised_weight: float = 0.5  #: UniMatch: loss = (supervised + unlabeled) / 2
     unlabeled_weight: float = 0.5
     #: "ce": confident cross-entropy (FixMatch, UniMatch's natural-image code); "dice": Dice on the
-    #: confident pixels (UniMatch's ACDC code)
-    unlabeled_loss: Literal["ce", "dice"] = "ce"
+    #: confident pixels (UniMatch's ACDC code); "ce_dice": the supervised loss's mix on the confident
+    #: pixels (ce_weight · CE + dice_weight · Dice, the CE averaged over the confident pixels)
+    unlabeled_loss: Literal["ce", "dice", "ce_dice"] = "ce"
     #: let the strong views' passes update the batch-norm running statistics (UniMatch's code does);
     #: false keeps them out (semiseg.models.batchnorm.frozen_running_stats)
     strong_bn_stats: bool = True
@@ -162,11 +165,15 @@ class FixMatch(Supervised):
         Shape:
             logits ``[B, K, *S]``, labels and confidence ``[B, *S]`` → two scalars.
         """
-        if self.cfg.unlabeled_loss == "dice":
-            keep = confidence >= self.cfg.threshold
-            loss = masked_dice_loss(logits, labels.masked_fill(~keep, IGNORE_INDEX))
-            return loss, keep.float().mean()
-        return confident_cross_entropy(logits, labels, confidence, self.cfg.threshold)
+        cfg = self.cfg
+        if cfg.unlabeled_loss == "ce":
+            return confident_cross_entropy(logits, labels, confidence, cfg.threshold)
+        keep = confidence >= cfg.threshold
+        target = labels.masked_fill(~keep, IGNORE_INDEX)
+        loss = masked_dice_loss(logits, target)
+        if cfg.unlabeled_loss == "ce_dice":
+            loss = cfg.ce_weight * masked_cross_entropy(logits, target) + cfg.dice_weight * loss
+        return loss, keep.float().mean()
 
     def strong_losses(
         self, unlabeled: Batch, labels: torch.Tensor, confidence: torch.Tensor

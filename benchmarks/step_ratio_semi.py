@@ -59,7 +59,10 @@ def main() -> None:
         cases.append({"recipe": f"{name}-acdc", "step": step, "budget": budget})
         print(f"{name}: step ratio {step['ratio']:.2f}, pass budget {budget['ratio_to_budget']:.2f} "
               f"(passes {budget['passes_per_step']})", flush=True)  # fmt: skip
+    import torch
+
     results = {
+        "torch_threads": torch.get_num_threads(),
         "cases": cases,
         "target_ratio_to_budget": TARGET,
         "provenance": provenance(config=configs, seed=0, rounds=a.rounds, steps_per_round=a.steps,
@@ -98,7 +101,7 @@ def main() -> None:
         "",
         f"{'x'.join(map(str, size))} images, quick recipes; medians of {a.rounds} interleaved rounds of "
         f"{a.steps} iterations each (step ratio: method, supervised, ...; budget: method, supervised, "
-        "inference, ...), through the trainer's `train_step`.",
+        f"inference, ...), through the trainer's `train_step`; {results['torch_threads']} PyTorch thread(s).",
         "",
         f"Commit `{pr['git_commit']}`; source hash `{pr['source_hash']}`; wall time {pr['wall_seconds']} s; "
         f"hardware: {pr['hardware']['cpu']} ({pr['hardware']['cores']} cores), torch {pr['hardware']['torch']}.",

@@ -32,7 +32,7 @@ TARGET = 1.15
 
 
 def main() -> None:
-    from semiseg.bench.provenance import provenance
+    from semiseg.bench.provenance import provenance, provenance_line
     from semiseg.bench.tables import supervised_baseline
     from semiseg.bench.timing import ROUNDS, STEPS_PER_ROUND, pass_budget_ratio, step_time_ratio
     from semiseg.config import build_config, load_yaml, to_dict
@@ -59,10 +59,7 @@ def main() -> None:
         cases.append({"recipe": f"{name}-acdc", "step": step, "budget": budget})
         print(f"{name}: step ratio {step['ratio']:.2f}, pass budget {budget['ratio_to_budget']:.2f} "
               f"(passes {budget['passes_per_step']})", flush=True)  # fmt: skip
-    import torch
-
     results = {
-        "torch_threads": torch.get_num_threads(),
         "cases": cases,
         "target_ratio_to_budget": TARGET,
         "provenance": provenance(config=configs, seed=0, rounds=a.rounds, steps_per_round=a.steps,
@@ -101,10 +98,9 @@ def main() -> None:
         "",
         f"{'x'.join(map(str, size))} images, quick recipes; medians of {a.rounds} interleaved rounds of "
         f"{a.steps} iterations each (step ratio: method, supervised, ...; budget: method, supervised, "
-        f"inference, ...), through the trainer's `train_step`; {results['torch_threads']} PyTorch thread(s).",
+        f"inference, ...), through the trainer's `train_step`; {pr['hardware']['torch_threads']} PyTorch thread(s).",
         "",
-        f"Commit `{pr['git_commit']}`; source hash `{pr['source_hash']}`; wall time {pr['wall_seconds']} s; "
-        f"hardware: {pr['hardware']['cpu']} ({pr['hardware']['cores']} cores), torch {pr['hardware']['torch']}.",
+        provenance_line(pr),
     ]
     atomic_write_text(out / "semi-step-ratio.md", "\n".join(lines) + "\n")
 

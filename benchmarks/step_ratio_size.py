@@ -59,7 +59,7 @@ def split_batch_control(cfg, per_stream: int, classes: int, rounds: int, steps: 
 
 
 def main() -> None:
-    from semiseg.bench.provenance import provenance
+    from semiseg.bench.provenance import provenance, provenance_line
     from semiseg.bench.tables import size_step_configs
     from semiseg.bench.timing import ROUNDS, STEPS_PER_ROUND, step_time_ratio
     from semiseg.config import build_config, load_yaml, to_dict
@@ -132,8 +132,7 @@ def main() -> None:
         f"segmenter phase); medians of {a.rounds} interleaved rounds (size, supervised, size, ...) of "
         f"{a.steps} iterations each. `train.batch_size` = {bs} images per stream is what training uses.",
         "",
-        f"Commit `{pr['git_commit']}`; source hash `{pr['source_hash']}`; wall time {pr['wall_seconds']} s; "
-        f"hardware: {pr['hardware']['cpu']} ({pr['hardware']['cores']} cores), torch {pr['hardware']['torch']}.",
+        provenance_line(pr),
     ]
     atomic_write_text(out / "size-step-ratio.md", "\n".join(lines) + "\n")
 

@@ -5,12 +5,11 @@ resume inside either phase is exact; a phase-name clash stops the run before tra
 
 from __future__ import annotations
 
-import copy
+import json
 
 import pytest
 import torch
 
-from semiseg.config import build_config
 from semiseg.engine import run as engine_run
 from semiseg.engine.checkpoint import load_checkpoint
 from semiseg.engine.trainer import Trainer
@@ -22,26 +21,20 @@ SIZE = {"name": "size", "weight": 0.001, "gamma": 0.1, "streams": ["unlabeled"],
 REGRESSOR = "regularizers.0.loss.regressor."
 
 
-RAW = {
-    "data": {
-        "dataset": "shapes",
-        "image_size": [32, 32],
-        "num_images": 20,
-        "shapes_classes": 3,
-        "split": {"labeled": 4, "unlabeled": "rest", "seed": 0},
-    },
-    "model": {"name": "unet", "width": 4, "depth": 2, "norm": "batch", "dropout": 0.0},
-    "train": {"epochs": 2, "batch_size": 4, "iters_per_epoch": 2, "lr": 0.01, "progress": False,
-              "plots": False, "log_every": 1, "augment": {"hflip": True, "rotate_degrees": 10.0}},
-}  # fmt: skip
+@pytest.fixture
+def config(make_config):
+    """A tiny FixMatch run with ``regularizers`` (default: SIZE): the engine tests' tiny recipe with the
+    other training images unlabeled, 2 epochs, flips and rotations; τ lowered so the tiny net has
+    confident pixels."""
 
+    def build(*regularizers: dict, arch: str = "cnn"):
+        regs = [dict(r, regressor_arch=arch) for r in regularizers or [SIZE]]
+        method = {"name": "fixmatch", "threshold": 0.5, "regularizers": regs}
+        augment = {"hflip": True, "rotate_degrees": 10.0}
+        return make_config("data.split.unlabeled=rest", "train.epochs=2", f"train.augment={json.dumps(augment)}",
+                           f"method={json.dumps(method)}")  # fmt: skip
 
-def config(*regularizers: dict, arch: str = "cnn"):
-    """A tiny FixMatch run (τ lowered so the tiny net has confident pixels) with ``regularizers``."""
-    raw = copy.deepcopy(RAW)
-    regs = [dict(r, regressor_arch=arch) for r in regularizers or [SIZE]]
-    raw["method"] = {"name": "fixmatch", "threshold": 0.5, "regularizers": regs}
-    return build_config(raw, source="tiny")
+    return build
 
 
 def part(state: dict, prefix: str) -> dict:
@@ -52,7 +45,7 @@ def same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_regressor_then_segmenter_each_with_its_own_optimizer(tmp_path, monkeypatch):
+def test_regressor_then_segmenter_each_with_its_own_optimizer(tmp_path, monkeypatch, config):
     starts, hooks = [], []
     build_optimizers = Trainer.build_optimizers
 
@@ -94,7 +87,7 @@ def test_regressor_then_segmenter_each_with_its_own_optimizer(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize(("phase", "arch"), [("size_regressor", "density"), ("train", "cnn")])
-def test_resume_inside_either_phase_is_exact(tmp_path, resume_check, phase, arch):
+def test_resume_inside_either_phase_is_exact(tmp_path, resume_check, phase, arch, config):
     log = resume_check(
         config(arch=arch),
         tmp_path,
@@ -104,7 +97,7 @@ def test_resume_inside_either_phase_is_exact(tmp_path, resume_check, phase, arch
     assert [e["phase"] for e in log] == ["size_regressor"] * 2 + ["train"] * 2
 
 
-def test_a_phase_name_clash_stops_the_run_before_training(tmp_path):
+def test_a_phase_name_clash_stops_the_run_before_training(tmp_path, config):
     with pytest.raises(ConfigError, match=r"^phase name 'size_regressor' of regularizer 'size' "
                                           r"\(method\.regularizers\[1\]\) clashes") as info:  # fmt: skip
         engine_run.train(config(SIZE, SIZE), output_dir=tmp_path, final_eval=False)

@@ -126,3 +126,13 @@ def hardware() -> dict[str, Any]:
 def provenance(**extra: Any) -> dict[str, Any]:
     """The common provenance block of a benchmark result: commit, source hash, hardware + ``extra``."""
     return {"git_commit": git_commit(), "source_hash": source_hash(), "hardware": hardware(), **extra}
+
+
+def provenance_line(p: dict[str, Any]) -> str:
+    """The closing Markdown line of a benchmark script's results: commit, source hash, wall time and
+    hardware of a :func:`provenance` block that carries ``wall_seconds``."""
+    hw = p["hardware"]
+    return (
+        f"Commit `{p['git_commit']}`; source hash `{p['source_hash']}`; wall time {p['wall_seconds']} s; "
+        f"hardware: {hw['cpu']} ({hw['cores']} cores), torch {hw['torch']}."
+    )

@@ -193,8 +193,12 @@ def patients(n: int) -> str:
 #: UniMatch continuing from the FS model (its defaults; the curriculum recipe's CE + Dice weights) and
 #: with the size penalty of "Proposed" (same weight, gamma, regressor) as a regulariser on the weak views
 CURRICULUM_UNIMATCH = {"name": "unimatch", "ce_weight": 1.0, "dice_weight": 1.0}
-CURRICULUM_SIZE = {"name": "size", "weight": 0.001, "gamma": 0.1, "streams": ["unlabeled"], "source": "regressor",
-                   "regressor_arch": "density", "regressor_epochs": 40, "regressor_rotate_degrees": 45.0}  # fmt: skip
+#: the size penalty as a regulariser on the unlabeled stream's weak views: curriculum-acdc's weight
+#: and gamma (chosen there on validation, benchmarks/dev/curriculum-acdc-dev.md) with bounds from the
+#: true sizes (oracle), or from Proposed's regressor (density, 40 epochs; quick: 10, width 8)
+SIZE_PENALTY = {"name": "size", "weight": 0.001, "gamma": 0.1, "streams": ["unlabeled"]}
+CURRICULUM_SIZE = {**SIZE_PENALTY, "source": "regressor", "regressor_arch": "density", "regressor_epochs": 40,
+                   "regressor_rotate_degrees": 45.0}  # fmt: skip
 CURRICULUM_SIZE_QUICK = {**CURRICULUM_SIZE, "regressor_epochs": 10, "regressor_width": 8}
 
 
@@ -347,16 +351,6 @@ SEMI_METHODS: list[tuple[str, str, dict[str, Any]]] = [
     ("CPS", "cps-acdc", {}),
 ]
 
-#: the size prior on the unlabeled stream's weak views (curriculum-acdc's weight, chosen there on
-#: validation; benchmarks/dev/curriculum-acdc-dev.md), bounds from a regressor or the true sizes
-SEMI_SIZE = {"name": "size", "weight": 0.001, "gamma": 0.1, "streams": ["unlabeled"]}
-SEMI_SIZE_REGRESSOR = {
-    **SEMI_SIZE,
-    "source": "regressor",
-    "regressor_arch": "density",
-    "regressor_epochs": 40,
-}
-SEMI_SIZE_REGRESSOR_QUICK = {**SEMI_SIZE_REGRESSOR, "regressor_epochs": 10, "regressor_width": 8}
 
 #: rows with 3 draws at 3 labeled patients in quick mode (the others: draw 0 only)
 SEMI_QUICK_DRAWS = ("supervised", "UniMatch", "BCP", "UniMatch + size (regressor)")
@@ -383,15 +377,15 @@ def semi_rows(n: int) -> list[Row]:
         Row(
             "UniMatch + size (regressor)",
             setting,
-            {**base, "method.regularizers": [SEMI_SIZE_REGRESSOR]},
+            {**base, "method.regularizers": [CURRICULUM_SIZE]},
             recipe="unimatch-acdc",
             quick_seeds=quick,
-            quick_overrides={"method.regularizers": [SEMI_SIZE_REGRESSOR_QUICK]},
+            quick_overrides={"method.regularizers": [CURRICULUM_SIZE_QUICK]},
         ),  # fmt: skip
         Row(
             "UniMatch + size (oracle)",
             setting,
-            {**base, "method.regularizers": [SEMI_SIZE], "data.split.unlabeled_supervision": "size"},
+            {**base, "method.regularizers": [SIZE_PENALTY], "data.split.unlabeled_supervision": "size"},
             recipe="unimatch-acdc",
             quick_seeds=[0],
         ),  # fmt: skip

@@ -206,6 +206,7 @@ class FixMatch(Supervised):
         logits_labeled: torch.Tensor,
         logits_weak: torch.Tensor,
         unlabeled: torch.Tensor,
+        labels: torch.Tensor,
         confidence: torch.Tensor,
         components: dict[str, torch.Tensor],
     ) -> dict[str, torch.Tensor]:
@@ -222,7 +223,7 @@ class FixMatch(Supervised):
             # fraction of weak-view pixels whose pseudo-label is confident (UniMatch's mask ratio)
             "confident": (confidence >= cfg.threshold).float().mean(),
             # fraction of weak-view pixels pseudo-labelled as foreground (a collapse to background shows)
-            "pseudo_foreground": (logits_weak.detach().argmax(1) != 0).float().mean(),
+            "pseudo_foreground": (labels != 0).float().mean(),
         }
         if len(self.regularizers):
             reg = self.regularization({"labeled": logits_labeled, "unlabeled": logits_weak}, batch)
@@ -231,11 +232,15 @@ class FixMatch(Supervised):
         return out
 
     def training_step(self, batch, phase, optimizer):
-        if phase == "warmup":
+        if phase == "warmup":  # the optional supervised warm-up
             return super().training_step(batch, phase, optimizer)
+        return self.consistency_step(batch)
+
+    def consistency_step(self, batch: dict[str, Batch]) -> dict[str, torch.Tensor]:
+        """One step of the phase with the unlabeled loss (subclasses replace it, not the dispatch)."""
         lab, unl = batch["labeled"], batch["unlabeled"]
         logits = self.model(torch.cat([lab.image, unl.image]))
         logits_labeled, logits_weak = logits.split([len(lab), len(unl)])
         labels, confidence = pseudo_labels(logits_weak.detach().softmax(1))
         (strong,) = self.strong_losses(unl, labels, confidence)
-        return self.finish(batch, logits_labeled, logits_weak, strong, confidence, {"strong": strong})
+        return self.finish(batch, logits_labeled, logits_weak, strong, labels, confidence, {"strong": strong})

@@ -96,9 +96,7 @@ class UniMatch(FixMatch):
     def strong_views(self) -> int:
         return self.cfg.strong_views
 
-    def training_step(self, batch, phase, optimizer):
-        if phase == "warmup":
-            return super().training_step(batch, phase, optimizer)
+    def consistency_step(self, batch):
         cfg = self.cfg
         lab, unl = batch["labeled"], batch["unlabeled"]
         n_l, n_u = len(lab), len(unl)
@@ -119,4 +117,4 @@ class UniMatch(FixMatch):
             fp = self.unlabeled_loss(logits_fp, labels, confidence)[0]
             unlabeled = unlabeled + cfg.fp_weight * fp
             components["fp"] = fp
-        return self.finish(batch, logits_labeled, logits_weak, unlabeled, confidence, components)
+        return self.finish(batch, logits_labeled, logits_weak, unlabeled, labels, confidence, components)

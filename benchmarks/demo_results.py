@@ -25,7 +25,7 @@ def main() -> None:
     rows = run_demo(a.output)
     wall = round(time.perf_counter() - start, 1)
     config = {"base": BASE, "runs": [{"name": n, "labels": lab, "overrides": o} for n, lab, o in RUNS]}
-    results = {"rows": rows, "provenance": provenance(config=config, seed=BASE["data"]["split"]["seed"],
+    results = {"demo_rows": rows, "provenance": provenance(config=config, seed=BASE["data"]["split"]["seed"],
                                                       wall_seconds=wall)}  # fmt: skip
     out = Path(a.results_dir)
     atomic_write_text(out / "demo.json", json.dumps(results, indent=1, default=str))

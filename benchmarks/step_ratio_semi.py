@@ -8,11 +8,18 @@ medians over rounds, ratios to 2 decimals):
   same labeled batch (``train.batch_size`` labeled images, the method's CE / Dice weights), both
   through the trainer's own ``train_step`` (:func:`semiseg.bench.timing.step_time_ratio` with
   ``same_images=False``);
-- **pass budget** (issue 11): the work a method must do — ``n_grad`` images through its networks
-  with gradients and ``n_nograd`` without, counted with hooks during one iteration — priced at
-  ``t_grad`` (seconds per image of a supervised training iteration) and ``t_nograd`` (seconds per
-  image of a no-grad eval-mode forward); the method's iteration time over that budget shows wasted
-  passes and per-step overhead (:func:`semiseg.bench.timing.pass_budget_ratio`). Target: ≤ 1.15.
+- **pass budget** (issue 11): the work a method must do — ``n_grad(b)`` images through its networks
+  with gradients and ``n_nograd(b)`` without in calls of batch size ``b``, counted with hooks during
+  one iteration — each pass priced at the per-image cost of its own batch size: ``t_grad(b)``
+  (seconds per image of a supervised training iteration of ``b`` labeled images) and ``t_nograd(b)``
+  (seconds per image of a no-grad eval-mode forward of ``b`` images). The method's iteration time
+  over ``Σ_b n_grad(b)·t_grad(b) + Σ_b n_nograd(b)·t_nograd(b)`` shows wasted passes and per-step
+  overhead (:func:`semiseg.bench.timing.pass_budget_ratio`). Target: ≤ 1.15. The table also gives
+  the ratio with every pass priced at the labeled batch size (the single-price budget this table
+  used before), which charges a method that batches its streams into one larger call (mean teacher:
+  labeled + strong unlabeled, 16 images, in one student pass) for the larger batch's higher
+  per-image cost where it has one (on a 2-core CPU, 16 images at 128² cost ~20 % more per image
+  than 8: ``benchmarks/dev/scripts/batch16_vs_8.py``).
 
 Writes ``benchmarks/results/semi-step-ratio.{json,md}``.
 
@@ -58,7 +65,8 @@ def main() -> None:
         budget = pass_budget_ratio(cfg, base, bundle=bundle, rounds=a.rounds, steps=a.steps)
         cases.append({"recipe": f"{name}-acdc", "step": step, "budget": budget})
         print(f"{name}: step ratio {step['ratio']:.2f}, pass budget {budget['ratio_to_budget']:.2f} "
-              f"(passes {budget['passes_per_step']})", flush=True)  # fmt: skip
+              f"(at the labeled batch's price {budget['ratio_to_budget_at_labeled_batch']:.2f}; "
+              f"passes {budget['passes_per_batch_size']})", flush=True)  # fmt: skip
     results = {
         "cases": cases,
         "target_ratio_to_budget": TARGET,
@@ -70,39 +78,56 @@ def main() -> None:
     lines = [
         "# Semi-supervised step time: against a supervised step, and against each method's pass budget (CPU)",
         "",
-        "| method | phase | images per iteration (streams) | passes with grad | passes without grad "
-        "| iteration (s) | supervised iteration, same labeled batch (s) | step ratio | pass budget (s) "
-        f"| ratio to budget (target ≤ {TARGET:.2f}) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| method | phase | images per iteration (streams) | passes with grad (batch size) "
+        "| passes without grad (batch size) | iteration (s) | supervised iteration, same labeled batch (s) "
+        f"| step ratio | pass budget (s) | ratio to budget (target ≤ {TARGET:.2f}) "
+        "| ratio to budget at the labeled batch's price |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cases:
         s, b = c["step"], c["budget"]
         imgs = s["images_per_step"]["method"]
+        per_size = b["passes_per_batch_size"]
         lines.append(
             f"| {c['recipe'].removesuffix('-acdc')} | {s['phase']} | {imgs} ({', '.join(s['streams'])}) "
-            f"| {b['passes_per_step']['grad']:g} | {b['passes_per_step']['nograd']:g} "
+            f"| {passes_by_size(per_size['grad'])} | {passes_by_size(per_size['nograd'])} "
             f"| {s['seconds_per_step']['method']:.3f} | {s['seconds_per_step']['baseline']:.3f} "
-            f"| {s['ratio']:.2f} | {b['budget_seconds_per_step']:.3f} | {b['ratio_to_budget']:.2f} |"
+            f"| {s['ratio']:.2f} | {b['budget_seconds_per_step']:.3f} | {b['ratio_to_budget']:.2f} "
+            f"| {b['ratio_to_budget_at_labeled_batch']:.2f} |"
         )
     pr = results["provenance"]
     b0 = cases[0]["budget"] if cases else None
     size = b0["image_size"] if b0 else []
+    labeled = b0["labeled_batch_size"] if b0 else "?"
     lines += [
         "",
-        "Passes are images through a segmentation network per iteration, counted with forward hooks on each "
-        "network's first encoder block and its head (a decoder-only pass, e.g. UniMatch's feature-perturbation "
-        "stream, counts half). Budget = n_grad · t_grad + n_nograd · t_nograd, with t_grad the seconds per image "
-        "of a supervised training iteration on the labeled batch and t_nograd the seconds per image of an "
-        "eval-mode forward without gradient; a method's iteration also pays its loss, augmentation mixing "
-        "and optimizer work, which the budget does not price.",
+        "Passes are images through a segmentation network per iteration, by the batch size of the call "
+        "(`16 (b16) + 8 (b8)`: 16 images in calls of 16, 8 in calls of 8), counted with forward hooks on each "
+        "network's first encoder block and its head (a decoder-only call, e.g. UniMatch's feature-perturbation "
+        "stream, counts half a pass at its own batch size). Each pass is priced at the per-image cost of its own "
+        "batch size: budget = Σ_b n_grad(b) · t_grad(b) + Σ_b n_nograd(b) · t_nograd(b), with t_grad(b) the "
+        "seconds per image of a supervised training iteration on b labeled images and t_nograd(b) the seconds "
+        "per image of an eval-mode forward of b images without gradient (one supervised baseline and one "
+        "inference per batch size, all measured interleaved with the method). The last column prices every pass "
+        f"at the labeled batch size ({labeled}), as this table did before; where a larger batch costs more per "
+        "image than the labeled one (as on a 2-core CPU at 128²), a method that sends several streams through a "
+        "network in one call (mean teacher: labeled + strong unlabeled) pays for that there. "
+        "A method's iteration also pays its loss, augmentation mixing and optimizer work, which neither "
+        "budget prices.",
         "",
         f"{'x'.join(map(str, size))} images, quick recipes; medians of {a.rounds} interleaved rounds of "
-        f"{a.steps} iterations each (step ratio: method, supervised, ...; budget: method, supervised, "
-        f"inference, ...), through the trainer's `train_step`; {pr['hardware']['torch_threads']} PyTorch thread(s).",
+        f"{a.steps} iterations each (step ratio: method, supervised, ...; budget: method, supervised at each "
+        "batch size, inference at each batch size, ...), through the trainer's `train_step`; "
+        f"{pr['hardware']['torch_threads']} PyTorch thread(s).",
         "",
         provenance_line(pr),
     ]
     atomic_write_text(out / "semi-step-ratio.md", "\n".join(lines) + "\n")
+
+
+def passes_by_size(passes: dict[int, float]) -> str:
+    """``{8: 8.0, 16: 16.0}`` → ``"16 (b16) + 8 (b8)"`` (largest batch first); no passes → ``"0"``."""
+    return " + ".join(f"{n:g} (b{b})" for b, n in sorted(passes.items(), reverse=True)) or "0"
 
 
 if __name__ == "__main__":

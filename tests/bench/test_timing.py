@@ -4,15 +4,19 @@ No assertions on measured times (they depend on the machine), only on what is ru
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
-from bench_helpers import RECIPE
+import torch
+from bench_helpers import MODEL, RECIPE
 
+from semiseg.bench import timing
 from semiseg.bench.tables import size_step_configs, supervised_baseline
-from semiseg.bench.timing import interleaved, pass_budget_ratio, ratio, step_time_ratio
-from semiseg.config import build_config
+from semiseg.bench.timing import PassCounter, interleaved, pass_budget_ratio, ratio, step_time_ratio
+from semiseg.config import ModelConfig, build_config
 from semiseg.core import Batch
 from semiseg.engine.trainer import Trainer
+from semiseg.models import build_model
 
 
 def test_interleaved_alternates_and_skips_the_warm_up():
@@ -81,11 +85,65 @@ def test_size_step_ratio_times_the_segmenter_phase_against_all_its_images(steps)
         step_time_ratio(method, base, phase="nope", rounds=1, steps=1)
 
 
-def test_pass_budget_counts_passes_with_and_without_gradients():
+def test_pass_counter_counts_images_per_batch_size():
+    """Per (part, grad, batch size) images and full passes per size; a decoder-only call is half a pass."""
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(**MODEL), 1, 2)
+    counter = PassCounter(net)
+    x = torch.rand(6, 1, 32, 32)
+    net(x).sum().backward()  # a full pass on 6 images with gradients
+    features = net.encode(torch.cat([x, x]))  # a full pass on 12 ...
+    net.decode(features)
+    net.decode([f[:4] for f in features])  # ... and a decoder-only call on 4 (a perturbed stream)
+    with torch.no_grad():
+        net(x[:4])  # no gradients on 4 images
+    counter.close()
+    net(x)  # not counted after close
+    assert counter.images == {
+        ("encoder", "grad", 6): 6,
+        ("decoder", "grad", 6): 6,
+        ("encoder", "grad", 12): 12,
+        ("decoder", "grad", 12): 12,
+        ("decoder", "grad", 4): 4,
+        ("encoder", "nograd", 4): 4,
+        ("decoder", "nograd", 4): 4,
+    }
+    assert counter.passes_by_batch_size == {"grad": {4: 2.0, 6: 6.0, 12: 12.0}, "nograd": {4: 4.0}}
+    assert list(counter.passes_by_batch_size["grad"]) == [4, 6, 12]  # sizes ascending
+    # the per-size passes sum to the old totals, which stay as they were
+    assert counter.full_passes == {"grad": 20.0, "nograd": 4.0}
+    assert counter.counts == {
+        "encoder_grad": 18,
+        "encoder_nograd": 4,
+        "decoder_grad": 22,
+        "decoder_nograd": 4,
+    }
+
+
+def _interleaved_sides(monkeypatch) -> list[list[str]]:
+    """Records the side names of every :func:`interleaved` call."""
+    calls: list[list[str]] = []
+    original = timing.interleaved
+
+    def recording(runs, rounds, warmup=timing.WARMUP_ROUNDS):
+        calls.append(list(runs))
+        return original(runs, rounds, warmup)
+
+    monkeypatch.setattr(timing, "interleaved", recording)
+    return calls
+
+
+def test_pass_budget_counts_passes_with_and_without_gradients(monkeypatch):
     cfg = _cfg()
+    sides = _interleaved_sides(monkeypatch)
     sup = pass_budget_ratio(cfg, supervised_baseline(cfg), rounds=1, steps=1)
     assert sup["passes_per_step"] == {"grad": 4.0, "nograd": 0.0}  # the labeled batch, once
-    assert sup["ratio_to_budget"] > 0 and sup["t_grad_per_image"] > sup["t_nograd_per_image"] > 0
+    assert sup["passes_per_batch_size"] == {"grad": {4: 4.0}, "nograd": {}}
+    assert sup["ratio_to_budget"] > 0 and sup["t_grad_per_image"][4] > sup["t_nograd_per_image"][4] > 0
+    # one batch size only (the labeled one): both prices agree
+    assert sup["ratio_to_budget"] == sup["ratio_to_budget_at_labeled_batch"]
+    assert sup["budget_seconds_per_step"] == sup["budget_seconds_at_labeled_batch"]
+    assert sides == [["method", "grad 4", "nograd 4"]]
     # the size method's "proposals" phase: the student on labeled + unlabeled, its frozen teacher on
     # the unlabeled images without gradients
     prop = dataclasses.replace(cfg, method={"name": "size", "source": "proposals", "fs_epochs": 0})
@@ -98,3 +156,26 @@ def test_pass_budget_counts_passes_with_and_without_gradients():
         "decoder_nograd": 4,
     }
     assert out["phase"] == "proposals"
+
+
+def test_pass_budget_prices_each_pass_at_its_own_batch_size(monkeypatch):
+    """Mean teacher: the student on labeled + strong unlabeled in one call (8 images) with gradients,
+    the teacher on the unlabeled images (4) without; the labeled batch is 4. One baseline per grad
+    size plus the labeled one, one inference per no-grad size plus the labeled one, all interleaved in
+    one call; the budget sums each size's passes at that size's price."""
+    cfg = _cfg()
+    sides = _interleaved_sides(monkeypatch)
+    mean_teacher = dataclasses.replace(cfg, method={"name": "mean_teacher"})
+    out = pass_budget_ratio(mean_teacher, supervised_baseline(cfg), rounds=1, steps=1)
+    assert out["passes_per_batch_size"] == {"grad": {8: 8.0}, "nograd": {4: 4.0}}
+    assert out["passes_per_step"] == {"grad": 8.0, "nograd": 4.0} and out["labeled_batch_size"] == 4
+    assert sides == [["method", "grad 4", "grad 8", "nograd 4"]]
+    t_grad, t_nograd = out["t_grad_per_image"], out["t_nograd_per_image"]
+    assert set(t_grad) == {4, 8} and set(t_nograd) == {4}
+    assert all(t > 0 for t in [*t_grad.values(), *t_nograd.values()])
+    for key in ("ratio_to_budget", "ratio_to_budget_at_labeled_batch"):
+        assert math.isfinite(out[key]) and out[key] > 0 and round(out[key], 2) == out[key]
+    # the budgets from the (rounded) prices: per size, and every pass at the labeled batch's price
+    tol = {"rel": 0.01, "abs": 1e-4}
+    assert out["budget_seconds_per_step"] == pytest.approx(8 * t_grad[8] + 4 * t_nograd[4], **tol)
+    assert out["budget_seconds_at_labeled_batch"] == pytest.approx(8 * t_grad[4] + 4 * t_nograd[4], **tol)

@@ -9,6 +9,7 @@ rounded to 2 decimals.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -135,6 +136,13 @@ class TrainerSteps:
             t.phase_step += 1
 
 
+def with_batch_size(cfg, batch_size: int):
+    """``cfg`` with ``train.batch_size`` set to ``batch_size`` (a copy; ``cfg`` is unchanged)."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=batch_size))
+
+
 def step_time_ratio(
     method_cfg,
     baseline_cfg,
@@ -158,14 +166,11 @@ def step_time_ratio(
     Rounds alternate method, baseline, method, ... (``rounds`` each, after one warm-up round), each
     round ``steps`` iterations; the ratio is of the median seconds per iteration, to 2 decimals.
     """
-    import dataclasses
-
     with tempfile.TemporaryDirectory(prefix="semiseg-step-ratio-") as tmp:
         method = TrainerSteps(method_cfg, Path(tmp) / "method", phase=phase, steps=steps,
                               data_root=data_root, bundle=bundle)  # fmt: skip
         if same_images:
-            train = dataclasses.replace(baseline_cfg.train, batch_size=method.images_per_step)
-            baseline_cfg = dataclasses.replace(baseline_cfg, train=train)
+            baseline_cfg = with_batch_size(baseline_cfg, method.images_per_step)
         baseline = TrainerSteps(baseline_cfg, Path(tmp) / "baseline", phase=None, steps=steps,
                                 data_root=data_root, bundle=bundle)  # fmt: skip
         sides = {"method": method, "baseline": baseline}
@@ -202,23 +207,34 @@ def segmenter_networks(method) -> dict[str, Any]:
 
 
 class PassCounter:
-    """Counts the images each segmentation network processes, split by whether autograd records them.
+    """Counts the images each segmentation network processes, split by whether autograd records them
+    and by the batch size of the call.
 
     A forward hook on a network's first encoder block counts encoder passes, one on its head decoder
     passes (feature-perturbation streams decode without encoding again). One full pass = one encoder
-    plus one decoder pass; :attr:`full_passes` sums halves of each.
+    plus one decoder pass; :attr:`full_passes` sums halves of each, :attr:`passes_by_batch_size` the
+    same per batch size of the calls.
+
+    Attributes:
+        counts: images per ``"{encoder|decoder}_{grad|nograd}"``.
+        images: images per ``(part, "grad" | "nograd", batch size of the call)``, e.g.
+            ``("encoder", "grad", 16)``.
     """
 
     def __init__(self, method):
         import torch
 
         self.counts = {"encoder_grad": 0, "encoder_nograd": 0, "decoder_grad": 0, "decoder_nograd": 0}
+        self.images: dict[tuple[str, str, int], int] = {}
         self.handles = []
 
         def hook(part: str):
             def count(module, inputs, output):
-                grad = torch.is_grad_enabled() and output.requires_grad
-                self.counts[f"{part}_{'grad' if grad else 'nograd'}"] += int(output.shape[0])
+                grad = "grad" if torch.is_grad_enabled() and output.requires_grad else "nograd"
+                size = int(output.shape[0])
+                self.counts[f"{part}_{grad}"] += size
+                key = (part, grad, size)
+                self.images[key] = self.images.get(key, 0) + size
 
             return count
 
@@ -238,6 +254,37 @@ class PassCounter:
             "nograd": (c["encoder_nograd"] + c["decoder_nograd"]) / 2,
         }
 
+    @property
+    def passes_by_batch_size(self) -> dict[str, dict[int, float]]:
+        """Full passes per batch size of the calls: ``(encoder images + decoder images) / 2`` at each
+        size, e.g. ``{"grad": {8: 8.0, 16: 16.0}, "nograd": {8: 8.0}}`` (sizes ascending). A decoder-only
+        call counts half a pass at its own size; the values sum to :attr:`full_passes`."""
+        out: dict[str, dict[int, float]] = {"grad": {}, "nograd": {}}
+        for (_, grad, size), n in sorted(self.images.items(), key=lambda kv: kv[0][2]):
+            out[grad][size] = out[grad].get(size, 0.0) + n / 2
+        return out
+
+
+def _inference(segmenter, images, steps: int) -> Callable[[], None]:
+    """``steps`` eval-mode forwards of ``segmenter`` on ``images`` without gradients (train mode after)."""
+    import torch
+
+    def run() -> None:
+        segmenter.eval()
+        with torch.no_grad():
+            for _ in range(steps):
+                segmenter(images)
+        segmenter.train()
+
+    return run
+
+
+def _batch_of(images, size: int):
+    """``images`` repeated (or truncated) along the batch dimension to ``size`` images."""
+    import torch
+
+    return torch.cat([images] * math.ceil(size / len(images)))[:size]
+
 
 def pass_budget_ratio(
     method_cfg,
@@ -251,48 +298,73 @@ def pass_budget_ratio(
 ) -> dict[str, Any]:
     """A method's iteration time against the work it must do (issue 11's pass budget).
 
-    One iteration of ``method_cfg`` (through :meth:`Trainer.train_step`) sends ``n_grad`` images through
-    its networks with gradients and ``n_nograd`` without (counted with hooks, per iteration). With
-    ``t_grad`` = seconds per image of a supervised training iteration (``baseline_cfg``, the labeled
-    batch) and ``t_nograd`` = seconds per image of a no-grad forward of the segmenter in eval mode, the
-    budget is ``n_grad·t_grad + n_nograd·t_nograd``; the ratio (method / budget) shows wasted passes
-    and per-step overhead. All three are measured interleaved, medians over rounds, ratio to 2 decimals.
+    One iteration of ``method_cfg`` (through :meth:`Trainer.train_step`) sends ``n_grad(b)`` images
+    through its networks with gradients and ``n_nograd(b)`` without, in calls of batch size ``b``
+    (counted with hooks, per iteration). Each pass is priced at the per-image cost of its own batch
+    size: ``t_grad(b)`` = seconds per image of a supervised training iteration (``baseline_cfg``, a
+    one-stream method, with ``train.batch_size = b``) and ``t_nograd(b)`` = seconds per image of a
+    no-grad forward of the segmenter in eval mode on ``b`` images. The budget is
+    ``Σ_b n_grad(b)·t_grad(b) + Σ_b n_nograd(b)·t_nograd(b)``; the ratio (method / budget) shows
+    wasted passes and per-step overhead. Both prices are also measured at the labeled batch size
+    (``baseline_cfg.train.batch_size``), which gives the single-price figures
+    (``*_at_labeled_batch``: every pass priced at the labeled batch size). The method, one baseline
+    per grad batch size and one inference per no-grad batch size are measured interleaved in one
+    run of :func:`interleaved`; medians over rounds, ratios to 2 decimals.
     """
-    import torch
-
+    labeled = baseline_cfg.train.batch_size
     with tempfile.TemporaryDirectory(prefix="semiseg-pass-budget-") as tmp:
-        method = TrainerSteps(method_cfg, Path(tmp) / "method", phase=phase, steps=steps,
-                              data_root=data_root, bundle=bundle)  # fmt: skip
-        baseline = TrainerSteps(baseline_cfg, Path(tmp) / "baseline", phase=None, steps=steps,
-                                data_root=data_root, bundle=bundle)  # fmt: skip
+
+        def trainer_steps(cfg, name: str, phase: str | None) -> TrainerSteps:
+            return TrainerSteps(
+                cfg, Path(tmp) / name, phase=phase, steps=steps, data_root=data_root, bundle=bundle
+            )
+
+        method = trainer_steps(method_cfg, "method", phase)
         counter = PassCounter(method.trainer.method)
-        first = method.batches[0]
-        method.trainer.train_step(first, method.phase, method.optimizers, method.schedulers)
-        counter.close()
-        passes = counter.full_passes
-        segmenter = baseline.trainer.method.segmenter
-        images = next(iter(baseline.batches[0].values())).image
-
-        def inference() -> None:
-            segmenter.eval()
-            with torch.no_grad():
-                for _ in range(steps):
-                    segmenter(images)
-            segmenter.train()
-
-        times = interleaved({"method": method, "baseline": baseline, "inference": inference}, rounds)
+        try:
+            method.trainer.train_step(method.batches[0], method.phase, method.optimizers, method.schedulers)
+        finally:
+            counter.close()
+        passes = counter.passes_by_batch_size
+        grad_sizes = sorted({labeled, *passes["grad"]})
+        nograd_sizes = sorted({labeled, *passes["nograd"]})
+        baselines = {
+            b: trainer_steps(with_batch_size(baseline_cfg, b), f"baseline-{b}", None) for b in grad_sizes
+        }
+        for b, base in baselines.items():
+            if base.images_per_step != b:
+                raise ValueError(
+                    f"pass_budget_ratio: the baseline '{baseline_cfg.method['name']}' draws "
+                    f"{base.images_per_step} images per iteration at batch size {b}; it must be a one-stream method"
+                )
+        segmenter = baselines[labeled].trainer.method.segmenter
+        images = next(iter(baselines[labeled].batches[0].values())).image
+        sides: dict[str, Callable[[], Any]] = {"method": method}
+        sides.update({f"grad {b}": baselines[b] for b in grad_sizes})
+        sides.update(
+            {f"nograd {b}": _inference(segmenter, _batch_of(images, b), steps) for b in nograd_sizes}
+        )
+        times = interleaved(sides, rounds)
     med = {k: statistics.median(v) / steps for k, v in times.items()}
-    t_grad = med["baseline"] / baseline.images_per_step
-    t_nograd = med["inference"] / len(images)
-    budget = passes["grad"] * t_grad + passes["nograd"] * t_nograd
+    t_grad = {b: med[f"grad {b}"] / b for b in grad_sizes}
+    t_nograd = {b: med[f"nograd {b}"] / b for b in nograd_sizes}
+    budget = sum(n * t_grad[b] for b, n in passes["grad"].items()) + sum(
+        n * t_nograd[b] for b, n in passes["nograd"].items()
+    )
+    total = counter.full_passes
+    budget_labeled = total["grad"] * t_grad[labeled] + total["nograd"] * t_nograd[labeled]
     return {
         "ratio_to_budget": ratio(med["method"], budget),
-        "passes_per_step": passes,
+        "passes_per_step": total,
+        "passes_per_batch_size": passes,
         "pass_counts": counter.counts,
+        "labeled_batch_size": labeled,
         "seconds_per_step": round(med["method"], 4),
         "budget_seconds_per_step": round(budget, 4),
-        "t_grad_per_image": round(t_grad, 5),
-        "t_nograd_per_image": round(t_nograd, 5),
+        "t_grad_per_image": {b: round(t, 5) for b, t in t_grad.items()},
+        "t_nograd_per_image": {b: round(t, 5) for b, t in t_nograd.items()},
+        "budget_seconds_at_labeled_batch": round(budget_labeled, 4),
+        "ratio_to_budget_at_labeled_batch": ratio(med["method"], budget_labeled),
         "method": dict(method_cfg.method),
         "phase": method.phase.name,
         "image_size": list(method_cfg.data.image_size),

@@ -11,6 +11,7 @@ MODULES = [
     "semiseg.core",
     "semiseg.ops",
     "semiseg.registry",
+    "semiseg.bench.lock",
     "semiseg.losses.ramp",
     "semiseg.losses.consistency",
     "semiseg.models.ema",

@@ -72,7 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", default="runs/demo")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: 30)")
 
-    p = sub.add_parser("bench", help="run a benchmark table and write benchmarks/results/<table>.json")
+    p = sub.add_parser(
+        "bench",
+        help="run a benchmark table and write benchmarks/results/<table>.json",
+        description="Run a benchmark table and write its results. Several processes may run the same "
+        "table at once: each trains the runs the others do not hold; one that ends with runs held by "
+        "another process lists them, writes no results and exits with code 75 (run it again later).",
+    )
     p.add_argument("table", help="table name (see 'semiseg bench list')")
     p.add_argument("--quick", action="store_true", help="CPU-sized protocol")
     p.add_argument("--data-root")
@@ -214,21 +220,24 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from semiseg.bench import TABLES, run_table
+    from semiseg.bench import TABLES, TablePending, run_table
 
     if args.table == "list":
         for name in sorted(TABLES):
             print(f"{name:<24} {TABLES[name]().title}")
         return 0
-    run_table(
-        args.table,
-        quick=args.quick,
-        data_root=args.data_root,
-        results_dir=args.results_dir,
-        work_dir=args.work_dir,
-        seeds=args.seeds,
-        overrides=args.overrides,
-    )
+    try:
+        run_table(
+            args.table,
+            quick=args.quick,
+            data_root=args.data_root,
+            results_dir=args.results_dir,
+            work_dir=args.work_dir,
+            seeds=args.seeds,
+            overrides=args.overrides,
+        )
+    except TablePending as exc:  # not an error: the runner listed the runs held by other processes
+        return exc.exit_code
     return 0
 
 

@@ -13,6 +13,10 @@ Running the table again:
 
 Commits that touch only docs, tests, benchmark scripts, other tables or the harness itself keep
 the key. The data root is recorded but not part of the key (a dataset is expected not to change).
+
+Several processes may share a cache: a run is trained (or resumed) only under its lock file
+(``bench-run.lock``, :mod:`semiseg.bench.lock`); a run whose lock a live process holds raises
+:class:`~semiseg.bench.lock.RunBusy`, and a finished run is reused without any lock.
 """
 
 from __future__ import annotations
@@ -25,7 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from semiseg.bench.lock import claim
+
 RECORD = "bench-run.json"
+#: the lock file of a run being trained (see :mod:`semiseg.bench.lock`)
+LOCK = "bench-run.lock"
 #: bump when the record layout changes: older records are then not reused
 FORMAT = 1
 
@@ -96,15 +104,31 @@ class RunCache:
         atomic_write_text(run_dir / RECORD, json.dumps(record, indent=1, default=float))
 
     def train(self, cfg) -> CachedRun:
-        """The finished run of ``cfg``: from the cache, resumed from its last epoch, or trained."""
-        from semiseg.config import to_dict
-        from semiseg.engine import run as engine_run
+        """The finished run of ``cfg``: from the cache, resumed from its last epoch, or trained.
 
+        Raises:
+            RunBusy: Another live process is training this run.
+        """
         out = self.run_dir(cfg)
         record = self.read_record(out)
         if record is not None and record.get("finished"):
-            self.counts["reused"] += 1
-            return CachedRun(out, record["result"], record, "reused")
+            return self._reused(out, record)
+        out.mkdir(parents=True, exist_ok=True)
+        with claim(out / LOCK):
+            record = self.read_record(out)  # read again: another process may have finished it meanwhile
+            if record is not None and record.get("finished"):
+                return self._reused(out, record)
+            return self._train_claimed(cfg, out, record)
+
+    def _reused(self, out: Path, record: dict[str, Any]) -> CachedRun:
+        self.counts["reused"] += 1
+        return CachedRun(out, record["result"], record, "reused")
+
+    def _train_claimed(self, cfg, out: Path, record: dict[str, Any] | None) -> CachedRun:
+        """Train (or resume) the run of ``cfg`` in ``out``, whose lock this process holds."""
+        from semiseg.config import to_dict
+        from semiseg.engine import run as engine_run
+
         resume = record is not None and (out / "last.pt").is_file()
         if record is None:
             record = {
@@ -121,7 +145,6 @@ class RunCache:
             }
         elif resume:
             record["resumed_at"].append(self.commit)
-        out.mkdir(parents=True, exist_ok=True)
         self._write_record(out, record)
         t0 = time.perf_counter()
         try:
@@ -141,15 +164,28 @@ class RunCache:
         self, run_dir: Path, name: str, compute: Callable[[], dict[str, Any]]
     ) -> tuple[dict[str, Any], bool]:
         """A result derived from a cached run (e.g. a post-processing score), computed once and kept in
-        ``run_dir/bench-<name>.json``. Returns ``(value, reused)``."""
+        ``run_dir/bench-<name>.json``. Returns ``(value, reused)``.
+
+        Raises:
+            RunBusy: Another live process is computing it (under ``run_dir/bench-<name>.lock``).
+        """
         from semiseg.io import atomic_write_text
 
         path = Path(run_dir) / f"bench-{name}.json"
-        if path.is_file():
-            try:
-                return json.loads(path.read_text()), True
-            except json.JSONDecodeError:
-                pass
-        value = compute()
-        atomic_write_text(path, json.dumps(value, indent=1, default=float))
+        value = self._read_memo(path)
+        if value is not None:
+            return value, True
+        with claim(path.with_suffix(".lock")):  # RunBusy if another process is computing it
+            value = self._read_memo(path)
+            if value is not None:
+                return value, True
+            value = compute()
+            atomic_write_text(path, json.dumps(value, indent=1, default=float))
         return value, False
+
+    @staticmethod
+    def _read_memo(path: Path) -> dict[str, Any] | None:
+        try:
+            return json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None

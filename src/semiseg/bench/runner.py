@@ -8,6 +8,11 @@ weight of post-processing rows all use the validation split only.
 
 Runs go through the on-disk run cache (:mod:`semiseg.bench.cache`): running a table again takes
 its finished runs from the cache and resumes an interrupted one from its last epoch.
+
+Several processes may run the same table at once: each takes a run's lock before training it, and
+a run another process holds (or one that starts from such a run) is left *pending*. A process that
+ends with pending runs lists them and raises :class:`TablePending` instead of writing results; run
+the same command again once they are finished to write the table (from the cache).
 """
 
 from __future__ import annotations
@@ -22,12 +27,48 @@ from typing import Any
 from semiseg.bench import provenance as prov
 from semiseg.bench import timing
 from semiseg.bench.cache import RunCache
+from semiseg.bench.lock import EXIT_BUSY, RunBusy, describe
 from semiseg.bench.render import write_results
 from semiseg.bench.spec import Row, Table, Tuning, get_table
 from semiseg.bench.stats import summarise
-from semiseg.errors import ConfigError
+from semiseg.errors import ConfigError, SemisegError
 
-__all__ = ["BenchContext", "Row", "Table", "Tuning", "row_config", "run_table"]
+__all__ = ["BenchContext", "PendingRun", "Row", "Table", "TablePending", "Tuning", "row_config", "run_table"]
+
+
+@dataclass
+class PendingRun:
+    """A run this process left to another one: held by it (``busy``) or waiting for such a run."""
+
+    row: str  #: ``method | setting`` (or ``tuning <row> {overrides}`` for a tuning trial)
+    seed: int  #: the draw
+    run_dir: Path | None  #: None while its config waits for the tuning
+    reason: str  #: who holds it, or which run it waits for
+    busy: bool  #: held by another process (else: waits for a pending run)
+
+    def line(self) -> str:
+        where = self.run_dir if self.run_dir is not None else "(folder known once the tuning is done)"
+        return f"pending: {self.row} | draw {self.seed} | {where} ({self.reason})"
+
+
+class TablePending(SemisegError):
+    """Some runs of the table are held by other processes: no results were written.
+
+    ``semiseg bench`` exits with :data:`~semiseg.bench.lock.EXIT_BUSY` (75).
+    """
+
+    exit_code = EXIT_BUSY
+
+    def __init__(self, table: str, pending: list[PendingRun]):
+        self.table, self.pending = table, pending
+        busy = sum(p.busy for p in pending)
+        waiting = len(pending) - busy
+        runs = f"{busy} run is being" if busy == 1 else f"{busy} runs are being"
+        more = f" ({waiting} more wait{'s' if waiting == 1 else ''} for them)" if waiting else ""
+        super().__init__(
+            f"{runs} trained by another process{more}; run the same command again when they finish "
+            "to write the table"
+        )
 
 
 @dataclass
@@ -42,8 +83,17 @@ class BenchContext:
     bundle: Any
     cache: RunCache
     run_dirs: dict[tuple[str, int], Path] = field(default_factory=dict)  #: (row key, seed) → run folder
-    tuned: dict[str, Any] = field(default_factory=dict)
+    tuned: dict[str, Any] | None = field(default_factory=dict)  #: None while the tuning is pending
     overrides: list[str] = field(default_factory=list)  #: the user's --set overrides
+    pending: list[PendingRun] = field(default_factory=list)  #: runs left to other processes
+
+    def is_pending(self, row: str, seed: int) -> bool:
+        return any(p.row == row and p.seed == seed for p in self.pending)
+
+    def leave(self, row: str, seed: int, run_dir: Path | None, reason: str, busy: bool = False) -> None:
+        """Mark a run pending and say so."""
+        self.pending.append(PendingRun(row, seed, run_dir, reason, busy))
+        print(f"[{self.table.name}] {row} | seed {seed}: {reason}, left pending", flush=True)
 
 
 def row_config(
@@ -65,22 +115,30 @@ def row_config(
     return build_config(load_yaml(recipe), overrides, quick=quick, source=f"bench {table.name}")
 
 
-def _tune(ctx: BenchContext) -> dict[str, Any]:
-    """Grid search of ``table.tuning`` on the validation split; returns the tuning record."""
+def _tune(ctx: BenchContext) -> dict[str, Any] | None:
+    """Grid search of ``table.tuning`` on the validation split; returns the tuning record (None while
+    a trial is held by another process)."""
     t = ctx.table.tuning
     row = next(r for r in ctx.table.rows if r.key == t.row)
     keys = list(t.grid)
     if not keys or any(not t.grid[k] for k in keys):
         raise ConfigError(f"bench {ctx.table.name}: the tuning grid needs at least one value per key")
-    trials = []
+    trials, complete = [], True
     for combo in itertools.product(*(t.grid[k] for k in keys)):
         extra = dict(zip(keys, combo))
         cfg = row_config(ctx.table, row, t.seed, ctx.quick, extra, ctx.overrides)
-        run = ctx.cache.train(cfg)
+        try:
+            run = ctx.cache.train(cfg)
+        except RunBusy as busy:
+            ctx.leave(f"tuning {t.row} {extra}", t.seed, busy.path.parent, _held(busy), busy=True)
+            complete = False
+            continue
         trials.append({"overrides": extra, "val": run.result["best"]["value"],
                        "val_metric": cfg.train.val_metric, "run_dir": str(run.run_dir)})  # fmt: skip
         print(f"[{ctx.table.name}] tuning {extra}: val {cfg.train.val_metric} = {run.result['best']['value']:.4f}"
               f" ({run.status})", flush=True)  # fmt: skip
+    if not complete:
+        return None
     sign = -1 if cfg.train.val_mode == "max" else 1
     best = min(trials, key=lambda tr: sign * tr["val"])  # first best wins ties (grid order)
     return {"row": t.row, "seed": t.seed, "split": "val", "trials": trials, "chosen": best["overrides"]}
@@ -128,14 +186,30 @@ def _row_runs(ctx: BenchContext, row: Row, seeds: list[int], configs: dict) -> l
     for seed in row.seeds_for(seeds, ctx.quick):
         t0 = time.perf_counter()
         if row.postprocess:
+            if ctx.is_pending(row.reuse, seed):
+                ctx.leave(
+                    row.key, seed, ctx.run_dirs.get((row.reuse, seed)), f"waits for {row.reuse}, seed {seed}"
+                )
+                continue
             run_dir = ctx.run_dirs[(row.reuse, seed)]
-            value, info = _postprocessed(ctx, run_dir)
+            try:
+                value, info = _postprocessed(ctx, run_dir)
+            except RunBusy as busy:
+                ctx.leave(row.key, seed, run_dir, _held(busy), busy=True)
+                continue
             ctx.run_dirs[(row.key, seed)] = run_dir
             record = ctx.cache.read_record(run_dir) or {}
             info = {**info, "status": "post-processed", "seconds": round(time.perf_counter() - t0, 1)}
         else:
+            if row.tuned and ctx.tuned is None:
+                ctx.leave(row.key, seed, None, f"waits for the tuning of {table.tuning.row}")
+                continue
             extra = dict(ctx.tuned) if row.tuned else {}
+            waits = row.init_from and ctx.is_pending(row.init_from, seed)  # no best.pt to start from yet
             if row.init_from:
+                if waits and (row.init_from, seed) not in ctx.run_dirs:  # its config waits for the tuning
+                    ctx.leave(row.key, seed, None, f"waits for {row.init_from}, seed {seed}")
+                    continue
                 if (row.init_from, seed) not in ctx.run_dirs:
                     raise ConfigError(
                         f"bench {table.name}: row '{row.key}' starts from '{row.init_from}', which has no "
@@ -144,7 +218,16 @@ def _row_runs(ctx: BenchContext, row: Row, seeds: list[int], configs: dict) -> l
                 extra["train.init"] = str(ctx.run_dirs[(row.init_from, seed)] / "best.pt")
             cfg = row_config(table, row, seed, ctx.quick, extra, ctx.overrides)
             configs.setdefault(row.key, to_dict(cfg))
-            run = ctx.cache.train(cfg)
+            if waits:
+                run_dir = ctx.run_dirs[(row.key, seed)] = ctx.cache.run_dir(cfg)
+                ctx.leave(row.key, seed, run_dir, f"waits for {row.init_from}, seed {seed}")
+                continue
+            try:
+                run = ctx.cache.train(cfg)
+            except RunBusy as busy:
+                ctx.run_dirs[(row.key, seed)] = busy.path.parent  # known, so that later rows can wait for it
+                ctx.leave(row.key, seed, busy.path.parent, _held(busy), busy=True)
+                continue
             run_dir, record = run.run_dir, run.record
             ctx.run_dirs[(row.key, seed)] = run_dir
             value = run.result["test"][table.metric]
@@ -163,6 +246,10 @@ def _row_runs(ctx: BenchContext, row: Row, seeds: list[int], configs: dict) -> l
     return runs
 
 
+def _held(busy: RunBusy) -> str:
+    return f"being trained by {describe(busy.owner)}"
+
+
 def run_table(
     name: str,
     *,
@@ -178,6 +265,10 @@ def run_table(
     Runs are cached under ``<work_dir>/cache/`` (see :mod:`semiseg.bench.cache`). ``overrides``
     (``--set``) apply to every run and are recorded; results made with them are not the table's
     protocol unless the note says so.
+
+    Raises:
+        TablePending: Some runs are held by other processes (after every other run is done); nothing
+            is written to ``results_dir``.
     """
     from semiseg.config import to_dict
     from semiseg.data import load_bundle
@@ -195,18 +286,25 @@ def run_table(
     ctx = BenchContext(table, quick, data_root, Path(results_dir), Path(work_dir) / name, bundle, cache,
                        overrides=overrides)  # fmt: skip
     tuning = _tune(ctx) if table.tuning else None
-    if tuning:
-        ctx.tuned = tuning["chosen"]
+    ctx.tuned = tuning["chosen"] if tuning else (None if table.tuning else {})
     rows_out, runs, configs = [], [], {}
     for row in table.rows:
         row_runs = _row_runs(ctx, row, seeds, configs)
         runs += row_runs
         _write_index(ctx)
+        if ctx.pending:  # no table from this process: only go on training
+            continue
         rows_out.append({"method": row.method, "setting": row.setting, "metric": table.metric_label,
                          **summarise([r["test"] for r in row_runs]), "paper": row.paper})  # fmt: skip
         if all("test_last" in r for r in row_runs):
             rows_out[-1]["last"] = {k: v for k, v in summarise([r["test_last"] for r in row_runs]).items()
                                     if k != "n_runs"}  # fmt: skip
+    if ctx.pending:
+        pending = TablePending(name, ctx.pending)
+        for p in ctx.pending:
+            print(f"[{name}] {p.line()}", flush=True)
+        print(f"[{name}] {pending}", flush=True)
+        raise pending
     provenance = {
         "git_commit": commit,
         "source_hash": source,

@@ -335,3 +335,82 @@ def test_ce_dice_unlabeled_loss_is_the_supervised_mix_on_confident_pixels():
     target = labels.masked_fill(confidence < 0.6, IGNORE_INDEX)
     expected = 0.3 * masked_cross_entropy(logits, target) + 0.7 * masked_dice_loss(logits, target)
     assert torch.allclose(loss, expected) and float(ratio) == float((confidence >= 0.6).float().mean())
+
+
+# ------------------------------------------------------------------ pseudo-labels from an EMA teacher
+def perturbed(method):
+    """``method`` with a student that differs from its teacher (so the two are told apart)."""
+    with torch.no_grad():
+        for p in method.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return method
+
+
+@pytest.mark.parametrize("name", ["fixmatch", "unimatch"])
+def test_ema_teacher_gives_the_pseudo_labels(name, monkeypatch):
+    method = build(name, pseudo_source="ema", threshold=0.0).train()
+    method.on_phase_start("train")
+    perturbed(method)
+    spy = Spy(method, monkeypatch, fixmatch_module)
+    data = with_boxes(batch(), k=method.strong_views())
+    teacher = copy.deepcopy(method.teacher).train()
+    with torch.no_grad():
+        expected = teacher(data["unlabeled"].image).softmax(1)
+    out = method.training_step(data, "train", "main")
+    torch.testing.assert_close(spy.weak[0][0], expected)
+    out["loss"].backward()
+    assert all(not p.requires_grad and p.grad is None for p in method.teacher.parameters())
+    assert all(p.grad is not None for p in method.model.parameters())
+    trained = {id(p) for p in method.parameters_for("train", "main")}
+    assert not trained & {id(p) for p in method.teacher.parameters()}
+
+
+def test_ema_teacher_update_equals_its_formula():
+    method = build("fixmatch", pseudo_source="ema", ema_decay=0.9)
+    method.on_phase_start("train")
+    perturbed(method)
+    before = {k: v.clone() for k, v in method.teacher.state_dict().items()}
+    student = {k: v.clone() for k, v in method.model.state_dict().items()}
+    method.on_step_end("train", "main")
+    params = {n for n, _ in method.teacher.named_parameters()}
+    for k, v in method.teacher.state_dict().items():
+        expected = 0.9 * before[k] + 0.1 * student[k] if k in params else student[k]
+        torch.testing.assert_close(v, expected)
+    after = {k: v.clone() for k, v in method.teacher.state_dict().items()}
+    perturbed(method)
+    method.on_step_end("warmup", "main")  # the teacher rests during the supervised warm-up
+    torch.testing.assert_close(method.teacher.state_dict(), after)
+
+
+@pytest.mark.parametrize("regularizers, weak_in_pass", [([], False), ([{"name": "tv", "weight": 0.1}], True)])
+def test_ema_teacher_skips_the_students_weak_pass_unless_a_regulariser_needs_it(
+    regularizers, weak_in_pass, monkeypatch
+):
+    method = build("fixmatch", pseudo_source="ema", regularizers=regularizers).train()
+    spy = Spy(method, monkeypatch, fixmatch_module)
+    data = with_boxes(batch(), 1)
+    lab, unl = data["labeled"], data["unlabeled"]
+    method.training_step(data, "train", "main")
+    first = len(lab) + len(unl) if weak_in_pass else len(lab)
+    assert [len(x) for x in spy.inputs] == [first, len(unl)]  # student passes: (labeled [+ weak]), strong
+
+
+def test_unimatch_with_ema_teacher_decodes_no_clean_weak_views(monkeypatch):
+    method = build("unimatch", pseudo_source="ema").train()
+    sizes = []
+    original = method.model.decode
+
+    def counted(features, *args):
+        sizes.append(len(features[0]))
+        return original(features, *args)
+
+    monkeypatch.setattr(method.model, "decode", counted)
+    data = with_boxes(batch(), 2)
+    method.training_step(data, "train", "main")
+    n_l, n_u = len(data["labeled"]), len(data["unlabeled"])
+    assert sizes[0] == n_l + n_u  # labeled clean + weak perturbed; the teacher gives the pseudo-labels
+
+
+def test_tiny_run_with_ema_teacher_resumes_exactly(tmp_path, resume_check):
+    log = resume_check(tiny_config("fixmatch", "method.pseudo_source=ema"), tmp_path)
+    assert all("train/strong" in e for e in log)

@@ -20,7 +20,7 @@ from test_methods import MODEL, batch, build
 
 from semiseg.errors import ConfigError
 from semiseg.methods import build_method
-from semiseg.methods import unimatch as unimatch_module
+from semiseg.methods import fixmatch as fixmatch_module  # the pseudo-labels are made in fixmatch.py
 
 
 def test_phase_asks_for_two_cutmixed_strong_views():
@@ -36,12 +36,12 @@ def test_low_confidence_pixels_get_no_gradient(loss):
 
 def test_strong_gradient_only_at_confident_pixels(monkeypatch):
     method = build("unimatch").train()
-    check_strong_gradient_follows_confidence(method, with_boxes(batch(), 2), monkeypatch, unimatch_module)
+    check_strong_gradient_follows_confidence(method, with_boxes(batch(), 2), monkeypatch, fixmatch_module)
 
 
 def test_each_strong_view_is_mixed_with_its_own_box(monkeypatch):
     method = build("unimatch").train()
-    spy = Spy(method, monkeypatch, unimatch_module)
+    spy = Spy(method, monkeypatch, fixmatch_module)
     data = with_boxes(batch(), 2)
     assert not torch.equal(data["unlabeled"].cutmix[:, 0], data["unlabeled"].cutmix[:, 1])
     method.training_step(data, "train", "main")
@@ -57,7 +57,7 @@ def test_pass_budget_and_regularizer_input(monkeypatch):
     """Encoder on labeled + weak, one decode of [labeled, weak, perturbed weak], one pass over both
     strong views (which itself encodes and decodes); the regulariser sees the clean weak logits."""
     method = build("unimatch", regularizers=[{"name": "tv", "weight": 0.1}]).train()
-    spy = Spy(method, monkeypatch, unimatch_module)
+    spy = Spy(method, monkeypatch, fixmatch_module)
     model, calls = method.model, {"encode": [], "decode": []}
     for name in calls:
         original = getattr(model, name)
@@ -82,7 +82,7 @@ def test_feature_dropout_perturbs_the_weak_features(monkeypatch):
     data = with_boxes(batch(), 2)
     for rate, same in ((0.0, True), (0.5, False)):
         method = build("unimatch", fp_dropout=rate).train()
-        spy = Spy(method, monkeypatch, unimatch_module)
+        spy = Spy(method, monkeypatch, fixmatch_module)
         method.training_step(data, "train", "main")
         fp_logits = spy.targets[2][0]
         assert torch.allclose(fp_logits.detach().softmax(1), spy.weak[0][0], atol=1e-6) == same

@@ -22,9 +22,20 @@ detached for the pseudo-labels. That same prediction, with its gradient, is what
 regularisers (``method.regularizers``, e.g. TV or size) see for the unlabeled stream, so they cost
 no extra pass.
 
+Pseudo-labels from an EMA teacher (``pseudo_source: ema``, as UniMatch V2, Yang, Zhao, Ouyang and Zhao 2024, and
+as BCP and mean teacher): a copy of the student, updated after every step as
+``teacher ← d·teacher + (1 − d)·student`` (``ema_decay``), predicts the weak views without gradient
+(training-mode batch norm) and gives the pseudo-labels and confidences; the student then predicts
+the weak views only if a regulariser looks at the unlabeled stream. A slower-moving teacher breaks
+the loop in which the student's own confident background on the unlabeled images feeds itself (on
+the 2-core ACDC budget the student-labelled variant shrinks the foreground of the unlabeled images;
+``benchmarks/dev/semi-acdc-dev.md``).
+
 Forward passes per training step (``B_l`` labeled, ``B_u`` unlabeled images):
     with gradient: ``B_l + B_u`` (labeled and weak views, one pass) + ``B_u`` (mixed strong views,
-    one pass) = ``B_l + 2·B_u`` images; without gradient: none. (UniMatch's script adds an
+    one pass) = ``B_l + 2·B_u`` images; without gradient: none. With ``pseudo_source: ema`` and no
+    regulariser on the unlabeled stream: ``B_l + B_u`` with gradient (labeled, strong views) and
+    ``B_u`` without (the teacher's weak views). (UniMatch's script adds an
     eval-mode pass without gradient over a second unlabeled batch for the mix partners; here the
     partners are the batch's own images, whose weak predictions already exist.)
 
@@ -78,6 +89,7 @@ from semiseg.methods import register
 from semiseg.methods.base import Phase
 from semiseg.methods.supervised import Supervised, SupervisedConfig
 from semiseg.models.batchnorm import frozen_running_stats
+from semiseg.models.ema import ema_copy, ema_update_
 from semiseg.ops import paste
 
 STREAMS = ("labeled", "unlabeled")
@@ -100,8 +112,15 @@ class FixMatchConfig(SupervisedConfig):
     #: epochs of a supervised warm-up phase ("warmup", labeled stream only) before the unlabeled
     #: loss starts, so the first pseudo-labels come from a trained network; 0 = none (the papers)
     warmup_epochs: int = 0
+    #: where the pseudo-labels come from: "student" = the student's training-mode weak pass
+    #: (FixMatch, UniMatch); "ema" = an EMA teacher of the student on the weak view, no gradient
+    #: (UniMatch V2; as BCP and mean teacher)
+    pseudo_source: Literal["student", "ema"] = "student"
+    ema_decay: float = 0.99  #: decay of the EMA teacher (pseudo_source: ema)
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.ema_decay <= 1.0:
+            raise FieldError("ema_decay", f"must be in [0, 1], got {self.ema_decay}")
         if not 0.0 <= self.threshold <= 1.0:
             raise FieldError("threshold", f"must be in [0, 1], got {self.threshold}")
         if self.warmup_epochs < 0:
@@ -141,6 +160,50 @@ class FixMatch(Supervised):
     """FixMatch with CutMix (UniMatch's segmentation baseline); see the module docstring."""
 
     config_class = FixMatchConfig
+
+    def __init__(self, cfg: FixMatchConfig, **kwargs):
+        super().__init__(cfg, **kwargs)
+        #: the EMA teacher that gives the pseudo-labels (pseudo_source: ema), else None
+        self.teacher = ema_copy(self.model) if cfg.pseudo_source == "ema" else None
+
+    def on_phase_start(self, phase):
+        if self.teacher is not None and phase != "warmup":
+            self.teacher.load_state_dict(self.model.state_dict())
+
+    def on_step_end(self, phase, optimizer):
+        if self.teacher is not None and phase != "warmup":
+            ema_update_(self.teacher, self.model, self.cfg.ema_decay)
+
+    def student_weak_pass(self) -> bool:
+        """Whether the student must predict the weak views: for the pseudo-labels (no EMA teacher)
+        or for regularisers on the unlabeled stream; otherwise the pass would be wasted."""
+        return self.teacher is None or "unlabeled" in self.regularizer_streams()
+
+    def student_logits(self, lab: Batch, unl: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The student's logits of the labeled images and (when :meth:`student_weak_pass`) of the
+        weak views, in one training-mode pass (batch norm over both, as UniMatch's code); else None."""
+        if not self.student_weak_pass():
+            return self.model(lab.image), None
+        logits_labeled, logits_weak = self.model(torch.cat([lab.image, unl.image])).split(
+            [len(lab), len(unl)]
+        )
+        return logits_labeled, logits_weak
+
+    def weak_targets(
+        self, unlabeled: Batch, logits_weak: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pseudo-labels and confidences of the weak views: the student's weak logits (detached),
+        or the EMA teacher's prediction (training-mode batch norm, as BCP's and mean teacher's).
+
+        Shape:
+            logits_weak ``[B_u, K, *S]`` (None with an EMA teacher) → labels, confidence ``[B_u, *S]``.
+        """
+        if self.teacher is not None:
+            with torch.no_grad():
+                probs = self.teacher.train()(unlabeled.image).softmax(1)
+        else:
+            probs = logits_weak.detach().softmax(1)
+        return pseudo_labels(probs)
 
     def strong_views(self) -> int:
         """Strong views asked of the unlabeled stream."""
@@ -226,7 +289,8 @@ class FixMatch(Supervised):
             "pseudo_foreground": (labels != 0).float().mean(),
         }
         if len(self.regularizers):
-            reg = self.regularization({"labeled": logits_labeled, "unlabeled": logits_weak}, batch)
+            logits = {"labeled": logits_labeled, "unlabeled": logits_weak}
+            reg = self.regularization({k: v for k, v in logits.items() if v is not None}, batch)
             out["loss"] = out["loss"] + reg.pop("reg_total")
             out.update(reg)
         return out
@@ -239,8 +303,7 @@ class FixMatch(Supervised):
     def consistency_step(self, batch: dict[str, Batch]) -> dict[str, torch.Tensor]:
         """One step of the phase with the unlabeled loss (subclasses replace it, not the dispatch)."""
         lab, unl = batch["labeled"], batch["unlabeled"]
-        logits = self.model(torch.cat([lab.image, unl.image]))
-        logits_labeled, logits_weak = logits.split([len(lab), len(unl)])
-        labels, confidence = pseudo_labels(logits_weak.detach().softmax(1))
+        logits_labeled, logits_weak = self.student_logits(lab, unl)
+        labels, confidence = self.weak_targets(unl, logits_weak)
         (strong,) = self.strong_losses(unl, labels, confidence)
         return self.finish(batch, logits_labeled, logits_weak, strong, labels, confidence, {"strong": strong})

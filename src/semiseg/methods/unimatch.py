@@ -29,7 +29,11 @@ they are what the configured regularisers see for the unlabeled stream. Per trai
     ``k·B_u`` mixed strong views (one pass), i.e. about ``B_l + (k + 1.5)·B_u`` image passes
     (``B_l + 3.5·B_u`` with ``k = 2``); without gradient: none. (UniMatch's script also decodes
     the dropped-out features of the labeled images, discarded, and runs an eval-mode pass over a
-    second unlabeled batch for the CutMix partners.)
+    second unlabeled batch for the CutMix partners.) With ``pseudo_source: ema`` (FixMatch's option:
+    an EMA teacher gives the pseudo-labels, as UniMatch V2) the decoder skips the clean weak
+    features unless a regulariser looks at the unlabeled stream: with gradient, encoder on
+    ``B_l + B_u``, decoder on ``B_l + B_u``, ``k·B_u`` strong views; without gradient, ``B_u`` weak
+    views through the teacher.
 
 Defaults and their sources: τ = 0.95 (UniMatch's ``configs/acdc.yaml``); ``fp_weight`` (λ) =
 ``strong_weight`` (μ) = 0.5 and the overall ``/ 2`` (``supervised_weight = unlabeled_weight =
@@ -57,7 +61,6 @@ import torch.nn as nn
 
 from semiseg.config import FieldError, check_weights
 from semiseg.errors import ConfigError
-from semiseg.losses.consistency import pseudo_labels
 from semiseg.methods import register
 from semiseg.methods.fixmatch import FixMatch, FixMatchConfig
 
@@ -100,16 +103,19 @@ class UniMatch(FixMatch):
         cfg = self.cfg
         lab, unl = batch["labeled"], batch["unlabeled"]
         n_l, n_u = len(lab), len(unl)
-        images = torch.cat([lab.image, unl.image])
         if cfg.fp_weight > 0:
+            images = torch.cat([lab.image, unl.image])
+            weak = self.student_weak_pass()  # clean logits of the weak views wanted from the student
             features = self.model.encode(images)
-            # clean features of every image + channel-dropped features of the weak views, one decode
-            features = [torch.cat([f, self.feature_dropout(f[n_l:])]) for f in features]
+            # clean features (of the weak views only when wanted) + channel-dropped features of the
+            # weak views, one decode
+            features = [torch.cat([f if weak else f[:n_l], self.feature_dropout(f[n_l:])]) for f in features]
             logits = self.model.decode(features, tuple(images.shape[2:]))
-            logits_labeled, logits_weak, logits_fp = logits.split([n_l, n_u, n_u])
+            logits_labeled, logits_weak, logits_fp = logits.split([n_l, n_u if weak else 0, n_u])
+            logits_weak = logits_weak if weak else None
         else:
-            logits_labeled, logits_weak = self.model(images).split([n_l, n_u])
-        labels, confidence = pseudo_labels(logits_weak.detach().softmax(1))
+            logits_labeled, logits_weak = self.student_logits(lab, unl)
+        labels, confidence = self.weak_targets(unl, logits_weak)
         strong = self.strong_losses(unl, labels, confidence)
         components = {f"strong{j + 1}": s for j, s in enumerate(strong)}
         unlabeled = cfg.strong_weight / len(strong) * sum(strong)

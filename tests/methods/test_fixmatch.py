@@ -186,10 +186,12 @@ def check_recipe(name: str) -> None:
     assert full.data.image_size == [256, 256]
     quick = build_config(load_yaml(f"{name}-acdc"), quick=True, source=name)
     reference = build_config(load_yaml("supervised-acdc"), quick=True, source="supervised-acdc")
-    for section, key in [("data", "image_size"), ("train", "batch_size"), ("train", "epochs"),
-                         ("train", "iters_per_epoch"), ("train", "optimizer"), ("train", "lr"),
-                         ("train", "augment")]:  # fmt: skip
+    for section, key in [("data", "image_size"), ("train", "batch_size"), ("train", "iters_per_epoch"),
+                         ("train", "optimizer"), ("train", "lr"), ("train", "augment")]:  # fmt: skip
         assert getattr(getattr(quick, section), key) == getattr(getattr(reference, section), key), key
+    # the same number of iterations: a supervised warm-up, then the phase with the unlabeled loss
+    assert quick.method["warmup_epochs"] + quick.train.epochs == reference.train.epochs
+    assert quick.method["pseudo_source"] == "ema" and full.method.get("pseudo_source", "student") == "student"
 
 
 def check_regularized_run(name: str, supervision: str, tmp_path) -> None:

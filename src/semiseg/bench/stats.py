@@ -43,3 +43,24 @@ def summarise(values: list[float], digits: int = 3) -> dict[str, Any]:
 def supports_claim(row: dict[str, Any]) -> bool:
     """Whether a results row has enough runs to back a comparison (``n_runs`` ≥ :data:`MIN_RUNS_FOR_CLAIM`)."""
     return int(row["n_runs"]) >= MIN_RUNS_FOR_CLAIM
+
+
+def beats(a: dict[str, Any], b: dict[str, Any], lower_is_better: bool = False) -> bool | None:
+    """Whether row ``a`` beats row ``b`` beyond one standard deviation: the difference of the means
+    (in the better direction) exceeds the larger of the two rows' stds. ``None`` when either row has
+    fewer than :data:`MIN_RUNS_FOR_CLAIM` runs (no spread, no claim).
+
+    Examples:
+        >>> beats({"mean": 60.0, "std": 1.0, "n_runs": 3}, {"mean": 57.0, "std": 2.0, "n_runs": 3})
+        True
+        >>> beats({"mean": 60.0, "std": 1.0, "n_runs": 3}, {"mean": 59.5, "std": 2.0, "n_runs": 3})
+        False
+        >>> beats({"mean": 9.0, "std": 0.2, "n_runs": 3}, {"mean": 9.8, "std": 0.3, "n_runs": 3}, True)
+        True
+        >>> beats({"mean": 60.0, "std": None, "n_runs": 1}, {"mean": 50.0, "std": 1.0, "n_runs": 3}) is None
+        True
+    """
+    if min(a["n_runs"], b["n_runs"]) < MIN_RUNS_FOR_CLAIM or a["std"] is None or b["std"] is None:
+        return None
+    gain = b["mean"] - a["mean"] if lower_is_better else a["mean"] - b["mean"]
+    return gain > max(a["std"], b["std"])

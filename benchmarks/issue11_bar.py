@@ -1,0 +1,96 @@
+"""Issue 11's bar, read from the committed table results (no training): semi-acdc's best semi method
+against supervised training at 3 labeled patients, every semi method against supervised at 1 and 3
+patients, and each composed row (UniMatch + TV, UniMatch + size) against both of its parts beyond one
+standard deviation (:func:`semiseg.bench.stats.beats`; rows of one run support no claim).
+
+    python benchmarks/issue11_bar.py [--results-dir benchmarks/results]
+
+Prints Markdown; tables not yet in the results directory are reported as missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+SEMI = ("mean teacher", "FixMatch", "UniMatch", "BCP", "CPS", "UniMatch + size (regressor)")
+#: (table, composed row, its parts) — the parts must exist in the same table and setting
+COMPOSED = [
+    ("tv-horse", "UniMatch + TV", ("UniMatch", "TV")),
+    ("curriculum-acdc", "UniMatch + size", ("UniMatch", "Proposed")),
+    ("semi-acdc", "UniMatch + size (regressor)", ("UniMatch",)),
+]
+
+
+def fmt(row: dict | None) -> str:
+    if row is None:
+        return "–"
+    std = "n=1" if row["std"] is None else f"± {row['std']:.2f}, n={row['n_runs']}"
+    return f"{row['mean']:.2f} ({std})"
+
+
+def main() -> None:
+    from semiseg.bench.stats import beats
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results-dir", default="benchmarks/results")
+    a = p.parse_args()
+    tables = {}
+    for name in {"semi-acdc", *(t for t, _, _ in COMPOSED)}:
+        path = Path(a.results_dir) / f"{name}.json"
+        if path.exists():
+            tables[name] = json.loads(path.read_text())
+        else:
+            print(f"- `{name}`: no results in {a.results_dir}")
+
+    def row(table: str, method: str, setting: str) -> dict | None:
+        rows = tables.get(table, {}).get("rows", [])
+        return next((r for r in rows if r["method"] == method and r["setting"] == setting), None)
+
+    semi = tables.get("semi-acdc")
+    if semi:
+        print(f"## semi-acdc (commit {semi['provenance']['git_commit'][:10]})\n")
+        for setting in ("1 labeled patient", "3 labeled patients", "7 labeled patients"):
+            sup = row("semi-acdc", "supervised", setting)
+            if sup is None:
+                continue
+            print(f"### {setting}: supervised {fmt(sup)}\n")
+            print("| method | Dice | minus supervised | ≥ supervised | beats supervised beyond 1 std |")
+            print("|---|---|---|---|---|")
+            for m in SEMI:
+                r = row("semi-acdc", m, setting)
+                if r is None:
+                    continue
+                verdict = beats(r, sup)
+                print(f"| {m} | {fmt(r)} | {r['mean'] - sup['mean']:+.2f} | {'yes' if r['mean'] >= sup['mean'] else 'no'} "
+                      f"| {'n/a (n=1)' if verdict is None else 'yes' if verdict else 'no'} |")  # fmt: skip
+            print()
+        sup3 = row("semi-acdc", "supervised", "3 labeled patients")
+        best = max((row("semi-acdc", m, "3 labeled patients") for m in SEMI), key=lambda r: -1e9 if r is None
+                   else r["mean"] if r["n_runs"] >= 3 else -1e9, default=None)  # fmt: skip
+        if sup3 and best and best["n_runs"] >= 3:
+            ok = best["mean"] >= sup3["mean"] + 10 and best["mean"] >= 75
+            print(f"Bar at 3 patients (best semi row with ≥ 3 draws): {best['method']} {fmt(best)} against "
+                  f"supervised {fmt(sup3)}: {best['mean'] - sup3['mean']:+.2f} points; "
+                  f"≥ supervised + 10 and ≥ 75: {'met' if ok else 'not met'}.\n")  # fmt: skip
+    print("## Composed rows against both parts (beyond one std)\n")
+    print("| table | setting | composed | part | beats it |")
+    print("|---|---|---|---|---|")
+    for table, composed, parts in COMPOSED:
+        if table not in tables:
+            continue
+        lower = "error" in tables[table]["rows"][0]["metric"].lower()
+        for setting in sorted({r["setting"] for r in tables[table]["rows"] if r["method"] == composed}):
+            c = row(table, composed, setting)
+            for part in parts:
+                q = row(table, part, setting)
+                if q is None:
+                    continue
+                verdict = beats(c, q, lower_is_better=lower)
+                print(f"| {table} | {setting} | {composed} {fmt(c)} | {part} {fmt(q)} | "
+                      f"{'n/a (n=1)' if verdict is None else 'yes' if verdict else 'no'} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

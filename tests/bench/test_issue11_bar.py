@@ -1,0 +1,46 @@
+"""benchmarks/issue11_bar.py on synthetic results: the bar and the composition verdicts."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "issue11_bar.py"
+
+
+def rows(metric: str, *specs):
+    return [
+        {"method": m, "setting": s, "metric": metric, "mean": mean, "std": std, "n_runs": n, "paper": None}
+        for m, s, mean, std, n in specs
+    ]
+
+
+def run(tmp_path, monkeypatch, capsys) -> str:
+    monkeypatch.setattr(sys, "argv", ["issue11_bar.py", "--results-dir", str(tmp_path)])
+    runpy.run_path(str(SCRIPT), run_name="__main__")
+    return capsys.readouterr().out
+
+
+def test_bar_and_composition(tmp_path, monkeypatch, capsys):
+    three = "3 labeled patients"
+    semi = rows("Dice", ("supervised", three, 50.0, 2.0, 3), ("UniMatch", three, 61.0, 1.0, 3),
+                ("BCP", three, 55.0, 1.0, 3), ("mean teacher", three, 49.0, None, 1),
+                ("UniMatch + size (regressor)", three, 61.5, 1.5, 3))  # fmt: skip
+    horse = rows("pixel error (%)", ("UniMatch", "10 px/image", 9.0, 0.2, 3), ("TV", "10 px/image", 9.8, 0.3, 3),
+                 ("UniMatch + TV", "10 px/image", 8.5, 0.2, 3))  # fmt: skip
+    for name, table_rows in (("semi-acdc", semi), ("tv-horse", horse)):
+        doc = {"rows": table_rows, "provenance": {"git_commit": "abcdef0123456"}}
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+    out = run(tmp_path, monkeypatch, capsys)
+    assert "| UniMatch | 61.00 (± 1.00, n=3) | +11.00 | yes | yes |" in out
+    assert "| mean teacher | 49.00 (n=1) | -1.00 | no | n/a (n=1) |" in out
+    # best row with >= 3 draws is UniMatch + size (61.5): +11.5 points but below 75
+    assert "UniMatch + size (regressor) 61.50" in out and "not met" in out
+    # lower error is better: 8.5 beats 9.0 (gap 0.5 > 0.2) and 9.8
+    assert "| tv-horse | 10 px/image | UniMatch + TV 8.50 (± 0.20, n=3) | UniMatch 9.00 (± 0.20, n=3) | yes |" in out
+    # semi-acdc's composed row against UniMatch: +0.5 is within one std
+    assert "| semi-acdc | 3 labeled patients | UniMatch + size (regressor) 61.50 (± 1.50, n=3) | UniMatch" in out
+    assert out.rstrip().endswith("| no |")
+    assert "`curriculum-acdc`: no results" in out

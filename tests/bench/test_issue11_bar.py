@@ -39,8 +39,13 @@ def test_bar_and_composition(tmp_path, monkeypatch, capsys):
     # best row with >= 3 draws is UniMatch + size (61.5): +11.5 points but below 75
     assert "UniMatch + size (regressor) 61.50" in out and "not met" in out
     # lower error is better: 8.5 beats 9.0 (gap 0.5 > 0.2) and 9.8
-    assert "| tv-horse | 10 px/image | UniMatch + TV 8.50 (± 0.20, n=3) | UniMatch 9.00 (± 0.20, n=3) | yes |" in out
+    assert (
+        "| tv-horse | 10 px/image | UniMatch + TV 8.50 (± 0.20, n=3) | UniMatch 9.00 (± 0.20, n=3) | yes |"
+        in out
+    )
     # semi-acdc's composed row against UniMatch: +0.5 is within one std
-    assert "| semi-acdc | 3 labeled patients | UniMatch + size (regressor) 61.50 (± 1.50, n=3) | UniMatch" in out
+    assert (
+        "| semi-acdc | 3 labeled patients | UniMatch + size (regressor) 61.50 (± 1.50, n=3) | UniMatch" in out
+    )
     assert out.rstrip().endswith("| no |")
     assert "`curriculum-acdc`: no results" in out

@@ -12,6 +12,7 @@ MODULES = [
     "semiseg.ops",
     "semiseg.registry",
     "semiseg.bench.lock",
+    "semiseg.bench.provenance",
     "semiseg.bench.stats",
     "semiseg.losses.ramp",
     "semiseg.losses.consistency",

@@ -49,8 +49,18 @@ def test_editing_the_harness_keeps_the_hash(package, edited):
 @pytest.mark.parametrize("edited", ["losses/tv.py", "engine/trainer.py", "methods/base.py", "config.py"])
 def test_editing_training_code_changes_the_hash(package, edited):
     before = source_hash(package)
-    _append(package / edited)
+    _append(package / edited, "\n_EDITED = 1\n")
     assert source_hash(package) != before
+
+
+@pytest.mark.parametrize("edited", ["losses/tv.py", "methods/fixmatch.py"])
+def test_comments_docstrings_and_formatting_keep_the_hash(package, edited):
+    before = source_hash(package)
+    path = package / edited
+    text = path.read_text()
+    first = text.index('"""', text.index('"""') + 3) + 3  # the end of the module docstring
+    path.write_text('"""Another docstring."""' + text[first:] + '\n# a comment\n\n\n"""A bare string."""\n')
+    assert source_hash(package) == before
 
 
 def test_adding_renaming_or_removing_a_training_file_changes_the_hash(package):

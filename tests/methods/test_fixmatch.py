@@ -416,3 +416,25 @@ def test_unimatch_with_ema_teacher_decodes_no_clean_weak_views(monkeypatch):
 def test_tiny_run_with_ema_teacher_resumes_exactly(tmp_path, resume_check):
     log = resume_check(tiny_config("fixmatch", "method.pseudo_source=ema"), tmp_path)
     assert all("train/strong" in e for e in log)
+
+
+def test_warmup_then_ema_teacher_resumes_exactly_at_the_phase_boundary(tmp_path, resume_check):
+    """A crash before the first epoch of "train" (after the warm-up) resumes to the same run: the
+    teacher is set from the warmed-up student once, at the start of "train"."""
+    cfg = tiny_config("fixmatch", "method.pseudo_source=ema", "method.warmup_epochs=2")
+    log = resume_check(
+        cfg, tmp_path, crash_at=lambda trainer, phase: phase.name == "train" and trainer.epoch == 0
+    )
+    assert [e["phase"] for e in log][:2] == ["warmup", "warmup"] and "train/strong" in log[-1]
+
+
+def test_teacher_starts_as_the_warmed_up_student():
+    method = build("fixmatch", pseudo_source="ema")
+    method.on_phase_start("warmup")
+    perturbed(method)  # the warm-up trains the student; the teacher does not follow it yet
+    assert not all(torch.equal(a, b) for a, b in zip(method.teacher.parameters(), method.model.parameters()))
+    method.on_phase_start("train")
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(method.teacher.state_dict().values(), method.model.state_dict().values())
+    )

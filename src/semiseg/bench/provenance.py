@@ -2,12 +2,14 @@
 
 :func:`source_hash` identifies the code a training run executes: every ``.py`` file of the
 ``semiseg`` package except the ones training never runs (:data:`NOT_TRAINING`: the benchmark
-harness, the command line, the demo). A commit that touches only those, the docs, the tests or the
-benchmark scripts keeps the hash, and so keeps the run cache (:mod:`semiseg.bench.cache`) valid.
+harness, the command line, the demo), read as syntax trees without docstrings (:func:`code_text`). A
+commit that touches only those, comments, docstrings, the docs, the tests or the benchmark scripts
+keeps the hash, and so keeps the run cache (:mod:`semiseg.bench.cache`) valid.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
 import platform
@@ -41,16 +43,45 @@ def training_sources(root: str | Path = PACKAGE_ROOT) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
-def source_hash(root: str | Path = PACKAGE_ROOT) -> str:
-    """SHA-256 (hex, first 16 digits) over the relative paths and contents of :func:`training_sources`.
+def code_text(data: bytes) -> bytes:
+    r"""What the hash reads of a source file: its syntax tree without docstrings and other bare string
+    statements (``ast.dump``, no line numbers), so comments, docstrings and formatting do not count;
+    the raw bytes when the file does not parse.
 
-    Renaming, adding or removing a training file changes it; so does any byte of its content.
+    Examples:
+        >>> code_text(b"def f():\n    'Doc.'\n    return 1  # one\n") == code_text(b"def f():\n    return 1\n")
+        True
+        >>> code_text(b"x = 1\n") == code_text(b"x = 2\n")
+        False
+    """
+    try:
+        tree = ast.parse(data)
+    except (SyntaxError, ValueError):
+        return data
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if not isinstance(body, list):
+            continue
+        kept = [
+            s for s in body
+            if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant) and isinstance(s.value.value, str))
+        ]  # fmt: skip
+        node.body = kept or [ast.Pass()]
+    return ast.dump(tree).encode()
+
+
+def source_hash(root: str | Path = PACKAGE_ROOT) -> str:
+    """SHA-256 (hex, first 16 digits) over the relative paths and the :func:`code_text` of
+    :func:`training_sources`.
+
+    Renaming, adding or removing a training file changes it; so does any change of its code, but not
+    of its comments, docstrings or formatting.
     """
     root = Path(root)
     h = hashlib.sha256()
     for path in training_sources(root):
         rel = path.relative_to(root).as_posix().encode()
-        data = path.read_bytes()
+        data = code_text(path.read_bytes())
         h.update(len(rel).to_bytes(8, "little") + rel + len(data).to_bytes(8, "little") + data)
     return h.hexdigest()[:16]
 

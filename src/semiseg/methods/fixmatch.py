@@ -22,10 +22,11 @@ detached for the pseudo-labels. That same prediction, with its gradient, is what
 regularisers (``method.regularizers``, e.g. TV or size) see for the unlabeled stream, so they cost
 no extra pass.
 
-Pseudo-labels from an EMA teacher (``pseudo_source: ema``, as UniMatch V2, Yang, Zhao, Ouyang and Zhao 2024, and
-as BCP and mean teacher): a copy of the student, updated after every step as
-``teacher ← d·teacher + (1 − d)·student`` (``ema_decay``), predicts the weak views without gradient
-(training-mode batch norm) and gives the pseudo-labels and confidences; the student then predicts
+Pseudo-labels from an EMA teacher (``pseudo_source: ema``; UniMatch V2, Yang, Zhao, Ouyang and Zhao
+2024, also labels with an EMA teacher, here with BCP's and mean teacher's settings): a copy of the
+student, set to the student at the start of the phase and updated after every step as
+``teacher ← d·teacher + (1 − d)·student`` (constant ``ema_decay``, buffers copied), predicts the
+weak views without gradient (training-mode batch norm) and gives the pseudo-labels and confidences; the student then predicts
 the weak views only if a regulariser looks at the unlabeled stream. A slower-moving teacher breaks
 the loop in which the student's own confident background on the unlabeled images feeds itself (on
 the 2-core ACDC budget the student-labelled variant shrinks the foreground of the unlabeled images;
@@ -48,8 +49,9 @@ ACDC FixMatch script); the strong views' photometric perturbations and CutMix bo
 
 Deviations from the papers:
     - CutMix partner: the previous image of the same batch (``roll(1, 0)``) instead of an image of a
-      second unlabeled batch; its pseudo-labels come from the same training-mode weak pass rather
-      than UniMatch's extra eval-mode pass. With a batch of one image the partner is the image
+      second unlabeled batch; its pseudo-labels come from the same weak prediction as the batch's
+      own (the student's training-mode pass, or the EMA teacher) rather than UniMatch's extra
+      eval-mode pass. With a batch of one image the partner is the image
       itself. Under DDP the partner comes from the same process's share of the batch (as with
       UniMatch's per-GPU mix loader), so the pairing of each share's first image differs from a
       one-process run.
@@ -71,6 +73,10 @@ Deviations from the papers:
       running statistics. UniMatch's code lets it update them, and so does the default here: in two
       quick ACDC development runs, freezing them changed neither the collapse nor the gap between
       running and batch statistics (``benchmarks/dev/semi-acdc-dev.md``).
+    - ``pseudo_source: ema`` differs from UniMatch V2's teacher, which runs in eval mode, averages
+      the buffers too and uses the decay ``min(1 − 1/(t+1), 0.996)``. Without the student's weak
+      pass, the student's batch-norm statistics come from the labeled images and the strong views
+      only.
 """
 
 from __future__ import annotations
@@ -267,14 +273,15 @@ class FixMatch(Supervised):
         self,
         batch: dict[str, Batch],
         logits_labeled: torch.Tensor,
-        logits_weak: torch.Tensor,
+        logits_weak: torch.Tensor | None,
         unlabeled: torch.Tensor,
         labels: torch.Tensor,
         confidence: torch.Tensor,
         components: dict[str, torch.Tensor],
     ) -> dict[str, torch.Tensor]:
         """``supervised_weight · supervised + unlabeled_weight · unlabeled`` + regularisers (on the
-        labeled logits and the weak views' logits, with gradient), with the logged components."""
+        labeled logits and, when the student predicted them, the weak views' logits, with gradient),
+        with the logged components."""
         cfg = self.cfg
         sup = self.supervised_loss(logits_labeled, batch["labeled"].mask)
         supervised = sup.pop("loss")

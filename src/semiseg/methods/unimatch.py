@@ -30,7 +30,7 @@ they are what the configured regularisers see for the unlabeled stream. Per trai
     (``B_l + 3.5·B_u`` with ``k = 2``); without gradient: none. (UniMatch's script also decodes
     the dropped-out features of the labeled images, discarded, and runs an eval-mode pass over a
     second unlabeled batch for the CutMix partners.) With ``pseudo_source: ema`` (FixMatch's option:
-    an EMA teacher gives the pseudo-labels, as UniMatch V2) the decoder skips the clean weak
+    an EMA teacher gives the pseudo-labels, as in UniMatch V2) the decoder skips the clean weak
     features unless a regulariser looks at the unlabeled stream: with gradient, encoder on
     ``B_l + B_u``, decoder on ``B_l + B_u``, ``k·B_u`` strong views; without gradient, ``B_u`` weak
     views through the teacher.
@@ -43,9 +43,9 @@ Defaults and their sources: τ = 0.95 (UniMatch's ``configs/acdc.yaml``); ``fp_w
 Deviations from the paper / the ACDC script (besides FixMatch's, see :mod:`semiseg.methods.fixmatch`:
 CutMix partner within the batch, confident CE by default where the ACDC script uses Dice, Dice over
 the foreground classes):
-    - The decoder's batch holds the labeled, weak and perturbed weak features (the script also
-      perturbs and decodes the labeled features), so the decoder's batch-norm statistics are over
-      a slightly different batch.
+    - The decoder's batch holds the labeled, weak (not with ``pseudo_source: ema`` unless a
+      regulariser needs them) and perturbed weak features (the script also perturbs and decodes the
+      labeled features), so the decoder's batch-norm statistics are over a slightly different batch.
     - The network is the library's UNet (``model.*``); the script's UNet has per-level dropout
       (0.05–0.5), LeakyReLU and a 3×3 output convolution.
     - ``strong_views`` may differ from the paper's 2 (1 = FixMatch + feature perturbation), and

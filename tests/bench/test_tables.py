@@ -6,7 +6,16 @@ import pytest
 
 from semiseg.bench import TABLES, get_table, register_table, table_names
 from semiseg.bench.runner import row_config
-from semiseg.bench.tables import TV_EDGE, TV_PAPER, TV_PLAIN, patients, size_step_configs, supervised_baseline
+from semiseg.bench.tables import (
+    SUP_FIRST,
+    SUP_RESTART,
+    TV_EDGE,
+    TV_PAPER,
+    TV_PLAIN,
+    patients,
+    size_step_configs,
+    supervised_baseline,
+)
 from semiseg.errors import ConfigError
 
 BUILT_IN = ["curriculum-acdc", "curriculum-acdc-4class", "supervised-acdc", "supervised-horse", "tv-horse"]
@@ -145,8 +154,15 @@ def test_semi_acdc_rows_share_the_quick_budget_and_the_listed_first_draw():
         assert (cfg.data.image_size, cfg.train.batch_size, cfg.train.optimizer, cfg.train.lr) == (
             sup.data.image_size, sup.train.batch_size, sup.train.optimizer, sup.train.lr)  # fmt: skip
         assert cfg.model == sup.model and cfg.train.augment == sup.train.augment
-        if r.method != "supervised":
+        if not r.method.startswith("supervised"):
             assert cfg.data.split.unlabeled == "rest"
+    # the schedule control of the FixMatch / UniMatch quick recipes: 10 epochs, then 15 from its best.pt
+    first, restart = (by_key[f"{name} | {patients(3)}"] for name in (SUP_FIRST, SUP_RESTART))
+    assert restart.init_from == first.key and restart.recipe == first.recipe == "supervised-acdc"
+    fixmatch = row_config(table, by_key[f"FixMatch | {patients(3)}"], seed=0, quick=True)
+    assert row_config(table, first, seed=0, quick=True).train.epochs == fixmatch.method["warmup_epochs"]
+    assert row_config(table, restart, seed=0, quick=True).train.epochs == fixmatch.train.epochs
+    assert first.seeds_for(table.quick_seeds, True) == restart.seeds_for(table.quick_seeds, True) == [0, 1, 2]
     # at 3 patients: >= 3 draws for supervised, the size-composed row and the two semi rows chosen
     at3 = [
         r for r in table.rows if r.setting == patients(3) and len(r.seeds_for(table.quick_seeds, True)) >= 3

@@ -376,8 +376,14 @@ SEMI_METHODS: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
+#: the schedule control of the quick FixMatch / UniMatch recipes (a 10-epoch warm-up phase, then 15
+#: epochs with a fresh optimizer and poly decay): supervised training for the first 40 % of the
+#: schedule, then restarted from that run's best.pt for the remaining 60 % (full mode: 120 + 180 epochs)
+SUP_FIRST = "supervised, first 40 %"
+SUP_RESTART = "supervised, restarted after 40 %"
+
 #: rows with 3 draws at 3 labeled patients in quick mode (the others: draw 0 only)
-SEMI_QUICK_DRAWS = ("supervised", "UniMatch", "BCP", "UniMatch + size (regressor)")
+SEMI_QUICK_DRAWS = ("supervised", "UniMatch", "BCP", "UniMatch + size (regressor)", SUP_FIRST, SUP_RESTART)
 
 
 def semi_rows(n: int) -> list[Row]:
@@ -398,6 +404,23 @@ def semi_rows(n: int) -> list[Row]:
         for name, recipe, extra in SEMI_METHODS
     ]
     rows += [
+        Row(
+            SUP_FIRST,
+            setting,
+            {**base, "train.epochs": 120},
+            recipe="supervised-acdc",
+            quick_seeds=quick,
+            quick_overrides={"train.epochs": 10},
+        ),
+        Row(
+            SUP_RESTART,
+            setting,
+            {**base, "train.epochs": 180},
+            recipe="supervised-acdc",
+            quick_seeds=quick,
+            quick_overrides={"train.epochs": 15},
+            init_from=f"{SUP_FIRST} | {setting}",
+        ),
         Row(
             "UniMatch + size (regressor)",
             setting,
@@ -440,7 +463,9 @@ def semi_acdc() -> Table:
             "with a 15-epoch poly decay; in `UniMatch + size` the warm-up already applies the size penalty) "
             "and take their pseudo-labels from an EMA teacher (decay 0.99), chosen on the validation patients "
             "(with the student's own pseudo-labels the unlabeled images' foreground shrank on this short "
-            "schedule). Model selection: best validation Dice on the 10 validation "
+            "schedule). `supervised, restarted after 40 %` is their schedule's supervised control: "
+            "`supervised, first 40 %` (10 epochs), then 15 more epochs from its best.pt with a fresh Adam "
+            "and poly decay. Model selection: best validation Dice on the 10 validation "
             "patients only; `last checkpoint` scores the model as training left it. `UniMatch + size "
             "(regressor)` adds the size penalty (weight 0.001, gamma 0.1) on the unlabeled weak views with "
             "bounds from a size regressor trained on the labeled slices first (the curriculum paper's "

@@ -73,9 +73,9 @@ def main() -> None:
                       f"| {'–' if control is None else format(r['mean'] - control['mean'], '+.2f')} |")  # fmt: skip
             print()
         sup3 = row("semi-acdc", "supervised", "3 labeled patients")
-        best = max((row("semi-acdc", m, "3 labeled patients") for m in SEMI), key=lambda r: -1e9 if r is None
-                   else r["mean"] if r["n_runs"] >= 3 else -1e9, default=None)  # fmt: skip
-        if sup3 and best and best["n_runs"] >= 3:
+        drawn = [r for m in SEMI if (r := row("semi-acdc", m, "3 labeled patients")) and r["n_runs"] >= 3]
+        best = max(drawn, key=lambda r: r["mean"], default=None)
+        if sup3 and best:
             ok = best["mean"] >= sup3["mean"] + 10 and best["mean"] >= 75
             print(f"Bar at 3 patients (best semi row with ≥ 3 draws): {best['method']} {fmt(best)} against "
                   f"supervised {fmt(sup3)}: {best['mean'] - sup3['mean']:+.2f} points; "

@@ -401,50 +401,34 @@ def semi_rows(n: int) -> list[Row]:
     setting = patients(n)
     base = {"data.split.labeled": n, "data.split.first_draw": "listed", "train.eval_last": True}
     index = {1: 0, 3: 1, 7: 2}[n]
-    quick = None if n == 3 else [0]
+
+    def row(name: str, recipe: str, overrides: dict[str, Any], **kw: Any) -> Row:
+        draws = None if n == 3 and name in SEMI_QUICK_DRAWS else [0]  # None: the table's quick seeds
+        return Row(name, setting, {**base, **overrides}, recipe=recipe, quick_seeds=draws, **kw)
+
     rows = [
-        Row(
-            name,
-            setting,
-            {**base, **extra},
-            paper=SEMI_PAPER.get(name, (None,) * 3)[index],
-            recipe=recipe,
-            quick_seeds=quick if name in SEMI_QUICK_DRAWS else [0],
-        )  # fmt: skip
+        row(name, recipe, extra, paper=SEMI_PAPER.get(name, (None,) * 3)[index])
         for name, recipe, extra in SEMI_METHODS
     ]
     rows += [
-        Row(
-            SUP_FIRST,
-            setting,
-            {**base, "train.epochs": 120},
-            recipe="supervised-acdc",
-            quick_seeds=quick,
-            quick_overrides={"train.epochs": 10},
-        ),
-        Row(
+        row(SUP_FIRST, "supervised-acdc", {"train.epochs": 120}, quick_overrides={"train.epochs": 10}),
+        row(
             SUP_RESTART,
-            setting,
-            {**base, "train.epochs": 180},
-            recipe="supervised-acdc",
-            quick_seeds=quick,
+            "supervised-acdc",
+            {"train.epochs": 180},
             quick_overrides={"train.epochs": 15},
             init_from=f"{SUP_FIRST} | {setting}",
-        ),
-        Row(
+        ),  # fmt: skip
+        row(
             "UniMatch + size (regressor)",
-            setting,
-            {**base, "method.regularizers": [CURRICULUM_SIZE]},
-            recipe="unimatch-acdc",
-            quick_seeds=quick,
+            "unimatch-acdc",
+            {"method.regularizers": [CURRICULUM_SIZE]},
             quick_overrides={"method.regularizers": [CURRICULUM_SIZE_QUICK]},
         ),  # fmt: skip
-        Row(
+        row(
             "UniMatch + size (oracle)",
-            setting,
-            {**base, "method.regularizers": [SIZE_PENALTY], "data.split.unlabeled_supervision": "size"},
-            recipe="unimatch-acdc",
-            quick_seeds=[0],
+            "unimatch-acdc",
+            {"method.regularizers": [SIZE_PENALTY], "data.split.unlabeled_supervision": "size"},
         ),  # fmt: skip
     ]
     return rows

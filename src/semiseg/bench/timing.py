@@ -216,7 +216,6 @@ class PassCounter:
     same per batch size of the calls.
 
     Attributes:
-        counts: images per ``"{encoder|decoder}_{grad|nograd}"``.
         images: images per ``(part, "grad" | "nograd", batch size of the call)``, e.g.
             ``("encoder", "grad", 16)``.
     """
@@ -224,7 +223,6 @@ class PassCounter:
     def __init__(self, method):
         import torch
 
-        self.counts = {"encoder_grad": 0, "encoder_nograd": 0, "decoder_grad": 0, "decoder_nograd": 0}
         self.images: dict[tuple[str, str, int], int] = {}
         self.handles = []
 
@@ -232,7 +230,6 @@ class PassCounter:
             def count(module, inputs, output):
                 grad = "grad" if torch.is_grad_enabled() and output.requires_grad else "nograd"
                 size = int(output.shape[0])
-                self.counts[f"{part}_{grad}"] += size
                 key = (part, grad, size)
                 self.images[key] = self.images.get(key, 0) + size
 
@@ -245,6 +242,14 @@ class PassCounter:
     def close(self) -> None:
         for h in self.handles:
             h.remove()
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Images per ``"{encoder|decoder}_{grad|nograd}"`` (all batch sizes)."""
+        out = {"encoder_grad": 0, "encoder_nograd": 0, "decoder_grad": 0, "decoder_nograd": 0}
+        for (part, grad, _), n in self.images.items():
+            out[f"{part}_{grad}"] += n
+        return out
 
     @property
     def full_passes(self) -> dict[str, float]:

@@ -40,8 +40,8 @@ def summarize(run_dir: Path, metric: str) -> dict:
 
 
 def main() -> None:
-    from semiseg.bench.provenance import git_commit, source_hash
-    from semiseg.config import build_config, load_yaml
+    from semiseg.bench.provenance import provenance
+    from semiseg.config import build_config, load_yaml, to_dict
     from semiseg.engine.run import train
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -60,7 +60,7 @@ def main() -> None:
     res = train(cfg, data_root=a.data_root, output_dir=out, final_eval=False)
     row = {"name": a.name, "recipe": a.recipe, "overrides": a.overrides, "quick": not a.full,
            "best": res["best"], **summarize(out, cfg.train.val_metric), "seconds": round(time.time() - t0, 1),
-           "git_commit": git_commit(), "source_hash": source_hash()}  # fmt: skip
+           "seed": cfg.train.seed, **provenance(config=to_dict(cfg))}  # fmt: skip
     print(json.dumps(row))
     Path(a.log).parent.mkdir(parents=True, exist_ok=True)
     with open(a.log, "a") as f:

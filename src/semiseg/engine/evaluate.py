@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from semiseg.data.records import Record, record_slices
 from semiseg.data.views import resize_image
+from semiseg.ops import class_map
 
 FAST_METRICS = ("dice", "jaccard", "pixel_error")
 ALL_METRICS = ("dice", "jaccard", "pixel_error", "rad", "hd95")
@@ -92,7 +93,7 @@ def evaluate_records(
     for start in range(0, len(records), 64):
         chunk = records[start : start + 64]
         for r, p in zip(chunk, predict_records(predict, chunk, image_size, device)):
-            pred = postprocess(p, r) if postprocess is not None else p.argmax(0)
+            pred = postprocess(p, r) if postprocess is not None else class_map(p, 0)
             mask = torch.from_numpy(np.asarray(r.mask))
             case = evaluate_case(pred, mask, num_classes, metrics=tuple(metrics), spacing=r.spacing)
             case["id"] = r.id

@@ -10,6 +10,7 @@ import torch
 from semiseg.engine.evaluate import predict_slices
 from semiseg.errors import DataError
 from semiseg.io import atomic_write
+from semiseg.ops import class_map
 
 
 def predict_folder(
@@ -35,7 +36,7 @@ def predict_folder(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     for path, p in zip(files, probs):
-        label = p.argmax(0).numpy().astype(np.uint8)
+        label = class_map(p, 0).numpy().astype(np.uint8)
         atomic_write(
             out / f"{path.stem}.png", lambda tmp, a=label: Image.fromarray(a).save(tmp, format="PNG")
         )

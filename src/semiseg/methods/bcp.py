@@ -88,7 +88,7 @@ from semiseg.methods import register
 from semiseg.methods.base import Phase
 from semiseg.methods.supervised import Supervised, SupervisedConfig
 from semiseg.models.ema import ema_copy, ema_update_
-from semiseg.ops import paste
+from semiseg.ops import class_map, paste
 
 #: salt of the per-sample box draws (Batch.generators)
 BOX_SALT = 4217
@@ -271,7 +271,7 @@ class BCP(Supervised):
     def teacher_labels(self, images: torch.Tensor) -> torch.Tensor:
         """The teacher's pseudo-labels. Shape: ``[B, C, *S]`` → ``[B, *S]`` long."""
         self.teacher.train(self.cfg.teacher_batch_stats)
-        labels = self.teacher(images).argmax(1)
+        labels = class_map(self.teacher(images))
         if self.cfg.largest_component:
             labels = largest_components(labels, self.num_classes)
         return labels

@@ -61,6 +61,7 @@ from semiseg.methods import register
 from semiseg.methods.base import Phase
 from semiseg.methods.supervised import Supervised, SupervisedConfig
 from semiseg.models import build_model
+from semiseg.ops import class_map
 
 STREAMS = ("labeled", "unlabeled")
 
@@ -103,8 +104,8 @@ def cross_pseudo_supervision(
     """
     if logits_a.shape != logits_b.shape:
         raise ValueError(f"logits {tuple(logits_a.shape)} and {tuple(logits_b.shape)} differ")
-    labels_a = logits_a.detach().argmax(1)
-    labels_b = logits_b.detach().argmax(1)
+    labels_a = class_map(logits_a.detach())
+    labels_b = class_map(logits_b.detach())
     return masked_cross_entropy(logits_a, labels_b), masked_cross_entropy(logits_b, labels_a)
 
 
@@ -147,7 +148,7 @@ class CPS(Supervised):
         weight = self.current_cps_weight()
         loss = sup_a["loss"] + sup_b["loss"] + weight * (cps_a + cps_b)
         with torch.no_grad():
-            agree = (by_stream["a"]["unlabeled"].argmax(1) == by_stream["b"]["unlabeled"].argmax(1)).float()
+            agree = (class_map(by_stream["a"]["unlabeled"]) == class_map(by_stream["b"]["unlabeled"])).float()
         out = {
             "sup_a": sup_a["loss"],
             "sup_b": sup_b["loss"],

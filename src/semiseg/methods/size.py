@@ -48,8 +48,6 @@ from semiseg.methods import register
 from semiseg.methods.base import Phase
 from semiseg.methods.supervised import Supervised, SupervisedConfig
 from semiseg.models import build_model
-
-# the regressor's training pieces, shared with the size regulariser (re-exported: public here before)
 from semiseg.models.size_regressor import (  # noqa: F401
     REGRESSOR_AUGMENT_SALT,
     build_size_regressor,
@@ -60,6 +58,9 @@ from semiseg.models.size_regressor import (  # noqa: F401
     rotate_flip,
     split_regression,
 )
+
+# the regressor's training pieces, shared with the size regulariser (re-exported: public here before)
+from semiseg.ops import class_map
 
 SOURCES = ("regressor", "oracle", "fs", "proposals")
 
@@ -202,7 +203,7 @@ class SizeConstrained(Supervised):
     def _proposal_mask(self, images: torch.Tensor) -> torch.Tensor:
         self.teacher.eval()
         with torch.no_grad():
-            pred = self.teacher(images).argmax(1)
+            pred = class_map(self.teacher(images))
         keep = torch.zeros_like(pred, dtype=torch.bool)
         for c in self.classes:
             keep |= pred == c

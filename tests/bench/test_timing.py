@@ -179,3 +179,23 @@ def test_pass_budget_prices_each_pass_at_its_own_batch_size(monkeypatch):
     tol = {"rel": 0.01, "abs": 1e-4}
     assert out["budget_seconds_per_step"] == pytest.approx(8 * t_grad[8] + 4 * t_nograd[4], **tol)
     assert out["budget_seconds_at_labeled_batch"] == pytest.approx(8 * t_grad[4] + 4 * t_nograd[4], **tol)
+
+
+def test_pass_budget_paired_ratio_divides_each_round_by_its_own_budget(monkeypatch):
+    """Supervised (4 labeled images with gradients): the budget of a round is its own supervised
+    iteration, so the per-round ratios are method / baseline of the same round; their median can
+    differ from the ratio of the medians when the machine's speed drifts between rounds."""
+    cfg = _cfg()
+    fixed = {"method": [1.0, 2.0, 3.0], "grad 4": [1.0, 1.0, 2.0], "nograd 4": [0.5, 0.5, 0.5]}
+
+    def fake(runs, rounds, warmup=timing.WARMUP_ROUNDS):
+        assert rounds == 3 and set(runs) == set(fixed)
+        return fixed
+
+    monkeypatch.setattr(timing, "interleaved", fake)
+    out = pass_budget_ratio(cfg, supervised_baseline(cfg), rounds=3, steps=1)
+    assert out["round_ratios_to_budget"] == [1.0, 2.0, 1.5]
+    assert out["ratio_to_budget_paired"] == 1.5
+    assert out["ratio_to_budget"] == 2.0  # median 2.0 over median 1.0
+    low, high = out["ratio_to_budget_paired_quartiles"]
+    assert low <= 1.5 <= high

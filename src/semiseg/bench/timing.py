@@ -314,7 +314,10 @@ def pass_budget_ratio(
     (``baseline_cfg.train.batch_size``), which gives the single-price figures
     (``*_at_labeled_batch``: every pass priced at the labeled batch size). The method, one baseline
     per grad batch size and one inference per no-grad batch size are measured interleaved in one
-    run of :func:`interleaved`; medians over rounds, ratios to 2 decimals.
+    run of :func:`interleaved`; medians over rounds, ratios to 2 decimals. The paired figures
+    (``ratio_to_budget_paired``, with the quartiles of the per-round ratios) divide each round's
+    method time by the budget priced from that round's own measurements and take the median over
+    rounds, so that a slow drift of the machine's speed cancels within a round.
     """
     labeled = baseline_cfg.train.batch_size
     with tempfile.TemporaryDirectory(prefix="semiseg-pass-budget-") as tmp:
@@ -358,8 +361,22 @@ def pass_budget_ratio(
     )
     total = counter.full_passes
     budget_labeled = total["grad"] * t_grad[labeled] + total["nograd"] * t_nograd[labeled]
+    # the same budget from each round's own measurements: a drift of the machine's speed during the
+    # run moves a round's method time and its budget together
+    round_ratios = []
+    for i in range(rounds):
+        g = {b: times[f"grad {b}"][i] / steps / b for b in grad_sizes}
+        ng = {b: times[f"nograd {b}"][i] / steps / b for b in nograd_sizes}
+        r_budget = sum(n * g[b] for b, n in passes["grad"].items()) + sum(
+            n * ng[b] for b, n in passes["nograd"].items()
+        )
+        round_ratios.append(times["method"][i] / steps / r_budget)
+    quartiles = statistics.quantiles(round_ratios, n=4) if rounds > 1 else [round_ratios[0]] * 3
     return {
         "ratio_to_budget": ratio(med["method"], budget),
+        "ratio_to_budget_paired": round(statistics.median(round_ratios), 2),
+        "ratio_to_budget_paired_quartiles": [round(quartiles[0], 2), round(quartiles[2], 2)],
+        "round_ratios_to_budget": [round(r, 3) for r in round_ratios],
         "passes_per_step": total,
         "passes_per_batch_size": passes,
         "pass_counts": counter.counts,

@@ -28,15 +28,21 @@ def test_bar_and_composition(tmp_path, monkeypatch, capsys):
     semi = rows("Dice", ("supervised", three, 50.0, 2.0, 3), ("UniMatch", three, 61.0, 1.0, 3),
                 ("BCP", three, 55.0, 1.0, 3), ("mean teacher", three, 49.0, None, 1),
                 ("UniMatch + size (regressor)", three, 61.5, 1.5, 3),
-                ("supervised, restarted after 40 %", three, 53.0, 1.0, 3))  # fmt: skip
+                ("supervised, restarted after 40 %", three, 53.0, 1.0, 3),
+                ("supervised, restarted after 24 %", three, 54.5, 1.0, 3))  # fmt: skip
     horse = rows("pixel error (%)", ("UniMatch", "10 px/image", 9.0, 0.2, 3), ("TV", "10 px/image", 9.8, 0.3, 3),
                  ("UniMatch + TV", "10 px/image", 8.5, 0.2, 3))  # fmt: skip
     for name, table_rows in (("semi-acdc", semi), ("tv-horse", horse)):
         doc = {"rows": table_rows, "provenance": {"git_commit": "abcdef0123456"}}
         (tmp_path / f"{name}.json").write_text(json.dumps(doc))
     out = run(tmp_path, monkeypatch, capsys)
-    assert "| UniMatch | 61.00 (± 1.00, n=3) | +11.00 | yes | yes | +8.00 |" in out
-    assert "| mean teacher | 49.00 (n=1) | -1.00 | no | n/a (n=1) | -4.00 |" in out
+    control40 = "supervised, restarted after 40 % 53.00 (± 1.00, n=3)"
+    assert f"| UniMatch | 61.00 (± 1.00, n=3) | +11.00 | yes | yes | {control40} | +8.00 | yes |" in out
+    # BCP against its own schedule's control: +0.5 is within one std
+    control24 = "supervised, restarted after 24 % 54.50 (± 1.00, n=3)"
+    assert f"| BCP | 55.00 (± 1.00, n=3) | +5.00 | yes | yes | {control24} | +0.50 | no |" in out
+    # mean teacher does not restart: its control is the supervised row
+    assert "| mean teacher | 49.00 (n=1) | -1.00 | no | n/a (n=1) | – | – | – |" in out
     # best row with >= 3 draws is UniMatch + size (61.5): +11.5 points but below 75
     assert "UniMatch + size (regressor) 61.50" in out and "not met" in out
     # lower error is better: 8.5 beats 9.0 (gap 0.5 > 0.2) and 9.8

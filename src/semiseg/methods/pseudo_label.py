@@ -22,8 +22,10 @@ Phases:
    ``CE_τ`` the cross-entropy on the pixels whose teacher confidence (max softmax) is ≥ τ
    (``threshold``), averaged over all unlabeled pixels
    (:func:`~semiseg.losses.consistency.confident_cross_entropy`; the other pixels get zero
-   gradient). Each round is selected on validation (``restore_best``); the last round is ``final``
-   (it alone competes for ``best.pt``). Optionally (``reinit_each_round``) the student restarts
+   gradient). Each round but the last is selected on validation (``restore_best``: the next round
+   starts from its best state); the last round is ``final`` (it alone competes for ``best.pt``) and
+   leaves the model as training left it, so ``train.eval_last`` scores the last state.
+   Optionally (``reinit_each_round``) the student restarts
    from a fresh initialisation at every round (classic self-training, where the student is
    retrained), drawn deterministically from a seed the method drew at construction (a buffer).
 
@@ -147,10 +149,10 @@ class PseudoLabel(Supervised):
         phases = []
         if cfg.supervised_epochs != 0:
             phases.append(Phase("supervised", epochs=cfg.supervised_epochs, optional_streams=extra,
-                                final=cfg.rounds == 0, restore_best=True))  # fmt: skip
+                                final=cfg.rounds == 0, restore_best=cfg.rounds > 0))  # fmt: skip
         for r in range(1, cfg.rounds + 1):
             phases.append(Phase(f"{ROUND}{r}", epochs=cfg.round_epochs, streams=("labeled", "unlabeled"),
-                                final=r == cfg.rounds, restore_best=True))  # fmt: skip
+                                final=r == cfg.rounds, restore_best=r < cfg.rounds))  # fmt: skip
         return phases
 
     def on_phase_start(self, phase):

@@ -77,7 +77,10 @@ def _parser() -> argparse.ArgumentParser:
         help="run a benchmark table and write benchmarks/results/<table>.json",
         description="Run a benchmark table and write its results. Several processes may run the same "
         "table at once: each trains the runs the others do not hold; one that ends with runs held by "
-        "another process lists them, writes no results and exits with code 75 (run it again later).",
+        "another process lists them, writes no results and exits with code 75 (run it again later). "
+        "With --status, only list the state of each run of the table in the run cache (done, running, "
+        "partial, pending, or what it waits for) and the hours recorded, without training or loading "
+        "data.",
     )
     p.add_argument("table", help="table name (see 'semiseg bench list')")
     p.add_argument("--quick", action="store_true", help="CPU-sized protocol")
@@ -92,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="override a config value in every run (recorded in the results' provenance)",
+    )
+    p.add_argument(
+        "--status",
+        action="store_true",
+        help="show which runs of the table are done, running, partial (resumable) or pending in the "
+        "run cache (same --quick/--work-dir/--seeds/--set as the run); trains nothing, shows no test metric",
     )
 
     p = sub.add_parser("data", help="inspect a dataset and write its split")
@@ -225,6 +234,17 @@ def cmd_bench(args) -> int:
     if args.table == "list":
         for name in sorted(TABLES):
             print(f"{name:<24} {TABLES[name]().title}")
+        return 0
+    if args.status:
+        from semiseg.bench.provenance import source_hash
+        from semiseg.bench.status import format_status, table_status
+
+        source = source_hash()  # the runs a bench call of the current code would find or train
+        entries = table_status(args.table, quick=args.quick, work_dir=args.work_dir, seeds=args.seeds,
+                               overrides=args.overrides, source=source)  # fmt: skip
+        mode = "quick" if args.quick else "full"
+        print(f"{args.table} ({mode}): runs of training code {source} in {Path(args.work_dir) / 'cache'}\n")
+        print(format_status(entries))
         return 0
     try:
         run_table(

@@ -124,7 +124,7 @@ def test_each_state_of_a_run_and_the_summary(tmp_path):
     assert killed["seconds"] == 0.0 and killed["logged_seconds"] == 10.0
     assert pending["seconds"] is None and pending["epochs"] == 0
     assert status_summary(entries) == {"done": 2, "running": 1, "partial": 2, "pending": 1, "total": 6,
-                                       "seconds": 7260.0, "hours": 2.02, "shared": 0, "derived": 0}  # fmt: skip
+                                       "seconds": 7270.0, "hours": 2.02, "shared": 0, "derived": 0}  # fmt: skip
     text = format_status(entries)
     lines = text.splitlines()
     assert lines[0].split() == ["row", "seed", "state", "epochs", "seconds", "run"]
@@ -132,7 +132,7 @@ def test_each_state_of_a_run_and_the_summary(tmp_path):
     assert f"running: {running['owner']}; its logged epochs took" not in text  # no epoch logged yet
     assert "partial (resumable); its logged epochs took 10 s" in lines[5]  # the record says 0 s
     assert (
-        lines[-1] == "2/6 runs done, 1 running, 2 partial, 1 pending; 2.02 h recorded in done + partial runs"
+        lines[-1] == "2/6 runs done, 1 running, 2 partial, 1 pending; 2.02 h spent on the started runs"
     )
     assert_no_metric(text)
 
@@ -179,8 +179,8 @@ def test_init_from_rows_wait_for_their_starting_run_and_post_processing_follows_
         "done": 1, "running": 1, "partial": 1, "pending": 1, "total": 4, "seconds": 54.0, "hours": 0.01,
         "shared": 0, "derived": 2}  # fmt: skip
     text = format_status(list(entries.values()))
-    assert text.splitlines()[-1] == ("1/4 runs done, 1 running, 1 partial, 1 pending; 0.01 h recorded in done + "
-                                     "partial runs (2 post-processing entries follow their runs)")  # fmt: skip
+    assert text.splitlines()[-1] == ("1/4 runs done, 1 running, 1 partial, 1 pending; 0.01 h spent on the started "
+                                     "runs (2 post-processing entries follow their runs)")  # fmt: skip
     assert_no_metric(text)
 
 

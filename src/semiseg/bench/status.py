@@ -225,7 +225,9 @@ def _row_run(
 
 
 def status_summary(entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """Counts of the trained runs by state and the hours recorded in the done and partial ones.
+    """Counts of the trained runs by state and the hours spent on the started ones (done, running,
+    partial): per run the larger of the seconds its record holds and the sum of its epoch log's
+    seconds (a process killed hard records no time; the epoch log lacks the final evaluation).
 
     Post-processing rows (``derived``) are not runs of their own; a run that two entries share
     (a tuning trial that is also a tuned row's run) counts once. "waits" and "tuning" count as
@@ -233,7 +235,7 @@ def status_summary(entries: list[dict[str, Any]]) -> dict[str, Any]:
 
     Examples:
         >>> e = [{"state": "done", "run_dir": "a", "seconds": 3600.0},
-        ...      {"state": "partial", "run_dir": "b", "seconds": 1800.0},
+        ...      {"state": "partial", "run_dir": "b", "seconds": 0.0, "logged_seconds": 1800.0},
         ...      {"state": "done", "run_dir": "a", "seconds": 3600.0},
         ...      {"state": "waits", "run_dir": None, "seconds": None},
         ...      {"state": "derived", "run_dir": "a", "seconds": None}]
@@ -254,8 +256,8 @@ def status_summary(entries: list[dict[str, Any]]) -> dict[str, Any]:
                 continue
             seen.add(e["run_dir"])
         counts["pending" if e["state"] in NOT_STARTED else e["state"]] += 1
-        if e["state"] in ("done", "partial"):
-            seconds += e["seconds"] or 0.0
+        if e["state"] in ("done", "running", "partial"):
+            seconds += max(e["seconds"] or 0.0, e.get("logged_seconds") or 0.0)
     return {**counts, "total": sum(counts.values()), "seconds": round(seconds, 1),
             "hours": round(seconds / 3600, 2), "shared": shared, "derived": derived}  # fmt: skip
 
@@ -305,7 +307,7 @@ def format_status(entries: list[dict[str, Any]]) -> str:
     s = status_summary(entries)
     summary = (
         f"{s['done']}/{s['total']} runs done, {s['running']} running, {s['partial']} partial, "
-        f"{s['pending']} pending; {s['hours']:.2f} h recorded in done + partial runs"
+        f"{s['pending']} pending; {s['hours']:.2f} h spent on the started runs"
     )
     notes = []
     if s["derived"]:

@@ -131,9 +131,7 @@ def test_each_state_of_a_run_and_the_summary(tmp_path):
     assert lines[2].split() == [*SUP.split(), "0", "done", "1/1", "5400.0", run_dir(0).name]
     assert f"running: {running['owner']}; its logged epochs took" not in text  # no epoch logged yet
     assert "partial (resumable); its logged epochs took 10 s" in lines[5]  # the record says 0 s
-    assert (
-        lines[-1] == "2/6 runs done, 1 running, 2 partial, 1 pending; 2.02 h spent on the started runs"
-    )
+    assert lines[-1] == "2/6 runs done, 1 running, 2 partial, 1 pending; 2.02 h spent on the started runs"
     assert_no_metric(text)
 
 
@@ -287,7 +285,7 @@ def test_the_command_prints_the_status_and_exits_0(tmp_path, monkeypatch, capsys
     )
     rows = [line.split("  ") for line in out.splitlines()]
     assert any(r[0] == SUP and "done" in r for r in rows) and f"waits for {SUP}, seed 1" in out
-    assert out.splitlines()[-1].startswith("1/4 runs done, 0 running, 0 partial, 3 pending; 2.00 h recorded")
+    assert out.splitlines()[-1].startswith("1/4 runs done, 0 running, 0 partial, 3 pending; 2.00 h spent")
     assert_no_metric(out)
     assert not (tmp_path / "r").exists() and sorted(p.name for p in (work / "cache").iterdir()) == [sup0.name]
 

@@ -131,3 +131,39 @@ def test_last_checkpoint_column_only_when_a_row_has_it():
     md = markdown(_results(rows))
     assert "| a | s | m | 9.00 | 0.50 | 2 | 8.00 ± 1.00 | – |" in md
     assert "| b | s | m | 7.00† | n=1 | 1 | – | – |" in md
+
+
+def _step_ratio_file(tmp_path, source="s1"):
+    case = {
+        "recipe": "bcp-acdc",
+        "step": {"ratio": 2.54},
+        "budget": {"ratio_to_budget": 1.12, "ratio_to_budget_paired": 1.15,
+                   "ratio_to_budget_paired_quartiles": [1.07, 1.2],
+                   "passes_per_batch_size": {"grad": {"8": 16.0}, "nograd": {"8": 8.0}}},
+    }  # fmt: skip
+    prov = {"git_commit": "0123456789abcdef", "source_hash": source, "rounds": 15}
+    doc = {"cases": [case], "target_ratio_to_budget": 1.15, "provenance": prov}
+    (tmp_path / "semi-step-ratio.json").write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("source, same", [("s1", True), ("s0", False)])
+def test_semi_acdc_provenance_carries_the_committed_pass_budget(tmp_path, source, same):
+    """semi-acdc's extras read the committed step-ratio measurement and say whether it timed the
+    table's training code; the Markdown prints each method's ratios beside its passes."""
+    from types import SimpleNamespace
+
+    from semiseg.bench.tables import _semi_extras
+
+    ctx = SimpleNamespace(results_dir=tmp_path, cache=SimpleNamespace(source="s1"))
+    assert _semi_extras(ctx)["pass_budget"]["missing"]
+    assert "not measured" in markdown(_results(**_semi_extras(ctx)))
+    _step_ratio_file(tmp_path, source)
+    extras = _semi_extras(ctx)
+    assert extras["pass_budget"]["same_training_code"] is same
+    md = markdown(_results(**extras))
+    assert (
+        "bcp 1.12, per round 1.15 (1.07–1.20), step ratio 2.54, passes with grad 16 (b8), without 8 (b8)"
+        in md
+    )
+    assert ("the same training code as these runs" in md) is same
+    assert ("**other training code** (source hash `s0`)" in md) is not same

@@ -58,6 +58,44 @@ def _row_line(r: dict[str, Any], with_last: bool = False) -> str:
     )
 
 
+def _passes(by_size: dict[str, float]) -> str:
+    """``{"8": 16.0}`` → ``16 (b8)``; none → ``0``.
+
+    Examples:
+        >>> _passes({"8": 8.0, "16": 16.0}), _passes({})
+        ('16 (b16) + 8 (b8)', '0')
+    """
+    items = sorted(((int(b), n) for b, n in by_size.items()), reverse=True)
+    return " + ".join(f"{n:g} (b{b})" for b, n in items) or "0"
+
+
+def _pass_budget_lines(pb: dict[str, Any]) -> list[str]:
+    """The semi methods' step ratios and pass budgets (a separate measurement, named with its provenance)."""
+    if "missing" in pb:
+        return [f"Step ratios and pass budgets: not measured (`{pb['file']}` missing: {pb['missing']}).", ""]
+    same = "the same training code as these runs" if pb["same_training_code"] else (
+        f"**other training code** (source hash `{pb['source_hash']}`)"
+    )  # fmt: skip
+    parts = []
+    for recipe, m in pb["methods"].items():
+        paired = ""
+        if m.get("ratio_to_budget_paired") is not None:
+            q = m["ratio_to_budget_paired_quartiles"]
+            paired = f", per round {m['ratio_to_budget_paired']:.2f} ({q[0]:.2f}–{q[1]:.2f})"
+        passes = m["passes_per_batch_size"]
+        parts.append(
+            f"{recipe.removesuffix('-acdc')} {m['ratio_to_budget']:.2f}{paired}, step ratio {m['step_ratio']:.2f}, "
+            f"passes with grad {_passes(passes['grad'])}, without {_passes(passes['nograd'])}"
+        )
+    return [
+        f"Step time over the pass budget (target ≤ {pb['target']:.2f}; `{pb['file']}`, commit "
+        f"`{str(pb['git_commit'])[:10]}`, {pb['rounds']} interleaved rounds, {same}): "
+        + "; ".join(parts)
+        + ".",
+        "",
+    ]
+
+
 def _step_ratio_lines(ratios: dict[str, Any]) -> list[str]:
     named = {"": ratios} if "ratio" in ratios else ratios
     new = {k: v for k, v in named.items() if "rounds" in v}
@@ -124,6 +162,8 @@ def markdown(results: dict[str, Any]) -> str:
                   f"Chosen: {tu['chosen']}.", ""]  # fmt: skip
     if "step_time_ratio" in p:
         lines += _step_ratio_lines(p["step_time_ratio"])
+    if "pass_budget" in p:
+        lines += _pass_budget_lines(p["pass_budget"])
     if "figure" in p:
         lines += [f"Figure: `{p['figure']}`", ""]
     source = f"; source hash `{p['source_hash']}`" if p.get("source_hash") else ""

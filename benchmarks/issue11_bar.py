@@ -26,7 +26,7 @@ SCHEDULE_CONTROL = {
 #: (table, composed row, its parts) — the parts must exist in the same table and setting
 COMPOSED = [
     ("tv-horse", "UniMatch + TV", ("UniMatch", "TV")),
-    ("curriculum-acdc", "UniMatch + size", ("UniMatch", "Proposed")),
+    ("curriculum-acdc", "UniMatch + size", ("UniMatch", "Proposed (size regressor)")),
     ("semi-acdc", "UniMatch + size (regressor)", ("UniMatch",)),
 ]
 
@@ -112,6 +112,7 @@ def main() -> None:
             for part in parts:
                 q = row(table, part, setting)
                 if q is None:
+                    print(f"| {table} | {setting} | {composed} {fmt(c)} | {part}: missing | n/a |")
                     continue
                 verdict = beats(c, q, lower_is_better=lower)
                 print(f"| {table} | {setting} | {composed} {fmt(c)} | {part} {fmt(q)} | "

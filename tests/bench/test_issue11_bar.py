@@ -56,3 +56,25 @@ def test_bar_and_composition(tmp_path, monkeypatch, capsys):
     )
     assert out.rstrip().endswith("| no |")
     assert "`curriculum-acdc`: no results" in out
+
+
+def test_curriculum_composition_uses_the_proposed_row_and_says_when_a_part_is_missing(
+    tmp_path, monkeypatch, capsys
+):
+    five, one = "5 labeled patients", "1 labeled patient"
+    curriculum = rows("LV Dice", ("UniMatch", five, 70.0, 1.0, 3), ("Proposed (size regressor)", five, 60.0, 2.0, 3),
+                      ("UniMatch + size", five, 72.5, 1.0, 3), ("UniMatch + size", one, 40.0, 1.0, 3),
+                      ("UniMatch", one, 38.0, 1.0, 3))  # fmt: skip
+    doc = {"rows": curriculum, "provenance": {"git_commit": "abcdef0123456"}}
+    (tmp_path / "curriculum-acdc.json").write_text(json.dumps(doc))
+    out = run(tmp_path, monkeypatch, capsys)
+    part = "Proposed (size regressor) 60.00 (± 2.00, n=3)"
+    assert f"| curriculum-acdc | {five} | UniMatch + size 72.50 (± 1.00, n=3) | {part} | yes |" in out
+    assert (
+        f"| curriculum-acdc | {five} | UniMatch + size 72.50 (± 1.00, n=3) | UniMatch 70.00 (± 1.00, n=3) | yes |"
+        in out
+    )
+    assert (
+        f"| curriculum-acdc | {one} | UniMatch + size 40.00 (± 1.00, n=3) | Proposed (size regressor): missing | n/a |"
+        in out
+    )

@@ -12,6 +12,7 @@ from semiseg.bench.tables import (
     TV_EDGE,
     TV_PAPER,
     TV_PLAIN,
+    UNIMATCH_SUPERVISED_WEIGHT,
     patients,
     size_step_configs,
     supervised_baseline,
@@ -78,6 +79,24 @@ def test_tv_horse_rows_cover_every_n_with_the_paper_numbers():
         assert plain.data.split.draw == 1  # each seed is another sparse draw
 
 
+@pytest.mark.parametrize("quick", [True, False])
+def test_tv_horse_composition_rows_match_their_parts(quick):
+    """UniMatch and UniMatch + TV at 10 and 50 px: 3 draws in quick mode like their parts, the same
+    epochs as the supervised / TV rows, and TV's weight relative to the supervised loss as in the TV row."""
+    table = TABLES["tv-horse"]()
+    by_key = {r.key: r for r in table.rows}
+    for n in (10, 50):
+        keys = [f"{m} | {n} px/image" for m in ("supervised", "TV", "UniMatch", "UniMatch + TV")]
+        seeds = {k: by_key[k].seeds_for(table.quick_seeds if quick else table.seeds, quick) for k in keys}
+        assert len({tuple(v) for v in seeds.values()}) == 1 and len(seeds[keys[0]]) >= 3
+        sup, tv, uni, both = (row_config(table, by_key[k], seed=0, quick=quick) for k in keys)
+        assert uni.method["warmup_epochs"] + uni.train.epochs == sup.train.epochs == tv.train.epochs
+        assert uni.method["pseudo_source"] == both.method["pseudo_source"] == "ema"
+        (reg,) = both.method["regularizers"]
+        assert reg["weight"] == pytest.approx(tv.method["tv_weight"] * UNIMATCH_SUPERVISED_WEIGHT)
+        assert both.method["ce_weight"] == 1.0 and both.method["dice_weight"] == 0.0
+
+
 def test_step_time_baselines_are_supervised_on_as_many_images():
     table = TABLES["tv-horse"]()
     tv = row_config(table, next(r for r in table.rows if r.key == "TV | 10 px/image"), seed=0, quick=True)
@@ -125,8 +144,13 @@ def test_curriculum_rows_start_from_fs_and_train_the_same_extra_epochs(name, cla
                 proposed = row_config(
                     table, by_key[f"Proposed (size regressor) | {setting}"], seed=2, quick=quick
                 )
-                assert (size["source"], size["weight"], size["gamma"]) == (
-                    "regressor", proposed.method["size_weight"], proposed.method["gamma"])  # fmt: skip
+                assert (size["source"], size["gamma"]) == ("regressor", proposed.method["gamma"])
+                # the same weight relative to the supervised loss: UniMatch weighs it by 0.5, Proposed by 1
+                assert (both.method["ce_weight"], both.method["dice_weight"]) == (
+                    proposed.method["ce_weight"], proposed.method["dice_weight"])  # fmt: skip
+                assert size["weight"] == pytest.approx(
+                    proposed.method["size_weight"] * UNIMATCH_SUPERVISED_WEIGHT
+                )
                 assert size["regressor_epochs"] == proposed.method["regressor_epochs"]
                 assert by_key[f"UniMatch + size | {setting}"].init_from == f"FS | {setting}"
         oracle = row_config(table, by_key[f"Oracle (true size) | {setting}"], seed=0, quick=True)

@@ -88,6 +88,7 @@ def main() -> None:
 def markdown(results: dict) -> str:
     """The Markdown table of a results dict (also re-renders a committed JSON: ``--render FILE``)."""
     from semiseg.bench.provenance import provenance_line
+    from semiseg.bench.render import passes_by_size
 
     cases, pr = results["cases"], results["provenance"]
     rounds, steps = pr["rounds"], pr["steps_per_round"]
@@ -147,11 +148,6 @@ def markdown(results: dict) -> str:
         provenance_line(pr),
     ]
     return "\n".join(lines) + "\n"
-
-
-def passes_by_size(passes: dict[int, float]) -> str:
-    """``{8: 8.0, 16: 16.0}`` → ``"16 (b16) + 8 (b8)"`` (largest batch first); no passes → ``"0"``."""
-    return " + ".join(f"{n:g} (b{b})" for b, n in sorted(passes.items(), reverse=True)) or "0"
 
 
 if __name__ == "__main__":

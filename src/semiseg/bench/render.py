@@ -58,11 +58,11 @@ def _row_line(r: dict[str, Any], with_last: bool = False) -> str:
     )
 
 
-def _passes(by_size: dict[str, float]) -> str:
+def passes_by_size(by_size: dict) -> str:
     """``{"8": 16.0}`` → ``16 (b8)``; none → ``0``.
 
     Examples:
-        >>> _passes({"8": 8.0, "16": 16.0}), _passes({})
+        >>> passes_by_size({"8": 8.0, "16": 16.0}), passes_by_size({})
         ('16 (b16) + 8 (b8)', '0')
     """
     items = sorted(((int(b), n) for b, n in by_size.items()), reverse=True)
@@ -85,7 +85,7 @@ def _pass_budget_lines(pb: dict[str, Any]) -> list[str]:
         passes = m["passes_per_batch_size"]
         parts.append(
             f"{recipe.removesuffix('-acdc')} {m['ratio_to_budget']:.2f}{paired}, step ratio {m['step_ratio']:.2f}, "
-            f"passes with grad {_passes(passes['grad'])}, without {_passes(passes['nograd'])}"
+            f"passes with grad {passes_by_size(passes['grad'])}, without {passes_by_size(passes['nograd'])}"
         )
     return [
         f"Step time over the pass budget (target ≤ {pb['target']:.2f}; `{pb['file']}`, commit "

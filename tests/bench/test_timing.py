@@ -159,13 +159,13 @@ def test_pass_budget_counts_passes_with_and_without_gradients(monkeypatch):
 
 
 def test_pass_budget_prices_each_pass_at_its_own_batch_size(monkeypatch):
-    """Mean teacher: the student on labeled + strong unlabeled in one call (8 images) with gradients,
+    """Mean teacher with ``joint_batch``: the student on labeled + unlabeled in one call (8 images) with gradients,
     the teacher on the unlabeled images (4) without; the labeled batch is 4. One baseline per grad
     size plus the labeled one, one inference per no-grad size plus the labeled one, all interleaved in
     one call; the budget sums each size's passes at that size's price."""
     cfg = _cfg()
     sides = _interleaved_sides(monkeypatch)
-    mean_teacher = dataclasses.replace(cfg, method={"name": "mean_teacher"})
+    mean_teacher = dataclasses.replace(cfg, method={"name": "mean_teacher", "joint_batch": True})
     out = pass_budget_ratio(mean_teacher, supervised_baseline(cfg), rounds=1, steps=1)
     assert out["passes_per_batch_size"] == {"grad": {8: 8.0}, "nograd": {4: 4.0}}
     assert out["passes_per_step"] == {"grad": 8.0, "nograd": 4.0} and out["labeled_batch_size"] == 4

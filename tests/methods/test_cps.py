@@ -61,9 +61,8 @@ def test_cross_terms_equal_the_formula_and_pseudo_labels_carry_no_gradient():
     method = build("cps").train()
     data = batch()
     out = method.training_step(data, "train", "main")
-    n = len(data["labeled"])
-    images = torch.cat([data["labeled"].image, data["unlabeled"].image])
-    logits_a, logits_b = method.model(images)[n:], method.model_b(images)[n:]  # batch statistics: same
+    unl = data["unlabeled"].image  # the unlabeled batch alone (its own batch statistics)
+    logits_a, logits_b = method.model(unl), method.model_b(unl)
     torch.testing.assert_close(out["cps_a"], F.cross_entropy(logits_a, logits_b.argmax(1)))
     torch.testing.assert_close(out["cps_b"], F.cross_entropy(logits_b, logits_a.argmax(1)))
     # A's cross term reaches A only: B's arg-max is a constant target
@@ -98,15 +97,24 @@ def test_loss_is_both_supervised_losses_plus_ramped_cross_terms():
     assert 0.0 <= float(out["agreement"]) <= 1.0
 
 
-def test_cross_supervision_on_labeled_images_adds_their_terms():
+@pytest.mark.parametrize("joint", [False, True])
+def test_cross_supervision_on_labeled_images_adds_their_terms(joint):
     data = batch()
     n = len(data["labeled"])
-    method = build("cps", cps_on_labeled=True).train()
+    method = build("cps", cps_on_labeled=True, joint_batch=joint).train()
     out = method.training_step(data, "train", "main")
-    images = torch.cat([data["labeled"].image, data["unlabeled"].image])
-    la, lb = method.model(images), method.model_b(images)
+    lab, unl = data["labeled"].image, data["unlabeled"].image
+    if joint:  # one batch of labeled + unlabeled images per network (SSL4MIS)
+        images = torch.cat([lab, unl])
+        la, lb = method.model(images), method.model_b(images)
+    else:  # one forward per stream
+        la = torch.cat([method.model(lab), method.model(unl)])
+        lb = torch.cat([method.model_b(lab), method.model_b(unl)])
     expected = F.cross_entropy(la[n:], lb[n:].argmax(1)) + F.cross_entropy(la[:n], lb[:n].argmax(1))
     torch.testing.assert_close(out["cps_a"], expected)
+    # batch norm makes the two settings differ: the test tells them apart
+    other = build("cps", cps_on_labeled=True, joint_batch=not joint).train()
+    assert not torch.allclose(other.training_step(data, "train", "main")["cps_a"], out["cps_a"])
 
 
 def test_sparse_labels_train_both_networks():

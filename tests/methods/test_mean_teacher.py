@@ -1,6 +1,7 @@
-"""The ``mean_teacher`` method: consistency of the student's strong view with the teacher's weak view,
-its ramp-up, the EMA update, gradients to the student only, regularisers on the weak view, the
-ACDC recipe, and tiny runs that resume exactly (with a regulariser, with sparse labels).
+"""The ``mean_teacher`` method: consistency of the student's clean view with the teacher's noisy one
+(or of the student's strong view with the teacher's weak one), the teacher's input noise, one
+forward per stream or one joint batch, its ramp-up, the EMA update, gradients to the student only,
+regularisers on the weak view, the ACDC recipe, and tiny runs that resume exactly (with a regulariser, with sparse labels).
 
 The run helpers here are shared with ``test_bcp.py``."""
 
@@ -53,36 +54,90 @@ def perturb_student(method, seed: int = 1) -> None:
 
 
 # ------------------------------------------------------------------------------------------ the loss
-def test_phase_asks_for_one_strong_view_of_the_unlabeled_images():
+def keyed(data: dict[str, Batch]) -> dict[str, Batch]:
+    """``data`` with distinct sample keys per stream (the engine's (seed, epoch, position))."""
+    out = {}
+    for i, (s, b) in enumerate(data.items()):
+        key = torch.stack([torch.full((len(b),), i), torch.zeros(len(b)), torch.arange(len(b))], 1)
+        out[s] = dataclasses.replace(b, key=key.long())
+    return out
+
+
+def test_phase_asks_for_strong_views_only_with_strong_perturbation():
     (phase,) = build().phases()
-    assert phase.streams == ("labeled", "unlabeled")
+    assert phase.streams == ("labeled", "unlabeled") and not phase.views
+    (phase,) = build(perturbation="strong").phases()
     assert phase.views["unlabeled"].strong == 1 and not phase.views["unlabeled"].cutmix
     assert "labeled" not in phase.views
-    (phase,) = build(labeled_consistency=True).phases()
+    (phase,) = build(perturbation="strong", labeled_consistency=True).phases()
     assert phase.views["labeled"].strong == 1
 
 
+def test_teacher_noise_is_clipped_keyed_per_sample_and_of_the_configured_std():
+    method = build(teacher_noise_std=0.1, teacher_noise_clip=0.2)
+    unl = keyed(batch())["unlabeled"]
+    big = dataclasses.replace(unl, image=torch.zeros(len(unl), 1, 64, 64))
+    noise = method.noisy(big)
+    assert noise.abs().max() <= 0.2 and noise.abs().max() > 0.19  # clipped at 2 sigma
+    assert 0.08 < float(noise.std()) < 0.1  # N(0, 0.1²) loses a little spread to the clip
+    assert not torch.equal(noise[0], noise[1])  # each sample its own draw
+    torch.testing.assert_close(method.noisy(big), noise)  # the same keys give the same noise
+    moved = dataclasses.replace(big, key=big.key + torch.tensor([0, 1, 0]))  # the next epoch
+    assert not torch.equal(method.noisy(moved), noise)
+    # additive and independent of the image
+    zeros = dataclasses.replace(unl, image=torch.zeros_like(unl.image))
+    torch.testing.assert_close(method.noisy(unl) - unl.image, method.noisy(zeros))
+
+
 @pytest.mark.parametrize("labeled_consistency", [False, True])
-def test_consistency_is_softmax_mse_of_strong_student_and_weak_teacher(labeled_consistency):
-    method = build(labeled_consistency=labeled_consistency, consistency_start_step=0, ramp_up_steps=0)
+@pytest.mark.parametrize("perturbation", ["noise", "strong"])
+def test_consistency_is_softmax_mse_of_student_and_perturbed_teacher(perturbation, labeled_consistency):
+    method = build(
+        labeled_consistency=labeled_consistency,
+        consistency_start_step=0,
+        ramp_up_steps=0,
+        perturbation=perturbation,
+    )
     perturb_student(method)
     streams = ("unlabeled", "labeled") if labeled_consistency else ("unlabeled",)
-    data = with_strong(batch(), streams)
-    lab, unl = data["labeled"], data["unlabeled"]
+    data = keyed(with_strong(batch(), streams))
+    lab = data["labeled"]
     out = method.training_step(data, "train", "main")
     with torch.no_grad():
-        student = method.model(unl.strong[:, 0])
-        target = method.teacher(unl.image).softmax(1)
-        if labeled_consistency:
-            student = torch.cat([student, method.model(lab.strong[:, 0])])
-            target = torch.cat([target, method.teacher(lab.image).softmax(1)])
+        if perturbation == "strong":  # student: strong view; teacher: weak view
+            student = torch.cat([method.model(data[s].strong[:, 0]) for s in streams])
+            target = torch.cat([method.teacher(data[s].image).softmax(1) for s in streams])
+        else:  # student: weak view; teacher: weak view + noise
+            student = torch.cat([method.model(data[s].image) for s in streams])
+            target = torch.cat([method.teacher(method.noisy(data[s])).softmax(1) for s in streams])
         expected = softmax_mse(student, target)
         supervised = method.supervised_loss(method.model(lab.image), lab.mask)
     torch.testing.assert_close(out["consistency"].detach(), expected)
     torch.testing.assert_close(out["loss"].detach(), supervised["loss"] + 0.1 * expected)
     assert out["consistency"] > 0
-    # the teacher sees the weak view: changing the strong view leaves the target alone
-    assert not torch.allclose(method.teacher(unl.image), method.teacher(unl.strong[:, 0]))
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_the_student_forwards_each_stream_alone_or_both_as_one_batch(joint):
+    bn = ModelConfig(width=4, depth=2, norm="batch")
+    method = build(model=bn, joint_batch=joint, consistency_start_step=0, ramp_up_steps=0)
+    perturb_student(method)
+    data = keyed(batch())
+    lab, unl = data["labeled"], data["unlabeled"]
+    out = method.training_step(data, "train", "main")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        if joint:  # one batch: both streams share the batch-norm statistics
+            both = method.model(torch.cat([lab.image, unl.image]))
+            logits_lab, logits_unl = both[: len(lab)], both[len(lab) :]
+        else:
+            logits_lab, logits_unl = method.model(lab.image), method.model(unl.image)
+        target = method.teacher_probs(method.noisy(unl))
+    torch.testing.assert_close(out["consistency"].detach(), softmax_mse(logits_unl, target))
+    torch.testing.assert_close(out["ce"].detach(), method.supervised_loss(logits_lab, lab.mask)["ce"])
+    other = build(model=bn, joint_batch=not joint, consistency_start_step=0, ramp_up_steps=0)
+    perturb_student(other)
+    assert not torch.allclose(other.training_step(data, "train", "main")["consistency"], out["consistency"])
 
 
 def test_consistency_weight_waits_then_ramps_up_over_the_phase():
@@ -107,6 +162,8 @@ def test_defaults_are_ssl4mis():
     assert cfg.consistency_weight == 0.1 and not cfg.labeled_consistency
     assert cfg.ramp_up_steps == 200 * 150 and cfg.consistency_start_step == 1000
     assert cfg.ce_weight == cfg.dice_weight == 0.5
+    assert cfg.perturbation == "noise" and cfg.teacher_noise_std == 0.1 and cfg.teacher_noise_clip == 0.2
+    assert not cfg.joint_batch  # a deviation from SSL4MIS, documented in the module
 
 
 # ------------------------------------------------------------------------------------------ the teacher
@@ -151,11 +208,12 @@ def test_teacher_starts_as_the_student():
     assert all(torch.equal(v, state[k]) for k, v in method.teacher.state_dict().items())
 
 
-def test_regularizers_see_the_student_on_the_weak_view():
+@pytest.mark.parametrize("perturbation", ["noise", "strong"])
+def test_regularizers_see_the_student_on_the_weak_view(perturbation):
     spec = {"name": "tv", "weight": 0.3, "streams": ["labeled", "unlabeled"]}
-    method = build(regularizers=[spec], consistency_start_step=0)
+    method = build(regularizers=[spec], consistency_start_step=0, perturbation=perturbation)
     perturb_student(method)
-    data = with_strong(batch())
+    data = keyed(with_strong(batch()))
     out = method.training_step(data, "train", "main")
     with torch.no_grad():
         logits = {s: method.model(data[s].image) for s in ("labeled", "unlabeled")}

@@ -39,7 +39,29 @@ from semiseg.errors import ConfigError
 from semiseg.losses.regularizers import Regularizer, RegularizerContext, RegularizerSpec, build_regularizers
 from semiseg.phases import OptimizerSpec, Phase
 
-__all__ = ["Method", "MethodConfig", "OptimizerSpec", "Phase"]
+__all__ = ["Method", "MethodConfig", "OptimizerSpec", "Phase", "forward_streams"]
+
+
+def forward_streams(
+    model: nn.Module, inputs: dict[str, torch.Tensor], joint: bool
+) -> dict[str, torch.Tensor]:
+    """``model``'s logits of each named input batch: one forward over all of them concatenated
+    (``joint``: one set of batch-norm statistics, as SSL4MIS's mean teacher and CPS), or one
+    forward per input (each normalised with its own batch's statistics).
+
+    Shape:
+        each input ``[B_i, C, *S]`` → its logits ``[B_i, K, *S]``.
+
+    Examples:
+        >>> net = nn.Conv2d(1, 2, 1)
+        >>> x = {"labeled": torch.rand(2, 1, 4, 4), "unlabeled": torch.rand(3, 1, 4, 4)}
+        >>> {k: tuple(v.shape) for k, v in forward_streams(net, x, joint=True).items()}
+        {'labeled': (2, 2, 4, 4), 'unlabeled': (3, 2, 4, 4)}
+    """
+    if not joint:
+        return {name: model(x) for name, x in inputs.items()}
+    logits = model(torch.cat(list(inputs.values())))
+    return dict(zip(inputs, logits.split([len(x) for x in inputs.values()])))
 
 
 @dataclass

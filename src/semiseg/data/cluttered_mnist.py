@@ -1,0 +1,165 @@
+"""Cluttered MNIST (presence-absence-translation paper, §4.1 and Fig. 6): generation from MNIST digits.
+
+A *present* image holds one complete MNIST digit at a random position on clutter; an *absent*
+image holds clutter only. Clutter is made of random 10×10 crops of other digits of the same fold,
+added to the canvas; where the sum exceeds 1 the pixel is "dithered": replaced by a draw from
+N(0.7, 0.33²) clipped to [0, 1] (the authors' code; the paper only says overlaps are dithered).
+The segmentation target of a present image is its digit's pixels (> 0.5 in [0, 1]).
+
+Variants (paper, Table 1): ``48-simple`` (48×48, 8 clutter pieces), ``48-hard`` (48×48, 24) and
+``128`` (128×128, 80).
+
+Folds: the 10,000 MNIST test digits split once into train / val / test digits (8,000 / 1,000 /
+1,000 by default) by a seeded permutation (:func:`mnist_folds`; shared with the SSLDEC tables);
+each fold's images use only that fold's digits, as main digits and as clutter. Every digit of a
+fold is the main digit of one present image, and the fold gets as many absent images.
+
+Everything is deterministic from ``seed``: each (fold, domain) draws from its own
+``numpy.random.SeedSequence([seed, fold, domain])`` stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+#: name → (image side, clutter pieces per image) (paper, Table 1)
+VARIANTS: dict[str, tuple[int, int]] = {"48-simple": (48, 8), "48-hard": (48, 24), "128": (128, 80)}
+#: digits per fold (train, val, test) drawn from the 10,000 MNIST test digits
+FOLD_SIZES: tuple[int, int, int] = (8000, 1000, 1000)
+FOLDS: tuple[str, str, str] = ("train", "val", "test")
+#: side of a clutter crop (pixels)
+CROP = 10
+#: a digit's pixels above this (in [0, 1]) are its segmentation mask
+MASK_THRESHOLD = 0.5
+#: dithering of overlaps: N(mean, std²) clipped to [0, 1] (the authors' code)
+DITHER_MEAN, DITHER_STD = 0.7, 0.33
+#: domain ids of the generator streams
+PRESENT, ABSENT = 0, 1
+
+
+def mnist_folds(num_digits: int, seed: int = 0, sizes: Sequence[int] = FOLD_SIZES) -> dict[str, np.ndarray]:
+    """Digit indices of the train / val / test folds: consecutive slices of one seeded permutation.
+
+    Examples:
+        >>> folds = mnist_folds(10, seed=0, sizes=(6, 2, 2))
+        >>> [len(folds[f]) for f in FOLDS], sorted(np.concatenate(list(folds.values())).tolist()) == list(range(10))
+        ([6, 2, 2], True)
+    """
+    if len(sizes) != len(FOLDS) or any(s < 1 for s in sizes):
+        raise ValueError(f"fold sizes must be three positive counts, got {list(sizes)}")
+    if sum(sizes) > num_digits:
+        raise ValueError(f"fold sizes {list(sizes)} need {sum(sizes)} digits, only {num_digits} given")
+    order = np.random.default_rng(np.random.SeedSequence([seed, 0x4D4E])).permutation(num_digits)
+    bounds = np.cumsum([0, *sizes])
+    return {f: np.sort(order[bounds[i] : bounds[i + 1]]) for i, f in enumerate(FOLDS)}
+
+
+def dither(canvas: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``canvas`` with every pixel above 1 replaced by a clipped N(0.7, 0.33²) draw (in place).
+
+    Examples:
+        >>> out = dither(np.array([0.2, 1.5, 1.0]), np.random.default_rng(0))
+        >>> float(out[0]), float(out[2]), 0.0 <= float(out[1]) <= 1.0
+        (0.2, 1.0, True)
+    """
+    over = canvas > 1.0
+    canvas[over] = np.clip(rng.normal(DITHER_MEAN, DITHER_STD, int(over.sum())), 0.0, 1.0)
+    return canvas
+
+
+def add_clutter(
+    canvas: np.ndarray, digits: np.ndarray, pool: np.ndarray, pieces: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Adds ``pieces`` random ``CROP``×``CROP`` crops of digits drawn from ``pool`` (indices into
+    ``digits``) at random positions of ``canvas`` (in place; no dithering). Returns the sources used.
+
+    Shape:
+        canvas ``[S, S]`` float, digits ``[N, 28, 28]`` float in [0, 1] → sources ``[pieces]``.
+    """
+    side, digit_side = canvas.shape[0], digits.shape[1]
+    sources = rng.choice(pool, size=pieces)
+    for j in sources:
+        cy, cx = rng.integers(0, digit_side - CROP + 1, size=2)
+        ty, tx = rng.integers(0, side - CROP + 1, size=2)
+        canvas[ty : ty + CROP, tx : tx + CROP] += digits[j, cy : cy + CROP, cx : cx + CROP]
+    return sources
+
+
+@dataclass
+class ClutteredFold:
+    """One fold of one variant: present images (one per digit of the fold) and as many absent ones.
+
+    Attributes:
+        present: ``[N, S, S]`` float32 in [0, 1].
+        masks: ``[N, S, S]`` bool, the main digit's pixels.
+        labels: ``[N]`` int, the main digit's class (0–9).
+        digit_index: ``[N]`` int, the main digit's index in the MNIST arrays.
+        position: ``[N, 2]`` int, top-left corner (y, x) of the main digit.
+        absent: ``[N, S, S]`` float32 in [0, 1].
+        present_sources, absent_sources: ``[N, pieces]`` int, MNIST indices of the clutter crops.
+    """
+
+    present: np.ndarray
+    masks: np.ndarray
+    labels: np.ndarray
+    digit_index: np.ndarray
+    position: np.ndarray
+    absent: np.ndarray
+    present_sources: np.ndarray
+    absent_sources: np.ndarray
+
+
+def generate_fold(
+    digits: np.ndarray, labels: np.ndarray, fold: np.ndarray, variant: str, seed: int, fold_id: int
+) -> ClutteredFold:
+    """Present and absent images of one fold (see the module docstring).
+
+    Args:
+        digits: ``[M, 28, 28]`` float in [0, 1] (all MNIST digits).
+        labels: ``[M]`` digit classes.
+        fold: indices of this fold's digits (main digits and clutter sources).
+        variant: a key of :data:`VARIANTS`.
+        seed, fold_id: select the fold's random streams.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown cluttered-MNIST variant {variant!r} (choose from {', '.join(VARIANTS)})")
+    if len(fold) < 2:
+        raise ValueError("a fold needs at least two digits (clutter comes from the other digits)")
+    side, pieces = VARIANTS[variant]
+    digit_side = digits.shape[1]
+    n = len(fold)
+    present = np.zeros((n, side, side), np.float32)
+    masks = np.zeros((n, side, side), bool)
+    position = np.zeros((n, 2), np.int64)
+    present_sources = np.zeros((n, pieces), np.int64)
+    absent = np.zeros((n, side, side), np.float32)
+    absent_sources = np.zeros((n, pieces), np.int64)
+
+    rng = np.random.default_rng(np.random.SeedSequence([seed, fold_id, PRESENT]))
+    order = rng.permutation(fold)
+    for i, j in enumerate(order):
+        y, x = rng.integers(0, side - digit_side + 1, size=2)
+        canvas = np.zeros((side, side), np.float64)
+        canvas[y : y + digit_side, x : x + digit_side] = digits[j]
+        present_sources[i] = add_clutter(canvas, digits, fold[fold != j], pieces, rng)
+        present[i] = dither(canvas, rng)
+        masks[i, y : y + digit_side, x : x + digit_side] = digits[j] > MASK_THRESHOLD
+        position[i] = (y, x)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, fold_id, ABSENT]))
+    for i in range(n):
+        canvas = np.zeros((side, side), np.float64)
+        absent_sources[i] = add_clutter(canvas, digits, fold, pieces, rng)
+        absent[i] = dither(canvas, rng)
+    return ClutteredFold(
+        present=present,
+        masks=masks,
+        labels=np.asarray(labels)[order].astype(np.int64),
+        digit_index=order.astype(np.int64),
+        position=position,
+        absent=absent,
+        present_sources=present_sources,
+        absent_sources=absent_sources,
+    )

@@ -1,0 +1,112 @@
+"""Cluttered-MNIST generation: folds, determinism, clutter from the same fold only, masks, dithering."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from semiseg.data.cluttered_mnist import (
+    CROP,
+    FOLDS,
+    VARIANTS,
+    add_clutter,
+    dither,
+    generate_fold,
+    mnist_folds,
+)
+
+
+def fake_digits(n: int = 30, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` 28×28 "digits": a bright block at a random place, faint noise elsewhere; labels 0–9."""
+    rng = np.random.default_rng(seed)
+    digits = rng.uniform(0, 0.2, size=(n, 28, 28))
+    for d in digits:
+        y, x = rng.integers(4, 14, size=2)
+        d[y : y + 10, x : x + 10] = rng.uniform(0.6, 1.0, size=(10, 10))
+    return digits, np.arange(n) % 10
+
+
+def test_folds_partition_a_permutation_and_depend_on_the_seed():
+    folds = mnist_folds(100, seed=3, sizes=(70, 20, 10))
+    assert [len(folds[f]) for f in FOLDS] == [70, 20, 10]
+    assert sorted(np.concatenate([folds[f] for f in FOLDS]).tolist()) == list(range(100))
+    again = mnist_folds(100, seed=3, sizes=(70, 20, 10))
+    assert all(np.array_equal(folds[f], again[f]) for f in FOLDS)
+    other = mnist_folds(100, seed=4, sizes=(70, 20, 10))
+    assert not np.array_equal(folds["val"], other["val"])
+    assert [len(v) for v in mnist_folds(10_000).values()] == [8000, 1000, 1000]
+    with pytest.raises(ValueError, match="need 101 digits"):
+        mnist_folds(100, sizes=(80, 20, 1))
+
+
+def test_dither_replaces_exactly_the_overflowing_pixels_with_values_in_range():
+    canvas = np.array([[0.0, 0.5, 1.0], [1.2, 2.0, 0.9]])
+    out = dither(canvas.copy(), np.random.default_rng(0))
+    keep = canvas <= 1.0
+    assert np.array_equal(out[keep], canvas[keep])
+    assert ((out[~keep] >= 0) & (out[~keep] <= 1)).all()
+    # the draws follow N(0.7, 0.33²) clipped to [0, 1]: mean 0.669, std 0.274, 18 % at exactly 1
+    many = dither(np.full(20_000, 2.0), np.random.default_rng(1))
+    assert abs(many.mean() - 0.669) < 0.01 and abs(many.std() - 0.274) < 0.01
+    assert 0.16 < (many == 1.0).mean() < 0.20
+
+
+def test_clutter_adds_crops_of_the_pool_only():
+    digits, _ = fake_digits()
+    canvas = np.zeros((48, 48))
+    pool = np.array([3, 7])
+    sources = add_clutter(canvas, digits, pool, 5, np.random.default_rng(0))
+    assert set(sources.tolist()) <= {3, 7} and len(sources) == 5
+    assert 0 < canvas.sum() <= 5 * CROP * CROP * digits.max()
+
+
+@pytest.mark.parametrize("variant", ["48-simple", "48-hard"])
+def test_fold_generation(variant):
+    digits, labels = fake_digits()
+    fold = np.arange(5, 25)
+    out = generate_fold(digits, labels, fold, variant, seed=0, fold_id=1)
+    side, pieces = VARIANTS[variant]
+    n = len(fold)
+    assert out.present.shape == out.absent.shape == out.masks.shape == (n, side, side)
+    assert out.present.dtype == np.float32 and out.present.min() >= 0 and out.present.max() <= 1
+    assert out.absent.min() >= 0 and out.absent.max() <= 1
+    # every digit of the fold is the main digit of exactly one present image, with its label
+    assert sorted(out.digit_index.tolist()) == fold.tolist()
+    assert np.array_equal(out.labels, labels[out.digit_index])
+    # clutter from the same fold only, never the main digit itself
+    assert out.present_sources.shape == out.absent_sources.shape == (n, pieces)
+    assert np.isin(out.present_sources, fold).all() and np.isin(out.absent_sources, fold).all()
+    assert (out.present_sources != out.digit_index[:, None]).all()
+    # the mask is the main digit's bright pixels, at its position, and the digit fits the canvas
+    for i in range(n):
+        y, x = out.position[i]
+        assert 0 <= y <= side - 28 and 0 <= x <= side - 28
+        expected = np.zeros((side, side), bool)
+        expected[y : y + 28, x : x + 28] = digits[out.digit_index[i]] > 0.5
+        assert np.array_equal(out.masks[i], expected)
+        # clutter outside the digit's box
+        box = np.zeros((side, side), bool)
+        box[y : y + 28, x : x + 28] = True
+        assert out.present[i][~box].sum() > 0
+    # absent images hold clutter and nothing else: no mask, but content
+    assert (out.absent.reshape(n, -1).sum(1) > 0).all()
+
+
+def test_generation_is_deterministic_and_seeded():
+    digits, labels = fake_digits()
+    fold = np.arange(20)
+    a = generate_fold(digits, labels, fold, "48-simple", seed=0, fold_id=0)
+    b = generate_fold(digits, labels, fold, "48-simple", seed=0, fold_id=0)
+    for name in ("present", "masks", "absent", "position", "present_sources", "absent_sources"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    c = generate_fold(digits, labels, fold, "48-simple", seed=1, fold_id=0)
+    d = generate_fold(digits, labels, fold, "48-simple", seed=0, fold_id=2)
+    assert not np.array_equal(a.present, c.present) and not np.array_equal(a.absent, d.absent)
+
+
+def test_bad_arguments_raise():
+    digits, labels = fake_digits()
+    with pytest.raises(ValueError, match="unknown cluttered-MNIST variant"):
+        generate_fold(digits, labels, np.arange(5), "64", seed=0, fold_id=0)
+    with pytest.raises(ValueError, match="at least two digits"):
+        generate_fold(digits, labels, np.arange(1), "48-simple", seed=0, fold_id=0)

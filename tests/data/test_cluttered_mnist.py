@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from semiseg.data import cluttered_mnist as cm
 from semiseg.data.cluttered_mnist import (
     CROP,
     FOLDS,
@@ -14,6 +18,7 @@ from semiseg.data.cluttered_mnist import (
     generate_fold,
     mnist_folds,
 )
+from semiseg.errors import DataError
 
 
 def fake_digits(n: int = 30, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -110,3 +115,60 @@ def test_bad_arguments_raise():
         generate_fold(digits, labels, np.arange(5), "64", seed=0, fold_id=0)
     with pytest.raises(ValueError, match="at least two digits"):
         generate_fold(digits, labels, np.arange(1), "48-simple", seed=0, fold_id=0)
+
+
+# ------------------------------------------------------------------------------------ the disk cache
+def write_fake_mnist(root: Path, n: int = 40) -> None:
+    """IDX test files of ``n`` fake digits (uint8) in ``root``."""
+    from test_mnist import _write_idx
+
+    digits, labels = fake_digits(n)
+    root.mkdir(parents=True, exist_ok=True)
+    _write_idx(root / "t10k-images-idx3-ubyte.gz", np.round(digits * 255))
+    _write_idx(root / "t10k-labels-idx1-ubyte.gz", labels)
+
+
+def test_variant_is_generated_once_then_read_back_identically(tmp_path, monkeypatch):
+    write_fake_mnist(tmp_path / "mnist")
+    monkeypatch.setenv("SEMISEG_CACHE", str(tmp_path / "cache"))
+    calls = []
+    real = cm.generate_fold
+    monkeypatch.setattr(cm, "generate_fold", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    first, folder = cm.load_variant(tmp_path / "mnist", "48-simple", seed=0, fold_sizes=(20, 10, 10))
+    assert calls == ["48-simple"] * 3 and folder.parent == tmp_path / "cache" / "cluttered_mnist"
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "test.npz", "train.npz", "val.npz"]
+    second, again = cm.load_variant(tmp_path / "mnist", "48-simple", seed=0, fold_sizes=(20, 10, 10))
+    assert len(calls) == 3 and again == folder  # read, not generated
+    for f in FOLDS:
+        for name in ("present", "absent", "masks", "labels", "digit_index", "present_sources"):
+            assert np.array_equal(getattr(first[f], name), getattr(second[f], name)), (f, name)
+    # 8-bit levels, as stored
+    assert np.array_equal(np.round(first["train"].present * 255) / 255, first["train"].present)
+    assert len(first["train"].present) == 20 and len(first["test"].absent) == 10
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["variant"] == "48-simple" and manifest["seed"] == 0 and manifest["side"] == 48
+    # another seed or variant is another folder; a damaged file is regenerated
+    _, other = cm.load_variant(tmp_path / "mnist", "48-simple", seed=1, fold_sizes=(20, 10, 10))
+    assert other != folder
+    (folder / "val.npz").write_bytes(b"damaged")
+    third, folder3 = cm.load_variant(tmp_path / "mnist", "48-simple", seed=0, fold_sizes=(20, 10, 10))
+    assert folder3 == folder and len(calls) == 9
+    assert np.array_equal(third["val"].present, first["val"].present)
+    assert not list(folder.parent.glob(".*"))  # no temporary folder left behind
+
+
+def test_missing_mnist_is_a_one_line_data_error(tmp_path):
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz: file not found"):
+        cm.load_variant(tmp_path, "48-hard", cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.npz"))
+
+
+def test_real_mnist_folds_and_one_variant(real_data_root, tmp_path):
+    folds, _ = cm.load_variant(real_data_root / "mnist", "48-simple", cache_dir=tmp_path)
+    assert [len(folds[f].present) for f in FOLDS] == [8000, 1000, 1000]
+    index = np.concatenate([folds[f].digit_index for f in FOLDS])
+    assert len(np.unique(index)) == 10_000
+    for f in FOLDS:  # clutter of each fold from that fold's digits only
+        own = np.unique(folds[f].digit_index)
+        assert np.isin(folds[f].present_sources, own).all() and np.isin(folds[f].absent_sources, own).all()
+    assert 0.03 < folds["val"].masks.mean() < 0.07  # a 28x28 digit covers ~19 % of its box

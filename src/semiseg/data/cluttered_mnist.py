@@ -15,13 +15,22 @@ each fold's images use only that fold's digits, as main digits and as clutter. E
 fold is the main digit of one present image, and the fold gets as many absent images.
 
 Everything is deterministic from ``seed``: each (fold, domain) draws from its own
-``numpy.random.SeedSequence([seed, fold, domain])`` stream.
+``numpy.random.SeedSequence([seed, fold, domain])`` stream. :func:`load_variant` generates a
+variant once and caches it on disk (8-bit images, one ``.npz`` per fold and a ``manifest.json``),
+under ``$SEMISEG_CACHE`` (default ``~/.cache/semiseg``): the data root may be read-only.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -163,3 +172,113 @@ def generate_fold(
         present_sources=present_sources,
         absent_sources=absent_sources,
     )
+
+
+#: bump when the generated images change for the same arguments (invalidates caches)
+GENERATOR_VERSION = 1
+#: the MNIST files the folds come from (the 10,000 test digits)
+MNIST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+
+def cache_root() -> Path:
+    """``$SEMISEG_CACHE`` or ``~/.cache/semiseg``."""
+    return Path(os.environ.get("SEMISEG_CACHE") or Path.home() / ".cache" / "semiseg")
+
+
+def _quantized(fold: ClutteredFold) -> dict[str, np.ndarray]:
+    """The arrays of a fold as stored: images as 8-bit levels, everything else as is."""
+    out = {}
+    for f in dataclasses.fields(ClutteredFold):
+        value = getattr(fold, f.name)
+        out[f.name] = np.round(value * 255).astype(np.uint8) if f.name in ("present", "absent") else value
+    return out
+
+
+def _from_stored(arrays) -> ClutteredFold:
+    values = {f.name: arrays[f.name] for f in dataclasses.fields(ClutteredFold)}
+    for name in ("present", "absent"):
+        values[name] = values[name].astype(np.float32) / 255
+    return ClutteredFold(**values)
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()  # noqa: S324 (a file identity, not security)
+
+
+def load_variant(
+    mnist_root: str | Path,
+    variant: str,
+    seed: int = 0,
+    fold_sizes: Sequence[int] = FOLD_SIZES,
+    cache_dir: str | Path | None = None,
+) -> tuple[dict[str, ClutteredFold], Path]:
+    """The three folds of ``variant``, generated on the first call and read from the cache after.
+
+    Images come back as the stored 8-bit levels / 255 (also on the first call), so a run sees the
+    same pixels whether it generated them or not.
+
+    Args:
+        mnist_root: folder with the MNIST IDX test files (:data:`MNIST_FILES`).
+        variant, seed, fold_sizes: what to generate (:func:`mnist_folds`, :func:`generate_fold`).
+        cache_dir: default :func:`cache_root` ``/ "cluttered_mnist"``.
+
+    Returns:
+        ``({"train" | "val" | "test": fold}, the cache folder)``.
+    """
+    from semiseg.data.mnist import IMAGES_MAGIC, LABELS_MAGIC, read_idx
+
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown cluttered-MNIST variant {variant!r} (choose from {', '.join(VARIANTS)})")
+    root = Path(mnist_root)
+    side, pieces = VARIANTS[variant]
+    manifest = {
+        "dataset": "cluttered_mnist",
+        "variant": variant,
+        "side": side,
+        "clutter_pieces": pieces,
+        "crop": CROP,
+        "seed": seed,
+        "fold_sizes": dict(zip(FOLDS, map(int, fold_sizes))),
+        "generator_version": GENERATOR_VERSION,
+        "mnist_md5": {name: _md5(root / name) if (root / name).is_file() else None for name in MNIST_FILES},
+    }
+    key = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:10]
+    folder = Path(cache_dir or cache_root() / "cluttered_mnist") / f"{variant}-s{seed}-{key}"
+    if _valid(folder, manifest):
+        return {f: _from_stored(np.load(folder / f"{f}.npz")) for f in FOLDS}, folder
+
+    digits = read_idx(root / MNIST_FILES[0], IMAGES_MAGIC).astype(np.float64) / 255
+    labels = read_idx(root / MNIST_FILES[1], LABELS_MAGIC)
+    folds = mnist_folds(len(digits), seed, fold_sizes)
+    stored = {
+        f: _quantized(generate_fold(digits, labels, folds[f], variant, seed, i)) for i, f in enumerate(FOLDS)
+    }
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        for f, arrays in stored.items():
+            np.savez_compressed(temp / f"{f}.npz", **arrays)
+        files = {f"{f}.npz": hashlib.sha256((temp / f"{f}.npz").read_bytes()).hexdigest() for f in FOLDS}
+        (temp / "manifest.json").write_text(json.dumps({**manifest, "files": files}, indent=1))
+        if folder.exists():  # an invalid earlier copy, or another process won the race
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.replace(temp, folder)
+        except OSError:  # another process wrote it meanwhile: fine if it is complete
+            if not _valid(folder, manifest):
+                raise
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return {f: _from_stored(arrays) for f, arrays in stored.items()}, folder
+
+
+def _valid(folder: Path, manifest: dict) -> bool:
+    """The cached folder exists, its manifest matches and its files have the recorded hashes."""
+    try:
+        found = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    files = found.pop("files", {})
+    if found != manifest or set(files) != {f"{f}.npz" for f in FOLDS}:
+        return False
+    return all(hashlib.sha256((folder / name).read_bytes()).hexdigest() == h for name, h in files.items())

@@ -99,6 +99,9 @@ class DataConfig:
     intensity: Literal["auto", "minmax", "percentile", "zscore", "none"] = "auto"
     num_images: int = 120  #: generated "shapes" set size
     shapes_classes: int = 3  #: generated "shapes" set: classes incl. background
+    #: generated "cluttered_mnist" set: 48-simple, 48-hard or 128 (image side, clutter pieces)
+    variant: Literal["48-simple", "48-hard", "128"] = "48-hard"
+    generator_seed: int = 0  #: generated sets ("cluttered_mnist"): seed of the folds and images
     split: SplitConfig = field(default_factory=SplitConfig)
 
 
@@ -418,7 +421,7 @@ def build_config(
 
 #: built-in datasets whose images have one fixed scaling (8-bit ÷ 255, or stored normalised like
 #: ACDC's h5 slices and volumes): ``data.intensity`` other than "auto" is refused for them
-_FIXED_INTENSITY = ("shapes", "weizmann", "acdc", "acdc_lv", "mnist")
+_FIXED_INTENSITY = ("shapes", "weizmann", "acdc", "acdc_lv", "mnist", "cluttered_mnist")
 
 
 def validate(cfg: RunConfig, source: str = "config") -> None:
@@ -433,6 +436,13 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         bad("data.num_classes", f"must be in 2..{IGNORE_INDEX - 1} ({IGNORE_INDEX} is the ignore label)")
     if not 2 <= cfg.data.shapes_classes <= 4:
         bad("data.shapes_classes", "must be 2, 3 or 4 (background + up to 3 shapes)")
+    if cfg.data.dataset == "cluttered_mnist":
+        side = int(cfg.data.variant.split("-")[0])
+        if list(cfg.data.image_size) != [side, side]:
+            bad(
+                "data.image_size",
+                f"must be [{side}, {side}] for cluttered_mnist variant '{cfg.data.variant}'",
+            )
     if cfg.data.intensity != "auto" and cfg.data.dataset in _FIXED_INTENSITY:
         bad("data.intensity", f"must be 'auto' for dataset '{cfg.data.dataset}' (fixed image scaling)")
     s = cfg.data.split

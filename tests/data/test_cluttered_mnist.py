@@ -172,3 +172,48 @@ def test_real_mnist_folds_and_one_variant(real_data_root, tmp_path):
         own = np.unique(folds[f].digit_index)
         assert np.isin(folds[f].present_sources, own).all() and np.isin(folds[f].absent_sources, own).all()
     assert 0.03 < folds["val"].masks.mean() < 0.07  # a 28x28 digit covers ~19 % of its box
+
+
+# ------------------------------------------------------------------------------------ the dataset
+def test_dataset_bundle_and_a_tiny_run(tmp_path, monkeypatch):
+    from semiseg.config import build_config
+    from semiseg.data import load_bundle
+    from semiseg.engine.run import train
+
+    write_fake_mnist(tmp_path / "data" / "mnist")
+    monkeypatch.setenv("SEMISEG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cm, "FOLD_SIZES", (20, 10, 10))
+    raw = {
+        "data": {"dataset": "cluttered_mnist", "variant": "48-simple", "image_size": [48, 48],
+                 "split": {"labeled": 4, "unlabeled": "rest", "unlabeled_supervision": "tag"}},
+        "model": {"name": "unet", "width": 4, "depth": 2},
+        "train": {"epochs": 1, "batch_size": 4, "iters_per_epoch": 2, "progress": False, "plots": False},
+    }  # fmt: skip
+    cfg = build_config(raw, source="test")
+    bundle = load_bundle(cfg.data, str(tmp_path / "data"))
+    assert (
+        bundle.num_classes == 2 and bundle.in_channels == 1 and bundle.class_names == ["background", "digit"]
+    )
+    present = [r for r in bundle.train if r.label is not None]
+    absent = [r for r in bundle.train if r.label is None]
+    assert len(present) == len(absent) == 20 and len(bundle.val) == len(bundle.test) == 10
+    assert all(r.mask.any() for r in present) and not any(r.mask.any() for r in absent)
+    assert all(r.label is not None for r in bundle.val + bundle.test)
+    assert bundle.train[0].image.shape == (1, 48, 48) and bundle.train[0].image.dtype == np.float32
+    result = train(cfg, data_root=str(tmp_path / "data"), output_dir=tmp_path / "run")
+    assert 0.0 <= result["test"]["dice/mean"] <= 1.0
+
+
+def test_image_size_must_match_the_variant():
+    from semiseg.config import build_config
+    from semiseg.errors import ConfigError
+
+    raw = {"data": {"dataset": "cluttered_mnist", "variant": "128", "image_size": [48, 48]}}
+    with pytest.raises(ConfigError, match=r"'data.image_size' must be \[128, 128\] for cluttered_mnist"):
+        build_config(raw, source="test")
+
+
+def test_too_few_digits_is_a_one_line_data_error(tmp_path):
+    write_fake_mnist(tmp_path / "mnist", n=30)
+    with pytest.raises(DataError, match="30 digits and 30 labels; the folds need 10000 digits"):
+        cm.load_variant(tmp_path / "mnist", "48-simple", cache_dir=tmp_path / "cache")

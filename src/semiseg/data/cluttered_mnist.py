@@ -34,6 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
+from semiseg.config import DataConfig
+from semiseg.data.records import DatasetBundle, Record
+from semiseg.data.registry import register_dataset
+from semiseg.errors import DataError
+
 #: name → (image side, clutter pieces per image) (paper, Table 1)
 VARIANTS: dict[str, tuple[int, int]] = {"48-simple": (48, 8), "48-hard": (48, 24), "128": (128, 80)}
 #: digits per fold (train, val, test) drawn from the 10,000 MNIST test digits
@@ -174,6 +179,9 @@ def generate_fold(
     )
 
 
+#: class names of the segmentation (the digit against everything else, clutter included)
+CLASS_NAMES = ["background", "digit"]
+
 #: bump when the generated images change for the same arguments (invalidates caches)
 GENERATOR_VERSION = 1
 #: the MNIST files the folds come from (the 10,000 test digits)
@@ -249,6 +257,11 @@ def load_variant(
 
     digits = read_idx(root / MNIST_FILES[0], IMAGES_MAGIC).astype(np.float64) / 255
     labels = read_idx(root / MNIST_FILES[1], LABELS_MAGIC)
+    if len(digits) != len(labels) or len(digits) < sum(fold_sizes):
+        raise DataError(
+            root / MNIST_FILES[0],
+            f"{len(digits)} digits and {len(labels)} labels; the folds need {sum(fold_sizes)} digits",
+        )
     folds = mnist_folds(len(digits), seed, fold_sizes)
     stored = {
         f: _quantized(generate_fold(digits, labels, folds[f], variant, seed, i)) for i, f in enumerate(FOLDS)
@@ -282,3 +295,34 @@ def _valid(folder: Path, manifest: dict) -> bool:
     if found != manifest or set(files) != {f"{f}.npz" for f in FOLDS}:
         return False
     return all(hashlib.sha256((folder / name).read_bytes()).hexdigest() == h for name, h in files.items())
+
+
+def fold_records(fold: ClutteredFold, name: str, absent: bool) -> list[Record]:
+    """Records of a fold: one per present image (``label`` = the digit, ``mask`` = its pixels) and,
+    with ``absent``, one per absent image (``label`` None, an all-background mask, so its tag says
+    "absent"). Images ``[1, S, S]`` float32, masks int64."""
+    records = [
+        Record(f"{name}-p{i:05d}", fold.present[i][None], fold.masks[i].astype(np.int64), int(fold.labels[i]))
+        for i in range(len(fold.present))
+    ]
+    if absent:
+        empty = np.zeros(fold.absent.shape[1:], np.int64)
+        records += [Record(f"{name}-a{i:05d}", fold.absent[i][None], empty) for i in range(len(fold.absent))]
+    return records
+
+
+@register_dataset("cluttered_mnist", folder="mnist")
+def _load(cfg: DataConfig, path: Path | None) -> DatasetBundle:
+    """``train``: the train fold's present and absent images; ``val`` / ``test``: those folds'
+    present images (Dice needs a digit; the absent ones stay in the cache for figures)."""
+    folds, folder = load_variant(path, cfg.variant, seed=cfg.generator_seed, fold_sizes=FOLD_SIZES)
+    return DatasetBundle(
+        "cluttered_mnist",
+        num_classes=2,
+        in_channels=1,
+        train=fold_records(folds["train"], "train", absent=True),
+        val=fold_records(folds["val"], "val", absent=False),
+        test=fold_records(folds["test"], "test", absent=False),
+        class_names=list(CLASS_NAMES),
+        root=str(folder),
+    )

@@ -67,6 +67,12 @@ class SplitConfig:
     #: dataset's own order (the SSL4MIS ACDC protocol: the first patients of train_slices.list, e.g.
     #: 099, 038, 050 for 3); draws >= 1 are random either way
     first_draw: Literal["random", "listed"] = "random"
+    #: which training items may be labeled: "all" with a mask, or "present" = only those whose mask
+    #: has foreground (e.g. images tagged "target present")
+    labeled_pool: Literal["all", "present"] = "all"
+    #: only items with these image-level labels may be labeled (e.g. [9]: masks for digit 9 only);
+    #: ``labeled_fraction`` still counts the whole pool, so 1 % of the pool is drawn among them
+    labeled_labels: list[int] | None = None
     supervision: Literal["dense", "sparse", "tag", "size"] = "dense"  #: what the labeled items carry
     sparse_pixels: int = 10  #: labeled pixels per image when ``supervision: sparse``
     draw: int = 0  #: index of the random draw (labeled subset and sparse pixels)
@@ -78,7 +84,9 @@ class SplitConfig:
     #: each class's region size in pixels (e.g. the oracle bounds of the size-constraint method)
     unlabeled_supervision: Literal["none", "tag", "size"] = "none"
     #: masks of validation items: "dense", or "same" = the supervision of the labeled items (sparse
-    #: pixels), so model selection never sees labels a sparse-label user would not have
+    #: pixels), so model selection never sees labels a sparse-label user would not have; with
+    #: ``labeled_pool`` / ``labeled_labels`` also the same rule and fraction on the validation items
+    #: (drawn once with ``seed``, the same for every draw)
     val_supervision: Literal["dense", "same"] = "dense"
     val_fraction: float = 0.1  #: carved from the training pool when the dataset has no val split
     test_fraction: float = 0.2  #: carved from the training pool when the dataset has no test split

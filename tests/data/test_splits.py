@@ -220,3 +220,63 @@ def test_unlabeled_all_keeps_the_labeled_items_too():
     every = make_split(bundle, SplitConfig(labeled=3, unlabeled="all"))
     assert [r.id for r in every.labeled] == [r.id for r in rest.labeled]
     assert {r.id for r in every.unlabeled} == {r.id for r in rest.labeled + rest.unlabeled}
+
+
+# ------------------------------------------------------------------ labeled pool and labels (digit-9 rule)
+def digit_records(n: int, prefix: str) -> list[Record]:
+    """``n`` "present" records (label i % 10, a foreground pixel) and ``n`` "absent" ones (no label,
+    an empty mask), as the cluttered-MNIST bundle gives."""
+    out = []
+    for i in range(n):
+        mask = np.zeros((4, 4), dtype=np.int64)
+        mask[1, 1] = 1
+        out.append(Record(f"{prefix}-p{i:03d}", np.zeros((1, 4, 4), np.float32), mask, label=i % 10))
+    for i in range(n):
+        out.append(Record(f"{prefix}-a{i:03d}", np.zeros((1, 4, 4), np.float32), np.zeros((4, 4), np.int64)))
+    return out
+
+
+def test_labeled_pool_and_labels_draw_a_fraction_of_the_pool_among_the_allowed_labels():
+    train, val = digit_records(400, "train"), digit_records(200, "val")
+    bundle = bundle_of(train, val=val[:200], test=val[200:])
+    spec = SplitConfig(labeled_fraction=0.05, labeled_pool="present", labeled_labels=[9], unlabeled="all")
+    split = make_split(bundle, spec)
+    # 5 % of the 400 present images = 20, all of them digit 9 (there are 40)
+    assert len(split.labeled) == 20 and {r.label for r in split.labeled} == {9}
+    assert all(r.mask.any() for r in split.labeled)
+    assert len(split.unlabeled) == 800  # every training image, the labeled ones too (without masks)
+    # validation is dense by default: every val item
+    assert len(split.val) == 200
+    # another draw: other digit-9 images; the same spec again: the same ones
+    other = make_split(bundle, SplitConfig(**{**spec.__dict__, "draw": 1}))
+    assert {r.label for r in other.labeled} == {9} and set(ids(other.labeled)) != set(ids(split.labeled))
+    assert ids(make_split(bundle, spec).labeled) == ids(split.labeled)
+
+
+def test_same_validation_rule_keeps_the_labeled_budget_and_ignores_the_draw():
+    train, held = digit_records(400, "train"), digit_records(200, "val")
+    bundle = bundle_of(train, val=held[:200], test=held[200:])
+    spec = SplitConfig(
+        labeled_fraction=0.05, labeled_pool="present", labeled_labels=[9], val_supervision="same"
+    )
+    split = make_split(bundle, spec)
+    # 5 % of the 200 present validation images = 10, all digit 9, the same for every draw
+    assert len(split.val) == 10 and {r.label for r in split.val} == {9}
+    again = make_split(bundle, SplitConfig(**{**spec.__dict__, "draw": 2}))
+    assert ids(again.val) == ids(split.val)
+    assert len(split.test) == 200  # the test set is untouched
+
+
+def test_present_pool_without_labels_and_errors():
+    train = digit_records(50, "train")
+    bundle = bundle_of(train, val=digit_records(5, "v"), test=digit_records(5, "t"))
+    split = make_split(bundle, SplitConfig(labeled=10, labeled_pool="present"))
+    assert len(split.labeled) == 10 and all(r.mask.any() for r in split.labeled)
+    # the absent images can still be unlabeled
+    assert sum(r.label is None for r in split.unlabeled) == 50
+    with pytest.raises(ConfigError, match="labeled_fraction: 10 items wanted, only 5 may be labeled"):
+        make_split(bundle, SplitConfig(labeled_fraction=0.2, labeled_pool="present", labeled_labels=[3]))
+    with pytest.raises(
+        ConfigError, match=r"asked for 6 but only 5 images may be labeled \(data.split.labeled_pool"
+    ):
+        make_split(bundle, SplitConfig(labeled=6, labeled_pool="present", labeled_labels=[3]))

@@ -59,6 +59,38 @@ def _groups_of(records: list[Record]) -> list[str]:
     return sorted({r.group for r in records})
 
 
+def _has_rule(spec: SplitConfig) -> bool:
+    return spec.labeled_pool != "all" or spec.labeled_labels is not None
+
+
+def _in_pool(records: list[Record], spec: SplitConfig) -> list[Record]:
+    """``records`` that ``labeled_pool`` admits (``present``: a mask with foreground)."""
+    if spec.labeled_pool == "present":
+        return [r for r in records if r.mask is not None and bool((np.asarray(r.mask) > 0).any())]
+    return records
+
+
+def _with_labels(records: list[Record], spec: SplitConfig) -> list[Record]:
+    """``records`` whose image-level label is in ``labeled_labels`` (all when it is None)."""
+    if spec.labeled_labels is None:
+        return records
+    wanted = set(spec.labeled_labels)
+    return [r for r in records if r.label in wanted]
+
+
+def _same_rule(val: list[Record], spec: SplitConfig) -> list[Record]:
+    """The validation items a user with the labeled items' rule would have: the same pool, labels
+    and fraction, drawn once with ``seed`` (every draw validates on the same items)."""
+    counted = _in_pool(val, spec)
+    eligible = _with_labels(counted, spec)
+    n = len(eligible)
+    if spec.labeled_fraction is not None:
+        n = min(n, max(1, round(spec.labeled_fraction * len(counted))))
+    rng = np.random.default_rng([spec.seed, 15485863])
+    chosen = {r.id for r in (eligible[i] for i in rng.permutation(len(eligible))[:n])}
+    return [r for r in val if r.id in chosen]
+
+
 def make_split(bundle: DatasetBundle, spec: SplitConfig) -> Split:
     """Apply ``spec`` to ``bundle``; raises DataError/ConfigError on an impossible request."""
     pool = list(bundle.train)
@@ -79,7 +111,11 @@ def make_split(bundle: DatasetBundle, spec: SplitConfig) -> Split:
         masked = [r for r in masked if r.group not in held]
 
     key = (lambda r: r.group) if spec.labeled_by == "group" else (lambda r: r.id)
-    candidates = sorted({key(r) for r in masked})
+    counted = _in_pool(masked, spec)  # what labeled_fraction counts
+    eligible = _with_labels(counted, spec)  # what may be labeled
+    if spec.val_supervision == "same" and _has_rule(spec):
+        val = _same_rule(val, spec)
+    candidates = sorted({key(r) for r in eligible})
     if spec.labeled_ids is not None:
         wanted = set(spec.labeled_ids)
         unknown = sorted(wanted - set(candidates))
@@ -91,19 +127,27 @@ def make_split(bundle: DatasetBundle, spec: SplitConfig) -> Split:
         if spec.labeled is not None:
             if spec.labeled > n:
                 unit = "groups" if spec.labeled_by == "group" else "images"
-                raise ConfigError(
-                    f"data.split.labeled: asked for {spec.labeled} but only {n} {unit} have masks"
+                which = (
+                    "may be labeled (data.split.labeled_pool / labeled_labels)"
+                    if _has_rule(spec)
+                    else "have masks"
                 )
+                raise ConfigError(f"data.split.labeled: asked for {spec.labeled} but only {n} {unit} {which}")
             n = spec.labeled
         elif spec.labeled_fraction is not None:
-            n = max(1, round(spec.labeled_fraction * n))
+            n = max(1, round(spec.labeled_fraction * len({key(r) for r in counted})))
+            if n > len(candidates):
+                raise ConfigError(
+                    f"data.split.labeled_fraction: {n} items wanted, only {len(candidates)} may be labeled "
+                    "(data.split.labeled_pool / labeled_labels)"
+                )
         if spec.first_draw == "listed" and spec.draw == 0:
-            listed = list(dict.fromkeys(key(r) for r in masked))  # order of first appearance
+            listed = list(dict.fromkeys(key(r) for r in eligible))  # order of first appearance
             chosen = set(listed[:n])
         else:
             rng = np.random.default_rng([spec.seed, spec.draw, 104729])
             chosen = set(rng.permutation(np.array(candidates, dtype=object))[:n].tolist())
-    labeled = [r for r in masked if key(r) in chosen]
+    labeled = [r for r in eligible if key(r) in chosen]
     if not labeled:
         raise DataError(
             bundle.root or None,

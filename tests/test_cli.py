@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -332,3 +333,34 @@ def test_predict_bad_input_folder_exits_2(tmp_path, capsys):
     assert main([*args, "--input", str(empty)]) == 2
     assert_one_line_error(capsys, "predict", str(empty / "bad.png"))
     assert not (tmp_path / "masks").exists()  # all inputs are checked before anything is written
+
+
+# ------------------------------------------------------------------------------------------ data generate
+def test_data_generate_cluttered_mnist_writes_a_folder_dataset(tmp_path, capsys, monkeypatch):
+    sys.path.insert(0, str(Path(__file__).parent / "data"))
+    from test_cluttered_mnist import write_fake_mnist
+
+    from semiseg.data import cluttered_mnist as cm
+
+    write_fake_mnist(tmp_path / "data" / "mnist")
+    monkeypatch.setenv("SEMISEG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cm, "FOLD_SIZES", (20, 10, 10))
+    monkeypatch.setattr(cm, "load_variant", functools.partial(cm.load_variant, fold_sizes=(20, 10, 10)))
+    out = tmp_path / "export"
+    argv = ["data", "generate", "cluttered-mnist", "--variant", "48-simple", "-o", str(out),
+            "--data-root", str(tmp_path / "data")]  # fmt: skip
+    assert main(argv) == 0
+    assert "images per fold: train 40, val 20, test 20" in capsys.readouterr().out
+    assert len(list((out / "train" / "images").glob("*.png"))) == 40
+    assert len(list((out / "val" / "masks").glob("*.png"))) == 20
+    labels = json.loads((out / "labels.json").read_text())
+    assert sum(v is None for v in labels.values()) == 40 and len(labels) == 80
+    # read back as a folder dataset: tags follow from the masks
+    from semiseg.config import DataConfig
+    from semiseg.data import load_bundle
+
+    bundle = load_bundle(DataConfig(dataset="folder", path=str(out), image_size=[48, 48]))
+    assert len(bundle.train) == 40 and sum(r.mask.any() for r in bundle.train) == 20
+    # the folder exists now: a one-line error, exit 2, nothing written
+    assert main(argv) == 2
+    assert_one_line_error(capsys, "data", str(out), "exists already")

@@ -103,10 +103,23 @@ def _parser() -> argparse.ArgumentParser:
         "run cache (same --quick/--work-dir/--seeds/--set as the run); trains nothing, shows no test metric",
     )
 
-    p = sub.add_parser("data", help="inspect a dataset and write its split")
-    p.add_argument("action", choices=["check", "split"])
-    _add_config_args(p)
-    p.add_argument("--output", "-o", help="split: JSON file to write (default: print)")
+    p = sub.add_parser("data", help="inspect a dataset, write its split, or generate a dataset")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (("check", "count a recipe's labeled / unlabeled / val / test items"),
+                         ("split", "write a recipe's split as JSON")):  # fmt: skip
+        a = actions.add_parser(action, help=text)
+        _add_config_args(a)
+        a.add_argument("--output", "-o", help="split: JSON file to write (default: print)")
+    a = actions.add_parser(
+        "generate", help="write a generated dataset as a folder dataset (PNG images and masks)"
+    )
+    a.add_argument("dataset", choices=["cluttered-mnist"])
+    a.add_argument("--variant", default="48-hard", choices=["48-simple", "48-hard", "128"])
+    a.add_argument("--seed", type=int, default=0, help="seed of the folds and images (default 0)")
+    a.add_argument("--output", "-o", required=True, help="folder to create (must not exist)")
+    a.add_argument(
+        "--data-root", help="folder holding the datasets (default: $SEMISEG_DATA); reads its mnist/"
+    )
     return parser
 
 
@@ -265,6 +278,8 @@ def cmd_data(args) -> int:
     from semiseg.data import load_bundle
     from semiseg.data.splits import make_split
 
+    if args.action == "generate":
+        return _generate(args)
     cfg = _load_cfg(args)
     bundle = load_bundle(cfg.data, args.data_root)
     split = make_split(bundle, cfg.data.split)
@@ -280,6 +295,24 @@ def cmd_data(args) -> int:
         print(f"wrote {args.output}")
     else:
         print(json.dumps(s, indent=1))
+    return 0
+
+
+def _generate(args) -> int:
+    """``semiseg data generate cluttered-mnist``: generate (or read from the cache) and export."""
+    import json as _json
+
+    from semiseg.config import DataConfig
+    from semiseg.data import cluttered_mnist as cm
+    from semiseg.data import dataset_folder
+
+    cfg = DataConfig(dataset="cluttered_mnist", variant=args.variant, generator_seed=args.seed)
+    path = dataset_folder(cfg, args.data_root)
+    folds, cache = cm.load_variant(path, args.variant, seed=args.seed)
+    manifest = _json.loads((cache / "manifest.json").read_text())
+    out = cm.export_folder(folds, args.output, manifest)
+    counts = ", ".join(f"{f} {2 * len(folds[f].present)}" for f in cm.FOLDS)
+    print(f"wrote {out}: cluttered MNIST {args.variant} (seed {args.seed}), images per fold: {counts}")
     return 0
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "IGNORE_INDEX",
     "DatasetBundle",
     "Record",
+    "dataset_folder",
     "load_bundle",
     "prepare_data",
     "register_dataset",
@@ -54,6 +55,11 @@ def _dataset_path(cfg: DataConfig, data_root: str | None, source: DatasetSource)
     if sub is None:
         raise ConfigError(f"data.path: required for dataset '{cfg.dataset}'")
     return root / sub
+
+
+def dataset_folder(cfg: DataConfig, data_root: str | None = None) -> Path | None:
+    """The folder ``cfg.dataset`` is read from (see :func:`load_bundle`); None for built-in data."""
+    return _dataset_path(cfg, data_root, DATASETS.get(cfg.dataset, where="data.dataset"))
 
 
 def load_bundle(cfg: DataConfig, data_root: str | None = None) -> DatasetBundle:

@@ -326,3 +326,38 @@ def _load(cfg: DataConfig, path: Path | None) -> DatasetBundle:
         class_names=list(CLASS_NAMES),
         root=str(folder),
     )
+
+
+def export_folder(folds: dict[str, ClutteredFold], out: str | Path, manifest: dict | None = None) -> Path:
+    """Writes the folds as a ``folder`` dataset: ``out/{train,val,test}/{images,masks}/<id>.png``
+    (8-bit images; masks 0 / 1, all 0 for absent images so their tag says absent) plus
+    ``labels.json`` (id → digit, or None for absent images) and ``manifest.json``. Written to a
+    temporary folder beside ``out`` and moved in place; ``out`` must not exist yet.
+
+    Raises:
+        DataError: ``out`` exists.
+    """
+    from PIL import Image
+
+    out = Path(out)
+    if out.exists():
+        raise DataError(out, "exists already; choose a new output folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        labels: dict[str, int | None] = {}
+        for name, fold in folds.items():
+            for kind in ("images", "masks"):
+                (temp / name / kind).mkdir(parents=True)
+            for r in fold_records(fold, name, absent=True):
+                Image.fromarray(np.round(r.image[0] * 255).astype(np.uint8)).save(
+                    temp / name / "images" / f"{r.id}.png"
+                )
+                Image.fromarray(r.mask.astype(np.uint8)).save(temp / name / "masks" / f"{r.id}.png")
+                labels[r.id] = r.label
+        (temp / "labels.json").write_text(json.dumps(labels, indent=0))
+        (temp / "manifest.json").write_text(json.dumps(manifest or {}, indent=1))
+        os.replace(temp, out)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return out

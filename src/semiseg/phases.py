@@ -17,7 +17,28 @@ from dataclasses import dataclass, field
 from semiseg.config import OptimizerConfig
 from semiseg.core import ViewSpec
 
-__all__ = ["OptimizerSpec", "Phase"]
+__all__ = ["OptimizerSpec", "Phase", "StreamSpec"]
+
+#: the split's two item sets a stream draws from
+SOURCES = ("labeled", "unlabeled")
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """A data stream named ``name`` drawing from the ``source`` items, optionally only those whose
+    image tag of class ``tag_class`` equals ``tag_value`` (e.g. "present" = tag 1 of the target
+    class, "absent" = tag 0). A plain stream name ``"labeled"`` / ``"unlabeled"`` is
+    ``StreamSpec(name, source=name)``. Each stream has its own sample order and augmentation draws.
+    """
+
+    name: str
+    source: str = "unlabeled"
+    tag_class: int | None = None
+    tag_value: float = 1.0
+
+    @staticmethod
+    def of(stream: str | StreamSpec) -> StreamSpec:
+        return stream if isinstance(stream, StreamSpec) else StreamSpec(stream, source=stream)
 
 
 @dataclass(frozen=True)
@@ -38,7 +59,8 @@ class Phase:
         optimizers: The optimizers stepped, in order, at every iteration: names (settings from
             ``train.*``) or :class:`OptimizerSpec` (own type, lr, betas, weight decay, scheduler,
             update ratio).
-        streams: Data streams of a batch: "labeled" (the labeled split), "unlabeled".
+        streams: Data streams of a batch: "labeled" (the labeled split), "unlabeled", or
+            :class:`StreamSpec` (a named stream filtered by an image tag, e.g. "present").
         optional_streams: Streams used when the data has them (e.g. unlabeled images for a
             regulariser), silently absent otherwise.
         validate: Evaluate on the validation split during this phase and keep the best checkpoint.
@@ -58,7 +80,7 @@ class Phase:
     name: str = "train"
     epochs: int | None = None
     optimizers: tuple[str | OptimizerSpec, ...] = ("main",)
-    streams: tuple[str, ...] = ("labeled",)
+    streams: tuple[str | StreamSpec, ...] = ("labeled",)
     optional_streams: tuple[str, ...] = ()
     validate: bool = True
     lr: float | None = None
@@ -67,6 +89,10 @@ class Phase:
     final: bool = True
     restore_best: bool = False
     views: dict[str, ViewSpec] = field(default_factory=dict)
+
+    @property
+    def stream_specs(self) -> tuple[StreamSpec, ...]:
+        return tuple(StreamSpec.of(s) for s in self.streams)
 
     @property
     def optimizer_specs(self) -> tuple[OptimizerSpec, ...]:

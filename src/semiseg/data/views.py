@@ -18,6 +18,9 @@ labeled, sparse, tagged, size-labeled and unlabeled items can share a batch (the
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -159,3 +162,30 @@ class TrainSet(Dataset):
             if boxes is not None:
                 item["cutmix"] = boxes
         return item
+
+
+class TrainSubset(Dataset):
+    """Items ``indices`` of a :class:`TrainSet` as a stream of their own: its own positions, views
+    and random draws (keyed by ``seed``), sharing the base set's tensors. ``index`` in an item is
+    the base set's index.
+    """
+
+    def __init__(self, base: TrainSet, indices: Sequence[int], seed: int):
+        self.base = copy.copy(base)  # own epoch, views and seed; the same tensors
+        self.base.seed = seed
+        self.indices = [int(i) for i in indices]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
+
+    def set_views(self, spec: ViewSpec | None) -> None:
+        self.base.set_views(spec)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, position = (
+            (int(key[0]), int(key[1])) if isinstance(key, tuple | list) else (int(key), int(key))
+        )
+        return self.base[(self.indices[index], position)]

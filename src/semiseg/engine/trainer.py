@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from semiseg.config import OptimizerConfig, RunConfig, to_dict
 from semiseg.core import Batch
 from semiseg.data import PreparedData
+from semiseg.data.splits import stable_hash
 from semiseg.engine import distributed as D
 from semiseg.engine.checkpoint import (
     load_checkpoint,
@@ -38,8 +39,16 @@ from semiseg.errors import ConfigError, TrainingDiverged
 from semiseg.io import atomic_write_text
 from semiseg.methods.base import Method, OptimizerSpec, Phase
 from semiseg.parallel import global_reduction
+from semiseg.phases import StreamSpec
 
 STREAM_IDS = {"labeled": 0, "unlabeled": 1}
+
+
+def stream_id(name: str) -> int:
+    """The id that seeds a stream's sample order: 0 / 1 for the split's two sets, else from the name."""
+    return STREAM_IDS.get(name, 2 + stable_hash(name) % 2**16)
+
+
 #: config keys that may change between an interrupted run and its resumption
 RESUMABLE_CHANGES = ("train.progress", "train.plots", "train.num_workers", "quick")
 #: learning-rate schedules that depend on the run length (a resumed run cannot lengthen them)
@@ -123,11 +132,10 @@ class Trainer:
         valid = metric_keys(self.num_classes, FAST_METRICS)
         if cfg.train.val_metric not in valid:
             raise ConfigError(f"train.val_metric: '{cfg.train.val_metric}' is not one of {', '.join(valid)}")
+        self._stream_sets: dict[StreamSpec, Any] = {}
         for ph in self.phases:
-            if "unlabeled" in self.streams(ph) and data.unlabeled is None:
-                raise ConfigError(
-                    f"method '{cfg.method['name']}' needs unlabeled data but data.split leaves none"
-                )
+            for spec in self.stream_specs(ph):
+                self.stream_set(spec)  # checks the stream can be drawn (one-line errors)
         if self.info.enabled and cfg.train.sync_batchnorm:
             D.convert_sync_batchnorm(method)
         cl = cfg.train.channels_last
@@ -168,32 +176,76 @@ class Trainer:
             return self.cfg.train.iters_per_epoch
         return max(1, math.ceil(len(self.data.labeled) / self.cfg.train.batch_size))
 
-    def streams(self, phase: Phase) -> tuple[str, ...]:
+    def stream_specs(self, phase: Phase) -> tuple[StreamSpec, ...]:
         """The phase's streams plus the optional ones the data has."""
         available = {"labeled": True, "unlabeled": self.data.unlabeled is not None}
-        return tuple(phase.streams) + tuple(s for s in phase.optional_streams if available.get(s))
+        extra = tuple(StreamSpec.of(s) for s in phase.optional_streams if available.get(s))
+        return phase.stream_specs + extra
+
+    def streams(self, phase: Phase) -> tuple[str, ...]:
+        """Names of :meth:`stream_specs` (the keys of a batch)."""
+        return tuple(s.name for s in self.stream_specs(phase))
+
+    def stream_set(self, spec: StreamSpec):
+        """The dataset a stream draws from: the split's labeled or unlabeled set, or the part of it
+        whose tag matches (a :class:`~semiseg.data.views.TrainSubset` with its own random draws)."""
+        if spec in self._stream_sets:
+            return self._stream_sets[spec]
+        method = self.cfg.method["name"]
+        if spec.source not in ("labeled", "unlabeled"):
+            raise ConfigError(
+                f"method '{method}': stream '{spec.name}' draws from unknown source '{spec.source}'"
+            )
+        ds = self.data.labeled if spec.source == "labeled" else self.data.unlabeled
+        if ds is None:
+            raise ConfigError(f"method '{method}' needs unlabeled data but data.split leaves none")
+        if spec.tag_class is not None:
+            from semiseg.data.views import TrainSubset
+
+            if not 0 <= spec.tag_class < self.num_classes:
+                raise ConfigError(
+                    f"method '{method}': stream '{spec.name}' filters on class {spec.tag_class}"
+                )
+            tags = ds.tags[:, spec.tag_class]
+            if torch.isnan(tags).any():
+                raise ConfigError(
+                    f"method '{method}': stream '{spec.name}' needs image tags of the {spec.source} items "
+                    f"(data.split.{'unlabeled_' if spec.source == 'unlabeled' else ''}supervision: tag)"
+                )
+            indices = torch.nonzero(tags == spec.tag_value).flatten().tolist()
+            if not indices:
+                raise ConfigError(
+                    f"method '{method}': stream '{spec.name}' is empty (no {spec.source} item has tag "
+                    f"{spec.tag_value:g} for class {spec.tag_class})"
+                )
+            ds = TrainSubset(ds, indices, seed=ds.seed + 7919 * stream_id(spec.name))
+        self._stream_sets[spec] = ds
+        return ds
 
     def phase_epochs(self, phase: Phase) -> int:
         return phase.epochs if phase.epochs is not None else self.cfg.train.epochs
 
-    def loader(self, stream: str, epoch: int, iters: int, phase: Phase | None = None) -> DataLoader:
+    def loader(
+        self, stream: str | StreamSpec, epoch: int, iters: int, phase: Phase | None = None
+    ) -> DataLoader:
         """This rank's batches of ``stream`` for one epoch of the current phase.
 
         Items come as ``(index, position)``: ``position`` (in the epoch's global sample order) keys
         every random draw of the sample, so one process and several DDP ranks draw the same
         augmentation for the same global sample, and different samples draw different ones.
         """
-        ds = self.data.labeled if stream == "labeled" else self.data.unlabeled
+        spec = StreamSpec.of(stream)
+        ds = self.stream_set(spec)
         key_epoch = epoch + 1000 * self.phase_index
         ds.set_epoch(key_epoch)
-        ds.set_views(phase.views.get(stream) if phase is not None else None)
+        ds.set_views(phase.views.get(spec.name) if phase is not None else None)
         batches = D.epoch_batches(
             len(ds),
             self.cfg.train.batch_size,
             iters,
             seed=self.cfg.train.seed,
             epoch=key_epoch,
-            stream=STREAM_IDS[stream],
+            stream=stream_id(spec.name),
             info=self.info,
             positions=True,
         )
@@ -472,8 +524,9 @@ class Trainer:
         """One epoch of ``phase``: ``iters`` iterations, the epoch-end hook, validation (phases that
         validate), ``best.pt`` / ``last.pt`` and the epoch logs. ``bar`` is a tqdm progress bar."""
         t0 = time.perf_counter()
-        streams = self.streams(phase)
-        loaders = [self.loader(s, self.epoch, iters, phase) for s in streams]
+        specs = self.stream_specs(phase)
+        streams = tuple(s.name for s in specs)
+        loaders = [self.loader(s, self.epoch, iters, phase) for s in specs]
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         for batches in zip(*loaders):

@@ -161,6 +161,7 @@ class OptimizerConfig:
     type: Literal["adam", "adamw", "sgd"] | None = None  #: None = train.optimizer
     lr: float | None = None  #: None = the phase's lr, else train.lr
     betas: list[float] | None = None  #: Adam/AdamW betas; None = torch's (0.9, 0.999)
+    amsgrad: bool = False  #: Adam/AdamW: the AMSGrad variant (e.g. the translation paper's)
     momentum: float | None = None  #: SGD; None = train.momentum
     weight_decay: float | None = None  #: None = train.weight_decay
     scheduler: Literal["none", "cosine", "poly"] | None = None  #: None = train.scheduler

@@ -183,9 +183,17 @@ def test_two_optimizers_have_their_own_settings(tmp_path, make_config, proof_met
     assert "train/critic/loss" in log[0] and "train/generator/ce" in log[0]
 
 
+def test_amsgrad_is_an_optimizer_setting(tmp_path, make_config, proof_methods):
+    run(make_config("method.name=test_two_optimizers", "method.generator.amsgrad=true"), tmp_path)
+    state = load_checkpoint(tmp_path / "last.pt")["optimizers"]
+    assert state["generator"]["param_groups"][0]["amsgrad"] is True
+    assert "amsgrad" not in state["critic"]["param_groups"][0]  # SGD
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
+        ("method.critic.amsgrad=true", r"optimizer 'critic'.amsgrad: applies to adam / adamw, not sgd"),
         ("method.critic.lr=-1", r"optimizer 'critic'.lr: must be positive"),
         ("method.critic.repeat=0", r"optimizer 'critic': repeat and every must be at least 1"),
         ("method.generator.betas=[0.5]", r"optimizer 'generator'.betas: must be two numbers"),

@@ -122,8 +122,9 @@ class TrainerSteps:
         self.optimizers, self.schedulers = t.build_optimizers(self.phase)
         t.method.train()
         t.method.on_phase_start(self.phase.name)
-        streams = t.streams(self.phase)
-        loaders = [t.loader(s, 0, steps, self.phase) for s in streams]
+        specs = t.stream_specs(self.phase)
+        streams = tuple(s.name for s in specs)
+        loaders = [t.loader(s, 0, steps, self.phase) for s in specs]
         self.batches = [{s: t.to_batch(b) for s, b in zip(streams, bs)} for bs in zip(*loaders)]
         self.images_per_step = sum(len(b) for b in self.batches[0].values())
         self.streams = list(streams)

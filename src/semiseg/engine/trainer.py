@@ -76,11 +76,15 @@ def build_optimizer(
         raise ConfigError(f"{where}: has no trainable parameters")
     kind = settings.type or t.optimizer
     wd = t.weight_decay if settings.weight_decay is None else settings.weight_decay
+    if settings.amsgrad and kind == "sgd":
+        raise ConfigError(f"{where}.amsgrad: applies to adam / adamw, not sgd")
     if kind == "sgd":
         momentum = t.momentum if settings.momentum is None else settings.momentum
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd)
     cls = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
     extra = {"betas": tuple(settings.betas)} if settings.betas is not None else {}
+    if settings.amsgrad:
+        extra["amsgrad"] = True
     return cls(params, lr=lr, weight_decay=wd, **extra)
 
 

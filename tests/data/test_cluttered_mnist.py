@@ -147,9 +147,12 @@ def test_variant_is_generated_once_then_read_back_identically(tmp_path, monkeypa
     assert len(first["train"].present) == 20 and len(first["test"].absent) == 10
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["variant"] == "48-simple" and manifest["seed"] == 0 and manifest["side"] == 48
-    # another seed or variant is another folder; a damaged file is regenerated
-    _, other = cm.load_variant(tmp_path / "mnist", "48-simple", seed=1, fold_sizes=(20, 10, 10))
-    assert other != folder
+    # another seed is another folder with other images but the same folds (shared with SSLDEC)
+    reseeded, other = cm.load_variant(tmp_path / "mnist", "48-simple", seed=1, fold_sizes=(20, 10, 10))
+    assert other != folder and not np.array_equal(reseeded["train"].present, first["train"].present)
+    for f in FOLDS:
+        assert set(reseeded[f].digit_index.tolist()) == set(first[f].digit_index.tolist())
+    # a damaged file is regenerated
     (folder / "val.npz").write_bytes(b"damaged")
     third, folder3 = cm.load_variant(tmp_path / "mnist", "48-simple", seed=0, fold_sizes=(20, 10, 10))
     assert folder3 == folder and len(calls) == 9

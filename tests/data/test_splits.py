@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from semiseg.config import SplitConfig
-from semiseg.data.records import DatasetBundle, Record
+from semiseg.data.records import IGNORE_INDEX, DatasetBundle, Record
 from semiseg.data.splits import make_split
 from semiseg.errors import ConfigError, DataError
 
@@ -280,3 +280,24 @@ def test_present_pool_without_labels_and_errors():
         ConfigError, match=r"asked for 6 but only 5 images may be labeled \(data.split.labeled_pool"
     ):
         make_split(bundle, SplitConfig(labeled=6, labeled_pool="present", labeled_labels=[3]))
+
+
+def test_rules_by_group_keep_every_item_and_ignore_pixels_are_not_foreground():
+    records = []
+    for p in range(10):  # 10 patients x 4 slices, the last two of each without foreground
+        for k in range(4):
+            mask = np.zeros((4, 4), dtype=np.int64)
+            if k < 2:
+                mask[0, 0] = 1
+            elif k == 3:
+                mask[0, 0] = IGNORE_INDEX  # unknown pixels are not foreground
+            records.append(Record(f"p{p}s{k}", np.zeros((1, 4, 4), np.float32), mask, group=f"p{p}"))
+    bundle = bundle_of(records, val=records[:4], test=records[4:8])
+    split = make_split(bundle, SplitConfig(labeled=2, labeled_by="group", labeled_pool="present"))
+    assert len(split.labeled) == 4 and all(r.id.endswith(("s0", "s1")) for r in split.labeled)
+    # the labeled patients' slices without foreground stay in the unlabeled set
+    assert len(split.labeled) + len(split.unlabeled) == 40
+    with pytest.raises(ConfigError, match="val_supervision: 'same' leaves no validation item"):
+        make_split(
+            bundle, SplitConfig(labeled=1, labeled_pool="present", labeled_labels=[3], val_supervision="same")
+        )

@@ -10,7 +10,8 @@ Variants (paper, Table 1): ``48-simple`` (48×48, 8 clutter pieces), ``48-hard``
 ``128`` (128×128, 80).
 
 Folds: the 10,000 MNIST test digits split once into train / val / test digits (8,000 / 1,000 /
-1,000 by default) by a seeded permutation (:func:`mnist_folds`; shared with the SSLDEC tables);
+1,000 by default) by a permutation with the fixed :data:`FOLD_SEED` (:func:`mnist_folds`; shared
+with the SSLDEC tables, whatever the generator's seed);
 each fold's images use only that fold's digits, as main digits and as clutter. Every digit of a
 fold is the main digit of one present image, and the fold gets as many absent images.
 
@@ -41,6 +42,9 @@ from semiseg.errors import DataError
 
 #: name → (image side, clutter pieces per image) (paper, Table 1)
 VARIANTS: dict[str, tuple[int, int]] = {"48-simple": (48, 8), "48-hard": (48, 24), "128": (128, 80)}
+#: seed of the fold definition, shared by every generated set and the SSLDEC tables (the image
+#: generator's own seed changes the images, not which digits are in which fold)
+FOLD_SEED = 0
 #: digits per fold (train, val, test) drawn from the 10,000 MNIST test digits
 FOLD_SIZES: tuple[int, int, int] = (8000, 1000, 1000)
 FOLDS: tuple[str, str, str] = ("train", "val", "test")
@@ -209,6 +213,11 @@ def _from_stored(arrays) -> ClutteredFold:
     return ClutteredFold(**values)
 
 
+def _read(path: Path) -> ClutteredFold:
+    with np.load(path) as arrays:
+        return _from_stored(arrays)
+
+
 def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()  # noqa: S324 (a file identity, not security)
 
@@ -253,7 +262,7 @@ def load_variant(
     key = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:10]
     folder = Path(cache_dir or cache_root() / "cluttered_mnist") / f"{variant}-s{seed}-{key}"
     if _valid(folder, manifest):
-        return {f: _from_stored(np.load(folder / f"{f}.npz")) for f in FOLDS}, folder
+        return {f: _read(folder / f"{f}.npz") for f in FOLDS}, folder
 
     digits = read_idx(root / MNIST_FILES[0], IMAGES_MAGIC).astype(np.float64) / 255
     labels = read_idx(root / MNIST_FILES[1], LABELS_MAGIC)
@@ -262,7 +271,7 @@ def load_variant(
             root / MNIST_FILES[0],
             f"{len(digits)} digits and {len(labels)} labels; the folds need {sum(fold_sizes)} digits",
         )
-    folds = mnist_folds(len(digits), seed, fold_sizes)
+    folds = mnist_folds(len(digits), FOLD_SEED, fold_sizes)  # the same folds for every seed and method
     stored = {
         f: _quantized(generate_fold(digits, labels, folds[f], variant, seed, i)) for i, f in enumerate(FOLDS)
     }
@@ -273,13 +282,16 @@ def load_variant(
             np.savez_compressed(temp / f"{f}.npz", **arrays)
         files = {f"{f}.npz": hashlib.sha256((temp / f"{f}.npz").read_bytes()).hexdigest() for f in FOLDS}
         (temp / "manifest.json").write_text(json.dumps({**manifest, "files": files}, indent=1))
-        if folder.exists():  # an invalid earlier copy, or another process won the race
-            shutil.rmtree(folder, ignore_errors=True)
-        try:
-            os.replace(temp, folder)
-        except OSError:  # another process wrote it meanwhile: fine if it is complete
-            if not _valid(folder, manifest):
-                raise
+        if not _valid(folder, manifest):  # else another process wrote it meanwhile: keep theirs
+            stale = folder.with_name(f".{folder.name}-stale-{os.getpid()}")
+            if folder.exists():  # an invalid earlier copy: move it aside, then replace it
+                os.replace(folder, stale)
+            try:
+                os.replace(temp, folder)
+            except OSError as exc:
+                if not _valid(folder, manifest):
+                    raise DataError(folder, f"cannot write the generated data: {exc}") from None
+            shutil.rmtree(stale, ignore_errors=True)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     return {f: _from_stored(arrays) for f, arrays in stored.items()}, folder

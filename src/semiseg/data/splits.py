@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from semiseg.config import SplitConfig
-from semiseg.data.records import DatasetBundle, Record
+from semiseg.data.records import IGNORE_INDEX, DatasetBundle, Record
 from semiseg.errors import ConfigError, DataError
 from semiseg.io import atomic_write_text
 
@@ -66,8 +66,12 @@ def _has_rule(spec: SplitConfig) -> bool:
 def _in_pool(records: list[Record], spec: SplitConfig) -> list[Record]:
     """``records`` that ``labeled_pool`` admits (``present``: a mask with foreground)."""
     if spec.labeled_pool == "present":
-        return [r for r in records if r.mask is not None and bool((np.asarray(r.mask) > 0).any())]
+        return [r for r in records if r.mask is not None and _has_foreground(np.asarray(r.mask))]
     return records
+
+
+def _has_foreground(mask: np.ndarray) -> bool:
+    return bool(((mask > 0) & (mask != IGNORE_INDEX)).any())
 
 
 def _with_labels(records: list[Record], spec: SplitConfig) -> list[Record]:
@@ -86,6 +90,11 @@ def _same_rule(val: list[Record], spec: SplitConfig) -> list[Record]:
     n = len(eligible)
     if spec.labeled_fraction is not None:
         n = min(n, max(1, round(spec.labeled_fraction * len(counted))))
+    if not eligible:
+        raise ConfigError(
+            "data.split.val_supervision: 'same' leaves no validation item under data.split.labeled_pool / "
+            "labeled_labels"
+        )
     rng = np.random.default_rng([spec.seed, 15485863])
     chosen = {r.id for r in (eligible[i] for i in rng.permutation(len(eligible))[:n])}
     return [r for r in val if r.id in chosen]
@@ -153,6 +162,7 @@ def make_split(bundle: DatasetBundle, spec: SplitConfig) -> Split:
             bundle.root or None,
             f"{bundle.name}: the labeled training set is empty (check data.split and that masks exist)",
         )
-    rest = [r for r in pool if key(r) not in chosen or r.mask is None]
+    taken = {r.id for r in labeled}  # (without a labeling rule: every masked item of a chosen key)
+    rest = [r for r in pool if r.id not in taken]
     unlabeled = {"rest": rest, "all": labeled + rest}.get(spec.unlabeled, [])
     return Split(labeled=labeled, unlabeled=unlabeled, val=val, test=test, spec=spec)

@@ -184,7 +184,11 @@ class Trainer:
         """The phase's streams plus the optional ones the data has."""
         available = {"labeled": True, "unlabeled": self.data.unlabeled is not None}
         extra = tuple(StreamSpec.of(s) for s in phase.optional_streams if available.get(s))
-        return phase.stream_specs + extra
+        specs = phase.stream_specs + extra
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"phase '{phase.name}': stream names must be unique, got {', '.join(names)}")
+        return specs
 
     def streams(self, phase: Phase) -> tuple[str, ...]:
         """Names of :meth:`stream_specs` (the keys of a batch)."""
@@ -208,7 +212,8 @@ class Trainer:
 
             if not 0 <= spec.tag_class < self.num_classes:
                 raise ConfigError(
-                    f"method '{method}': stream '{spec.name}' filters on class {spec.tag_class}"
+                    f"method '{method}': stream '{spec.name}' filters on class {spec.tag_class}, but the data "
+                    f"has classes 0..{self.num_classes - 1}"
                 )
             tags = ds.tags[:, spec.tag_class]
             if torch.isnan(tags).any():

@@ -16,8 +16,9 @@ Passes per training step: each network forwards the labeled and the unlabeled ba
 as the CPS paper's code; ``joint_batch: true`` = one batch of ``B_l + B_u`` images, as SSL4MIS) and
 one backward runs through both networks; the pseudo-labels are the arg-max of these same forward
 passes (detached), so no extra pass is made. Separate passes normalise each stream with its own
-batch statistics: in semiseg's quick ACDC setting the joint batch halved a from-scratch student's
-early validation Dice (mean teacher with its consistency off, ``benchmarks/dev/semi-acdc-dev.md``).
+batch statistics: in semiseg's quick ACDC setting the joint batch roughly halved a from-scratch
+student's early validation Dice in one diagnostic run (mean teacher with its consistency off,
+``benchmarks/dev/semi-acdc-dev.md``; CPS itself was not run that way).
 
 Optimisation: one optimizer over both networks ("main"; :meth:`CPS.parameters_for` gives A's and
 B's parameters). The loss is a sum of one term per network and each term depends on its own

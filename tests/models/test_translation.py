@@ -122,3 +122,13 @@ def test_spectral_norm_on_every_conv_and_linear():
 def test_bad_skip_type():
     with pytest.raises(ValueError, match="unknown skip type 'add'"):
         SkipJoin("add", 4)
+
+
+def test_encoder_and_decoders_start_kaiming_normal():
+    enc, com, res = nets(width=32)
+    for net in (enc, com, res):
+        for m in net.modules():
+            if isinstance(m, torch.nn.Conv2d) and m.weight[0].numel() >= 1000:
+                fan_in = m.weight[0].numel()
+                assert float(m.weight.detach().std()) == pytest.approx((2 / fan_in) ** 0.5, rel=0.1)
+                assert m.bias is None or not m.bias.any()

@@ -17,10 +17,11 @@ image-to-image translation"; paper §3.2, Fig. 3–5, 9, appendix A and tables T
   average pooling of stride 2 between them); D(x) = the mean over pixels and scales, one scalar per
   image (appendix A, "discriminator").
 
-Judgement calls where the paper is silent (see ``runs/notes`` design): the short skip of a block
-that changes shape is a 1×1 convolution; the MLP reads the flattened code (the digit's position is
-in its spatial layout); AdaIN is ``(1 + γ) · IN(x) + β`` so that a zero MLP output starts as plain
-instance norm; decoders end in tanh.
+Encoders and decoders start from Kaiming-normal weights (appendix A); the discriminators and the
+MLP keep PyTorch's default initialisation (the paper does not say). Judgement calls where the paper
+is silent: the short skip of a block that changes shape is a 1×1 convolution; the MLP reads the
+flattened code (the digit's position is in its spatial layout); AdaIN is ``(1 + γ) · IN(x) + β``
+so that a zero MLP output starts as plain instance norm; decoders end in tanh.
 """
 
 from __future__ import annotations
@@ -37,6 +38,18 @@ SKIP_TYPES = ("compress", "concat", "sum", "none")
 def layer_norm(channels: int) -> nn.Module:
     """Layer norm over (C, H, W) per sample with a per-channel affine (MUNIT's LN)."""
     return nn.GroupNorm(1, channels)
+
+
+def kaiming_init(module: nn.Module) -> nn.Module:
+    """Kaiming-normal weights (fan-in, ReLU gain) and zero biases for every convolution of
+    ``module`` (paper, appendix A: "all encoders and decoders are initialized with the Kaiming
+    Normal approach"). In place; returns ``module``."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return module
 
 
 def conv(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Conv2d:
@@ -110,6 +123,7 @@ class TranslationEncoder(nn.Module):
             Block(self.channels[i], self.channels[i + 1], 3, stride=2, norm="instance") for i in range(depth)
         )
         self.out_norm = nn.InstanceNorm2d(self.channels[-1], affine=True)
+        kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         h = self.stem(x)
@@ -176,6 +190,7 @@ class TranslationDecoder(nn.Module):
         self.out_norm = AdaptiveNorm(last)
         self.out_conv = conv(last, out_channels, kernel)
         self.classifier = nn.Conv2d(last, num_classes, 1) if num_classes else None
+        kaiming_init(self)
 
     @property
     def norm_channels(self) -> list[int]:

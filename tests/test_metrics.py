@@ -306,3 +306,30 @@ def test_bad_arguments_raise():
 def test_import_does_not_load_monai():
     code = "import sys, semiseg.metrics; assert 'monai' not in sys.modules, 'monai imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_pooled_dice_counts_every_pixel_of_the_split_once():
+    from semiseg.data.records import Record
+    from semiseg.engine.evaluate import evaluate_records, metric_keys
+
+    small = torch.zeros(8, 8, dtype=torch.long)
+    small[0, 0] = 1  # a 1-pixel object, found: Dice 1
+    big = torch.zeros(8, 8, dtype=torch.long)
+    big[:, :4] = 1  # a 32-pixel object, half found: Dice 2·16 / (16 + 32) = 2/3
+    found_big = torch.zeros(8, 8)
+    found_big[:4, :4] = 1
+    records = [
+        Record(id="small", image=small[None].float().numpy(), mask=small.numpy()),
+        Record(id="big", image=found_big[None].numpy(), mask=big.numpy()),
+    ]
+
+    def predict(x):  # segments the image as it is
+        return torch.cat([1.0 - x, x], dim=1) * 10
+
+    means, _ = evaluate_records(
+        predict, records, num_classes=2, image_size=(8, 8), device=torch.device("cpu")
+    )
+    assert means["dice/1"] == pytest.approx((1 + 2 / 3) / 2)  # mean over cases
+    assert means["dice_pooled/1"] == pytest.approx(2 * 17 / (17 + 33))  # every pixel once
+    assert means["dice_pooled/mean"] == means["dice_pooled/1"]
+    assert {"dice_pooled/1", "dice_pooled/mean"} <= set(metric_keys(2))

@@ -437,6 +437,22 @@ def evaluate_case(
     return result
 
 
+def pooled_dice(cm: torch.Tensor) -> dict[str, float]:
+    """Dice per class from a confusion matrix summed over many cases (every pixel of the split
+    counts once, so large and small objects weigh by their size; the presence/absence translation
+    paper's "global" Dice), and ``dice_pooled/mean`` over the foreground classes ``1..K-1``.
+
+    Examples:
+        >>> cm = confusion_matrix(torch.tensor([0, 1, 1, 0]), torch.tensor([0, 1, 0, 1]), 2)
+        >>> pooled_dice(cm)["dice_pooled/1"]
+        0.5
+    """
+    dice = _dice_from_cm(cm)
+    out = {f"dice_pooled/{c}": float(dice[c]) for c in range(len(dice))}
+    out["dice_pooled/mean"] = float(dice[1:].mean()) if len(dice) > 1 else float(dice[0])
+    return out
+
+
 def aggregate(cases: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
     """Summarises per-case metric dicts (e.g. from :func:`evaluate_case`) key by key.
 

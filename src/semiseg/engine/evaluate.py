@@ -86,9 +86,10 @@ def evaluate_records(
 
     ``postprocess(probs, record) -> label map`` replaces the argmax (e.g. an MRF).
     """
-    from semiseg.metrics import aggregate, evaluate_case
+    from semiseg.metrics import aggregate, confusion_matrix, evaluate_case, pooled_dice
 
     cases = []
+    pooled = torch.zeros(num_classes, num_classes, dtype=torch.long)
     # predict in chunks of records so memory stays bounded on large test sets
     for start in range(0, len(records), 64):
         chunk = records[start : start + 64]
@@ -98,20 +99,25 @@ def evaluate_records(
             case = evaluate_case(pred, mask, num_classes, metrics=tuple(metrics), spacing=r.spacing)
             case["id"] = r.id
             cases.append(case)
+            if "dice" in metrics:
+                pooled += confusion_matrix(pred, mask, num_classes)
     summary = aggregate([{k: v for k, v in c.items() if k != "id"} for c in cases])
     means = {k: v["mean"] for k, v in summary.items()}
+    if "dice" in metrics:  # one Dice over every pixel of the split (not a per-case mean)
+        means.update(pooled_dice(pooled))
     return means, cases
 
 
 def metric_keys(num_classes: int, metrics: Sequence[str] = FAST_METRICS) -> list[str]:
     """Keys :func:`evaluate_records` can report for ``metrics`` (HD95 as ``hd95_px`` and, for records
-    with a pixel spacing, ``hd95_mm``)."""
+    with a pixel spacing, ``hd95_mm``; Dice also as ``dice_pooled``, over all pixels of the split)."""
     keys = []
     for m in metrics:
         if m == "pixel_error":
             keys.append(m)
             continue
-        for name in ("hd95_px", "hd95_mm") if m == "hd95" else (m,):
+        names = {"hd95": ("hd95_px", "hd95_mm"), "dice": ("dice", "dice_pooled")}.get(m, (m,))
+        for name in names:
             keys += [f"{name}/{c}" for c in range(num_classes)] + [f"{name}/mean"]
     return keys
 

@@ -361,6 +361,9 @@ def test_data_generate_cluttered_mnist_writes_a_folder_dataset(tmp_path, capsys,
 
     bundle = load_bundle(DataConfig(dataset="folder", path=str(out), image_size=[48, 48]))
     assert len(bundle.train) == 40 and sum(r.mask.any() for r in bundle.train) == 20
+    # labels.json gives the digits back, so the digit rule works on the exported folder too
+    assert all(r.label == labels[r.id] for r in bundle.train)
+    assert all((r.label is None) == (not r.mask.any()) for r in bundle.train)  # digits on present images
     # the folder exists now: a one-line error, exit 2, nothing written
     assert main(argv) == 2
     assert_one_line_error(capsys, "data", str(out), "exists already")

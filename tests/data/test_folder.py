@@ -219,3 +219,25 @@ def test_intensity_option_reaches_the_folder_loader(tmp_path: Path) -> None:
     auto = load_bundle(DataConfig(dataset="folder", path=str(tmp_path)))
     raw = load_bundle(DataConfig(dataset="folder", path=str(tmp_path), intensity="none"))
     assert auto.train[0].image.max() == 1.0 and raw.train[0].image.max() >= 200
+
+
+def test_labels_json_sets_image_level_labels(tmp_path: Path) -> None:
+    import json
+
+    for stem in ("a", "b", "c"):
+        _image(tmp_path / "images" / f"{stem}.png")
+    (tmp_path / "labels.json").write_text(json.dumps({"a": 9, "b": None}))
+    bundle = load_folder(tmp_path)
+    assert {r.id: r.label for r in bundle.train} == {"a": 9, "b": None, "c": None}
+    for bad, message in (
+        ({"z": 1}, "names 'z', which is not an image"),
+        ({"a": -1}, "label of 'a' must be a non-negative integer or null"),
+        ({"a": "9"}, "label of 'a' must be a non-negative integer or null"),
+        ([1, 2], "must hold one JSON object"),
+    ):
+        (tmp_path / "labels.json").write_text(json.dumps(bad))
+        with pytest.raises(DataError, match=message):
+            load_folder(tmp_path)
+    (tmp_path / "labels.json").write_text("{not json")
+    with pytest.raises(DataError, match="labels.json: cannot read"):
+        load_folder(tmp_path)

@@ -8,6 +8,10 @@ Two layouts are recognised::
 
 Images and masks are paired by file stem, so ``images/a.jpg`` may have ``masks/a.png``. An image
 without a mask is an unlabeled record (``mask=None``); a mask without an image is an error.
+
+An optional ``root/labels.json`` maps image stems to an image-level class (an integer, or null for
+none), e.g. the digit of an exported cluttered-MNIST image; split rules such as
+``data.split.labeled_labels`` read it.
 """
 
 from __future__ import annotations
@@ -29,6 +33,27 @@ from semiseg.data.registry import register_dataset
 from semiseg.errors import ConfigError, DataError
 
 SPLIT_NAMES = ("train", "val", "test")
+#: optional file of image-level labels: {"<image stem>": <int> | null, ...}
+LABELS_FILE = "labels.json"
+
+
+def _apply_labels(splits: dict[str, list[Record]], path: Path) -> None:
+    """Sets each record's ``label`` from ``labels.json`` (one-line DataError on a bad file)."""
+    import json
+
+    try:
+        labels = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(path, f"cannot read: {exc}") from None
+    if not isinstance(labels, dict):
+        raise DataError(path, "must hold one JSON object {image stem: integer label or null}")
+    records = {r.id: r for recs in splits.values() for r in recs}
+    for stem, label in labels.items():
+        if stem not in records:
+            raise DataError(path, f"names '{stem}', which is not an image of the dataset")
+        if label is not None and (isinstance(label, bool) or not isinstance(label, int) or label < 0):
+            raise DataError(path, f"label of '{stem}' must be a non-negative integer or null, got {label!r}")
+        records[stem].label = label
 
 
 def _by_stem(files: list[Path]) -> dict[str, Path]:
@@ -160,6 +185,8 @@ def load_folder(
             raise DataError(root / image_dir, "no images found (PNG/JPG/TIFF)")
         splits["train"] = _load_split(root, **options)
 
+    if (root / LABELS_FILE).is_file():
+        _apply_labels(splits, root / LABELS_FILE)
     in_channels = _check_channels(splits)
     return DatasetBundle(
         name=name,

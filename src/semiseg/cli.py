@@ -300,8 +300,6 @@ def cmd_data(args) -> int:
 
 def _generate(args) -> int:
     """``semiseg data generate cluttered-mnist``: generate (or read from the cache) and export."""
-    import json as _json
-
     from semiseg.config import DataConfig
     from semiseg.data import cluttered_mnist as cm
     from semiseg.data import dataset_folder
@@ -309,7 +307,7 @@ def _generate(args) -> int:
     cfg = DataConfig(dataset="cluttered_mnist", variant=args.variant, generator_seed=args.seed)
     path = dataset_folder(cfg, args.data_root)
     folds, cache = cm.load_variant(path, args.variant, seed=args.seed)
-    manifest = _json.loads((cache / "manifest.json").read_text())
+    manifest = json.loads((cache / "manifest.json").read_text())
     out = cm.export_folder(folds, args.output, manifest)
     counts = ", ".join(f"{f} {2 * len(folds[f].present)}" for f in cm.FOLDS)
     print(f"wrote {out}: cluttered MNIST {args.variant} (seed {args.seed}), images per fold: {counts}")

@@ -190,10 +190,6 @@ class Trainer:
             raise ConfigError(f"phase '{phase.name}': stream names must be unique, got {', '.join(names)}")
         return specs
 
-    def streams(self, phase: Phase) -> tuple[str, ...]:
-        """Names of :meth:`stream_specs` (the keys of a batch)."""
-        return tuple(s.name for s in self.stream_specs(phase))
-
     def stream_set(self, spec: StreamSpec):
         """The dataset a stream draws from: the split's labeled or unlabeled set, or the part of it
         whose tag matches (a :class:`~semiseg.data.views.TrainSubset` with its own random draws)."""

@@ -167,3 +167,14 @@ class Batch:
             np.random.default_rng(np.random.SeedSequence([int(v) for v in k], spawn_key=(int(salt),)))
             for k in self.key.cpu()
         ]
+
+    def randn(self, salt: int, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+        """Standard-normal draws of ``shape`` per sample, from the sample's key and ``salt`` (the
+        same whatever the process count or resumption), on the batch's device.
+
+        Shape:
+            → ``[B, *shape]``.
+        """
+        seeds = [int(g.integers(2**62)) for g in self.generators(salt)]
+        draws = [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(s)) for s in seeds]
+        return torch.stack(draws).to(self.image.device)

@@ -28,7 +28,9 @@ def peak_memory_mib() -> float:
 def build_method_for(cfg: RunConfig, in_channels: int, num_classes: int):
     from semiseg.methods import build_method
 
-    return build_method(cfg.method, cfg.model, in_channels=in_channels, num_classes=num_classes)
+    return build_method(
+        cfg.method, cfg.model, in_channels=in_channels, num_classes=num_classes, image_size=cfg.data.image_size
+    )
 
 
 def init_segmenter(method, path: str | Path) -> None:

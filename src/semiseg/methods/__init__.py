@@ -7,6 +7,7 @@ on first lookup (so a new method is one new file), and third-party methods come 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from semiseg.config import ModelConfig, from_dict
@@ -37,12 +38,18 @@ def method_names() -> list[str]:
 
 
 def build_method(
-    options: dict[str, Any], model_cfg: ModelConfig, *, in_channels: int, num_classes: int
+    options: dict[str, Any],
+    model_cfg: ModelConfig,
+    *,
+    in_channels: int,
+    num_classes: int,
+    image_size: Sequence[int] | None = None,
 ) -> Method:
-    """Instantiate the method named ``options["name"]`` with its checked config."""
+    """Instantiate the method named ``options["name"]`` with its checked config (``image_size``: the
+    training ``[H, W]``, for methods whose networks depend on it)."""
     cls = METHODS.get(options.get("name"), where="method.name")
     try:
         cfg = from_dict(cls.config_class, dict(options), prefix="method")
     except ConfigError as exc:
         raise ConfigError(f"config: {exc}") from None
-    return cls(cfg, in_channels=in_channels, num_classes=num_classes, model_cfg=model_cfg)
+    return cls(cfg, in_channels=in_channels, num_classes=num_classes, model_cfg=model_cfg, image_size=image_size)

@@ -27,7 +27,7 @@ must agree across DDP processes is synchronised with :mod:`semiseg.parallel`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -82,10 +82,21 @@ class Method(nn.Module):
 
     config_class: type = MethodConfig
 
-    def __init__(self, cfg: MethodConfig, *, in_channels: int, num_classes: int, model_cfg: ModelConfig):
+    def __init__(
+        self,
+        cfg: MethodConfig,
+        *,
+        in_channels: int,
+        num_classes: int,
+        model_cfg: ModelConfig,
+        image_size: Sequence[int] | None = None,
+    ):
         super().__init__()
         self.cfg = cfg
         self.in_channels = in_channels
+        #: the training image size (``data.image_size``), for networks whose shape depends on it (e.g. an
+        #: MLP reading a flattened code); None when the caller does not know it
+        self.image_size = tuple(image_size) if image_size is not None else None
         self.num_classes = num_classes
         self.model_cfg = model_cfg
         #: iterations done so far in the run and in the current phase, and the current epoch (0-based)

@@ -139,9 +139,7 @@ class MeanTeacher(Supervised):
         Shape: ``[B, C, *S]`` → ``[B, C, *S]``.
         """
         cfg = self.cfg
-        seeds = [int(g.integers(2**62)) for g in batch.generators(NOISE_SALT)]
-        shape = batch.image.shape[1:]
-        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+        noise = batch.randn(NOISE_SALT, batch.image.shape[1:])
         noise = (noise * cfg.teacher_noise_std).clamp(-cfg.teacher_noise_clip, cfg.teacher_noise_clip)
         return batch.image + noise.to(batch.image)
 

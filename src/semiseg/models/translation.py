@@ -65,13 +65,16 @@ class AdaptiveNorm(nn.Module):
         x ``[B, C, H, W]``, params ``[B, 2C]`` or None → ``[B, C, H, W]``.
     """
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, layer_affine: bool = True):
         super().__init__()
         self.channels = channels
-        self.norm = layer_norm(channels)
+        # a decoder used only in segmentation mode has no layer norm (nothing would train it)
+        self.norm = layer_norm(channels) if layer_affine else None
 
     def forward(self, x: torch.Tensor, params: torch.Tensor | None = None) -> torch.Tensor:
         if params is None:
+            if self.norm is None:
+                raise ValueError("this norm is adaptive only: pass its parameters")
             return self.norm(x)
         gamma, beta = params.view(len(x), 2, self.channels, 1, 1).unbind(1)
         return F.instance_norm(x) * (1 + gamma) + beta
@@ -94,7 +97,10 @@ class Block(nn.Module):
     ):
         super().__init__()
         self.upsample = upsample
-        self.norm = AdaptiveNorm(c_in) if norm == "layer" else nn.InstanceNorm2d(c_in, affine=True)
+        if norm == "instance":
+            self.norm: nn.Module = nn.InstanceNorm2d(c_in, affine=True)
+        else:  # "layer" (translation mode, adaptive in segmentation mode) or "adaptive" (segmentation only)
+            self.norm = AdaptiveNorm(c_in, layer_affine=norm == "layer")
         self.conv = conv(c_in, c_out, kernel, stride)
         self.shortcut: nn.Module | None = None
         if short_skip:
@@ -147,9 +153,11 @@ class SkipJoin(nn.Module):
         self.compress = nn.Conv2d(channels, 1, 1) if kind == "compress" else None
         self.extra = {"compress": 1, "concat": channels, "sum": 0, "none": 0}[kind]
 
-    def forward(self, dec: torch.Tensor, enc: torch.Tensor) -> torch.Tensor:
+    def forward(self, dec: torch.Tensor, enc: torch.Tensor | None) -> torch.Tensor:
         if self.kind == "none":
             return dec
+        if enc is None:
+            raise ValueError(f"a '{self.kind}' long skip needs the encoder's map")
         enc = self.norm(enc)
         if self.kind == "sum":
             return dec + enc
@@ -165,6 +173,8 @@ class TranslationDecoder(nn.Module):
     ``skip_channels`` lists the encoder's skip maps from the finest to the coarsest (as
     :class:`TranslationEncoder` returns them); ``num_classes`` adds the segmentation mode
     (:meth:`segment`), whose norm parameters come from ``params`` ``[B, norm_parameters]``.
+    ``translation=False`` builds the segmentation mode only (no layer-norm affine, no output
+    convolution): a separate segmentation decoder or a baseline's.
     """
 
     def __init__(
@@ -176,19 +186,25 @@ class TranslationDecoder(nn.Module):
         residual: bool = False,
         skip: str = "compress",
         num_classes: int | None = None,
+        translation: bool = True,
     ):
         super().__init__()
+        if not translation and not num_classes:
+            raise ValueError("a decoder without translation mode needs num_classes")
         kernel = 5 if residual else 3
+        norm = "layer" if translation else "adaptive"
         widths = list(reversed(skip_channels))  # coarsest first: 256, 128, 64, 32 at 48² (paper T3/T4)
         self.joins = nn.ModuleList(SkipJoin(skip, c) for c in widths)
         self.first = conv(in_channels, widths[0], kernel)
         self.blocks = nn.ModuleList()
         for i in range(1, len(widths)):
             c_in = widths[i - 1] + self.joins[i - 1].extra
-            self.blocks.append(Block(c_in, widths[i], kernel, upsample=True, short_skip=not residual))
+            self.blocks.append(
+                Block(c_in, widths[i], kernel, upsample=True, short_skip=not residual, norm=norm)
+            )
         last = widths[-1] + self.joins[-1].extra
-        self.out_norm = AdaptiveNorm(last)
-        self.out_conv = conv(last, out_channels, kernel)
+        self.out_norm = AdaptiveNorm(last, layer_affine=translation)
+        self.out_conv = conv(last, out_channels, kernel) if translation else None
         self.classifier = nn.Conv2d(last, num_classes, 1) if num_classes else None
         kaiming_init(self)
 
@@ -205,7 +221,7 @@ class TranslationDecoder(nn.Module):
         self, code: torch.Tensor, skips: Sequence[torch.Tensor], params: list[torch.Tensor] | None = None
     ) -> torch.Tensor:
         """Every layer but the last (ĝ): ``[B, C_code, s, s]`` → ``[B, C_last, S, S]``."""
-        coarse_first = list(reversed(skips))
+        coarse_first = list(reversed(skips)) or [None] * len(self.joins)  # no skips: skip "none" only
         h = self.first(F.interpolate(code, scale_factor=2, mode="nearest"))
         h = self.joins[0](h, coarse_first[0])
         for i, block in enumerate(self.blocks):
@@ -215,6 +231,8 @@ class TranslationDecoder(nn.Module):
 
     def forward(self, code: torch.Tensor, skips: Sequence[torch.Tensor]) -> torch.Tensor:
         """Translation mode: tanh of the last convolution. Shape: ``[B, out_channels, S, S]``."""
+        if self.out_conv is None:
+            raise ValueError("this decoder was built for segmentation only (translation=False)")
         h = self.features(code, skips)
         return torch.tanh(self.out_conv(F.relu(self.out_norm(h))))
 
@@ -247,6 +265,26 @@ class NormMLP(nn.Module):
         return self.net(code.flatten(1))
 
 
+class TranslationSegmenter(nn.Module):
+    """The segmenter of eqs. 4–5: f, then ``decoder`` in segmentation mode with its norm parameters
+    from ``mlp(code)``. Holds the given modules (shared with the translation networks).
+
+    Shape:
+        ``[B, C_in, S, S]`` → logits ``[B, num_classes, S, S]`` (S = the training size).
+    """
+
+    def __init__(self, encoder: TranslationEncoder, decoder: TranslationDecoder, mlp: NormMLP):
+        super().__init__()
+        self.encoder, self.decoder, self.mlp = encoder, decoder, mlp
+
+    def segment_code(self, code: torch.Tensor, skips: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Logits from an encoding already computed (the training step batches its encoder calls)."""
+        return self.decoder.segment(code, skips, self.mlp(code))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.segment_code(*self.encoder(x))
+
+
 class MultiScaleDiscriminator(nn.Module):
     """D: ``[B, C, S, S]`` → ``[B]``, the mean over pixels and ``scales`` of one critic applied to the
     image and its 2×, 4×, ... average-pooled versions (paper T8: conv 128 4×4 s1, then norm →
@@ -259,8 +297,26 @@ class MultiScaleDiscriminator(nn.Module):
         layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 4, 1, padding=1)]
         for a, b in zip(widths[:-1], widths[1:]):
             layers += [layer_norm(a), nn.LeakyReLU(0.2), nn.Conv2d(a, b, 4, 2, padding=1)]
-        layers.append(nn.Conv2d(widths[-1], 1, 1))
+        # no bias: the previous convolution's bias already offsets the score (and under the hinge
+        # loss a last bias gets exactly zero gradient whenever every term is active)
+        layers.append(nn.Conv2d(widths[-1], 1, 1, bias=False))
         self.critic = nn.Sequential(*layers)
+
+    def fits(self, side: int) -> bool:
+        """Whether images of ``side`` pixels are large enough for every scale's convolutions (a 4×4
+        kernel needs at least 4 padded pixels)."""
+        s = side
+        for scale in range(self.scales):
+            if scale:
+                s = -(-s // 2)  # the 3×3 stride-2 average pooling: ceil(s / 2)
+            if s < 3:
+                return False
+            t = s - 1  # the stride-1 first convolution
+            for _ in range(3):  # the stride-2 convolutions
+                if t < 2:
+                    return False
+                t //= 2
+        return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = 0.0

@@ -29,7 +29,11 @@ def build_method_for(cfg: RunConfig, in_channels: int, num_classes: int):
     from semiseg.methods import build_method
 
     return build_method(
-        cfg.method, cfg.model, in_channels=in_channels, num_classes=num_classes, image_size=cfg.data.image_size
+        cfg.method,
+        cfg.model,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        image_size=cfg.data.image_size,
     )
 
 

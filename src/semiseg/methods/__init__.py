@@ -52,4 +52,6 @@ def build_method(
         cfg = from_dict(cls.config_class, dict(options), prefix="method")
     except ConfigError as exc:
         raise ConfigError(f"config: {exc}") from None
-    return cls(cfg, in_channels=in_channels, num_classes=num_classes, model_cfg=model_cfg, image_size=image_size)
+    return cls(
+        cfg, in_channels=in_channels, num_classes=num_classes, model_cfg=model_cfg, image_size=image_size
+    )

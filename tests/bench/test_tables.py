@@ -192,3 +192,29 @@ def test_semi_acdc_rows_share_the_quick_budget_and_the_listed_first_draw():
         r for r in table.rows if r.setting == patients(3) and len(r.seeds_for(table.quick_seeds, True)) >= 3
     ]
     assert {"supervised", "UniMatch + size (regressor)"} <= {r.method for r in at3} and len(at3) >= 4
+
+
+def test_translation_mnist_rows_carry_table_1_and_share_each_variants_budget():
+    from semiseg.bench.cache import run_key
+    from semiseg.config import to_dict
+
+    table = TABLES["translation-mnist"]()
+    by_key = {r.key: r for r in table.rows}
+    # the paper's Table 1 (a) x 100, and the skip ablation (b) on 48x48 hard
+    assert by_key["seg-only | 48x48 simple"].paper == pytest.approx(61)
+    assert by_key["proposed | 48x48 hard"].paper == pytest.approx(57)
+    assert by_key["proposed (sep dec) | 128x128"].paper == pytest.approx(70)
+    assert by_key["proposed, skip none | 48x48 hard"].paper == pytest.approx(42)
+    assert len(table.rows) == 4 * 3 + 4
+    for quick in (False, True):
+        for setting in ("48x48 simple", "48x48 hard", "128x128"):
+            cfgs = [row_config(table, r, seed=1, quick=quick) for r in table.rows if r.setting == setting]
+            budget = {(c.data.variant, c.data.image_size[0], c.train.epochs, c.train.iters_per_epoch,
+                       c.train.batch_size, c.model.width) for c in cfgs}  # fmt: skip
+            assert len(budget) == 1, (setting, budget)
+            assert all(c.data.split.labeled_labels == [9] and c.data.split.draw == 1 for c in cfgs)
+    # `skip compress` is `proposed` itself: the same run in the cache
+    same = [row_config(table, by_key[k], seed=0, quick=True) for k in
+            ("proposed | 48x48 hard", "proposed, skip compress | 48x48 hard")]  # fmt: skip
+    assert run_key("src", to_dict(same[0]), 0) == run_key("src", to_dict(same[1]), 0)
+    assert by_key["proposed | 128x128"].seeds_for(table.quick_seeds, quick=True) == [0]

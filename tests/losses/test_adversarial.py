@@ -88,7 +88,10 @@ def test_critic_loss_splits_into_its_real_and_fake_terms():
     real, fake = rand(4, seed=6), rand(7, seed=7)
     far_fake, far_real = scores([-10.0]), scores([10.0])
     torch.testing.assert_close(
-        hinge_d_loss(real, fake), hinge_d_loss(real, far_fake) + hinge_d_loss(far_real, fake), rtol=1e-14, atol=0
+        hinge_d_loss(real, fake),
+        hinge_d_loss(real, far_fake) + hinge_d_loss(far_real, fake),
+        rtol=1e-14,
+        atol=0,
     )
     torch.testing.assert_close(hinge_d_loss(real, far_fake), torch.relu(1 - real).mean(), rtol=0, atol=0)
 

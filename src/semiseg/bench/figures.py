@@ -23,3 +23,59 @@ def comparison_figure(
     test = every[:: max(1, len(every) // n_images)][:n_images]  # spread over the test set
     num_classes = next(iter(loaded.values()))[2]["num_classes"]
     compare_models({t: (m, cfg) for t, (m, cfg, _) in loaded.items()}, test, path, num_classes)
+
+
+def translation_figure(run_dir: Path, path: Path, data_root: str | None, n_images: int = 6) -> None:
+    """The translation paper's Fig. 7 layout from a trained ``translation`` run: for ``n_images``
+    present test images, columns input, P→A translation, residual (x_PP − x_PA), segmentation and
+    ground truth; then ``n_images`` absent test images with their A→P translation (u ~ N(0, I))."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from semiseg.core import Batch
+    from semiseg.data import dataset_folder
+    from semiseg.data.cluttered_mnist import load_variant
+    from semiseg.engine.run import load_trained
+
+    method, cfg, _ = load_trained(run_dir / "best.pt")
+    folds, _ = load_variant(
+        dataset_folder(cfg.data, data_root), cfg.data.variant, seed=cfg.data.generator_seed
+    )
+    test = folds["test"]
+    pick = torch.linspace(0, len(test.present) - 1, n_images).long()
+    x_p = torch.from_numpy(test.present[pick.numpy()]).float()[:, None]
+    x_a = torch.from_numpy(test.absent[pick.numpy()]).float()[:, None]
+    key = torch.stack([torch.zeros_like(pick), torch.zeros_like(pick), pick], 1)  # fixed u draws
+    batch = {"present": Batch.of(x_p), "absent": Batch.of(x_a)}
+    batch["present"].key, batch["absent"].key = key, key
+    with torch.no_grad():
+        code, skips = method.encoder(x_p)
+        c_p = method.split_code(code)[0]
+        x_pa = method.common(c_p, skips)
+        residual = method.residual(code, skips)
+        x_ap = method.translate(batch)[1]
+        seg = method.predict(x_p).argmax(1)
+    columns = [
+        ("input (P)", x_p[:, 0], (0, 1), "gray"),
+        ("P→A", x_pa[:, 0], (0, 1), "gray"),
+        ("residual", residual[:, 0], (-1, 1), "coolwarm"),
+        ("segmentation", seg.float(), (0, 1), "gray"),
+        ("truth", torch.from_numpy(test.masks[pick.numpy()]).float(), (0, 1), "gray"),
+        ("input (A)", x_a[:, 0], (0, 1), "gray"),
+        ("A→P", x_ap[:, 0], (0, 1), "gray"),
+    ]
+    fig, axes = plt.subplots(
+        n_images, len(columns), figsize=(1.6 * len(columns), 1.6 * n_images), squeeze=False
+    )
+    for j, (title, images, (lo, hi), cmap) in enumerate(columns):
+        axes[0, j].set_title(title, fontsize=9)
+        for i in range(n_images):
+            axes[i, j].imshow(images[i].numpy(), cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+            axes[i, j].axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

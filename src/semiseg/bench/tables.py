@@ -645,6 +645,37 @@ def translation_rows() -> list[Row]:
     return rows
 
 
+#: the committed step-time measurement of the translation method (benchmarks/step_ratio_translation.py)
+TRANSLATION_STEP_RATIOS = "translation-step-ratio.json"
+
+
+def _translation_extras(ctx: BenchContext) -> dict[str, Any]:
+    """The paper's Fig. 7 layout from `proposed | 48x48 hard` (its first seed), and the committed step
+    ratios (``benchmarks/step_ratio_translation.py``, measured on idle cores, not here)."""
+    from semiseg.bench.figures import translation_figure
+
+    out: dict[str, Any] = {}
+    seeds = sorted(s for (k, s) in ctx.run_dirs if k == "proposed | 48x48 hard")
+    if seeds:
+        figure = ctx.results_dir / f"{ctx.table.name}.png"
+        translation_figure(ctx.run_dirs[("proposed | 48x48 hard", seeds[0])], figure, ctx.data_root)
+        out["figure"] = str(figure)
+    path = ctx.results_dir / TRANSLATION_STEP_RATIOS
+    if path.is_file():
+        data = json.loads(path.read_text())
+        prov = data.get("provenance", {})
+        out["step_time_ratio"] = {
+            "file": str(path),
+            "git_commit": prov.get("git_commit"),
+            "same_training_code": prov.get("source_hash") == ctx.cache.source,
+            "cases": {c["architecture"]: {"ratio": c["ratio"], "seconds_per_step": c["seconds_per_step"],
+                                          "gflops_per_step": c["gflops_per_step"]} for c in data["cases"]},
+        }  # fmt: skip
+    else:
+        out["step_time_ratio"] = {"file": str(path), "missing": "run benchmarks/step_ratio_translation.py"}
+    return out
+
+
 @register_table("translation-mnist")
 def translation_mnist() -> Table:
     return Table(
@@ -656,6 +687,7 @@ def translation_mnist() -> Table:
         metric_label="Dice (%) of the digit pooled over every pixel of the 1000 present test images",
         seeds=[0, 1, 2],
         quick_seeds=[0, 1, 2],
+        extras=_translation_extras,
         notes=(
             "Cluttered MNIST generated from the MNIST test split (10,000 digits): fixed folds of 8,000 / "
             "1,000 / 1,000 digits, clutter from the same fold, one present image per digit and as many "

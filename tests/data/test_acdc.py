@@ -75,6 +75,17 @@ def test_binary_lv(tmp_path: Path) -> None:
         assert b.mask.dtype == np.int64
 
 
+@pytest.mark.parametrize(("target", "value"), [("RV", 1), ("MYO", 2), ("LV", 3)])
+def test_one_structure_against_the_rest(tmp_path: Path, target: str, value: int) -> None:
+    root = _fake_acdc(tmp_path / "acdc")
+    full, one = load_acdc(root), load_acdc(root, target=target)
+    assert one.name == f"acdc_{target.lower()}" and one.class_names == ["background", target]
+    for a, b in zip(full.train + full.val + full.test, one.train + one.val + one.test):
+        np.testing.assert_array_equal(b.mask, (a.mask == value).astype(np.int64))
+    with pytest.raises(ValueError, match="target must be one of RV, MYO, LV"):
+        load_acdc(root, target="background")
+
+
 @pytest.mark.parametrize("layout", ["flat", "ssl4mis"])
 def test_listed_file_missing(tmp_path: Path, layout: str) -> None:
     root = _fake_acdc(tmp_path / "acdc", layout)

@@ -107,31 +107,35 @@ def _read_h5(path: Path, ndim: int) -> tuple[np.ndarray, np.ndarray]:
     return image, label
 
 
-def _records(root: Path, list_name: str, slices: bool, binary_lv: bool) -> list[Record]:
+def _records(root: Path, list_name: str, slices: bool, target: str | None) -> list[Record]:
     list_path = root / list_name
     names = read_list(list_path)
     paths = [_resolve(root, name, list_path, slices) for name in names]  # all missing files first
     records = []
     for name, path in zip(names, paths):
         image, label = _read_h5(path, ndim=2 if slices else 3)
-        if binary_lv:
-            label = (label == LV_CLASS).astype(np.int64)
+        if target is not None:
+            label = (label == CLASS_NAMES.index(target)).astype(np.int64)
         match = _PATIENT.match(name)
         group = match.group(1) if match else name
         records.append(Record(id=name, image=image, mask=label, group=group, source=str(path)))
     return records
 
 
-def load_acdc(root: str | os.PathLike, *, binary_lv: bool = False) -> DatasetBundle:
+def load_acdc(
+    root: str | os.PathLike, *, binary_lv: bool = False, target: str | None = None
+) -> DatasetBundle:
     """Loads ACDC: training slices, validation and test volumes.
 
     Args:
         root: Folder with the ``.list`` files and ``data/``.
         binary_lv: Keep only the left ventricle (class 3) as foreground: 2 classes, name
-            ``acdc_lv``.
+            ``acdc_lv`` (the same as ``target="LV"``).
+        target: "RV", "MYO" or "LV": that structure against the rest, 2 classes, name
+            ``acdc_<target in lower case>``.
 
     Returns:
-        Bundle ``acdc`` (4 classes: background, RV, MYO, LV) or ``acdc_lv``, 1 input channel.
+        Bundle ``acdc`` (4 classes: background, RV, MYO, LV) or a binary one, 1 input channel.
         ``train``: ``[1, H, W]`` slices; ``val``/``test``: ``[1, D, H, W]`` volumes with
         ``[D, H, W]`` masks; ``group`` = patient (``patient003``).
 
@@ -139,20 +143,24 @@ def load_acdc(root: str | os.PathLike, *, binary_lv: bool = False) -> DatasetBun
         DataError: A missing folder or list file, a listed file not found, unreadable HDF5,
             non-finite images, label shape or values that do not fit.
     """
+    if binary_lv:
+        target = "LV"
+    if target is not None and target not in CLASS_NAMES[1:]:
+        raise ValueError(f"target must be one of {', '.join(CLASS_NAMES[1:])}, got {target!r}")
     root = Path(root)
     if not root.is_dir():
         raise DataError(root, "ACDC folder not found")
-    train = _records(root, TRAIN_LIST, slices=True, binary_lv=binary_lv)
-    val = _records(root, VAL_LIST, slices=False, binary_lv=binary_lv)
-    test = _records(root, TEST_LIST, slices=False, binary_lv=binary_lv)
+    train = _records(root, TRAIN_LIST, slices=True, target=target)
+    val = _records(root, VAL_LIST, slices=False, target=target)
+    test = _records(root, TEST_LIST, slices=False, target=target)
     return DatasetBundle(
-        name="acdc_lv" if binary_lv else "acdc",
-        num_classes=2 if binary_lv else len(CLASS_NAMES),
+        name=f"acdc_{target.lower()}" if target else "acdc",
+        num_classes=2 if target else len(CLASS_NAMES),
         in_channels=1,
         train=train,
         val=val,
         test=test,
-        class_names=["background", "LV"] if binary_lv else list(CLASS_NAMES),
+        class_names=["background", target] if target else list(CLASS_NAMES),
     )
 
 
@@ -166,3 +174,10 @@ def _load_acdc(cfg: DataConfig, path: Path | None) -> DatasetBundle:
 def _load_acdc_lv(cfg: DataConfig, path: Path | None) -> DatasetBundle:
     """``data.dataset: acdc_lv``: LV vs rest."""
     return load_acdc(path, binary_lv=True)
+
+
+@register_dataset("acdc_rv", folder="acdc")
+def _load_acdc_rv(cfg: DataConfig, path: Path | None) -> DatasetBundle:
+    """``data.dataset: acdc_rv``: RV vs rest (e.g. presence/absence translation: about a fifth of the
+    training slices have no RV)."""
+    return load_acdc(path, target="RV")

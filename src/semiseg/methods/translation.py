@@ -60,6 +60,7 @@ Judgement calls (where the paper is silent; see ``models/translation.py`` for th
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -69,7 +70,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from semiseg.config import FieldError, OptimizerConfig
+from semiseg.config import FieldError, OptimizerConfig, check_weights
 from semiseg.core import Batch
 from semiseg.errors import ConfigError
 from semiseg.losses.adversarial import hinge_d_loss, hinge_g_loss
@@ -88,6 +89,25 @@ from semiseg.models.translation import (
 from semiseg.phases import StreamSpec
 
 UNIQUE_SALT = 0x5A4D  # key salt of the u ~ N(0, I) draws
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module) -> Iterator[None]:
+    """Run ``modules`` in eval mode (their state, e.g. spectral norm's power-iteration vectors, does not
+    move), then restore each one's mode."""
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+
+
+def same_batch(a: Batch, b: Batch) -> bool:
+    """Whether two batches hold the same samples (keys) and images."""
+    return a is b or (torch.equal(a.key, b.key) and torch.equal(a.image, b.image))
 
 
 def _paper_optimizer(lr: float) -> OptimizerConfig:
@@ -120,9 +140,7 @@ class TranslationConfig(MethodConfig):
             self.seg_weight = 0.01 if self.objective == "translation" else 1.0
         if self.rec_weight is None:
             self.rec_weight = 50.0 if self.objective == "translation" else 1.0
-        for name in ("seg_weight", "rec_weight", "lat_weight", "cyc_weight", "adv_weight"):
-            if getattr(self, name) < 0:
-                raise FieldError(name, f"must be >= 0, got {getattr(self, name)}")
+        check_weights(self, "seg_weight", "rec_weight", "lat_weight", "cyc_weight", "adv_weight")
         for name in ("unique_channels", "mlp_hidden", "mlp_layers", "disc_width", "disc_scales"):
             if getattr(self, name) < 1:
                 raise FieldError(name, f"must be >= 1, got {getattr(self, name)}")
@@ -307,12 +325,9 @@ class Translation(Method):
             + F.l1_loss(u_pp, u_p) + F.l1_loss(u_ap, u)
         )  # fmt: skip
         cyc = F.l1_loss(x_apa, x_a)
-        self.disc_a.eval(), self.disc_p.eval()  # no power iteration of the critics in this step
-        try:
+        with frozen(self.disc_a, self.disc_p):  # no power iteration of the critics in this step
             adv = hinge_g_loss(self.disc_a(x_pa)) + hinge_g_loss(self.disc_p(x_ap))  # eq. 12
-        finally:
-            self.disc_a.train(self.training), self.disc_p.train(self.training)
-        self._fakes = (present.key, absent.key, x_pa.detach(), x_ap.detach())
+        self._fakes = (present, absent, x_pa.detach(), x_ap.detach())
         loss = (
             cfg.seg_weight * seg + cfg.rec_weight * rec + cfg.lat_weight * lat + cfg.cyc_weight * cyc
             + cfg.adv_weight * adv
@@ -321,8 +336,14 @@ class Translation(Method):
 
     @torch.no_grad()
     def translate(self, batch: dict[str, Batch]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x_PA, x_AP) of the batch's present and absent images, without gradients: the critics'
-        fakes when the generator did not step in this iteration, and the figures' translations."""
+        """(x_PA, x_AP) of the batch's present and absent images, without gradients and without
+        moving the generator's state (its networks run in eval mode: no spectral-norm power
+        iteration): the critics' fakes when the generator did not step in this iteration, and the
+        figures' translations."""
+        with frozen(*self.generator_modules()):
+            return self._translate(batch)
+
+    def _translate(self, batch: dict[str, Batch]) -> tuple[torch.Tensor, torch.Tensor]:
         x_p, x_a = batch["present"].image, batch["absent"].image
         code, skips = self.encoder(torch.cat([x_p, x_a]))
         code_p, code_a = code.split([len(x_p), len(x_a)])
@@ -335,7 +356,7 @@ class Translation(Method):
     def discriminator_step(self, batch: dict[str, Batch]) -> dict:
         present, absent = batch["present"], batch["absent"]
         cached, self._fakes = getattr(self, "_fakes", None), None
-        if cached is not None and torch.equal(cached[0], present.key) and torch.equal(cached[1], absent.key):
+        if cached is not None and same_batch(cached[0], present) and same_batch(cached[1], absent):
             x_pa, x_ap = cached[2], cached[3]
         else:
             x_pa, x_ap = self.translate(batch)

@@ -115,7 +115,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     a.add_argument("dataset", choices=["cluttered-mnist"])
     a.add_argument("--variant", default="48-hard", choices=["48-simple", "48-hard", "128"])
-    a.add_argument("--seed", type=int, default=0, help="seed of the generated images (default 0; the digit folds are fixed)")
+    a.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the generated images (default 0; the digit folds are fixed)",
+    )
     a.add_argument("--output", "-o", required=True, help="folder to create (must not exist)")
     a.add_argument(
         "--data-root", help="folder holding the datasets (default: $SEMISEG_DATA); reads its mnist/"

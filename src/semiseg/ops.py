@@ -84,3 +84,39 @@ def paste(base: torch.Tensor, other: torch.Tensor, box: torch.Tensor) -> torch.T
         raise ValueError(f"base {tuple(base.shape)} and other {tuple(other.shape)} differ")
     b = box if box.dim() == base.dim() else box.unsqueeze(1)
     return torch.where(b, other, base)
+
+
+def student_t_log_assignment(
+    z: torch.Tensor, centroids: torch.Tensor, alpha: float = 1.0, dim: int = 1
+) -> torch.Tensor:
+    """log q of DEC's Student-t soft assignment (Xie et al. 2016; SSLDEC eq. 1): for each item (an
+    image's embedding, or a pixel's), ``q_j ∝ (1 + ‖z − μ_j‖² / α)^(−(α+1)/2)``, normalised over the
+    ``K`` centroids; computed in log space (a log-softmax), so it is stable for far-away points.
+
+    Args:
+        z: Embeddings, channels on ``dim``.
+        centroids: ``[K, D]`` cluster centres μ.
+        alpha: Degrees of freedom of the Student-t kernel (> 0; DEC and SSLDEC use 1).
+        dim: The embedding axis of ``z``; the output has the clusters on it.
+
+    Shape:
+        z ``[B, D, *S]`` (``S`` = () for vectors, ``(H, W)`` or ``(D, H, W)`` per pixel), centroids
+        ``[K, D]`` → log q ``[B, K, *S]``.
+
+    Examples:
+        >>> z = torch.tensor([[0.0], [1.0]])  # two 1-D points, centroids at 0 and 1
+        >>> student_t_log_assignment(z, torch.tensor([[0.0], [1.0]])).exp()
+        tensor([[0.6667, 0.3333],
+                [0.3333, 0.6667]])
+    """
+    if alpha <= 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
+    if centroids.ndim != 2 or centroids.shape[1] != z.shape[dim]:
+        raise ValueError(
+            f"centroids must be [K, {z.shape[dim]}] for embeddings of {z.shape[dim]} channels, "
+            f"got {tuple(centroids.shape)}"
+        )
+    zl = z.movedim(dim, -1)  # [..., D]
+    d2 = (zl.unsqueeze(-2) - centroids).pow(2).sum(-1)  # [..., K]
+    logits = -(alpha + 1) / 2 * torch.log1p(d2 / alpha)
+    return logits.log_softmax(-1).movedim(-1, dim)

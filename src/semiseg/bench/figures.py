@@ -25,17 +25,11 @@ def comparison_figure(
     compare_models({t: (m, cfg) for t, (m, cfg, _) in loaded.items()}, test, path, num_classes)
 
 
-def translation_figure(run_dir: Path, path: Path, data_root: str | None, n_images: int = 6) -> None:
-    """The translation paper's Fig. 7 layout from a trained ``translation`` run: for ``n_images``
-    present test images, columns input, P→A translation, residual (x_PP − x_PA), segmentation and
-    ground truth; then ``n_images`` absent test images with their A→P translation (u ~ N(0, I))."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def translation_run_figure(run_dir: Path, path: Path, data_root: str | None, n_images: int = 6) -> None:
+    """:func:`translation_figure` of a trained ``translation`` run on ``n_images`` present and absent
+    images of its cluttered-MNIST test fold, spread over the fold."""
     import torch
 
-    from semiseg.core import Batch
     from semiseg.data import dataset_folder
     from semiseg.data.cluttered_mnist import load_variant
     from semiseg.engine.run import load_trained
@@ -45,34 +39,58 @@ def translation_figure(run_dir: Path, path: Path, data_root: str | None, n_image
         dataset_folder(cfg.data, data_root), cfg.data.variant, seed=cfg.data.generator_seed
     )
     test = folds["test"]
-    pick = torch.linspace(0, len(test.present) - 1, n_images).long()
-    x_p = torch.from_numpy(test.present[pick.numpy()]).float()[:, None]
-    x_a = torch.from_numpy(test.absent[pick.numpy()]).float()[:, None]
-    key = torch.stack([torch.zeros_like(pick), torch.zeros_like(pick), pick], 1)  # fixed u draws
-    batch = {"present": Batch.of(x_p), "absent": Batch.of(x_a)}
-    batch["present"].key, batch["absent"].key = key, key
-    with torch.no_grad():
-        code, skips = method.encoder(x_p)
-        c_p = method.split_code(code)[0]
-        x_pa = method.common(c_p, skips)
-        residual = method.residual(code, skips)
-        x_ap = method.translate(batch)[1]
-        seg = method.predict(x_p).argmax(1)
+    pick = torch.linspace(0, len(test.present) - 1, n_images).long().numpy()
+    present = torch.from_numpy(test.present[pick]).float()[:, None]
+    absent = torch.from_numpy(test.absent[pick]).float()[:, None]
+    translation_figure(method, present, torch.from_numpy(test.masks[pick]), absent, path)
+
+
+def translation_figure(method, present, masks, absent, path: Path) -> None:
+    """The translation paper's Fig. 7 layout: for each present image, columns input, P→A translation,
+    residual (x_PP − x_PA), segmentation and ground truth; then absent images with their A→P
+    translation (u ~ N(0, I), drawn from fixed keys so the figure is reproducible).
+
+    Shape:
+        present ``[N, C, S, S]``, masks ``[N, S, S]``, absent ``[N, C, S, S]`` (N rows).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from semiseg.core import Batch
+
+    n = len(present)
+    key = torch.stack(
+        [torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long), torch.arange(n)], 1
+    )
+    batch = {"present": Batch.of(present), "absent": Batch.of(absent)}
+    batch["present"].key, batch["absent"].key = key, key.clone()
+    was_training = method.training
+    method.eval()
+    try:
+        with torch.no_grad():
+            code, skips = method.encoder(present)
+            x_pa = method.common(method.split_code(code)[0], skips)
+            residual = method.residual(code, skips)
+            x_ap = method.translate(batch)[1]
+            seg = method.predict(present).argmax(1)
+    finally:
+        method.train(was_training)
     columns = [
-        ("input (P)", x_p[:, 0], (0, 1), "gray"),
+        ("input (P)", present[:, 0], (0, 1), "gray"),
         ("P→A", x_pa[:, 0], (0, 1), "gray"),
         ("residual", residual[:, 0], (-1, 1), "coolwarm"),
         ("segmentation", seg.float(), (0, 1), "gray"),
-        ("truth", torch.from_numpy(test.masks[pick.numpy()]).float(), (0, 1), "gray"),
-        ("input (A)", x_a[:, 0], (0, 1), "gray"),
+        ("truth", masks.float(), (0, 1), "gray"),
+        ("input (A)", absent[:, 0], (0, 1), "gray"),
         ("A→P", x_ap[:, 0], (0, 1), "gray"),
     ]
-    fig, axes = plt.subplots(
-        n_images, len(columns), figsize=(1.6 * len(columns), 1.6 * n_images), squeeze=False
-    )
+    fig, axes = plt.subplots(n, len(columns), figsize=(1.6 * len(columns), 1.6 * n), squeeze=False)
     for j, (title, images, (lo, hi), cmap) in enumerate(columns):
         axes[0, j].set_title(title, fontsize=9)
-        for i in range(n_images):
+        for i in range(n):
             axes[i, j].imshow(images[i].numpy(), cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
             axes[i, j].axis("off")
     fig.tight_layout()

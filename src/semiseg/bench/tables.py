@@ -652,13 +652,13 @@ TRANSLATION_STEP_RATIOS = "translation-step-ratio.json"
 def _translation_extras(ctx: BenchContext) -> dict[str, Any]:
     """The paper's Fig. 7 layout from `proposed | 48x48 hard` (its first seed), and the committed step
     ratios (``benchmarks/step_ratio_translation.py``, measured on idle cores, not here)."""
-    from semiseg.bench.figures import translation_figure
+    from semiseg.bench.figures import translation_run_figure
 
     out: dict[str, Any] = {}
     seeds = sorted(s for (k, s) in ctx.run_dirs if k == "proposed | 48x48 hard")
     if seeds:
         figure = ctx.results_dir / f"{ctx.table.name}.png"
-        translation_figure(ctx.run_dirs[("proposed | 48x48 hard", seeds[0])], figure, ctx.data_root)
+        translation_run_figure(ctx.run_dirs[("proposed | 48x48 hard", seeds[0])], figure, ctx.data_root)
         out["figure"] = str(figure)
     path = ctx.results_dir / TRANSLATION_STEP_RATIOS
     if path.is_file():

@@ -16,6 +16,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
 
 from semiseg.config import ModelConfig, build_config
 from semiseg.core import Batch
@@ -338,10 +339,14 @@ def test_generator_step_draws_u_from_the_absent_keys():
 )
 def test_objectives_build_only_their_networks_and_optimizers(options, present, absent, streams, optimizers):
     method = build(**options)
-    for name in {"encoder", "mlp"} | present:
+    baseline = options.get("objective") in ("segmentation", "autoencoder")
+    for name in {"encoder"} | present | (set() if baseline else {"mlp"}):
         assert isinstance(getattr(method, name, None), torch.nn.Module), name
     for name in absent:
         assert not hasattr(method, name), name
+    # the baselines: layer-normed decoders without the norm MLP and without spectral norm (App. A)
+    assert (method.mlp is None) == baseline
+    assert any(parametrize.is_parametrized(m) for m in method.modules()) != baseline
     (phase,) = method.phases()
     assert tuple(s.name for s in phase.stream_specs) == streams
     assert phase.optimizer_names == optimizers
@@ -360,7 +365,8 @@ def test_objectives_build_only_their_networks_and_optimizers(options, present, a
     decoder = method.segmenter.decoder
     assert decoder is (method.seg_decoder if "seg_decoder" in present else method.residual)
     assert decoder.classifier is not None
-    assert method.mlp.net[-1].out_features == decoder.norm_parameters
+    if not baseline:
+        assert method.mlp.net[-1].out_features == decoder.norm_parameters
     if options.get("segmenter") == "separate":
         assert method.residual.classifier is None  # the residual decoder only translates
         assert method.seg_decoder.out_conv is None  # ... and the segmenter only segments
@@ -704,3 +710,14 @@ def test_cli_trains_translation_on_an_exported_cluttered_folder(tmp_path):
     assert {"train/generator/loss", "train/discriminator/loss", "val/dice_pooled/1"} <= set(log[-1])
     assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--split", "test",
                  "-o", str(tmp_path / "report.json")]) == 0  # fmt: skip
+
+
+def test_baselines_can_take_the_proposed_segmenters_norm_mlp_and_spectral_norm():
+    method = build(objective="segmentation", baseline_norm="adaptive", spectral_norm="all")
+    assert method.mlp is not None and method.segmenter.mlp is method.mlp
+    assert method.mlp.net[-1].out_features == method.seg_decoder.norm_parameters
+    assert parametrize.is_parametrized(method.seg_decoder.first)
+    plain = build(objective="autoencoder")
+    assert plain.cfg.spectral_norm == "none" and plain.segmenter.mlp is None
+    x = torch.rand(2, 1, *SIZE)
+    assert plain.predict(x).shape == (2, 2, *SIZE)

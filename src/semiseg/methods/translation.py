@@ -32,13 +32,16 @@ spectral-norm power iteration advances once per iteration, in their own step.
 
 Baselines and ablations are configurations of the same networks (the paper's Table 1):
 
-- ``objective: segmentation`` — "only segmentation": encoder + the residual decoder in segmentation
-  mode, Dice on the masks (§3.3); ``seg_weight`` defaults to 1.
+- ``objective: segmentation`` — "only segmentation": encoder + a decoder of the residual decoder's
+  layout (§3.3) with layer norms and a pixel classifier, Dice on the masks; ``seg_weight`` defaults
+  to 1. No spectral norm and no norm MLP: appendix A gives spectral norm to "the proposed method"
+  and layer norm to all decoders (``spectral_norm``, ``baseline_norm: adaptive`` switch them on).
 - ``objective: autoencoder`` — the AE baseline: the same plus a reconstruction decoder (the common
   decoder's layout, reading the whole code, no long skips), L = Dice + L1(x, x̂) on the present and
   absent images (the paper's λ_seg = λ_rec = 1, the defaults here).
 - ``segmenter: separate`` — "sep dec": a third decoder (the residual decoder's layout, its own
-  weights and MLP) segments; the residual decoder only translates.
+  weights and norm MLP, i.e. the proposed segmenter without weight sharing) segments; the residual
+  decoder only translates.
 - ``skip: compress | concat | sum | none`` — the long-skip ablation (Fig. 5).
 
 Judgement calls (where the paper is silent; see ``models/translation.py`` for the networks'):
@@ -50,8 +53,8 @@ Judgement calls (where the paper is silent; see ``models/translation.py`` for th
   process counts). As in the paper's tables and the authors' code, the encoder ends in ReLU, so the
   unique codes of real images are ≥ 0 while the prior is centred: ‖u − u_AP‖₁ can never reach 0
   for the negative draws. Kept as published.
-- Spectral norm on every network (``spectral_norm: all``, as appendix A and the code;
-  ``encoder_decoders`` follows §3.2), computed once per step (``parametrize.cached``).
+- Spectral norm on every network of the proposed model (``spectral_norm: all``, as appendix A and
+  the code; ``encoder_decoders`` follows §3.2), computed once per step (``parametrize.cached``).
 - ``baseline_decoder: common`` switches the baselines' segmentation decoder to the common decoder's
   layout (appendix A's reading; default: the residual decoder, as §3.3 says).
 - The networks depend on the training image size (the MLP reads the flattened code); prediction on
@@ -130,8 +133,13 @@ class TranslationConfig(MethodConfig):
     mlp_layers: int = 4  #: linear layers of that MLP (paper: 4)
     disc_width: int = 128  #: first-layer channels of each critic (paper T8: 128)
     disc_scales: int = 3  #: scales of each multi-scale critic
-    spectral_norm: Literal["all", "encoder_decoders", "none"] = "all"
+    #: None = "all" for objective translation (appendix A: "in the proposed method ... spectral
+    #: normalization applied to all networks"), "none" for the baselines
+    spectral_norm: Literal["all", "encoder_decoders", "none"] | None = None
     baseline_decoder: Literal["residual", "common"] = "residual"  #: the baselines' segmentation decoder
+    #: the baselines' decoder norms: "layer" (appendix A: all decoders use layer normalisation) or
+    #: "adaptive" (AdaIN from the norm MLP, as the proposed segmenter)
+    baseline_norm: Literal["layer", "adaptive"] = "layer"
     generator: OptimizerConfig = field(default_factory=lambda: _paper_optimizer(1e-4))
     discriminator: OptimizerConfig = field(default_factory=lambda: _paper_optimizer(1e-3))
 
@@ -140,6 +148,8 @@ class TranslationConfig(MethodConfig):
             self.seg_weight = 0.01 if self.objective == "translation" else 1.0
         if self.rec_weight is None:
             self.rec_weight = 50.0 if self.objective == "translation" else 1.0
+        if self.spectral_norm is None:
+            self.spectral_norm = "all" if self.objective == "translation" else "none"
         check_weights(self, "seg_weight", "rec_weight", "lat_weight", "cyc_weight", "adv_weight")
         for name in ("unique_channels", "mlp_hidden", "mlp_layers", "disc_width", "disc_scales"):
             if getattr(self, name) < 1:
@@ -195,10 +205,17 @@ class Translation(Method):
                     "critic scales (each halves the side; use fewer scales or larger images)"
                 )
         else:
-            seg_decoder = self._seg_decoder(code, skips, residual=cfg.baseline_decoder == "residual")
+            seg_decoder = self._seg_decoder(
+                code,
+                skips,
+                residual=cfg.baseline_decoder == "residual",
+                adaptive=cfg.baseline_norm == "adaptive",
+            )
             if cfg.objective == "autoencoder":
                 self.reconstruction = TranslationDecoder(code, skips, c_in, skip="none")
-        self.mlp = NormMLP(code_features, seg_decoder.norm_parameters, cfg.mlp_hidden, cfg.mlp_layers)
+        self.mlp: NormMLP | None = None
+        if translating or cfg.baseline_norm == "adaptive":
+            self.mlp = NormMLP(code_features, seg_decoder.norm_parameters, cfg.mlp_hidden, cfg.mlp_layers)
         if cfg.spectral_norm != "none":
             for net in self.generator_modules():
                 spectral_normalize(net)
@@ -206,7 +223,9 @@ class Translation(Method):
                 spectral_normalize(self.disc_a)
                 spectral_normalize(self.disc_p)
 
-    def _seg_decoder(self, code: int, skips: Sequence[int], residual: bool) -> TranslationDecoder:
+    def _seg_decoder(
+        self, code: int, skips: Sequence[int], residual: bool, adaptive: bool = True
+    ) -> TranslationDecoder:
         self.seg_decoder = TranslationDecoder(
             code,
             skips,
@@ -214,6 +233,7 @@ class Translation(Method):
             skip=self.cfg.skip,
             num_classes=self.num_classes,
             translation=False,
+            layer_norm=not adaptive,
         )
         return self.seg_decoder
 
@@ -230,7 +250,7 @@ class Translation(Method):
 
     def generator_modules(self) -> list[nn.Module]:
         names = ("encoder", "common", "residual", "seg_decoder", "reconstruction", "mlp")
-        return [getattr(self, n) for n in names if hasattr(self, n)]
+        return [getattr(self, n) for n in names if getattr(self, n, None) is not None]
 
     def phases(self) -> list[Phase]:
         cfg = self.cfg

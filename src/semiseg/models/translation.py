@@ -13,15 +13,18 @@ image-to-image translation"; paper §3.2, Fig. 3–5, 9, appendix A and tables T
   mode. In segmentation mode (eqs. 4–5) the same layers run with adaptive instance norm whose
   parameters an MLP computes from the code, and the last layer is replaced by AdaIN → ReLU → 1×1
   convolution to the classes.
-- :class:`MultiScaleDiscriminator`: the same convolutional critic at ``scales`` resolutions (3×3
-  average pooling of stride 2 between them); D(x) = the mean over pixels and scales, one scalar per
-  image (appendix A, "discriminator").
+- :class:`MultiScaleDiscriminator`: a convolutional critic per scale, on the image and its 3×3
+  stride-2 average-pooled versions; D(x) = the mean over pixels and scales, one scalar per image
+  (appendix A, "discriminator").
 
 Encoders and decoders start from Kaiming-normal weights (appendix A); the discriminators and the
 MLP keep PyTorch's default initialisation (the paper does not say). Judgement calls where the paper
 is silent: the short skip of a block that changes shape is a 1×1 convolution; the MLP reads the
 flattened code (the digit's position is in its spatial layout); AdaIN is ``(1 + γ) · IN(x) + β``
-so that a zero MLP output starts as plain instance norm; decoders end in tanh.
+so that a zero MLP output starts as plain instance norm; decoders end in tanh. Long skips join after
+every decoder layer, the last one included, from every encoder level (the stem's full-resolution
+map included, the bottleneck excluded), as the authors' code does; §3.4's "except for the first and
+the last layers" is read as the encoder's input and the bottleneck.
 """
 
 from __future__ import annotations
@@ -173,8 +176,10 @@ class TranslationDecoder(nn.Module):
     ``skip_channels`` lists the encoder's skip maps from the finest to the coarsest (as
     :class:`TranslationEncoder` returns them); ``num_classes`` adds the segmentation mode
     (:meth:`segment`), whose norm parameters come from ``params`` ``[B, norm_parameters]``.
-    ``translation=False`` builds the segmentation mode only (no layer-norm affine, no output
-    convolution): a separate segmentation decoder or a baseline's.
+    ``translation=False`` builds the segmentation mode only (no output convolution): a separate
+    segmentation decoder or a baseline's; with ``layer_norm=False`` its norms are adaptive only (their
+    parameters always come from ``params``), with ``layer_norm=True`` :meth:`segment` without
+    ``params`` uses the layer norms' own affine (a plain decoder).
     """
 
     def __init__(
@@ -187,12 +192,15 @@ class TranslationDecoder(nn.Module):
         skip: str = "compress",
         num_classes: int | None = None,
         translation: bool = True,
+        layer_norm: bool = True,
     ):
         super().__init__()
         if not translation and not num_classes:
             raise ValueError("a decoder without translation mode needs num_classes")
+        if translation and not layer_norm:
+            raise ValueError("the translation mode needs the layer norms")
         kernel = 5 if residual else 3
-        norm = "layer" if translation else "adaptive"
+        norm = "layer" if layer_norm else "adaptive"
         widths = list(reversed(skip_channels))  # coarsest first: 256, 128, 64, 32 at 48² (paper T3/T4)
         self.joins = nn.ModuleList(SkipJoin(skip, c) for c in widths)
         self.first = conv(in_channels, widths[0], kernel)
@@ -203,7 +211,7 @@ class TranslationDecoder(nn.Module):
                 Block(c_in, widths[i], kernel, upsample=True, short_skip=not residual, norm=norm)
             )
         last = widths[-1] + self.joins[-1].extra
-        self.out_norm = AdaptiveNorm(last, layer_affine=translation)
+        self.out_norm = AdaptiveNorm(last, layer_affine=layer_norm)
         self.out_conv = conv(last, out_channels, kernel) if translation else None
         self.classifier = nn.Conv2d(last, num_classes, 1) if num_classes else None
         kaiming_init(self)
@@ -237,12 +245,15 @@ class TranslationDecoder(nn.Module):
         return torch.tanh(self.out_conv(F.relu(self.out_norm(h))))
 
     def segment(
-        self, code: torch.Tensor, skips: Sequence[torch.Tensor], params: torch.Tensor
+        self, code: torch.Tensor, skips: Sequence[torch.Tensor], params: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Segmentation mode (eqs. 4–5): the same layers with adaptive instance norm from ``params``
-        ``[B, norm_parameters]``, then AdaIN → ReLU → 1×1 conv. Shape: ``[B, num_classes, S, S]``."""
+        ``[B, norm_parameters]``, then AdaIN → ReLU → 1×1 conv; without ``params``, the layer norms
+        (a plain segmentation decoder). Shape: ``[B, num_classes, S, S]``."""
         if self.classifier is None:
             raise ValueError("this decoder was built without num_classes (no segmentation mode)")
+        if params is None:
+            return self.classifier(F.relu(self.out_norm(self.features(code, skips))))
         parts = list(params.split([2 * c for c in self.norm_channels], 1))
         h = self.features(code, skips, parts[:-1])
         return self.classifier(F.relu(self.out_norm(h, parts[-1])))
@@ -267,40 +278,48 @@ class NormMLP(nn.Module):
 
 class TranslationSegmenter(nn.Module):
     """The segmenter of eqs. 4–5: f, then ``decoder`` in segmentation mode with its norm parameters
-    from ``mlp(code)``. Holds the given modules (shared with the translation networks).
+    from ``mlp(code)`` (``mlp=None``: the decoder's own layer norms, as a plain encoder-decoder).
+    Holds the given modules (shared with the translation networks).
 
     Shape:
         ``[B, C_in, S, S]`` → logits ``[B, num_classes, S, S]`` (S = the training size).
     """
 
-    def __init__(self, encoder: TranslationEncoder, decoder: TranslationDecoder, mlp: NormMLP):
+    def __init__(self, encoder: TranslationEncoder, decoder: TranslationDecoder, mlp: NormMLP | None):
         super().__init__()
         self.encoder, self.decoder, self.mlp = encoder, decoder, mlp
 
     def segment_code(self, code: torch.Tensor, skips: Sequence[torch.Tensor]) -> torch.Tensor:
         """Logits from an encoding already computed (the training step batches its encoder calls)."""
-        return self.decoder.segment(code, skips, self.mlp(code))
+        return self.decoder.segment(code, skips, None if self.mlp is None else self.mlp(code))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.segment_code(*self.encoder(x))
 
 
+def critic(in_channels: int, width: int) -> nn.Sequential:
+    """One scale's critic (paper T8: conv 128 4×4 s1, then norm → LeakyReLU(0.2) → conv 128 / 256 /
+    512 4×4 s2, then a 1×1 conv to one map). Shape: ``[B, C, s, s]`` → ``[B, 1, s', s']``."""
+    widths = [width, width, 2 * width, 4 * width]
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 4, 1, padding=1)]
+    for a, b in zip(widths[:-1], widths[1:]):
+        layers += [layer_norm(a), nn.LeakyReLU(0.2), nn.Conv2d(a, b, 4, 2, padding=1)]
+    # no bias: the previous convolution's bias already offsets the score (and under the hinge
+    # loss a last bias gets exactly zero gradient whenever every term is active)
+    layers.append(nn.Conv2d(widths[-1], 1, 1, bias=False))
+    return nn.Sequential(*layers)
+
+
 class MultiScaleDiscriminator(nn.Module):
-    """D: ``[B, C, S, S]`` → ``[B]``, the mean over pixels and ``scales`` of one critic applied to the
-    image and its 2×, 4×, ... average-pooled versions (paper T8: conv 128 4×4 s1, then norm →
-    LeakyReLU(0.2) → conv 128 / 256 / 512 4×4 s2, then a 1×1 conv to one map)."""
+    """D: ``[B, C, S, S]`` → ``[B]``, the mean over pixels and ``scales`` of the critics' maps, one
+    critic with its own weights per scale (:func:`critic`), applied to the image and its 2×, 4×, ...
+    average-pooled versions, as the multi-scale discriminators the paper cites (pix2pixHD, MUNIT)
+    and the authors' code."""
 
     def __init__(self, in_channels: int = 1, width: int = 128, scales: int = 3):
         super().__init__()
         self.scales = scales
-        widths = [width, width, 2 * width, 4 * width]
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 4, 1, padding=1)]
-        for a, b in zip(widths[:-1], widths[1:]):
-            layers += [layer_norm(a), nn.LeakyReLU(0.2), nn.Conv2d(a, b, 4, 2, padding=1)]
-        # no bias: the previous convolution's bias already offsets the score (and under the hinge
-        # loss a last bias gets exactly zero gradient whenever every term is active)
-        layers.append(nn.Conv2d(widths[-1], 1, 1, bias=False))
-        self.critic = nn.Sequential(*layers)
+        self.critics = nn.ModuleList(critic(in_channels, width) for _ in range(scales))
 
     def fits(self, side: int) -> bool:
         """Whether images of ``side`` pixels are large enough for every scale's convolutions (a 4×4
@@ -320,10 +339,10 @@ class MultiScaleDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = 0.0
-        for s in range(self.scales):
+        for s, net in enumerate(self.critics):
             if s:
                 x = F.avg_pool2d(x, 3, 2, padding=1, count_include_pad=False)
-            out = out + self.critic(x).mean(dim=(1, 2, 3))
+            out = out + net(x).mean(dim=(1, 2, 3))
         return out / self.scales
 
 

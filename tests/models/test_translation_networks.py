@@ -101,9 +101,14 @@ def test_discriminator_one_score_per_image_at_every_scale():
     assert out.shape == (4,)
     # each image's score is its own (layer norm is per sample)
     torch.testing.assert_close(d(x[:1]), out[:1])
-    one = MultiScaleDiscriminator(1, width=8, scales=1)
-    one.load_state_dict(d.state_dict())
-    torch.testing.assert_close(one(x), d.critic(x).mean(dim=(1, 2, 3)))
+    # D = the mean over scales of each scale's own critic on the pooled image
+    pooled = [x, F.avg_pool2d(x, 3, 2, 1, count_include_pad=False)]
+    pooled.append(F.avg_pool2d(pooled[1], 3, 2, 1, count_include_pad=False))
+    by_hand = sum(net(p).mean(dim=(1, 2, 3)) for net, p in zip(d.critics, pooled)) / 3
+    torch.testing.assert_close(out, by_hand)
+    # one set of weights per scale (pix2pixHD, MUNIT, the authors' code)
+    weights = [net[0].weight for net in d.critics]
+    assert len({id(w) for w in weights}) == 3 and not torch.equal(weights[0], weights[1])
 
 
 def test_spectral_norm_on_every_conv_and_linear():

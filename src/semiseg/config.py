@@ -164,7 +164,8 @@ class OptimizerConfig:
     amsgrad: bool = False  #: Adam/AdamW: the AMSGrad variant (e.g. the translation paper's)
     momentum: float | None = None  #: SGD; None = train.momentum
     weight_decay: float | None = None  #: None = train.weight_decay
-    scheduler: Literal["none", "cosine", "poly"] | None = None  #: None = train.scheduler
+    scheduler: Literal["none", "cosine", "poly", "linear"] | None = None  #: None = train.scheduler
+    end_factor: float = 0.0  #: ``linear``: the lr falls from lr to lr · end_factor over the phase
     #: update ratio: this optimizer steps ``repeat`` times per iteration (e.g. k critic steps per
     #: generator step) and only on iterations divisible by ``every``
     repeat: int = 1
@@ -180,7 +181,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.9
-    scheduler: Literal["none", "cosine", "poly"] = "none"
+    scheduler: Literal["none", "cosine", "poly", "linear"] = "none"  #: ``linear``: to 0 over the run
     grad_clip: float | None = None
     val_every: int = 1
     val_metric: str = "dice/mean"  #: key of the evaluation dict used for model selection

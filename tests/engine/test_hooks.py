@@ -190,6 +190,19 @@ def test_amsgrad_is_an_optimizer_setting(tmp_path, make_config, proof_methods):
     assert "amsgrad" not in state["critic"]["param_groups"][0]  # SGD
 
 
+def test_linear_schedule_falls_to_its_end_factor():
+    from semiseg.engine.trainer import build_scheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched = build_scheduler("linear", opt, total_iters=4, end_factor=0.1)
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([1e-3, 7.75e-4, 5.5e-4, 3.25e-4, 1e-4, 1e-4])  # then it stays at the end
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
@@ -198,6 +211,7 @@ def test_amsgrad_is_an_optimizer_setting(tmp_path, make_config, proof_methods):
         ("method.critic.repeat=0", r"optimizer 'critic': repeat and every must be at least 1"),
         ("method.generator.betas=[0.5]", r"optimizer 'generator'.betas: must be two numbers"),
         ("method.critic.lrr=0.1", r"unknown key 'method.critic.lrr' \(did you mean 'lr'\?\)"),
+        ("method.critic.end_factor=2", r"optimizer 'critic'.end_factor: must be in \[0, 1\]"),
     ],
 )
 def test_bad_optimizer_settings_are_one_line_errors(tmp_path, make_config, proof_methods, override, message):

@@ -52,7 +52,7 @@ def stream_id(name: str) -> int:
 #: config keys that may change between an interrupted run and its resumption
 RESUMABLE_CHANGES = ("train.progress", "train.plots", "train.num_workers", "quick")
 #: learning-rate schedules that depend on the run length (a resumed run cannot lengthen them)
-LENGTH_DEPENDENT = ("cosine", "poly")
+LENGTH_DEPENDENT = ("cosine", "poly", "linear")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -98,10 +98,16 @@ def check_optimizer_settings(settings: OptimizerConfig, where: str) -> None:
         raise ConfigError(f"{where}.betas: must be two numbers in [0, 1), got {settings.betas}")
     if settings.repeat < 1 or settings.every < 1:
         raise ConfigError(f"{where}: repeat and every must be at least 1")
+    if not 0 <= settings.end_factor <= 1:
+        raise ConfigError(f"{where}.end_factor: must be in [0, 1], got {settings.end_factor}")
 
 
-def build_scheduler(kind: str, optimizer: torch.optim.Optimizer, total_iters: int):
-    if kind == "cosine":
+def build_scheduler(kind: str, optimizer: torch.optim.Optimizer, total_iters: int, end_factor: float = 0.0):
+    """A per-step learning-rate factor over ``total_iters`` steps: ``cosine`` (to 0), ``poly`` (power
+    0.9, to 0), ``linear`` (from 1 to ``end_factor``, e.g. SSLDEC's 1e-3 → 1e-4 = 0.1) or constant."""
+    if kind == "linear":
+        factor = lambda i: 1.0 + (end_factor - 1.0) * min(i, total_iters) / total_iters  # noqa: E731
+    elif kind == "cosine":
         factor = lambda i: 0.5 * (1 + math.cos(math.pi * min(i, total_iters) / total_iters))  # noqa: E731
     elif kind == "poly":
         factor = lambda i: (1 - min(i, total_iters) / total_iters) ** 0.9  # noqa: E731
@@ -277,7 +283,7 @@ class Trainer:
             params = self.method.phase_owner(phase.name).parameters_for(phase.name, spec.name)
             opts[spec.name] = build_optimizer(self.cfg, params, s, lr, where)
             scheds[spec.name] = build_scheduler(self._scheduler_kind(spec), opts[spec.name],
-                                                self._optimizer_steps(phase, spec))  # fmt: skip
+                                                self._optimizer_steps(phase, spec), s.end_factor)  # fmt: skip
         return opts, scheds
 
     def _scheduler_kind(self, spec: OptimizerSpec) -> str:

@@ -43,10 +43,17 @@ class StreamSpec:
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """A named optimizer of a phase with its own settings (type, lr, betas, schedule, update ratio)."""
+    """A named optimizer of a phase with its own settings (type, lr, betas, schedule, update ratio).
+
+    ``persist``: phases whose optimizer specs share this key hand the optimizer's state (e.g. Adam's
+    moments and step count) on from one to the next, as one optimizer re-used across phases would
+    (e.g. SSLDEC's alternating unlabeled and labeled epochs); each phase keeps its own settings (lr,
+    schedule). The parameters must be the same. None = a fresh optimizer per phase.
+    """
 
     name: str = "main"
     settings: OptimizerConfig = field(default_factory=OptimizerConfig)
+    persist: str | None = None
 
 
 @dataclass(frozen=True)

@@ -266,3 +266,63 @@ def test_a_methods_own_rng_is_checkpointed_and_resumed(tmp_path, make_config, re
         resume_check(make_config("method.name=test_own_rng"), tmp_path)  # extra state compared too
     finally:
         METHODS.pop("test_own_rng", None)
+
+
+# --------------------------------------------------------- optimizer state handed on between phases
+@dataclass
+class PersistConfig(MethodConfig):
+    persist: bool = True
+    gap: bool = False  #: a phase with a fresh optimizer between the two
+
+
+class TwoPhases(Supervised):
+    """Supervised training in two phases (2 + 2 epochs) with different learning rates; with
+    ``persist`` their optimizer state passes from the first to the second (``gap``: across a phase
+    with an optimizer of its own)."""
+
+    config_class = PersistConfig
+
+    def phases(self):
+        key = "shared" if self.cfg.persist else None
+        first = OptimizerSpec("main", OptimizerConfig(type="adam", lr=0.01), persist=key)
+        second = OptimizerSpec("main", OptimizerConfig(type="adam", lr=0.001), persist=key)
+        own = OptimizerSpec("main", OptimizerConfig(type="sgd", lr=0.01))
+        gap = [Phase("gap", epochs=2, optimizers=(own,), final=False)] if self.cfg.gap else []
+        return [
+            Phase("first", epochs=2, optimizers=(first,), final=False),
+            *gap,
+            Phase("second", epochs=2, optimizers=(second,)),
+        ]
+
+    def training_step(self, batch, phase, optimizer):
+        lab = batch["labeled"]
+        return {"loss": masked_cross_entropy(self.model(lab.image), lab.mask)}
+
+
+@pytest.fixture
+def two_phases():
+    register("test_two_phases")(TwoPhases)
+    yield
+    METHODS.pop("test_two_phases", None)
+
+
+@pytest.mark.parametrize("persist", [True, False])
+def test_persisted_optimizer_state_continues_with_the_new_phases_settings(
+    tmp_path, make_config, two_phases, persist
+):
+    run(make_config("method.name=test_two_phases", f"method.persist={str(persist).lower()}"), tmp_path)
+    saved = load_checkpoint(tmp_path / "last.pt")
+    state = saved["optimizers"]["main"]
+    steps = {int(s["step"]) for s in state["state"].values()}
+    assert steps == ({8} if persist else {4})  # 2 iterations x 2 epochs per phase; Adam's count goes on
+    assert state["param_groups"][0]["lr"] == pytest.approx(0.001)  # the second phase's own lr
+    assert ("shared" in saved["persisted_optimizers"]) == persist
+
+
+def test_persisted_optimizer_state_resumes_exactly(tmp_path, make_config, two_phases, resume_check):
+    """A crash in a phase between the two that share the state, then --resume: the state handed on
+    comes from the checkpoint."""
+    cfg = make_config("method.name=test_two_phases", "method.gap=true", "train.scheduler=cosine")
+    resume_check(cfg, tmp_path, crash_at=lambda trainer, phase: phase.name == "gap" and trainer.epoch == 1)
+    state = load_checkpoint(tmp_path / "crashed" / "last.pt")["optimizers"]["main"]["state"]
+    assert {int(s["step"]) for s in state.values()} == {8}

@@ -13,6 +13,7 @@ and reproduces the uninterrupted run exactly on CPU: data order and augmentation
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -175,6 +176,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.train_seconds = 0.0
         self.images_seen = 0
+        #: optimizer states handed on between phases (OptimizerSpec.persist key → state_dict)
+        self.persisted: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------------------------- utils
     @property
@@ -286,6 +289,26 @@ class Trainer:
                                                 self._optimizer_steps(phase, spec), s.end_factor)  # fmt: skip
         return opts, scheds
 
+    def _take_persisted(self, phase: Phase, opts) -> None:
+        """At the start of ``phase``: optimizers whose spec shares a ``persist`` key with an earlier
+        phase take over its state (moments, step counts), keeping their own settings (lr, betas,
+        schedule)."""
+        for spec in phase.optimizer_specs:
+            state = self.persisted.get(spec.persist) if spec.persist is not None else None
+            if state is None:
+                continue
+            opt = opts[spec.name]
+            fresh = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+            sizes = [len(g["params"]) for g in opt.param_groups]
+            if sizes != [len(g["params"]) for g in state["param_groups"]]:
+                raise ConfigError(
+                    f"phase '{phase.name}' optimizer '{spec.name}': persist key '{spec.persist}' joins "
+                    "optimizers over different parameters"
+                )
+            opt.load_state_dict(state)
+            for group, settings in zip(opt.param_groups, fresh):
+                group.update(settings)
+
     def _scheduler_kind(self, spec: OptimizerSpec) -> str:
         return spec.settings.scheduler or self.cfg.train.scheduler
 
@@ -310,6 +333,7 @@ class Trainer:
             "history": self.history,
             "train_seconds": self.train_seconds,
             "images_seen": self.images_seen,
+            "persisted_optimizers": self.persisted,
             "rng": rng_state(),
             **self.meta(),
         }
@@ -364,6 +388,7 @@ class Trainer:
         self.best, self.history = state["best"], state["history"]
         self.phase_best = state.get("phase_best", self.phase_best)
         self.train_seconds, self.images_seen = state["train_seconds"], state["images_seen"]
+        self.persisted = state.get("persisted_optimizers", {})
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
@@ -505,6 +530,8 @@ class Trainer:
         while self.phase_index < len(self.phases):
             phase = self.phases[self.phase_index]
             opts, scheds = self.build_optimizers(phase)
+            if saved is None:
+                self._take_persisted(phase, opts)
             if saved is not None:
                 for k in opts:
                     opts[k].load_state_dict(saved["optimizers"][k])
@@ -525,6 +552,9 @@ class Trainer:
                 self.train_epoch(phase, opts, scheds, iters, bar)
             bar.close()
             self._restore_phase_best(phase)
+            for spec in phase.optimizer_specs:
+                if spec.persist is not None:
+                    self.persisted[spec.persist] = copy.deepcopy(opts[spec.name].state_dict())
             self.phase_index += 1
             self.epoch = 0
             self.phase_step = 0

@@ -12,12 +12,16 @@ phases; :mod:`semiseg.methods.base` re-exports them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
 
 from semiseg.config import OptimizerConfig
-from semiseg.core import ViewSpec
+from semiseg.core import Batch, ViewSpec
 
-__all__ = ["OptimizerSpec", "Phase", "StreamSpec"]
+__all__ = ["EpochPlan", "OptimizerSpec", "Phase", "StreamSpec", "Sweep"]
 
 #: the split's two item sets a stream draws from
 SOURCES = ("labeled", "unlabeled")
@@ -56,6 +60,36 @@ class OptimizerSpec:
     persist: str | None = None
 
 
+class Sweep(Protocol):
+    """``sweep(stream, fn)``: ``fn`` applied to every item of the named stream of the current phase
+    (or of a split source, "labeled" / "unlabeled"), in batches of clean images (no augmentation, no
+    views), the method in eval mode and without gradients; the results concatenated along dim 0 in
+    the stream's item order (under DDP each process sweeps a share and all get the whole). The
+    engine provides it to :meth:`~semiseg.methods.base.Method.plan_epoch`."""
+
+    def __call__(
+        self, stream: str, fn: Callable[[Batch], torch.Tensor], *, batch_size: int | None = None
+    ) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """What a phase's owner asks of the coming epoch (:meth:`semiseg.methods.base.Method.plan_epoch`).
+
+    Attributes:
+        done: End the phase now, before this epoch (an end condition: the phase's ``epochs`` is then
+            a cap).
+        subsets: Per stream name, the positions (in the stream's item order, as a
+            :class:`~semiseg.engine.sweep.Sweep` returns them) this epoch draws from, e.g. a
+            class-balanced subset of the unlabeled images. Streams not listed draw from all items.
+        iters: Iterations of this epoch; None = the phase's rule (``Phase.epoch_iters``).
+    """
+
+    done: bool = False
+    subsets: dict[str, Sequence[int]] = field(default_factory=dict)
+    iters: int | None = None
+
+
 @dataclass(frozen=True)
 class Phase:
     """One stage of training.
@@ -82,6 +116,9 @@ class Phase:
             (kept in ``best_<phase>.pt``), so the next phase starts from it.
         views: Paired views per stream, e.g. ``{"unlabeled": ViewSpec(strong=2, cutmix=True)}``:
             the stream's ``Batch.strong`` / ``Batch.cutmix`` are then filled.
+        epoch_iters: Iterations per epoch: ``"run"`` = the run's (``train.iters_per_epoch``, else one
+            pass over the labeled items), ``"pass"`` = one pass over the phase's first stream (or over
+            its subset when an :class:`EpochPlan` gives one).
     """
 
     name: str = "train"
@@ -96,6 +133,7 @@ class Phase:
     final: bool = True
     restore_best: bool = False
     views: dict[str, ViewSpec] = field(default_factory=dict)
+    epoch_iters: str = "run"
 
     @property
     def stream_specs(self) -> tuple[StreamSpec, ...]:

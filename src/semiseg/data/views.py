@@ -131,6 +131,12 @@ class TrainSet(Dataset):
         """Ask for ``spec.strong`` strong views per item (and CutMix boxes); ``None`` = weak view only."""
         self.views = spec
 
+    def clean(self) -> TrainSet:
+        """The same items without augmentation or views (a shallow copy sharing the tensors)."""
+        out = copy.copy(self)
+        out.augment_cfg, out.views = None, None
+        return out
+
     def __len__(self) -> int:
         return len(self.ids)
 
@@ -180,6 +186,12 @@ class TrainSubset(Dataset):
 
     def set_views(self, spec: ViewSpec | None) -> None:
         self.base.set_views(spec)
+
+    def clean(self) -> TrainSubset:
+        """The same items without augmentation or views (sharing the tensors)."""
+        out = copy.copy(self)
+        out.base = self.base.clean()
+        return out
 
     def __len__(self) -> int:
         return len(self.indices)

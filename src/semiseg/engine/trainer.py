@@ -17,6 +17,7 @@ import copy
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +37,12 @@ from semiseg.engine.checkpoint import (
     set_rng_state,
 )
 from semiseg.engine.evaluate import FAST_METRICS, evaluate_records, metric_keys
+from semiseg.engine.sweep import TrainerSweep
 from semiseg.errors import ConfigError, TrainingDiverged
 from semiseg.io import atomic_write_text
 from semiseg.methods.base import Method, OptimizerSpec, Phase
 from semiseg.parallel import global_reduction
-from semiseg.phases import StreamSpec
+from semiseg.phases import EpochPlan, StreamSpec
 
 STREAM_IDS = {"labeled": 0, "unlabeled": 1}
 
@@ -189,6 +191,28 @@ class Trainer:
             return self.cfg.train.iters_per_epoch
         return max(1, math.ceil(len(self.data.labeled) / self.cfg.train.batch_size))
 
+    def phase_iters(self, phase: Phase) -> int:
+        """Iterations per epoch of ``phase`` before any plan: the run's, or (``epoch_iters: pass``) one
+        pass over its first stream."""
+        if phase.epoch_iters == "pass":
+            first = self.stream_set(self.stream_specs(phase)[0])
+            return max(1, math.ceil(len(first) / self.cfg.train.batch_size))
+        if phase.epoch_iters != "run":
+            raise ConfigError(
+                f"phase '{phase.name}': epoch_iters must be 'run' or 'pass', got {phase.epoch_iters!r}"
+            )
+        return self.iters_per_epoch()
+
+    def epoch_iters(self, phase: Phase, plan: EpochPlan | None) -> int:
+        """Iterations of the coming epoch: the plan's, one pass over the first stream's subset, or the
+        phase's (:meth:`phase_iters`)."""
+        if plan is not None and plan.iters is not None:
+            return plan.iters
+        first = self.stream_specs(phase)[0].name
+        if phase.epoch_iters == "pass" and plan is not None and first in plan.subsets:
+            return max(1, math.ceil(len(plan.subsets[first]) / self.cfg.train.batch_size))
+        return self.phase_iters(phase)
+
     def stream_specs(self, phase: Phase) -> tuple[StreamSpec, ...]:
         """The phase's streams plus the optional ones the data has."""
         available = {"labeled": True, "unlabeled": self.data.unlabeled is not None}
@@ -240,7 +264,12 @@ class Trainer:
         return phase.epochs if phase.epochs is not None else self.cfg.train.epochs
 
     def loader(
-        self, stream: str | StreamSpec, epoch: int, iters: int, phase: Phase | None = None
+        self,
+        stream: str | StreamSpec,
+        epoch: int,
+        iters: int,
+        phase: Phase | None = None,
+        subset: Sequence[int] | None = None,
     ) -> DataLoader:
         """This rank's batches of ``stream`` for one epoch of the current phase.
 
@@ -254,7 +283,7 @@ class Trainer:
         ds.set_epoch(key_epoch)
         ds.set_views(phase.views.get(spec.name) if phase is not None else None)
         batches = D.epoch_batches(
-            len(ds),
+            len(ds) if subset is None else len(subset),
             self.cfg.train.batch_size,
             iters,
             seed=self.cfg.train.seed,
@@ -263,6 +292,9 @@ class Trainer:
             info=self.info,
             positions=True,
         )
+        if subset is not None:  # draw from the plan's items: j-th of the subset = item subset[j]
+            items = [int(i) for i in subset]
+            batches = [[(items[j], position) for j, position in b] for b in batches]
         return DataLoader(ds, batch_sampler=batches, num_workers=self.cfg.train.num_workers)
 
     def to_batch(self, raw: dict[str, torch.Tensor]) -> Batch:
@@ -313,7 +345,7 @@ class Trainer:
         return spec.settings.scheduler or self.cfg.train.scheduler
 
     def _optimizer_steps(self, phase: Phase, spec: OptimizerSpec) -> int:
-        iters = self.phase_epochs(phase) * self.iters_per_epoch()
+        iters = self.phase_epochs(phase) * self.phase_iters(phase)
         return max(1, math.ceil(iters / spec.settings.every) * spec.settings.repeat)
 
     # ------------------------------------------------------------------------------- checkpoints
@@ -384,7 +416,7 @@ class Trainer:
             state["epoch"],
             state["global_step"],
         )
-        self.phase_step = state.get("phase_step", self.epoch * self.iters_per_epoch())
+        self.phase_step = state.get("phase_step", self.epoch * self.iters_per_epoch())  # older checkpoints
         self.best, self.history = state["best"], state["history"]
         self.phase_best = state.get("phase_best", self.phase_best)
         self.train_seconds, self.images_seen = state["train_seconds"], state["images_seen"]
@@ -525,7 +557,6 @@ class Trainer:
                 old.unlink()
         from tqdm.auto import tqdm
 
-        iters = self.iters_per_epoch()
         self.method.train()
         while self.phase_index < len(self.phases):
             phase = self.phases[self.phase_index]
@@ -540,8 +571,9 @@ class Trainer:
             if self.epoch == 0 and self.phase_step == 0:
                 self.method.phase_owner(phase.name).on_phase_start(phase.name)
             n_epochs = self.phase_epochs(phase)
+            iters = self.phase_iters(phase)
             bar = tqdm(
-                total=n_epochs * iters,
+                total=n_epochs * iters,  # an estimate when plans change the epochs' lengths
                 initial=self.epoch * iters,
                 desc=phase.name,
                 dynamic_ncols=True,
@@ -549,7 +581,13 @@ class Trainer:
                 leave=False,
             )
             while self.epoch < n_epochs:
-                self.train_epoch(phase, opts, scheds, iters, bar)
+                plan = self.plan_epoch(phase)
+                if plan is not None and plan.done:
+                    self.history.append({"phase": phase.name, "epoch": self.epoch, "step": self.global_step,
+                                         "ended": "plan"})  # fmt: skip
+                    self._write_epoch_logs()
+                    break
+                self.train_epoch(phase, opts, scheds, self.epoch_iters(phase, plan), bar, plan)
             bar.close()
             self._restore_phase_best(phase)
             for spec in phase.optimizer_specs:
@@ -561,13 +599,38 @@ class Trainer:
             self.phase_best = {"value": None, "epoch": None, "phase": None}
         return self.history[-1] if self.history else {}
 
-    def train_epoch(self, phase: Phase, opts, scheds, iters: int, bar) -> None:
-        """One epoch of ``phase``: ``iters`` iterations, the epoch-end hook, validation (phases that
-        validate), ``best.pt`` / ``last.pt`` and the epoch logs. ``bar`` is a tqdm progress bar."""
+    def plan_epoch(self, phase: Phase) -> EpochPlan | None:
+        """The phase owner's plan for the coming epoch (:meth:`Method.plan_epoch`), checked."""
+        owner = self.method.phase_owner(phase.name)
+        planner = getattr(owner, "plan_epoch", None)
+        plan = planner(phase.name, self.epoch, TrainerSweep(self, phase)) if planner else None
+        if plan is None or plan.done:
+            return plan
+        names = {s.name for s in self.stream_specs(phase)}
+        unknown = set(plan.subsets) - names
+        if unknown:
+            raise ConfigError(
+                f"phase '{phase.name}': the plan names streams it does not draw: {sorted(unknown)}"
+            )
+        if plan.subsets or plan.iters is not None:
+            for spec in phase.optimizer_specs:
+                kind = self._scheduler_kind(spec)
+                if kind in LENGTH_DEPENDENT and (plan.iters is not None or phase.epoch_iters == "pass"):
+                    raise ConfigError(
+                        f"phase '{phase.name}' optimizer '{spec.name}': its plan changes the epochs' length, "
+                        f"which the '{kind}' learning-rate schedule depends on (use scheduler: none)"
+                    )
+        return plan
+
+    def train_epoch(self, phase: Phase, opts, scheds, iters: int, bar, plan: EpochPlan | None = None) -> None:
+        """One epoch of ``phase``: ``iters`` iterations (over the plan's subsets, if any), the epoch-end
+        hook, validation (phases that validate), ``best.pt`` / ``last.pt`` and the epoch logs. ``bar``
+        is a tqdm progress bar."""
         t0 = time.perf_counter()
         specs = self.stream_specs(phase)
         streams = tuple(s.name for s in specs)
-        loaders = [self.loader(s, self.epoch, iters, phase) for s in specs]
+        subsets = plan.subsets if plan is not None else {}
+        loaders = [self.loader(s, self.epoch, iters, phase, subsets.get(s.name)) for s in specs]
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         for batches in zip(*loaders):

@@ -12,11 +12,12 @@ from typing import Any
 
 from semiseg.config import ModelConfig, from_dict
 from semiseg.errors import ConfigError
-from semiseg.methods.base import Method, MethodConfig, OptimizerSpec, Phase
+from semiseg.methods.base import EpochPlan, Method, MethodConfig, OptimizerSpec, Phase
 from semiseg.registry import Registry
 
 __all__ = [
     "METHODS",
+    "EpochPlan",
     "Method",
     "MethodConfig",
     "OptimizerSpec",

@@ -37,9 +37,9 @@ from semiseg.config import ModelConfig
 from semiseg.core import Batch
 from semiseg.errors import ConfigError
 from semiseg.losses.regularizers import Regularizer, RegularizerContext, RegularizerSpec, build_regularizers
-from semiseg.phases import OptimizerSpec, Phase
+from semiseg.phases import EpochPlan, OptimizerSpec, Phase, Sweep
 
-__all__ = ["Method", "MethodConfig", "OptimizerSpec", "Phase", "forward_streams"]
+__all__ = ["EpochPlan", "Method", "MethodConfig", "OptimizerSpec", "Phase", "forward_streams"]
 
 
 def forward_streams(
@@ -126,6 +126,14 @@ class Method(nn.Module):
 
     def on_step_end(self, phase: str, optimizer: str) -> None:
         """Called after every step of ``optimizer`` (e.g. an EMA teacher update)."""
+
+    def plan_epoch(self, phase: str, epoch: int, sweep: Sweep) -> EpochPlan | None:
+        """Called before every epoch of ``phase`` (``epoch`` counts from 0; again on resume, so it must
+        depend only on the method's state and keyed draws): end the phase, or draw this epoch from a
+        subset of a stream (:class:`EpochPlan`). ``sweep(stream, fn)`` evaluates ``fn`` on every item
+        of a stream (clean images, eval mode, no gradient), e.g. to refresh targets over the whole
+        unlabeled set. Default: None (every item, the phase's length)."""
+        return None
 
     def on_epoch_end(self, phase: str, epoch: int) -> None:
         """Called after every epoch of ``phase`` (``epoch`` counts from 1), before validation and the

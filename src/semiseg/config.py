@@ -120,6 +120,12 @@ class ModelConfig:
     depth: int = 4  #: number of down-sampling steps
     norm: Literal["batch", "instance", "group", "none"] = "batch"
     dropout: float = 0.0
+    #: the output layer: "linear" (the network's logits) or "clustering" (DEC's Student-t soft
+    #: assignment of the logits, used as embeddings, to one learnable centroid per class; the output
+    #: is log q, so its softmax is q)
+    head: Literal["linear", "clustering"] = "linear"
+    alpha: float = 1.0  #: clustering head: degrees of freedom of the Student-t kernel
+    centroid_init: Literal["glorot", "normal"] = "glorot"  #: clustering head: centroids' initialisation
 
 
 @dataclass
@@ -477,6 +483,8 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     _validate_strong(t.strong_augment, bad)
     if cfg.model.width < 1 or cfg.model.depth < 0:
         bad("model.width/depth", "must be positive")
+    if not (math.isfinite(cfg.model.alpha) and cfg.model.alpha > 0):
+        bad("model.alpha", f"must be a finite number > 0, got {cfg.model.alpha}")
     if "name" not in cfg.method or not isinstance(cfg.method["name"], str):
         bad("method.name", "is required (e.g. 'supervised')")
     if cfg.data.dataset not in DATASETS:

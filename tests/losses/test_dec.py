@@ -171,3 +171,29 @@ def test_clustering_head_gives_q_in_the_input_layout_and_trains_its_centroids():
         ClusteringHead(2, 2, alpha=-1)
     with pytest.raises(ValueError, match="unknown centroid init"):
         ClusteringHead(2, 2, init="kmeans")
+
+
+def test_model_head_clustering_wraps_any_model_and_passes_features_through():
+    from semiseg.config import ModelConfig
+    from semiseg.models import build_model
+    from semiseg.models.heads import Clustered
+
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(width=4, depth=2, head="clustering", alpha=2.0), 1, 3)
+    assert isinstance(net, Clustered) and net.head.centroids.shape == (3, 3) and net.head.alpha == 2.0
+    x = torch.rand(2, 1, 20, 24)
+    log_q = net(x)
+    assert log_q.shape == (2, 3, 20, 24)
+    torch.testing.assert_close(log_q.softmax(1), log_q.exp())  # log q: its softmax is q
+    torch.testing.assert_close(net.decode(net.encode(x), x.shape[-2:]), log_q)
+    torch.testing.assert_close(log_q, student_t_log_assignment(net.backbone(x), net.head.centroids, 2.0))
+
+
+def test_bad_alpha_is_a_config_error():
+    from semiseg.config import build_config
+    from semiseg.errors import ConfigError
+
+    raw = {"data": {"dataset": "shapes"}, "method": {"name": "supervised"}, "model": {"head": "clustering"}}
+    assert build_config(raw, []).model.head == "clustering"
+    with pytest.raises(ConfigError, match=r"'model.alpha' must be a finite number > 0"):
+        build_config(raw, ["model.alpha=0"])

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from semiseg.ops import student_t_log_assignment
 
-__all__ = ["ClusteringHead"]
+__all__ = ["Clustered", "ClusteringHead"]
 
 CENTROID_INITS = ("glorot", "normal")
 
@@ -53,3 +53,26 @@ class ClusteringHead(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return student_t_log_assignment(z, self.centroids, self.alpha)
+
+
+class Clustered(nn.Module):
+    """``backbone`` followed by a :class:`ClusteringHead` on its output, used as the embedding (SSLDEC:
+    the last layer's K activations, one centroid per class). ``encode`` / ``decode`` pass through to the
+    backbone (feature perturbations keep working), ``decode`` adding the head.
+
+    Shape:
+        ``[B, C, *S]`` → log q ``[B, K, *S]`` (per pixel for a segmenter, ``[B, K]`` for a classifier).
+    """
+
+    def __init__(self, backbone: nn.Module, head: ClusteringHead):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def encode(self, x: torch.Tensor):
+        return self.backbone.encode(x)
+
+    def decode(self, features, size=None) -> torch.Tensor:
+        return self.head(self.backbone.decode(features, size))

@@ -73,7 +73,14 @@ class SplitConfig:
     #: only items with these image-level labels may be labeled (e.g. [9]: masks for digit 9 only);
     #: ``labeled_fraction`` still counts the whole pool, so 1 % of the pool is drawn among them
     labeled_labels: list[int] | None = None
-    supervision: Literal["dense", "sparse", "tag", "size"] = "dense"  #: what the labeled items carry
+    #: what the labeled items carry ("class": the image's class, for classification datasets)
+    supervision: Literal["dense", "sparse", "tag", "size", "class"] = "dense"
+    #: the labeled draw takes the same number of items per image-level label (e.g. 10 per digit)
+    balanced: bool = False
+    #: this many items of the labeled draw become the validation set instead (balanced per label with
+    #: ``balanced``), for protocols whose validation must come out of the label budget (SSLDEC's MNIST:
+    #: 100 labels = 90 for training + 10 for validation); 0 = the dataset's or a carved validation set
+    val_from_labeled: int = 0
     sparse_pixels: int = 10  #: labeled pixels per image when ``supervision: sparse``
     draw: int = 0  #: index of the random draw (labeled subset and sparse pixels)
     #: the unlabeled stream: "rest" = the training items not labeled, "none", or "all" = every

@@ -28,6 +28,7 @@ class Supervision(enum.IntEnum):
     SPARSE = 2
     TAG = 3
     SIZE = 4
+    CLASS = 5  #: an image-level class label (classification)
 
     @classmethod
     def parse(cls, name: str) -> Supervision:
@@ -73,6 +74,8 @@ class Batch:
         strong: ``[B, k, C, *S]`` float strong views (when the phase asks for them), else None.
         cutmix: ``[B, k, *S]`` bool box masks, one per strong view (all False when the box was
             not drawn for that sample), else None.
+        label: ``[B]`` long, the image's class (classification data with ``class`` supervision);
+            ``IGNORE_INDEX`` where unknown.
     """
 
     image: torch.Tensor
@@ -84,10 +87,17 @@ class Batch:
     key: torch.Tensor
     strong: torch.Tensor | None = None
     cutmix: torch.Tensor | None = None
+    label: torch.Tensor | None = None  #: filled (IGNORE_INDEX) by from_dict / of when absent
+
+    def __post_init__(self) -> None:
+        if self.label is None:
+            self.label = torch.full(
+                (len(self.image),), IGNORE_INDEX, dtype=torch.long, device=self.image.device
+            )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Batch:
-        """From the collated dict of a dataset (missing ``key`` = zeros)."""
+        """From the collated dict of a dataset (missing ``key`` = zeros, ``label`` = unknown)."""
         d = dict(d)
         if "key" not in d:
             d["key"] = torch.zeros(len(d["image"]), 3, dtype=torch.long)
@@ -104,10 +114,12 @@ class Batch:
         tags: torch.Tensor | None = None,
         sizes: torch.Tensor | None = None,
         kind: Supervision | None = None,
+        label: torch.Tensor | None = None,
     ) -> Batch:
         """A batch from tensors, the rest filled in: no mask = all ``IGNORE_INDEX``; unknown tags and
         sizes = NaN (``num_classes`` columns; default: 1 + the largest label); ``kind`` = DENSE when
-        every pixel is labeled, SPARSE when some are, TAG / SIZE / NONE otherwise.
+        every pixel is labeled, SPARSE when some are, CLASS when ``label`` is given, TAG / SIZE / NONE
+        otherwise; no ``label`` = all ``IGNORE_INDEX``.
 
         Examples:
             >>> b = Batch.of(torch.rand(2, 1, 8, 8), torch.zeros(2, 8, 8, dtype=torch.long))
@@ -126,6 +138,8 @@ class Batch:
                 kind = Supervision.DENSE
             elif labeled.any():
                 kind = Supervision.SPARSE
+            elif label is not None:
+                kind = Supervision.CLASS
             elif tags is not None:
                 kind = Supervision.TAG
             elif sizes is not None:
@@ -140,6 +154,7 @@ class Batch:
             kind=torch.full((n,), int(kind), dtype=torch.long, device=image.device),
             index=torch.arange(n, device=image.device),
             key=torch.zeros(n, 3, dtype=torch.long, device=image.device),
+            label=label,
         )
 
     def __len__(self) -> int:

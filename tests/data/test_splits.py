@@ -301,3 +301,59 @@ def test_rules_by_group_keep_every_item_and_ignore_pixels_are_not_foreground():
         make_split(
             bundle, SplitConfig(labeled=1, labeled_pool="present", labeled_labels=[3], val_supervision="same")
         )
+
+
+# ------------------------------------------------------------------------------- classification data
+def classify_bundle(n: int = 40, classes: int = 4, unlabeled: int = 0) -> DatasetBundle:
+    """``n`` images with a class each (``i % classes``) and no masks, plus ``unlabeled`` without a class."""
+    rng = np.random.default_rng(0)
+    records = [Record(f"c{i:03d}", rng.random((1, 4, 4)).astype(np.float32), None, label=i % classes)
+               for i in range(n)]  # fmt: skip
+    records += [Record(f"u{i:03d}", rng.random((1, 4, 4)).astype(np.float32), None) for i in range(unlabeled)]
+    test = [
+        Record(f"t{i}", rng.random((1, 4, 4)).astype(np.float32), None, label=i % classes) for i in range(8)
+    ]
+    return DatasetBundle(
+        "digits", num_classes=classes, in_channels=1, train=records, test=test, task="classify"
+    )
+
+
+def test_classification_items_are_labeled_by_their_class_and_drawn_balanced():
+    bundle = classify_bundle(unlabeled=5)
+    spec = SplitConfig(labeled=8, balanced=True, supervision="class", val_from_labeled=4, draw=1)
+    split = make_split(bundle, spec)
+    assert sorted(r.label for r in split.labeled) == [0, 1, 2, 3]  # 8 drawn, 2 per class, 1 each to val
+    assert sorted(r.label for r in split.val) == [0, 1, 2, 3]  # validation out of the label budget
+    assert not {r.id for r in split.val} & {r.id for r in split.labeled + split.unlabeled}
+    assert len(split.unlabeled) == 40 + 5 - 8 and all(r.id.startswith(("c", "u")) for r in split.unlabeled)
+    assert ids(make_split(bundle, spec).labeled) == ids(split.labeled)  # deterministic
+    other = make_split(
+        bundle, SplitConfig(labeled=8, balanced=True, supervision="class", val_from_labeled=4, draw=2)
+    )
+    assert ids(other.labeled) != ids(split.labeled)
+    # items without a class are never labeled
+    plain = make_split(bundle, SplitConfig(labeled=36, supervision="class"))  # 4 carved for validation
+    assert all(r.label is not None for r in plain.labeled)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (SplitConfig(labeled=9, balanced=True, supervision="class"), r"9 items do not divide among 4 labels"),
+        (SplitConfig(labeled=4, supervision="class", val_from_labeled=4), r"leaves none to train on"),
+        (SplitConfig(labeled=24, balanced=True, supervision="class", draw=1), None),
+        (
+            SplitConfig(labeled=44, balanced=True, supervision="class"),
+            r"asked for 44 but only 36 images have a class",
+        ),
+    ],
+)
+def test_balanced_and_validation_carving_errors(spec, message):
+    bundle = classify_bundle()
+    if message is None:
+        assert sorted(r.label for r in make_split(bundle, spec).labeled) == [
+            c for c in range(4) for _ in range(6)
+        ]
+        return
+    with pytest.raises(ConfigError, match=message):
+        make_split(bundle, spec)

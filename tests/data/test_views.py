@@ -42,7 +42,8 @@ def blob_record(size: int = 32) -> Record:
 def test_dense_items_and_batch_keys(records):
     ds = view(records)
     item = ds[3]
-    assert set(item) == {"image", "mask", "tags", "sizes", "kind", "index", "key"}
+    assert set(item) == {"image", "mask", "tags", "sizes", "kind", "index", "key", "label"}
+    assert item["label"].item() == IGNORE_INDEX  # dense masks carry no class label
     assert item["image"].shape == (1, *SIZE) and item["image"].dtype == torch.float32
     assert item["mask"].shape == SIZE and item["mask"].dtype == torch.long
     assert torch.equal(item["mask"], torch.from_numpy(records[3].mask))
@@ -360,3 +361,19 @@ def test_strong_views_share_the_weak_geometry_exactly(records):
             factor = view.sum() / weak.sum()
             assert not torch.isclose(factor, torch.tensor(1.0))
             torch.testing.assert_close(view, weak * factor, atol=1e-5, rtol=1e-5)
+
+
+def test_class_supervision_gives_each_item_its_label():
+    from semiseg.data.views import TrainSet
+    from semiseg.errors import DataError
+
+    rng = np.random.default_rng(0)
+    records = [Record(f"r{i}", rng.random((1, 8, 8)).astype(np.float32), None, label=i % 3) for i in range(5)]
+    ds = TrainSet(records, supervision="class", num_classes=3, image_size=(8, 8))
+    assert [int(ds[i]["label"]) for i in range(5)] == [0, 1, 2, 0, 1]
+    assert int(ds[0]["kind"]) == Supervision.CLASS and (ds[0]["mask"] == IGNORE_INDEX).all()
+    unlabeled = TrainSet(records, supervision="none", num_classes=3, image_size=(8, 8))
+    assert int(unlabeled[0]["label"]) == IGNORE_INDEX
+    records[2] = Record("r2", records[2].image, None)
+    with pytest.raises(DataError, match="r2: has no class label"):
+        TrainSet(records, supervision="class", num_classes=3, image_size=(8, 8))

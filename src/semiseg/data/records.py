@@ -78,8 +78,12 @@ class DatasetBundle:
     test: list[Record] | None = None
     class_names: list[str] = field(default_factory=list)
     root: str = ""  #: folder the dataset was read from (for error messages)
+    #: "segment" (masks; Dice & co.) or "classify" (one class per image in ``Record.label``; accuracy)
+    task: str = "segment"
 
     def __post_init__(self) -> None:
+        if self.task not in ("segment", "classify"):
+            raise ValueError(f"task must be 'segment' or 'classify', got {self.task!r}")
         if not self.class_names:
             self.class_names = ["background"] + [f"class{i}" for i in range(1, self.num_classes)]
 

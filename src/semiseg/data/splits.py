@@ -100,10 +100,35 @@ def _same_rule(val: list[Record], spec: SplitConfig) -> list[Record]:
     return [r for r in val if r.id in chosen]
 
 
+def _balanced_draw(records: list[Record], n: int, rng: np.random.Generator) -> set[str]:
+    """Ids of ``n`` of ``records``, the same number per image-level label (``n`` must divide by the
+    labels present)."""
+    by_label: dict[int, list[str]] = {}
+    for r in records:
+        if r.label is None:
+            raise ConfigError(f"data.split.balanced: item {r.id} has no image-level label")
+        by_label.setdefault(int(r.label), []).append(r.id)
+    k = len(by_label)
+    if n % k:
+        raise ConfigError(f"data.split.balanced: {n} items do not divide among {k} labels")
+    per = n // k
+    short = [label for label, ids in by_label.items() if len(ids) < per]
+    if short:
+        raise ConfigError(f"data.split.balanced: label {short[0]} has fewer than {per} items")
+    chosen: set[str] = set()
+    for label in sorted(by_label):
+        ids = by_label[label]
+        chosen.update(ids[i] for i in rng.permutation(len(ids))[:per])
+    return chosen
+
+
 def make_split(bundle: DatasetBundle, spec: SplitConfig) -> Split:
     """Apply ``spec`` to ``bundle``; raises DataError/ConfigError on an impossible request."""
     pool = list(bundle.train)
-    masked = [r for r in pool if r.mask is not None]
+    if bundle.task == "classify":  # an item "has truth" when it has its class
+        masked = [r for r in pool if r.label is not None]
+    else:
+        masked = [r for r in pool if r.mask is not None]
     carve_rng = np.random.default_rng([spec.seed, 7919])
 
     test = list(bundle.test) if bundle.test is not None else []
@@ -113,7 +138,7 @@ def make_split(bundle: DatasetBundle, spec: SplitConfig) -> Split:
         pool = [r for r in pool if r.group not in held]
         masked = [r for r in masked if r.group not in held]
     val = list(bundle.val) if bundle.val is not None else []
-    if bundle.val is None:
+    if bundle.val is None and not spec.val_from_labeled:
         held = _carve(_groups_of(masked), spec.val_fraction, carve_rng)
         val = [r for r in masked if r.group in held]
         pool = [r for r in pool if r.group not in held]
@@ -139,7 +164,7 @@ def make_split(bundle: DatasetBundle, spec: SplitConfig) -> Split:
                 which = (
                     "may be labeled (data.split.labeled_pool / labeled_labels)"
                     if _has_rule(spec)
-                    else "have masks"
+                    else ("have a class" if bundle.task == "classify" else "have masks")
                 )
                 raise ConfigError(f"data.split.labeled: asked for {spec.labeled} but only {n} {unit} {which}")
             n = spec.labeled
@@ -153,16 +178,31 @@ def make_split(bundle: DatasetBundle, spec: SplitConfig) -> Split:
         if spec.first_draw == "listed" and spec.draw == 0:
             listed = list(dict.fromkeys(key(r) for r in eligible))  # order of first appearance
             chosen = set(listed[:n])
+        elif spec.balanced:
+            chosen = _balanced_draw(eligible, n, np.random.default_rng([spec.seed, spec.draw, 104729]))
         else:
             rng = np.random.default_rng([spec.seed, spec.draw, 104729])
             chosen = set(rng.permutation(np.array(candidates, dtype=object))[:n].tolist())
     labeled = [r for r in eligible if key(r) in chosen]
+    if spec.val_from_labeled:
+        if spec.val_from_labeled >= len(labeled):
+            raise ConfigError(
+                f"data.split.val_from_labeled: {spec.val_from_labeled} of {len(labeled)} labeled items leaves "
+                "none to train on"
+            )
+        rng = np.random.default_rng([spec.seed, spec.draw, 1299709])
+        if spec.balanced:
+            held = _balanced_draw(labeled, spec.val_from_labeled, rng)
+        else:
+            held = {labeled[i].id for i in rng.permutation(len(labeled))[: spec.val_from_labeled]}
+        val = [r for r in labeled if r.id in held]
+        labeled = [r for r in labeled if r.id not in held]
     if not labeled:
         raise DataError(
             bundle.root or None,
             f"{bundle.name}: the labeled training set is empty (check data.split and that masks exist)",
         )
-    taken = {r.id for r in labeled}  # (without a labeling rule: every masked item of a chosen key)
+    taken = {r.id for r in labeled} | ({r.id for r in val} if spec.val_from_labeled else set())
     rest = [r for r in pool if r.id not in taken]
     unlabeled = {"rest": rest, "all": labeled + rest}.get(spec.unlabeled, [])
     return Split(labeled=labeled, unlabeled=unlabeled, val=val, test=test, spec=spec)

@@ -31,6 +31,7 @@ from semiseg.core import IGNORE_INDEX, Supervision, ViewSpec
 from semiseg.data.records import Record
 from semiseg.data.splits import stable_hash
 from semiseg.data.transforms import augment, is_identity, sample_rng, strong_views, view_rngs
+from semiseg.errors import DataError
 
 
 def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -117,6 +118,12 @@ class TrainSet(Dataset):
                 self.tags = (counts > 0).float()
             else:
                 self.sizes = counts
+        self.labels = torch.full((n,), IGNORE_INDEX, dtype=torch.long)
+        if kind == Supervision.CLASS:
+            missing = [r.id for r in records if r.label is None]
+            if missing:
+                raise DataError(missing[0], "has no class label but the split gives it 'class' supervision")
+            self.labels = torch.tensor([int(r.label) for r in records], dtype=torch.long)
         self.kind = kind
         self.augment_cfg = augment_cfg if augment_cfg is not None and not is_identity(augment_cfg) else None
         self.strong_cfg = strong_cfg if strong_cfg is not None else StrongAugmentConfig()
@@ -160,6 +167,7 @@ class TrainSet(Dataset):
             "kind": torch.tensor(int(self.kind)),
             "index": torch.tensor(index),
             "key": torch.tensor([self.seed, self.epoch, position]),
+            "label": self.labels[index],
         }
         if self.views is not None and self.views.strong > 0:
             rngs = view_rngs(self.seed, self.epoch, position, self.views.strong)

@@ -170,17 +170,31 @@ def cmd_evaluate(args) -> int:
         from semiseg.errors import DataError
 
         raise DataError(None, f"{data.bundle.name}: the {args.split} split is empty")
-    postprocess, post_info = build_postprocess(args, method, cfg, data, device)
-    with torch.no_grad():
-        means, cases = evaluate_records(
-            method.predict,
-            records,
-            num_classes=state["num_classes"],
-            image_size=cfg.data.image_size,
-            device=device,
-            metrics=ALL_METRICS,
-            postprocess=postprocess,
-        )
+    if data.bundle.task == "classify":
+        from semiseg.engine.evaluate import evaluate_labels
+        from semiseg.errors import ConfigError
+
+        if args.postprocess != "none":
+            raise ConfigError(
+                f"--postprocess {args.postprocess}: applies to segmentations, not to classification"
+            )
+        post_info = None
+        with torch.no_grad():
+            means, cases = evaluate_labels(
+                method.predict, records, image_size=cfg.data.image_size, device=device
+            )
+    else:
+        postprocess, post_info = build_postprocess(args, method, cfg, data, device)
+        with torch.no_grad():
+            means, cases = evaluate_records(
+                method.predict,
+                records,
+                num_classes=state["num_classes"],
+                image_size=cfg.data.image_size,
+                device=device,
+                metrics=ALL_METRICS,
+                postprocess=postprocess,
+            )
     result = {
         "checkpoint": str(args.checkpoint),
         "split": args.split,

@@ -108,9 +108,55 @@ def evaluate_records(
     return means, cases
 
 
-def metric_keys(num_classes: int, metrics: Sequence[str] = FAST_METRICS) -> list[str]:
-    """Keys :func:`evaluate_records` can report for ``metrics`` (HD95 as ``hd95_px`` and, for records
-    with a pixel spacing, ``hd95_mm``; Dice also as ``dice_pooled``, over all pixels of the split)."""
+@torch.no_grad()
+def evaluate_labels(
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    records: list[Record],
+    *,
+    image_size: Sequence[int],
+    device: torch.device,
+    batch_size: int = 256,
+) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """Classification: the share of ``records`` (each with its ``label``) whose arg-max class is right.
+
+    ``predict`` maps images resized to ``image_size`` to class scores ``[B, K]``. Returns
+    ``({"accuracy", "error"}, per-case {"id", "predicted", "correct"})``, as fractions.
+    """
+    cases: list[dict] = []
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        images = torch.stack([resize_image(torch.from_numpy(r.image), tuple(image_size)) for r in chunk])
+        predicted = predict(images.to(device)).argmax(1).cpu()
+        for r, p in zip(chunk, predicted.tolist()):
+            cases.append({"id": r.id, "predicted": p, "correct": float(p == int(r.label))})
+    accuracy = sum(c["correct"] for c in cases) / max(1, len(cases))
+    return {"accuracy": accuracy, "error": 1.0 - accuracy}, cases
+
+
+def evaluate_split(
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    records: list[Record],
+    *,
+    task: str,
+    num_classes: int,
+    image_size: Sequence[int],
+    device: torch.device,
+    metrics: Sequence[str] = FAST_METRICS,
+) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """:func:`evaluate_records` (``task`` "segment") or :func:`evaluate_labels` ("classify")."""
+    if task == "classify":
+        return evaluate_labels(predict, records, image_size=image_size, device=device)
+    return evaluate_records(
+        predict, records, num_classes=num_classes, image_size=image_size, device=device, metrics=metrics
+    )
+
+
+def metric_keys(num_classes: int, metrics: Sequence[str] = FAST_METRICS, task: str = "segment") -> list[str]:
+    """Keys :func:`evaluate_split` can report for ``metrics`` (HD95 as ``hd95_px`` and, for records
+    with a pixel spacing, ``hd95_mm``; Dice also as ``dice_pooled``, over all pixels of the split;
+    ``accuracy`` and ``error`` for classification)."""
+    if task == "classify":
+        return ["accuracy", "error"]
     keys = []
     for m in metrics:
         if m == "pixel_error":

@@ -14,7 +14,7 @@ import torch
 from semiseg.config import RunConfig, build_config, to_dict
 from semiseg.engine import distributed as D
 from semiseg.engine.checkpoint import load_checkpoint, seed_everything
-from semiseg.engine.evaluate import ALL_METRICS, FAST_METRICS, evaluate_records, predict_records
+from semiseg.engine.evaluate import ALL_METRICS, FAST_METRICS, evaluate_split, predict_records
 from semiseg.errors import ConfigError
 from semiseg.io import atomic_write_text
 
@@ -107,7 +107,7 @@ def train(
             for name, (means, cases) in _score(method, data, cfg, device, ALL_METRICS).items():
                 results[name] = means
                 results[f"{name}_cases"] = cases
-            if cfg.train.plots:
+            if cfg.train.plots and data.bundle.task == "segment":
                 write_plots(trainer.history, method, data.val, cfg, device, out, data.bundle.num_classes)
         atomic_write_text(out / "metrics.json", json.dumps(results, indent=1, default=float))
         return results
@@ -121,9 +121,10 @@ def _score(method, data, cfg: RunConfig, device, metrics) -> dict[str, tuple[dic
     out = {}
     for name, records in (("val", data.val), ("test", data.test)):
         if records:
-            out[name] = evaluate_records(
+            out[name] = evaluate_split(
                 method.predict,
                 records,
+                task=data.bundle.task,
                 num_classes=data.bundle.num_classes,
                 image_size=cfg.data.image_size,
                 device=device,

@@ -36,7 +36,7 @@ from semiseg.engine.checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from semiseg.engine.evaluate import FAST_METRICS, evaluate_records, metric_keys
+from semiseg.engine.evaluate import FAST_METRICS, evaluate_split, metric_keys
 from semiseg.engine.sweep import TrainerSweep
 from semiseg.errors import ConfigError, TrainingDiverged
 from semiseg.io import atomic_write_text
@@ -142,7 +142,14 @@ class Trainer:
         self.method = method.to(self.device)
         self.phases = method.run_phases()
         self.num_classes = data.bundle.num_classes
-        valid = metric_keys(self.num_classes, FAST_METRICS)
+        task = data.bundle.task
+        if task not in method.tasks:
+            kind = "classification" if task == "classify" else "segmentation"
+            raise ConfigError(
+                f"method '{cfg.method['name']}' does not {task} ({', '.join(method.tasks)} only) but "
+                f"data.dataset '{cfg.data.dataset}' is a {kind} dataset"
+            )
+        valid = metric_keys(self.num_classes, FAST_METRICS, task)
         if cfg.train.val_metric not in valid:
             raise ConfigError(f"train.val_metric: '{cfg.train.val_metric}' is not one of {', '.join(valid)}")
         self._stream_sets: dict[StreamSpec, Any] = {}
@@ -464,9 +471,10 @@ class Trainer:
             if own is not None:
                 self.method.train()
                 return own
-        means, _ = evaluate_records(
+        means, _ = evaluate_split(
             self.method.predict,
             self.data.val,
+            task=self.data.bundle.task,
             num_classes=self.num_classes,
             image_size=self.cfg.data.image_size,
             device=self.device,

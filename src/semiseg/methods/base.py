@@ -81,6 +81,8 @@ class Method(nn.Module):
     """Base class of all methods. Subclasses set ``config_class`` and implement ``training_step``."""
 
     config_class: type = MethodConfig
+    #: what the method learns from its data: "segment" (masks) and/or "classify" (one class per image)
+    tasks: tuple[str, ...] = ("segment",)
 
     def __init__(
         self,

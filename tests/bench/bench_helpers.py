@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import yaml
 import semiseg.engine.run as engine_run
 from semiseg.bench import provenance, runner, timing
 from semiseg.bench.spec import TABLES, Row, Table, Tuning
+from semiseg.config import ModelConfig
 
 RECIPE: dict[str, Any] = {
     "data": {
@@ -47,7 +49,7 @@ RECIPE: dict[str, Any] = {
     },
     "quick": {"train.lr": 0.02},
 }
-MODEL = RECIPE["model"]
+MODEL = dataclasses.asdict(ModelConfig(**RECIPE["model"]))  # the resolved model config (defaults filled in)
 SUP, MRF, TV = "supervised | 20 px", "MRF post-processing | 20 px", "TV | 20 px"
 TV_WEIGHTS = [0.05, 0.5]
 USER = ["train.weight_decay=0.0001"]

@@ -146,3 +146,20 @@ def test_real_mnist(real_data_root: Path) -> None:
     fg = np.mean([r.mask.mean() for r in bundle.train[:500]])
     assert 0.05 < fg < 0.4
     assert elapsed < 3.0, f"loading 10k MNIST records took {elapsed:.2f} s (should be vectorised)"
+
+
+def test_digits_classification_uses_the_shared_folds(tmp_path: Path) -> None:
+    from semiseg.data.mnist import FOLD_SEED, load_mnist_digits, mnist_folds
+
+    images, labels = _fake_mnist(tmp_path, n=10_000)
+    bundle = load_mnist_digits(tmp_path)
+    assert bundle.task == "classify" and bundle.num_classes == 10 and bundle.val is None
+    folds = mnist_folds(10_000, FOLD_SEED)
+    assert [r.id for r in bundle.train] == [f"digit_{i:05d}" for i in folds["train"]]  # the translation folds
+    assert len(bundle.test) == 2000 and {r.id for r in bundle.test} == {
+        f"digit_{i:05d}" for i in np.concatenate([folds["val"], folds["test"]])
+    }
+    r = bundle.train[5]
+    i = int(folds["train"][5])
+    assert r.mask is None and r.label == int(labels[i]) and r.image.shape == (1, 28, 28)
+    np.testing.assert_array_equal(r.image[0], images[i].astype(np.float32) / 255)

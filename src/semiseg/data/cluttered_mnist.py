@@ -36,18 +36,13 @@ from pathlib import Path
 import numpy as np
 
 from semiseg.config import DataConfig
+from semiseg.data.mnist import FOLD_SEED, FOLD_SIZES, FOLDS, mnist_folds
 from semiseg.data.records import DatasetBundle, Record
 from semiseg.data.registry import register_dataset
 from semiseg.errors import DataError
 
 #: name → (image side, clutter pieces per image) (paper, Table 1)
 VARIANTS: dict[str, tuple[int, int]] = {"48-simple": (48, 8), "48-hard": (48, 24), "128": (128, 80)}
-#: seed of the fold definition, shared by every generated set and the SSLDEC tables (the image
-#: generator's own seed changes the images, not which digits are in which fold)
-FOLD_SEED = 0
-#: digits per fold (train, val, test) drawn from the 10,000 MNIST test digits
-FOLD_SIZES: tuple[int, int, int] = (8000, 1000, 1000)
-FOLDS: tuple[str, str, str] = ("train", "val", "test")
 #: side of a clutter crop (pixels)
 CROP = 10
 #: a digit's pixels above this (in [0, 1]) are its segmentation mask
@@ -56,23 +51,6 @@ MASK_THRESHOLD = 0.5
 DITHER_MEAN, DITHER_STD = 0.7, 0.33
 #: domain ids of the generator streams
 PRESENT, ABSENT = 0, 1
-
-
-def mnist_folds(num_digits: int, seed: int = 0, sizes: Sequence[int] = FOLD_SIZES) -> dict[str, np.ndarray]:
-    """Digit indices of the train / val / test folds: consecutive slices of one seeded permutation.
-
-    Examples:
-        >>> folds = mnist_folds(10, seed=0, sizes=(6, 2, 2))
-        >>> [len(folds[f]) for f in FOLDS], sorted(np.concatenate(list(folds.values())).tolist()) == list(range(10))
-        ([6, 2, 2], True)
-    """
-    if len(sizes) != len(FOLDS) or any(s < 1 for s in sizes):
-        raise ValueError(f"fold sizes must be three positive counts, got {list(sizes)}")
-    if sum(sizes) > num_digits:
-        raise ValueError(f"fold sizes {list(sizes)} need {sum(sizes)} digits, only {num_digits} given")
-    order = np.random.default_rng(np.random.SeedSequence([seed, 0x4D4E])).permutation(num_digits)
-    bounds = np.cumsum([0, *sizes])
-    return {f: np.sort(order[bounds[i] : bounds[i + 1]]) for i, f in enumerate(FOLDS)}
 
 
 def dither(canvas: np.ndarray, rng: np.random.Generator) -> np.ndarray:

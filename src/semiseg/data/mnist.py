@@ -16,6 +16,7 @@ import gzip
 import os
 import struct
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,31 @@ def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
             f"file has {len(data) - header_size}",
         )
     return np.frombuffer(data, dtype=np.uint8, offset=header_size).reshape(dims)
+
+
+#: seed of the MNIST fold definition, shared by the cluttered-MNIST sets (issue 12) and the SSLDEC
+#: tables (the cluttered generator's own seed changes the images, not which digits are in which fold)
+FOLD_SEED = 0
+#: digits per fold (train, val, test) drawn from the 10,000 MNIST test digits
+FOLD_SIZES: tuple[int, int, int] = (8000, 1000, 1000)
+FOLDS: tuple[str, str, str] = ("train", "val", "test")
+
+
+def mnist_folds(num_digits: int, seed: int = 0, sizes: Sequence[int] = FOLD_SIZES) -> dict[str, np.ndarray]:
+    """Digit indices of the train / val / test folds: consecutive slices of one seeded permutation.
+
+    Examples:
+        >>> folds = mnist_folds(10, seed=0, sizes=(6, 2, 2))
+        >>> [len(folds[f]) for f in FOLDS], sorted(np.concatenate(list(folds.values())).tolist()) == list(range(10))
+        ([6, 2, 2], True)
+    """
+    if len(sizes) != len(FOLDS) or any(s < 1 for s in sizes):
+        raise ValueError(f"fold sizes must be three positive counts, got {list(sizes)}")
+    if sum(sizes) > num_digits:
+        raise ValueError(f"fold sizes {list(sizes)} need {sum(sizes)} digits, only {num_digits} given")
+    order = np.random.default_rng(np.random.SeedSequence([seed, 0x4D4E])).permutation(num_digits)
+    bounds = np.cumsum([0, *sizes])
+    return {f: np.sort(order[bounds[i] : bounds[i + 1]]) for i, f in enumerate(FOLDS)}
 
 
 def _read_part(root: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
@@ -149,3 +175,44 @@ def load_mnist(root: str | os.PathLike, *, foreground_threshold: float = 0.5) ->
 @register_dataset("mnist", folder="mnist")
 def _load(cfg: DataConfig, path: Path | None) -> DatasetBundle:
     return load_mnist(path)
+
+
+def load_mnist_digits(root: str | os.PathLike) -> DatasetBundle:
+    """MNIST digit classification from the IDX test split: the 8,000 digits of the shared train fold
+    (:func:`mnist_folds`, :data:`FOLD_SEED`) train; the val and test folds together (2,000 digits) are
+    the test set (SSLDEC's protocol here); no validation set (``data.split.val_from_labeled`` carves
+    it from the labeled draw).
+
+    Returns:
+        Bundle ``mnist_digits``: task ``classify``, 10 classes, 1 input channel, records ``[1, 28, 28]``
+        in [0, 1] with the digit as ``label`` and no mask.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(root, "MNIST folder not found")
+    raw, labels = _read_part(root, "t10k")
+    images = (raw.astype(np.float32) / 255.0)[:, None]
+    source = str(root / "t10k-images-idx3-ubyte.gz")
+    folds = mnist_folds(len(images), FOLD_SEED)
+
+    def records(indices) -> list[Record]:
+        return [
+            Record(f"digit_{i:05d}", images[i], None, label=int(labels[i]), source=source) for i in indices
+        ]
+
+    return DatasetBundle(
+        name="mnist_digits",
+        num_classes=10,
+        in_channels=1,
+        train=records(folds["train"]),
+        val=None,
+        test=records(np.concatenate([folds["val"], folds["test"]])),
+        class_names=[str(d) for d in range(10)],
+        task="classify",
+    )
+
+
+@register_dataset("mnist_digits", folder="mnist")
+def _load_digits(cfg: DataConfig, path: Path | None) -> DatasetBundle:
+    """``data.dataset: mnist_digits``: digit classification (:func:`load_mnist_digits`)."""
+    return load_mnist_digits(path)

@@ -26,32 +26,47 @@ class ModelTester:
     in_channels = 1
     num_classes = 3
     features = True  #: exposes ``encode`` / ``decode`` (feature perturbation, heads on features)
+    per_pixel = True  #: scores per pixel ``[B, K, H, W]``; False: one per image ``[B, K]`` (classifiers)
+    sizes = SIZES  #: input sizes of the shape / gradient tests
+
+    def out_shape(self, batch: int, hw) -> tuple[int, ...]:
+        return (batch, self.num_classes, *hw) if self.per_pixel else (batch, self.num_classes)
+
+    head = "linear"
 
     def build(self, seed: int = 0) -> torch.nn.Module:
         torch.manual_seed(seed)
         cfg = ModelConfig(
-            name=self.name, width=self.width, depth=self.depth, norm=self.norm, dropout=self.dropout
+            name=self.name,
+            width=self.width,
+            depth=self.depth,
+            norm=self.norm,
+            dropout=self.dropout,
+            head=self.head,
         )
         return build_model(cfg, self.in_channels, self.num_classes)
 
     def inputs(self, hw, batch: int = 2, seed: int = 1) -> torch.Tensor:
         return torch.randn(batch, self.in_channels, *hw, generator=torch.Generator().manual_seed(seed))
 
-    @pytest.mark.parametrize("hw", SIZES, ids=lambda hw: f"{hw[0]}x{hw[1]}")
-    def test_forward_shape(self, hw):
+    @pytest.mark.parametrize("size", range(3))
+    def test_forward_shape(self, size):
+        hw = self.sizes[size % len(self.sizes)]
         model = self.build()
         out = model(self.inputs(hw))
-        assert out.shape == (2, self.num_classes, *hw)
+        assert out.shape == self.out_shape(2, hw)
         assert out.dtype == torch.float32 and torch.isfinite(out).all()
         model.eval()
         with torch.no_grad():
-            assert model(self.inputs(hw)).shape == (2, self.num_classes, *hw)
+            assert model(self.inputs(hw)).shape == self.out_shape(2, hw)
 
-    @pytest.mark.parametrize("hw", SIZES, ids=lambda hw: f"{hw[0]}x{hw[1]}")
-    def test_every_parameter_gets_a_gradient(self, hw):
+    @pytest.mark.parametrize("size", range(3))
+    def test_every_parameter_gets_a_gradient(self, size):
+        hw = self.sizes[size % len(self.sizes)]
         model = self.build()
         x = self.inputs(hw).requires_grad_(True)
-        target = torch.randint(0, self.num_classes, (2, *hw), generator=torch.Generator().manual_seed(2))
+        target = torch.randint(0, self.num_classes, self.out_shape(2, hw)[:1] + self.out_shape(2, hw)[2:],
+                               generator=torch.Generator().manual_seed(2))  # fmt: skip
         F.cross_entropy(model(x), target).backward()
         missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
         assert not missing, f"parameters without gradient: {missing}"
@@ -62,7 +77,7 @@ class ModelTester:
         a = self.build(seed=0)
         # one training step so that normalisation statistics and weights differ from the initial ones
         opt = torch.optim.SGD(a.parameters(), lr=0.1)
-        x = self.inputs((32, 32))
+        x = self.inputs(self.sizes[0])
         a(x).square().mean().backward()
         opt.step()
         buffer = io.BytesIO()
@@ -71,7 +86,7 @@ class ModelTester:
         b = self.build(seed=1)
         a.eval()
         b.eval()
-        probe = self.inputs((32, 32), seed=5)
+        probe = self.inputs(self.sizes[0], seed=5)
         with torch.no_grad():
             assert not torch.equal(a(probe), b(probe))
         b.load_state_dict(torch.load(buffer, weights_only=True))
@@ -100,7 +115,7 @@ class ModelTester:
 
     def test_eval_output_does_not_depend_on_the_batch(self):
         model = self.build().eval()
-        x = self.inputs((32, 32), batch=3)
+        x = self.inputs(self.sizes[0], batch=3)
         with torch.no_grad():
             together = model(x)
             alone = torch.cat([model(x[i : i + 1]) for i in range(3)])
@@ -169,3 +184,46 @@ def test_every_registered_model_has_a_tester():
 def test_unknown_model_name():
     with pytest.raises(ConfigError, match="unknown model 'resnet'.*known: .*unet"):
         build_model(ModelConfig(name="resnet"), 1, 2)
+
+
+# ------------------------------------------------------------------------------ image classifiers
+CLASSIFIER_SIZES = [(28, 28), (32, 32), (17, 23)]
+
+
+class TestSSLDECNet(ModelTester):
+    name = "ssldec_cnn"
+    width = 4
+    dropout = 0.0
+    num_classes = 10
+    features = False
+    per_pixel = False
+    sizes = CLASSIFIER_SIZES
+
+    def test_the_papers_width_has_the_figure_2_layers(self):
+        from semiseg.models.classifier import SSLDECNet
+
+        net = SSLDECNet(1, 10, width=128, dropout=0.25)
+        convs = [m.out_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert convs == [128, 128, 128, 256, 256, 256, 512, 256, 128]
+        dense = [(m.in_features, m.out_features) for m in net.modules() if isinstance(m, torch.nn.Linear)]
+        assert dense == [(1152, 128), (128, 10)]
+        assert sum(isinstance(m, torch.nn.Dropout) for m in net.modules()) == 9  # after every conv
+
+
+class TestSSLDECNetClustering(TestSSLDECNet):
+    head = "clustering"  # the embedding through an ELU (Fig. 2), then the clustering head: log q
+
+    def test_output_is_log_q(self):
+        out = self.build().eval()(self.inputs((28, 28)))
+        torch.testing.assert_close(out.exp().sum(1), torch.ones(2))
+
+
+class TestMLP(ModelTester):
+    name = "mlp"
+    width = 10
+    depth = 4
+    in_channels = 2
+    num_classes = 2
+    features = False
+    per_pixel = False
+    sizes = [(1, 1)]  # a 2-D point as a 1x1 image with 2 channels

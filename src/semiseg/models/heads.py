@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from semiseg.ops import student_t_log_assignment
 
-__all__ = ["Clustered", "ClusteringHead"]
+__all__ = ["Clustered", "ClusteredFeatures", "ClusteringHead", "clustered"]
 
 CENTROID_INITS = ("glorot", "normal")
 
@@ -55,10 +55,16 @@ class ClusteringHead(nn.Module):
         return student_t_log_assignment(z, self.centroids, self.alpha)
 
 
+def clustered(backbone: nn.Module, head: ClusteringHead) -> nn.Module:
+    """``backbone`` followed by ``head``: a :class:`ClusteredFeatures` when the backbone exposes
+    ``encode`` / ``decode``, else a :class:`Clustered`."""
+    has_features = hasattr(backbone, "encode") and hasattr(backbone, "decode")
+    return (ClusteredFeatures if has_features else Clustered)(backbone, head)
+
+
 class Clustered(nn.Module):
     """``backbone`` followed by a :class:`ClusteringHead` on its output, used as the embedding (SSLDEC:
-    the last layer's K activations, one centroid per class). ``encode`` / ``decode`` pass through to the
-    backbone (feature perturbations keep working), ``decode`` adding the head.
+    the last layer's K activations, one centroid per class).
 
     Shape:
         ``[B, C, *S]`` → log q ``[B, K, *S]`` (per pixel for a segmenter, ``[B, K]`` for a classifier).
@@ -70,6 +76,11 @@ class Clustered(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
+
+
+class ClusteredFeatures(Clustered):
+    """:class:`Clustered` whose ``encode`` / ``decode`` pass through to the backbone (feature
+    perturbations keep working), ``decode`` adding the head."""
 
     def encode(self, x: torch.Tensor):
         return self.backbone.encode(x)

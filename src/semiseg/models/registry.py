@@ -25,10 +25,10 @@ register_model = MODELS.register
 def build_model(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
     """The network named ``cfg.name``; an unknown name raises a ConfigError naming ``model.name``.
     With ``model.head: clustering`` its output feeds a clustering head (one centroid per output
-    channel), :class:`~semiseg.models.heads.Clustered`."""
+    channel), :func:`~semiseg.models.heads.clustered`."""
     net = MODELS.get(cfg.name, where="model.name")(cfg, in_channels, out_channels)
     if cfg.head == "clustering":
-        from semiseg.models.heads import Clustered, ClusteringHead
+        from semiseg.models.heads import ClusteringHead, clustered
 
-        net = Clustered(net, ClusteringHead(out_channels, out_channels, cfg.alpha, cfg.centroid_init))
+        net = clustered(net, ClusteringHead(out_channels, out_channels, cfg.alpha, cfg.centroid_init))
     return net

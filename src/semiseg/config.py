@@ -112,11 +112,11 @@ class DataConfig:
     #: images min-max per image to [0, 1]; "minmax" / "percentile" (0.5–99.5, clipped) to [0, 1] or
     #: "zscore" per image; "none" = raw stored values. Other datasets accept "auto" only.
     intensity: Literal["auto", "minmax", "percentile", "zscore", "none"] = "auto"
-    num_images: int = 120  #: generated "shapes" set size
+    num_images: int = 120  #: generated sets: "shapes" images, "moons" points
     shapes_classes: int = 3  #: generated "shapes" set: classes incl. background
     #: generated "cluttered_mnist" set: 48-simple, 48-hard or 128 (image side, clutter pieces)
     variant: Literal["48-simple", "48-hard", "128"] = "48-hard"
-    generator_seed: int = 0  #: generated sets ("cluttered_mnist"): seed of the folds and images
+    generator_seed: int = 0  #: generated sets ("cluttered_mnist", "moons"): seed of the images / points
     split: SplitConfig = field(default_factory=SplitConfig)
 
 
@@ -453,7 +453,13 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     def bad(key: str, why: str) -> None:
         raise ConfigError(f"{source}: '{key}' {why}")
 
-    if len(cfg.data.image_size) != 2 or min(cfg.data.image_size) < 8:
+    if cfg.data.dataset == "moons":  # points: 1x1 "images" with 2 channels
+        if list(cfg.data.image_size) != [1, 1]:
+            bad(
+                "data.image_size",
+                "must be [1, 1] for dataset 'moons' (a point is a 1x1 image with 2 channels)",
+            )
+    elif len(cfg.data.image_size) != 2 or min(cfg.data.image_size) < 8:
         bad("data.image_size", "must be [H, W] with both at least 8")
     if cfg.data.num_classes is not None and not 2 <= cfg.data.num_classes < IGNORE_INDEX:
         bad("data.num_classes", f"must be in 2..{IGNORE_INDEX - 1} ({IGNORE_INDEX} is the ignore label)")

@@ -36,3 +36,28 @@ def test_bad_arguments():
         make_moons(1)
     with pytest.raises(ValueError, match="noise"):
         make_moons(10, noise=-1)
+
+
+def test_moons_dataset_is_a_classification_bundle_of_points():
+    from semiseg.config import build_config
+    from semiseg.data import prepare_data
+    from semiseg.data.moons import load_moons
+    from semiseg.errors import ConfigError
+
+    bundle = load_moons(100, seed=2)
+    assert bundle.task == "classify" and bundle.in_channels == 2 and bundle.num_classes == 2
+    x, y = make_moons(100, 0.1, seed=2)
+    np.testing.assert_array_equal(np.stack([r.image[:, 0, 0] for r in bundle.train]), x)
+    assert [r.label for r in bundle.train] == y.tolist() and all(r.mask is None for r in bundle.train)
+    fresh, _ = make_moons(100, 0.1, seed=3)  # the test set is a fresh draw
+    np.testing.assert_array_equal(np.stack([r.image[:, 0, 0] for r in bundle.test]), fresh)
+    raw = {"data": {"dataset": "moons", "image_size": [1, 1], "num_images": 100,
+                    "split": {"supervision": "class", "labeled": 8, "balanced": True}},
+           "model": {"name": "mlp"}, "method": {"name": "supervised"}}  # fmt: skip
+    data = prepare_data(build_config(raw, []))
+    assert (
+        data.labeled.images.shape == (8, 2, 1, 1)
+        and sorted(data.labeled.labels.tolist()) == [0] * 4 + [1] * 4
+    )
+    with pytest.raises(ConfigError, match=r"data.image_size' must be \[1, 1\] for dataset 'moons'"):
+        build_config(raw, ["data.image_size=[8,8]"])

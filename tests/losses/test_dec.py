@@ -197,3 +197,33 @@ def test_bad_alpha_is_a_config_error():
     assert build_config(raw, []).model.head == "clustering"
     with pytest.raises(ConfigError, match=r"'model.alpha' must be a finite number > 0"):
         build_config(raw, ["model.alpha=0"])
+
+
+def test_dec_regularizer_pulls_q_toward_the_batch_target_distribution():
+    from semiseg.config import ModelConfig
+    from semiseg.core import Batch
+    from semiseg.losses.dec import DECSpec
+    from semiseg.methods import build_method
+
+    spec = DECSpec(weight=0.5)
+    assert spec.name == "dec" and spec.streams == ["unlabeled"]
+    g = torch.Generator().manual_seed(6)
+    logits = torch.randn(2, 3, 4, 4, generator=g, requires_grad=True)
+    batch = Batch.of(torch.rand(2, 1, 4, 4, generator=g))
+    value = spec.loss(logits, batch)
+    q = logits.detach().softmax(1)
+    want = dec_kl(logits.log_softmax(1), target_distribution(q, cluster_frequency(q)))
+    torch.testing.assert_close(value, want)
+    value.backward()
+    assert logits.grad.abs().sum() > 0
+    # a clustering head's output is log q: the regulariser reads the same q
+    log_q = student_t_log_assignment(torch.randn(5, 2, generator=g), torch.randn(3, 2, generator=g))
+    torch.testing.assert_close(log_q.log_softmax(1), log_q)
+    # composes with any method from config (mean teacher here), on the unlabeled stream only
+    method = build_method({"name": "mean_teacher", "regularizers": [{"name": "dec", "weight": 0.1}]},
+                          ModelConfig(width=4, depth=2, head="clustering"), in_channels=1, num_classes=3)  # fmt: skip
+    assert method.regularizer_streams() == ("unlabeled",)
+    labeled = Batch.of(torch.rand(2, 1, 16, 16, generator=g), torch.randint(0, 3, (2, 16, 16), generator=g))
+    unlabeled = Batch.of(torch.rand(3, 1, 16, 16, generator=g))
+    out = method.training_step({"labeled": labeled, "unlabeled": unlabeled}, "train", "main")
+    assert "reg/dec" in out and torch.isfinite(out["reg/dec"]) and out["reg/dec"] > 0

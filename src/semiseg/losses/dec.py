@@ -15,10 +15,17 @@ writes a sum), ``"sum"``, or ``"none"``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch.nn as nn
 
-__all__ = ["DECLoss", "DECTarget", "cluster_frequency", "dec_kl", "target_distribution"]
+from semiseg.core import Batch
+from semiseg.losses.regularizers import RegularizerSpec, register_regularizer
+from semiseg.parallel import batch_sum
+
+__all__ = ["DECLoss", "DECSpec", "DECTarget", "cluster_frequency", "dec_kl", "target_distribution"]
 
 
 def cluster_frequency(q: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -121,3 +128,30 @@ class DECLoss(nn.Module):
         self, log_q: torch.Tensor, p: torch.Tensor, weight: torch.Tensor | None = None
     ) -> torch.Tensor:
         return dec_kl(log_q, p, weight, self.reduction, self.dim)
+
+
+@register_regularizer("dec")
+@dataclass
+class DECSpec(RegularizerSpec):
+    """Spec of the ``dec`` regulariser: KL(P ‖ Q) of the segmenter's (or classifier's) q toward DEC's
+    target distribution P computed from the detached q of the same batch, with the cluster frequency
+    f over the batch (all processes' under DDP). q = softmax of the logits, so it works on a plain
+    softmax (a sharpening, class-balancing prior) and on a clustering head (``model.head:
+    clustering``, whose output is log q). Per pixel for segmenters, per image for classifiers.
+
+    ``method.regularizers: [{name: dec, weight: 0.1, streams: [unlabeled]}]``
+    """
+
+    streams: list[Literal["labeled", "unlabeled"]] = None  # type: ignore[assignment]
+    reduction: Literal["mean", "sum"] = "mean"
+
+    def __post_init__(self) -> None:
+        if self.streams is None:
+            self.streams = ["unlabeled"]  # DEC's targets are for the images without labels
+        super().__post_init__()
+
+    def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        log_q = logits.log_softmax(dim=1)
+        q = log_q.detach().exp()
+        p = target_distribution(q, batch_sum(cluster_frequency(q)))
+        return dec_kl(log_q, p, reduction=self.reduction)

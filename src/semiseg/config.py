@@ -133,6 +133,10 @@ class ModelConfig:
     head: Literal["linear", "clustering"] = "linear"
     alpha: float = 1.0  #: clustering head: degrees of freedom of the Student-t kernel
     centroid_init: Literal["glorot", "normal"] = "glorot"  #: clustering head: centroids' initialisation
+    #: weights of the convolutions and dense layers: "default" = PyTorch's (Kaiming-uniform, a = √5),
+    #: "glorot" = Keras's (Glorot-uniform U(−l, l), l = √(6 / (fan_in + fan_out)), zero biases), for
+    #: networks from papers written in Keras (SSLDEC, IODA)
+    init: Literal["default", "glorot"] = "default"
 
 
 @dataclass
@@ -146,6 +150,9 @@ class AugmentConfig:
     brightness: float = 0.0  #: additive shift drawn from U(-b, b)
     contrast: float = 0.0  #: multiplicative factor drawn from U(1-c, 1+c)
     noise_std: float = 0.0
+    #: integer shift of up to this many pixels along H and along W (each drawn from −t … t), zero
+    #: fill (the mask's vacated pixels are unlabeled); e.g. SSLDEC's 1-pixel MNIST translations
+    translate_px: int = 0
 
 
 @dataclass
@@ -493,6 +500,8 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         bad("train.lr", "must be positive")
     if len(t.augment.scale) != 2 or not 0 < t.augment.scale[0] <= t.augment.scale[1]:
         bad("train.augment.scale", "must be [min, max] with 0 < min <= max")
+    if t.augment.translate_px < 0:
+        bad("train.augment.translate_px", "must be >= 0")
     _validate_strong(t.strong_augment, bad)
     if cfg.model.width < 1 or cfg.model.depth < 0:
         bad("model.width/depth", "must be positive")

@@ -339,3 +339,65 @@ def test_last_checkpoint_scores_are_summarised_beside_the_best(tmp_path, monkeyp
     assert with_last["last"]["mean"] == pytest.approx(sum(lasts) / 2, abs=1e-3)
     md = (tmp_path / "r" / "tiny-last.md").read_text()
     assert "last checkpoint (mean ± std)" in md and "| supervised | dense |" in md
+
+
+def test_rows_on_another_data_config_train_on_their_own_dataset(tmp_path, monkeypatch):
+    # e.g. cluttered MNIST 48x48 and 128x128 rows of one table: each run gets the dataset of its own
+    # data settings, loaded once per data config (the split does not count)
+    table = simple_table(write_recipe(tmp_path / "tiny.yaml"), "tiny-data",
+                         [Row("supervised", "few", {"data.num_images": 24}),
+                          Row("supervised", "few, other split", {"data.num_images": 24, "data.split.labeled": 5}),
+                          Row("supervised", "many", {"data.num_images": 30})], quick_seeds=[0])  # fmt: skip
+    seen = []
+    real = engine_run_train()
+
+    def recording(cfg, **kwargs):
+        seen.append((cfg.data.num_images, len(kwargs["bundle"].train), id(kwargs["bundle"])))
+        return real(cfg, **kwargs)
+
+    Spy(monkeypatch, train=recording)
+    with registered(table):
+        run_table("tiny-data", quick=True, results_dir=tmp_path / "r", work_dir=tmp_path / "w")
+    (n1, size1, id1), (n2, size2, id2), (n3, size3, id3) = seen
+    assert id1 == id2 and id1 != id3  # one load per data config
+    assert size1 == size2 < size3
+
+
+def engine_run_train():
+    from semiseg.engine import run as engine_run
+
+    return engine_run.train
+
+
+def test_ensemble_rows_average_the_members_of_one_pinned_draw(tmp_path, monkeypatch):
+    members = Row("supervised", "members", {"train.eval_last": True}, draw=0)
+    ensemble = Row("supervised, ensemble", "members", postprocess="ensemble", reuse=members.key)
+    table = simple_table(write_recipe(tmp_path / "tiny.yaml"), "tiny-ens", [members, ensemble], quick_seeds=[0, 1, 2],
+                         score="last")  # fmt: skip
+    spy = Spy(monkeypatch)
+    with registered(table):
+        results = run_table("tiny-ens", quick=True, results_dir=tmp_path / "r", work_dir=tmp_path / "w")
+    assert [(c.data.split.draw, c.train.seed) for c, _ in spy.trained] == [(0, 0), (0, 1), (0, 2)]
+    assert results["provenance"]["config"]["row_draws"] == {members.key: 0}
+    row = results["rows"][1]
+    assert row["n_runs"] == 1 and row["std"] is None  # one ensemble: a single value
+    run = runs_of(results, ensemble.key)[0]
+    assert run["status"] == "ensembled" and len(run["members"]) == 3 and run["checkpoint"] == "last.pt"
+    assert run["seed"] == [0, 1, 2]
+
+
+def test_an_ensemble_of_one_equals_its_member_and_last_scores_need_eval_last(tmp_path, monkeypatch):
+    members = Row("supervised", "members", {"train.eval_last": True}, draw=0)
+    ensemble = Row("supervised, ensemble", "members", postprocess="ensemble", reuse=members.key)
+    table = simple_table(write_recipe(tmp_path / "tiny.yaml"), "tiny-ens1", [members, ensemble], quick_seeds=[0],
+                         score="last")  # fmt: skip
+    Spy(monkeypatch)
+    with registered(table):
+        results = run_table("tiny-ens1", quick=True, results_dir=tmp_path / "r", work_dir=tmp_path / "w")
+    member, single = runs_of(results, members.key)[0], runs_of(results, ensemble.key)[0]
+    assert single["test"] == pytest.approx(member["test"], abs=1e-9)
+    assert "test_last" not in member  # the last state is the row's value, not a second column
+    no_last = simple_table(write_recipe(tmp_path / "tiny2.yaml"), "tiny-nolast", [Row("supervised", "x")],
+                           quick_seeds=[0], score="last")  # fmt: skip
+    with registered(no_last), pytest.raises(ConfigError, match="train.eval_last"):
+        run_table("tiny-nolast", quick=True, results_dir=tmp_path / "r2", work_dir=tmp_path / "w2")

@@ -55,8 +55,9 @@ def disc(spatial, radius, centre=None):
         AugmentConfig(rotate_degrees=30),
         AugmentConfig(scale=[0.7, 1.4]),
         AugmentConfig(brightness=0.2, contrast=0.3, noise_std=0.1),
+        AugmentConfig(translate_px=2),
     ],
-    ids=["hflip", "vflip", "dflip", "rot90", "rotate", "scale", "photometric"],
+    ids=["hflip", "vflip", "dflip", "rot90", "rotate", "scale", "photometric", "translate"],
 )
 def test_every_augmentation_keeps_shapes_in_2d_and_3d(dims, cfg):
     image, mask = sample(SHAPES[dims])
@@ -226,3 +227,34 @@ def test_strong_generators_are_deterministic_and_distinct():
     assert first(view_rngs(0, 1, 2, 3)) == first(view_rngs(0, 1, 2, 3))
     values = first(view_rngs(0, 1, 2, 3)) + first(view_rngs(0, 1, 3, 3)) + [sample_rng(0, 1, 2).random()]
     assert len(set(values)) == len(values)
+
+
+# ------------------------------------------------------------------------------------------ translations
+@pytest.mark.parametrize("dims", list(SHAPES))
+def test_integer_shift_moves_content_and_unlabels_the_vacated_pixels(dims):
+    image, mask = sample(SHAPES[dims])
+    out, m = apply_geometric(image, mask, Geometric(shift=(1, -2)))
+    assert torch.equal(out[..., 1:, :-2], image[..., :-1, 2:]) and torch.equal(m[..., 1:, :-2], mask[..., :-1, 2:])
+    assert (out[..., 0, :] == 0).all() and (out[..., -2:] == 0).all()
+    assert (m[..., 0, :] == IGNORE_INDEX).all() and (m[..., -2:] == IGNORE_INDEX).all()
+
+
+def test_translations_are_drawn_last_and_in_range():
+    base = AugmentConfig(hflip=True, rot90=True, brightness=0.1)
+    shifted = AugmentConfig(hflip=True, rot90=True, brightness=0.1, translate_px=1)
+    image, mask = sample((16, 16))
+    nan = torch.full((3,), float("nan"))
+    seen = set()
+    for position in range(40):
+        a, ma, _ = augment(image, mask, nan, base, sample_rng(0, 0, position))
+        b, mb, _ = augment(image, mask, nan, shifted, sample_rng(0, 0, position))
+        rng = sample_rng(0, 0, position)  # replay: the other draws are those of the unshifted view
+        draw_geometric(base, rng, (16, 16))
+        rng.uniform(-0.1, 0.1)  # brightness
+        dy, dx = int(rng.integers(-1, 2)), int(rng.integers(-1, 2))
+        seen.add((dy, dx))
+        expected, em = apply_geometric(a, ma, Geometric(shift=(dy, dx)))
+        vacated = em == IGNORE_INDEX  # brightness is added after the shift, to vacated pixels too
+        torch.testing.assert_close(b[:, ~vacated], expected[:, ~vacated])
+        assert torch.equal(mb, em)
+    assert len(seen) == 9  # every shift in {-1, 0, 1}^2 occurs

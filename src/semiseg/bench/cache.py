@@ -63,6 +63,33 @@ def run_key(source: str, config: dict[str, Any], seed: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+class Bundles:
+    """The datasets of a table's runs, each loaded once: one per data config (every ``data.*`` setting
+    but the split, which only selects among a dataset's items), so rows on other datasets or variants
+    (e.g. cluttered MNIST 48x48 and 128x128, moons and MNIST) each get their own.
+
+    ``bundles(cfg.data)`` → the :class:`~semiseg.data.records.DatasetBundle` of that data config.
+    """
+
+    def __init__(self, data_root: str | None = None):
+        self.data_root = data_root
+        self.loaded: dict[str, Any] = {}
+
+    @staticmethod
+    def key(data_cfg) -> str:
+        from semiseg.config import to_dict
+
+        return json.dumps({k: v for k, v in to_dict(data_cfg).items() if k != "split"}, sort_keys=True)
+
+    def __call__(self, data_cfg):
+        key = self.key(data_cfg)
+        if key not in self.loaded:
+            from semiseg.data import load_bundle
+
+            self.loaded[key] = load_bundle(data_cfg, self.data_root)
+        return self.loaded[key]
+
+
 class RunCache:
     """Runs of one source hash under ``root`` (``<work_dir>/cache``).
 
@@ -71,13 +98,20 @@ class RunCache:
         source: The training-code hash every run of this cache is trained with.
         commit: The current git commit (recorded in each run).
         data_root: Passed to training; recorded.
-        bundle: The dataset, loaded once for all runs.
+        bundles: The datasets of the runs, each loaded once (:class:`Bundles`); None = every run loads
+            its own.
     """
 
-    def __init__(self, root: Path, source: str, commit: str, data_root: str | None = None, bundle=None):
+    def __init__(
+        self, root: Path, source: str, commit: str, data_root: str | None = None, bundles: Bundles | None = None
+    ):
         self.root, self.source, self.commit = Path(root), source, commit
-        self.data_root, self.bundle = data_root, bundle
+        self.data_root, self.bundles = data_root, bundles
         self.counts = {"trained": 0, "resumed": 0, "reused": 0}
+
+    def bundle(self, cfg):
+        """The dataset of run ``cfg`` (None: training loads it)."""
+        return self.bundles(cfg.data) if self.bundles is not None else None
 
     def key(self, cfg) -> str:
         from semiseg.config import to_dict
@@ -149,7 +183,7 @@ class RunCache:
         t0 = time.perf_counter()
         try:
             result = engine_run.train(
-                cfg, data_root=self.data_root, output_dir=out, bundle=self.bundle, resume=resume
+                cfg, data_root=self.data_root, output_dir=out, bundle=self.bundle(cfg), resume=resume
             )
         finally:  # an interrupted session's time still counts
             record["seconds"] = round(record["seconds"] + time.perf_counter() - t0, 1)

@@ -19,7 +19,7 @@ def comparison_figure(
 
     loaded = {title: load_trained(d / "best.pt") for title, d in panels}
     first_cfg = next(iter(loaded.values()))[1]
-    every = prepare_data(first_cfg, ctx.data_root, bundle=ctx.bundle).test
+    every = prepare_data(first_cfg, ctx.data_root, bundle=ctx.cache.bundle(first_cfg)).test
     test = every[:: max(1, len(every) // n_images)][:n_images]  # spread over the test set
     num_classes = next(iter(loaded.values()))[2]["num_classes"]
     compare_models({t: (m, cfg) for t, (m, cfg, _) in loaded.items()}, test, path, num_classes)

@@ -17,6 +17,7 @@ the same command again once they are finished to write the table (from the cache
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import time
@@ -26,7 +27,7 @@ from typing import Any
 
 from semiseg.bench import provenance as prov
 from semiseg.bench import timing
-from semiseg.bench.cache import RunCache
+from semiseg.bench.cache import Bundles, RunCache
 from semiseg.bench.lock import EXIT_BUSY, RunBusy, describe
 from semiseg.bench.render import write_results
 from semiseg.bench.spec import Row, Table, Tuning, get_table
@@ -80,7 +81,7 @@ class BenchContext:
     data_root: str | None
     results_dir: Path
     work_dir: Path  #: ``<work_dir>/<table>``: the table's index of its runs
-    bundle: Any
+    bundle: Any  #: the first row's dataset (``cache.bundle(cfg)`` gives any run's)
     cache: RunCache
     run_dirs: dict[tuple[str, int], Path] = field(default_factory=dict)  #: (row key, seed) → run folder
     tuned: dict[str, Any] | None = field(default_factory=dict)  #: None while the tuning is pending
@@ -110,7 +111,8 @@ def row_config(
 
     values = {**row.overrides, **(row.quick_overrides if quick else {}), **(extra or {})}
     overrides = [f"{k}={json.dumps(v)}" for k, v in values.items()]
-    overrides += [f"data.split.draw={seed}", f"train.seed={seed}", "train.progress=false", *(user or [])]
+    draw = seed if row.draw is None else row.draw
+    overrides += [f"data.split.draw={draw}", f"train.seed={seed}", "train.progress=false", *(user or [])]
     recipe = row.recipe or table.recipe
     return build_config(load_yaml(recipe), overrides, quick=quick, source=f"bench {table.name}")
 
@@ -160,7 +162,7 @@ def _postprocessed(ctx: BenchContext, run_dir: Path) -> tuple[float, dict[str, A
         method, cfg, state = load_trained(run_dir / "best.pt")
         device = resolve_device(cfg.train.device)
         method.to(device)
-        data = prepare_data(cfg, ctx.data_root, bundle=ctx.bundle)
+        data = prepare_data(cfg, ctx.data_root, bundle=ctx.cache.bundle(cfg))
         weight, table = tune_mrf_on_validation(method.predict, data.val, cfg.data.image_size, device)
         with torch.no_grad():
             means, _ = evaluate_records(
@@ -178,11 +180,63 @@ def _postprocessed(ctx: BenchContext, run_dir: Path) -> tuple[float, dict[str, A
     return value["test"][ctx.table.metric], {k: value[k] for k in ("mrf_weight", "mrf_tuning_val")}
 
 
+def _ensembled(ctx: BenchContext, row: Row, run_dirs: list[Path]) -> tuple[float, dict[str, Any]]:
+    """Test metric of the mean class probabilities of the models in ``run_dirs`` (their ``best.pt``, or
+    ``last.pt`` when the table scores the last state), computed once and kept with the first run."""
+    checkpoint = "last.pt" if ctx.table.score == "last" else "best.pt"
+
+    def compute() -> dict[str, Any]:
+        import torch
+
+        from semiseg.data import prepare_data
+        from semiseg.engine.distributed import resolve_device
+        from semiseg.engine.evaluate import evaluate_split
+        from semiseg.engine.run import load_trained
+
+        members = [load_trained(d / checkpoint) for d in run_dirs]
+        cfg, state = members[0][1], members[0][2]
+        device = resolve_device(cfg.train.device)
+        models = [m.to(device) for m, _, _ in members]
+
+        def predict(x: torch.Tensor) -> torch.Tensor:  # log of the mean probabilities
+            return torch.stack([m.predict(x).float().softmax(1) for m in models]).mean(0).log()
+
+        data = prepare_data(cfg, ctx.data_root, bundle=ctx.cache.bundle(cfg))
+        with torch.no_grad():
+            means, _ = evaluate_split(predict, data.test, task=data.bundle.task, num_classes=state["num_classes"],
+                                      image_size=cfg.data.image_size, device=device)  # fmt: skip
+        return {"test": means, "members": [str(d) for d in run_dirs], "checkpoint": checkpoint}
+
+    name = "ensemble-" + hashlib.sha256("|".join(d.name for d in run_dirs).encode()).hexdigest()[:12]
+    value, _ = ctx.cache.memo(run_dirs[0], name, compute)
+    return value["test"][ctx.table.metric_of(row)[0]], {"members": value["members"], "checkpoint": checkpoint}
+
+
 def _row_runs(ctx: BenchContext, row: Row, seeds: list[int], configs: dict) -> list[dict[str, Any]]:
     """Train (or post-process) every seed of ``row``; one record per run."""
     from semiseg.config import to_dict
 
     table, runs = ctx.table, []
+    metric = table.metric_of(row)[0]
+    if row.postprocess == "ensemble":
+        members = sorted(s for (k, s) in ctx.run_dirs if k == row.reuse)
+        waiting = [s for s in members if ctx.is_pending(row.reuse, s)]
+        if not members or waiting:
+            ctx.leave(row.key, 0, None, f"waits for the runs of {row.reuse}")
+            return []
+        t0 = time.perf_counter()
+        dirs = [ctx.run_dirs[(row.reuse, s)] for s in members]
+        try:
+            value, info = _ensembled(ctx, row, dirs)
+        except RunBusy as busy:
+            ctx.leave(row.key, 0, dirs[0], _held(busy), busy=True)
+            return []
+        record = ctx.cache.read_record(dirs[0]) or {}
+        info = {**info, "status": "ensembled", "seconds": round(time.perf_counter() - t0, 1)}
+        print(f"[{table.name}] {row.key}: {metric} = {value * table.scale:.2f} (ensemble of {len(dirs)})", flush=True)
+        return [{"method": row.method, "setting": row.setting, "seed": members, "test": value * table.scale, **info,
+                 "run_dir": str(dirs[0]), "git_commit": record.get("git_commit"),
+                 "source_hash": record.get("source_hash")}]  # fmt: skip
     for seed in row.seeds_for(seeds, ctx.quick):
         t0 = time.perf_counter()
         if row.postprocess:
@@ -230,10 +284,15 @@ def _row_runs(ctx: BenchContext, row: Row, seeds: list[int], configs: dict) -> l
                 continue
             run_dir, record = run.run_dir, run.record
             ctx.run_dirs[(row.key, seed)] = run_dir
-            value = run.result["test"][table.metric]
-            last = run.result.get("last", {}).get("test", {}).get(table.metric)
+            value = run.result["test"][metric]
+            last = run.result.get("last", {}).get("test", {}).get(metric)
             info = {"val_best": run.result["best"], "images_per_second": run.result["images_per_second"],
                     "labeled": run.result["labeled"], "status": run.status, "seconds": record["seconds"]}  # fmt: skip
+            if table.score == "last":  # the model as training left it is the row's value
+                if last is None:
+                    raise ConfigError(f"bench {table.name}: row '{row.key}' scores the last state, but its "
+                                      "runs do not evaluate it (set train.eval_last: true)")  # fmt: skip
+                value, last = last, None
             if last is not None:  # train.eval_last: the model as training left it
                 info["test_last"] = last * table.scale
         runs.append(
@@ -241,7 +300,7 @@ def _row_runs(ctx: BenchContext, row: Row, seeds: list[int], configs: dict) -> l
              "run_dir": str(run_dir), "git_commit": record.get("git_commit"),
              "source_hash": record.get("source_hash")}
         )  # fmt: skip
-        print(f"[{table.name}] {row.key} | seed {seed}: {table.metric} = {runs[-1]['test']:.2f} "
+        print(f"[{table.name}] {row.key} | seed {seed}: {metric} = {runs[-1]['test']:.2f} "
               f"({info['status']})", flush=True)  # fmt: skip
     return runs
 
@@ -271,7 +330,6 @@ def run_table(
             is written to ``results_dir``.
     """
     from semiseg.config import to_dict
-    from semiseg.data import load_bundle
     from semiseg.engine.run import peak_memory_mib
 
     table = get_table(name)
@@ -281,8 +339,9 @@ def run_table(
     commit = prov.git_commit()
     overrides = list(overrides or [])
     first = row_config(table, table.rows[0], seeds[0], quick, user=overrides)
-    bundle = load_bundle(first.data, data_root)  # read and validated once for all runs
-    cache = RunCache(Path(work_dir) / "cache", source, commit, data_root, bundle)
+    bundles = Bundles(data_root)  # each dataset read and validated once for all runs
+    bundle = bundles(first.data)
+    cache = RunCache(Path(work_dir) / "cache", source, commit, data_root, bundles)
     ctx = BenchContext(table, quick, data_root, Path(results_dir), Path(work_dir) / name, bundle, cache,
                        overrides=overrides)  # fmt: skip
     tuning = _tune(ctx) if table.tuning else None
@@ -294,7 +353,7 @@ def run_table(
         _write_index(ctx)
         if ctx.pending:  # no table from this process: only go on training
             continue
-        rows_out.append({"method": row.method, "setting": row.setting, "metric": table.metric_label,
+        rows_out.append({"method": row.method, "setting": row.setting, "metric": table.metric_of(row)[1],
                          **summarise([r["test"] for r in row_runs]), "paper": row.paper})  # fmt: skip
         if all("test_last" in r for r in row_runs):
             rows_out[-1]["last"] = {k: v for k, v in summarise([r["test_last"] for r in row_runs]).items()
@@ -313,6 +372,8 @@ def run_table(
             "row_recipes": {r.key: r.recipe for r in table.rows if r.recipe},
             "row_overrides": {r.key: r.overrides for r in table.rows},
             "row_init_from": {r.key: r.init_from for r in table.rows if r.init_from},
+            "row_draws": {r.key: r.draw for r in table.rows if r.draw is not None},
+            "score": table.score,
             "tuned_rows": [r.key for r in table.rows if r.tuned],
             "user_overrides": overrides,
             "resolved_first_seed": configs,

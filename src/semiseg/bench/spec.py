@@ -32,7 +32,9 @@ class Row:
         overrides: Dotted config overrides on top of the table's recipe.
         paper: The paper's number for this line, or None.
         tuned: Apply the overrides chosen by the table's :class:`Tuning`.
-        postprocess: "mrf": no training; post-process the checkpoints of row ``reuse``.
+        postprocess: No training: "mrf" post-processes each seed's checkpoint of row ``reuse``;
+            "ensemble" averages the class probabilities of all of row ``reuse``'s runs (one value,
+            a single run in the statistics).
         reuse: ``method | setting`` of the trained row to post-process.
         seeds: Seeds of this row (default: the table's).
         quick_seeds: Seeds of this row in quick mode (default: ``seeds``, else the table's quick seeds).
@@ -41,6 +43,10 @@ class Row:
             same-seed ``best.pt`` (``train.init``).
         recipe: Built-in recipe of this row (default: the table's), e.g. each method's own recipe
             in a table comparing methods.
+        metric: Test metric key of this row (default: the table's), for tables that mix tasks (e.g.
+            moons accuracy and MNIST error); ``metric_label`` its label.
+        draw: Pin the split's draw (``data.split.draw``) while the seeds vary ``train.seed`` only,
+            e.g. the members of an ensemble trained on one labeled subset. None: draw = seed.
     """
 
     method: str
@@ -55,6 +61,9 @@ class Row:
     init_from: str | None = None
     quick_overrides: dict[str, Any] = field(default_factory=dict)  #: on top of ``overrides`` in quick mode
     recipe: str | None = None
+    metric: str | None = None
+    metric_label: str | None = None
+    draw: int | None = None
 
     @property
     def key(self) -> str:
@@ -92,6 +101,14 @@ class Table:
     tuning: Tuning | None = None
     #: called with the finished :class:`BenchContext`; returns extra provenance (figures, timings)
     extras: Callable[[BenchContext], dict[str, Any]] | None = None
+    #: which model a run's test value is: "best" (``best.pt``, selected on validation) or "last" (the
+    #: model as training left it; the recipes must set ``train.eval_last``), e.g. for methods that do
+    #: not select on validation (SSLDEC, with 10 validation digits)
+    score: str = "best"
+
+    def metric_of(self, row: Row) -> tuple[str, str]:
+        """The test metric key and label of ``row``."""
+        return row.metric or self.metric, row.metric_label or self.metric_label
 
 
 # ------------------------------------------------------------------------------------ catalogue

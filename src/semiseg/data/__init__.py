@@ -90,11 +90,7 @@ def prepare_data(
     from semiseg.data.views import TrainSet
 
     bundle = bundle or load_bundle(cfg.data, data_root)
-    split = make_split(bundle, cfg.data.split)
-    if not split.val:
-        raise DataError(
-            bundle.root or None, f"{bundle.name}: the validation set is empty (raise data.split.val_fraction)"
-        )
+    split = make_split(bundle, cfg.data.split)  # an empty validation set is refused by the trainer
     spec = cfg.data.split
     if spec.val_supervision == "same" and spec.supervision == "sparse":
         split.val = sparsify_records(split.val, spec.sparse_pixels, spec.seed, spec.draw)

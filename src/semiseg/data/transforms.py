@@ -4,7 +4,7 @@ Shapes: an image is ``[C, *S]`` and its mask ``[*S]`` with ``S = (H, W)`` or ``(
 
 A sample's augmentation has two parts, drawn and applied separately:
 
-- **Geometric** (:class:`Geometric`: flips, 90° rotations, rotation, scaling) moves image and mask
+- **Geometric** (:class:`Geometric`: flips, 90° rotations, rotation, scaling, integer shifts) moves image and mask
   together; the mask is resampled with nearest neighbour and pixels that come from outside the image
   become ``IGNORE_INDEX`` (their label is unknown). Region sizes follow the area change of scaling;
   image tags are unchanged. Rotation, 90° rotations and scaling act in the H-W plane (the last two
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -56,12 +56,15 @@ class Geometric:
         rot90: Number of 90° rotations in the H-W plane.
         angle: Rotation in the H-W plane, radians.
         scale: Zoom factor in the H-W plane (> 1 magnifies).
+        shift: Integer shift (H, W) in pixels, applied last; vacated pixels are zero in the image and
+            ``IGNORE_INDEX`` in the mask.
     """
 
     flips: tuple[int, ...] = ()
     rot90: int = 0
     angle: float = 0.0
     scale: float = 1.0
+    shift: tuple[int, int] = (0, 0)
 
     @property
     def resamples(self) -> bool:
@@ -133,7 +136,36 @@ def apply_geometric(
         image, mask = image.rot90(geo.rot90, (-2, -1)), mask.rot90(geo.rot90, (-2, -1))
     if geo.resamples:
         image, mask = _affine(image, mask, geo.angle, geo.scale)
+    if any(geo.shift):
+        image, mask = _shift(image, mask, geo.shift)
     return image, mask
+
+
+def draw_shift(cfg: AugmentConfig, rng: np.random.Generator) -> tuple[int, int]:
+    """An integer (H, W) shift in −``translate_px`` … ``translate_px`` (no draw when it is 0). Drawn after
+    every other parameter of the weak view, so that turning it on leaves the others' draws unchanged."""
+    t = cfg.translate_px
+    return (int(rng.integers(-t, t + 1)), int(rng.integers(-t, t + 1))) if t else (0, 0)
+
+
+def _shift(image: torch.Tensor, mask: torch.Tensor, shift: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Content moved by ``shift`` = (dy, dx) pixels in the H-W plane; vacated pixels: 0 / IGNORE_INDEX.
+
+    Examples:
+        >>> image, mask = _shift(torch.arange(4.0).view(1, 2, 2), torch.zeros(2, 2, dtype=torch.long), (0, 1))
+        >>> image.tolist(), mask.tolist()
+        ([[[0.0, 0.0], [0.0, 2.0]]], [[255, 0], [255, 0]])
+    """
+    out_image, out_mask = torch.zeros_like(image), torch.full_like(mask, IGNORE_INDEX)
+    src, dst = [], []
+    for d, size in zip(shift, image.shape[-2:]):
+        if abs(d) >= size:
+            return out_image, out_mask
+        src.append(slice(max(0, -d), size - max(0, d)))
+        dst.append(slice(max(0, d), size - max(0, -d)))
+    out_image[..., dst[0], dst[1]] = image[..., src[0], src[1]]
+    out_mask[..., dst[0], dst[1]] = mask[..., src[0], src[1]]
+    return out_image, out_mask
 
 
 # ------------------------------------------------------------------------------------------ photometric
@@ -196,6 +228,8 @@ def augment(
     """
     geo = draw_geometric(cfg, rng, image.shape[1:])
     photo = draw_photometric(cfg, rng)
+    if cfg.translate_px:
+        geo = replace(geo, shift=draw_shift(cfg, rng))
     image, mask = apply_geometric(image, mask, geo)
     if geo.resamples:
         sizes = sizes * geo.scale**2  # zoom in the H-W plane
@@ -215,6 +249,7 @@ def is_identity(cfg: AugmentConfig) -> bool:
         or cfg.brightness
         or cfg.contrast
         or cfg.noise_std
+        or cfg.translate_px
     )
 
 

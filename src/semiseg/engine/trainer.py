@@ -38,7 +38,7 @@ from semiseg.engine.checkpoint import (
 )
 from semiseg.engine.evaluate import FAST_METRICS, evaluate_split, metric_keys
 from semiseg.engine.sweep import TrainerSweep
-from semiseg.errors import ConfigError, TrainingDiverged
+from semiseg.errors import ConfigError, DataError, TrainingDiverged
 from semiseg.io import atomic_write_text
 from semiseg.methods.base import Method, OptimizerSpec, Phase
 from semiseg.parallel import global_reduction
@@ -148,6 +148,11 @@ class Trainer:
             raise ConfigError(
                 f"method '{cfg.method['name']}' does not {task} ({', '.join(method.tasks)} only) but "
                 f"data.dataset '{cfg.data.dataset}' is a {kind} dataset"
+            )
+        if not data.val and any(ph.validate for ph in self.phases):
+            raise DataError(
+                data.bundle.root or None,
+                f"{data.bundle.name}: the validation set is empty (raise data.split.val_fraction)",
             )
         valid = metric_keys(self.num_classes, FAST_METRICS, task)
         if cfg.train.val_metric not in valid:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 import torch.nn as nn
 
 from semiseg.config import ModelConfig
@@ -27,8 +28,29 @@ def build_model(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Mod
     With ``model.head: clustering`` its output feeds a clustering head (one centroid per output
     channel), :func:`~semiseg.models.heads.clustered`."""
     net = MODELS.get(cfg.name, where="model.name")(cfg, in_channels, out_channels)
+    if cfg.init == "glorot":
+        glorot_init_(net)
     if cfg.head == "clustering":
         from semiseg.models.heads import ClusteringHead, clustered
 
         net = clustered(net, ClusteringHead(out_channels, out_channels, cfg.alpha, cfg.centroid_init))
+    return net
+
+
+@torch.no_grad()
+def glorot_init_(net: nn.Module) -> nn.Module:
+    """Keras's default initialisation, in place: every convolution's and dense layer's weight
+    Glorot-uniform (U(−l, l), l = √(6 / (fan_in + fan_out)), fans including the kernel's size),
+    biases zero.
+
+    Examples:
+        >>> layer = glorot_init_(nn.Linear(4, 2))
+        >>> bool(layer.weight.abs().max() <= (6 / 6) ** 0.5), bool((layer.bias == 0).all())
+        (True, True)
+    """
+    for m in net.modules():
+        if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
     return net

@@ -81,6 +81,10 @@ class SplitConfig:
     #: ``balanced``), for protocols whose validation must come out of the label budget (SSLDEC's MNIST:
     #: 100 labels = 90 for training + 10 for validation); 0 = the dataset's or a carved validation set
     val_from_labeled: int = 0
+    #: of each labeled group (patient), only this fraction of its items (slices) is labeled: evenly
+    #: spaced in the group's natural id order (frame, slice) from a random offset per draw; its other
+    #: items join the unlabeled pool (e.g. SSLDEC's iSeg protocol: one fifth of each labeled volume)
+    labeled_item_fraction: float = 1.0
     sparse_pixels: int = 10  #: labeled pixels per image when ``supervision: sparse``
     draw: int = 0  #: index of the random draw (labeled subset and sparse pixels)
     #: the unlabeled stream: "rest" = the training items not labeled, "none", or "all" = every
@@ -486,6 +490,8 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         bad("data.split.labeled", "must be at least 1")
     if s.labeled_fraction is not None and not 0 < s.labeled_fraction <= 1:
         bad("data.split.labeled_fraction", "must be in (0, 1]")
+    if not 0 < s.labeled_item_fraction <= 1:
+        bad("data.split.labeled_item_fraction", "must be in (0, 1]")
     if s.sparse_pixels < 1:
         bad("data.split.sparse_pixels", "must be at least 1")
     if not 0 <= s.val_fraction < 1 or not 0 <= s.test_fraction < 1:

@@ -357,3 +357,27 @@ def test_balanced_and_validation_carving_errors(spec, message):
         return
     with pytest.raises(ConfigError, match=message):
         make_split(bundle, spec)
+
+
+def test_labeled_item_fraction_keeps_evenly_spaced_items_of_each_labeled_group():
+    # 6 patients x 20 slices, ids patient<p>_slice_<s> (natural order differs from the string order)
+    records = [Record(id=f"patient{p}_slice_{s}", image=np.zeros((1, 4, 4), np.float32),
+                      mask=np.zeros((4, 4), np.int64), group=f"patient{p}") for p in range(6) for s in range(20)]  # fmt: skip
+    bundle = bundle_of(records, val=[], test=[])
+    spec = dict(labeled=2, labeled_by="group", labeled_item_fraction=0.2)
+    s = make_split(bundle, SplitConfig(**spec))
+    check_partition(s, bundle)
+    by_group: dict[str, list[int]] = {}
+    for r in s.labeled:
+        by_group.setdefault(r.group, []).append(int(r.id.split("_")[-1]))
+    assert len(by_group) == 2
+    for slices in by_group.values():  # 4 slices, one in each fifth... spaced 5 apart
+        slices.sort()
+        assert len(slices) == 4 and np.diff(slices).tolist() == [5, 5, 5]
+    full = make_split(bundle, SplitConfig(labeled=2, labeled_by="group"))
+    assert {r.group for r in full.labeled} == set(by_group)  # the same patients as without the fraction
+    dropped = {r.id for r in full.labeled} - {r.id for r in s.labeled}
+    assert len(dropped) == 32 and dropped <= {r.id for r in s.unlabeled}  # the other slices are unlabeled
+    offsets = {tuple(sorted(r.id for r in make_split(bundle, SplitConfig(**spec, draw=d)).labeled)) for d in range(6)}
+    assert len(offsets) > 1  # the offset (and patients) change with the draw
+    assert ids(make_split(bundle, SplitConfig(**spec)).labeled) == ids(s.labeled)

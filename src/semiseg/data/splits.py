@@ -8,6 +8,7 @@ unlabeled. A split can be written to JSON and read back (``labeled_ids``) to pin
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -122,6 +123,32 @@ def _balanced_draw(records: list[Record], n: int, rng: np.random.Generator) -> s
     return chosen
 
 
+def natural_key(text: str) -> list:
+    """Sort key that orders the numbers inside ``text`` by value.
+
+    Examples:
+        >>> sorted(["p1_slice_10", "p1_slice_2"], key=natural_key)
+        ['p1_slice_2', 'p1_slice_10']
+    """
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def _spaced_items(records: list[Record], fraction: float, rng: np.random.Generator) -> list[Record]:
+    """Of each group of ``records``, ``max(1, round(fraction · n))`` of its ``n`` items, evenly spaced in
+    natural id order from a random offset (so a patient's labeled slices span it from base to apex)."""
+    groups: dict[str, list[Record]] = {}
+    for r in records:
+        groups.setdefault(r.group, []).append(r)
+    kept: set[str] = set()
+    for name in sorted(groups):
+        items = sorted(groups[name], key=lambda r: natural_key(r.id))
+        n_keep = max(1, round(fraction * len(items)))
+        step = len(items) / n_keep
+        offset = rng.uniform(0, step)
+        kept.update(items[min(len(items) - 1, int(offset + i * step))].id for i in range(n_keep))
+    return [r for r in records if r.id in kept]
+
+
 def make_split(bundle: DatasetBundle, spec: SplitConfig) -> Split:
     """Apply ``spec`` to ``bundle``; raises DataError/ConfigError on an impossible request."""
     pool = list(bundle.train)
@@ -184,6 +211,8 @@ def make_split(bundle: DatasetBundle, spec: SplitConfig) -> Split:
             rng = np.random.default_rng([spec.seed, spec.draw, 104729])
             chosen = set(rng.permutation(np.array(candidates, dtype=object))[:n].tolist())
     labeled = [r for r in eligible if key(r) in chosen]
+    if spec.labeled_item_fraction < 1:
+        labeled = _spaced_items(labeled, spec.labeled_item_fraction, np.random.default_rng([spec.seed, spec.draw, 15485863]))
     if spec.val_from_labeled:
         if spec.val_from_labeled >= len(labeled):
             raise ConfigError(

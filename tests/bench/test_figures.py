@@ -29,3 +29,39 @@ def test_translation_figure_draws_the_fig_7_layout_without_moving_the_method(tmp
     again = tmp_path / "again.png"
     translation_figure(method, present, masks, absent, again)
     assert path.read_bytes() == again.read_bytes()  # the A->P draws are keyed: reproducible
+
+
+def _ssldec(model: ModelConfig, in_channels: int, num_classes: int):
+    torch.manual_seed(0)
+    return build_method({"name": "ssldec"}, model, in_channels=in_channels, num_classes=num_classes).eval()
+
+
+def test_moons_figure_has_the_data_panel_and_one_boundary_per_model(tmp_path):
+    from PIL import Image
+
+    from semiseg.bench.figures import moons_figure
+    from semiseg.data.moons import make_moons
+
+    points, labels = make_moons(200, 0.1, 0)
+    net = ModelConfig(name="mlp", width=8, depth=2, head="clustering")
+    models = [("before", _ssldec(net, 2, 2)), ("after", _ssldec(net, 2, 2))]
+    labeled = [i < 8 for i in range(200)]
+    path = tmp_path / "moons.png"
+    moons_figure(models, points, labels, labeled, path, resolution=30)
+    with Image.open(path) as im:
+        assert im.size[0] > 2.5 * im.size[1]  # three panels side by side
+
+
+def test_embedding_pca_reads_the_clustering_heads_input(tmp_path):
+    from semiseg.bench.figures import embedding_figure, embedding_pca
+
+    method = _ssldec(ModelConfig(name="ssldec_cnn", width=4, head="clustering"), 1, 10)
+    images = torch.rand(40, 1, 28, 28)
+    xy = embedding_pca(method, images)
+    assert xy.shape == (40, 2)
+    with torch.no_grad():
+        z = method.model.backbone(images)  # the embedding the head reads (not log q)
+    top2 = torch.linalg.svdvals(z - z.mean(0))[:2].pow(2).sum()
+    assert abs(float((torch.from_numpy(xy) ** 2).sum()) / float(top2) - 1) < 1e-4  # its first two components
+    embedding_figure([("a", method), ("b", method)], images, list(range(10)) * 4, tmp_path / "pca.png")
+    assert (tmp_path / "pca.png").is_file()

@@ -97,3 +97,88 @@ def translation_figure(method, present, masks, absent, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def moons_figure(models: list[tuple[str, object]], points, labels, labeled, path: Path, resolution: int = 150) -> None:
+    """SSLDEC's Fig. 4 layout: (a) the points, labeled ones marked; then one panel per model with its
+    decision boundary (probability of the second class on a grid) under the points.
+
+    Args:
+        models: ``(title, method)`` pairs; ``method.predict`` maps ``[N, 2, 1, 1]`` to class scores.
+        points: ``[N, 2]`` array; labels ``[N]`` (0/1); labeled ``[N]`` bool.
+    """
+    import numpy as np
+    import torch
+
+    plt = _plt()
+    points, labels, labeled = np.asarray(points), np.asarray(labels), np.asarray(labeled, dtype=bool)
+    lo, hi = points.min(0) - 0.4, points.max(0) + 0.4
+    gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], resolution), np.linspace(lo[1], hi[1], resolution))
+    grid = torch.from_numpy(np.stack([gx.ravel(), gy.ravel()], 1).astype(np.float32))[:, :, None, None]
+    fig, axes = plt.subplots(1, 1 + len(models), figsize=(4 * (1 + len(models)), 3.6), squeeze=False)
+
+    def scatter(ax):
+        ax.scatter(*points[~labeled].T, c=labels[~labeled], cmap="coolwarm", s=4, alpha=0.6)
+        ax.scatter(*points[labeled].T, c="orange", edgecolors="k", s=60, marker="o", label="labeled")
+
+    ax = axes[0, 0]
+    scatter(ax)
+    ax.set_title(f"(a) data: {int(labeled.sum())} labeled points", fontsize=9)
+    for i, (title, method) in enumerate(models, start=1):
+        with torch.no_grad():
+            prob = method.predict(grid).float().softmax(1)[:, 1].reshape(gx.shape).numpy()
+        ax = axes[0, i]
+        ax.contourf(gx, gy, prob, levels=[0.0, 0.5, 1.0], colors=["#dde8f7", "#f7dddd"])
+        ax.contour(gx, gy, prob, levels=[0.5], colors="k", linewidths=1)
+        scatter(ax)
+        ax.set_title(f"({chr(97 + i)}) {title}", fontsize=9)
+    for ax in axes[0]:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def embedding_pca(method, images, batch_size: int = 256):
+    """2-D PCA of a method's embeddings of ``images`` (the input of its clustering head, else its
+    logits): ``[N, 2]`` coordinates."""
+    import torch
+
+    net = method.segmenter
+    embed = getattr(net, "backbone", net)
+    with torch.no_grad():
+        z = torch.cat([embed(images[i : i + batch_size]).float() for i in range(0, len(images), batch_size)])
+    z = z.flatten(1) - z.flatten(1).mean(0)
+    u, s, _ = torch.linalg.svd(z.double(), full_matrices=False)  # exact: N x D with D = the classes
+    return (u[:, :2] * s[:2]).float().numpy()
+
+
+def embedding_figure(models: list[tuple[str, object]], images, labels, path: Path) -> None:
+    """SSLDEC's Fig. 7 layout with PCA (no t-SNE library here): each model's embeddings of the same
+    images in two dimensions, coloured by the true class."""
+    import numpy as np
+
+    plt = _plt()
+    labels = np.asarray(labels)
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.8), squeeze=False)
+    for ax, (title, method) in zip(axes[0], models):
+        xy = embedding_pca(method, images)
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=5, vmin=-0.5, vmax=9.5)
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(sc, ax=axes[0].tolist(), ticks=range(10), fraction=0.03)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

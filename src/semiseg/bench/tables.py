@@ -771,6 +771,40 @@ def ssldec_rows() -> list[Row]:
     return rows
 
 
+def _ssldec_extras(ctx: BenchContext) -> dict[str, Any]:
+    """Fig. 4 (moons boundaries before / after SSLDEC, draw 0) and Fig. 7 (PCA of the MNIST embeddings
+    of 1000 unlabeled training digits after pre-training and after SSLDEC, 100 labels, draw 0), from
+    the last states the table scores."""
+    import numpy as np
+    import torch
+
+    from semiseg.bench.figures import embedding_figure, moons_figure
+    from semiseg.data import prepare_data
+    from semiseg.engine.run import load_trained
+
+    out: dict[str, Any] = {}
+    for name, setting in (("moons", "moons, 8 labels"), ("mnist", "MNIST, 100 labels")):
+        keys = (f"supervised (pre-training only) | {setting}", f"SSLDEC | {setting}")
+        if not all((k, 0) in ctx.run_dirs for k in keys):
+            continue
+        loaded = [load_trained(ctx.run_dirs[(k, 0)] / "last.pt") for k in keys]
+        models = [("after pre-training on the labeled points", loaded[0][0]), ("after SSLDEC", loaded[1][0])]
+        cfg = loaded[1][1]
+        data = prepare_data(cfg, ctx.data_root, bundle=ctx.cache.bundle(cfg))
+        figure = ctx.results_dir / f"{ctx.table.name}-{name}.png"
+        if name == "moons":
+            labeled = {r.id for r in data.split.labeled}
+            records = data.split.unlabeled
+            points = np.stack([r.image[:, 0, 0] for r in records])
+            moons_figure(models, points, [r.label for r in records], [r.id in labeled for r in records], figure)
+        else:
+            records = data.split.unlabeled[:: max(1, len(data.split.unlabeled) // 1000)][:1000]
+            images = torch.from_numpy(np.stack([r.image for r in records]))
+            embedding_figure(models, images, [r.label for r in records], figure)
+        out[f"figure_{name}"] = str(figure)
+    return out
+
+
 @register_table("ssldec")
 def ssldec() -> Table:
     return Table(
@@ -783,6 +817,7 @@ def ssldec() -> Table:
         seeds=[0, 1, 2, 3, 4],
         quick_seeds=[0, 1, 2, 3, 4],
         score="last",
+        extras=_ssldec_extras,
         notes=(
             "Each seed is a draw of the labeled points and a training seed. Moons: 1000 points (noise 0.1), 4 "
             "labeled per moon, all 1000 in the unlabeled stream, accuracy on 1000 fresh points (the paper "

@@ -39,17 +39,18 @@ def summarize(run_dir: Path, metric: str) -> dict:
     }
 
 
-def main() -> None:
-    from semiseg.bench.provenance import provenance
-    from semiseg.config import build_config, load_yaml, to_dict
+def dev_run(description: str, work_dir: str, log: str):
+    """Parse a development run's arguments, train it without the test evaluation, and return
+    ``(args, cfg, output folder, train's result, seconds)``; :func:`append_row` logs the outcome."""
+    from semiseg.config import build_config, load_yaml
     from semiseg.engine.run import train
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--recipe", required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--data-root", default=None)
-    p.add_argument("--work-dir", default="runs/dev")
-    p.add_argument("--log", default="runs/dev/dev_val.jsonl")
+    p.add_argument("--work-dir", default=work_dir)
+    p.add_argument("--log", default=log)
     p.add_argument("--full", action="store_true", help="full mode instead of the recipe's quick section")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args()
@@ -58,13 +59,26 @@ def main() -> None:
     out = Path(a.work_dir) / a.name
     t0 = time.time()
     res = train(cfg, data_root=a.data_root, output_dir=out, final_eval=False)
-    row = {"name": a.name, "recipe": a.recipe, "overrides": a.overrides, "quick": not a.full,
-           "best": res["best"], **summarize(out, cfg.train.val_metric), "seconds": round(time.time() - t0, 1),
-           "seed": cfg.train.seed, **provenance(config=to_dict(cfg))}  # fmt: skip
+    return a, cfg, out, res, round(time.time() - t0, 1)
+
+
+def append_row(path: str, row: dict) -> None:
+    """Print ``row`` and append it to the JSONL log at ``path``."""
     print(json.dumps(row))
-    Path(a.log).parent.mkdir(parents=True, exist_ok=True)
-    with open(a.log, "a") as f:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def main() -> None:
+    from semiseg.bench.provenance import provenance
+    from semiseg.config import to_dict
+
+    a, cfg, out, res, seconds = dev_run(__doc__.splitlines()[0], "runs/dev", "runs/dev/dev_val.jsonl")
+    row = {"name": a.name, "recipe": a.recipe, "overrides": a.overrides, "quick": not a.full,
+           "best": res["best"], **summarize(out, cfg.train.val_metric), "seconds": seconds,
+           "seed": cfg.train.seed, **provenance(config=to_dict(cfg))}  # fmt: skip
+    append_row(a.log, row)
 
 
 if __name__ == "__main__":

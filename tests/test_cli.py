@@ -367,3 +367,23 @@ def test_data_generate_cluttered_mnist_writes_a_folder_dataset(tmp_path, capsys,
     # the folder exists now: a one-line error, exit 2, nothing written
     assert main(argv) == 2
     assert_one_line_error(capsys, "data", str(out), "exists already")
+
+
+def test_classification_train_and_evaluate(tmp_path, capsys):
+    # SSLDEC on generated moons: the run, then `evaluate` reports accuracy / error of the same model
+    recipe = Path(__file__).resolve().parents[1] / "src" / "semiseg" / "configs" / "ssldec-moons.yaml"
+    out = tmp_path / "run"
+    sets = ["data.num_images=60", "method.pretrain_epochs=5", "method.max_rounds=1", "method.max_retrain_epochs=2",
+            "train.progress=false"]  # fmt: skip
+    assert main(["train", "-c", str(recipe), "-o", str(out), *[a for s in sets for a in ("--set", s)]]) == 0
+    assert "test accuracy = " in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert not (out / "best.pt").exists()  # no phase validates: the last state is scored
+    report = tmp_path / "test.json"
+    assert main(["evaluate", "--checkpoint", str(out / "last.pt"), "--split", "test", "-o", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "accuracy" in printed and "error" in printed and "dice" not in printed
+    result = json.loads(report.read_text())
+    assert result["n"] == 60 and result["metrics"]["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    assert main(["evaluate", "--checkpoint", str(out / "last.pt"), "--postprocess", "mrf"]) == 2
+    assert "applies to segmentations" in capsys.readouterr().err

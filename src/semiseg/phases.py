@@ -65,7 +65,9 @@ class Sweep(Protocol):
     (or of a split source, "labeled" / "unlabeled"), in batches of clean images (no augmentation, no
     views), the method in eval mode and without gradients; the results concatenated along dim 0 in
     the stream's item order (under DDP each process sweeps a share and all get the whole). The
-    engine provides it to :meth:`~semiseg.methods.base.Method.plan_epoch`."""
+    engine provides it to :meth:`~semiseg.methods.base.Method.plan_epoch`. For a plain "labeled" /
+    "unlabeled" stream, row i belongs to the item whose ``Batch.index`` is i; a tag-filtered stream's
+    ``Batch.index`` is the item's index in its source set, not its row in the sweep."""
 
     def __call__(
         self, stream: str, fn: Callable[[Batch], torch.Tensor], *, batch_size: int | None = None

@@ -109,6 +109,20 @@ def test_plan_ends_the_phase_and_the_log_says_so(tmp_path, make_config, planner)
     assert load_checkpoint(tmp_path / "last.pt")["global_step"] == 3
 
 
+def test_a_phase_ended_by_its_plan_validates_its_last_state(tmp_path, make_config, planner):
+    # validation every 5 epochs, the plan ends the phase after 3: the state it ends with still
+    # competes for best.pt (validated in the "ended" record); with val_every 1 it already was
+    cfg = make_config("method.name=test_planner", "data.split.unlabeled=rest", "train.val_every=5")
+    train(cfg, tmp_path / "a")
+    log = [json.loads(line) for line in (tmp_path / "a" / "epochs.jsonl").read_text().splitlines()]
+    assert not any(k.startswith("val/") for h in log[:-1] for k in h)
+    assert log[-1]["ended"] == "plan" and "val/dice/mean" in log[-1]
+    assert load_checkpoint(tmp_path / "a" / "best.pt")["best"]["epoch"] == 3
+    train(make_config("method.name=test_planner", "data.split.unlabeled=rest", "train.val_every=1"), tmp_path / "b")
+    log = [json.loads(line) for line in (tmp_path / "b" / "epochs.jsonl").read_text().splitlines()]
+    assert "val/dice/mean" in log[-2] and not any(k.startswith("val/") for k in log[-1])
+
+
 def test_plan_iters_override_the_epoch_length(tmp_path, make_config, planner):
     train(make_config("method.name=test_planner", "data.split.unlabeled=rest", "method.iters=2"), tmp_path)
     assert load_checkpoint(tmp_path / "last.pt")["global_step"] == 6

@@ -207,7 +207,8 @@ def _ensembled(ctx: BenchContext, row: Row, run_dirs: list[Path]) -> tuple[float
                                       image_size=cfg.data.image_size, device=device)  # fmt: skip
         return {"test": means, "members": [str(d) for d in run_dirs], "checkpoint": checkpoint}
 
-    name = "ensemble-" + hashlib.sha256("|".join(d.name for d in run_dirs).encode()).hexdigest()[:12]
+    members = "|".join([checkpoint, *(d.name for d in run_dirs)])
+    name = "ensemble-" + hashlib.sha256(members.encode()).hexdigest()[:12]
     value, _ = ctx.cache.memo(run_dirs[0], name, compute)
     return value["test"][ctx.table.metric_of(row)[0]], {"members": value["members"], "checkpoint": checkpoint}
 

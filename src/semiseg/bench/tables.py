@@ -745,11 +745,7 @@ SSLDEC_MEMBERS = "SSLDEC, ensemble members | MNIST, 100 labels, draw 0"
 
 
 def ssldec_rows() -> list[Row]:
-    moons = dict(recipe="ssldec-moons", metric="accuracy", metric_label="accuracy (%), 1000 fresh points")
-    rows = [
-        Row("supervised (pre-training only)", "moons, 8 labels", {"method.max_rounds": 0}, **moons),
-        Row("SSLDEC", "moons, 8 labels", {}, paper=SSLDEC_PAPER["moons"], **moons),
-    ]
+    rows = []  # MNIST first: the provenance's throughput measures the first row's model
     mnist = dict(recipe="ssldec-mnist", metric="error", metric_label="error (%), 2000 test digits", seeds=[0, 1, 2])
     for n in (100, 1000):
         setting = f"MNIST, {n} labels"
@@ -767,6 +763,11 @@ def ssldec_rows() -> list[Row]:
         Row(method, setting, base, draw=0, **members),
         Row("SSLDEC, ensemble of 5", setting, base, postprocess="ensemble", reuse=SSLDEC_MEMBERS,
             paper=SSLDEC_PAPER[100], **members),  # fmt: skip
+    ]
+    moons = dict(recipe="ssldec-moons", metric="accuracy", metric_label="accuracy (%), 1000 fresh points")
+    rows += [
+        Row("supervised (pre-training only)", "moons, 8 labels", {"method.max_rounds": 0}, **moons),
+        Row("SSLDEC", "moons, 8 labels", {}, paper=SSLDEC_PAPER["moons"], **moons),
     ]
     return rows
 

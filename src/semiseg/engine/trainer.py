@@ -596,9 +596,14 @@ class Trainer:
             while self.epoch < n_epochs:
                 plan = self.plan_epoch(phase)
                 if plan is not None and plan.done:
-                    self.history.append({"phase": phase.name, "epoch": self.epoch, "step": self.global_step,
-                                         "ended": "plan"})  # fmt: skip
-                    self._write_epoch_logs()
+                    record = {"phase": phase.name, "epoch": self.epoch, "step": self.global_step, "ended": "plan"}
+                    if self.epoch > 0 and self.epoch % self.cfg.train.val_every:
+                        # the phase's last state would never compete for best.pt: validate it now (again
+                        # on resume, with the same result; last.pt already holds this state)
+                        self._validate_epoch(phase, record)
+                    self.history.append(record)
+                    if self.main:
+                        self._write_epoch_logs()
                     break
                 self.train_epoch(phase, opts, scheds, self.epoch_iters(phase, plan), bar, plan)
             bar.close()
@@ -681,43 +686,47 @@ class Trainer:
         self.train_seconds += time.perf_counter() - t0
         record: dict[str, Any] = {"phase": phase.name, "epoch": self.epoch, "step": self.global_step}
         record.update({f"train/{k}": v / counts[k] for k, v in sums.items()})
-        improved = False
         n_epochs = self.phase_epochs(phase)
-        phase_improved = False
-        if phase.validate and (self.epoch % self.cfg.train.val_every == 0 or self.epoch == n_epochs):
-            if self.main:
-                val = self.validate(phase)
-                record.update({f"val/{k}": v for k, v in val.items()})
-                value = self._phase_metric(phase, val)
-                if phase.restore_best:
-                    phase_improved = self._is_better(value, self.phase_best, phase.val_mode)
-                    if phase_improved:
-                        self.phase_best = {"value": value, "epoch": self.epoch, "phase": phase.name}
-                if phase.final:
-                    improved = self._is_better(value)
-                    if improved:
-                        self.best = {"value": value, "epoch": self.epoch, "phase": phase.name}
-            improved = D.broadcast_flag(improved, self.info)
-            phase_improved = D.broadcast_flag(phase_improved, self.info)
+        if self.epoch % self.cfg.train.val_every == 0 or self.epoch == n_epochs:
+            self._validate_epoch(phase, record)
         record["seconds"] = round(time.perf_counter() - t0, 3)
         self.history.append(record)
         if self.main:
-            if phase_improved:
-                save_checkpoint({"method_state": self.method.state_dict(), "best": self.phase_best},
-                                self._phase_best_path(phase))  # fmt: skip
-            if improved:
-                save_checkpoint(
-                    {
-                        "config": to_dict(self.cfg),
-                        "method_state": self.method.state_dict(),
-                        "best": self.best,
-                        **self.meta(),
-                    },
-                    self.out / "best.pt",
-                )
             save_checkpoint(self._state(opts, scheds), self.out / "last.pt")
             self._write_epoch_logs()
         D.barrier(self.info)
+
+    def _validate_epoch(self, phase: Phase, record: dict[str, Any]) -> None:
+        """Validate the current state (phases that validate): the metrics go into ``record``; an
+        improvement is kept in ``best_<phase>.pt`` (``restore_best``) and ``best.pt`` (``final``)."""
+        if not phase.validate:
+            return
+        improved = phase_improved = False
+        if self.main:
+            val = self.validate(phase)
+            record.update({f"val/{k}": v for k, v in val.items()})
+            value = self._phase_metric(phase, val)
+            if phase.restore_best:
+                phase_improved = self._is_better(value, self.phase_best, phase.val_mode)
+                if phase_improved:
+                    self.phase_best = {"value": value, "epoch": self.epoch, "phase": phase.name}
+            if phase.final:
+                improved = self._is_better(value)
+                if improved:
+                    self.best = {"value": value, "epoch": self.epoch, "phase": phase.name}
+        improved = D.broadcast_flag(improved, self.info)
+        phase_improved = D.broadcast_flag(phase_improved, self.info)
+        if not self.main:
+            return
+        if phase_improved:
+            save_checkpoint({"method_state": self.method.state_dict(), "best": self.phase_best},
+                            self._phase_best_path(phase))  # fmt: skip
+        if improved:
+            save_checkpoint(
+                {"config": to_dict(self.cfg), "method_state": self.method.state_dict(), "best": self.best,
+                 **self.meta()},
+                self.out / "best.pt",
+            )  # fmt: skip
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:

@@ -49,9 +49,12 @@ Judgement calls (unspecified in the paper): Q is predicted in eval mode on clean
 training accuracy is checked before each labeled epoch (``while`` semantics) in eval mode; the
 end condition is ``max_rounds`` plus ``change_tol`` (image mode only: per-pixel assignments of a
 whole dataset are not kept); a class that no item is predicted as is left out of ``n_min``; the
-KL is a mean over the items (pixels) that count (Keras's ``kld``), not the paper's sum; every
-phase but ``pretrain`` is ``final`` (best validation over rounds goes to ``best.pt``; the recipes
-score the last state with ``train.eval_last``, since 10 validation items cannot select).
+KL is a mean over the items (pixels) that count (Keras's ``kld``), not the paper's sum; the second
+part starts a fresh Adam state (the paper changes the learning rate between the parts), which its
+phases then share; items held out for validation (``data.split.val_from_labeled``) are not in the
+sweep; every phase but ``pretrain`` is ``final`` (best validation over rounds goes to ``best.pt``;
+the classification tables score the last state, ``train.eval_last``, since 10 validation digits
+cannot select).
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ import torch.nn.functional as F
 
 from semiseg.config import FieldError, OptimizerConfig
 from semiseg.core import IGNORE_INDEX, Batch
+from semiseg.errors import ConfigError
 from semiseg.losses.dec import cluster_frequency, dec_kl, target_distribution
 from semiseg.losses.supervised import masked_cross_entropy
 from semiseg.methods import register
@@ -88,7 +92,9 @@ class SSLDECConfig(MethodConfig):
     pretrain_end_factor: float = 0.1  #: pre-training lr falls linearly to pretrain_lr · this
     lr: float | None = 1e-4  #: constant lr of the rounds; None = train.lr
     max_rounds: int = 100  #: rounds of (unlabeled epoch, labeled retraining); 0 = pre-training only
-    change_tol: float | None = 0.001  #: stop when fewer items change class between rounds (image mode)
+    #: image mode: stop when fewer than this share of the items change class between rounds (DEC's
+    #: rule; the recipes: 0.001); None = max_rounds only (required in pixel mode)
+    change_tol: float | None = None
     balance: bool = True  #: P′ = n_min items (pixels) per predicted class; False = all
     dec_iters: int | None = None  #: iterations of each unlabeled epoch; None = one pass over P′
     retrain_threshold: float = 1.0  #: labeled training accuracy that ends a retraining phase
@@ -249,6 +255,11 @@ class SSLDEC(Method):
         stats = {"predicted_classes": float(predicted.sum())}
         iters = self.cfg.dec_iters
         if self.pixelwise:
+            if self.cfg.change_tol is not None:
+                raise ConfigError(
+                    "method.change_tol: per-pixel SSLDEC does not keep every pixel's class between rounds; set "
+                    "change_tol: null (max_rounds ends the rounds)"
+                )
             rate = torch.where(predicted, n_c[predicted].min() / n_c.clamp_min(1), torch.zeros_like(n_c))
             self.keep_rate.copy_(rate if self.cfg.balance else torch.ones_like(rate))
             self.teacher.load_state_dict(self.model.state_dict())

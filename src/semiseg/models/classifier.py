@@ -2,7 +2,8 @@
 
 - ``ssldec_cnn``: the SSLDEC paper's MNIST network (Enguehard et al. 2019, Fig. 2): three blocks of
   3×3 'same' convolutions, each followed by batch norm, ELU and dropout (``model.dropout``; the
-  paper: 0.25), with 2×2 max pooling after each block; widths ``w, w, w`` / ``2w, 2w, 2w`` /
+  paper: 0.25), with 2×2 max pooling after each block (between the block's last ELU and its
+  dropout, as Fig. 2 lists conv1c, pool1, drop1c); widths ``w, w, w`` / ``2w, 2w, 2w`` /
   ``4w, 2w, w`` (``w = model.width``; the paper: 128); then dense ``9w → w`` (ELU) and ``w → K``.
   With ``model.head: clustering`` the last dense layer is followed by an ELU as in the paper (its K
   activations are the embedding z the clustering head reads); with a linear head its output is the
@@ -48,10 +49,13 @@ class SSLDECNet(nn.Module):
         layers: list[nn.Module] = []
         c = in_channels
         for block in plan:
-            for c_out in block:
-                layers += _conv(c, c_out, norm, dropout)
+            for i, c_out in enumerate(block):
+                last = i == len(block) - 1
+                layers += _conv(c, c_out, norm, 0.0 if last else dropout)
                 c = c_out
-            layers.append(nn.MaxPool2d(2))
+            layers.append(nn.MaxPool2d(2))  # Fig. 2: conv1c, pool1, drop1c (pool before the block's last dropout)
+            if dropout:
+                layers.append(nn.Dropout(dropout))
         layers.append(nn.AdaptiveMaxPool2d(3))
         self.features = nn.Sequential(*layers)
         dense: list[nn.Module] = [nn.Flatten(), nn.Linear(9 * w, w)]

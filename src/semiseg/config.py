@@ -121,6 +121,9 @@ class DataConfig:
     #: generated "cluttered_mnist" set: 48-simple, 48-hard or 128 (image side, clutter pieces)
     variant: Literal["48-simple", "48-hard", "128"] = "48-hard"
     generator_seed: int = 0  #: generated sets ("cluttered_mnist", "moons"): seed of the images / points
+    #: generated "texture_rings" set: [background, ring] textures (gravel, brick: scikit-image's; grain,
+    #: weave: procedural)
+    textures: list[str] = field(default_factory=lambda: ["gravel", "brick"])
     split: SplitConfig = field(default_factory=SplitConfig)
 
 
@@ -141,6 +144,12 @@ class ModelConfig:
     #: "glorot" = Keras's (Glorot-uniform U(−l, l), l = √(6 / (fan_in + fan_out)), zero biases), for
     #: networks from papers written in Keras (SSLDEC, IODA)
     init: Literal["default", "glorot"] = "default"
+    #: ``mlp``: "vector" (a score vector per image) or "map" (a flattened image to a flattened label
+    #: map, the IODA paper's network; it reads data.image_size)
+    output: Literal["vector", "map"] = "vector"
+    #: ``mlp``: the hidden layers' widths (None = ``width`` units × ``depth`` layers)
+    hidden: list[int] | None = None
+    activation: Literal["relu", "tanh", "sigmoid"] = "relu"  #: ``mlp``: hidden activation
 
 
 @dataclass

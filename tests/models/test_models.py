@@ -227,3 +227,44 @@ class TestMLP(ModelTester):
     features = False
     per_pixel = False
     sizes = [(1, 1)]  # a 2-D point as a 1x1 image with 2 channels
+
+
+class TestMLPMap(ModelTester):
+    """The IODA paper's network: a flattened image to a flattened label map (sizes other than the
+    training size are resized to it and back)."""
+
+    name = "mlp"
+    num_classes = 2
+    features = False
+    image_size = (12, 10)
+    sizes = [(12, 10), (13, 17), (9, 8)]
+
+    def build(self, seed: int = 0) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        cfg = ModelConfig(name="mlp", output="map", hidden=[8, 6], activation="tanh", init="glorot")
+        return build_model(cfg, self.in_channels, self.num_classes, image_size=self.image_size)
+
+    def test_binary_output_is_a_sigmoid_per_pixel(self):
+        model = self.build()
+        x = self.inputs(self.image_size)
+        logits = model(x)
+        z = model.linears[-1](model.hidden_codes(x, 2)).view(2, *self.image_size)
+        torch.testing.assert_close(logits.softmax(1)[:, 1], torch.sigmoid(z))
+        assert [(m.in_features, m.out_features) for m in model.linears] == [(120, 8), (8, 6), (6, 120)]
+
+    def test_glorot_bounds_and_zero_biases(self):
+        model = self.build()
+        for layer in model.linears:
+            m, n = layer.in_features, layer.out_features
+            assert float(layer.weight.detach().abs().max()) <= (6 / (m + n)) ** 0.5 and not layer.bias.detach().any()
+
+    def test_more_classes_have_a_softmax_per_pixel(self):
+        cfg = ModelConfig(name="mlp", output="map", hidden=[5])
+        net = build_model(cfg, 1, 3, image_size=(4, 4))
+        assert net(torch.rand(2, 1, 4, 4)).shape == (2, 3, 4, 4) and net.linears[-1].out_features == 48
+
+    def test_a_map_needs_the_image_size_and_vectors_keep_their_layout(self):
+        with pytest.raises(ConfigError, match="model.output: map needs the image size"):
+            build_model(ModelConfig(name="mlp", output="map"), 1, 2)
+        vector = build_model(ModelConfig(name="mlp", width=10, depth=4), 2, 2)  # the SSLDEC moons net
+        assert list(vector.state_dict())[:2] == ["net.1.weight", "net.1.bias"] and len(vector.state_dict()) == 10

@@ -26,7 +26,7 @@ class Supervised(Method):
 
     def __init__(self, cfg: SupervisedConfig, **kwargs):
         super().__init__(cfg, **kwargs)
-        self.model = build_model(self.model_cfg, self.in_channels, self.num_classes)
+        self.model = build_model(self.model_cfg, self.in_channels, self.num_classes, self.image_size)
 
     def supervised_loss(self, logits: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {}

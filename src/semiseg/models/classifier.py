@@ -9,9 +9,7 @@
   activations are the embedding z the clustering head reads); with a linear head its output is the
   logits. An adaptive max pooling to 3×3 after the last block makes any input size work (the
   identity at 28×28).
-- ``mlp``: ``model.depth`` dense layers of ``model.width`` units with ReLU, then a dense layer to K
-  (the paper's moons network: 4 × 10, then 2). Inputs ``[B, D, 1, 1]`` (a vector as a 1×1 image with
-  D channels) or any shape, flattened.
+- ``mlp`` (:mod:`semiseg.models.mlp`, ``model.output: vector``): the SSLDEC moons network.
 
 Shape:
     ``[B, C, H, W]`` → ``[B, K]``.
@@ -72,29 +70,7 @@ class SSLDECNet(nn.Module):
         return self.head(self.features(x))
 
 
-class MLP(nn.Module):
-    """``depth`` dense layers of ``width`` units (ReLU), then one to ``num_classes``, on the flattened input."""
-
-    def __init__(self, in_features: int, num_classes: int, width: int = 10, depth: int = 4):
-        super().__init__()
-        dims = [in_features] + [width] * depth
-        layers: list[nn.Module] = [nn.Flatten()]
-        for a, b in zip(dims[:-1], dims[1:]):
-            layers += [nn.Linear(a, b), nn.ReLU()]
-        layers.append(nn.Linear(dims[-1], num_classes))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
 @register_model("ssldec_cnn")
 def _build_ssldec_cnn(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
     return SSLDECNet(in_channels, out_channels, cfg.width, cfg.norm, cfg.dropout,
                      embedding_activation=cfg.head == "clustering")  # fmt: skip
-
-
-@register_model("mlp")
-def _build_mlp(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
-    """An MLP on ``in_channels``-dimensional vectors (inputs ``[B, in_channels, 1, 1]``)."""
-    return MLP(in_channels, out_channels, cfg.width, cfg.depth)

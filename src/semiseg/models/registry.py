@@ -7,6 +7,7 @@ Built-in models register in their own module (``@register_model("unet")``); ever
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -23,11 +24,16 @@ MODELS: Registry[ModelBuilder] = Registry("model", package="semiseg.models")
 register_model = MODELS.register
 
 
-def build_model(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
+def build_model(cfg: ModelConfig, in_channels: int, out_channels: int, image_size=None) -> nn.Module:
     """The network named ``cfg.name``; an unknown name raises a ConfigError naming ``model.name``.
+    ``image_size`` (the training ``[H, W]``) goes to builders that take it (e.g. ``mlp`` maps).
     With ``model.head: clustering`` its output feeds a clustering head (one centroid per output
     channel), :func:`~semiseg.models.heads.clustered`."""
-    net = MODELS.get(cfg.name, where="model.name")(cfg, in_channels, out_channels)
+    builder = MODELS.get(cfg.name, where="model.name")
+    if image_size is not None and "image_size" in inspect.signature(builder).parameters:
+        net = builder(cfg, in_channels, out_channels, image_size=tuple(image_size))
+    else:
+        net = builder(cfg, in_channels, out_channels)
     if cfg.init == "glorot":
         glorot_init_(net)
     if cfg.head == "clustering":

@@ -116,7 +116,8 @@ def test_unknown_key_names_dotted_key_with_suggestion(raw, key, suggestion):
 def test_unknown_key_without_close_match_lists_known_keys():
     with pytest.raises(
         ConfigError,
-        match=r"unknown key 'model\.zzzzzz' \(known: name, width, depth, norm, dropout, head, alpha, centroid_init, init\)",
+        match=r"unknown key 'model\.zzzzzz' \(known: name, width, depth, norm, dropout, head, alpha, "
+        r"centroid_init, init, output, hidden, activation\)",
     ):
         build({"model": {"zzzzzz": 1}})
 

@@ -184,7 +184,7 @@ def cmd_evaluate(args) -> int:
                 method.predict, records, image_size=cfg.data.image_size, device=device
             )
     else:
-        postprocess, post_info = build_postprocess(args, method, cfg, data, device)
+        postprocess, post_info = build_postprocess(args, method, cfg, data, device, state)
         with torch.no_grad():
             means, cases = evaluate_records(
                 method.predict,
@@ -211,11 +211,17 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def build_postprocess(args, method, cfg, data, device):
-    """The ``--postprocess`` callable and a description of it (with the MRF weight tuning, if any)."""
+def build_postprocess(args, method, cfg, data, device, state=None):
+    """The ``--postprocess`` callable and a description of it (with the MRF weight tuning, if any); with
+    none, the threshold stored in the checkpoint (``train.threshold: val``), if any."""
     info = {"name": args.postprocess}
     if args.postprocess != "mrf":
-        return None, info
+        decision = (state or {}).get("decision")
+        if decision is None:
+            return None, info
+        from semiseg.engine.decision import ThresholdPostprocess
+
+        return ThresholdPostprocess(decision["threshold"]), {"name": "threshold", **decision}
     from semiseg.errors import ConfigError
     from semiseg.postprocess import MRFPostprocess
 

@@ -197,8 +197,16 @@ class OptimizerConfig:
     amsgrad: bool = False  #: Adam/AdamW: the AMSGrad variant (e.g. the translation paper's)
     momentum: float | None = None  #: SGD; None = train.momentum
     weight_decay: float | None = None  #: None = train.weight_decay
-    scheduler: Literal["none", "cosine", "poly", "linear"] | None = None  #: None = train.scheduler
+    scheduler: Literal["none", "cosine", "poly", "linear", "adaptive"] | None = (
+        None  #: None = train.scheduler
+    )
     end_factor: float = 0.0  #: ``linear``: the lr falls from lr to lr · end_factor over the phase
+    #: ``adaptive`` (:mod:`semiseg.engine.adaptive`): lr × growth after ``grow_after`` improving epochs;
+    #: an epoch that does not improve the criterion is rejected and rerun with lr ÷ growth, at most
+    #: ``max_attempts`` times (the IODA paper's rule, Crino's constants)
+    growth: float = 1.25
+    grow_after: int = 5
+    max_attempts: int = 10
     #: update ratio: this optimizer steps ``repeat`` times per iteration (e.g. k critic steps per
     #: generator step) and only on iterations divisible by ``every``
     repeat: int = 1
@@ -214,7 +222,8 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.9
-    scheduler: Literal["none", "cosine", "poly", "linear"] = "none"  #: ``linear``: to 0 over the run
+    #: ``linear``: to 0 over the run; ``adaptive``: criterion-driven, rejecting worse epochs
+    scheduler: Literal["none", "cosine", "poly", "linear", "adaptive"] = "none"
     grad_clip: float | None = None
     val_every: int = 1
     val_metric: str = "dice/mean"  #: key of the evaluation dict used for model selection
@@ -239,6 +248,12 @@ class TrainConfig:
     sync_batchnorm: bool = True
     #: also score the last model (not only the validation-selected best.pt): metrics.json "last"
     eval_last: bool = False
+    #: binary data: "val" = the foreground threshold chosen on the validation split (mean Jaccard),
+    #: stored with the model and used for val / test scores, evaluate and predict; "argmax" = 0.5
+    threshold: Literal["argmax", "val"] = "argmax"
+    #: keep the method state after these epochs of the final phases (``epoch_<phase>_<n>.pt``), e.g.
+    #: for figures of a network's outputs during training (the IODA paper's Fig. 6)
+    save_epochs: list[int] = field(default_factory=list)
 
 
 @dataclass

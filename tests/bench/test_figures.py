@@ -65,3 +65,19 @@ def test_embedding_pca_reads_the_clustering_heads_input(tmp_path):
     assert abs(float((torch.from_numpy(xy) ** 2).sum()) / float(top2) - 1) < 1e-4  # its first two components
     embedding_figure([("a", method), ("b", method)], images, list(range(10)) * 4, tmp_path / "pca.png")
     assert (tmp_path / "pca.png").is_file()
+
+
+def test_snapshot_grid_draws_one_row_per_setup(tmp_path):
+    from PIL import Image
+
+    from semiseg.bench.figures import snapshot_grid
+
+    torch.manual_seed(0)
+    net = ModelConfig(name="mlp", output="map", hidden=[6], activation="tanh")
+    method = build_method({"name": "ioda", "input_layers": 0, "output_layers": 0}, net, in_channels=1,
+                          num_classes=2, image_size=(8, 8)).eval()  # fmt: skip
+    snapshots = {"NDA": {10: method, 100: method}, "IODA": {10: method}}  # a missing epoch stays blank
+    path = tmp_path / "fig6.png"
+    snapshot_grid(snapshots, torch.rand(1, 8, 8), torch.zeros(8, 8), path)
+    with Image.open(path) as im:
+        assert im.size[0] > im.size[1]  # 2 rows of 4 panels

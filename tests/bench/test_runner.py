@@ -401,3 +401,14 @@ def test_an_ensemble_of_one_equals_its_member_and_last_scores_need_eval_last(tmp
                            quick_seeds=[0], score="last")  # fmt: skip
     with registered(no_last), pytest.raises(ConfigError, match="train.eval_last"):
         run_table("tiny-nolast", quick=True, results_dir=tmp_path / "r2", work_dir=tmp_path / "w2")
+
+
+def test_full_only_rows_are_left_out_of_quick_mode(tmp_path, monkeypatch):
+    rows = [Row("supervised", "small"), Row("supervised", "big", {"train.epochs": 2}, full_only=True)]
+    table = simple_table(write_recipe(tmp_path / "tiny.yaml"), "tiny-full", rows, quick_seeds=[0], seeds=[0])
+    assert [r.key for r in table.rows_for(quick=True)] == ["supervised | small"]
+    assert len(table.rows_for(quick=False)) == 2
+    spy = Spy(monkeypatch)
+    with registered(table):
+        results = run_table("tiny-full", quick=True, results_dir=tmp_path / "r", work_dir=tmp_path / "w")
+    assert [r["setting"] for r in results["rows"]] == ["small"] and len(spy.trained) == 1

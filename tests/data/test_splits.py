@@ -361,8 +361,12 @@ def test_balanced_and_validation_carving_errors(spec, message):
 
 def test_labeled_item_fraction_keeps_evenly_spaced_items_of_each_labeled_group():
     # 6 patients x 20 slices, ids patient<p>_slice_<s> (natural order differs from the string order)
-    records = [Record(id=f"patient{p}_slice_{s}", image=np.zeros((1, 4, 4), np.float32),
-                      mask=np.zeros((4, 4), np.int64), group=f"patient{p}") for p in range(6) for s in range(20)]  # fmt: skip
+    image, mask = np.zeros((1, 4, 4), np.float32), np.zeros((4, 4), np.int64)
+    records = [
+        Record(id=f"patient{p}_slice_{s}", image=image, mask=mask, group=f"patient{p}")
+        for p in range(6)
+        for s in range(20)
+    ]
     bundle = bundle_of(records, val=[], test=[])
     spec = dict(labeled=2, labeled_by="group", labeled_item_fraction=0.2)
     s = make_split(bundle, SplitConfig(**spec))
@@ -378,6 +382,8 @@ def test_labeled_item_fraction_keeps_evenly_spaced_items_of_each_labeled_group()
     assert {r.group for r in full.labeled} == set(by_group)  # the same patients as without the fraction
     dropped = {r.id for r in full.labeled} - {r.id for r in s.labeled}
     assert len(dropped) == 32 and dropped <= {r.id for r in s.unlabeled}  # the other slices are unlabeled
-    offsets = {tuple(sorted(r.id for r in make_split(bundle, SplitConfig(**spec, draw=d)).labeled)) for d in range(6)}
+    offsets = {
+        tuple(sorted(r.id for r in make_split(bundle, SplitConfig(**spec, draw=d)).labeled)) for d in range(6)
+    }
     assert len(offsets) > 1  # the offset (and patients) change with the draw
     assert ids(make_split(bundle, SplitConfig(**spec)).labeled) == ids(s.labeled)

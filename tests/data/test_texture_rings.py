@@ -64,7 +64,9 @@ def test_bad_texture_names_are_one_line_errors():
         load_bundle(DataConfig(dataset="texture_rings", textures=["grain"]))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("skimage") is None, reason="scikit-image (extra 'textures') absent")
+@pytest.mark.skipif(
+    importlib.util.find_spec("skimage") is None, reason="scikit-image (extra 'textures') absent"
+)
 def test_scikit_image_textures_load():
     for name in ("gravel", "brick"):
         t = texture(name)

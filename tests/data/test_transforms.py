@@ -234,7 +234,9 @@ def test_strong_generators_are_deterministic_and_distinct():
 def test_integer_shift_moves_content_and_unlabels_the_vacated_pixels(dims):
     image, mask = sample(SHAPES[dims])
     out, m = apply_geometric(image, mask, Geometric(shift=(1, -2)))
-    assert torch.equal(out[..., 1:, :-2], image[..., :-1, 2:]) and torch.equal(m[..., 1:, :-2], mask[..., :-1, 2:])
+    assert torch.equal(out[..., 1:, :-2], image[..., :-1, 2:]) and torch.equal(
+        m[..., 1:, :-2], mask[..., :-1, 2:]
+    )
     assert (out[..., 0, :] == 0).all() and (out[..., -2:] == 0).all()
     assert (m[..., 0, :] == IGNORE_INDEX).all() and (m[..., -2:] == IGNORE_INDEX).all()
 

@@ -118,7 +118,10 @@ def test_a_phase_ended_by_its_plan_validates_its_last_state(tmp_path, make_confi
     assert not any(k.startswith("val/") for h in log[:-1] for k in h)
     assert log[-1]["ended"] == "plan" and "val/dice/mean" in log[-1]
     assert load_checkpoint(tmp_path / "a" / "best.pt")["best"]["epoch"] == 3
-    train(make_config("method.name=test_planner", "data.split.unlabeled=rest", "train.val_every=1"), tmp_path / "b")
+    train(
+        make_config("method.name=test_planner", "data.split.unlabeled=rest", "train.val_every=1"),
+        tmp_path / "b",
+    )
     log = [json.loads(line) for line in (tmp_path / "b" / "epochs.jsonl").read_text().splitlines()]
     assert "val/dice/mean" in log[-2] and not any(k.startswith("val/") for k in log[-1])
 

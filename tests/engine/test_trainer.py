@@ -480,3 +480,15 @@ def test_eval_last_scores_the_final_model_beside_the_best(tmp_path, make_config)
     assert res["last"]["test"]["dice/mean"] == pytest.approx(res["test"]["dice/mean"])
     assert res["last"]["val"]["pixel_error"] == pytest.approx(res["val"]["pixel_error"])
     assert "last" not in train(make_config("train.epochs=1"), tmp_path / "plain")
+
+
+def test_save_epochs_keeps_the_state_after_those_epochs(tmp_path, make_config):
+    engine_run.train(make_config("train.save_epochs=[1, 3]", "train.epochs=3"), output_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("epoch_*.pt")) == ["epoch_train_1.pt", "epoch_train_3.pt"]
+    last = load_checkpoint(tmp_path / "last.pt")["method_state"]
+    kept = load_checkpoint(tmp_path / "epoch_train_3.pt")["method_state"]
+    assert all(torch.equal(last[k], kept[k]) for k in last)
+    first = load_checkpoint(tmp_path / "epoch_train_1.pt")["method_state"]
+    assert not all(torch.equal(last[k], first[k]) for k in last)
+    engine_run.train(make_config("train.epochs=1"), output_dir=tmp_path)  # a fresh run removes them
+    assert not list(tmp_path.glob("epoch_*.pt"))

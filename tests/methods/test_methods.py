@@ -81,10 +81,15 @@ def batch(labeled_kind: str = "dense") -> dict[str, Batch]:
 TINY = {"translation": {"unique_channels": 4, "mlp_hidden": 8, "disc_width": 4, "disc_scales": 2}}
 
 
+#: the network a method needs, when the UNet does not fit it (IODA: a fully connected label-map network)
+MODEL_FOR = {"ioda": ModelConfig(name="mlp", output="map", hidden=[8, 8], activation="tanh")}
+
+
 def build(name: str, seed: int = 0, **options) -> Method:
     torch.manual_seed(seed)
     options = {**TINY.get(name, {}), **options}
-    return build_method({"name": name, **options}, MODEL, in_channels=1, num_classes=K, image_size=(32, 32))
+    model = MODEL_FOR.get(name, MODEL)
+    return build_method({"name": name, **options}, model, in_channels=1, num_classes=K, image_size=(32, 32))
 
 
 NAMES = method_names()

@@ -181,7 +181,9 @@ def test_max_rounds_zero_is_the_pretraining_of_a_full_run(tmp_path):
 
 def test_resume_is_exact_through_the_rounds(tmp_path, resume_check):
     cfg = moons_config("method.max_rounds=3", "method.change_tol=null")
-    log = resume_check(cfg, tmp_path, crash_at=lambda trainer, phase: phase.name == "labeled2" and trainer.epoch == 1)
+    log = resume_check(
+        cfg, tmp_path, crash_at=lambda trainer, phase: phase.name == "labeled2" and trainer.epoch == 1
+    )
     assert any(r["phase"] == "labeled2" and "ended" not in r for r in log), "the crash point must be reached"
 
 
@@ -191,7 +193,11 @@ def test_resume_is_exact_across_a_refresh_and_the_stopping_rule(tmp_path, resume
     cfg = moons_config("method.max_rounds=6", "method.change_tol=0.005")  # stops at dec4 (0 changes)
     log = resume_check(cfg, tmp_path / "a", crash_at=lambda trainer, phase: phase.name == "dec3")
     assert any(r["phase"] == "dec3" for r in log), "the crash point must be reached"
-    assert [r["phase"] for r in log if r.get("ended") == "plan" and r["phase"].startswith("dec")] == ["dec4", "dec5", "dec6"]
+    assert [r["phase"] for r in log if r.get("ended") == "plan" and r["phase"].startswith("dec")] == [
+        "dec4",
+        "dec5",
+        "dec6",
+    ]
 
 
 def test_refresh_targets_are_eq_2_over_the_whole_sweep_and_the_subset_is_balanced():
@@ -244,8 +250,8 @@ def test_pixel_mode_on_segmentation_data(tmp_path):
     assert dec[0]["step"] == 2 * 2 + 2  # dec_iters steps after 2 pre-training epochs of 2 iterations
     assert "dice/mean" in results["test"]
     with pytest.raises(ConfigError, match="method.change_tol"):  # pixel mode keeps no per-pixel classes
-        train(build_config(copy.deepcopy(SHAPES), ["method.pretrain_epochs=1", "method.max_rounds=1",
-                                                   "method.change_tol=0.01"], source="test"), output_dir=tmp_path / "b")  # fmt: skip
+        overrides = ["method.pretrain_epochs=1", "method.max_rounds=1", "method.change_tol=0.01"]
+        train(build_config(copy.deepcopy(SHAPES), overrides, source="test"), output_dir=tmp_path / "b")
 
 
 def test_recipe_builds():

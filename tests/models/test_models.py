@@ -256,7 +256,10 @@ class TestMLPMap(ModelTester):
         model = self.build()
         for layer in model.linears:
             m, n = layer.in_features, layer.out_features
-            assert float(layer.weight.detach().abs().max()) <= (6 / (m + n)) ** 0.5 and not layer.bias.detach().any()
+            assert (
+                float(layer.weight.detach().abs().max()) <= (6 / (m + n)) ** 0.5
+                and not layer.bias.detach().any()
+            )
 
     def test_more_classes_have_a_softmax_per_pixel(self):
         cfg = ModelConfig(name="mlp", output="map", hidden=[5])
@@ -267,4 +270,6 @@ class TestMLPMap(ModelTester):
         with pytest.raises(ConfigError, match="model.output: map needs the image size"):
             build_model(ModelConfig(name="mlp", output="map"), 1, 2)
         vector = build_model(ModelConfig(name="mlp", width=10, depth=4), 2, 2)  # the SSLDEC moons net
-        assert list(vector.state_dict())[:2] == ["net.1.weight", "net.1.bias"] and len(vector.state_dict()) == 10
+        assert (
+            list(vector.state_dict())[:2] == ["net.1.weight", "net.1.bias"] and len(vector.state_dict()) == 10
+        )

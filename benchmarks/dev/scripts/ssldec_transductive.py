@@ -28,7 +28,9 @@ def main() -> None:
     from semiseg.engine.evaluate import evaluate_labels
     from semiseg.engine.run import load_trained
 
-    a, cfg, out, res, seconds = dev_run(__doc__.splitlines()[0], "runs/dev/ssldec", "runs/dev/ssldec/transductive.jsonl")
+    a, cfg, out, res, seconds = dev_run(
+        __doc__.splitlines()[0], "runs/dev/ssldec", "runs/dev/ssldec/transductive.jsonl"
+    )
     method, _, _ = load_trained(out / "last.pt")
     data = prepare_data(cfg, a.data_root)
     labeled_ids = {r.id for r in data.split.labeled}

@@ -103,7 +103,12 @@ class RunCache:
     """
 
     def __init__(
-        self, root: Path, source: str, commit: str, data_root: str | None = None, bundles: Bundles | None = None
+        self,
+        root: Path,
+        source: str,
+        commit: str,
+        data_root: str | None = None,
+        bundles: Bundles | None = None,
     ):
         self.root, self.source, self.commit = Path(root), source, commit
         self.data_root, self.bundles = data_root, bundles

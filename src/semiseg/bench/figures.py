@@ -108,7 +108,9 @@ def _plt():
     return plt
 
 
-def moons_figure(models: list[tuple[str, object]], points, labels, labeled, path: Path, resolution: int = 150) -> None:
+def moons_figure(
+    models: list[tuple[str, object]], points, labels, labeled, path: Path, resolution: int = 150
+) -> None:
     """SSLDEC's Fig. 4 layout: (a) the points, labeled ones marked; then one panel per model with its
     decision boundary (probability of the second class on a grid) under the points.
 
@@ -179,6 +181,44 @@ def embedding_figure(models: list[tuple[str, object]], images, labels, path: Pat
         ax.set_xticks([])
         ax.set_yticks([])
     fig.colorbar(sc, ax=axes[0].tolist(), ticks=range(10), fraction=0.03)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def snapshot_grid(snapshots: dict[str, dict[int, object]], image, mask, path: Path) -> None:
+    """The IODA paper's Fig. 6 layout: one row per setup (e.g. NDA, IDA, IODA), its output (foreground
+    probability) on one image after each saved epoch, beside the input and the truth.
+
+    Args:
+        snapshots: setup → {epoch: method} (methods in eval mode).
+        image: ``[C, H, W]`` tensor; mask ``[H, W]``.
+    """
+    import torch
+
+    plt = _plt()
+    epochs = sorted({e for per in snapshots.values() for e in per})
+    rows = list(snapshots)
+    fig, axes = plt.subplots(len(rows), len(epochs) + 2, figsize=(1.9 * (len(epochs) + 2), 1.9 * len(rows)),
+                             squeeze=False)  # fmt: skip
+    for i, setup in enumerate(rows):
+        axes[i, 0].imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=1)
+        axes[i, 0].set_ylabel(setup, fontsize=9)
+        axes[i, -1].imshow(mask.numpy(), cmap="gray", vmin=0, vmax=1)
+        for j, epoch in enumerate(epochs, start=1):
+            method = snapshots[setup].get(epoch)
+            if method is not None:
+                with torch.no_grad():
+                    prob = method.predict(image[None]).float().softmax(1)[0, 1]
+                axes[i, j].imshow(prob.numpy(), cmap="gray", vmin=0, vmax=1)
+            if i == 0:
+                axes[i, j].set_title(f"after {epoch} epochs", fontsize=9)
+    axes[0, 0].set_title("input", fontsize=9)
+    axes[0, -1].set_title("truth", fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)

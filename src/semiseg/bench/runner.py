@@ -234,7 +234,10 @@ def _row_runs(ctx: BenchContext, row: Row, seeds: list[int], configs: dict) -> l
             return []
         record = ctx.cache.read_record(dirs[0]) or {}
         info = {**info, "status": "ensembled", "seconds": round(time.perf_counter() - t0, 1)}
-        print(f"[{table.name}] {row.key}: {metric} = {value * table.scale:.2f} (ensemble of {len(dirs)})", flush=True)
+        print(
+            f"[{table.name}] {row.key}: {metric} = {value * table.scale:.2f} (ensemble of {len(dirs)})",
+            flush=True,
+        )
         return [{"method": row.method, "setting": row.setting, "seed": members, "test": value * table.scale, **info,
                  "run_dir": str(dirs[0]), "git_commit": record.get("git_commit"),
                  "source_hash": record.get("source_hash")}]  # fmt: skip
@@ -348,7 +351,7 @@ def run_table(
     tuning = _tune(ctx) if table.tuning else None
     ctx.tuned = tuning["chosen"] if tuning else (None if table.tuning else {})
     rows_out, runs, configs = [], [], {}
-    for row in table.rows:
+    for row in table.rows_for(quick):
         row_runs = _row_runs(ctx, row, seeds, configs)
         runs += row_runs
         _write_index(ctx)

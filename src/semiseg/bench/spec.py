@@ -47,6 +47,7 @@ class Row:
             moons accuracy and MNIST error); ``metric_label`` its label.
         draw: Pin the split's draw (``data.split.draw``) while the seeds vary ``train.seed`` only,
             e.g. the members of an ensemble trained on one labeled subset. None: draw = seed.
+        full_only: A row of full mode only (e.g. network sizes a CPU cannot afford in quick mode).
     """
 
     method: str
@@ -64,6 +65,7 @@ class Row:
     metric: str | None = None
     metric_label: str | None = None
     draw: int | None = None
+    full_only: bool = False
 
     @property
     def key(self) -> str:
@@ -105,6 +107,10 @@ class Table:
     #: model as training left it; the recipes must set ``train.eval_last``), e.g. for methods that do
     #: not select on validation (SSLDEC, with 10 validation digits)
     score: str = "best"
+
+    def rows_for(self, quick: bool) -> list[Row]:
+        """The rows run in quick or full mode."""
+        return [r for r in self.rows if not (quick and r.full_only)]
 
     def metric_of(self, row: Row) -> tuple[str, str]:
         """The test metric key and label of ``row``."""

@@ -170,7 +170,7 @@ def table_status(
     cache = RunCache(Path(work_dir) / "cache", source or prov.source_hash(), commit="")
     entries, chosen = _tuning(table, quick, cache, user)
     by_run: dict[tuple[str, int], dict[str, Any]] = {}  # (row key, seed) → its entry
-    for row in table.rows:
+    for row in table.rows_for(quick):
         for seed in row.seeds_for(seeds, quick):
             entry = {"row": row.key, "method": row.method, "setting": row.setting, "seed": seed,
                      **_row_run(table, row, seed, quick, cache, user, chosen, by_run)}  # fmt: skip

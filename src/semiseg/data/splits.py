@@ -212,7 +212,9 @@ def make_split(bundle: DatasetBundle, spec: SplitConfig) -> Split:
             chosen = set(rng.permutation(np.array(candidates, dtype=object))[:n].tolist())
     labeled = [r for r in eligible if key(r) in chosen]
     if spec.labeled_item_fraction < 1:
-        labeled = _spaced_items(labeled, spec.labeled_item_fraction, np.random.default_rng([spec.seed, spec.draw, 15485863]))
+        labeled = _spaced_items(
+            labeled, spec.labeled_item_fraction, np.random.default_rng([spec.seed, spec.draw, 15485863])
+        )
     if spec.val_from_labeled:
         if spec.val_from_labeled >= len(labeled):
             raise ConfigError(

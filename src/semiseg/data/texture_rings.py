@@ -79,13 +79,20 @@ def texture(name: str) -> np.ndarray:
         else:  # weave: horizontal and vertical gratings (period 8 px), alternating in 8-px blocks
             yy, xx = np.mgrid[:TEXTURE_SIDE, :TEXTURE_SIDE]
             checker = ((yy // 8 + xx // 8) % 2).astype(np.float64)
-            t = checker * np.sin(2 * np.pi * yy / 8) + (1 - checker) * np.sin(2 * np.pi * xx / 8) + 0.3 * noise
+            t = (
+                checker * np.sin(2 * np.pi * yy / 8)
+                + (1 - checker) * np.sin(2 * np.pi * xx / 8)
+                + 0.3 * noise
+            )
     t = (t - t.mean()) / t.std()
     return t.astype(np.float32)
 
 
+Ring = tuple[float, float, float, float]  #: (cy, cx, r, R) in pixels
+
+
 def make_ring(rng: np.random.Generator, side: int, outer: Sequence[float] = (20.0, 50.0),
-              inner_ratio: Sequence[float] = (0.3, 0.8)) -> tuple[np.ndarray, tuple[float, float, float, float]]:  # fmt: skip
+              inner_ratio: Sequence[float] = (0.3, 0.8)) -> tuple[np.ndarray, Ring]:  # fmt: skip
     """A ring mask ``[side, side]`` (bool) and its ``(cy, cx, r, R)``; radii in pixels of a 128² image,
     scaled by ``side / 128``.
 
@@ -103,8 +110,9 @@ def make_ring(rng: np.random.Generator, side: int, outer: Sequence[float] = (20.
     return (d >= small) & (d <= big), (float(cy), float(cx), float(small), float(big))
 
 
-def make_texture_rings(n: int, side: int, seed: int, split: int,
-                       textures: Sequence[str] = ("gravel", "brick")) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+def make_texture_rings(
+    n: int, side: int, seed: int, split: int, textures: Sequence[str] = ("gravel", "brick")
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``n`` images of split number ``split``: images ``[n, 1, side, side]`` float32 in [0, 1], masks
     ``[n, side, side]`` int64 (1 = ring), ring parameters ``[n, 4]`` (cy, cx, r, R)."""
     background, ring = texture(textures[0]), texture(textures[1])
@@ -121,7 +129,9 @@ def make_texture_rings(n: int, side: int, seed: int, split: int,
     return images, masks, params
 
 
-def load_texture_rings(n: int, side: int, seed: int, textures: Sequence[str] = ("gravel", "brick")) -> DatasetBundle:
+def load_texture_rings(
+    n: int, side: int, seed: int, textures: Sequence[str] = ("gravel", "brick")
+) -> DatasetBundle:
     """The ``texture_rings`` bundle: fixed train / val / test splits of ``n`` images each."""
     if len(textures) != 2:
         raise ConfigError(f"data.textures: give [background, ring], got {list(textures)}")

@@ -148,7 +148,9 @@ def draw_shift(cfg: AugmentConfig, rng: np.random.Generator) -> tuple[int, int]:
     return (int(rng.integers(-t, t + 1)), int(rng.integers(-t, t + 1))) if t else (0, 0)
 
 
-def _shift(image: torch.Tensor, mask: torch.Tensor, shift: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def _shift(
+    image: torch.Tensor, mask: torch.Tensor, shift: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Content moved by ``shift`` = (dy, dx) pixels in the H-W plane; vacated pixels: 0 / IGNORE_INDEX.
 
     Examples:

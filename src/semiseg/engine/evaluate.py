@@ -19,8 +19,8 @@ from semiseg.data.records import Record, record_slices
 from semiseg.data.views import resize_image
 from semiseg.ops import class_map
 
-FAST_METRICS = ("dice", "jaccard", "pixel_error")
-ALL_METRICS = ("dice", "jaccard", "pixel_error", "rad", "hd95")
+FAST_METRICS = ("dice", "jaccard", "pixel_error", "mse")
+ALL_METRICS = ("dice", "jaccard", "pixel_error", "mse", "rad", "hd95")
 
 
 @torch.no_grad()
@@ -96,7 +96,10 @@ def evaluate_records(
         for r, p in zip(chunk, predict_records(predict, chunk, image_size, device)):
             pred = postprocess(p, r) if postprocess is not None else class_map(p, 0)
             mask = torch.from_numpy(np.asarray(r.mask))
-            case = evaluate_case(pred, mask, num_classes, metrics=tuple(metrics), spacing=r.spacing)
+            label_metrics = tuple(m for m in metrics if m != "mse")
+            case = evaluate_case(pred, mask, num_classes, metrics=label_metrics, spacing=r.spacing)
+            if "mse" in metrics:
+                case["mse"] = probability_mse(p, mask)
             case["id"] = r.id
             cases.append(case)
             if "dice" in metrics:
@@ -106,6 +109,27 @@ def evaluate_records(
     if "dice" in metrics:  # one Dice over every pixel of the split (not a per-case mean)
         means.update(pooled_dice(pooled))
     return means, cases
+
+
+def probability_mse(probs: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean squared error between the class probabilities and the one-hot truth, over the labeled
+    pixels and the classes (binary: (p₁ − y)², the IODA paper's criterion; K classes: the Brier score
+    divided by K).
+
+    Shape:
+        probs ``[K, *S]``, mask ``[*S]`` (``IGNORE_INDEX`` = unlabeled) → a float.
+
+    Examples:
+        >>> probability_mse(torch.full((2, 2, 2), 0.5), torch.zeros(2, 2, dtype=torch.long))
+        0.25
+    """
+    from semiseg.core import IGNORE_INDEX
+
+    valid = mask != IGNORE_INDEX
+    if not valid.any():
+        return float("nan")
+    one_hot = torch.nn.functional.one_hot(mask[valid], probs.shape[0]).to(probs.dtype)  # [N, K]
+    return float((probs.movedim(0, -1)[valid] - one_hot).pow(2).mean())
 
 
 @torch.no_grad()
@@ -142,12 +166,19 @@ def evaluate_split(
     image_size: Sequence[int],
     device: torch.device,
     metrics: Sequence[str] = FAST_METRICS,
+    postprocess: Callable[[torch.Tensor, Record], torch.Tensor] | None = None,
 ) -> tuple[dict[str, float], list[dict[str, float]]]:
     """:func:`evaluate_records` (``task`` "segment") or :func:`evaluate_labels` ("classify")."""
     if task == "classify":
         return evaluate_labels(predict, records, image_size=image_size, device=device)
     return evaluate_records(
-        predict, records, num_classes=num_classes, image_size=image_size, device=device, metrics=metrics
+        predict,
+        records,
+        num_classes=num_classes,
+        image_size=image_size,
+        device=device,
+        metrics=metrics,
+        postprocess=postprocess,
     )
 
 
@@ -159,7 +190,7 @@ def metric_keys(num_classes: int, metrics: Sequence[str] = FAST_METRICS, task: s
         return ["accuracy", "error"]
     keys = []
     for m in metrics:
-        if m == "pixel_error":
+        if m in ("pixel_error", "mse"):
             keys.append(m)
             continue
         names = {"hd95": ("hd95_px", "hd95_mm"), "dice": ("dice", "dice_pooled")}.get(m, (m,))

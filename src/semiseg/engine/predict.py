@@ -35,8 +35,10 @@ def predict_folder(
     probs = predict_slices(method.predict, images, state["image_size"], device)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    decision = state.get("decision")  # a threshold chosen on validation (train.threshold: val)
     for path, p in zip(files, probs):
-        label = class_map(p, 0).numpy().astype(np.uint8)
+        label = (p[1] >= decision["threshold"]).long() if decision else class_map(p, 0)
+        label = label.numpy().astype(np.uint8)
         atomic_write(
             out / f"{path.stem}.png", lambda tmp, a=label: Image.fromarray(a).save(tmp, format="PNG")
         )

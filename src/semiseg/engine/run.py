@@ -13,7 +13,8 @@ import torch
 
 from semiseg.config import RunConfig, build_config, to_dict
 from semiseg.engine import distributed as D
-from semiseg.engine.checkpoint import load_checkpoint, seed_everything
+from semiseg.engine.checkpoint import load_checkpoint, save_checkpoint, seed_everything
+from semiseg.engine.decision import ThresholdPostprocess
 from semiseg.engine.evaluate import ALL_METRICS, FAST_METRICS, evaluate_split, predict_records
 from semiseg.errors import ConfigError
 from semiseg.io import atomic_write_text
@@ -73,6 +74,8 @@ def train(
     info, device = D.setup(cfg.train.device)
     try:
         data = prepare_data(cfg, data_root, bundle=bundle)  # validates all data before any training
+        if cfg.train.threshold == "val" and (data.bundle.num_classes != 2 or data.bundle.task != "segment"):
+            raise ConfigError("train.threshold: val applies to binary segmentation (2 classes)")
         if info.is_main:
             out.mkdir(parents=True, exist_ok=True)
             data.split.write(out / "split.json")
@@ -104,7 +107,12 @@ def train(
             best_path = out / "best.pt"
             if best_path.is_file():
                 method.load_state_dict(load_checkpoint(best_path, device)["method_state"])
-            for name, (means, cases) in _score(method, data, cfg, device, ALL_METRICS).items():
+            decision = None
+            if cfg.train.threshold == "val":
+                decision = choose_threshold(method, data, cfg, device, best_path)
+                results["decision"] = decision
+            postprocess = ThresholdPostprocess(decision["threshold"]) if decision else None
+            for name, (means, cases) in _score(method, data, cfg, device, ALL_METRICS, postprocess).items():
                 results[name] = means
                 results[f"{name}_cases"] = cases
             if cfg.train.plots and data.bundle.task == "segment":
@@ -115,7 +123,28 @@ def train(
         D.teardown()
 
 
-def _score(method, data, cfg: RunConfig, device, metrics) -> dict[str, tuple[dict, list]]:
+def choose_threshold(method, data, cfg: RunConfig, device, best_path: Path) -> dict[str, Any]:
+    """``train.threshold: val``: the foreground threshold with the best mean validation Jaccard of
+    ``method`` (:mod:`semiseg.engine.decision`), kept in ``best_path`` (when the run has one) as
+    ``"decision"``."""
+    from semiseg.engine.decision import tune_threshold
+
+    if data.bundle.num_classes != 2 or data.bundle.task != "segment":
+        raise ConfigError("train.threshold: val applies to binary segmentation (2 classes)")
+    method.eval()
+    with torch.no_grad():
+        probs = predict_records(method.predict, data.val, cfg.data.image_size, device)
+    threshold, table = tune_threshold(probs, [r.mask for r in data.val])
+    decision = {"threshold": threshold, "metric": "jaccard", "split": "val", "n": len(data.val),
+                "val_jaccard": table[threshold], "val_jaccard_at_0.5": table[0.5]}  # fmt: skip
+    if best_path.is_file():
+        state = load_checkpoint(best_path, device)
+        state.pop("format", None)
+        save_checkpoint({**state, "decision": decision}, best_path)
+    return decision
+
+
+def _score(method, data, cfg: RunConfig, device, metrics, postprocess=None) -> dict[str, tuple[dict, list]]:
     """``{"val" | "test": (means, per-case values)}`` of ``method`` (in eval mode) on the run's splits."""
     method.eval()
     out = {}
@@ -129,6 +158,7 @@ def _score(method, data, cfg: RunConfig, device, metrics) -> dict[str, tuple[dic
                 image_size=cfg.data.image_size,
                 device=device,
                 metrics=metrics,
+                postprocess=postprocess,
             )
     return out
 

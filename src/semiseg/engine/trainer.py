@@ -29,6 +29,7 @@ from semiseg.core import Batch
 from semiseg.data import PreparedData
 from semiseg.data.splits import stable_hash
 from semiseg.engine import distributed as D
+from semiseg.engine.adaptive import AdaptiveLR
 from semiseg.engine.checkpoint import (
     load_checkpoint,
     rng_state,
@@ -103,11 +104,23 @@ def check_optimizer_settings(settings: OptimizerConfig, where: str) -> None:
         raise ConfigError(f"{where}: repeat and every must be at least 1")
     if not 0 <= settings.end_factor <= 1:
         raise ConfigError(f"{where}.end_factor: must be in [0, 1], got {settings.end_factor}")
+    if settings.growth <= 1 or settings.grow_after < 1 or settings.max_attempts < 1:
+        raise ConfigError(f"{where}: adaptive needs growth > 1, grow_after >= 1 and max_attempts >= 1")
 
 
-def build_scheduler(kind: str, optimizer: torch.optim.Optimizer, total_iters: int, end_factor: float = 0.0):
+def build_scheduler(
+    kind: str,
+    optimizer: torch.optim.Optimizer,
+    total_iters: int,
+    end_factor: float = 0.0,
+    settings: OptimizerConfig | None = None,
+):
     """A per-step learning-rate factor over ``total_iters`` steps: ``cosine`` (to 0), ``poly`` (power
-    0.9, to 0), ``linear`` (from 1 to ``end_factor``, e.g. SSLDEC's 1e-3 → 1e-4 = 0.1) or constant."""
+    0.9, to 0), ``linear`` (from 1 to ``end_factor``, e.g. SSLDEC's 1e-3 → 1e-4 = 0.1) or constant;
+    or ``adaptive`` (:class:`~semiseg.engine.adaptive.AdaptiveLR`, set per epoch by the criterion)."""
+    if kind == "adaptive":
+        s = settings or OptimizerConfig()
+        return AdaptiveLR(optimizer, s.growth, s.grow_after, s.max_attempts)
     if kind == "linear":
         factor = lambda i: 1.0 + (end_factor - 1.0) * min(i, total_iters) / total_iters  # noqa: E731
     elif kind == "cosine":
@@ -329,8 +342,11 @@ class Trainer:
             lr = s.lr if s.lr is not None else phase_lr
             params = self.method.phase_owner(phase.name).parameters_for(phase.name, spec.name)
             opts[spec.name] = build_optimizer(self.cfg, params, s, lr, where)
-            scheds[spec.name] = build_scheduler(self._scheduler_kind(spec), opts[spec.name],
-                                                self._optimizer_steps(phase, spec), s.end_factor)  # fmt: skip
+            kind = self._scheduler_kind(spec)
+            if kind == "adaptive" and len(phase.optimizer_specs) > 1:
+                raise ConfigError(f"{where}: the adaptive learning rate drives a phase with one optimizer")
+            scheds[spec.name] = build_scheduler(kind, opts[spec.name], self._optimizer_steps(phase, spec),
+                                                s.end_factor, s)  # fmt: skip
         return opts, scheds
 
     def _take_persisted(self, phase: Phase, opts) -> None:
@@ -566,7 +582,7 @@ class Trainer:
             # a fresh run must not leave an earlier run's checkpoints or results next to its own logs
             for name in ("steps.jsonl", "epochs.jsonl", "epochs.csv", "last.pt", "best.pt", "metrics.json"):
                 (self.out / name).unlink(missing_ok=True)
-            for old in self.out.glob("best_*.pt"):
+            for old in [*self.out.glob("best_*.pt"), *self.out.glob("epoch_*.pt")]:
                 old.unlink()
         from tqdm.auto import tqdm
 
@@ -596,7 +612,12 @@ class Trainer:
             while self.epoch < n_epochs:
                 plan = self.plan_epoch(phase)
                 if plan is not None and plan.done:
-                    record = {"phase": phase.name, "epoch": self.epoch, "step": self.global_step, "ended": "plan"}
+                    record = {
+                        "phase": phase.name,
+                        "epoch": self.epoch,
+                        "step": self.global_step,
+                        "ended": "plan",
+                    }
                     if self.epoch > 0 and self.epoch % self.cfg.train.val_every:
                         # the phase's last state would never compete for best.pt: validate it now (again
                         # on resume, with the same result; last.pt already holds this state)
@@ -645,6 +666,54 @@ class Trainer:
         hook, validation (phases that validate), ``best.pt`` / ``last.pt`` and the epoch logs. ``bar``
         is a tqdm progress bar."""
         t0 = time.perf_counter()
+        adaptive = next((s for s in scheds.values() if isinstance(s, AdaptiveLR)), None)
+        snapshot = self._snapshot(opts) if adaptive is not None else None
+        while True:
+            sums, counts, bad = self._iterate(phase, opts, scheds, iters, bar, plan, adaptive is not None)
+            if adaptive is None:
+                break
+            # the criterion: the mean of the attempt's step losses (inf when a loss was not finite)
+            criterion = sums["loss"] / counts["loss"] if bad is None and "loss" in counts else math.inf
+            accepted = adaptive.decide(criterion)
+            if accepted and bad is not None:
+                self._diverged(phase, bad)
+            if accepted:
+                break
+            self.history.append({"phase": phase.name, "epoch": self.epoch + 1, "step": self.global_step,
+                                 "attempt": adaptive.attempts, "criterion": criterion, "accepted": False,
+                                 "next_lr": adaptive.lr})  # fmt: skip
+            self._rollback(snapshot, opts, adaptive)
+        self._end_epoch(phase, opts, scheds, t0, sums, counts)
+
+    def _diverged(self, phase: Phase, bad: dict[str, float]) -> None:
+        where = f"phase '{phase.name}' epoch {self.epoch + 1} step {self.global_step}"
+        last = self.out / "last.pt"
+        kept = f"last good checkpoint kept at {last}" if last.is_file() else "no checkpoint yet"
+        raise TrainingDiverged(f"training stopped: non-finite loss {bad} at {where}; {kept}")
+
+    def _snapshot(self, opts) -> dict[str, Any]:
+        """Everything an epoch changes, to roll a rejected attempt back (the adaptive learning rate)."""
+        return {
+            "method": copy.deepcopy(self.method.state_dict()),
+            "optimizers": {k: copy.deepcopy(o.state_dict()) for k, o in opts.items()},
+            "scaler": copy.deepcopy(self.scaler.state_dict()) if self.scaler else None,
+            "rng": rng_state(),
+            "counters": (self.global_step, self.phase_step, self.images_seen),
+        }
+
+    def _rollback(self, snapshot: dict[str, Any], opts, adaptive: AdaptiveLR) -> None:
+        self.method.load_state_dict(snapshot["method"])
+        for k, o in opts.items():
+            o.load_state_dict(copy.deepcopy(snapshot["optimizers"][k]))
+        adaptive.apply()  # the new attempt's learning rate
+        if self.scaler and snapshot["scaler"] is not None:
+            self.scaler.load_state_dict(snapshot["scaler"])
+        set_rng_state(snapshot["rng"])
+        self.global_step, self.phase_step, self.images_seen = snapshot["counters"]
+
+    def _iterate(self, phase: Phase, opts, scheds, iters: int, bar, plan: EpochPlan | None, tolerant: bool):
+        """The iterations of one epoch (or attempt): ``(sums, counts, None)`` of the step values, or, when
+        a loss is not finite, TrainingDiverged (``tolerant``: the values so far and the bad ones)."""
         specs = self.stream_specs(phase)
         streams = tuple(s.name for s in specs)
         subsets = plan.subsets if plan is not None else {}
@@ -659,10 +728,9 @@ class Trainer:
             self.images_seen += sum(len(b) for b in batch.values()) * self.info.world_size
             if not all(math.isfinite(v) for v in values.values()):
                 bad = {k: v for k, v in values.items() if not math.isfinite(v)}
-                where = f"phase '{phase.name}' epoch {self.epoch + 1} step {self.global_step}"
-                last = self.out / "last.pt"
-                kept = f"last good checkpoint kept at {last}" if last.is_file() else "no checkpoint yet"
-                raise TrainingDiverged(f"training stopped: non-finite loss {bad} at {where}; {kept}")
+                if tolerant:
+                    return sums, counts, bad
+                self._diverged(phase, bad)
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
                 counts[k] = counts.get(k, 0) + 1
@@ -681,6 +749,10 @@ class Trainer:
                 shown = values.get("loss", next(iter(values.values())))
                 bar.set_postfix(loss=f"{shown:.4f}", refresh=False)
             bar.update(1)
+        return sums, counts, None
+
+    def _end_epoch(self, phase: Phase, opts, scheds, t0: float, sums, counts) -> None:
+        """After an (accepted) epoch: the epoch-end hook, validation, checkpoints and logs."""
         self.epoch += 1
         self.method.phase_owner(phase.name).on_epoch_end(phase.name, self.epoch)
         self.train_seconds += time.perf_counter() - t0
@@ -693,6 +765,13 @@ class Trainer:
         self.history.append(record)
         if self.main:
             save_checkpoint(self._state(opts, scheds), self.out / "last.pt")
+            if phase.final and self.epoch in self.cfg.train.save_epochs:
+                snapshot = {
+                    "config": to_dict(self.cfg),
+                    "method_state": self.method.state_dict(),
+                    **self.meta(),
+                }
+                save_checkpoint(snapshot, self.out / f"epoch_{phase.name}_{self.epoch}.pt")
             self._write_epoch_logs()
         D.barrier(self.info)
 

@@ -301,7 +301,9 @@ class SSLDEC(Method):
     # ------------------------------------------------------------------------------ training
     def l2_penalty(self) -> torch.Tensor:
         """Σ w² over the weights of the network's convolutions and dense layers."""
-        weights = [m.weight for m in self.model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+        weights = [
+            m.weight for m in self.model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
+        ]
         return torch.stack([w.pow(2).sum() for w in weights]).sum()
 
     def training_step(self, batch, phase, optimizer):

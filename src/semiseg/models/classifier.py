@@ -51,7 +51,9 @@ class SSLDECNet(nn.Module):
                 last = i == len(block) - 1
                 layers += _conv(c, c_out, norm, 0.0 if last else dropout)
                 c = c_out
-            layers.append(nn.MaxPool2d(2))  # Fig. 2: conv1c, pool1, drop1c (pool before the block's last dropout)
+            layers.append(
+                nn.MaxPool2d(2)
+            )  # Fig. 2: conv1c, pool1, drop1c (pool before the block's last dropout)
             if dropout:
                 layers.append(nn.Dropout(dropout))
         layers.append(nn.AdaptiveMaxPool2d(3))

@@ -97,5 +97,7 @@ def _build_mlp(cfg: ModelConfig, in_channels: int, out_channels: int, image_size
     if cfg.output == "vector":
         return MLP(in_channels, out_channels, hidden, cfg.activation)
     if image_size is None:
-        raise ConfigError("model.output: map needs the image size, which this method does not pass to its model")
+        raise ConfigError(
+            "model.output: map needs the image size, which this method does not pass to its model"
+        )
     return MLPMap(in_channels, out_channels, image_size, hidden, cfg.activation)

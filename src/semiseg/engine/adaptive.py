@@ -1,0 +1,91 @@
+"""A criterion-driven learning rate that rejects epochs (the IODA paper's adaptive learning rate, §4.3,
+with the constants of its authors' library Crino).
+
+The unit is the epoch (the paper's "iteration"). After each epoch the scheduler compares the epoch's
+criterion (the mean of its steps' losses, all-reduced under DDP) with the previous accepted epoch's:
+
+- better: the epoch is accepted; after ``grow_after`` consecutive better epochs the learning rate is
+  multiplied by ``growth``;
+- not better: the epoch is *rejected*: the trainer restores the method, the optimizer, the random
+  state and its counters as they were before the epoch, the learning rate is divided by ``growth``,
+  and the epoch is run again (with the same batches). The ``max_attempts``-th attempt is accepted
+  whatever its criterion.
+
+Only accepted epochs reach the epoch-end hook, validation and the checkpoints, so a resumed run
+replays the rejected attempts exactly. ``train.scheduler: adaptive`` (or an optimizer's own
+``scheduler: adaptive``) selects it; ``growth``, ``grow_after``, ``max_attempts`` are the optimizer's
+settings (1.25, 5, 10). It drives one optimizer per phase.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+
+class AdaptiveLR:
+    """The learning rate of ``optimizer``, set per epoch by :meth:`decide` (``step`` is a per-iteration
+    no-op, so the trainer treats it as any scheduler).
+
+    Examples:
+        >>> opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        >>> lr = AdaptiveLR(opt, growth=2.0, grow_after=2, max_attempts=3)
+        >>> [lr.decide(c) for c in (5.0, 4.0, 3.0)], lr.lr   # two improvements: lr × 2
+        ([True, True, True], 2.0)
+        >>> [lr.decide(c) for c in (3.5, 3.2, 3.1)], lr.lr   # rejected twice (lr ÷ 2 each), kept at attempt 3
+        ([False, False, True], 0.5)
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, growth: float = 1.25, grow_after: int = 5,
+                 max_attempts: int = 10):  # fmt: skip
+        self.optimizer = optimizer
+        self.growth, self.grow_after, self.max_attempts = growth, grow_after, max_attempts
+        self.lr = float(optimizer.param_groups[0]["lr"])
+        self.good = 0  #: consecutive improving epochs since the last growth
+        self.last: float | None = None  #: criterion of the last accepted epoch
+        self.attempts = 0  #: rejected attempts of the current epoch
+
+    def step(self) -> None:
+        """Per iteration: nothing (the rate changes between epochs)."""
+
+    def decide(self, criterion: float) -> bool:
+        """Accept (True) or reject (False) the epoch whose criterion is ``criterion``; sets the rate of
+        the next attempt or epoch."""
+        improved = self.last is None or (math.isfinite(criterion) and criterion < self.last)
+        if improved or self.attempts + 1 >= self.max_attempts:
+            if self.last is not None and improved:
+                self.good += 1
+                if self.good >= self.grow_after:
+                    self.lr *= self.growth
+                    self.good = 0
+            elif not improved:
+                self.good = 0
+            self.last, self.attempts = criterion, 0
+            self.apply()
+            return True
+        self.attempts += 1
+        self.good = 0
+        self.lr /= self.growth
+        self.apply()
+        return False
+
+    def apply(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+
+    def get_last_lr(self) -> list[float]:
+        return [self.lr]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lr": self.lr, "good": self.good, "last": self.last, "attempts": self.attempts}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lr, self.good, self.last, self.attempts = (
+            state["lr"],
+            state["good"],
+            state["last"],
+            state["attempts"],
+        )
+        self.apply()

@@ -46,8 +46,11 @@ def test_a_run_stores_the_threshold_and_scores_with_it(tmp_path, make_config, ca
     from semiseg.data import prepare_data
 
     data = prepare_data(loaded_cfg)
-    means, _ = evaluate_records(method.predict, data.test, num_classes=2, image_size=loaded_cfg.data.image_size,
-                                device=torch.device("cpu"), postprocess=ThresholdPostprocess(decision["threshold"]))  # fmt: skip
+    threshold = ThresholdPostprocess(decision["threshold"])
+    size, cpu = loaded_cfg.data.image_size, torch.device("cpu")
+    means, _ = evaluate_records(
+        method.predict, data.test, num_classes=2, image_size=size, device=cpu, postprocess=threshold
+    )
     assert means["dice/1"] == pytest.approx(results["test"]["dice/1"])
     # evaluate applies the stored threshold too
     assert main(["evaluate", "--checkpoint", str(tmp_path / "best.pt"), "-o", str(tmp_path / "e.json")]) == 0

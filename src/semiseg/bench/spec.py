@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from semiseg.errors import ConfigError
 from semiseg.registry import Registry
 
 if TYPE_CHECKING:
@@ -107,6 +108,21 @@ class Table:
     #: model as training left it; the recipes must set ``train.eval_last``), e.g. for methods that do
     #: not select on validation (SSLDEC, with 10 validation digits)
     score: str = "best"
+
+    def __post_init__(self) -> None:
+        keys = [r.key for r in self.rows]
+        where = f"bench {self.name}"
+        if len(set(keys)) != len(keys):
+            dup = next(k for k in keys if keys.count(k) > 1)
+            raise ConfigError(f"{where}: row '{dup}' appears twice (method | setting must be unique)")
+        named = [(r.key, "reuse", r.reuse) for r in self.rows] + [
+            (r.key, "init_from", r.init_from) for r in self.rows
+        ]
+        if self.tuning is not None:
+            named.append(("tuning", "row", self.tuning.row))
+        for key, field_name, target in named:
+            if target is not None and target not in keys:
+                raise ConfigError(f"{where}: {key}: {field_name} '{target}' is not a row of the table")
 
     def rows_for(self, quick: bool) -> list[Row]:
         """The rows run in quick or full mode."""

@@ -9,7 +9,7 @@ import dataclasses
 import json
 from typing import TYPE_CHECKING, Any
 
-from semiseg.bench.spec import Row, Table, register_table
+from semiseg.bench.spec import Row, Table, Tuning, register_table
 
 if TYPE_CHECKING:
     from semiseg.bench.runner import BenchContext
@@ -987,3 +987,111 @@ def ioda_textures() -> Table:
             "about 14.1. Our textures differ: the ordering is the claim, the value a reference."
         ),
     )
+
+
+#: the shape prior's settings on ACDC (quick: 3 autoencoder epochs of 40 iterations at 128x128 is short;
+#: 10 epochs of the labeled masks); its weight is tuned on validation (Tuning below)
+SHAPE_PRIOR = {"name": "shape_prior", "weight": 0.1, "ae_epochs": 30, "streams": ["labeled", "unlabeled"]}
+SHAPE_PRIOR_WEIGHTS = (0.01, 0.1, 1.0)
+#: the semi-supervised method the prior is added to at 3 patients: UniMatch, the semi-acdc method whose
+#: quick recipe had the best validation Dice in development (benchmarks/dev/semi-acdc-dev.md), never test
+SHAPE_PRIOR_SEMI = ("UniMatch", "unimatch-acdc")
+SHAPE_PRIOR_METRICS = (
+    ("dice/mean", "Dice (%), mean over RV/MYO/LV", 100.0),
+    ("dice/2", "Dice (%), myocardium (the ring)", 100.0),
+    ("hd95_mm/mean", "HD95 (mm), mean over RV/MYO/LV", 1.0),
+    ("hd95_mm/2", "HD95 (mm), myocardium", 1.0),
+)
+
+
+def _with_prior(weight: float) -> list[dict[str, Any]]:
+    return [{**SHAPE_PRIOR, "weight": weight}]
+
+
+def shape_prior_rows() -> list[Row]:
+    rows = []
+    for metric, label, _ in SHAPE_PRIOR_METRICS[:2]:  # percentages; HD95 rows in their own table below
+        rows += _shape_prior_metric_rows(metric, label)
+    return rows
+
+
+def _shape_prior_metric_rows(metric: str, label: str) -> list[Row]:
+    rows = []
+    for n in (3, 7):
+        setting = f"{patients(n)}, {label.split(', ')[-1]}"
+        base = {"data.split.labeled": n, "data.split.first_draw": "listed", "train.eval_last": True}
+        sup = dict(recipe="supervised-acdc", metric=metric, metric_label=label)
+        prior = {"data.split.unlabeled": "rest", "method.regularizers": _with_prior(SHAPE_PRIOR["weight"])}
+        rows += [
+            Row("supervised", setting, {**base, **SUP_FULL}, quick_overrides=SUP_QUICK, **sup),
+            Row(
+                "supervised + shape prior",
+                setting,
+                {**base, **SUP_FULL, **prior},
+                quick_overrides=SUP_QUICK,
+                tuned=True,
+                **sup,
+            ),  # fmt: skip
+        ]
+        if n == 3:
+            name, recipe = SHAPE_PRIOR_SEMI
+            semi = dict(recipe=recipe, metric=metric, metric_label=label)
+            rows += [
+                Row(name, setting, base, **semi),
+                Row(
+                    f"{name} + shape prior",
+                    setting,
+                    {**base, "method.regularizers": _with_prior(0.1)},
+                    tuned=True,
+                    **semi,
+                ),  # fmt: skip
+            ]
+    return rows
+
+
+@register_table("shape-prior-acdc")
+def shape_prior_acdc() -> Table:
+    first = f"supervised + shape prior | {patients(3)}, mean over RV/MYO/LV"
+    return Table(
+        name="shape-prior-acdc",
+        title="A label-autoencoder shape prior on ACDC: supervised and UniMatch with and without it",
+        recipe="supervised-acdc",
+        rows=shape_prior_rows(),
+        metric="dice/mean",
+        metric_label="Dice (%)",
+        seeds=[0, 1, 2],
+        quick_seeds=[0, 1, 2],
+        tuning=Tuning(row=first, grid={"method.regularizers": [_with_prior(w) for w in SHAPE_PRIOR_WEIGHTS]}),
+        extras=_shape_prior_extras,
+        notes=(
+            "The IODA paper's idea (learn the label space from masks alone) for a convolutional segmenter: a "
+            "small convolutional autoencoder is trained on the labeled masks (denoising: 20 % of the pixels "
+            "set to random classes, blurred) before the segmenter, selected on the validation masks' "
+            "reconstruction Dice, then frozen; the segmenter's loss adds the distance between the codes of "
+            "its prediction and of the truth on labeled slices, and between its prediction and the "
+            "autoencoder's reconstruction on unlabeled slices. semi-acdc's protocol (SSL4MIS split, draw 0 = "
+            "the listed patients, UNet-16, quick 128x128, 25 x 40 iterations). The prior's weight (0.01, "
+            "0.1, 1) is chosen on validation Dice at 3 patients, seed 0, and used for every prior row. "
+            "UniMatch is the semi-supervised method with the best validation Dice of semi-acdc's quick "
+            "development runs. The myocardium is a ring like the IODA toy problem: its rows are the same "
+            "runs as the mean rows; HD95 (mm) of the same runs is in the JSON extras."
+        ),
+    )
+
+
+def _shape_prior_extras(ctx: BenchContext) -> dict[str, Any]:
+    """HD95 (mm), mean and myocardium, of every run of the mean rows (the same runs), by row."""
+    from semiseg.bench.stats import summarise
+
+    out: dict[str, Any] = {}
+    for metric, label, scale in SHAPE_PRIOR_METRICS[2:]:
+        by_row: dict[str, Any] = {}
+        for (key, _seed), run_dir in ctx.run_dirs.items():
+            if not key.endswith("mean over RV/MYO/LV"):
+                continue
+            record = ctx.cache.read_record(run_dir) or {}
+            value = (record.get("result") or {}).get("test", {}).get(metric)
+            if value is not None:
+                by_row.setdefault(key.rsplit(",", 1)[0], []).append(value * scale)
+        out[label] = {row: summarise(values) for row, values in sorted(by_row.items())}
+    return {"hd95": out}

@@ -312,7 +312,10 @@ def test_rows_start_from_an_earlier_rows_checkpoint_of_the_same_seed(tmp_path, m
 
 def test_init_from_a_row_without_runs_is_a_config_error(tmp_path, monkeypatch):
     recipe = write_recipe(tmp_path / "tiny.yaml")
-    table = simple_table(recipe, "tiny-bad-init", [Row("continued", "20 px", init_from=SUP)])
+    with pytest.raises(ConfigError, match="init_from 'supervised \\| 20 px' is not a row of the table"):
+        simple_table(recipe, "tiny-no-row", [Row("continued", "20 px", init_from=SUP)])
+    rows = [Row("supervised", "20 px", seeds=[1]), Row("continued", "20 px", init_from=SUP)]  # no seed-0 run
+    table = simple_table(recipe, "tiny-bad-init", rows, quick_seeds=[0, 1])
     Spy(monkeypatch)
     with registered(table), pytest.raises(ConfigError, match="starts from 'supervised \\| 20 px'.*seed 0"):
         run_table("tiny-bad-init", quick=True, results_dir=tmp_path / "r", work_dir=tmp_path / "w")

@@ -185,8 +185,8 @@ def test_init_from_rows_wait_for_their_starting_run_and_post_processing_follows_
 def test_a_row_that_starts_from_a_row_without_that_seed_is_a_config_error(tmp_path):
     from semiseg.errors import ConfigError
 
-    table = simple_table(write_recipe(tmp_path / "tiny.yaml"), "tiny-status-bad",
-                         [Row("continued", "20 px", init_from=SUP)])  # fmt: skip
+    rows = [Row("supervised", "20 px", seeds=[1]), Row("continued", "20 px", init_from=SUP)]  # no seed-0 run
+    table = simple_table(write_recipe(tmp_path / "tiny.yaml"), "tiny-status-bad", rows, quick_seeds=[0, 1])
     with registered(table), pytest.raises(ConfigError, match="starts from 'supervised \\| 20 px'.*seed 0"):
         table_status("tiny-status-bad", quick=True, work_dir=tmp_path / "work", source=SOURCE)
 

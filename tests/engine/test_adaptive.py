@@ -106,3 +106,27 @@ def test_the_last_checkpoint_holds_the_rules_state(tmp_path, make_config):
     engine_run.train(make_config(*ADAPTIVE), output_dir=tmp_path)
     state = load_checkpoint(tmp_path / "last.pt")["schedulers"]["main"]
     assert set(state) == {"lr", "good", "last", "attempts"} and state["attempts"] == 0
+
+
+def test_a_non_finite_attempt_is_rejected_even_first(tmp_path, make_config, monkeypatch):
+    # the first two steps of the run return a NaN loss: the first epoch is rerun at a lower rate
+    from semiseg.engine.trainer import Trainer
+
+    original, calls = Trainer.train_step, {"n": 0}
+
+    def train_step(self, *args):
+        values = original(self, *args)
+        calls["n"] += 1
+        return {**values, "loss": float("nan")} if calls["n"] <= 1 else values
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    engine_run.train(make_config(*ADAPTIVE), output_dir=tmp_path)
+    log = lines(tmp_path / "epochs.jsonl")
+    rejected = [r for r in log if r.get("accepted") is False]
+    assert len(rejected) == 1 and rejected[0]["epoch"] == 1 and rejected[0]["criterion"] == float("inf")
+    assert [r["epoch"] for r in log if "accepted" not in r] == [1, 2, 3, 4]
+    steps = lines(tmp_path / "steps.jsonl")
+    # the NaN step ends the first attempt (not logged); the rerun's two steps say attempt 1
+    assert [r.get("attempt", 0) for r in steps if r["epoch"] == 1] == [1, 1]
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    assert not AdaptiveLR(opt).decide(float("inf"))  # no baseline yet: still not an improvement

@@ -63,3 +63,30 @@ def test_a_run_stores_the_threshold_and_scores_with_it(tmp_path, make_config, ca
 def test_more_than_two_classes_refuse_a_threshold(tmp_path, make_config):
     with pytest.raises(ConfigError, match="train.threshold: val applies to binary"):
         engine_run.train(make_config("train.threshold=val", "train.epochs=1"), output_dir=tmp_path)
+
+
+def test_predict_applies_the_stored_threshold(tmp_path, make_config, capsys):
+    from PIL import Image
+
+    cfg = make_config("data.shapes_classes=2", "train.threshold=val", "train.epochs=1")
+    engine_run.train(cfg, output_dir=tmp_path / "run")
+    best = tmp_path / "run" / "best.pt"
+    state = load_checkpoint(best)
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((32, 32)) * 255).astype(np.uint8)).save(images / "a.png")
+    for t in (0.01, 0.99):  # an extreme stored threshold decides the written mask
+        state["decision"] = {**state["decision"], "threshold": t}
+        torch.save(state, best)
+        out = tmp_path / f"masks{t}"
+        assert main(["predict", "--checkpoint", str(best), "--input", str(images), "--output", str(out)]) == 0
+        capsys.readouterr()
+        with Image.open(out / "a.png") as im:
+            fraction = float((np.asarray(im) == 1).mean())
+        assert fraction > 0.99 if t == 0.01 else fraction < 0.01
+
+
+def test_lower_is_better_metrics_refuse_val_mode_max(tmp_path, make_config):
+    with pytest.raises(ConfigError, match="train.val_mode: 'max' would keep the worst epoch of 'mse'"):
+        engine_run.train(make_config("train.val_metric=mse", "train.val_mode=max"), output_dir=tmp_path)

@@ -182,7 +182,7 @@ def test_a_new_regularizer_is_one_spec_class():
     [
         ({"name": "nope"}, r"method\.regularizers\[1\]\.name: unknown regularizer 'nope' \(known: .*tv"),
         ({"name": "tvv"}, r"method\.regularizers\[1\]\.name: unknown regularizer 'tvv' \(did you mean 'tv'\?"),
-        ({"weight": 1.0}, r"'method\.regularizers\[1\]\.name' is required \(known: dec, size, tv"),
+        ({"weight": 1.0}, r"'method\.regularizers\[1\]\.name' is required \(known: dec, shape_prior, size, tv"),
         ({"name": "tv", "opertor": "sobel"},
          r"unknown key 'method\.regularizers\[1\]\.opertor' \(did you mean 'operator'\?\)"),
         ({"name": "tv", "gamma": 0.1}, r"unknown key 'method\.regularizers\[1\]\.gamma'"),  # a size option

@@ -115,3 +115,13 @@ def test_through_the_engine_the_prior_trains_first_and_leaves_the_segmenters_ini
     resume_check(
         cfg, tmp_path / "resume", crash_at=lambda trainer, phase: phase.name == "train" and trainer.epoch == 1
     )
+
+
+def test_the_frozen_autoencoder_keeps_its_flags_and_gets_no_gradient():
+    reg = prior()
+    logits = torch.randn(2, K, 16, 16, requires_grad=True)
+    data = {"unlabeled": batch_of(torch.full((2, 16, 16), 255), Supervision.NONE)}
+    reg({"unlabeled": logits}, data).backward()
+    params = list(reg.loss.autoencoder.parameters())
+    assert all(p.requires_grad for p in params) and all(p.grad is None for p in params)
+    assert logits.grad is not None

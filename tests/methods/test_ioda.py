@@ -4,6 +4,7 @@ output layers being the label autoencoder's decoder, paired initialisations, and
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -145,3 +146,33 @@ def test_resume_is_exact_through_the_pretraining_phases(tmp_path, resume_check):
     crash = lambda trainer, phase: phase.name == "output_pretrain1" and trainer.epoch == 1  # noqa: E731
     log = resume_check(tiny(), tmp_path, crash_at=crash)
     assert [r["phase"] for r in log].count("finetune") == 3
+
+
+def test_a_four_layer_network_pretrains_two_input_levels_and_one_output_level(tmp_path):
+    cfg = tiny("model.hidden=[16, 8, 16]", "method.input_layers=2", "train.epochs=1", "method.input_epochs=2",
+               "method.output_epochs=2")  # fmt: skip
+    train(cfg, output_dir=tmp_path)
+    log = [json.loads(line) for line in (tmp_path / "epochs.jsonl").read_text().splitlines()]
+    phases = [r["phase"] for r in log if "accepted" not in r]  # not the adaptive rate's rejected attempts
+    assert phases == ["input_pretrain1"] * 2 + ["input_pretrain2"] * 2 + ["output_pretrain1"] * 2 + [
+        "finetune"
+    ]
+    one = load_checkpoint(tmp_path / "best_input_pretrain1.pt")["method_state"]
+    two = load_checkpoint(tmp_path / "best_input_pretrain2.pt")["method_state"]
+    changed = {k for k in one if not torch.equal(one[k], two[k])}
+    assert changed == {"model.linears.1.weight", "model.linears.1.bias", "input_decoders.1.bias"}
+
+
+def test_deeper_output_levels_reconstruct_the_codes_of_the_levels_below():
+    method = ioda(model=ModelConfig(name="mlp", output="map", hidden=[8, 6, 8], activation="tanh"), output_layers=2,
+                  input_layers=0)  # fmt: skip
+    mask = torch.randint(0, 2, (3, 6, 6))
+    layers = method.model.linears
+    y, _ = label_targets(mask, 2)
+    e1 = torch.tanh(method.output_encoders[0](y, layers[3]))  # [3, 8]: the code of output level 1
+    code = torch.tanh(method.output_encoders[1](e1, layers[2]))  # [3, 6]
+    expected = F.mse_loss(torch.tanh(layers[2](code)), e1)
+    torch.testing.assert_close(method.output_autoencoder(mask, 2), expected)
+    method.zero_grad(set_to_none=True)
+    method.output_autoencoder(mask, 2).backward()
+    assert layers[3].weight.grad is None and layers[2].weight.grad is not None  # level 1 stays frozen

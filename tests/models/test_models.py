@@ -252,7 +252,14 @@ class TestMLPMap(ModelTester):
         torch.testing.assert_close(logits.softmax(1)[:, 1], torch.sigmoid(z))
         assert [(m.in_features, m.out_features) for m in model.linears] == [(120, 8), (8, 6), (6, 120)]
 
-    def test_glorot_bounds_and_zero_biases(self):
+    def test_glorot_bounds_variance_and_zero_biases(self):
+        torch.manual_seed(0)
+        wide = build_model(
+            ModelConfig(name="mlp", output="map", hidden=[300], init="glorot"), 1, 2, image_size=(20, 20)
+        )
+        for layer in wide.linears:  # U(-l, l): variance l^2 / 3 = 2 / (m + n) (PyTorch's default: 1 / (3 m))
+            m, n = layer.in_features, layer.out_features
+            assert abs(float(layer.weight.detach().var()) / (2 / (m + n)) - 1) < 0.05
         model = self.build()
         for layer in model.linears:
             m, n = layer.in_features, layer.out_features

@@ -57,7 +57,7 @@ def _epoch_log(run_dir: Path) -> list[dict[str, Any]]:
             h = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(h, dict):
+        if isinstance(h, dict) and "ended" not in h and h.get("accepted", True):  # trained, kept epochs
             out.append({k: h.get(k) for k in ("phase", "epoch", "seconds")})
     return out
 

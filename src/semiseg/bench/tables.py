@@ -901,7 +901,8 @@ IODA_PAPER_2048 = 3.48
 IODA_SETUPS = (("NDA", 0, 0), ("IDA", 1, 0), ("output pre-training only", 0, 1), ("IODA", 1, 1))
 #: quick fine-tuning epochs per hidden size (CPU; the paper: at most 1000 with validation selection)
 #: (timed on idle cores, 2 threads, batch 100: a 2048-hidden fine-tuning step 0.45 s, an input
-#: autoencoder step 0.47 s; 256 hidden: 0.07 / 0.05 s; the quick table is then about 3.6 core-hours)
+#: autoencoder step 0.47 s; 256 hidden: 0.07 / 0.05 s; the quick table is then about 3.5 core-hours of
+#: steps, about 4 with validation, checkpoints and rejected epochs: about 2 h on 2 cores)
 IODA_QUICK_EPOCHS = {256: 250, 2048: 100}
 #: the epochs of Fig. 6 (the paper: 10, 100, 1000 iterations; quick mode stops at 250), kept at 256 hidden
 IODA_FIGURE_EPOCHS = [10, 100, 250, 1000]

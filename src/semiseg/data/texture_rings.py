@@ -19,8 +19,8 @@ Each texture is standardised over its whole 512² image (mean 0, sd 1) and the c
 x = clip((t + 3) / 6, 0, 1), so the mean brightness does not give the ring away.
 
 Dataset ``texture_rings``: fixed train / validation / test splits of ``data.num_images`` images each
-(the paper: 500), deterministic from ``data.generator_seed`` (one stream per split), side
-``max(data.image_size)``, textures ``data.textures`` ([background, ring]).
+(the paper: 500), deterministic from ``data.generator_seed`` (one stream per split), square images of
+side ``max(data.image_size)``, textures ``data.textures`` ([background, ring]).
 """
 
 from __future__ import annotations

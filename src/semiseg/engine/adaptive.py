@@ -53,7 +53,7 @@ class AdaptiveLR:
     def decide(self, criterion: float) -> bool:
         """Accept (True) or reject (False) the epoch whose criterion is ``criterion``; sets the rate of
         the next attempt or epoch."""
-        improved = self.last is None or (math.isfinite(criterion) and criterion < self.last)
+        improved = math.isfinite(criterion) and (self.last is None or criterion < self.last)
         if improved or self.attempts + 1 >= self.max_attempts:
             if self.last is not None and improved:
                 self.good += 1
@@ -62,7 +62,9 @@ class AdaptiveLR:
                     self.good = 0
             elif not improved:
                 self.good = 0
-            self.last, self.attempts = criterion, 0
+            if math.isfinite(criterion):  # a kept non-finite attempt is no baseline (the run stops on it)
+                self.last = criterion
+            self.attempts = 0
             self.apply()
             return True
         self.attempts += 1

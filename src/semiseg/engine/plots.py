@@ -18,7 +18,11 @@ def _plt():
 
 
 def learning_curves(history: list[dict[str, Any]], path: str | Path, val_metric: str) -> None:
-    """Training loss components per epoch (left) and the validation metric (right)."""
+    """Training loss components per epoch (left) and the validation metric (right), over the trained,
+    kept epochs (not phase ends or rejected attempts)."""
+    from semiseg.engine.trainer import trained_epochs
+
+    history = trained_epochs(history)
     plt = _plt()
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.6))
     keys = sorted({k for h in history for k in h if k.startswith("train/")})

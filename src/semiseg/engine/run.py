@@ -101,8 +101,14 @@ def train(
         }
         if final_eval and cfg.train.eval_last:
             # the model as training left it (last.pt), beside the validation-selected one below
-            scores = _score(method, data, cfg, device, FAST_METRICS)
+            last_decision, postprocess = None, None
+            if cfg.train.threshold == "val":  # the last state gets its own threshold (not stored)
+                last_decision = choose_threshold(method, data, cfg, device, None)
+                postprocess = ThresholdPostprocess(last_decision["threshold"])
+            scores = _score(method, data, cfg, device, FAST_METRICS, postprocess)
             results["last"] = {name: means for name, (means, _) in scores.items()}
+            if last_decision is not None:
+                results["last"]["decision"] = last_decision
         if final_eval:
             best_path = out / "best.pt"
             if best_path.is_file():
@@ -123,10 +129,10 @@ def train(
         D.teardown()
 
 
-def choose_threshold(method, data, cfg: RunConfig, device, best_path: Path) -> dict[str, Any]:
+def choose_threshold(method, data, cfg: RunConfig, device, best_path: Path | None) -> dict[str, Any]:
     """``train.threshold: val``: the foreground threshold with the best mean validation Jaccard of
-    ``method`` (:mod:`semiseg.engine.decision`), kept in ``best_path`` (when the run has one) as
-    ``"decision"``."""
+    ``method`` (:mod:`semiseg.engine.decision`), kept in ``best_path`` (when given and the run has one)
+    as ``"decision"``."""
     from semiseg.engine.decision import tune_threshold
 
     if data.bundle.num_classes != 2 or data.bundle.task != "segment":
@@ -137,7 +143,7 @@ def choose_threshold(method, data, cfg: RunConfig, device, best_path: Path) -> d
     threshold, table = tune_threshold(probs, [r.mask for r in data.val])
     decision = {"threshold": threshold, "metric": "jaccard", "split": "val", "n": len(data.val),
                 "val_jaccard": table[threshold], "val_jaccard_at_0.5": table[0.5]}  # fmt: skip
-    if best_path.is_file():
+    if best_path is not None and best_path.is_file():
         state = load_checkpoint(best_path, device)
         state.pop("format", None)
         save_checkpoint({**state, "decision": decision}, best_path)

@@ -59,6 +59,12 @@ RESUMABLE_CHANGES = ("train.progress", "train.plots", "train.num_workers", "quic
 LENGTH_DEPENDENT = ("cosine", "poly", "linear")
 
 
+def trained_epochs(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of trained, kept epochs: not a phase ended by its plan (``"ended"``) nor an epoch
+    attempt rejected by the adaptive learning rate (``"accepted": False``)."""
+    return [h for h in history if "ended" not in h and h.get("accepted", True)]
+
+
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():
@@ -167,6 +173,14 @@ class Trainer:
                 data.bundle.root or None,
                 f"{data.bundle.name}: the validation set is empty (raise data.split.val_fraction)",
             )
+        lower_better = ("pixel_error", "mse", "error")
+        if cfg.train.val_mode == "max" and (
+            cfg.train.val_metric in lower_better or "hd95" in cfg.train.val_metric
+        ):
+            raise ConfigError(
+                f"train.val_mode: 'max' would keep the worst epoch of '{cfg.train.val_metric}' (lower is better); "
+                "set train.val_mode: min"
+            )
         valid = metric_keys(self.num_classes, FAST_METRICS, task)
         if cfg.train.val_metric not in valid:
             raise ConfigError(f"train.val_metric: '{cfg.train.val_metric}' is not one of {', '.join(valid)}")
@@ -203,6 +217,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.train_seconds = 0.0
         self.images_seen = 0
+        self._attempt = 0  #: the adaptive learning rate's attempt of the current epoch (0 = the first)
         #: optimizer states handed on between phases (OptimizerSpec.persist key → state_dict)
         self.persisted: dict[str, dict[str, Any]] = {}
 
@@ -668,6 +683,7 @@ class Trainer:
         t0 = time.perf_counter()
         adaptive = next((s for s in scheds.values() if isinstance(s, AdaptiveLR)), None)
         snapshot = self._snapshot(opts) if adaptive is not None else None
+        self._attempt = 0
         while True:
             sums, counts, bad = self._iterate(phase, opts, scheds, iters, bar, plan, adaptive is not None)
             if adaptive is None:
@@ -683,6 +699,7 @@ class Trainer:
                                  "attempt": adaptive.attempts, "criterion": criterion, "accepted": False,
                                  "next_lr": adaptive.lr})  # fmt: skip
             self._rollback(snapshot, opts, adaptive)
+            self._attempt = adaptive.attempts  # the rerun's step log lines say which attempt they belong to
         self._end_epoch(phase, opts, scheds, t0, sums, counts)
 
     def _diverged(self, phase: Phase, bad: dict[str, float]) -> None:
@@ -742,6 +759,7 @@ class Trainer:
                         "epoch": self.epoch + 1,
                         "step": self.global_step,
                         "lr": lr,
+                        **({"attempt": self._attempt} if self._attempt else {}),
                         **values,
                     }
                 )

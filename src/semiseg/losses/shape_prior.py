@@ -20,7 +20,8 @@ into the segmenter) for convolutional segmenters, as a regulariser any method ca
      autoencoder cannot reproduce costs.
 
    The loss on a stream is ``code_weight`` · (a) where the batch has dense masks, plus
-   ``recon_weight`` · (b) where it has none.
+   ``recon_weight`` · (b) where it has none. Pixels without a label (``IGNORE_INDEX``) enter the
+   truth's code as background.
 
 The autoencoder is fully convolutional (``ae_depth`` stride-2 3×3 convolutions of ``ae_width`` ·
 2^i channels with ReLU, a 1×1 convolution to ``code_channels`` with tanh, and the mirror with
@@ -223,7 +224,7 @@ class ShapePrior(PhasedLoss):
     def training_step(self, batch: dict[str, Batch], phase: str, optimizer: str) -> dict:
         lab = batch["labeled"]
         self._check_size(lab.mask.shape)
-        self.autoencoder.train().requires_grad_(True)
+        self.autoencoder.train()
         logits = self.autoencoder(corrupt_labels(lab.mask, self.num_classes, self.spec.ae_noise, lab))
         ce, dice = masked_cross_entropy(logits, lab.mask), masked_dice_loss(logits, lab.mask)
         return {"loss": ce + dice, "ae_ce": ce, "ae_dice_loss": dice}
@@ -248,14 +249,29 @@ class ShapePrior(PhasedLoss):
     # ------------------------------------------------------------------ the method's phases
     def forward(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         self._check_size(logits.shape)
-        ae = self.autoencoder.eval().requires_grad_(False)  # frozen: gradients reach the segmenter only
+        self.autoencoder.eval()
+        # frozen: the autoencoder runs on detached copies of its parameters, so gradients reach the
+        # segmenter's prediction only (its parameters keep requires_grad, for any optimizer built later)
+        params = {k: v.detach() for k, v in self.autoencoder.named_parameters()}
+
+        def ae(x: torch.Tensor, part: str = "forward") -> torch.Tensor:
+            fn = {
+                "forward": self.autoencoder,
+                "encode": self.autoencoder.encoder,
+                "decode": self.autoencoder.decoder,
+            }
+            module = fn[part]
+            prefix = "" if part == "forward" else ("encoder." if part == "encode" else "decoder.")
+            own = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
+            return torch.func.functional_call(module, own, (x,))
+
         probs = logits.softmax(1)
         dense = batch.kind == int(Supervision.DENSE)
         total = logits.new_zeros(())
         if dense.any() and self.spec.code_weight:
-            code = ae.encode(probs[dense])
+            code = ae(probs[dense], "encode")
             with torch.no_grad():
-                target = ae.encode(one_hot_maps(batch.mask[dense], self.num_classes))
+                target = ae(one_hot_maps(batch.mask[dense], self.num_classes), "encode")
             total = total + self.spec.code_weight * (code - target).pow(2).mean()
         if (~dense).any() and self.spec.recon_weight:
             p = probs[~dense]

@@ -38,8 +38,10 @@ recipe: the same).
 Judgement calls: tied autoencoder weights by default (Crino; the paper's text initialises V = U^T
 without saying whether they stay tied); the level-1 input AE and the first output AE use a sigmoid
 and cross-entropy, deeper ones tanh and squared error; pixels without a label (``IGNORE_INDEX``, e.g.
-rotated in from outside the image) do not count; labels of K > 2 classes are one-hot per pixel with
-a softmax per pixel.
+rotated in from outside the image) do not count in the fine-tuning loss and the first output
+autoencoder's loss, but enter the output autoencoders' inputs as background; labels of K > 2 classes
+are one-hot per pixel with a softmax per pixel; the hidden units are ``model.activation``'s (the
+paper and the recipe: tanh).
 """
 
 from __future__ import annotations

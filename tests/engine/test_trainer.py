@@ -492,3 +492,12 @@ def test_save_epochs_keeps_the_state_after_those_epochs(tmp_path, make_config):
     assert not all(torch.equal(last[k], first[k]) for k in last)
     engine_run.train(make_config("train.epochs=1"), output_dir=tmp_path)  # a fresh run removes them
     assert not list(tmp_path.glob("epoch_*.pt"))
+
+
+def test_checkpoint_every_n_epochs_resumes_exactly(tmp_path, make_config, resume_check):
+    cfg = make_config("train.epochs=5", "train.checkpoint_every=3")
+    straight = tmp_path / "alone"
+    engine_run.train(cfg, output_dir=straight)
+    assert load_checkpoint(straight / "last.pt")["epoch"] == 5  # the end of the phase is always kept
+    # crash before epoch 5: last.pt holds epoch 3, so the resumed run replays epoch 4 first
+    resume_check(cfg, tmp_path / "resume", crash_at=lambda trainer, phase: trainer.epoch == 4)

@@ -782,7 +782,9 @@ class Trainer:
         record["seconds"] = round(time.perf_counter() - t0, 3)
         self.history.append(record)
         if self.main:
-            save_checkpoint(self._state(opts, scheds), self.out / "last.pt")
+            every = self.cfg.train.checkpoint_every
+            if self.epoch % every == 0 or self.epoch == n_epochs:  # and always at the end of a phase
+                save_checkpoint(self._state(opts, scheds), self.out / "last.pt")
             if phase.final and self.epoch in self.cfg.train.save_epochs:
                 snapshot = {
                     "config": to_dict(self.cfg),

@@ -150,6 +150,10 @@ class ModelConfig:
     #: ``mlp``: the hidden layers' widths (None = ``width`` units × ``depth`` layers)
     hidden: list[int] | None = None
     activation: Literal["relu", "tanh", "sigmoid"] = "relu"  #: ``mlp``: hidden activation
+    spatial_dims: Literal[2, 3] = 2  #: ``unet`` / ``monai_unet``: 2D or 3D convolutions
+    #: 3D ``unet``: the first this many levels are in-plane only (1x3x3 convolutions, 1x2x2 pooling), for
+    #: volumes with thick slices (nnU-Net's rule)
+    inplane_levels: int = 0
 
 
 @dataclass

@@ -501,3 +501,10 @@ def test_checkpoint_every_n_epochs_resumes_exactly(tmp_path, make_config, resume
     assert load_checkpoint(straight / "last.pt")["epoch"] == 5  # the end of the phase is always kept
     # crash before epoch 5: last.pt holds epoch 3, so the resumed run replays epoch 4 first
     resume_check(cfg, tmp_path / "resume", crash_at=lambda trainer, phase: trainer.epoch == 4)
+
+
+def test_3d_training_is_refused_in_one_line_until_volume_patches_exist(tmp_path, make_config):
+    from semiseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.spatial_dims: 3 needs training on volume patches"):
+        engine_run.train(make_config("model.spatial_dims=3"), output_dir=tmp_path)

@@ -95,8 +95,9 @@ class ModelTester:
         for (na, ta), (nb, tb) in zip(a.state_dict().items(), b.state_dict().items()):
             assert na == nb and torch.equal(ta, tb)
 
-    @pytest.mark.parametrize("hw", SIZES, ids=lambda hw: f"{hw[0]}x{hw[1]}")
-    def test_encode_decode_equal_forward_and_accept_perturbed_features(self, hw):
+    @pytest.mark.parametrize("size", range(3))
+    def test_encode_decode_equal_forward_and_accept_perturbed_features(self, size):
+        hw = self.sizes[size % len(self.sizes)]
         model = self.build().eval()
         if not self.features:
             assert not hasattr(model, "encode")
@@ -152,6 +153,45 @@ class TestUNetDeepRGBDropout(ModelTester):
             assert not torch.equal(model(x), model(x))
             model.eval()
             assert torch.equal(model(x), model(x))
+
+
+SIZES_3D = [(4, 16, 16), (5, 19, 23), (3, 9, 17)]
+
+
+class TestUNet3D(ModelTester):
+    """The 3D UNet, the first level in-plane only (1x3x3 convolutions, 1x2x2 pooling)."""
+
+    depth = 2
+    sizes = SIZES_3D
+
+    def build(self, seed: int = 0) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        cfg = ModelConfig(name="unet", width=4, depth=2, norm=self.norm, spatial_dims=3, inplane_levels=1)
+        return build_model(cfg, self.in_channels, self.num_classes)
+
+    def test_inplane_levels_pool_only_in_plane(self):
+        model = self.build()
+        convs = [m.kernel_size for m in model.modules() if isinstance(m, torch.nn.Conv3d)]
+        assert convs[:2] == [(1, 3, 3), (1, 3, 3)] and (3, 3, 3) in convs
+        assert model.multiple == (2, 4, 4)  # depth 2: D pooled once (level 2), H and W twice
+        features = model.encode(self.inputs((4, 16, 16)))
+        assert [tuple(f.shape[2:]) for f in features] == [(4, 16, 16), (4, 8, 8), (2, 4, 4)]
+
+
+def test_the_2d_unet_is_unchanged_by_3d_support():
+    """Module tree, parameter names and values at a seed, as before 3D existed (hashes from cb08448's code)."""
+    import hashlib
+
+    golden = {(4, 2, "batch", 0.0): "a779388fb45a6503", (16, 4, "batch", 0.1): "981e6970a957c8eb",
+              (4, 3, "group", 0.0): "823e834ea7550d3a"}  # fmt: skip
+    for (width, depth, norm, dropout), expected in golden.items():
+        torch.manual_seed(0)
+        m = build_model(ModelConfig(name="unet", width=width, depth=depth, norm=norm, dropout=dropout), 1, 3)
+        h = hashlib.sha256(repr(m).encode())
+        for k, v in m.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().contiguous().numpy().tobytes())
+        assert h.hexdigest()[:16] == expected, (width, depth, norm)
 
 
 class TestMonaiUNet(ModelTester):

@@ -73,6 +73,11 @@ def train(
     out = Path(output_dir or cfg.output_dir)
     info, device = D.setup(cfg.train.device)
     try:
+        if cfg.model.spatial_dims == 3:
+            raise ConfigError(
+                "model.spatial_dims: 3 needs training on volume patches, which semiseg does not have yet "
+                "(the 3D UNet exists as a building block); use 2"
+            )
         data = prepare_data(cfg, data_root, bundle=bundle)  # validates all data before any training
         if cfg.train.threshold == "val" and (data.bundle.num_classes != 2 or data.bundle.task != "segment"):
             raise ConfigError("train.threshold: val applies to binary segmentation (2 classes)")

@@ -192,8 +192,10 @@ class Trainer:
             D.convert_sync_batchnorm(method)
         cl = cfg.train.channels_last
         self.channels_last = self.device.type == "cpu" if cl == "auto" else bool(cl)
-        if self.channels_last:
-            method.to(memory_format=torch.channels_last)
+        if self.channels_last:  # 4-D tensors channels-last, 5-D (3D networks) channels-last-3d
+            for tensor in [*method.parameters(), *method.buffers()]:
+                if tensor.ndim in (4, 5):
+                    tensor.data = _channels_last(tensor.data)
         self.model = method
         if self.info.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP

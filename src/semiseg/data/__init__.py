@@ -100,6 +100,7 @@ def prepare_data(
         augment_cfg=cfg.train.augment,
         strong_cfg=cfg.train.strong_augment,
     )
+    split.labeled, split.unlabeled = volume_slices(split.labeled), volume_slices(split.unlabeled)
     for r in split.labeled + split.unlabeled:
         if r.image.shape[0] != bundle.in_channels:
             raise DataError(
@@ -126,6 +127,23 @@ def prepare_data(
                 )
         unlabeled = TrainSet(split.unlabeled, supervision=weak, seed=cfg.train.seed + 1_000_003, **common)
     return PreparedData(bundle, split, labeled, unlabeled, split.val, split.test)
+
+
+def volume_slices(records: list[Record]) -> list[Record]:
+    """Training records for a 2D model: each volume ``[C, D, H, W]`` becomes its D slices
+    (``<id>_slice_<k>``, k from 0, in the volume's group, with its in-plane spacing); 2D records as
+    they are. Validation and test volumes stay whole (scored per volume)."""
+    out: list[Record] = []
+    for r in records:
+        if r.image.ndim == 3:
+            out.append(r)
+            continue
+        spacing = tuple(r.spacing[1:]) if r.spacing is not None else None
+        for k in range(r.image.shape[1]):
+            mask = None if r.mask is None else r.mask[k]
+            out.append(Record(id=f"{r.id}_slice_{k}", image=r.image[:, k], mask=mask, label=r.label,
+                              group=r.group or r.id, source=r.source, spacing=spacing))  # fmt: skip
+    return out
 
 
 def sparsify_records(records: list[Record], n_pixels: int, seed: int, draw: int) -> list[Record]:

@@ -9,6 +9,13 @@ Two layouts are recognised::
 Images and masks are paired by file stem, so ``images/a.jpg`` may have ``masks/a.png``. An image
 without a mask is an unlabeled record (``mask=None``); a mask without an image is an error.
 
+Volumes: NIfTI files (``.nii`` / ``.nii.gz``, :mod:`semiseg.data.volume_io`) make a volume dataset
+(records ``[1, D, H, W]`` with their spacing; ``case.nii.gz`` pairs with ``masks/case.nii.gz``). The
+image and its mask must have the same shape and affine. ``data.intensity: auto`` scales each volume to
+[0, 1] by its minimum and maximum. A 2D model trains on the training volumes' slices (each volume one
+group, so splits by group keep a patient's slices together) and is evaluated per volume. Mixing
+NIfTI and 2D image files is an error.
+
 An optional ``root/labels.json`` maps image stems to an image-level class (an integer, or null for
 none), e.g. the digit of an exported cluttered-MNIST image; split rules such as
 ``data.split.labeled_labels`` read it.
@@ -25,11 +32,13 @@ from semiseg.data.io import (
     INTENSITY_MODES,
     check_same_size,
     list_images,
+    normalize_intensity,
     read_image,
     read_mask,
 )
 from semiseg.data.records import DatasetBundle, Record
 from semiseg.data.registry import register_dataset
+from semiseg.data.volume_io import check_same_geometry, is_nifti, nifti_stem, read_volume
 from semiseg.errors import ConfigError, DataError
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -56,14 +65,51 @@ def _apply_labels(splits: dict[str, list[Record]], path: Path) -> None:
         records[stem].label = label
 
 
+def _stem(f: Path) -> str:
+    return nifti_stem(f) if is_nifti(f) else f.stem
+
+
 def _by_stem(files: list[Path]) -> dict[str, Path]:
     """Maps file stem to file; two files with one stem (``a.png`` and ``a.jpg``) are an error."""
     out: dict[str, Path] = {}
     for f in files:
-        if f.stem in out:
-            raise DataError(f, f"two files with the same name stem {f.stem!r} (also {out[f.stem].name})")
-        out[f.stem] = f
+        stem = _stem(f)
+        if stem in out:
+            raise DataError(f, f"two files with the same name stem {stem!r} (also {out[stem].name})")
+        out[stem] = f
     return out
+
+
+def _list_files(directory: Path) -> list[Path]:
+    """2D images and NIfTI volumes directly in ``directory`` (hidden files skipped), sorted by name."""
+    if not directory.is_dir():
+        return []
+    volumes = [p for p in directory.iterdir() if is_nifti(p) and not p.name.startswith(".")]
+    return sorted(list_images(directory) + volumes)
+
+
+def _read_volume_pair(image_path: Path, mask_path: Path | None, num_classes: int, intensity: str) -> Record:
+    """A NIfTI image (and mask) as a volume record ``[1, D, H, W]`` with its spacing."""
+    import numpy as np
+
+    image, geometry = read_volume(image_path)
+    image = normalize_intensity(image[None], "minmax" if intensity == "auto" else intensity)
+    mask = None
+    if mask_path is not None:
+        mask, mask_geometry = read_volume(mask_path, dtype=np.float64)
+        check_same_geometry(image_path, mask_path, geometry, mask_geometry)
+        values = set(np.unique(mask).tolist())
+        bad = sorted(values - set(range(num_classes)))
+        if bad:
+            shown = ", ".join(f"{v:g}" for v in bad[:5])
+            raise DataError(
+                mask_path, f"mask values {shown} are not classes 0..{num_classes - 1} (data.num_classes)"
+            )
+        mask = mask.astype(np.int64)
+    stem = nifti_stem(image_path)
+    return Record(
+        id=stem, image=image, mask=mask, group=stem, source=str(image_path), spacing=geometry.spacing
+    )
 
 
 def _load_split(
@@ -80,13 +126,19 @@ def _load_split(
     images_path = split_root / image_dir
     if not images_path.is_dir():
         raise DataError(images_path, "image folder not found")
-    images = _by_stem(list_images(images_path))
+    images = _by_stem(_list_files(images_path))
     if not images:
-        raise DataError(images_path, "no images found (PNG/JPG/TIFF)")
-    masks = _by_stem(list_images(split_root / mask_dir))
+        raise DataError(images_path, "no images found (PNG/JPG/TIFF or NIfTI)")
+    masks = _by_stem(_list_files(split_root / mask_dir))
     for stem, mask_path in sorted(masks.items()):
         if stem not in images:
             raise DataError(mask_path, f"mask has no matching image in {images_path}")
+    kinds = {is_nifti(p) for p in [*images.values(), *masks.values()]}
+    if len(kinds) > 1:
+        first = next(p for p in images.values() if is_nifti(p))
+        raise DataError(first, f"{split_root} mixes NIfTI volumes and 2D image files; use one kind")
+    if kinds == {True}:
+        return [_read_volume_pair(images[s], masks.get(s), num_classes, intensity) for s in sorted(images)]
 
     records = []
     for stem in sorted(images):
@@ -182,7 +234,7 @@ def load_folder(
             splits[split] = _load_split(root / split, **options)
     else:
         if not (root / image_dir).is_dir():
-            raise DataError(root / image_dir, "no images found (PNG/JPG/TIFF)")
+            raise DataError(root / image_dir, "no images found (PNG/JPG/TIFF or NIfTI)")
         splits["train"] = _load_split(root, **options)
 
     if (root / LABELS_FILE).is_file():

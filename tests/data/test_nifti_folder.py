@@ -1,0 +1,82 @@
+"""A folder of NIfTI volumes: volume records with their spacing, slice-wise training of a 2D model,
+per-volume evaluation, and one-line errors for bad volumes."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+
+from semiseg.config import build_config
+from semiseg.data import prepare_data
+from semiseg.data.folder import load_folder
+from semiseg.engine.run import train
+from semiseg.errors import DataError
+
+nib = pytest.importorskip("nibabel")
+
+
+def make_volumes(root, n=6, shape=(16, 12, 4), zooms=(0.7, 0.7, 3.0)):
+    """``n`` volumes (x, y, z) with a bright box labeled 1 in each, as images/ and masks/."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        image = rng.random(shape).astype(np.float32) * 100
+        mask = np.zeros(shape, np.uint8)
+        x0 = 2 + i % 5
+        mask[x0 : x0 + 6, 3:9, :] = 1
+        image[mask == 1] += 200
+        affine = np.diag([*zooms, 1.0])
+        nib.save(nib.Nifti1Image(image, affine), str(root / "images" / f"case{i}.nii.gz"))
+        if i < n - 1:  # the last case has no mask: unlabeled
+            nib.save(nib.Nifti1Image(mask, affine), str(root / "masks" / f"case{i}.nii.gz"))
+    return root
+
+
+def test_volumes_load_with_spacing_and_train_as_slices(tmp_path):
+    root = make_volumes(tmp_path / "data")
+    bundle = load_folder(root)
+    first = bundle.train[0]
+    assert first.image.shape == (1, 4, 12, 16) and first.mask.shape == (4, 12, 16)
+    assert (
+        first.spacing == pytest.approx((3.0, 0.7, 0.7)) and 0 <= first.image.min() and first.image.max() <= 1
+    )
+    assert bundle.train[-1].mask is None
+    raw = {
+        "data": {"dataset": "folder", "path": str(root), "image_size": [16, 16],
+                 "split": {"labeled": 2, "val_fraction": 0.2, "test_fraction": 0.2}},
+        "model": {"name": "unet", "width": 4, "depth": 2},
+        "method": {"name": "supervised"},
+        "train": {"epochs": 2, "batch_size": 4, "iters_per_epoch": 2, "progress": False, "plots": False},
+    }  # fmt: skip
+    cfg = build_config(copy.deepcopy(raw), [], source="test")
+    data = prepare_data(cfg)
+    assert len(data.split.labeled) == 2 * 4 and all(r.image.ndim == 3 for r in data.split.labeled)
+    assert {r.group for r in data.split.labeled} <= {r.id for r in bundle.train}
+    assert all(r.image.ndim == 4 for r in data.val + data.test)  # scored per volume
+    results = train(cfg, output_dir=tmp_path / "run")
+    assert len(results["test_cases"]) == len(data.test) and "hd95_mm/1" in results["test"]
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert len(split["labeled"]) == 8
+
+
+def test_bad_volumes_are_one_line_errors(tmp_path):
+    root = make_volumes(tmp_path / "moved", n=2)
+    nib.save(nib.Nifti1Image(np.zeros((16, 12, 4), np.uint8), np.diag([0.7, 0.7, 2.0, 1.0])),
+             str(root / "masks" / "case0.nii.gz"))  # fmt: skip
+    with pytest.raises(DataError, match="case0.nii.gz: affine differs from its image's"):
+        load_folder(root)
+    root = make_volumes(tmp_path / "classes", n=2)
+    nib.save(nib.Nifti1Image(np.full((16, 12, 4), 3, np.uint8), np.diag([0.7, 0.7, 3.0, 1.0])),
+             str(root / "masks" / "case0.nii.gz"))  # fmt: skip
+    with pytest.raises(DataError, match=r"mask values 3 are not classes 0..1"):
+        load_folder(root)
+    root = make_volumes(tmp_path / "mixed", n=2)
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "images" / "slice.png")
+    with pytest.raises(DataError, match="mixes NIfTI volumes and 2D image files"):
+        load_folder(root)

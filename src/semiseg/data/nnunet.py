@@ -1,0 +1,136 @@
+"""nnU-Net's raw dataset layout (``Dataset<ID>_<name>/``), read as volume records.
+
+::
+
+    dataset.json          {"channel_names": {"0": "T2", "1": "ADC"}, "labels": {"background": 0, "tumour": 1},
+                           "numTraining": 30, "file_ending": ".nii.gz"}
+    imagesTr/<case>_0000.nii.gz, <case>_0001.nii.gz, ...   one file per channel
+    labelsTr/<case>.nii.gz
+    imagesTs/, labelsTs/  optional: a test split when labelsTs/ exists (imagesTs alone is ignored)
+
+Records are ``[C, D, H, W]`` (the channels in ``channel_names`` order, each scaled to [0, 1] by its
+minimum and maximum with ``data.intensity: auto``), masks ``[D, H, W]``, spacing from the files.
+Every channel file of a case must have the geometry of its first channel, and the label file too.
+Classes: ``labels`` (integer values 0 … K − 1; nnU-Net's region-based lists are refused). A case in
+``imagesTr`` without a label file is unlabeled. ``data.dataset: nnunet`` with ``data.path`` the
+dataset folder; NIfTI files only (``file_ending: .nii.gz`` or ``.nii``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from semiseg.config import DataConfig
+from semiseg.data.io import normalize_intensity
+from semiseg.data.records import DatasetBundle, Record
+from semiseg.data.registry import register_dataset
+from semiseg.data.volume_io import check_same_geometry, read_volume
+from semiseg.errors import DataError
+
+__all__ = ["load_nnunet"]
+
+
+def _read_json(root: Path) -> dict:
+    path = root / "dataset.json"
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(path, "not found (an nnU-Net raw dataset folder has dataset.json)") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(path, f"cannot read: {exc}") from None
+    for key in ("channel_names", "labels"):
+        if not isinstance(meta.get(key), dict) or not meta[key]:
+            raise DataError(path, f"needs a non-empty '{key}' mapping")
+    ending = meta.get("file_ending", ".nii.gz")
+    if ending not in (".nii.gz", ".nii"):
+        raise DataError(path, f"file_ending {ending!r}: only NIfTI (.nii.gz, .nii) is read")
+    values = list(meta["labels"].values())
+    if any(not isinstance(v, int) for v in values) or sorted(values) != list(range(len(values))):
+        raise DataError(path, f"labels must map names to the integers 0..K-1 (no region lists), got {values}")
+    return meta
+
+
+def _cases(images: Path, ending: str, channels: int) -> dict[str, list[Path]]:
+    """case → its channel files in order; a missing channel is an error naming the case."""
+    pattern = re.compile(rf"^(.*)_(\d{{4}}){re.escape(ending)}$")
+    found: dict[str, dict[int, Path]] = {}
+    for p in sorted(images.iterdir()) if images.is_dir() else []:
+        m = pattern.match(p.name)
+        if m:
+            found.setdefault(m.group(1), {})[int(m.group(2))] = p
+    out = {}
+    for case, files in found.items():
+        missing = [c for c in range(channels) if c not in files]
+        if missing:
+            raise DataError(
+                images / f"{case}_{missing[0]:04d}{ending}",
+                f"channel {missing[0]} of case '{case}' is missing",
+            )
+        out[case] = [files[c] for c in range(channels)]
+    return out
+
+
+def _record(case: str, files: list[Path], label: Path | None, num_classes: int, intensity: str) -> Record:
+    channels, geometry = [], None
+    for f in files:
+        volume, geo = read_volume(f)
+        if geometry is None:
+            geometry = geo
+        else:
+            check_same_geometry(files[0], f, geometry, geo)
+        channels.append(normalize_intensity(volume, "minmax" if intensity == "auto" else intensity))
+    mask = None
+    if label is not None:
+        values, label_geo = read_volume(label, dtype=np.float64)
+        check_same_geometry(files[0], label, geometry, label_geo)
+        bad = sorted(set(np.unique(values).tolist()) - set(range(num_classes)))
+        if bad:
+            raise DataError(
+                label, f"label values {', '.join(f'{v:g}' for v in bad[:5])} are not in dataset.json's labels"
+            )
+        mask = values.astype(np.int64)
+    return Record(
+        id=case,
+        image=np.stack(channels),
+        mask=mask,
+        group=case,
+        source=str(files[0]),
+        spacing=geometry.spacing,
+    )
+
+
+def load_nnunet(root: str | Path, intensity: str = "auto") -> DatasetBundle:
+    """The bundle of an nnU-Net raw dataset folder (see the module docstring)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(root, "dataset folder not found")
+    meta = _read_json(root)
+    ending = meta.get("file_ending", ".nii.gz")
+    n_channels = len(meta["channel_names"])
+    num_classes = len(meta["labels"])
+    splits: dict[str, list[Record]] = {}
+    for split, images, labels in (("train", "imagesTr", "labelsTr"), ("test", "imagesTs", "labelsTs")):
+        if split == "test" and not (root / labels).is_dir():
+            continue
+        cases = _cases(root / images, ending, n_channels)
+        if split == "train" and not cases:
+            raise DataError(root / images, f"no cases (<case>_0000{ending})")
+        records = []
+        for case, files in sorted(cases.items()):
+            label = root / labels / f"{case}{ending}"
+            if split == "test" and not label.is_file():
+                raise DataError(label, "missing: every test case needs its label file")
+            records.append(_record(case, files, label if label.is_file() else None, num_classes, intensity))
+        splits[split] = records
+    names = sorted(meta["labels"], key=lambda k: meta["labels"][k])
+    return DatasetBundle(name=root.name, num_classes=num_classes, in_channels=n_channels, train=splits["train"],
+                         test=splits.get("test"), class_names=names)  # fmt: skip
+
+
+@register_dataset("nnunet")  # data.path: the Dataset<ID>_<name> folder
+def _load(cfg: DataConfig, path: Path | None) -> DatasetBundle:
+    return load_nnunet(path, cfg.intensity)

@@ -1,0 +1,79 @@
+"""nnU-Net's raw dataset layout on generated files: channels, labels, splits and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from semiseg.config import DataConfig
+from semiseg.data import load_bundle
+from semiseg.data.nnunet import load_nnunet
+from semiseg.errors import DataError
+
+nib = pytest.importorskip("nibabel")
+AFFINE = np.diag([0.8, 0.8, 2.5, 1.0])
+
+
+def write(path, data, affine=AFFINE):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(data), affine), str(path))
+
+
+def make_dataset(root, cases=("a", "b", "c"), labeled=("a", "b"), test=("t",)):
+    meta = {"channel_names": {"0": "T2", "1": "ADC"}, "labels": {"background": 0, "zone": 1, "tumour": 2},
+            "numTraining": len(cases), "file_ending": ".nii.gz"}  # fmt: skip
+    root.mkdir(parents=True)
+    (root / "dataset.json").write_text(json.dumps(meta))
+    rng = np.random.default_rng(0)
+    for split, names, with_labels in (("Tr", cases, labeled), ("Ts", test, test)):
+        for case in names:
+            for c in range(2):
+                write(
+                    root / f"images{split}" / f"{case}_{c:04d}.nii.gz",
+                    rng.random((8, 6, 3)).astype(np.float32) * (c + 1),
+                )
+            if case in with_labels:
+                write(
+                    root / f"labels{split}" / f"{case}.nii.gz", rng.integers(0, 3, (8, 6, 3)).astype(np.uint8)
+                )
+    return root
+
+
+def test_cases_become_multichannel_volumes_with_their_labels(tmp_path):
+    root = make_dataset(tmp_path / "Dataset001_Prostate")
+    bundle = load_bundle(DataConfig(dataset="nnunet", path=str(root)))
+    assert bundle.name == "Dataset001_Prostate" and bundle.num_classes == 3 and bundle.in_channels == 2
+    assert bundle.class_names == ["background", "zone", "tumour"]
+    a = bundle.train[0]
+    assert a.id == "a" and a.image.shape == (2, 3, 6, 8) and a.mask.shape == (3, 6, 8)
+    assert a.spacing == pytest.approx((2.5, 0.8, 0.8)) and 0 <= a.image.min() and a.image.max() <= 1
+    assert [r.mask is None for r in bundle.train] == [False, False, True]  # case c has no label: unlabeled
+    assert [r.id for r in bundle.test] == ["t"] and bundle.val is None
+    raw = nib.load(str(root / "imagesTr" / "a_0001.nii.gz")).get_fdata()
+    x = (raw - raw.min()) / (raw.max() - raw.min())
+    np.testing.assert_allclose(a.image[1], x.transpose(2, 1, 0), rtol=1e-5)  # channel 1, scaled, (z, y, x)
+
+
+def test_bad_datasets_are_one_line_errors(tmp_path):
+    root = make_dataset(tmp_path / "missing_channel")
+    (root / "imagesTr" / "b_0001.nii.gz").unlink()
+    with pytest.raises(DataError, match="b_0001.nii.gz: channel 1 of case 'b' is missing"):
+        load_nnunet(root)
+    root = make_dataset(tmp_path / "regions")
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["labels"]["tumour"] = [1, 2]
+    (root / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="labels must map names to the integers 0..K-1"):
+        load_nnunet(root)
+    root = make_dataset(tmp_path / "moved")
+    write(root / "labelsTr" / "a.nii.gz", np.zeros((8, 6, 3), np.uint8), affine=np.diag([0.8, 0.8, 5.0, 1.0]))
+    with pytest.raises(DataError, match="a.nii.gz: affine differs"):
+        load_nnunet(root)
+    root = make_dataset(tmp_path / "values")
+    write(root / "labelsTr" / "a.nii.gz", np.full((8, 6, 3), 4, np.uint8))
+    with pytest.raises(DataError, match="label values 4 are not in dataset.json's labels"):
+        load_nnunet(root)
+    with pytest.raises(DataError, match="dataset.json: not found"):
+        load_nnunet(tmp_path / "missing_channel" / "imagesTr")

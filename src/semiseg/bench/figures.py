@@ -99,6 +99,18 @@ def translation_figure(method, present, masks, absent, path: Path) -> None:
     plt.close(fig)
 
 
+def _save(plt, fig, axes, path: Path, tight: bool = True) -> None:
+    """Blank the ``axes``' ticks, lay the figure out and write it to ``path`` (folders created)."""
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if tight:
+        fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _plt():
     import matplotlib
 
@@ -143,13 +155,7 @@ def moons_figure(
         ax.contour(gx, gy, prob, levels=[0.5], colors="k", linewidths=1)
         scatter(ax)
         ax.set_title(f"({chr(97 + i)}) {title}", fontsize=9)
-    for ax in axes[0]:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, axes[0], path)
 
 
 def embedding_pca(method, images, batch_size: int = 256):
@@ -178,12 +184,8 @@ def embedding_figure(models: list[tuple[str, object]], images, labels, path: Pat
         xy = embedding_pca(method, images)
         sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=5, vmin=-0.5, vmax=9.5)
         ax.set_title(title, fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
     fig.colorbar(sc, ax=axes[0].tolist(), ticks=range(10), fraction=0.03)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, axes[0], path, tight=False)  # the colorbar spans the panels: no tight layout
 
 
 def snapshot_grid(snapshots: dict[str, dict[int, object]], image, mask, path: Path) -> None:
@@ -215,10 +217,4 @@ def snapshot_grid(snapshots: dict[str, dict[int, object]], image, mask, path: Pa
                 axes[i, j].set_title(f"after {epoch} epochs", fontsize=9)
     axes[0, 0].set_title("input", fontsize=9)
     axes[0, -1].set_title("truth", fontsize=9)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, axes.flat, path)

@@ -250,32 +250,22 @@ class ShapePrior(PhasedLoss):
     def forward(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         self._check_size(logits.shape)
         self.autoencoder.eval()
-        # frozen: the autoencoder runs on detached copies of its parameters, so gradients reach the
-        # segmenter's prediction only (its parameters keep requires_grad, for any optimizer built later)
-        params = {k: v.detach() for k, v in self.autoencoder.named_parameters()}
-
-        def ae(x: torch.Tensor, part: str = "forward") -> torch.Tensor:
-            fn = {
-                "forward": self.autoencoder,
-                "encode": self.autoencoder.encoder,
-                "decode": self.autoencoder.decoder,
-            }
-            module = fn[part]
-            prefix = "" if part == "forward" else ("encoder." if part == "encode" else "decoder.")
-            own = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
-            return torch.func.functional_call(module, own, (x,))
+        # frozen: the code of the prediction runs the encoder on detached copies of its parameters, so
+        # gradients reach the segmenter only (the parameters keep requires_grad, for any optimizer built
+        # later); the other uses of the autoencoder need no gradient at all
+        encoder = {k: v.detach() for k, v in self.autoencoder.encoder.named_parameters()}
 
         probs = logits.softmax(1)
         dense = batch.kind == int(Supervision.DENSE)
         total = logits.new_zeros(())
         if dense.any() and self.spec.code_weight:
-            code = ae(probs[dense], "encode")
+            code = torch.func.functional_call(self.autoencoder.encoder, encoder, (probs[dense],))
             with torch.no_grad():
-                target = ae(one_hot_maps(batch.mask[dense], self.num_classes), "encode")
+                target = self.autoencoder.encode(one_hot_maps(batch.mask[dense], self.num_classes))
             total = total + self.spec.code_weight * (code - target).pow(2).mean()
         if (~dense).any() and self.spec.recon_weight:
             p = probs[~dense]
             with torch.no_grad():
-                recon = ae(p).softmax(1)
+                recon = self.autoencoder(p).softmax(1)
             total = total + self.spec.recon_weight * (p - recon).pow(2).mean()
         return total

@@ -198,7 +198,7 @@ def test_bad_options_raise(kwargs, match):
         TotalVariationLoss(**kwargs)(torch.rand(1, 2, 4, 4))
 
 
-@pytest.mark.parametrize("shape", [(4, 4), (2, 4, 4), (1, 2, 3, 4, 4)])
+@pytest.mark.parametrize("shape", [(4, 4), (2, 4, 4), (1, 2, 3, 4, 4, 4)])
 def test_bad_shape_raises(shape):
     for operator in OPERATORS:
         with pytest.raises(ValueError, match=r"\[B, K, H, W\]"):
@@ -296,3 +296,56 @@ def test_gradient_step_reduces_tv(operator, norm, from_logits):
     with torch.no_grad():
         after = loss(x - 1e-3 * x.grad)
     assert after < before
+
+
+# ------------------------------------------------------------------------------------------- 3D
+@pytest.mark.parametrize("operator", OPERATORS)
+@pytest.mark.parametrize("norm", NORMS)
+def test_constant_volume_has_zero_tv_and_gradient(operator, norm):
+    p = torch.full((2, 3, 4, 5, 6), 0.7, requires_grad=True)
+    tv = total_variation(p, operator, norm, axis_weights=[0.2, 1.0, 1.0])
+    (grad,) = torch.autograd.grad(tv, p)
+    assert tv.item() == 0.0 and torch.count_nonzero(grad) == 0
+
+
+@pytest.mark.parametrize("operator", OPERATORS)
+def test_volume_constant_along_depth_is_the_2d_tv_of_its_slice(operator):
+    """Sobel in 3D smooths (1, 2, 1) along D: for a map constant along D, ∇_D = 0 and the in-plane
+    derivatives are 4× the 2D ones (forward differences: equal)."""
+    sl = rand(1, 2, 7, 9)
+    vol = sl[:, :, None].expand(1, 2, 5, 7, 9).contiguous()
+    factor = 4.0 if operator == "sobel" else 1.0
+    g3 = spatial_gradients(vol, operator)
+    g2 = spatial_gradients(sl, operator)
+    assert float(g3[0].abs().max()) == 0.0
+    for a, b in zip(g3[1:], g2):
+        torch.testing.assert_close(a, factor * b[:, :, None].expand_as(a))
+    torch.testing.assert_close(total_variation(vol, operator), factor * total_variation(sl, operator))
+
+
+@pytest.mark.parametrize("operator", OPERATORS)
+def test_depth_step_counts_only_along_depth_and_axis_weights_scale_it(operator):
+    p = torch.zeros(1, 1, 6, 4, 4, dtype=torch.float64)
+    p[:, :, 3:] = 1.0
+    gd, gh, gw = spatial_gradients(p, operator)
+    assert float(gh.abs().max()) == 0.0 and float(gw.abs().max()) == 0.0 and float(gd.abs().max()) > 0
+    full = total_variation(p, operator, "l1", reduction="sum")
+    half = total_variation(p, operator, "l1", reduction="sum", axis_weights=[0.5, 1.0, 1.0])
+    torch.testing.assert_close(half, full / 2)
+    # in-plane weights do not touch a depth step
+    torch.testing.assert_close(
+        total_variation(p, operator, "l1", reduction="sum", axis_weights=[1, 3, 3]), full
+    )
+
+
+def test_3d_rotation_in_plane_leaves_tv_unchanged():
+    p = rand(1, 2, 4, 6, 6)
+    for norm in NORMS:
+        torch.testing.assert_close(
+            total_variation(p, "sobel", norm), total_variation(p.rot90(1, (3, 4)), "sobel", norm)
+        )
+
+
+def test_axis_weights_need_one_per_axis():
+    with pytest.raises(ValueError, match="one weight per spatial axis"):
+        total_variation(torch.rand(1, 2, 3, 4, 4), axis_weights=[1.0, 1.0])

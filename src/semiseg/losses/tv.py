@@ -16,6 +16,10 @@ Options beyond the paper: ``operator="forward"`` uses plain forward differences
 ``sqrt(∇_X² + ∇_Y² + eps)`` instead of ``|∇_X| + |∇_Y|``. Borders are replicated, so a constant
 map has zero TV everywhere.
 
+3D (``[B, K, D, H, W]``, beyond the paper): one derivative per axis, the Sobel derivative along an
+axis smoothed (1, 2, 1) along both others; ``axis_weights`` multiplies each axis's derivative, for
+anisotropic voxels (e.g. ``[0.2, 1, 1]`` when slices are 5× thicker than pixels are wide).
+
 Reduction: ``"mean"`` divides the sum over classes and pixels by the number of pixels
 ``B·H·W`` (not by the number of classes), so the value is "TV per pixel" and does not depend on
 image size or batch size; ``"sum"`` is the paper's plain sum; ``"none"`` returns one value per image.
@@ -23,6 +27,7 @@ image size or batch size; ``"sum"`` is the paper's plain sum; ``"none"`` returns
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,43 +44,76 @@ SOBEL_X = ((-1.0, -2.0, -1.0), (0.0, 0.0, 0.0), (1.0, 2.0, 1.0))
 SOBEL_Y = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
 
 
-def spatial_gradients(probs: torch.Tensor, operator: str = "sobel") -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-pixel derivatives of every channel.
+def _check_maps(probs: torch.Tensor) -> int:
+    if probs.ndim not in (4, 5):
+        raise ValueError(
+            "total variation expects [B, K, H, W] or [B, K, D, H, W] probabilities, "
+            f"got shape {tuple(probs.shape)}"
+        )
+    return probs.ndim - 2
+
+
+def spatial_gradients(probs: torch.Tensor, operator: str = "sobel") -> tuple[torch.Tensor, ...]:
+    """Per-pixel (per-voxel) derivatives of every channel, one per spatial axis.
+
+    The Sobel derivative along an axis is the central difference along it, smoothed by (1, 2, 1)
+    along every other spatial axis (eq. 11 in 2D; its usual separable extension in 3D).
 
     Shape:
-        probs ``[B, K, H, W]`` → two tensors ``[B, K, H, W]`` (∇_X, ∇_Y of the paper's eq. 11).
+        probs ``[B, K, H, W]`` → (∇_X, ∇_Y) of the paper's eq. 11 (along rows, along columns), each
+        ``[B, K, H, W]``; probs ``[B, K, D, H, W]`` → three ``[B, K, D, H, W]`` (along D, H, W).
     """
-    if probs.ndim != 4:
-        raise ValueError(
-            f"total variation expects [B, K, H, W] probabilities, got shape {tuple(probs.shape)}"
-        )
+    dims = _check_maps(probs)
+    axes = range(2, 2 + dims)
+    sizes = probs.shape[2:]
     if operator == "sobel":
-        # SOBEL_X / SOBEL_Y as separable sums: a central difference, then a (1, 2, 1) smoothing
-        # across it. Differencing first keeps flat regions exactly 0 in floating point (a 3x3
+        # Differencing first, then smoothing, keeps flat regions exactly 0 in floating point (a 3x3
         # conv2d leaves ~1e-8 residues on e.g. a constant 0.7 map, whose sign(·) = ±1 would break
         # eq. 15's sign(0) = 0 and give a constant map non-zero TV and gradient).
-        padded = F.pad(probs, (1, 1, 1, 1), mode="replicate")
-        d_rows = padded[:, :, 2:] - padded[:, :, :-2]  # P[y+1] − P[y−1]: [B, K, H, W+2]
-        d_cols = padded[..., 2:] - padded[..., :-2]  # P[x+1] − P[x−1]: [B, K, H+2, W]
-        gx = d_rows[..., :-2] + 2 * d_rows[..., 1:-1] + d_rows[..., 2:]
-        gy = d_cols[:, :, :-2] + 2 * d_cols[:, :, 1:-1] + d_cols[:, :, 2:]
-        return gx, gy
+        padded = F.pad(probs, (1, 1) * dims, mode="replicate")
+        grads = []
+        for a in axes:
+            g = padded.narrow(a, 2, sizes[a - 2]) - padded.narrow(a, 0, sizes[a - 2])
+            for b in axes:
+                if b != a:
+                    n = sizes[b - 2]
+                    g = g.narrow(b, 0, n) + 2 * g.narrow(b, 1, n) + g.narrow(b, 2, n)
+            grads.append(g)
+        return tuple(grads)
     if operator == "forward":
-        padded = F.pad(probs, (0, 1, 0, 1), mode="replicate")
-        gx = padded[:, :, 1:, :-1] - padded[:, :, :-1, :-1]  # along rows, like SOBEL_X
-        gy = padded[:, :, :-1, 1:] - padded[:, :, :-1, :-1]  # along columns, like SOBEL_Y
-        return gx, gy
+        padded = F.pad(probs, (0, 1) * dims, mode="replicate")
+
+        def crop(a: int, start: int) -> torch.Tensor:  # offset `start` on axis a, 0 on the others
+            x = padded
+            for b in axes:
+                x = x.narrow(b, start if b == a else 0, sizes[b - 2])
+            return x
+
+        return tuple(crop(a, 1) - crop(a, 0) for a in axes)
     raise ValueError(f"operator must be 'sobel' or 'forward', got {operator!r}")
 
 
-def edge_weights(image: torch.Tensor, sigma: float, operator: str = "sobel") -> torch.Tensor:
+def _weighted(
+    grads: tuple[torch.Tensor, ...], axis_weights: Sequence[float] | None
+) -> tuple[torch.Tensor, ...]:
+    if axis_weights is None:
+        return grads
+    if len(axis_weights) != len(grads):
+        raise ValueError(
+            f"axis_weights needs one weight per spatial axis ({len(grads)}), got {len(axis_weights)}"
+        )
+    return tuple(g * float(w) if float(w) != 1.0 else g for g, w in zip(grads, axis_weights))
+
+
+def edge_weights(image: torch.Tensor, sigma: float, operator: str = "sobel",
+                 axis_weights: Sequence[float] | None = None) -> torch.Tensor:  # fmt: skip
     """``exp(-|∇I|² / (2σ²))`` of the channel-mean image: ~1 in flat regions, ~0 across strong edges.
 
     Shape:
-        image ``[B, C, H, W]`` → ``[B, 1, H, W]``.
+        image ``[B, C, *S]`` → ``[B, 1, *S]``.
     """
-    gx, gy = spatial_gradients(image.mean(dim=1, keepdim=True), operator)
-    return torch.exp(-(gx * gx + gy * gy) / (2.0 * sigma * sigma))
+    grads = _weighted(spatial_gradients(image.mean(dim=1, keepdim=True), operator), axis_weights)
+    return torch.exp(-sum(g * g for g in grads) / (2.0 * sigma * sigma))
 
 
 def total_variation(
@@ -86,37 +124,45 @@ def total_variation(
     eps: float = 1e-6,
     image: torch.Tensor | None = None,
     edge_sigma: float | None = None,
+    axis_weights: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Total variation of probability maps, summed over classes.
 
     Args:
-        probs: Softmax probabilities (any real maps work).
+        probs: Softmax probabilities (any real maps work), 2D or 3D.
         operator: "sobel" (the paper) or "forward" differences.
-        norm: "l1" = ``|∇_X| + |∇_Y|`` (the paper) or "l2" = ``sqrt(∇_X² + ∇_Y² + eps)`` (isotropic).
-        reduction: "mean" (per pixel: sum / (B·H·W)), "sum", or "none" (per image, mean over its pixels).
+        norm: "l1" = ``Σ_axes |∇_a|`` (the paper) or "l2" = ``sqrt(Σ_axes ∇_a² + eps)`` (isotropic).
+        reduction: "mean" (per pixel: sum / (B·H·W), or per voxel), "sum", or "none" (per image, mean
+            over its pixels).
         eps: Smoothing of the isotropic norm at zero gradient.
         image: The input images; with ``edge_sigma``, each pixel's TV is weighted by
             :func:`edge_weights` so label changes are cheap where the image has an edge
             (an edge-aware variant beyond the paper; ``None`` = the paper's plain TV).
         edge_sigma: ``σ`` of the edge weights, in image-gradient units.
+        axis_weights: One factor per spatial axis multiplying its derivative (e.g. ``1 / spacing``
+            relative to the in-plane spacing for anisotropic voxels: ``[0.2, 1, 1]`` for 5 mm slices
+            of 1 mm pixels); ``None`` = all 1 (the paper).
 
     Shape:
-        probs ``[B, K, H, W]``, image ``[B, C, H, W]`` → scalar, or ``[B]`` for ``reduction="none"``.
+        probs ``[B, K, *S]``, image ``[B, C, *S]`` (S = H, W or D, H, W) → scalar, or ``[B]`` for
+        ``reduction="none"``.
     """
-    gx, gy = spatial_gradients(probs, operator)
+    grads = _weighted(spatial_gradients(probs, operator), axis_weights)
     if norm == "l1":
-        tv = gx.abs() + gy.abs()
+        tv = grads[0].abs()
+        for g in grads[1:]:
+            tv = tv + g.abs()
     elif norm == "l2":
-        tv = torch.sqrt(gx * gx + gy * gy + eps) - eps**0.5
+        tv = torch.sqrt(sum(g * g for g in grads) + eps) - eps**0.5
     else:
         raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
     if edge_sigma is not None:
-        if image is None or image.shape[0] != probs.shape[0] or image.shape[-2:] != probs.shape[-2:]:
+        if image is None or image.shape[0] != probs.shape[0] or image.shape[2:] != probs.shape[2:]:
             raise ValueError("edge_sigma needs the images, same batch and spatial size as probs")
         if edge_sigma <= 0:
             raise ValueError(f"edge_sigma must be positive, got {edge_sigma}")
-        tv = tv * edge_weights(image, edge_sigma, operator)
-    per_pixel = tv.sum(dim=1)  # [B, H, W]
+        tv = tv * edge_weights(image, edge_sigma, operator, axis_weights)
+    per_pixel = tv.sum(dim=1)  # [B, *S]
     if reduction == "mean":
         return per_pixel.mean()
     if reduction == "sum":
@@ -154,11 +200,17 @@ class TVSpec(RegularizerSpec):
     #: a regulariser gives a scalar (streams of different batch sizes): no "none"
     reduction: Literal["mean", "sum"] = "mean"
     edge_sigma: float | None = None
+    #: one factor per spatial axis on its derivative (3D anisotropic voxels, e.g. [0.2, 1, 1]); null = 1
+    axis_weights: list[float] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.edge_sigma is not None and not self.edge_sigma > 0:
             raise FieldError("edge_sigma", f"must be positive, got {self.edge_sigma}")
+        if self.axis_weights is not None and (
+            len(self.axis_weights) not in (2, 3) or any(not w >= 0 for w in self.axis_weights)
+        ):
+            raise FieldError("axis_weights", f"needs 2 or 3 non-negative weights, got {self.axis_weights}")
 
     def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         return total_variation(
@@ -168,4 +220,5 @@ class TVSpec(RegularizerSpec):
             self.reduction,
             image=batch.image,
             edge_sigma=self.edge_sigma,
+            axis_weights=self.axis_weights,
         )

@@ -123,7 +123,7 @@ def test_method_config_holds_specs_and_round_trips_through_plain_dicts():
     assert plain["regularizers"][0] == {
         "name": "tv", "weight": 0.3, "ramp_up_steps": 0, "ramp_shape": "sigmoid", "ramp_from": "phase",
         "streams": ["labeled", "unlabeled"], "operator": "sobel", "norm": "l1", "reduction": "mean",
-        "edge_sigma": None,
+        "edge_sigma": None, "axis_weights": None,
     }  # fmt: skip
     assert from_dict(type(method.cfg), plain, prefix="method") == method.cfg
 

@@ -55,10 +55,10 @@ def with_views(b: Batch, spec: ViewSpec | None, seed: int = 7) -> Batch:
     return dataclasses.replace(b, strong=strong, cutmix=boxes)
 
 
-def tagged(spec: StreamSpec, b: int = 2) -> Batch:
+def tagged(spec: StreamSpec, b: int = 2, hw=(32, 32)) -> Batch:
     """A batch of a tag-filtered stream: images of ``spec.source`` whose tag of ``spec.tag_class``
     is ``spec.tag_value`` (the other classes' tags as the masks say)."""
-    out = stream("tag", b=b, seed=11 + int(spec.tag_value))
+    out = stream("tag", b=b, hw=hw, seed=11 + int(spec.tag_value))
     out.tags[:, spec.tag_class] = spec.tag_value
     return out
 
@@ -66,15 +66,16 @@ def tagged(spec: StreamSpec, b: int = 2) -> Batch:
 def phase_batch(phase: Phase, data: dict[str, Batch] | None = None) -> dict[str, Batch]:
     """The streams of ``phase``, with the views it asks for."""
     data = data or batch()
+    hw = tuple(next(iter(data.values())).image.shape[2:])
     out = {}
     for spec in phase.stream_specs:
-        b = tagged(spec, b=2 + int(spec.tag_value)) if spec.tag_class is not None else data[spec.name]
+        b = tagged(spec, b=2 + int(spec.tag_value), hw=hw) if spec.tag_class is not None else data[spec.name]
         out[spec.name] = with_views(b, phase.views.get(spec.name))
     return out
 
 
-def batch(labeled_kind: str = "dense") -> dict[str, Batch]:
-    return {"labeled": stream(labeled_kind, seed=0), "unlabeled": stream("none", b=3, seed=1)}
+def batch(labeled_kind: str = "dense", hw=(32, 32)) -> dict[str, Batch]:
+    return {"labeled": stream(labeled_kind, hw=hw, seed=0), "unlabeled": stream("none", b=3, hw=hw, seed=1)}
 
 
 #: options that fit a method to the tiny test network (e.g. fewer unique channels than its bottleneck)
@@ -113,9 +114,13 @@ def test_phases_are_well_formed(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_one_step_per_phase_and_optimizer(name):
-    method = build(name)
+    check_every_step(build(name), name, batch())
+
+
+def check_every_step(method: Method, name: str, data: dict[str, Batch]) -> None:
+    """One step of every phase and optimizer: a finite scalar loss whose gradient reaches every
+    trainable parameter the optimizer owns."""
     method.train()
-    data = batch()
     for phase in method.phases():
         for opt_name in phase.optimizer_names:
             method.zero_grad(set_to_none=True)
@@ -214,3 +219,59 @@ def test_supervised_uses_labeled_pixels_only():
     labeled = relabeled.mask != IGNORE_INDEX
     relabeled.mask = torch.where(labeled, (relabeled.mask + 1) % K, relabeled.mask)
     assert not torch.equal(method.training_step({"labeled": relabeled}, "train", "main")["loss"], loss)
+
+
+# ------------------------------------------------------------------------------------- volumes
+#: every method that trains a segmenter (the issue's list); image-level ones (ioda, translation,
+#: ssldec) stay 2D
+SEGMENTERS_3D = {
+    "supervised",
+    "tv",
+    "size",
+    "pseudo_label",
+    "mean_teacher",
+    "fixmatch",
+    "unimatch",
+    "bcp",
+    "cps",
+}
+NAMES_3D = [n for n in NAMES if 3 in METHODS[n].spatial_dims]
+MODEL_3D = dataclasses.replace(MODEL, spatial_dims=3)
+
+
+def test_the_segmenter_methods_declare_3d():
+    assert SEGMENTERS_3D <= set(NAMES_3D)
+
+
+@pytest.mark.parametrize("name", NAMES_3D)
+def test_one_step_per_phase_and_optimizer_on_volumes(name):
+    torch.manual_seed(0)
+    options = {
+        **TINY.get(name, {}),
+        "regularizers": [{"name": "tv", "weight": 0.1, "axis_weights": [0.5, 1, 1]}],
+    }
+    method = build_method(
+        {"name": name, **options}, MODEL_3D, in_channels=1, num_classes=K, image_size=(4, 16, 16)
+    )
+    data = batch(hw=(4, 16, 16))
+    for phase in method.phases():  # volumes go through the 3D network: [B, K, D, H, W] logits
+        if phase.validate:
+            out = method.predict(data["labeled"].image)
+            assert out.shape == (2, K, 4, 16, 16)
+    check_every_step(method, name, data)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in NAMES_3D])
+def test_2d_only_methods_refuse_a_3d_model_in_one_line(name):
+    with pytest.raises(ConfigError, match="model.spatial_dims: .*2D models only, got 3"):
+        build_method({"name": name, **TINY.get(name, {})}, MODEL_3D, in_channels=1, num_classes=K)
+
+
+def test_2d_only_models_and_regularizers_refuse_volumes():
+    from semiseg.models import build_model
+
+    with pytest.raises(ConfigError, match="model.spatial_dims: model 'mlp' is 2D only, got 3"):
+        build_model(ModelConfig(name="mlp", spatial_dims=3), 1, 2)
+    with pytest.raises(ConfigError, match=r"method.regularizers\[0\]: regulariser 'shape_prior' supports 2D"):
+        build_method({"name": "supervised", "regularizers": [{"name": "shape_prior"}]}, MODEL_3D,
+                     in_channels=1, num_classes=K)  # fmt: skip

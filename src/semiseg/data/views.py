@@ -34,17 +34,27 @@ from semiseg.data.transforms import augment, is_identity, sample_rng, strong_vie
 from semiseg.errors import DataError
 
 
-def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Shape: ``[N, C, H, W]`` → ``[N, C, *size]`` (bilinear, antialiased when shrinking)."""
-    if tuple(image.shape[-2:]) == tuple(size):
+def resize_image(image: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Shape: ``[N, C, H, W]`` → ``[N, C, *size]`` (bilinear, antialiased when shrinking); volumes
+    ``[N, C, D, H, W]`` with a 3-entry ``size``: slice by slice in-plane when D is kept (so a volume's
+    slices are resized exactly as 2D images), trilinear otherwise."""
+    size = tuple(size)
+    if tuple(image.shape[-len(size) :]) == size:
         return image
+    if len(size) == 3:
+        n, c, d = image.shape[:3]
+        if d == size[0]:
+            flat = image.reshape(n, c * d, *image.shape[3:])
+            return resize_image(flat, size[1:]).reshape(n, c, *size)
+        return F.interpolate(image, size=size, mode="trilinear", align_corners=False)
     shrink = image.shape[-2] > size[0] or image.shape[-1] > size[1]
     return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=shrink)
 
 
-def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Shape: ``[N, H, W]`` long → ``[N, *size]`` (nearest)."""
-    if tuple(mask.shape[-2:]) == tuple(size):
+def resize_mask(mask: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Shape: ``[N, H, W]`` long → ``[N, *size]`` (nearest); ``[N, D, H, W]`` with a 3-entry ``size``."""
+    size = tuple(size)
+    if tuple(mask.shape[-len(size) :]) == size:
         return mask
     return F.interpolate(mask[:, None].float(), size=size, mode="nearest-exact")[:, 0].long()
 

@@ -125,6 +125,9 @@ class RegularizerSpec:
     streams: list[Literal["labeled", "unlabeled"]] = field(default_factory=lambda: list(STREAMS))
 
     registered_name: ClassVar[str] = ""  #: set by @register_regularizer
+    #: the models' spatial dimensions the loss supports (``model.spatial_dims``); a spec that works on
+    #: volumes too declares ``(2, 3)``
+    spatial_dims: ClassVar[tuple[int, ...]] = (2,)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -227,6 +230,13 @@ class Regularizer(nn.Module):
         self.name = self.spec.name
         self.where = where
         self.streams = tuple(self.spec.streams)
+        dims = context.model.spatial_dims if context is not None else 2
+        if dims not in self.spec.spatial_dims:
+            raise ConfigError(
+                f"{where}: regulariser '{self.spec.name}' supports "
+                f"{' and '.join(f'{d}D' for d in self.spec.spatial_dims)} models only, "
+                f"model.spatial_dims is {dims}"
+            )
         if context is None:
             self.loss = self.spec.build()
         else:

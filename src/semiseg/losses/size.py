@@ -208,6 +208,8 @@ class SizeSpec(RegularizerSpec):
     ``method.regularizers: [{name: size, weight: 0.01, gamma: 0.1, streams: [unlabeled]}]``
     """
 
+    spatial_dims = (2, 3)
+
     gamma: float = 0.1  #: relative tolerance γ of the bounds
     classes: list[int] | None = None  #: constrained classes (default: all but the background)
     normalization: Literal["pixels", "none", "area"] = "pixels"
@@ -314,6 +316,7 @@ class RegressedSizePenalty(PhasedLoss):
             self.regressor = build_size_regressor(
                 spec.regressor_arch, context.in_channels, len(self.classes),
                 width=spec.regressor_width, depth=spec.regressor_depth, norm=context.model.norm,
+                spatial_dims=context.model.spatial_dims, inplane_levels=context.model.inplane_levels,
             )  # fmt: skip
 
     def regress(self, images: torch.Tensor) -> torch.Tensor:

@@ -195,6 +195,8 @@ class TVSpec(RegularizerSpec):
     ``method.regularizers: [{name: tv, weight: 0.1, operator: sobel, norm: l1}]``
     """
 
+    spatial_dims = (2, 3)
+
     operator: Literal["sobel", "forward"] = "sobel"
     norm: Literal["l1", "l2"] = "l1"
     #: a regulariser gives a scalar (streams of different batch sizes): no "none"

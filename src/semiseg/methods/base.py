@@ -83,6 +83,9 @@ class Method(nn.Module):
     config_class: type = MethodConfig
     #: what the method learns from its data: "segment" (masks) and/or "classify" (one class per image)
     tasks: tuple[str, ...] = ("segment",)
+    #: the model's spatial dimensions the method supports (``model.spatial_dims``); a method that
+    #: trains on volumes too declares ``(2, 3)``
+    spatial_dims: tuple[int, ...] = (2,)
 
     def __init__(
         self,
@@ -94,6 +97,11 @@ class Method(nn.Module):
         image_size: Sequence[int] | None = None,
     ):
         super().__init__()
+        if model_cfg.spatial_dims not in self.spatial_dims:
+            raise ConfigError(
+                f"model.spatial_dims: method '{cfg.name or type(self).__name__}' supports "
+                f"{' and '.join(f'{d}D' for d in self.spatial_dims)} models only, got {model_cfg.spatial_dims}"
+            )
         self.cfg = cfg
         self.in_channels = in_channels
         #: the training image size (``data.image_size``), for networks whose shape depends on it (e.g. an

@@ -109,11 +109,14 @@ class SizeConstrained(Supervised):
                 "method.centroid_margin: centroid bounds come from the regressor (source: regressor)"
             )
         self.with_centroid = cfg.centroid_margin is not None
+        if self.with_centroid and self.model_cfg.spatial_dims != 2:
+            raise ConfigError("method.centroid_margin: centroid bounds are for 2D models only")
         if cfg.source == "regressor":
             try:
                 self.regressor = build_size_regressor(
                     cfg.regressor_arch, self.in_channels, len(self.classes), centroids=self.with_centroid,
                     width=cfg.regressor_width, depth=cfg.regressor_depth, norm=self.model_cfg.norm,
+                    spatial_dims=self.model_cfg.spatial_dims, inplane_levels=self.model_cfg.inplane_levels,
                 )  # fmt: skip
             except ValueError as exc:
                 raise ConfigError(f"method.regressor_arch: {exc}") from None

@@ -22,6 +22,8 @@ class SupervisedConfig(MethodConfig):
 class Supervised(Method):
     """Trains the segmenter on labeled pixels only; unlabeled data is not used."""
 
+    spatial_dims = (2, 3)  # and every method built on it (its losses and batches are N-D)
+
     config_class = SupervisedConfig
 
     def __init__(self, cfg: SupervisedConfig, **kwargs):

@@ -58,6 +58,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from semiseg.config import FieldError, check_weights
 from semiseg.errors import ConfigError
@@ -96,6 +97,12 @@ class UniMatch(FixMatch):
             )
         self.feature_dropout = nn.Dropout2d(cfg.fp_dropout)
 
+    def _drop_channels(self, f: torch.Tensor) -> torch.Tensor:
+        """The feature perturbation: whole channels dropped (``Dropout2d``; ``dropout3d`` on volumes)."""
+        if f.ndim == 5:
+            return F.dropout3d(f, self.cfg.fp_dropout, self.training)
+        return self.feature_dropout(f)
+
     def strong_views(self) -> int:
         return self.cfg.strong_views
 
@@ -109,7 +116,7 @@ class UniMatch(FixMatch):
             features = self.model.encode(images)
             # clean features (of the weak views only when wanted) + channel-dropped features of the
             # weak views, one decode
-            features = [torch.cat([f if weak else f[:n_l], self.feature_dropout(f[n_l:])]) for f in features]
+            features = [torch.cat([f if weak else f[:n_l], self._drop_channels(f[n_l:])]) for f in features]
             logits = self.model.decode(features, tuple(images.shape[2:]))
             logits_labeled, logits_weak, logits_fp = logits.split([n_l, n_u if weak else 0, n_u])
             logits_weak = logits_weak if weak else None

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from semiseg.config import ModelConfig
+from semiseg.errors import ConfigError
 from semiseg.registry import Registry
 
 ModelBuilder = Callable[[ModelConfig, int, int], nn.Module]
@@ -26,10 +27,16 @@ register_model = MODELS.register
 
 def build_model(cfg: ModelConfig, in_channels: int, out_channels: int, image_size=None) -> nn.Module:
     """The network named ``cfg.name``; an unknown name raises a ConfigError naming ``model.name``.
-    ``image_size`` (the training ``[H, W]``) goes to builders that take it (e.g. ``mlp`` maps).
+    A builder that reads ``model.spatial_dims`` declares it with a ``spatial_dims = (2, 3)`` attribute;
+    any other refuses 3D in one line. ``image_size`` (the training ``[H, W]``) goes to builders that
+    take it (e.g. ``mlp`` maps).
     With ``model.head: clustering`` its output feeds a clustering head (one centroid per output
     channel), :func:`~semiseg.models.heads.clustered`."""
     builder = MODELS.get(cfg.name, where="model.name")
+    dims = getattr(builder, "spatial_dims", (2,))  # a builder of volumes too declares (2, 3)
+    if cfg.spatial_dims not in dims:
+        raise ConfigError(f"model.spatial_dims: model '{cfg.name}' is {' or '.join(f'{d}D' for d in dims)} only, "
+                          f"got {cfg.spatial_dims}")  # fmt: skip
     if image_size is not None and "image_size" in inspect.signature(builder).parameters:
         net = builder(cfg, in_channels, out_channels, image_size=tuple(image_size))
     else:

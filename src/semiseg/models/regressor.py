@@ -19,7 +19,7 @@ from semiseg.ops import soft_centroid
 
 
 class Regressor(nn.Module):
-    """``[B, C, H, W]`` images → ``[B, outputs]``.
+    """``[B, C, *S]`` images (2D or 3D) → ``[B, outputs]``.
 
     Args:
         in_channels: Image channels.
@@ -27,15 +27,26 @@ class Regressor(nn.Module):
         width: Channels of the first block, doubled at every level.
         depth: Number of conv blocks, each followed by 2x2 max pooling.
         norm: "batch", "instance", "group" or "none".
+        spatial_dims: 2 or 3.
+        inplane_levels: 3D: the first this many blocks are in-plane only (1×3×3, pooled 1×2×2), as
+            the segmenter's :class:`~semiseg.models.unet.UNet`.
     """
 
-    def __init__(self, in_channels: int, outputs: int, width: int = 16, depth: int = 4, norm: str = "batch"):
+    def __init__(self, in_channels: int, outputs: int, width: int = 16, depth: int = 4, norm: str = "batch",
+                 spatial_dims: int = 2, inplane_levels: int = 0):  # fmt: skip
         super().__init__()
         layers: list[nn.Module] = []
         ch = in_channels
         for level in range(depth):
             out = width * 2**level
-            layers += [ConvBlock(ch, out, norm), nn.MaxPool2d(2)]
+            inplane = spatial_dims == 3 and level < inplane_levels
+            # 3D: ceil_mode keeps an axis of size 1 (a thin patch pooled to one slice) at 1
+            pool = (
+                nn.MaxPool2d(2)
+                if spatial_dims == 2
+                else nn.MaxPool3d((1, 2, 2) if inplane else 2, ceil_mode=True)
+            )
+            layers += [ConvBlock(ch, out, norm, dims=spatial_dims, inplane=inplane), pool]
             ch = out
         self.encoder = nn.Sequential(*layers)
         self.head = nn.Sequential(
@@ -44,18 +55,18 @@ class Regressor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.encoder(x)
-        return self.head(features.mean(dim=(-2, -1), keepdim=True))
+        return self.head(features.mean(dim=tuple(range(2, features.ndim)), keepdim=True))
 
 
 class DensityRegressor(nn.Module):
-    """``[B, C, H, W]`` images → ``[B, n]`` area fractions (+ ``[B, 2n]`` centroids (row, col) in [0, 1]
-    when ``centroids``), from a sigmoid density map per region.
+    """``[B, C, *S]`` images → ``[B, n]`` area fractions (+ ``[B, n·len(S)]`` centroids (row, col) in
+    [0, 1] when ``centroids``), from a sigmoid density map per region.
 
     Args:
         in_channels: Image channels.
         regions: Number of regions ``n``.
         centroids: Also output each region's soft centroid.
-        width, depth, norm: Of the UNet.
+        width, depth, norm, spatial_dims, inplane_levels: Of the UNet.
     """
 
     def __init__(
@@ -66,9 +77,12 @@ class DensityRegressor(nn.Module):
         width: int = 16,
         depth: int = 4,
         norm: str = "batch",
+        spatial_dims: int = 2,
+        inplane_levels: int = 0,
     ):
         super().__init__()
-        self.net = UNet(in_channels, regions, width, depth, norm)
+        self.net = UNet(in_channels, regions, width, depth, norm, spatial_dims=spatial_dims,
+                        inplane_levels=inplane_levels)  # fmt: skip
         self.centroids = centroids
         # start from a small density (sigmoid(-4) ≈ 2% of the image per region), not 50%: regions are
         # usually small, and a half-covered start makes the size loss crawl for many epochs

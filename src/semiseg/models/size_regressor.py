@@ -62,20 +62,26 @@ def build_size_regressor(
     width: int = 16,
     depth: int = 4,
     norm: str = "batch",
+    spatial_dims: int = 2,
+    inplane_levels: int = 0,
 ) -> nn.Module:
     """The regressor network of ``regions`` region sizes (and centroids): ``arch`` is one of
     :data:`ARCHS`; its output is read with :func:`split_regression`.
 
     Shape:
-        ``[B, C, H, W]`` → ``[B, regions]``, or ``[B, 3·regions]`` with ``centroids``.
+        ``[B, C, H, W]`` → ``[B, regions]``, or ``[B, 3·regions]`` with ``centroids`` (2D only);
+        volumes ``[B, C, D, H, W]`` with ``spatial_dims=3``.
 
     Raises:
-        ValueError: ``arch`` is not one of :data:`ARCHS`.
+        ValueError: ``arch`` is not one of :data:`ARCHS`, or centroids are asked of a 3D regressor.
     """
+    if centroids and spatial_dims != 2:
+        raise ValueError("centroids are regressed for 2D images only")
+    dims = {"spatial_dims": spatial_dims, "inplane_levels": inplane_levels}
     if arch == "density":
-        return DensityRegressor(in_channels, regions, centroids, width, depth, norm)
+        return DensityRegressor(in_channels, regions, centroids, width, depth, norm, **dims)
     if arch == "cnn":
-        return Regressor(in_channels, regions * (3 if centroids else 1), width, depth, norm)
+        return Regressor(in_channels, regions * (3 if centroids else 1), width, depth, norm, **dims)
     raise ValueError(f"must be {' or '.join(ARCHS)}, got {arch!r}")
 
 
@@ -100,20 +106,22 @@ def rotate_flip(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random flips and a rotation in ``[-degrees, degrees]`` per sample, drawn from that sample's
     generator (:meth:`semiseg.core.Batch.generators`, so the draws do not depend on the process
-    count); mask pixels from outside the image become ``IGNORE_INDEX``.
+    count); mask pixels from outside the image become ``IGNORE_INDEX``. Volumes are flipped and
+    rotated in-plane (every slice alike).
 
     Shape:
-        image ``[B, C, H, W]``, mask ``[B, H, W]`` → same.
+        image ``[B, C, *S]``, mask ``[B, *S]`` (S = H, W or D, H, W) → same.
     """
     b = image.shape[0]
+    lead = (-1,) + (1,) * (mask.ndim - 1)  # broadcast a per-sample flag over a mask; image: one more
     draws = torch.tensor([[g.random(), g.random(), g.uniform(-1, 1)] for g in rngs], dtype=torch.float64)
     if flips:
         h = draws[:, 0] < 0.5
         v = draws[:, 1] < 0.5
-        image = torch.where(h.view(-1, 1, 1, 1).to(image.device), image.flip(-1), image)
-        mask = torch.where(h.view(-1, 1, 1).to(mask.device), mask.flip(-1), mask)
-        image = torch.where(v.view(-1, 1, 1, 1).to(image.device), image.flip(-2), image)
-        mask = torch.where(v.view(-1, 1, 1).to(mask.device), mask.flip(-2), mask)
+        image = torch.where(h.view(*lead, 1).to(image.device), image.flip(-1), image)
+        mask = torch.where(h.view(*lead).to(mask.device), mask.flip(-1), mask)
+        image = torch.where(v.view(*lead, 1).to(image.device), image.flip(-2), image)
+        mask = torch.where(v.view(*lead).to(mask.device), mask.flip(-2), mask)
     if degrees <= 0:
         return image, mask
     angle = (draws[:, 2] * math.radians(degrees)).float()
@@ -121,25 +129,29 @@ def rotate_flip(
     theta = torch.stack(
         [torch.stack([cos, -sin, torch.zeros(b)], 1), torch.stack([sin, cos, torch.zeros(b)], 1)], 1
     )
+    shape = image.shape
+    image = image.reshape(b, -1, *shape[-2:])  # a volume's channels and slices share the rotation
     grid = F.affine_grid(theta.to(image), list(image.shape), align_corners=False)
     image = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    shifted = (mask.clamp(min=-1) + 1).masked_fill(mask == IGNORE_INDEX, 0).to(image.dtype)[:, None]
-    m = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=False)[:, 0]
-    m = m.round().long() - 1
-    return image, m.masked_fill(m < 0, IGNORE_INDEX)
+    shifted = (mask.clamp(min=-1) + 1).masked_fill(mask == IGNORE_INDEX, 0).to(image.dtype)
+    shifted = shifted.reshape(b, -1, *shape[-2:])
+    m = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    m = m.round().long().reshape(mask.shape) - 1
+    return image.reshape(shape), m.masked_fill(m < 0, IGNORE_INDEX)
 
 
 def region_targets(mask: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Area fractions ``[B, K]`` and centroids ``[B, K, 2]`` of each class (ignored pixels count as
-    no class).
+    """Area fractions ``[B, K]`` and centroids ``[B, K, len(S)]`` of each class (ignored pixels count
+    as no class).
 
     Shape:
-        mask ``[B, H, W]`` → ``[B, K]`` and ``[B, K, 2]`` (row, column as fractions of each axis).
+        mask ``[B, *S]`` → ``[B, K]`` and ``[B, K, len(S)]`` (row, column (, ...) as fractions of each
+        axis; 3D: depth, row, column).
     """
     valid = mask != IGNORE_INDEX
-    onehot = F.one_hot(mask.clamp(min=0) * valid, num_classes).permute(0, 3, 1, 2).float()
+    onehot = F.one_hot(mask.clamp(min=0) * valid, num_classes).movedim(-1, 1).float()
     onehot = onehot * valid[:, None]
-    area = mask.shape[-1] * mask.shape[-2]
+    area = math.prod(mask.shape[1:])
     return onehot.flatten(2).sum(-1) / area, soft_centroid(onehot)
 
 
@@ -171,7 +183,7 @@ def regression_loss(
     rngs = labeled.generators(REGRESSOR_AUGMENT_SALT)
     image, mask = rotate_flip(labeled.image, labeled.mask, degrees, flips, rngs)
     area, centroid = region_targets(mask, num_classes)
-    given = labeled.sizes / (mask.shape[-1] * mask.shape[-2])
+    given = labeled.sizes / math.prod(mask.shape[1:])
     area = torch.where(torch.isnan(given), area, given)  # size labels when the data has them
     classes = list(classes)
     pred_area, pred_centroid = regress(image)
@@ -202,43 +214,43 @@ def regression_metrics(
     from semiseg.data.views import resize_image, resize_mask
 
     classes = list(classes)
+    n_pix = math.prod(image_size)
     errors, centroid_errors = [], []
     for r in records:
         masks = torch.from_numpy(r.mask)
-        masks = masks[None] if masks.ndim == 2 else masks
-        images = torch.stack(record_slices(r))
+        if len(image_size) == 3:  # a 3D regressor: the whole volume, resized to the training grid
+            images, masks = torch.from_numpy(r.image)[None], masks[None]
+        else:
+            masks = masks[None] if masks.ndim == 2 else masks
+            images = torch.stack(record_slices(r))
         x = resize_image(images.float(), tuple(image_size)).to(device)
         m = resize_mask(masks, tuple(image_size)).to(device)
         area, centroid = region_targets(m, num_classes)
         pred_area, pred_centroid = regress(x)
-        n_pix = image_size[0] * image_size[1]
         errors.append(((pred_area - area[:, classes]).abs() * n_pix).cpu())
         if pred_centroid is not None:
             present = area[:, classes] > 0
             d = (pred_centroid - centroid[:, classes]).square().sum(-1).sqrt()
             centroid_errors.append(d[present].cpu())
     err = torch.cat(errors)
-    out = {
-        "size_mae": err.mean().item(),
-        "size_mae_fraction": (err / (image_size[0] * image_size[1])).mean().item(),
-    }
+    out = {"size_mae": err.mean().item(), "size_mae_fraction": (err / n_pix).mean().item()}
     if centroid_errors:
         out["centroid_error"] = torch.cat(centroid_errors).mean().item()
     return out
 
 
 def regressed_sizes(area: torch.Tensor, classes: Sequence[int], probs: torch.Tensor) -> torch.Tensor:
-    """Size estimates in pixels at the size of ``probs`` from regressed area fractions of ``classes``
-    (negative predictions clipped at 0); the other classes are NaN (unconstrained).
+    """Size estimates in pixels (voxels) at the size of ``probs`` from regressed area fractions of
+    ``classes`` (negative predictions clipped at 0); the other classes are NaN (unconstrained).
 
     Shape:
-        area ``[B, len(classes)]``, probs ``[B, K, H, W]`` → ``[B, K]`` in ``probs``'s dtype.
+        area ``[B, len(classes)]``, probs ``[B, K, *S]`` → ``[B, K]`` in ``probs``'s dtype.
 
     Examples:
         >>> regressed_sizes(torch.tensor([[0.25, -0.1]]), [1, 2], torch.zeros(1, 3, 4, 4)).tolist()
         [[nan, 4.0, 0.0]]
     """
-    n_pix = probs.shape[-1] * probs.shape[-2]
+    n_pix = math.prod(probs.shape[2:])
     sizes = torch.full(probs.shape[:2], math.nan, device=probs.device, dtype=probs.dtype)
     sizes[:, list(classes)] = area.clamp(min=0).to(probs.dtype) * n_pix
     return sizes

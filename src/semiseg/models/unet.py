@@ -187,3 +187,6 @@ def _build_monai_unet(cfg: ModelConfig, in_channels: int, out_channels: int) -> 
         dropout=cfg.dropout,
     )
     return PadCrop(net, 2**cfg.depth)
+
+
+_build_unet.spatial_dims = _build_monai_unet.spatial_dims = (2, 3)  # type: ignore[attr-defined]

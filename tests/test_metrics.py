@@ -154,7 +154,7 @@ def test_evaluate_case_keys_and_means(overlapping_squares):
     target[6:8, 6:8] = 2  # class 2 perfect
     out = evaluate_case(pred, target, num_classes=3)
     assert set(out) == {
-        *(f"{m}/{c}" for m in ("dice", "jaccard", "rad", "hd95_px") for c in ("1", "2", "mean")),
+        *(f"{m}/{c}" for m in ("dice", "jaccard", "rad", "hd95_px", "asd_px") for c in ("1", "2", "mean")),
         "pixel_error",
     }
     assert out["dice/1"] == pytest.approx(0.5) and out["dice/2"] == 1.0
@@ -333,3 +333,27 @@ def test_pooled_dice_counts_every_pixel_of_the_split_once():
     assert means["dice_pooled/1"] == pytest.approx(2 * 17 / (17 + 33))  # every pixel once
     assert means["dice_pooled/mean"] == means["dice_pooled/1"]
     assert {"dice_pooled/1", "dice_pooled/mean"} <= set(metric_keys(2))
+
+
+def test_asd_is_one_directional_from_the_prediction_in_pixels_or_mm():
+    """A 2x2 prediction at the centre of an 8x8 target: each predicted (surface) pixel is 3 pixels
+    from the target's border ring, by row and by column; with spacing (1, 0.5) mm the column
+    distance, 1.5 mm, is the nearer."""
+    target = torch.zeros(10, 10, dtype=torch.long)
+    target[1:9, 1:9] = 1
+    pred = torch.zeros_like(target)
+    pred[4:6, 4:6] = 1
+    out = evaluate_case(pred, target, num_classes=2, metrics=("asd",))
+    assert out["asd_px/1"] == pytest.approx(3.0)
+    assert evaluate_case(pred, target, 2, metrics=("asd",), spacing=(1.0, 0.5))["asd_mm/1"] == pytest.approx(
+        1.5
+    )
+    # from the target's ring (28 pixels) to the small square is farther; a symmetric ASD would give
+    # one value, ~3.35, both ways
+    assert evaluate_case(target, pred, 2, metrics=("asd",))["asd_px/1"] > 3.3
+    # empty classes as HD95: absent from both 0, from one nan
+    assert (
+        evaluate_case(torch.zeros_like(target), torch.zeros_like(target), 2, metrics=("asd",))["asd_px/1"]
+        == 0
+    )
+    assert math.isnan(evaluate_case(torch.zeros_like(target), target, 2, metrics=("asd",))["asd_px/1"])

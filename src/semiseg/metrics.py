@@ -3,8 +3,9 @@
 A *case* is one 2D image ``[H, W]`` or one 3D volume ``[D, H, W]``; ``pred`` and ``target`` are
 integer class maps of the same shape (numpy arrays or torch tensors). Dice, Jaccard, pixel error and
 relative area difference are derived from one confusion matrix (a single ``torch.bincount``); HD95 is
-:func:`monai.metrics.compute_hausdorff_distance` on one-hot maps. MONAI is imported only when HD95 is
-computed, so importing this module is cheap.
+:func:`monai.metrics.compute_hausdorff_distance` on one-hot maps and the average surface distance
+(``asd``) :func:`monai.metrics.compute_average_surface_distance`. MONAI is imported only when a
+distance is computed, so importing this module is cheap.
 
 Conventions:
 
@@ -16,11 +17,14 @@ Conventions:
   (nothing to find, nothing found); absent from exactly one it scores 0.
 * **Empty classes in HD95.** 0 when the class is absent from both; ``nan`` when it is absent from
   exactly one (the distance is undefined; MONAI would give ``inf``/``nan`` with a warning).
-* **HD95 unit.** Distances are in pixels (voxels) unless a pixel spacing is given, and the key
-  says which: :func:`evaluate_case` reports ``hd95_px/...`` without ``spacing`` and
-  ``hd95_mm/...`` with it (``spacing`` = physical size of a pixel along each axis, in
-  millimetres, e.g. :attr:`semiseg.data.records.Record.spacing`). The requested metric is
-  ``"hd95"`` either way.
+* **Average surface distance** (``asd``): the mean distance from each surface voxel of the
+  prediction to the target's surface (one-directional, as medpy's ``asd`` that the semi-supervised
+  papers on ACDC and LA report). Empty classes as HD95.
+* **Distance units.** HD95 and ASD are in pixels (voxels) unless a pixel spacing is given, and the
+  key says which: :func:`evaluate_case` reports ``hd95_px/...`` / ``asd_px/...`` without
+  ``spacing`` and ``hd95_mm/...`` / ``asd_mm/...`` with it (``spacing`` = physical size of a pixel
+  along each axis, in millimetres, e.g. :attr:`semiseg.data.records.Record.spacing`). The requested
+  metric is ``"hd95"`` / ``"asd"`` either way.
 * **Relative area difference** (``rad``) is signed: ``(|pred_k| - |target_k|) / |target_k|``,
   positive for over-segmentation, ``-1`` when the class is missed entirely. It is 0 when the class
   is absent from both, ``nan`` when it is absent from the target but predicted.
@@ -67,13 +71,15 @@ __all__ = [
 ]
 
 #: Metric names understood by :func:`evaluate_case`.
-METRICS = ("dice", "jaccard", "pixel_error", "rad", "hd95")
+METRICS = ("dice", "jaccard", "pixel_error", "rad", "hd95", "asd")
+#: the metrics that are distances (their keys carry the unit)
+DISTANCES = ("hd95", "asd")
 
 
-def hd95_key(spacing: float | Sequence[float] | None) -> str:
-    """Key prefix of HD95 in :func:`evaluate_case`'s results: ``"hd95_mm"`` with a pixel spacing
-    (millimetres), ``"hd95_px"`` without (distances in pixels / voxels)."""
-    return "hd95_px" if spacing is None else "hd95_mm"
+def hd95_key(spacing: float | Sequence[float] | None, metric: str = "hd95") -> str:
+    """Key prefix of a distance metric (HD95, ASD) in :func:`evaluate_case`'s results: ``"hd95_mm"``
+    with a pixel spacing (millimetres), ``"hd95_px"`` without (distances in pixels / voxels)."""
+    return f"{metric}_px" if spacing is None else f"{metric}_mm"
 
 
 LabelMap = np.ndarray | torch.Tensor
@@ -282,10 +288,12 @@ def _hd95(
     classes: Sequence[int],
     spacing: float | Sequence[float] | None,
     ignore_index: int | None,
+    metric: str = "hd95",
 ) -> torch.Tensor:
-    """HD95 of the given classes on validated label maps; see :func:`hd95_per_class`."""
+    """HD95 (or, with ``metric="asd"``, the average surface distance) of the given classes on
+    validated label maps; see :func:`hd95_per_class`."""
     if p.ndim not in (2, 3):
-        raise ValueError(f"hd95 needs a 2D [H, W] or 3D [D, H, W] case, got shape {tuple(p.shape)}")
+        raise ValueError(f"{metric} needs a 2D [H, W] or 3D [D, H, W] case, got shape {tuple(p.shape)}")
     if isinstance(spacing, numbers.Real):
         spacing = float(spacing)
     elif spacing is not None:
@@ -306,19 +314,18 @@ def _hd95(
         elif has_p != has_t:
             out[i] = math.nan
     if both:
-        from monai.metrics import compute_hausdorff_distance
+        from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 
+        pair = torch.stack(masks_p)[None].float(), torch.stack(masks_t)[None].float()
         with warnings.catch_warnings():
             # MONAI 1.5+ passes a deprecated argument to itself; the warning is not ours to act on.
             warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
-            hd = compute_hausdorff_distance(
-                torch.stack(masks_p)[None].float(),
-                torch.stack(masks_t)[None].float(),
-                include_background=True,
-                percentile=95,
-                spacing=spacing,
-            )
-        out[both] = hd[0].double().cpu()
+            if metric == "asd":
+                d = compute_average_surface_distance(*pair, include_background=True, symmetric=False,
+                                                     spacing=spacing)  # fmt: skip
+            else:
+                d = compute_hausdorff_distance(*pair, include_background=True, percentile=95, spacing=spacing)
+        out[both] = d[0].double().cpu()
     return out
 
 
@@ -382,10 +389,10 @@ def evaluate_case(
         pred: Predicted class indices in ``[0, num_classes)``.
         target: True class indices; pixels equal to ``ignore_index`` are excluded.
         num_classes: Number of classes ``K`` including background.
-        metrics: Any of ``"dice"``, ``"jaccard"``, ``"pixel_error"``, ``"rad"``, ``"hd95"``.
+        metrics: Any of ``"dice"``, ``"jaccard"``, ``"pixel_error"``, ``"rad"``, ``"hd95"``, ``"asd"``.
         include_background: Report class 0 and include it in the means.
-        spacing: Pixel/voxel size in millimetres for HD95 (see :func:`hd95_per_class`); HD95 is
-            reported as ``hd95_mm/...`` with it and as ``hd95_px/...`` (pixels) without.
+        spacing: Pixel/voxel size in millimetres for HD95 and ASD (see :func:`hd95_per_class`);
+            they are reported as ``hd95_mm/...`` with it and as ``hd95_px/...`` (pixels) without.
         ignore_index: Target value of unlabeled pixels; ``None`` if every pixel is labeled.
         class_names: ``K`` names (background first) used in keys instead of indices.
 
@@ -418,8 +425,9 @@ def evaluate_case(
         per_class["jaccard"] = _jaccard_from_cm(cm)[first:]
     if "rad" in metrics:
         per_class["rad"] = _rad_from_cm(cm)[first:]
-    if "hd95" in metrics:
-        per_class["hd95"] = _hd95(p, t, classes, spacing, ignore_index)
+    for metric in DISTANCES:
+        if metric in metrics:
+            per_class[metric] = _hd95(p, t, classes, spacing, ignore_index, metric)
 
     result: dict[str, float] = {}
     for metric in metrics:
@@ -427,7 +435,7 @@ def evaluate_case(
             result["pixel_error"] = _pixel_error_from_cm(cm)
             continue
         values = per_class[metric]
-        key = hd95_key(spacing) if metric == "hd95" else metric
+        key = hd95_key(spacing, metric) if metric in DISTANCES else metric
         for k, v in zip(classes, values.tolist()):
             result[f"{key}/{names[k]}"] = v
         if metric in ("dice", "jaccard"):

@@ -3,8 +3,8 @@
 An image is resized to the training size, segmented, and its class probabilities are resized
 back (bilinear) to the record's own resolution before the argmax, so metrics are computed
 against the original masks. A volume ``[C, D, H, W]`` is segmented slice by slice and scored as
-one case (per-volume metrics). HD95 is in pixels (``hd95_px``), or in millimetres (``hd95_mm``)
-for records with a ``spacing``.
+one case (per-volume metrics). HD95 and ASD are in pixels (``hd95_px``, ``asd_px``), or in
+millimetres (``hd95_mm``, ``asd_mm``) for records with a ``spacing``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from semiseg.data.views import resize_image
 from semiseg.ops import class_map
 
 FAST_METRICS = ("dice", "jaccard", "pixel_error", "mse")
-ALL_METRICS = ("dice", "jaccard", "pixel_error", "mse", "rad", "hd95")
+ALL_METRICS = ("dice", "jaccard", "pixel_error", "mse", "rad", "hd95", "asd")
 
 
 @torch.no_grad()
@@ -193,7 +193,11 @@ def metric_keys(num_classes: int, metrics: Sequence[str] = FAST_METRICS, task: s
         if m in ("pixel_error", "mse"):
             keys.append(m)
             continue
-        names = {"hd95": ("hd95_px", "hd95_mm"), "dice": ("dice", "dice_pooled")}.get(m, (m,))
+        names = {
+            "hd95": ("hd95_px", "hd95_mm"),
+            "asd": ("asd_px", "asd_mm"),
+            "dice": ("dice", "dice_pooled"),
+        }.get(m, (m,))
         for name in names:
             keys += [f"{name}/{c}" for c in range(num_classes)] + [f"{name}/mean"]
     return keys

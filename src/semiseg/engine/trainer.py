@@ -175,7 +175,7 @@ class Trainer:
             )
         lower_better = ("pixel_error", "mse", "error")
         if cfg.train.val_mode == "max" and (
-            cfg.train.val_metric in lower_better or "hd95" in cfg.train.val_metric
+            cfg.train.val_metric in lower_better or any(d in cfg.train.val_metric for d in ("hd95", "asd"))
         ):
             raise ConfigError(
                 f"train.val_mode: 'max' would keep the worst epoch of '{cfg.train.val_metric}' (lower is better); "

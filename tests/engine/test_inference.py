@@ -1,0 +1,77 @@
+"""Sliding-window inference: window placement, trim blending equals whole-input inference for a
+network whose receptive field is inside the overlap, Gaussian blending through MONAI, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from semiseg.engine.inference import Inferer, window_starts
+
+
+def conv_net(dims: int, seed: int = 0) -> nn.Module:
+    """Two 3-wide convolutions: receptive-field radius 2 voxels."""
+    torch.manual_seed(seed)
+    conv = nn.Conv2d if dims == 2 else nn.Conv3d
+    return nn.Sequential(conv(1, 4, 3, padding=1), nn.Tanh(), conv(4, 3, 3, padding=1)).eval()
+
+
+@pytest.mark.parametrize(
+    "size,roi,overlap", [(10, 4, 0.5), (17, 8, 0.5), (8, 8, 0.5), (5, 8, 0.25), (30, 8, 0.75)]
+)
+def test_windows_cover_the_axis_and_end_flush(size, roi, overlap):
+    starts = window_starts(size, roi, overlap)
+    assert starts[0] == 0 and starts == sorted(set(starts))
+    assert starts[-1] + roi >= size and (roi >= size or starts[-1] + roi == size)
+    step = max(1, int(roi * (1 - overlap)))
+    assert all(b - a <= step for a, b in zip(starts, starts[1:]))
+
+
+@pytest.mark.parametrize("shape,roi", [((1, 1, 12, 20, 23), (6, 10, 10)), ((2, 1, 5, 16, 16), (8, 8, 8))])
+def test_trim_blend_equals_whole_input_when_the_receptive_field_is_inside_the_overlap(shape, roi):
+    """With overlap 0.7, consecutive windows share at least 5 voxels (window 6, step 1) or 7 (window
+    10, step 3; window 8, step 2: 6), so each cuts at least 2 voxels at an inner border, the net's
+    receptive-field radius; an axis shorter than its window (D = 5 < 8) is one window."""
+    net = conv_net(3)
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(1))
+    whole = Inferer("whole")(net, x)
+    slid = Inferer("sliding", roi=roi, overlap=0.7, blend="trim", batch_size=3)(net, x)
+    assert slid.shape == whole.shape
+    torch.testing.assert_close(slid, whole, rtol=0, atol=1e-5)
+
+
+def test_gaussian_blend_differs_at_window_borders_and_trim_does_not():
+    net = conv_net(2)
+    x = torch.rand(1, 1, 40, 40, generator=torch.Generator().manual_seed(2))
+    whole = Inferer("whole")(net, x)
+    trim = Inferer("sliding", roi=(16, 16), overlap=0.5, blend="trim")(net, x)
+    gauss = Inferer("sliding", roi=(16, 16), overlap=0.5, blend="gaussian")(net, x)
+    assert (trim - whole).abs().max() < 1e-5
+    assert (gauss - whole).abs().max() > 1e-3  # the padded window borders are blended in
+
+
+def test_sliding_window_on_a_2d_image_with_monai_constant_blend_keeps_the_shape():
+    net = conv_net(2)
+    x = torch.rand(2, 1, 19, 27)
+    out = Inferer("sliding", roi=(8, 8), overlap=0.5, blend="constant")(net, x)
+    assert out.shape == (2, 3, 19, 27) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"mode": "tiles"}, "mode must be"),
+        ({"mode": "sliding"}, "needs a window size"),
+        ({"mode": "sliding", "roi": (4, 4), "overlap": 1.0}, "overlap must be"),
+        ({"mode": "sliding", "roi": (4, 4), "blend": "max"}, "blend must be"),
+    ],
+)
+def test_bad_settings_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Inferer(**kwargs)
+
+
+def test_window_dimensions_must_match_the_input():
+    with pytest.raises(ValueError, match="does not match"):
+        Inferer("sliding", roi=(4, 4))(conv_net(3), torch.rand(1, 1, 4, 4, 4))

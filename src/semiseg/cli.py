@@ -64,8 +64,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="segment a folder of images into PNG masks")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--input", required=True, help="folder of PNG/JPG/TIFF images")
-    p.add_argument("--output", required=True, help="folder for the PNG masks (class index per pixel)")
+    p.add_argument("--input", required=True, help="folder of PNG/JPG/TIFF images or NIfTI volumes")
+    p.add_argument("--output", required=True,
+                   help="folder for the masks: PNG (class index per pixel) or .nii.gz (input's affine)")  # fmt: skip
     p.add_argument("--device", default="auto")
 
     p = sub.add_parser("demo", help="train on built-in generated data, print a comparison, write plots")
@@ -159,6 +160,7 @@ def cmd_evaluate(args) -> int:
     from semiseg.data import prepare_data
     from semiseg.engine.distributed import resolve_device
     from semiseg.engine.evaluate import ALL_METRICS, evaluate_records
+    from semiseg.engine.inference import build_predict
     from semiseg.engine.run import load_trained
     from semiseg.io import atomic_write_text
 
@@ -187,7 +189,7 @@ def cmd_evaluate(args) -> int:
         postprocess, post_info = build_postprocess(args, method, cfg, data, device, state)
         with torch.no_grad():
             means, cases = evaluate_records(
-                method.predict,
+                build_predict(method.predict, cfg),
                 records,
                 num_classes=state["num_classes"],
                 image_size=cfg.data.image_size,
@@ -254,7 +256,7 @@ def cmd_predict(args) -> int:
 
     device = resolve_device(args.device)
     method, cfg, state = load_trained(args.checkpoint, device)
-    n = predict_folder(method, state, args.input, args.output, device)
+    n = predict_folder(method, state, args.input, args.output, device, cfg)
     print(f"wrote {n} masks to {args.output}")
     return 0
 

@@ -108,7 +108,16 @@ class SplitConfig:
 class DataConfig:
     dataset: str = "shapes"  #: a name in DATASETS: shapes, folder, weizmann, acdc, acdc_lv, mnist, ...
     path: str | None = None  #: folder of the dataset; relative paths are under the data root
-    image_size: list[int] = field(default_factory=lambda: [64, 64])  #: training H, W
+    #: the training grid: [H, W] (2D models); [D, H, W] for 3D models (model.spatial_dims: 3), -1 on
+    #: an axis keeping each volume's own size (e.g. [-1, 128, 128]: every slice resized to 128x128,
+    #: the slice count kept)
+    image_size: list[int] = field(default_factory=lambda: [64, 64])
+    #: 3D models: the training patch [d, h, w] cropped from each volume on the training grid, and the
+    #: sliding window of inference (null in 2D: whole images)
+    patch_size: list[int] | None = None
+    #: 3D patches: the share of patches centred on a labeled foreground voxel (nnU-Net's 0.33); the
+    #: others are placed uniformly
+    foreground_ratio: float = 0.33
     num_classes: int | None = None  #: folder datasets (default 2)
     mask_threshold: int | None = None  #: folder datasets with JPEG masks
     channels: Literal["auto", "gray", "rgb"] = "auto"
@@ -150,6 +159,9 @@ class ModelConfig:
     #: ``mlp``: the hidden layers' widths (None = ``width`` units × ``depth`` layers)
     hidden: list[int] | None = None
     activation: Literal["relu", "tanh", "sigmoid"] = "relu"  #: ``mlp``: hidden activation
+    #: ``mlp`` maps: a constant subtracted from the input before the first layer (e.g. 0.5 for images
+    #: in [0, 1]: zero-centred inputs condition gradient descent, LeCun et al. 1998); 0 = none
+    input_offset: float = 0.0
     spatial_dims: Literal[2, 3] = 2  #: ``unet`` / ``monai_unet``: 2D or 3D convolutions
     #: 3D ``unet``: the first this many levels are in-plane only (1x3x3 convolutions, 1x2x2 pooling), for
     #: volumes with thick slices (nnU-Net's rule)
@@ -265,11 +277,28 @@ class TrainConfig:
 
 
 @dataclass
+class InferenceConfig:
+    """How validation, evaluate and predict run the network on a whole image or volume
+    (:class:`semiseg.engine.inference.Inferer`)."""
+
+    #: "auto": 2D models on whole images (volumes slice by slice), 3D models with sliding windows of
+    #: data.patch_size; "whole": one call per image or volume; "sliding": windows of data.patch_size
+    mode: Literal["auto", "whole", "sliding"] = "auto"
+    overlap: float = 0.5  #: sliding windows: the share of a window overlapping its neighbour, per axis
+    #: sliding windows: "gaussian" (nnU-Net's weights), "constant" (a plain mean) or "trim" (each voxel
+    #: from the window whose centre region owns it)
+    blend: Literal["gaussian", "constant", "trim"] = "gaussian"
+    sigma_scale: float = 0.125  #: Gaussian blending: sigma as a share of the window side
+    batch_size: int = 4  #: windows per network call
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: dict[str, Any] = field(default_factory=lambda: {"name": "supervised"})
     train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     output_dir: str = "runs/default"
     quick: dict[str, Any] = field(default_factory=dict)
 
@@ -487,7 +516,7 @@ def build_config(
 
 #: built-in datasets whose images have one fixed scaling (8-bit ÷ 255, or stored normalised like
 #: ACDC's h5 slices and volumes): ``data.intensity`` other than "auto" is refused for them
-_FIXED_INTENSITY = ("shapes", "weizmann", "acdc", "acdc_lv", "mnist", "cluttered_mnist")
+_FIXED_INTENSITY = ("shapes", "weizmann", "acdc", "acdc_lv", "acdc_rv", "acdc_3d", "mnist", "cluttered_mnist")
 
 
 def validate(cfg: RunConfig, source: str = "config") -> None:
@@ -502,8 +531,32 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
                 "data.image_size",
                 "must be [1, 1] for dataset 'moons' (a point is a 1x1 image with 2 channels)",
             )
+    elif cfg.model.spatial_dims == 3:
+        size, patch = list(cfg.data.image_size), cfg.data.patch_size
+        if len(size) != 3 or any(v != -1 and v < 1 for v in size) or min(v for v in size if v != -1) < 8:
+            bad(
+                "data.image_size",
+                "must be [D, H, W] for a 3D model (-1 = keep each volume's size; H, W at least 8)",
+            )
+        if patch is None or len(patch) != 3 or min(patch) < 1:
+            bad("data.patch_size", "must be [d, h, w] (positive) for a 3D model")
+        if any(v != -1 and p > v for p, v in zip(patch, size)):
+            bad("data.patch_size", f"{patch} is larger than data.image_size {size}")
     elif len(cfg.data.image_size) != 2 or min(cfg.data.image_size) < 8:
         bad("data.image_size", "must be [H, W] with both at least 8")
+    if cfg.model.spatial_dims == 2 and cfg.data.patch_size is not None:
+        bad(
+            "data.patch_size", "applies to 3D models (model.spatial_dims: 3); 2D models train on whole images"
+        )
+    if not 0 <= cfg.data.foreground_ratio <= 1:
+        bad("data.foreground_ratio", "must be in [0, 1]")
+    inf = cfg.inference
+    if not 0 <= inf.overlap < 1:
+        bad("inference.overlap", "must be in [0, 1)")
+    if inf.sigma_scale <= 0 or inf.batch_size < 1:
+        bad("inference.sigma_scale/batch_size", "must be positive")
+    if inf.mode == "sliding" and cfg.data.patch_size is None:
+        bad("inference.mode", "'sliding' needs data.patch_size (the window)")
     if cfg.data.num_classes is not None and not 2 <= cfg.data.num_classes < IGNORE_INDEX:
         bad("data.num_classes", f"must be in 2..{IGNORE_INDEX - 1} ({IGNORE_INDEX} is the ignore label)")
     if not 2 <= cfg.data.shapes_classes <= 4:

@@ -210,3 +210,36 @@ def test_real_acdc_binary_lv(real_data_root: Path, tmp_path: Path) -> None:
     for a, b in zip(full.train + full.val + full.test, lv.train + lv.val + lv.test):
         np.testing.assert_array_equal(b.mask, (a.mask == 3).astype(np.int64))
     assert any(b.mask.any() for b in lv.val)
+
+
+def test_acdc_3d_stacks_each_training_frame_in_slice_order(tmp_path: Path) -> None:
+    root = _fake_acdc(tmp_path / "acdc")
+    flat = load_acdc(root)
+    bundle = load_acdc(root, volumes=True)
+    assert bundle.name == "acdc_3d" and [r.id for r in bundle.train] == [
+        "patient003_frame01",
+        "patient004_frame02",
+    ]
+    vol = bundle.train[0]
+    assert vol.image.shape == (1, 2, H, W) and vol.mask.shape == (2, H, W) and vol.group == "patient003"
+    by_id = {r.id: r for r in flat.train}
+    for k in (1, 2):
+        np.testing.assert_array_equal(vol.image[0, k - 1], by_id[f"patient003_frame01_slice_{k}"].image[0])
+        np.testing.assert_array_equal(vol.mask[k - 1], by_id[f"patient003_frame01_slice_{k}"].mask)
+    assert [r.id for r in bundle.test] == [r.id for r in flat.test]  # volumes as in 2D
+
+
+def test_acdc_3d_refuses_frames_whose_slices_differ_in_size(tmp_path: Path) -> None:
+    root = _fake_acdc(tmp_path / "acdc")
+    _write_h5(root / "data" / "patient003_frame01_slice_2.h5", np.zeros((H + 1, W), np.float32),
+              np.zeros((H + 1, W), np.uint8))  # fmt: skip
+    with pytest.raises(DataError, match="slices of patient003_frame01 differ in size"):
+        load_acdc(root, volumes=True)
+
+
+def test_real_acdc_3d_has_every_training_frame_of_train_list(real_data_root: Path) -> None:
+    root = _real_root(real_data_root)
+    bundle = load_acdc(root, volumes=True)
+    names = [line.strip() for line in (root / "train.list").read_text().splitlines() if line.strip()]
+    assert sorted(r.id for r in bundle.train) == sorted(names) and len(names) == 140
+    assert sum(r.image.shape[1] for r in bundle.train) == 1312  # every training slice, once

@@ -503,8 +503,12 @@ def test_checkpoint_every_n_epochs_resumes_exactly(tmp_path, make_config, resume
     resume_check(cfg, tmp_path / "resume", crash_at=lambda trainer, phase: trainer.epoch == 4)
 
 
-def test_3d_training_is_refused_in_one_line_until_volume_patches_exist(tmp_path, make_config):
-    from semiseg.errors import ConfigError
+def test_a_3d_model_on_2d_images_is_refused_in_one_line(tmp_path, make_config):
+    from semiseg.errors import ConfigError, DataError
 
-    with pytest.raises(ConfigError, match="model.spatial_dims: 3 needs training on volume patches"):
-        engine_run.train(make_config("model.spatial_dims=3"), output_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"'data.image_size' must be \[D, H, W\] for a 3D model"):
+        make_config("model.spatial_dims=3")
+    cfg = make_config("model.spatial_dims=3", "data.image_size=[-1,32,32]", "data.patch_size=[1,16,16]")
+    with pytest.raises(DataError, match=r"a 3D model trains on volumes \[C, D, H, W\]"):
+        engine_run.train(cfg, output_dir=tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing half-written

@@ -191,6 +191,7 @@ def _ensembled(ctx: BenchContext, row: Row, run_dirs: list[Path]) -> tuple[float
         from semiseg.data import prepare_data
         from semiseg.engine.distributed import resolve_device
         from semiseg.engine.evaluate import evaluate_split
+        from semiseg.engine.inference import build_predict
         from semiseg.engine.run import load_trained
 
         members = [load_trained(d / checkpoint) for d in run_dirs]
@@ -203,8 +204,9 @@ def _ensembled(ctx: BenchContext, row: Row, run_dirs: list[Path]) -> tuple[float
 
         data = prepare_data(cfg, ctx.data_root, bundle=ctx.cache.bundle(cfg))
         with torch.no_grad():
-            means, _ = evaluate_split(predict, data.test, task=data.bundle.task, num_classes=state["num_classes"],
-                                      image_size=cfg.data.image_size, device=device)  # fmt: skip
+            means, _ = evaluate_split(build_predict(predict, cfg), data.test, task=data.bundle.task,
+                                      num_classes=state["num_classes"], image_size=cfg.data.image_size,
+                                      device=device)  # fmt: skip
         return {"test": means, "members": [str(d) for d in run_dirs], "checkpoint": checkpoint}
 
     members = "|".join([checkpoint, *(d.name for d in run_dirs)])

@@ -100,13 +100,20 @@ def prepare_data(
         augment_cfg=cfg.train.augment,
         strong_cfg=cfg.train.strong_augment,
     )
-    split.labeled, split.unlabeled = volume_slices(split.labeled), volume_slices(split.unlabeled)
+    items: type = TrainSet
+    if cfg.model.spatial_dims == 3:  # a 3D model: patches of whole volumes
+        from semiseg.data.patches import PatchSet
+
+        items = PatchSet
+        common.update(patch_size=tuple(cfg.data.patch_size), foreground_ratio=cfg.data.foreground_ratio)
+    else:  # a 2D model: volumes become their slices
+        split.labeled, split.unlabeled = volume_slices(split.labeled), volume_slices(split.unlabeled)
     for r in split.labeled + split.unlabeled:
         if r.image.shape[0] != bundle.in_channels:
             raise DataError(
                 r.source or r.id, f"expected {bundle.in_channels} channels, got {r.image.shape[0]}"
             )
-    labeled = TrainSet(
+    labeled = items(
         split.labeled,
         supervision=spec.supervision,
         seed=cfg.train.seed,
@@ -125,7 +132,7 @@ def prepare_data(
                     missing.source or missing.id,
                     f"data.split.unlabeled_supervision: {weak} needs a mask to count from, and this item has none",
                 )
-        unlabeled = TrainSet(split.unlabeled, supervision=weak, seed=cfg.train.seed + 1_000_003, **common)
+        unlabeled = items(split.unlabeled, supervision=weak, seed=cfg.train.seed + 1_000_003, **common)
     return PreparedData(bundle, split, labeled, unlabeled, split.val, split.test)
 
 

@@ -13,6 +13,12 @@ Each ``.h5`` file holds ``image`` (``float32`` in ``[0, 1]``, ``[H, W]`` for a s
 ``bundle.train`` gets one 2D record per training slice; ``val``/``test`` one volume record per
 listed frame, evaluated slice by slice. Every record's ``group`` is its patient, so splits "by
 patient" keep a patient's slices together.
+
+``acdc_3d`` (3D models): the same files, with the training slices of each frame stacked back into
+its volume ``[1, D, H, W]`` in slice order (``_slice_1``, ``_slice_2``, …; the SSL4MIS layout keeps
+no training volumes). The stored slices are normalised one by one (each has maximum 1) while the
+validation and test volumes are normalised as a whole, as in the 2D set. No file carries a voxel
+spacing: distances are in voxels (``hd95_px``).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ VAL_LIST = "val.list"
 TEST_LIST = "test.list"
 
 _PATIENT = re.compile(r"^(patient\d+)")
+_SLICE = re.compile(r"^(.*)_slice_(\d+)$")
 
 
 def read_list(list_path: Path) -> list[str]:
@@ -122,8 +129,30 @@ def _records(root: Path, list_name: str, slices: bool, target: str | None) -> li
     return records
 
 
+def _stack_frames(slices: list[Record]) -> list[Record]:
+    """Training volumes from their slices ``<frame>_slice_<k>`` (stacked by k, in the order frames
+    first appear)."""
+    frames: dict[str, list[tuple[int, Record]]] = {}
+    for r in slices:
+        match = _SLICE.match(r.id)
+        if match is None:
+            raise DataError(r.source, f"slice name {r.id!r} does not end in _slice_<number>")
+        frames.setdefault(match.group(1), []).append((int(match.group(2)), r))
+    out = []
+    for frame, items in frames.items():
+        items.sort(key=lambda kr: kr[0])
+        shapes = {r.image.shape for _, r in items}
+        if len(shapes) > 1:
+            raise DataError(items[0][1].source, f"the slices of {frame} differ in size: {sorted(shapes)}")
+        image = np.stack([r.image[0] for _, r in items])[None]
+        mask = np.stack([r.mask for _, r in items])
+        out.append(Record(id=frame, image=image, mask=mask, group=items[0][1].group,
+                          source=str(Path(items[0][1].source).parent)))  # fmt: skip
+    return out
+
+
 def load_acdc(
-    root: str | os.PathLike, *, binary_lv: bool = False, target: str | None = None
+    root: str | os.PathLike, *, binary_lv: bool = False, target: str | None = None, volumes: bool = False
 ) -> DatasetBundle:
     """Loads ACDC: training slices, validation and test volumes.
 
@@ -133,6 +162,7 @@ def load_acdc(
             ``acdc_lv`` (the same as ``target="LV"``).
         target: "RV", "MYO" or "LV": that structure against the rest, 2 classes, name
             ``acdc_<target in lower case>``.
+        volumes: Training frames as volumes stacked from their slices (``acdc_3d``), for 3D models.
 
     Returns:
         Bundle ``acdc`` (4 classes: background, RV, MYO, LV) or a binary one, 1 input channel.
@@ -151,10 +181,12 @@ def load_acdc(
     if not root.is_dir():
         raise DataError(root, "ACDC folder not found")
     train = _records(root, TRAIN_LIST, slices=True, target=target)
+    if volumes:
+        train = _stack_frames(train)
     val = _records(root, VAL_LIST, slices=False, target=target)
     test = _records(root, TEST_LIST, slices=False, target=target)
     return DatasetBundle(
-        name=f"acdc_{target.lower()}" if target else "acdc",
+        name=(f"acdc_{target.lower()}" if target else "acdc") + ("_3d" if volumes else ""),
         num_classes=2 if target else len(CLASS_NAMES),
         in_channels=1,
         train=train,
@@ -168,6 +200,12 @@ def load_acdc(
 def _load_acdc(cfg: DataConfig, path: Path | None) -> DatasetBundle:
     """``data.dataset: acdc``: 4 classes (background, RV, MYO, LV)."""
     return load_acdc(path)
+
+
+@register_dataset("acdc_3d", folder="acdc")
+def _load_acdc_3d(cfg: DataConfig, path: Path | None) -> DatasetBundle:
+    """``data.dataset: acdc_3d``: 4 classes, training frames as volumes (3D models)."""
+    return load_acdc(path, volumes=True)
 
 
 @register_dataset("acdc_lv", folder="acdc")

@@ -59,6 +59,17 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     return F.interpolate(mask[:, None].float(), size=size, mode="nearest-exact")[:, 0].long()
 
 
+def training_grid(native: Sequence[int], image_size: Sequence[int]) -> tuple[int, ...]:
+    """The training-grid shape of an image or volume of spatial shape ``native``: ``image_size``, with
+    each ``-1`` entry keeping the native size on that axis.
+
+    Examples:
+        >>> training_grid((9, 216, 256), (-1, 128, 128))
+        (9, 128, 128)
+    """
+    return tuple(int(n) if int(s) == -1 else int(s) for n, s in zip(native, image_size))
+
+
 def stack_resized(records: list[Record], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """2D records → images ``[N, C, *size]`` and masks ``[N, *size]`` (IGNORE_INDEX where no mask)."""
     images, masks = [], []

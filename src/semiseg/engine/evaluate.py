@@ -55,7 +55,15 @@ def predict_records(
     device: torch.device,
     batch_size: int = 32,
 ) -> list[torch.Tensor]:
-    """Probabilities per record: ``[K, H, W]`` for images, ``[K, D, H, W]`` for volumes."""
+    """Probabilities per record: ``[K, H, W]`` for images, ``[K, D, H, W]`` for volumes.
+
+    A 2D ``image_size`` ``[H, W]``: images, and volumes slice by slice, resized to it. A 3D
+    ``image_size`` ``[D, H, W]`` (a 3D model; ``-1`` keeps an axis): each volume resized to its
+    training grid, segmented whole by ``predict`` (e.g. sliding windows,
+    :func:`semiseg.engine.inference.build_predict`) and its probabilities resized back.
+    """
+    if len(image_size) == 3:
+        return [predict_volume(predict, r, image_size, device) for r in records]
     flat: list[torch.Tensor] = []
     counts = []
     for r in records:
@@ -69,6 +77,38 @@ def predict_records(
         i += n
         out.append(chunk[0] if r.image.ndim == 3 else torch.stack(chunk, dim=1))
     return out
+
+
+@torch.no_grad()
+def predict_volume(
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    record: Record,
+    image_size: Sequence[int],
+    device: torch.device,
+) -> torch.Tensor:
+    """Class probabilities ``[K, D, H, W]`` (float32, CPU) of a volume record ``[C, D, H, W]`` by a 3D
+    model on the training grid ``image_size`` (:func:`~semiseg.data.views.training_grid`), resized
+    back to the record's own shape (in-plane per slice when the depth is kept, else trilinear)."""
+    from semiseg.data.views import training_grid
+
+    if record.image.ndim != 4:
+        raise ValueError(
+            f"{record.source or record.id}: a 3D model needs volumes [C, D, H, W], got {record.image.shape}"
+        )
+    native = tuple(record.image.shape[1:])
+    x = torch.from_numpy(np.asarray(record.image))[None].float()
+    grid = training_grid(native, image_size)
+    probs = predict(resize_image(x, grid).to(device)).float().softmax(1).cpu()
+    if grid != native:
+        if grid[0] == native[0]:
+            k, d = probs.shape[1:3]
+            flat = probs.reshape(1, k * d, *grid[1:])
+            probs = F.interpolate(flat, size=native[1:], mode="bilinear", align_corners=False).reshape(
+                1, k, *native
+            )
+        else:
+            probs = F.interpolate(probs, size=native, mode="trilinear", align_corners=False)
+    return probs[0]
 
 
 def evaluate_records(

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Inferer", "window_starts"]
+__all__ = ["Inferer", "build_predict", "window_starts"]
 
 BLENDS = ("gaussian", "constant", "trim")
 
@@ -126,3 +126,17 @@ class Inferer:
                 dst = tuple(slice(a, b) for a, b in own)
                 out[(..., *dst)] = piece[(..., *src)]
         return out
+
+
+def build_predict(
+    predict: Callable[[torch.Tensor], torch.Tensor], cfg
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The network call of evaluation for a run's config ``cfg``: ``predict`` itself for 2D models
+    and ``inference.mode: whole``; otherwise ``predict`` through sliding windows of
+    ``data.patch_size`` (``inference.mode`` "auto" with a 3D model, or "sliding")."""
+    inf = cfg.inference
+    sliding = inf.mode == "sliding" or (inf.mode == "auto" and cfg.model.spatial_dims == 3)
+    if not sliding:
+        return predict
+    inferer = Inferer("sliding", cfg.data.patch_size, inf.overlap, inf.blend, inf.sigma_scale, inf.batch_size)
+    return lambda x: inferer(predict, x)

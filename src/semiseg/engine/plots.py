@@ -126,10 +126,11 @@ def compare_models(models: dict[str, Any], records, path: str | Path, num_classe
     import torch
 
     from semiseg.engine.evaluate import predict_records
+    from semiseg.engine.inference import build_predict
 
     predictions = {}
     for name, (method, cfg) in models.items():
         with torch.no_grad():
-            probs = predict_records(method.predict, records, cfg.data.image_size, device)
+            probs = predict_records(build_predict(method.predict, cfg), records, cfg.data.image_size, device)
         predictions[name] = [p.argmax(0).numpy() for p in probs]
     comparison(records, predictions, path, num_classes)

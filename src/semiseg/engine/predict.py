@@ -1,4 +1,5 @@
-"""Segment a folder of images and write one PNG class map per image."""
+"""Segment a folder of images or NIfTI volumes: one PNG class map per image, one NIfTI label volume
+(``.nii.gz``, in the input's affine and header) per volume."""
 
 from __future__ import annotations
 
@@ -7,39 +8,68 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from semiseg.engine.evaluate import predict_slices
+from semiseg.engine.evaluate import predict_records, predict_slices
 from semiseg.errors import DataError
 from semiseg.io import atomic_write
 from semiseg.ops import class_map
 
 
 def predict_folder(
-    method, state: dict, input_dir: str | Path, output_dir: str | Path, device: torch.device
+    method, state: dict, input_dir: str | Path, output_dir: str | Path, device: torch.device, cfg=None
 ) -> int:
-    """Write ``<output_dir>/<stem>.png`` (uint8 class indices) for every image in ``input_dir``.
+    """Write ``<output_dir>/<stem>.png`` (uint8 class indices) for every image in ``input_dir`` and
+    ``<output_dir>/<stem>.nii.gz`` for every NIfTI volume (a 2D model segments it slice by slice, a 3D
+    model whole or by sliding windows as ``cfg.inference`` says; intensities scaled as the folder
+    dataset scales them, ``cfg.data.intensity``).
 
     All inputs are read and checked first, so a bad file stops the command before anything is written.
     """
     from PIL import Image
 
-    from semiseg.data.io import IMAGE_SUFFIXES, read_image
+    from semiseg.data.io import IMAGE_SUFFIXES, normalize_intensity, read_image
+    from semiseg.data.records import Record
+    from semiseg.data.volume_io import is_nifti, nifti_stem, read_volume, write_label_volume
+    from semiseg.engine.inference import build_predict
 
     src = Path(input_dir)
     if not src.is_dir():
         raise DataError(src, "input folder not found")
-    files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES or is_nifti(p))
     if not files:
-        raise DataError(src, "no images found (PNG/JPG/TIFF)")
+        raise DataError(src, "no images found (PNG/JPG/TIFF or NIfTI .nii/.nii.gz)")
+    images = [f for f in files if not is_nifti(f)]
+    volumes = [f for f in files if is_nifti(f)]
+    image_size = state["image_size"]
+    if images and len(image_size) == 3:
+        raise DataError(images[0], "a 3D model segments volumes (NIfTI), not 2D images")
+    if volumes and state["in_channels"] != 1:
+        raise DataError(
+            volumes[0], f"the model reads {state['in_channels']} channels; a NIfTI file gives one"
+        )
     channels = "gray" if state["in_channels"] == 1 else "rgb"
-    images = [torch.from_numpy(read_image(p, channels=channels)) for p in files]
-    probs = predict_slices(method.predict, images, state["image_size"], device)
+    intensity = cfg.data.intensity if cfg is not None else "auto"
+    pixels = [torch.from_numpy(read_image(p, channels=channels)) for p in images]
+    records, geometries = [], []
+    for path in volumes:
+        volume, geometry = read_volume(path)
+        image = normalize_intensity(volume[None], "minmax" if intensity == "auto" else intensity)
+        records.append(Record(nifti_stem(path), image, spacing=geometry.spacing, source=str(path)))
+        geometries.append(geometry)
+    predict = build_predict(method.predict, cfg) if cfg is not None else method.predict
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     decision = state.get("decision")  # a threshold chosen on validation (train.threshold: val)
-    for path, p in zip(files, probs):
+
+    def labels(p: torch.Tensor) -> np.ndarray:
         label = (p[1] >= decision["threshold"]).long() if decision else class_map(p, 0)
-        label = label.numpy().astype(np.uint8)
+        return label.numpy().astype(np.uint8)
+
+    for path, p in zip(images, predict_slices(predict, pixels, image_size, device) if images else []):
+        label = labels(p)
         atomic_write(
             out / f"{path.stem}.png", lambda tmp, a=label: Image.fromarray(a).save(tmp, format="PNG")
         )
+    for record, geometry in zip(records, geometries):
+        (p,) = predict_records(predict, [record], image_size, device)
+        write_label_volume(out / f"{record.id}.nii.gz", labels(p), geometry)
     return len(files)

@@ -16,6 +16,7 @@ from semiseg.engine import distributed as D
 from semiseg.engine.checkpoint import load_checkpoint, save_checkpoint, seed_everything
 from semiseg.engine.decision import ThresholdPostprocess
 from semiseg.engine.evaluate import ALL_METRICS, FAST_METRICS, evaluate_split, predict_records
+from semiseg.engine.inference import build_predict
 from semiseg.errors import ConfigError
 from semiseg.io import atomic_write_text
 
@@ -73,11 +74,6 @@ def train(
     out = Path(output_dir or cfg.output_dir)
     info, device = D.setup(cfg.train.device)
     try:
-        if cfg.model.spatial_dims == 3:
-            raise ConfigError(
-                "model.spatial_dims: 3 needs training on volume patches, which semiseg does not have yet "
-                "(the 3D UNet exists as a building block); use 2"
-            )
         data = prepare_data(cfg, data_root, bundle=bundle)  # validates all data before any training
         if cfg.train.threshold == "val" and (data.bundle.num_classes != 2 or data.bundle.task != "segment"):
             raise ConfigError("train.threshold: val applies to binary segmentation (2 classes)")
@@ -144,7 +140,7 @@ def choose_threshold(method, data, cfg: RunConfig, device, best_path: Path | Non
         raise ConfigError("train.threshold: val applies to binary segmentation (2 classes)")
     method.eval()
     with torch.no_grad():
-        probs = predict_records(method.predict, data.val, cfg.data.image_size, device)
+        probs = predict_records(build_predict(method.predict, cfg), data.val, cfg.data.image_size, device)
     threshold, table = tune_threshold(probs, [r.mask for r in data.val])
     decision = {"threshold": threshold, "metric": "jaccard", "split": "val", "n": len(data.val),
                 "val_jaccard": table[threshold], "val_jaccard_at_0.5": table[0.5]}  # fmt: skip
@@ -162,7 +158,7 @@ def _score(method, data, cfg: RunConfig, device, metrics, postprocess=None) -> d
     for name, records in (("val", data.val), ("test", data.test)):
         if records:
             out[name] = evaluate_split(
-                method.predict,
+                build_predict(method.predict, cfg),
                 records,
                 task=data.bundle.task,
                 num_classes=data.bundle.num_classes,
@@ -179,7 +175,7 @@ def write_plots(history, method, records, cfg: RunConfig, device, out: Path, num
 
     plots.learning_curves(history, out / "learning_curves.png", cfg.train.val_metric)
     shown = records[:6]
-    probs = predict_records(method.predict, shown, cfg.data.image_size, device)
+    probs = predict_records(build_predict(method.predict, cfg), shown, cfg.data.image_size, device)
     plots.overlays(plots.overlay_items(shown, probs), out / "overlays.png", num_classes)
 
 

@@ -38,6 +38,7 @@ from semiseg.engine.checkpoint import (
     set_rng_state,
 )
 from semiseg.engine.evaluate import FAST_METRICS, evaluate_split, metric_keys
+from semiseg.engine.inference import build_predict
 from semiseg.engine.sweep import TrainerSweep
 from semiseg.errors import ConfigError, DataError, TrainingDiverged
 from semiseg.io import atomic_write_text
@@ -510,7 +511,7 @@ class Trainer:
                 self.method.train()
                 return own
         means, _ = evaluate_split(
-            self.method.predict,
+            build_predict(self.method.predict, self.cfg),
             self.data.val,
             task=self.data.bundle.task,
             num_classes=self.num_classes,

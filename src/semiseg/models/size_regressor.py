@@ -211,29 +211,32 @@ def regression_metrics(
     images and ``classes``), ``size_mae_fraction`` (the same as a fraction of the image) and, when
     ``regress`` gives centroids, ``centroid_error`` (mean distance over the regions present)."""
     from semiseg.data.records import record_slices
-    from semiseg.data.views import resize_image, resize_mask
+    from semiseg.data.views import resize_image, resize_mask, training_grid
 
     classes = list(classes)
-    n_pix = math.prod(image_size)
-    errors, centroid_errors = [], []
+    errors, fractions, centroid_errors = [], [], []
     for r in records:
         masks = torch.from_numpy(r.mask)
-        if len(image_size) == 3:  # a 3D regressor: the whole volume, resized to the training grid
+        if len(image_size) == 3:  # a 3D regressor: the whole volume, resized to its training grid
             images, masks = torch.from_numpy(r.image)[None], masks[None]
+            grid = training_grid(r.image.shape[1:], image_size)
         else:
             masks = masks[None] if masks.ndim == 2 else masks
             images = torch.stack(record_slices(r))
-        x = resize_image(images.float(), tuple(image_size)).to(device)
-        m = resize_mask(masks, tuple(image_size)).to(device)
+            grid = tuple(image_size)
+        n_pix = math.prod(grid)
+        x = resize_image(images.float(), grid).to(device)
+        m = resize_mask(masks, grid).to(device)
         area, centroid = region_targets(m, num_classes)
         pred_area, pred_centroid = regress(x)
-        errors.append(((pred_area - area[:, classes]).abs() * n_pix).cpu())
+        fractions.append((pred_area - area[:, classes]).abs().cpu())
+        errors.append(fractions[-1] * n_pix)
         if pred_centroid is not None:
             present = area[:, classes] > 0
             d = (pred_centroid - centroid[:, classes]).square().sum(-1).sqrt()
             centroid_errors.append(d[present].cpu())
     err = torch.cat(errors)
-    out = {"size_mae": err.mean().item(), "size_mae_fraction": (err / n_pix).mean().item()}
+    out = {"size_mae": err.mean().item(), "size_mae_fraction": torch.cat(fractions).mean().item()}
     if centroid_errors:
         out["centroid_error"] = torch.cat(centroid_errors).mean().item()
     return out

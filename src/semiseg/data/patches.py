@@ -1,0 +1,236 @@
+"""Training patches of volumes for 3D models (nnU-Net style sampling).
+
+:class:`PatchSet` has the interface of :class:`~semiseg.data.views.TrainSet` (``set_epoch``,
+``set_views``, ``clean``, keyed ``__getitem__``) for volume records ``[C, D, H, W]``:
+
+- **Training grid.** Each volume is resized once to ``data.image_size`` ``[D, H, W]`` (``-1`` keeps the
+  volume's own size on that axis; in-plane per slice when the depth is kept, so the voxels of
+  ``[-1, 128, 128]`` are exactly the slices a 2D model trains on, stacked).
+- **Patches.** Every item of an epoch is one patch of ``data.patch_size`` from its volume. A share
+  ``data.foreground_ratio`` of the positions is *forced*: position ``i`` is forced when
+  ``floor((i + 1)·p) > floor(i·p)``, so any run of n consecutive positions holds ⌊np⌋ or ⌈np⌉ forced
+  patches, the same in one process or under DDP. A forced patch picks a foreground class present in
+  the item's labeled voxels uniformly, then one of its voxels (at most
+  :data:`MAX_FOREGROUND_VOXELS` per class, subsampled once per record id), and centres the patch on
+  it (the start clipped so the patch stays in the volume when it can); items without labeled
+  foreground (unlabeled, tag or size supervision) are never forced. Other patches start uniformly
+  in ``[0, size − patch]`` per axis; an axis shorter than the patch gets a uniform offset of the
+  volume inside the patch. Padding is 0 in the image and ``IGNORE_INDEX`` in the mask (outside the
+  volume nothing is known).
+- **Augmentation** is :func:`~semiseg.data.transforms.augment` (flips on every axis, 90° and free
+  rotations and scaling in the H-W plane, intensity), applied to the patch; strong views as in 2D.
+- **Randomness.** The patch draw, then the augmentation, come from one generator seeded by
+  ``(seed, epoch, position)`` (:func:`~semiseg.data.transforms.sample_rng`), so an item does not
+  depend on workers, ranks or resumption.
+- **Weak labels.** Tags and sizes are counted on each patch's dense mask (what the patch shows).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from semiseg.config import AugmentConfig, StrongAugmentConfig
+from semiseg.core import IGNORE_INDEX, Supervision, ViewSpec
+from semiseg.data.records import Record
+from semiseg.data.splits import stable_hash
+from semiseg.data.transforms import augment, is_identity, sample_rng, strong_views, view_rngs
+from semiseg.data.views import resize_image, resize_mask, sparse_mask, training_grid
+from semiseg.errors import DataError
+
+__all__ = ["MAX_FOREGROUND_VOXELS", "PatchSet", "crop", "forced"]
+
+#: foreground voxels kept per class and record for forced patches (a seeded subsample)
+MAX_FOREGROUND_VOXELS = 10_000
+
+
+def forced(position: int, ratio: float) -> bool:
+    """Whether the patch at epoch position ``position`` is centred on foreground.
+
+    Examples:
+        >>> [forced(i, 0.33) for i in range(6)]
+        [False, False, True, False, False, True]
+    """
+    return math.floor((position + 1) * ratio) > math.floor(position * ratio)
+
+
+def crop(x: torch.Tensor, start: Sequence[int], size: Sequence[int], fill: float) -> torch.Tensor:
+    """The box ``[start, start + size)`` of the last ``len(size)`` axes of ``x``; parts outside ``x``
+    are ``fill``.
+
+    Examples:
+        >>> crop(torch.arange(4.0), [-1], [3], fill=9.0).tolist()
+        [9.0, 0.0, 1.0]
+    """
+    n = len(size)
+    lead = x.shape[: x.ndim - n]
+    out = torch.full((*lead, *size), fill, dtype=x.dtype)
+    src, dst = [], []
+    for s, k, dim in zip(start, size, x.shape[x.ndim - n :]):
+        a, b = max(0, s), min(dim, s + k)
+        if a >= b:
+            return out
+        src.append(slice(a, b))
+        dst.append(slice(a - s, b - s))
+    out[(..., *dst)] = x[(..., *src)]
+    return out
+
+
+class PatchSet(Dataset):
+    """Patches of volumes on their training grid, supervised and augmented (see the module docstring).
+
+    Args:
+        records: Volume records ``[C, D, H, W]``.
+        supervision: "dense", "sparse", "tag", "size" or "none".
+        image_size: The training grid ``[D, H, W]`` (``-1`` = keep).
+        patch_size: ``[d, h, w]``.
+        foreground_ratio: Share of patches centred on labeled foreground.
+        Others as :class:`~semiseg.data.views.TrainSet`.
+    """
+
+    def __init__(
+        self,
+        records: list[Record],
+        *,
+        supervision: str,
+        num_classes: int,
+        image_size: Sequence[int],
+        patch_size: Sequence[int],
+        foreground_ratio: float = 0.33,
+        augment_cfg: AugmentConfig | None = None,
+        strong_cfg: StrongAugmentConfig | None = None,
+        seed: int = 0,
+        sparse_pixels: int = 10,
+        draw: int = 0,
+        split_seed: int = 0,
+    ):
+        kind = Supervision.parse(supervision)
+        if kind == Supervision.CLASS:
+            raise DataError(records[0].source or records[0].id if records else None,
+                            "class labels are for image-level methods; 3D models train on masks")  # fmt: skip
+        self.ids = [r.id for r in records]
+        self.supervision, self.kind, self.num_classes = supervision, kind, num_classes
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.foreground_ratio = float(foreground_ratio)
+        k, n = num_classes, len(records)
+        self.images: list[torch.Tensor] = []
+        self.masks: list[torch.Tensor] = []  #: what the loss sees (dense, sparse or all IGNORE_INDEX)
+        self.dense: list[torch.Tensor] = []  #: the full masks, for tags and sizes counted per patch
+        self.tags = torch.full((n, k), float("nan"))  #: per volume (tag-filtered streams)
+        self.sizes = torch.full((n, k), float("nan"))
+        self.labels = torch.full((n,), IGNORE_INDEX, dtype=torch.long)
+        self.foreground: list[list[np.ndarray]] = []  #: per item, per class 1..K-1: voxel indices [m, 3]
+        for r in records:
+            if r.image.ndim != 4:
+                raise DataError(
+                    r.source or r.id, f"a 3D model trains on volumes [C, D, H, W], got shape {r.image.shape}"
+                )
+            grid = training_grid(r.image.shape[1:], image_size)
+            self.images.append(
+                resize_image(torch.from_numpy(np.asarray(r.image))[None].float(), grid)[0].contiguous()
+            )
+            if r.mask is None:
+                dense = torch.full(grid, IGNORE_INDEX, dtype=torch.long)
+            else:
+                dense = resize_mask(torch.from_numpy(np.asarray(r.mask))[None].long(), grid)[0]
+            mask = torch.full_like(dense, IGNORE_INDEX)
+            if kind == Supervision.DENSE:
+                mask = dense
+            elif kind == Supervision.SPARSE:
+                mask = sparse_mask(dense, sparse_pixels, split_seed, draw, r.id)
+            self.masks.append(mask)
+            self.dense.append(dense if kind in (Supervision.TAG, Supervision.SIZE) else mask)
+            self.foreground.append(self._foreground(mask, r.id))
+        if kind in (Supervision.TAG, Supervision.SIZE):
+            counts = torch.stack([self._counts(d) for d in self.dense])
+            if kind == Supervision.TAG:
+                self.tags = (counts > 0).float()
+            else:
+                self.sizes = counts
+        self.augment_cfg = augment_cfg if augment_cfg is not None and not is_identity(augment_cfg) else None
+        self.strong_cfg = strong_cfg if strong_cfg is not None else StrongAugmentConfig()
+        self.views: ViewSpec | None = None
+        self.seed = seed
+        self.epoch = 0
+
+    def _counts(self, dense: torch.Tensor) -> torch.Tensor:
+        return torch.bincount(dense[dense != IGNORE_INDEX], minlength=self.num_classes)[
+            : self.num_classes
+        ].float()
+
+    def _foreground(self, mask: torch.Tensor, record_id: str) -> list[np.ndarray]:
+        rng = np.random.default_rng([stable_hash(record_id), 17])
+        out = []
+        flat = mask.numpy()
+        for c in range(1, self.num_classes):
+            idx = np.argwhere(flat == c)
+            if len(idx) > MAX_FOREGROUND_VOXELS:
+                idx = idx[np.sort(rng.choice(len(idx), MAX_FOREGROUND_VOXELS, replace=False))]
+            out.append(idx)
+        return out
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def set_views(self, spec: ViewSpec | None) -> None:
+        self.views = spec
+
+    def clean(self) -> PatchSet:
+        """The same items without augmentation or views (a shallow copy sharing the tensors)."""
+        out = copy.copy(self)
+        out.augment_cfg, out.views = None, None
+        return out
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def patch_start(self, index: int, position: int, rng: np.random.Generator) -> tuple[int, ...]:
+        """The patch's start on the training grid (the first draws of ``rng``)."""
+        size = self.images[index].shape[1:]
+        patch = self.patch_size
+        present = [c for c, idx in enumerate(self.foreground[index]) if len(idx)]
+        if present and forced(position, self.foreground_ratio):
+            voxels = self.foreground[index][present[int(rng.integers(len(present)))]]
+            centre = voxels[int(rng.integers(len(voxels)))]
+            return tuple(
+                int(np.clip(v - p // 2, min(0, n - p), max(0, n - p))) for v, p, n in zip(centre, patch, size)
+            )
+        return tuple(int(rng.integers(min(0, n - p), max(0, n - p) + 1)) for p, n in zip(patch, size))
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        if isinstance(key, tuple | list):
+            index, position = int(key[0]), int(key[1])
+        else:
+            index = position = int(key)
+        rng = sample_rng(self.seed, self.epoch, position)
+        start = self.patch_start(index, position, rng)
+        image = crop(self.images[index], start, self.patch_size, 0.0)
+        mask = crop(self.masks[index], start, self.patch_size, IGNORE_INDEX)
+        tags = sizes = torch.full((self.num_classes,), float("nan"))
+        if self.kind in (Supervision.TAG, Supervision.SIZE):
+            counts = self._counts(crop(self.dense[index], start, self.patch_size, IGNORE_INDEX))
+            tags, sizes = ((counts > 0).float(), sizes) if self.kind == Supervision.TAG else (tags, counts)
+        if self.augment_cfg is not None:
+            image, mask, sizes = augment(image, mask, sizes, self.augment_cfg, rng)
+        item = {
+            "image": image,
+            "mask": mask,
+            "tags": tags,
+            "sizes": sizes,
+            "kind": torch.tensor(int(self.kind)),
+            "index": torch.tensor(index),
+            "key": torch.tensor([self.seed, self.epoch, position]),
+            "label": self.labels[index],
+        }
+        if self.views is not None and self.views.strong > 0:
+            rngs = view_rngs(self.seed, self.epoch, position, self.views.strong)
+            strong, boxes = strong_views(image, self.strong_cfg, rngs, self.views.cutmix)
+            item["strong"] = strong
+            if boxes is not None:
+                item["cutmix"] = boxes
+        return item

@@ -1,0 +1,138 @@
+"""Volume patches for 3D models: the forced-foreground share, padding with the ignore label, keyed
+randomness, weak labels counted per patch, and prepare_data choosing patches for a 3D model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from semiseg.config import AugmentConfig, build_config
+from semiseg.core import IGNORE_INDEX, ViewSpec
+from semiseg.data.patches import PatchSet, crop, forced
+from semiseg.data.records import Record
+
+
+def volume(i: int, shape=(6, 20, 24), box=True) -> Record:
+    """A volume whose class-1 box is small (one voxel in 200), so uniform patches rarely hit it."""
+    rng = np.random.default_rng(i)
+    image = rng.random((1, *shape)).astype(np.float32)
+    mask = np.zeros(shape, np.int64)
+    if box:
+        mask[1:3, 2:4, 18:21] = 1
+    return Record(f"vol{i}", image, mask)
+
+
+def make(records, **kwargs) -> PatchSet:
+    args = dict(supervision="dense", num_classes=2, image_size=[-1, -1, -1], patch_size=[4, 8, 8])
+    return PatchSet(records, **{**args, **kwargs})
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.33, 0.5, 1.0])
+def test_any_run_of_positions_holds_the_forced_share(ratio):
+    flags = [forced(i, ratio) for i in range(300)]
+    for start in (0, 17, 101):
+        for n in (7, 50):
+            k = sum(flags[start : start + n])
+            assert int(np.floor(n * ratio)) <= k <= int(np.ceil(n * ratio))
+
+
+def test_forced_patches_contain_foreground_and_unforced_are_uniform():
+    ps = make([volume(0)], foreground_ratio=0.5)
+    hits = {True: [], False: []}
+    for position in range(200):
+        item = ps[(0, position)]
+        hits[forced(position, 0.5)].append(bool((item["mask"] == 1).any()))
+    assert all(hits[True])  # every forced patch shows the box
+    assert np.mean(hits[False]) < 0.6  # a uniform 4x8x8 patch of 6x20x24 often misses it
+
+
+def test_patches_outside_the_volume_are_ignored_not_background():
+    small = Record("small", np.ones((1, 2, 5, 5), np.float32), np.zeros((2, 5, 5), np.int64))
+    ps = make([small], patch_size=[4, 8, 8], foreground_ratio=0.0)
+    for position in range(10):
+        item = ps[(0, position)]
+        assert item["image"].shape == (1, 4, 8, 8) and item["mask"].shape == (4, 8, 8)
+        inside = item["image"][0] == 1
+        assert int(inside.sum()) == 2 * 5 * 5  # the whole volume, offset inside the patch
+        assert (item["mask"][inside] == 0).all() and (item["mask"][~inside] == IGNORE_INDEX).all()
+
+
+def test_crop_fills_outside():
+    x = torch.arange(24.0).view(2, 3, 4)
+    out = crop(x, [1, -1], [2, 3], fill=-1.0)  # rows 1-2, columns -1..1 of each leading slice
+    assert out.tolist() == [[[-1.0, 4.0, 5.0], [-1.0, 8.0, 9.0]], [[-1.0, 16.0, 17.0], [-1.0, 20.0, 21.0]]]
+    assert crop(x, [5, 0], [2, 2], fill=7.0).eq(7).all()  # entirely outside
+
+
+def test_items_are_keyed_by_seed_epoch_and_position():
+    aug = AugmentConfig(hflip=True, dflip=True, rotate_degrees=15, noise_std=0.05)
+    a, b = make([volume(0), volume(1)], augment_cfg=aug), make([volume(0), volume(1)], augment_cfg=aug)
+    a.set_epoch(3), b.set_epoch(3)
+    x, y = a[(1, 5)], b[(1, 5)]
+    assert torch.equal(x["image"], y["image"]) and torch.equal(x["mask"], y["mask"])
+    assert not torch.equal(a[(1, 6)]["image"], x["image"])
+    b.set_epoch(4)
+    assert not torch.equal(b[(1, 5)]["image"], x["image"])
+    assert x["key"].tolist() == [0, 3, 5]
+
+
+def test_sizes_and_tags_are_counted_on_the_patch():
+    # weak labels never steer the patches (the hidden masks are not used for forced patches)
+    ps = make([volume(0)], supervision="size", foreground_ratio=1.0)
+    assert all(not len(v) for v in ps.foreground[0])
+    whole = make([volume(0)], supervision="size", patch_size=[6, 20, 24])
+    item = whole[(0, 0)]
+    assert (item["mask"] == IGNORE_INDEX).all()  # weak labels only
+    assert item["sizes"][1] == 2 * 2 * 3  # the whole box is inside a patch of the whole volume
+    tags = make([volume(0)], supervision="tag", foreground_ratio=0.0)
+    seen = {float(tags[(0, p)]["tags"][1]) for p in range(40)}
+    assert seen == {0.0, 1.0}  # some patches show the box, some do not
+    assert ps.sizes[0, 1] == 12  # per volume, for tag-filtered streams
+
+
+def test_strong_views_and_cutmix_boxes_follow_the_patch():
+    ps = make([volume(0)])
+    ps.set_views(ViewSpec(strong=2, cutmix=True))
+    item = ps[(0, 1)]
+    assert item["strong"].shape == (2, 1, 4, 8, 8) and item["cutmix"].shape == (2, 4, 8, 8)
+
+
+def test_the_training_grid_resizes_in_plane_and_keeps_the_depth():
+    ps = make([volume(0, shape=(6, 40, 48))], image_size=[-1, 20, 24])
+    assert ps.images[0].shape == (1, 6, 20, 24) and ps.masks[0].shape == (6, 20, 24)
+
+
+def test_prepare_data_gives_patches_for_a_3d_model_and_slices_for_a_2d_one(tmp_path):
+    from semiseg.data import prepare_data
+    from semiseg.data.records import DatasetBundle
+
+    bundle = DatasetBundle("vols", num_classes=2, in_channels=1, train=[volume(i) for i in range(6)],
+                           val=[volume(10)], test=[volume(11)])  # fmt: skip
+    base = {"data": {"dataset": "shapes", "split": {"labeled": 2}}, "model": {"width": 4, "depth": 2}}
+    three = build_config({**base, "data": {**base["data"], "image_size": [-1, 16, 16], "patch_size": [4, 8, 8]},
+                          "model": {**base["model"], "spatial_dims": 3}})  # fmt: skip
+    data = prepare_data(three, bundle=bundle)
+    assert isinstance(data.labeled, PatchSet) and len(data.labeled) == 2
+    assert data.labeled[(0, 0)]["image"].shape == (1, 4, 8, 8)
+    two = build_config({**base, "data": {**base["data"], "image_size": [16, 16]}})
+    data = prepare_data(two, bundle=bundle)
+    assert len(data.labeled) == 2 * 6  # slices
+
+
+@pytest.mark.parametrize(
+    "data,model,match",
+    [
+        ({"image_size": [16, 16], "patch_size": [4, 8, 8]}, {"spatial_dims": 3}, "must be \\[D, H, W\\]"),
+        ({"image_size": [-1, 16, 16]}, {"spatial_dims": 3}, "data.patch_size' must be \\[d, h, w\\]"),
+        ({"image_size": [-1, 16, 16], "patch_size": [4, 32, 8]}, {"spatial_dims": 3}, "larger than"),
+        ({"image_size": [16, 16], "patch_size": [8, 8]}, {}, "applies to 3D models"),
+        ({"image_size": [-1, 16, 16], "patch_size": [4, 8, 8], "foreground_ratio": 2}, {"spatial_dims": 3},
+         "foreground_ratio"),
+    ],
+)  # fmt: skip
+def test_3d_settings_are_checked_in_one_line(data, model, match):
+    from semiseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        build_config({"data": data, "model": model})

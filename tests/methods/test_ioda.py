@@ -176,3 +176,15 @@ def test_deeper_output_levels_reconstruct_the_codes_of_the_levels_below():
     method.zero_grad(set_to_none=True)
     method.output_autoencoder(mask, 2).backward()
     assert layers[3].weight.grad is None and layers[2].weight.grad is not None  # level 1 stays frozen
+
+
+def test_with_an_input_offset_the_input_autoencoder_still_reconstructs_the_image():
+    import dataclasses
+
+    method = ioda(model=dataclasses.replace(NET, input_offset=0.5), input_layers=1, output_layers=0)
+    x = torch.rand(3, 1, 6, 6)
+    layer, decoder = method.model.linears[0], method.input_decoders[0]
+    code = torch.tanh(layer(x.flatten(1) - 0.5))  # the encoder sees the centred image
+    expected = F.binary_cross_entropy_with_logits(decoder(code, layer), x.flatten(1))  # ... and rebuilds x
+    torch.testing.assert_close(method.input_autoencoder(x, 1), expected)
+    torch.testing.assert_close(method.model.hidden_codes(x, 1), code)

@@ -308,6 +308,23 @@ class TestMLPMap(ModelTester):
                 and not layer.bias.detach().any()
             )
 
+    def test_input_offset_is_the_first_bias_shifted(self):
+        """Subtracting c from the input equals adding -c * W 1 to the first layer's bias: a
+        reparametrisation (it changes how gradient descent moves, not what the network can say)."""
+        torch.manual_seed(0)
+        cfg = ModelConfig(name="mlp", output="map", hidden=[8, 6], activation="tanh", input_offset=0.5)
+        shifted = build_model(cfg, 1, 2, image_size=self.image_size)
+        plain = build_model(ModelConfig(name="mlp", output="map", hidden=[8, 6], activation="tanh"), 1, 2,
+                            image_size=self.image_size)  # fmt: skip
+        plain.load_state_dict(shifted.state_dict())
+        with torch.no_grad():
+            first = plain.linears[0]
+            first.bias -= 0.5 * first.weight.sum(1)
+        x = self.inputs(self.image_size)
+        torch.testing.assert_close(shifted(x), plain(x))
+        assert not torch.allclose(shifted(x), build_model(ModelConfig(name="mlp", output="map", hidden=[8, 6],
+                                  activation="tanh"), 1, 2, image_size=self.image_size)(x))  # fmt: skip
+
     def test_more_classes_have_a_softmax_per_pixel(self):
         cfg = ModelConfig(name="mlp", output="map", hidden=[5])
         net = build_model(cfg, 1, 3, image_size=(4, 4))

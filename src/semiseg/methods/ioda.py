@@ -192,7 +192,7 @@ class IODA(Method):
         with torch.no_grad():
             r = net.hidden_codes(images, level - 1)
         layer = net.linears[level - 1]
-        out = self.input_decoders[level - 1](f(layer(r)), layer)
+        out = self.input_decoders[level - 1](f(net.layer(level - 1, r)), layer)
         if level == 1:  # the image in [0, 1]: sigmoid and cross-entropy
             return F.binary_cross_entropy_with_logits(out, r.clamp(0, 1))
         return F.mse_loss(f(out), r)

@@ -12,7 +12,9 @@
   to it (bilinear) and the output map back to the input's size. ``[B, C, H, W]`` → ``[B, K, H, W]``.
 
 Hidden activations: ``model.activation`` (``relu``, ``tanh`` or ``sigmoid``). ``model.init: glorot``
-gives the papers' Glorot-uniform weights and zero biases.
+gives the papers' Glorot-uniform weights and zero biases. ``model.input_offset`` (maps) is subtracted
+from the input before the first layer (0.5 centres images in [0, 1]); the input autoencoder of IODA
+still reconstructs the image itself.
 """
 
 from __future__ import annotations
@@ -60,8 +62,9 @@ class MLPMap(nn.Module):
     """
 
     def __init__(self, in_channels: int, num_classes: int, image_size: Sequence[int], hidden: Sequence[int],
-                 activation: str = "tanh"):  # fmt: skip
+                 activation: str = "tanh", input_offset: float = 0.0):  # fmt: skip
         super().__init__()
+        self.input_offset = float(input_offset)
         self.image_size = tuple(int(s) for s in image_size)
         self.num_classes = num_classes
         pixels = self.image_size[0] * self.image_size[1]
@@ -70,18 +73,24 @@ class MLPMap(nn.Module):
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.activation = ACTIVATIONS[activation]()
 
+    def layer(self, index: int, h: torch.Tensor) -> torch.Tensor:
+        """Dense layer ``index`` (before its activation) on its input ``h`` (layer 0: the flattened
+        image, less ``input_offset``)."""
+        return self.linears[index](h - self.input_offset if index == 0 and self.input_offset else h)
+
     def hidden_codes(self, x: torch.Tensor, layers: int) -> torch.Tensor:
-        """The output of the first ``layers`` layers (after their activation) on the flattened ``x``."""
+        """The output of the first ``layers`` layers (after their activation) on the flattened ``x``
+        (``layers = 0``: the flattened image itself)."""
         h = x.flatten(1)
-        for layer in self.linears[:layers]:
-            h = self.activation(layer(h))
+        for i in range(layers):
+            h = self.activation(self.layer(i, h))
         return h
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = tuple(x.shape[-2:])
         if size != self.image_size:
             x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
-        z = self.linears[-1](self.hidden_codes(x, len(self.linears) - 1))
+        z = self.layer(len(self.linears) - 1, self.hidden_codes(x, len(self.linears) - 1))
         z = z.view(len(x), self.units_per_pixel, *self.image_size)
         logits = torch.cat([torch.zeros_like(z), z], 1) if self.num_classes == 2 else z
         if size != self.image_size:
@@ -100,4 +109,4 @@ def _build_mlp(cfg: ModelConfig, in_channels: int, out_channels: int, image_size
         raise ConfigError(
             "model.output: map needs the image size, which this method does not pass to its model"
         )
-    return MLPMap(in_channels, out_channels, image_size, hidden, cfg.activation)
+    return MLPMap(in_channels, out_channels, image_size, hidden, cfg.activation, cfg.input_offset)

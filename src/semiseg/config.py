@@ -516,7 +516,17 @@ def build_config(
 
 #: built-in datasets whose images have one fixed scaling (8-bit ÷ 255, or stored normalised like
 #: ACDC's h5 slices and volumes): ``data.intensity`` other than "auto" is refused for them
-_FIXED_INTENSITY = ("shapes", "weizmann", "acdc", "acdc_lv", "acdc_rv", "acdc_3d", "mnist", "cluttered_mnist")
+_FIXED_INTENSITY = (
+    "shapes",
+    "weizmann",
+    "acdc",
+    "acdc_lv",
+    "acdc_rv",
+    "acdc_3d",
+    "la2018",
+    "mnist",
+    "cluttered_mnist",
+)
 
 
 def validate(cfg: RunConfig, source: str = "config") -> None:

@@ -260,3 +260,16 @@ def test_translations_are_drawn_last_and_in_range():
         torch.testing.assert_close(b[:, ~vacated], expected[:, ~vacated])
         assert torch.equal(mb, em)
     assert len(seen) == 9  # every shift in {-1, 0, 1}^2 occurs
+
+
+def test_strong_blur_of_a_volume_stays_in_plane():
+    """A volume whose slices differ only by a constant keeps that difference: nothing is blurred
+    across slices, while each slice is blurred."""
+    from semiseg.data.transforms import StrongDraw, apply_strong, gaussian_blur
+
+    sl = torch.rand(1, 1, 9, 9, generator=torch.Generator().manual_seed(0))
+    vol = torch.cat([sl, sl + 1.0, sl + 2.0], dim=1)  # [C, D, H, W]
+    out = apply_strong(vol, StrongDraw(sigma=1.0))
+    torch.testing.assert_close(out[:, 1] - out[:, 0], torch.ones_like(out[:, 0]))
+    torch.testing.assert_close(out[:, :1], gaussian_blur(sl, 1.0))
+    assert not torch.allclose(out[:, 0], sl[:, 0])

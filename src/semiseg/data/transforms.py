@@ -263,7 +263,7 @@ class StrongDraw:
     Attributes:
         brightness: Multiplicative factor.
         contrast: Factor on the deviation from the image mean.
-        sigma: Gaussian blur standard deviation (pixels, every spatial axis).
+        sigma: Gaussian blur standard deviation (pixels, in the H-W plane).
         noise_seed: Seed of the Gaussian noise (of standard deviation ``noise_std``).
         box: CutMix box, ``(start, stop)`` per spatial axis; ``None`` when not drawn.
     """
@@ -338,9 +338,9 @@ def draw_strong(
     return StrongDraw(brightness, contrast, sigma, noise_seed, cfg.noise_std, box)
 
 
-def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur along every spatial axis (kernel radius ``ceil(3 sigma)``, borders
-    replicated).
+def gaussian_blur(image: torch.Tensor, sigma: float, inplane: bool = False) -> torch.Tensor:
+    """Separable Gaussian blur along every spatial axis, or with ``inplane`` the last two (H, W) only
+    (kernel radius ``ceil(3 sigma)``, borders replicated).
 
     Shape:
         image: ``[C, *S]``. Returns the same shape.
@@ -355,7 +355,7 @@ def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
     kernel = (kernel / kernel.sum()).view(1, 1, -1)
     out = image
-    for axis in range(1, image.ndim):
+    for axis in range(max(1, image.ndim - 2) if inplane else 1, image.ndim):
         moved = out.movedim(axis, -1)
         flat = F.pad(moved.reshape(-1, 1, moved.shape[-1]), (radius, radius), mode="replicate")
         out = F.conv1d(flat, kernel).reshape(moved.shape).movedim(-1, axis)
@@ -363,7 +363,8 @@ def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def apply_strong(image: torch.Tensor, draw: StrongDraw) -> torch.Tensor:
-    """Applies a strong view's photometric perturbations (brightness, contrast, blur, noise).
+    """Applies a strong view's photometric perturbations (brightness, contrast, blur, noise). The blur
+    acts in the H-W plane (of each slice of a volume: slices are often much thicker than pixels).
 
     Shape:
         image: ``[C, *S]``. Returns the same shape.
@@ -374,7 +375,7 @@ def apply_strong(image: torch.Tensor, draw: StrongDraw) -> torch.Tensor:
         mean = image.mean()
         image = (image - mean) * draw.contrast + mean
     if draw.sigma is not None:
-        image = gaussian_blur(image, draw.sigma)
+        image = gaussian_blur(image, draw.sigma, inplane=True)
     if draw.noise_seed is not None:
         image = _noise(image, draw.noise_seed, draw.noise_std)
     return image

@@ -118,6 +118,10 @@ class DataConfig:
     #: 3D patches: the share of patches centred on a labeled foreground voxel (nnU-Net's 0.33); the
     #: others are placed uniformly
     foreground_ratio: float = 0.33
+    #: 3D models: resample each volume to this voxel size (mm per axis [D, H, W], -1 = keep the axis)
+    #: before image_size applies to the other axes (image_size must be -1 where a target is set);
+    #: predictions go back to each volume's own grid, where metrics are computed
+    target_spacing: list[float] | None = None
     num_classes: int | None = None  #: folder datasets (default 2)
     mask_threshold: int | None = None  #: folder datasets with JPEG masks
     channels: Literal["auto", "gray", "rgb"] = "auto"
@@ -543,7 +547,7 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
             )
     elif cfg.model.spatial_dims == 3:
         size, patch = list(cfg.data.image_size), cfg.data.patch_size
-        if len(size) != 3 or any(v != -1 and v < 1 for v in size) or min(v for v in size if v != -1) < 8:
+        if len(size) != 3 or any(v != -1 and v < 1 for v in size) or any(v != -1 and v < 8 for v in size[1:]):
             bad(
                 "data.image_size",
                 "must be [D, H, W] for a 3D model (-1 = keep each volume's size; H, W at least 8)",
@@ -554,6 +558,12 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
             bad("data.patch_size", f"{patch} is larger than data.image_size {size}")
     elif len(cfg.data.image_size) != 2 or min(cfg.data.image_size) < 8:
         bad("data.image_size", "must be [H, W] with both at least 8")
+    ts = cfg.data.target_spacing
+    if ts is not None:
+        if cfg.model.spatial_dims != 3 or len(ts) != 3 or any(not (v > 0 or v == -1) for v in ts):
+            bad("data.target_spacing", "must be [D, H, W] in mm (-1 = keep the axis), for a 3D model")
+        if any(v > 0 and s != -1 for v, s in zip(ts, cfg.data.image_size)):
+            bad("data.image_size", "must be -1 on the axes that data.target_spacing resamples")
     if cfg.model.spatial_dims == 2 and cfg.data.patch_size is not None:
         bad(
             "data.patch_size", "applies to 3D models (model.spatial_dims: 3); 2D models train on whole images"

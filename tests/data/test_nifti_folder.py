@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from semiseg.config import build_config
 from semiseg.data import prepare_data
@@ -113,3 +114,33 @@ def test_a_3d_model_trains_evaluates_and_predicts_a_nifti_folder_from_the_cli(tm
     src, pred = nib.load(str(root / "images" / "case0.nii.gz")), nib.load(str(out / "case0.nii.gz"))
     assert pred.shape == src.shape and np.allclose(pred.affine, src.affine)
     assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1}
+
+
+def test_a_target_spacing_resamples_the_training_grid_and_predictions_return_to_each_volume(tmp_path):
+    from semiseg.data.patches import PatchSet
+    from semiseg.engine.evaluate import predict_volume
+    from semiseg.engine.inference import build_predict
+
+    root = make_volumes(tmp_path / "data", n=8, shape=(24, 20, 6))  # spacing (D, H, W) = (3.0, 0.7, 0.7)
+    raw = {"data": {"dataset": "folder", "path": str(root), "image_size": [-1, -1, -1], "patch_size": [4, 8, 8],
+                    "target_spacing": [1.5, 1.4, 1.4], "split": {"labeled": 3, "val_fraction": 0.25, "test_fraction": 0.25}},
+           "model": {"name": "unet", "width": 4, "depth": 2, "spatial_dims": 3, "inplane_levels": 1},
+           "train": {"epochs": 1, "batch_size": 2, "iters_per_epoch": 2, "progress": False, "plots": False}}  # fmt: skip
+    cfg = build_config(copy.deepcopy(raw), [], source="test")
+    data = prepare_data(cfg)
+    assert isinstance(data.labeled, PatchSet)
+    assert data.labeled.images[0].shape == (1, 12, 10, 12)  # 6 x 3.0 / 1.5, 20 x 0.7 / 1.4, 24 x 0.7 / 1.4
+    seen = []
+
+    def net(x):
+        seen.append(tuple(x.shape[2:]))
+        return torch.zeros(x.shape[0], 2, *x.shape[2:])
+
+    probs = predict_volume(build_predict(net, cfg), data.test[0], cfg.data.image_size, torch.device("cpu"))
+    assert probs.shape == (2, 6, 20, 24) and max(seen) <= (4, 8, 8)  # windows on the 12 x 10 x 12 grid
+    results = train(cfg, output_dir=tmp_path / "run")
+    assert "dice/mean" in results["test"]
+    bad = copy.deepcopy(raw)
+    bad["data"]["image_size"] = [-1, 16, 16]
+    with pytest.raises(Exception, match="must be -1 on the axes that data.target_spacing resamples"):
+        build_config(bad, [], source="test")

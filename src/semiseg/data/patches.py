@@ -27,20 +27,18 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from semiseg.config import AugmentConfig, StrongAugmentConfig
-from semiseg.core import IGNORE_INDEX, Supervision, ViewSpec
+from semiseg.core import IGNORE_INDEX, Supervision
 from semiseg.data.records import Record
 from semiseg.data.splits import stable_hash
-from semiseg.data.transforms import augment, is_identity, sample_rng, strong_views, view_rngs
-from semiseg.data.views import resize_image, resize_mask, sparse_mask, training_grid
+from semiseg.data.transforms import augment, sample_rng
+from semiseg.data.views import KeyedItems, resize_image, resize_mask, sparse_mask, training_grid
 from semiseg.errors import DataError
 
 __all__ = ["MAX_FOREGROUND_VOXELS", "PatchSet", "crop", "forced"]
@@ -81,7 +79,7 @@ def crop(x: torch.Tensor, start: Sequence[int], size: Sequence[int], fill: float
     return out
 
 
-class PatchSet(Dataset):
+class PatchSet(KeyedItems):
     """Patches of volumes on their training grid, supervised and augmented (see the module docstring).
 
     Args:
@@ -90,6 +88,7 @@ class PatchSet(Dataset):
         image_size: The training grid ``[D, H, W]`` (``-1`` = keep).
         patch_size: ``[d, h, w]``.
         foreground_ratio: Share of patches centred on labeled foreground.
+        target_spacing: Resample each volume to this voxel size (mm per axis, -1 = keep) first.
         Others as :class:`~semiseg.data.views.TrainSet`.
     """
 
@@ -102,6 +101,7 @@ class PatchSet(Dataset):
         image_size: Sequence[int],
         patch_size: Sequence[int],
         foreground_ratio: float = 0.33,
+        target_spacing: Sequence[float] | None = None,
         augment_cfg: AugmentConfig | None = None,
         strong_cfg: StrongAugmentConfig | None = None,
         seed: int = 0,
@@ -130,7 +130,12 @@ class PatchSet(Dataset):
                 raise DataError(
                     r.source or r.id, f"a 3D model trains on volumes [C, D, H, W], got shape {r.image.shape}"
                 )
-            grid = training_grid(r.image.shape[1:], image_size)
+            if target_spacing is not None and r.spacing is None:
+                raise DataError(
+                    r.source or r.id,
+                    "data.target_spacing needs volumes with a voxel spacing; this one has none",
+                )
+            grid = training_grid(r.image.shape[1:], image_size, r.spacing, target_spacing)
             self.images.append(
                 resize_image(torch.from_numpy(np.asarray(r.image))[None].float(), grid)[0].contiguous()
             )
@@ -152,11 +157,7 @@ class PatchSet(Dataset):
                 self.tags = (counts > 0).float()
             else:
                 self.sizes = counts
-        self.augment_cfg = augment_cfg if augment_cfg is not None and not is_identity(augment_cfg) else None
-        self.strong_cfg = strong_cfg if strong_cfg is not None else StrongAugmentConfig()
-        self.views: ViewSpec | None = None
-        self.seed = seed
-        self.epoch = 0
+        self._init_views(augment_cfg, strong_cfg, seed)
 
     def _counts(self, dense: torch.Tensor) -> torch.Tensor:
         return torch.bincount(dense[dense != IGNORE_INDEX], minlength=self.num_classes)[
@@ -174,21 +175,6 @@ class PatchSet(Dataset):
             out.append(idx)
         return out
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def set_views(self, spec: ViewSpec | None) -> None:
-        self.views = spec
-
-    def clean(self) -> PatchSet:
-        """The same items without augmentation or views (a shallow copy sharing the tensors)."""
-        out = copy.copy(self)
-        out.augment_cfg, out.views = None, None
-        return out
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
     def patch_start(self, index: int, position: int, rng: np.random.Generator) -> tuple[int, ...]:
         """The patch's start on the training grid (the first draws of ``rng``)."""
         size = self.images[index].shape[1:]
@@ -203,10 +189,7 @@ class PatchSet(Dataset):
         return tuple(int(rng.integers(min(0, n - p), max(0, n - p) + 1)) for p, n in zip(patch, size))
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
-        if isinstance(key, tuple | list):
-            index, position = int(key[0]), int(key[1])
-        else:
-            index = position = int(key)
+        index, position = self._key(key)
         rng = sample_rng(self.seed, self.epoch, position)
         start = self.patch_start(index, position, rng)
         image = crop(self.images[index], start, self.patch_size, 0.0)
@@ -217,20 +200,4 @@ class PatchSet(Dataset):
             tags, sizes = ((counts > 0).float(), sizes) if self.kind == Supervision.TAG else (tags, counts)
         if self.augment_cfg is not None:
             image, mask, sizes = augment(image, mask, sizes, self.augment_cfg, rng)
-        item = {
-            "image": image,
-            "mask": mask,
-            "tags": tags,
-            "sizes": sizes,
-            "kind": torch.tensor(int(self.kind)),
-            "index": torch.tensor(index),
-            "key": torch.tensor([self.seed, self.epoch, position]),
-            "label": self.labels[index],
-        }
-        if self.views is not None and self.views.strong > 0:
-            rngs = view_rngs(self.seed, self.epoch, position, self.views.strong)
-            strong, boxes = strong_views(image, self.strong_cfg, rngs, self.views.cutmix)
-            item["strong"] = strong
-            if boxes is not None:
-                item["cutmix"] = boxes
-        return item
+        return self._item(index, position, image, mask, tags, sizes)

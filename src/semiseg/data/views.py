@@ -59,15 +59,32 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     return F.interpolate(mask[:, None].float(), size=size, mode="nearest-exact")[:, 0].long()
 
 
-def training_grid(native: Sequence[int], image_size: Sequence[int]) -> tuple[int, ...]:
+def training_grid(
+    native: Sequence[int],
+    image_size: Sequence[int],
+    spacing: Sequence[float] | None = None,
+    target_spacing: Sequence[float] | None = None,
+) -> tuple[int, ...]:
     """The training-grid shape of an image or volume of spatial shape ``native``: ``image_size``, with
-    each ``-1`` entry keeping the native size on that axis.
+    each ``-1`` entry keeping the native size on that axis; with ``target_spacing`` (mm per axis, -1 =
+    keep), an axis with a target gets ``round(n · spacing / target)`` voxels (at least 1).
 
     Examples:
         >>> training_grid((9, 216, 256), (-1, 128, 128))
         (9, 128, 128)
+        >>> training_grid((9, 216, 256), (-1, -1, -1), spacing=(10.0, 1.5, 1.5), target_spacing=(5.0, -1, 3.0))
+        (18, 216, 128)
     """
-    return tuple(int(n) if int(s) == -1 else int(s) for n, s in zip(native, image_size))
+    out = []
+    for axis, (n, s) in enumerate(zip(native, image_size)):
+        target = -1 if target_spacing is None else float(target_spacing[axis])
+        if target > 0:
+            if spacing is None:
+                raise ValueError("a target spacing needs the volume's spacing")
+            out.append(max(1, round(int(n) * float(spacing[axis]) / target)))
+        else:
+            out.append(int(n) if int(s) == -1 else int(s))
+    return tuple(out)
 
 
 def stack_resized(records: list[Record], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,7 +115,70 @@ def sparse_mask(mask: torch.Tensor, n_pixels: int, seed: int, draw: int, record_
     return out.view_as(mask)
 
 
-class TrainSet(Dataset):
+class KeyedItems(Dataset):
+    """What :class:`TrainSet` (images) and :class:`~semiseg.data.patches.PatchSet` (volume patches)
+    share: an epoch, the views a phase asks for, a clean copy, and the item layout (see the module
+    docstring); every random draw of an item is keyed by ``(seed, epoch, position)``."""
+
+    ids: list[str]
+    kind: Supervision
+    labels: torch.Tensor
+
+    def _init_views(
+        self, augment_cfg: AugmentConfig | None, strong_cfg: StrongAugmentConfig | None, seed: int
+    ) -> None:
+        self.augment_cfg = augment_cfg if augment_cfg is not None and not is_identity(augment_cfg) else None
+        self.strong_cfg = strong_cfg if strong_cfg is not None else StrongAugmentConfig()
+        self.views: ViewSpec | None = None
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def set_views(self, spec: ViewSpec | None) -> None:
+        """Ask for ``spec.strong`` strong views per item (and CutMix boxes); ``None`` = weak view only."""
+        self.views = spec
+
+    def clean(self):
+        """The same items without augmentation or views (a shallow copy sharing the tensors)."""
+        out = copy.copy(self)
+        out.augment_cfg, out.views = None, None
+        return out
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @staticmethod
+    def _key(key: int | tuple[int, int]) -> tuple[int, int]:
+        """``(index, position)`` of a key: an index, or ``(index, position)``."""
+        if isinstance(key, tuple | list):
+            return int(key[0]), int(key[1])
+        return int(key), int(key)
+
+    def _item(self, index: int, position: int, image: torch.Tensor, mask: torch.Tensor, tags: torch.Tensor,
+              sizes: torch.Tensor) -> dict[str, torch.Tensor]:  # fmt: skip
+        """The item dict of a (weak-view) sample, with the strong views and boxes the phase asks for."""
+        item = {
+            "image": image,
+            "mask": mask,
+            "tags": tags,
+            "sizes": sizes,
+            "kind": torch.tensor(int(self.kind)),
+            "index": torch.tensor(index),
+            "key": torch.tensor([self.seed, self.epoch, position]),
+            "label": self.labels[index],
+        }
+        if self.views is not None and self.views.strong > 0:
+            rngs = view_rngs(self.seed, self.epoch, position, self.views.strong)
+            strong, boxes = strong_views(image, self.strong_cfg, rngs, self.views.cutmix)
+            item["strong"] = strong
+            if boxes is not None:
+                item["cutmix"] = boxes
+        return item
+
+
+class TrainSet(KeyedItems):
     """Resized, supervised and augmented training items (see module docstring for the batch)."""
 
     def __init__(
@@ -146,57 +226,18 @@ class TrainSet(Dataset):
                 raise DataError(missing[0], "has no class label but the split gives it 'class' supervision")
             self.labels = torch.tensor([int(r.label) for r in records], dtype=torch.long)
         self.kind = kind
-        self.augment_cfg = augment_cfg if augment_cfg is not None and not is_identity(augment_cfg) else None
-        self.strong_cfg = strong_cfg if strong_cfg is not None else StrongAugmentConfig()
-        self.views: ViewSpec | None = None
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def set_views(self, spec: ViewSpec | None) -> None:
-        """Ask for ``spec.strong`` strong views per item (and CutMix boxes); ``None`` = weak view only."""
-        self.views = spec
-
-    def clean(self) -> TrainSet:
-        """The same items without augmentation or views (a shallow copy sharing the tensors)."""
-        out = copy.copy(self)
-        out.augment_cfg, out.views = None, None
-        return out
-
-    def __len__(self) -> int:
-        return len(self.ids)
+        self._init_views(augment_cfg, strong_cfg, seed)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
         """``key`` is an index, or ``(index, position)`` with ``position`` the item's place in the
         epoch's global sample order: every random draw is seeded by ``(seed, epoch, position)``
         (``position = index`` for a plain index)."""
-        if isinstance(key, tuple | list):
-            index, position = int(key[0]), int(key[1])
-        else:
-            index = position = int(key)
+        index, position = self._key(key)
         image, mask, sizes = self.images[index], self.masks[index], self.sizes[index]
         if self.augment_cfg is not None:
             rng = sample_rng(self.seed, self.epoch, position)
             image, mask, sizes = augment(image, mask, sizes, self.augment_cfg, rng)
-        item = {
-            "image": image,
-            "mask": mask,
-            "tags": self.tags[index],
-            "sizes": sizes,
-            "kind": torch.tensor(int(self.kind)),
-            "index": torch.tensor(index),
-            "key": torch.tensor([self.seed, self.epoch, position]),
-            "label": self.labels[index],
-        }
-        if self.views is not None and self.views.strong > 0:
-            rngs = view_rngs(self.seed, self.epoch, position, self.views.strong)
-            strong, boxes = strong_views(image, self.strong_cfg, rngs, self.views.cutmix)
-            item["strong"] = strong
-            if boxes is not None:
-                item["cutmix"] = boxes
-        return item
+        return self._item(index, position, image, mask, self.tags[index], sizes)
 
 
 class TrainSubset(Dataset):

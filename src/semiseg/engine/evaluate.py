@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from semiseg.data.records import Record, record_slices
 from semiseg.data.views import resize_image
+from semiseg.errors import DataError
 from semiseg.ops import class_map
 
 FAST_METRICS = ("dice", "jaccard", "pixel_error", "mse")
@@ -97,7 +98,13 @@ def predict_volume(
         )
     native = tuple(record.image.shape[1:])
     x = torch.from_numpy(np.asarray(record.image))[None].float()
-    grid = training_grid(native, image_size)
+    target = getattr(predict, "target_spacing", None)  # set by inference.build_predict from the config
+    if target is not None and record.spacing is None:
+        raise DataError(
+            record.source or record.id,
+            "data.target_spacing needs volumes with a voxel spacing; this one has none",
+        )
+    grid = training_grid(native, image_size, record.spacing, target)
     probs = predict(resize_image(x, grid).to(device)).float().softmax(1).cpu()
     if grid != native:
         if grid[0] == native[0]:

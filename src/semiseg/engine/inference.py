@@ -136,7 +136,22 @@ def build_predict(
     ``data.patch_size`` (``inference.mode`` "auto" with a 3D model, or "sliding")."""
     inf = cfg.inference
     sliding = inf.mode == "sliding" or (inf.mode == "auto" and cfg.model.spatial_dims == 3)
-    if not sliding:
+    target = cfg.data.target_spacing
+    if not sliding and target is None:
         return predict
     inferer = Inferer("sliding", cfg.data.patch_size, inf.overlap, inf.blend, inf.sigma_scale, inf.batch_size)
-    return lambda x: inferer(predict, x)
+    return GridPredict(predict, inferer if sliding else None, target)
+
+
+class GridPredict:
+    """A network call for evaluation: through an :class:`Inferer` (or directly), carrying the voxel
+    size volumes are resampled to first (``target_spacing``, read by
+    :func:`~semiseg.engine.evaluate.predict_volume`)."""
+
+    def __init__(self, predict: Callable[[torch.Tensor], torch.Tensor], inferer: Inferer | None,
+                 target_spacing: Sequence[float] | None = None):  # fmt: skip
+        self.predict, self.inferer = predict, inferer
+        self.target_spacing = None if target_spacing is None else tuple(float(t) for t in target_spacing)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predict(x) if self.inferer is None else self.inferer(self.predict, x)

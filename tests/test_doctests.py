@@ -9,6 +9,10 @@ import pytest
 
 MODULES = [
     "semiseg.core",
+    "semiseg.data.patches",
+    "semiseg.data.transforms",
+    "semiseg.data.views",
+    "semiseg.engine.inference",
     "semiseg.ops",
     "semiseg.registry",
     "semiseg.bench.lock",

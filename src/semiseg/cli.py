@@ -234,6 +234,7 @@ def build_postprocess(args, method, cfg, data, device, state=None):
     weight = args.mrf_weight
     if weight is None:  # chosen on the validation split only, never on test
         from semiseg.engine.evaluate import tune_mrf_on_validation
+        from semiseg.engine.inference import build_predict
 
         if args.split == "val":
             raise ConfigError(
@@ -241,8 +242,9 @@ def build_postprocess(args, method, cfg, data, device, state=None):
             )
         val = data.val
         weight, table = tune_mrf_on_validation(
-            method.predict, val, cfg.data.image_size, device, contrast_sigma=args.mrf_contrast_sigma
-        )
+            build_predict(method.predict, cfg), val, cfg.data.image_size, device,
+            contrast_sigma=args.mrf_contrast_sigma,
+        )  # fmt: skip
         info["tuning"] = {"split": "val", "metric": "pixel_error", "n": len(val), "table": table}
         print(f"mrf weight {weight:g} (tuned on {len(val)} validation cases)", file=sys.stderr)
     info.update(weight=weight, contrast_sigma=args.mrf_contrast_sigma)

@@ -575,8 +575,11 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         bad("inference.overlap", "must be in [0, 1)")
     if inf.sigma_scale <= 0 or inf.batch_size < 1:
         bad("inference.sigma_scale/batch_size", "must be positive")
-    if inf.mode == "sliding" and cfg.data.patch_size is None:
-        bad("inference.mode", "'sliding' needs data.patch_size (the window)")
+    if inf.mode == "sliding" and cfg.model.spatial_dims != 3:
+        bad(
+            "inference.mode",
+            "'sliding' is for 3D models (windows of data.patch_size); 2D models run on whole images",
+        )
     if cfg.data.num_classes is not None and not 2 <= cfg.data.num_classes < IGNORE_INDEX:
         bad("data.num_classes", f"must be in 2..{IGNORE_INDEX - 1} ({IGNORE_INDEX} is the ignore label)")
     if not 2 <= cfg.data.shapes_classes <= 4:

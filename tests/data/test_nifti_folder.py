@@ -133,11 +133,16 @@ def test_a_target_spacing_resamples_the_training_grid_and_predictions_return_to_
     seen = []
 
     def net(x):
-        seen.append(tuple(x.shape[2:]))
+        seen.append(tuple(x.shape))
         return torch.zeros(x.shape[0], 2, *x.shape[2:])
 
-    probs = predict_volume(build_predict(net, cfg), data.test[0], cfg.data.image_size, torch.device("cpu"))
-    assert probs.shape == (2, 6, 20, 24) and max(seen) <= (4, 8, 8)  # windows on the 12 x 10 x 12 grid
+    whole = build_config(copy.deepcopy(raw), ["inference.mode=whole"], source="test")
+    probs = predict_volume(build_predict(net, whole), data.test[0], cfg.data.image_size, torch.device("cpu"))
+    assert seen == [(1, 1, 12, 10, 12)]  # the network sees the resampled grid ...
+    assert probs.shape == (2, 6, 20, 24)  # ... and the probabilities come back at the volume's shape
+    seen.clear()
+    predict_volume(build_predict(net, cfg), data.test[0], cfg.data.image_size, torch.device("cpu"))
+    assert {s[1:] for s in seen} == {(1, 4, 8, 8)} and sum(s[0] for s in seen) > 1  # windows on that grid
     results = train(cfg, output_dir=tmp_path / "run")
     assert "dice/mean" in results["test"]
     bad = copy.deepcopy(raw)

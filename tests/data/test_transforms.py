@@ -273,3 +273,19 @@ def test_strong_blur_of_a_volume_stays_in_plane():
     torch.testing.assert_close(out[:, 1] - out[:, 0], torch.ones_like(out[:, 0]))
     torch.testing.assert_close(out[:, :1], gaussian_blur(sl, 1.0))
     assert not torch.allclose(out[:, 0], sl[:, 0])
+
+
+def test_cutmix_boxes_of_a_thin_volume_patch_cover_the_intended_share():
+    """Box sides are fractions of each axis in 3D: on 8 x 128 x 128 patches the boxes cover, on
+    average, the middle of the area range, as on 2D images (pixel sides would be clipped to the 8
+    slices and cover a few % only)."""
+    from semiseg.data.transforms import draw_box
+
+    rng = np.random.default_rng(0)
+    for shape in ((8, 128, 128), (128, 128)):
+        shares = []
+        for _ in range(300):
+            box = draw_box(shape, (0.02, 0.4), (0.3, 3.3), rng)
+            assert all(0 <= a < b <= n for (a, b), n in zip(box, shape))
+            shares.append(np.prod([b - a for a, b in box]) / np.prod(shape))
+        assert 0.14 < np.mean(shares) < 0.26, (shape, np.mean(shares))

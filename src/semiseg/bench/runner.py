@@ -156,6 +156,7 @@ def _postprocessed(ctx: BenchContext, run_dir: Path) -> tuple[float, dict[str, A
         from semiseg.data import prepare_data
         from semiseg.engine.distributed import resolve_device
         from semiseg.engine.evaluate import evaluate_records, tune_mrf_on_validation
+        from semiseg.engine.inference import build_predict
         from semiseg.engine.run import load_trained
         from semiseg.postprocess import MRFPostprocess
 
@@ -163,10 +164,11 @@ def _postprocessed(ctx: BenchContext, run_dir: Path) -> tuple[float, dict[str, A
         device = resolve_device(cfg.train.device)
         method.to(device)
         data = prepare_data(cfg, ctx.data_root, bundle=ctx.cache.bundle(cfg))
-        weight, table = tune_mrf_on_validation(method.predict, data.val, cfg.data.image_size, device)
+        predict = build_predict(method.predict, cfg)
+        weight, table = tune_mrf_on_validation(predict, data.val, cfg.data.image_size, device)
         with torch.no_grad():
             means, _ = evaluate_records(
-                method.predict,
+                predict,
                 data.test,
                 num_classes=state["num_classes"],
                 image_size=cfg.data.image_size,

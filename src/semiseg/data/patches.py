@@ -51,8 +51,10 @@ def forced(position: int, ratio: float) -> bool:
     """Whether the patch at epoch position ``position`` is centred on foreground.
 
     Examples:
-        >>> [forced(i, 0.33) for i in range(6)]
-        [False, False, True, False, False, True]
+        >>> [forced(i, 0.33) for i in range(7)]
+        [False, False, False, True, False, False, True]
+        >>> sum(forced(i, 0.33) for i in range(1000))
+        330
     """
     return math.floor((position + 1) * ratio) > math.floor(position * ratio)
 

@@ -282,9 +282,11 @@ def draw_box(
     """A random axis-aligned box in N-D (UniMatch's CutMix box, for any dimension).
 
     The box covers a fraction ``U(*area)`` of the image; each side but the last is ``U(*aspect)``
-    times the last one (in 2D: H / W of the box). Side lengths are rounded to whole pixels (at least
-    1); a shape that does not fit is redrawn (up to 100 times, then clipped to the image). The
-    position is uniform among the positions where the box fits.
+    times the last one (in 2D: H / W of the box). In 3D the sides are fractions of each axis (each
+    but the last ``U(*aspect)`` times the last fraction), so a thin patch (e.g. 8 x 128 x 128) gets
+    boxes of the intended share of its voxels. Side lengths are rounded to whole pixels (at least 1);
+    a shape that does not fit is redrawn (up to 100 times, then clipped to the image). The position
+    is uniform among the positions where the box fits.
 
     Returns:
         ``(start, stop)`` per spatial axis.
@@ -295,11 +297,15 @@ def draw_box(
         True
     """
     n = len(spatial_shape)
-    volume = rng.uniform(area[0], area[1]) * math.prod(spatial_shape)
+    relative = n == 3  # sides as fractions of each axis (volumes); 2D as before, in pixels
+    volume = rng.uniform(area[0], area[1]) * (1.0 if relative else math.prod(spatial_shape))
     for _ in range(100):
         ratios = [rng.uniform(aspect[0], aspect[1]) for _ in range(n - 1)] + [1.0]
         last = (volume / math.prod(ratios)) ** (1 / n)
-        sides = [max(1, round(r * last)) for r in ratios]
+        if relative:
+            sides = [max(1, round(r * last * size)) for r, size in zip(ratios, spatial_shape)]
+        else:
+            sides = [max(1, round(r * last)) for r in ratios]
         if all(s <= size for s, size in zip(sides, spatial_shape)):
             break
     sides = [min(s, size) for s, size in zip(sides, spatial_shape)]

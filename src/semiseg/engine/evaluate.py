@@ -138,8 +138,9 @@ def evaluate_records(
     cases = []
     pooled = torch.zeros(num_classes, num_classes, dtype=torch.long)
     # predict in chunks of records so memory stays bounded on large test sets
-    for start in range(0, len(records), 64):
-        chunk = records[start : start + 64]
+    step = 64 if all(r.image.ndim == 3 for r in records) else 1  # a volume's probabilities can be GBs
+    for start in range(0, len(records), step):
+        chunk = records[start : start + step]
         for r, p in zip(chunk, predict_records(predict, chunk, image_size, device)):
             pred = postprocess(p, r) if postprocess is not None else class_map(p, 0)
             mask = torch.from_numpy(np.asarray(r.mask))

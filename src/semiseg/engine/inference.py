@@ -9,9 +9,12 @@ a ``predict`` function (a method's ``predict``):
   ``gaussian`` weights (nnU-Net's; MONAI's :func:`~monai.inferers.sliding_window_inference`),
   ``constant`` weights (a plain mean, MONAI's), or ``trim``: each voxel is taken from the one window
   whose centre region owns it (the windows' borders, where zero padding changes a convolution's
-  output, are cut off at the middle of each overlap). With ``trim``, a network whose receptive-field
-  radius is below half the overlap gives the same output as on the whole input (up to the float
-  rounding of its convolutions), which Gaussian or constant blending of padded borders does not.
+  output, are cut off at the middle of each overlap). With ``trim``, a network that is shift-equivariant
+  (no pooling or strides, e.g. a stack of convolutions) and whose receptive-field radius is below
+  half the overlap gives the same output as on the whole input (up to float rounding), which
+  Gaussian or constant blending of padded borders does not. A network that pools is equivariant only
+  to shifts by multiples of its total stride, and a UNet's receptive field is larger than any
+  practical overlap: for it, every blend approximates whole-input inference.
 
 Slice-by-slice inference of a 2D model on volumes stays in :mod:`semiseg.engine.evaluate`.
 """

@@ -349,3 +349,16 @@ def test_3d_rotation_in_plane_leaves_tv_unchanged():
 def test_axis_weights_need_one_per_axis():
     with pytest.raises(ValueError, match="one weight per spatial axis"):
         total_variation(torch.rand(1, 2, 3, 4, 4), axis_weights=[1.0, 1.0])
+
+
+def test_axis_weights_that_do_not_fit_the_model_are_a_config_error_naming_the_regulariser():
+    from semiseg.config import ModelConfig
+    from semiseg.errors import ConfigError
+    from semiseg.methods import build_method
+
+    with pytest.raises(
+        ConfigError,
+        match=r"method.regularizers\[0\].axis_weights: needs one weight per spatial axis of the 3D",
+    ):
+        build_method({"name": "supervised", "regularizers": [{"name": "tv", "axis_weights": [1.0, 1.0]}]},
+                     ModelConfig(width=4, depth=2, spatial_dims=3), in_channels=1, num_classes=2)  # fmt: skip

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from semiseg.config import FieldError
 from semiseg.core import Batch
+from semiseg.errors import ConfigError
 from semiseg.losses.regularizers import RegularizerSpec, register_regularizer
 
 #: eq. 11 of the paper, applied as a cross-correlation (row-major neighbourhood, eq. 13)
@@ -213,6 +214,15 @@ class TVSpec(RegularizerSpec):
             len(self.axis_weights) not in (2, 3) or any(not w >= 0 for w in self.axis_weights)
         ):
             raise FieldError("axis_weights", f"needs 2 or 3 non-negative weights, got {self.axis_weights}")
+
+    def build_for(self, context):
+        dims = context.model.spatial_dims
+        if self.axis_weights is not None and len(self.axis_weights) != dims:
+            raise ConfigError(
+                f"{context.where}.axis_weights: needs one weight per spatial axis of the {dims}D model, "
+                f"got {self.axis_weights}"
+            )
+        return self.build()
 
     def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         return total_variation(

@@ -62,6 +62,16 @@ def test_volumes_load_with_spacing_and_train_as_slices(tmp_path):
     assert len(results["test_cases"]) == len(data.test) and "hd95_mm/1" in results["test"]
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert len(split["labeled"]) == 8
+    # a 2D model predicts a NIfTI volume slice by slice, written in the input's space
+    from semiseg.cli import main
+
+    assert main(["predict", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--input", str(root / "images"),
+                 "--output", str(tmp_path / "pred")]) == 0  # fmt: skip
+    src, pred = (
+        nib.load(str(root / "images" / "case1.nii.gz")),
+        nib.load(str(tmp_path / "pred" / "case1.nii.gz")),
+    )
+    assert pred.shape == src.shape and np.allclose(pred.affine, src.affine)
 
 
 def test_bad_volumes_are_one_line_errors(tmp_path):

@@ -101,6 +101,7 @@ def test_strong_views_and_cutmix_boxes_follow_the_patch():
 def test_the_training_grid_resizes_in_plane_and_keeps_the_depth():
     ps = make([volume(0, shape=(6, 40, 48))], image_size=[-1, 20, 24])
     assert ps.images[0].shape == (1, 6, 20, 24) and ps.masks[0].shape == (6, 20, 24)
+    assert ps.masks[0].dtype == torch.uint8 and ps[(0, 0)]["mask"].dtype == torch.long  # stored small
 
 
 def test_prepare_data_gives_patches_for_a_3d_model_and_slices_for_a_2d_one(tmp_path):

@@ -121,8 +121,9 @@ class PatchSet(KeyedItems):
         self.foreground_ratio = float(foreground_ratio)
         k, n = num_classes, len(records)
         self.images: list[torch.Tensor] = []
-        self.masks: list[torch.Tensor] = []  #: what the loss sees (dense, sparse or all IGNORE_INDEX)
-        self.dense: list[torch.Tensor] = []  #: the full masks, for tags and sizes counted per patch
+        #: what the loss sees (dense, sparse or all IGNORE_INDEX), uint8 (classes < 255 = IGNORE_INDEX)
+        self.masks: list[torch.Tensor] = []
+        self.dense: list[torch.Tensor] = []  #: the full masks, for tags and sizes counted per patch (uint8)
         self.tags = torch.full((n, k), float("nan"))  #: per volume (tag-filtered streams)
         self.sizes = torch.full((n, k), float("nan"))
         self.labels = torch.full((n,), IGNORE_INDEX, dtype=torch.long)
@@ -150,8 +151,10 @@ class PatchSet(KeyedItems):
                 mask = dense
             elif kind == Supervision.SPARSE:
                 mask = sparse_mask(dense, sparse_pixels, split_seed, draw, r.id)
-            self.masks.append(mask)
-            self.dense.append(dense if kind in (Supervision.TAG, Supervision.SIZE) else mask)
+            self.masks.append(mask.to(torch.uint8))
+            self.dense.append(
+                dense.to(torch.uint8) if kind in (Supervision.TAG, Supervision.SIZE) else self.masks[-1]
+            )
             self.foreground.append(self._foreground(mask, r.id))
         if kind in (Supervision.TAG, Supervision.SIZE):
             counts = torch.stack([self._counts(d) for d in self.dense])
@@ -195,7 +198,7 @@ class PatchSet(KeyedItems):
         rng = sample_rng(self.seed, self.epoch, position)
         start = self.patch_start(index, position, rng)
         image = crop(self.images[index], start, self.patch_size, 0.0)
-        mask = crop(self.masks[index], start, self.patch_size, IGNORE_INDEX)
+        mask = crop(self.masks[index], start, self.patch_size, IGNORE_INDEX).long()
         tags = sizes = torch.full((self.num_classes,), float("nan"))
         if self.kind in (Supervision.TAG, Supervision.SIZE):
             counts = self._counts(crop(self.dense[index], start, self.patch_size, IGNORE_INDEX))

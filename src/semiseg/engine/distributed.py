@@ -2,13 +2,17 @@
 
 A plain ``python``/``semiseg`` process is a single-process run. Under ``torchrun`` (``WORLD_SIZE``
 > 1 in the environment) the run becomes PyTorch DDP: gloo on CPU, NCCL on CUDA. Only rank 0
-writes files.
+writes files. The other ranks wait for it at the end (:func:`finish`, a barrier of a gloo group
+with a long timeout, since rank 0's final evaluation can take long) before any rank tears the
+group down: a rank that left early could be torn down abnormally and make torchrun stop rank 0
+in the middle of its evaluation.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -56,12 +60,27 @@ def setup(device_option: str) -> tuple[DistInfo, torch.device]:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
+        global _FINAL_GROUP
+        _FINAL_GROUP = dist.new_group(backend="gloo", timeout=FINAL_TIMEOUT)
     return info, device
 
 
+#: how long the other ranks wait for rank 0's final evaluation and files (:func:`finish`)
+FINAL_TIMEOUT = timedelta(days=2)
+_FINAL_GROUP = None
+
+
+def finish(info: DistInfo) -> None:
+    """Every rank waits here until all reach it (rank 0 after writing its results)."""
+    if info.enabled and dist.is_initialized() and _FINAL_GROUP is not None:
+        dist.barrier(group=_FINAL_GROUP)
+
+
 def teardown() -> None:
+    global _FINAL_GROUP
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _FINAL_GROUP = None
 
 
 def all_reduce_mean(values: torch.Tensor, info: DistInfo) -> torch.Tensor:

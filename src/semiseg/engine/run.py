@@ -90,7 +90,7 @@ def train(
         trainer.fit()
         wall = time.perf_counter() - start
         if not info.is_main:
-            return {}
+            return {}  # (after rank 0's final evaluation: see the finally below)
         results: dict[str, Any] = {
             "best": trainer.best,
             "train_seconds": round(trainer.train_seconds, 2),
@@ -127,6 +127,7 @@ def train(
         atomic_write_text(out / "metrics.json", json.dumps(results, indent=1, default=float))
         return results
     finally:
+        D.finish(info)  # the other ranks wait for rank 0's evaluation and files
         D.teardown()
 
 

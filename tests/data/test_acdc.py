@@ -243,3 +243,14 @@ def test_real_acdc_3d_has_every_training_frame_of_train_list(real_data_root: Pat
     names = [line.strip() for line in (root / "train.list").read_text().splitlines() if line.strip()]
     assert sorted(r.id for r in bundle.train) == sorted(names) and len(names) == 140
     assert sum(r.image.shape[1] for r in bundle.train) == 1312  # every training slice, once
+
+
+@pytest.mark.parametrize("draw", [0, 1, 2])
+def test_acdc_and_acdc_3d_label_the_same_patients(tmp_path: Path, draw: int) -> None:
+    """acdc-3d compares a 2D and a 3D network on the same labeled patients: the splits by group agree."""
+    root = _fake_acdc(tmp_path / "acdc")
+    spec = SplitConfig(labeled=1, labeled_by="group", first_draw="listed", draw=draw, val_fraction=0.0,
+                       test_fraction=0.0)  # fmt: skip
+    flat, vol = make_split(load_acdc(root), spec), make_split(load_acdc(root, volumes=True), spec)
+    assert {r.group for r in flat.labeled} == {r.group for r in vol.labeled}
+    assert {r.group for r in flat.unlabeled} == {r.group for r in vol.unlabeled}

@@ -77,3 +77,30 @@ def test_bad_datasets_are_one_line_errors(tmp_path):
         load_nnunet(root)
     with pytest.raises(DataError, match="dataset.json: not found"):
         load_nnunet(tmp_path / "missing_channel" / "imagesTr")
+
+
+def test_a_multichannel_model_predicts_nnunet_channel_files(tmp_path):
+    import yaml
+
+    from semiseg.cli import main
+
+    root = make_dataset(
+        tmp_path / "Dataset001_Prostate", cases=("a", "b", "c", "d", "e"), labeled=("a", "b", "c", "d")
+    )
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "data": {"dataset": "nnunet", "path": str(root), "image_size": [8, 8],
+                 "split": {"labeled": 2, "val_fraction": 0.25, "test_fraction": 0.0}},
+        "model": {"name": "unet", "width": 4, "depth": 2},
+        "train": {"epochs": 1, "batch_size": 2, "iters_per_epoch": 1, "progress": False, "plots": False},
+    }))  # fmt: skip
+    assert main(["train", "-c", str(recipe), "-o", str(tmp_path / "run")]) == 0
+    out = tmp_path / "pred"
+    args = ["predict", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--input", str(root / "imagesTs")]
+    assert main([*args, "--output", str(out)]) == 0
+    src, pred = nib.load(str(root / "imagesTs" / "t_0000.nii.gz")), nib.load(str(out / "t.nii.gz"))
+    assert sorted(p.name for p in out.iterdir()) == ["t.nii.gz"]
+    assert pred.shape == src.shape and np.allclose(pred.affine, src.affine)
+    (root / "imagesTs" / "t_0001.nii.gz").unlink()
+    assert main([*args, "--output", str(tmp_path / "pred2")]) == 2  # one line: case 't': channel 1 is missing
+    assert not (tmp_path / "pred2").exists()

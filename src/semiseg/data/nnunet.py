@@ -28,7 +28,7 @@ from semiseg.config import DataConfig
 from semiseg.data.io import normalize_intensity
 from semiseg.data.records import DatasetBundle, Record
 from semiseg.data.registry import register_dataset
-from semiseg.data.volume_io import check_same_geometry, read_volume
+from semiseg.data.volume_io import VolumeGeometry, check_same_geometry, read_volume
 from semiseg.errors import DataError
 
 __all__ = ["load_nnunet"]
@@ -74,7 +74,9 @@ def _cases(images: Path, ending: str, channels: int) -> dict[str, list[Path]]:
     return out
 
 
-def _record(case: str, files: list[Path], label: Path | None, num_classes: int, intensity: str) -> Record:
+def read_case(files: list[Path], intensity: str = "auto") -> tuple[np.ndarray, VolumeGeometry]:
+    """A case's channel files (one NIfTI volume each, same geometry) as ``[C, D, H, W]``, each channel
+    scaled on its own (``intensity``; "auto" = min-max), and their geometry."""
     channels, geometry = [], None
     for f in files:
         volume, geo = read_volume(f)
@@ -83,6 +85,11 @@ def _record(case: str, files: list[Path], label: Path | None, num_classes: int, 
         else:
             check_same_geometry(files[0], f, geometry, geo)
         channels.append(normalize_intensity(volume, "minmax" if intensity == "auto" else intensity))
+    return np.stack(channels), geometry
+
+
+def _record(case: str, files: list[Path], label: Path | None, num_classes: int, intensity: str) -> Record:
+    image, geometry = read_case(files, intensity)
     mask = None
     if label is not None:
         values, label_geo = read_volume(label, dtype=np.float64)
@@ -95,7 +102,7 @@ def _record(case: str, files: list[Path], label: Path | None, num_classes: int, 
         mask = values.astype(np.int64)
     return Record(
         id=case,
-        image=np.stack(channels),
+        image=image,
         mask=mask,
         group=case,
         source=str(files[0]),

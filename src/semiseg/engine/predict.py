@@ -20,15 +20,18 @@ def predict_folder(
     """Write ``<output_dir>/<stem>.png`` (uint8 class indices) for every image in ``input_dir`` and
     ``<output_dir>/<stem>.nii.gz`` for every NIfTI volume (a 2D model segments it slice by slice, a 3D
     model whole or by sliding windows as ``cfg.inference`` says; intensities scaled as the folder
-    dataset scales them, ``cfg.data.intensity``).
+    dataset scales them, ``cfg.data.intensity``). A model of C > 1 channels reads each case from
+    nnU-Net-style channel files ``<case>_0000.nii.gz`` … ``<case>_{C-1:04d}.nii.gz`` and writes
+    ``<case>.nii.gz``.
 
     All inputs are read and checked first, so a bad file stops the command before anything is written.
     """
     from PIL import Image
 
-    from semiseg.data.io import IMAGE_SUFFIXES, normalize_intensity, read_image
+    from semiseg.data.io import IMAGE_SUFFIXES, read_image
+    from semiseg.data.nnunet import read_case
     from semiseg.data.records import Record
-    from semiseg.data.volume_io import is_nifti, nifti_stem, read_volume, write_label_volume
+    from semiseg.data.volume_io import is_nifti, write_label_volume
     from semiseg.engine.inference import build_predict
 
     src = Path(input_dir)
@@ -42,18 +45,13 @@ def predict_folder(
     image_size = state["image_size"]
     if images and len(image_size) == 3:
         raise DataError(images[0], "a 3D model segments volumes (NIfTI), not 2D images")
-    if volumes and state["in_channels"] != 1:
-        raise DataError(
-            volumes[0], f"the model reads {state['in_channels']} channels; a NIfTI file gives one"
-        )
     channels = "gray" if state["in_channels"] == 1 else "rgb"
     intensity = cfg.data.intensity if cfg is not None else "auto"
     pixels = [torch.from_numpy(read_image(p, channels=channels)) for p in images]
     records, geometries = [], []
-    for path in volumes:
-        volume, geometry = read_volume(path)
-        image = normalize_intensity(volume[None], "minmax" if intensity == "auto" else intensity)
-        records.append(Record(nifti_stem(path), image, spacing=geometry.spacing, source=str(path)))
+    for case, files in _volume_cases(volumes, state["in_channels"]):
+        image, geometry = read_case(files, intensity)
+        records.append(Record(case, image, spacing=geometry.spacing, source=str(files[0])))
         geometries.append(geometry)
     predict = build_predict(method.predict, cfg) if cfg is not None else method.predict
     out = Path(output_dir)
@@ -73,3 +71,38 @@ def predict_folder(
         (p,) = predict_records(predict, [record], image_size, device)
         write_label_volume(out / f"{record.id}.nii.gz", labels(p), geometry)
     return len(files)
+
+
+def _volume_cases(files: list[Path], channels: int) -> list[tuple[str, list[Path]]]:
+    """(case, its channel files) of NIfTI inputs: each file a case for a one-channel model; for C > 1
+    channels the nnU-Net naming ``<case>_0000`` … ``<case>_{C-1:04d}`` (a missing channel or a file
+    outside that naming is an error naming the file)."""
+    import re
+
+    from semiseg.data.volume_io import nifti_stem
+
+    if channels == 1:
+        return [(nifti_stem(f), [f]) for f in files]
+    pattern = re.compile(r"^(.*)_(\d{4})$")
+    cases: dict[str, dict[int, Path]] = {}
+    for f in files:
+        m = pattern.match(nifti_stem(f))
+        if m is None:
+            raise DataError(
+                f,
+                f"the model reads {channels} channels: name the files <case>_0000 ... <case>_{channels - 1:04d}",
+            )
+        cases.setdefault(m.group(1), {})[int(m.group(2))] = f
+    out = []
+    for case, by_channel in sorted(cases.items()):
+        missing = [c for c in range(channels) if c not in by_channel]
+        extra = sorted(set(by_channel) - set(range(channels)))
+        if missing or extra:
+            what = (
+                f"channel {missing[0]} is missing"
+                if missing
+                else f"has channel {extra[0]}, which the model does not read"
+            )
+            raise DataError(by_channel[min(by_channel)], f"case '{case}': {what} ({channels} channels)")
+        out.append((case, [by_channel[c] for c in range(channels)]))
+    return out

@@ -122,6 +122,11 @@ class DataConfig:
     #: before image_size applies to the other axes (image_size must be -1 where a target is set);
     #: predictions go back to each volume's own grid, where metrics are computed
     target_spacing: list[float] | None = None
+    #: "eager": every image in memory after loading; "lazy": records index their files (each read and
+    #: validated once when loaded) and read them again on use, through a per-process cache of
+    #: data.cache_mib; "auto": volumes lazy, 2D images eager. Results are the same either way.
+    loading: Literal["auto", "eager", "lazy"] = "auto"
+    cache_mib: int = 512  #: bound of the per-process cache of lazily read images (MiB)
     num_classes: int | None = None  #: folder datasets (default 2)
     mask_threshold: int | None = None  #: folder datasets with JPEG masks
     channels: Literal["auto", "gray", "rgb"] = "auto"
@@ -558,6 +563,8 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
             bad("data.patch_size", f"{patch} is larger than data.image_size {size}")
     elif len(cfg.data.image_size) != 2 or min(cfg.data.image_size) < 8:
         bad("data.image_size", "must be [H, W] with both at least 8")
+    if cfg.data.cache_mib < 0:
+        bad("data.cache_mib", f"must be 0 or more (MiB), got {cfg.data.cache_mib}")
     ts = cfg.data.target_spacing
     if ts is not None:
         if cfg.model.spatial_dims != 3 or len(ts) != 3 or any(not (v > 0 or v == -1) for v in ts):

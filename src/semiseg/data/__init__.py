@@ -7,6 +7,7 @@ views and the validation / test records a run needs.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,8 +65,11 @@ def dataset_folder(cfg: DataConfig, data_root: str | None = None) -> Path | None
 
 def load_bundle(cfg: DataConfig, data_root: str | None = None) -> DatasetBundle:
     """Read the dataset ``cfg.dataset`` (validating every file) into a :class:`DatasetBundle`."""
+    from semiseg.data.records import ARRAYS
+
     source = DATASETS.get(cfg.dataset, where="data.dataset")
     path = _dataset_path(cfg, data_root, source)
+    ARRAYS.max_bytes = cfg.cache_mib * 2**20
     bundle = source.load(cfg, path)
     if path is not None:
         bundle.root = str(path)
@@ -110,10 +114,8 @@ def prepare_data(
     else:  # a 2D model: volumes become their slices
         split.labeled, split.unlabeled = volume_slices(split.labeled), volume_slices(split.unlabeled)
     for r in split.labeled + split.unlabeled:
-        if r.image.shape[0] != bundle.in_channels:
-            raise DataError(
-                r.source or r.id, f"expected {bundle.in_channels} channels, got {r.image.shape[0]}"
-            )
+        if r.shape[0] != bundle.in_channels:
+            raise DataError(r.source or r.id, f"expected {bundle.in_channels} channels, got {r.shape[0]}")
     labeled = items(
         split.labeled,
         supervision=spec.supervision,
@@ -127,7 +129,7 @@ def prepare_data(
     if split.unlabeled:
         weak = spec.unlabeled_supervision
         if weak != "none":
-            missing = next((r for r in split.unlabeled if r.mask is None), None)
+            missing = next((r for r in split.unlabeled if not r.has_mask), None)
             if missing is not None:
                 raise DataError(
                     missing.source or missing.id,
@@ -143,27 +145,18 @@ def volume_slices(records: list[Record]) -> list[Record]:
     they are. Validation and test volumes stay whole (scored per volume)."""
     out: list[Record] = []
     for r in records:
-        if r.image.ndim == 3:
-            out.append(r)
-            continue
-        spacing = tuple(r.spacing[1:]) if r.spacing is not None else None
-        for k in range(r.image.shape[1]):
-            mask = None if r.mask is None else r.mask[k]
-            out.append(Record(id=f"{r.id}_slice_{k}", image=r.image[:, k], mask=mask, label=r.label,
-                              group=r.group or r.id, source=r.source, spacing=spacing))  # fmt: skip
+        out.extend([r] if r.ndim == 3 else [r.slice(k) for k in range(r.shape[1])])
     return out
 
 
 def sparsify_records(records: list[Record], n_pixels: int, seed: int, draw: int) -> list[Record]:
     """Copies of ``records`` whose masks keep ``n_pixels`` random pixels (per 2D image or volume)."""
-    import dataclasses
+    return [r.with_mask(functools.partial(_sparse_val_mask, n_pixels, seed, draw, r.id)) for r in records]
 
+
+def _sparse_val_mask(n_pixels: int, seed: int, draw: int, record_id: str, mask: np.ndarray) -> np.ndarray:
     import torch
 
     from semiseg.data.views import sparse_mask
 
-    out = []
-    for r in records:
-        m = sparse_mask(torch.from_numpy(np.asarray(r.mask)), n_pixels, seed, draw, "val:" + r.id).numpy()
-        out.append(dataclasses.replace(r, mask=m))
-    return out
+    return sparse_mask(torch.from_numpy(np.asarray(mask)), n_pixels, seed, draw, "val:" + record_id).numpy()

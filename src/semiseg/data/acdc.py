@@ -23,6 +23,7 @@ spacing: distances are in voxels (``hd95_px``).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -32,7 +33,7 @@ import numpy as np
 
 from semiseg.config import DataConfig
 from semiseg.data.io import check_mask_values, check_same_size
-from semiseg.data.records import DatasetBundle, Record
+from semiseg.data.records import DatasetBundle, Record, load_records
 from semiseg.data.registry import register_dataset
 from semiseg.errors import DataError
 
@@ -114,45 +115,56 @@ def _read_h5(path: Path, ndim: int) -> tuple[np.ndarray, np.ndarray]:
     return image, label
 
 
-def _records(root: Path, list_name: str, slices: bool, target: str | None) -> list[Record]:
+def _group(name: str) -> str:
+    match = _PATIENT.match(name)
+    return match.group(1) if match else name
+
+
+def _read_item(name: str, path: Path, ndim: int, target: str | None) -> Record:
+    """One listed slice (``ndim`` 2) or volume (3) as a record."""
+    image, label = _read_h5(path, ndim=ndim)
+    if target is not None:
+        label = (label == CLASS_NAMES.index(target)).astype(np.int64)
+    return Record(id=name, image=image, mask=label, group=_group(name), source=str(path))
+
+
+def _read_frame(frame: str, paths: tuple[Path, ...], target: str | None) -> Record:
+    """A training frame's volume from its slice files (in slice order)."""
+    items = [_read_item(p.stem, p, 2, target) for p in paths]
+    shapes = {r.image.shape for r in items}
+    if len(shapes) > 1:
+        raise DataError(items[0].source, f"the slices of {frame} differ in size: {sorted(shapes)}")
+    image = np.stack([r.image[0] for r in items])[None]
+    mask = np.stack([r.mask for r in items])
+    return Record(id=frame, image=image, mask=mask, group=_group(frame), source=str(paths[0].parent))
+
+
+def _readers(root: Path, list_name: str, slices: bool, target: str | None, frames: bool = False) -> list:
+    """A reader (a ``functools.partial`` returning the record) per listed item; ``frames``: per
+    training frame, its slices ``<frame>_slice_<k>`` stacked by k (frames in the order they first
+    appear)."""
     list_path = root / list_name
     names = read_list(list_path)
     paths = [_resolve(root, name, list_path, slices) for name in names]  # all missing files first
-    records = []
+    if not frames:
+        return [functools.partial(_read_item, n, p, 2 if slices else 3, target) for n, p in zip(names, paths)]
+    by_frame: dict[str, list[tuple[int, Path]]] = {}
     for name, path in zip(names, paths):
-        image, label = _read_h5(path, ndim=2 if slices else 3)
-        if target is not None:
-            label = (label == CLASS_NAMES.index(target)).astype(np.int64)
-        match = _PATIENT.match(name)
-        group = match.group(1) if match else name
-        records.append(Record(id=name, image=image, mask=label, group=group, source=str(path)))
-    return records
-
-
-def _stack_frames(slices: list[Record]) -> list[Record]:
-    """Training volumes from their slices ``<frame>_slice_<k>`` (stacked by k, in the order frames
-    first appear)."""
-    frames: dict[str, list[tuple[int, Record]]] = {}
-    for r in slices:
-        match = _SLICE.match(r.id)
+        match = _SLICE.match(name)
         if match is None:
-            raise DataError(r.source, f"slice name {r.id!r} does not end in _slice_<number>")
-        frames.setdefault(match.group(1), []).append((int(match.group(2)), r))
-    out = []
-    for frame, items in frames.items():
-        items.sort(key=lambda kr: kr[0])
-        shapes = {r.image.shape for _, r in items}
-        if len(shapes) > 1:
-            raise DataError(items[0][1].source, f"the slices of {frame} differ in size: {sorted(shapes)}")
-        image = np.stack([r.image[0] for _, r in items])[None]
-        mask = np.stack([r.mask for _, r in items])
-        out.append(Record(id=frame, image=image, mask=mask, group=items[0][1].group,
-                          source=str(Path(items[0][1].source).parent)))  # fmt: skip
-    return out
+            raise DataError(path, f"slice name {name!r} does not end in _slice_<number>")
+        by_frame.setdefault(match.group(1), []).append((int(match.group(2)), path))
+    return [functools.partial(_read_frame, frame, tuple(p for _, p in sorted(items)), target)
+            for frame, items in by_frame.items()]  # fmt: skip
 
 
 def load_acdc(
-    root: str | os.PathLike, *, binary_lv: bool = False, target: str | None = None, volumes: bool = False
+    root: str | os.PathLike,
+    *,
+    binary_lv: bool = False,
+    target: str | None = None,
+    volumes: bool = False,
+    loading: str = "eager",
 ) -> DatasetBundle:
     """Loads ACDC: training slices, validation and test volumes.
 
@@ -163,6 +175,8 @@ def load_acdc(
         target: "RV", "MYO" or "LV": that structure against the rest, 2 classes, name
             ``acdc_<target in lower case>``.
         volumes: Training frames as volumes stacked from their slices (``acdc_3d``), for 3D models.
+        loading: ``data.loading``: "eager" (every array in memory), "lazy" (records read their files
+            on use) or "auto" (lazy volumes, eager slices).
 
     Returns:
         Bundle ``acdc`` (4 classes: background, RV, MYO, LV) or a binary one, 1 input channel.
@@ -180,11 +194,9 @@ def load_acdc(
     root = Path(root)
     if not root.is_dir():
         raise DataError(root, "ACDC folder not found")
-    train = _records(root, TRAIN_LIST, slices=True, target=target)
-    if volumes:
-        train = _stack_frames(train)
-    val = _records(root, VAL_LIST, slices=False, target=target)
-    test = _records(root, TEST_LIST, slices=False, target=target)
+    train = load_records(_readers(root, TRAIN_LIST, True, target, frames=volumes), loading, volumes=volumes)
+    val = load_records(_readers(root, VAL_LIST, False, target), loading, volumes=True)
+    test = load_records(_readers(root, TEST_LIST, False, target), loading, volumes=True)
     return DatasetBundle(
         name=(f"acdc_{target.lower()}" if target else "acdc") + ("_3d" if volumes else ""),
         num_classes=2 if target else len(CLASS_NAMES),
@@ -199,23 +211,23 @@ def load_acdc(
 @register_dataset("acdc", folder="acdc")
 def _load_acdc(cfg: DataConfig, path: Path | None) -> DatasetBundle:
     """``data.dataset: acdc``: 4 classes (background, RV, MYO, LV)."""
-    return load_acdc(path)
+    return load_acdc(path, loading=cfg.loading)
 
 
 @register_dataset("acdc_3d", folder="acdc")
 def _load_acdc_3d(cfg: DataConfig, path: Path | None) -> DatasetBundle:
     """``data.dataset: acdc_3d``: 4 classes, training frames as volumes (3D models)."""
-    return load_acdc(path, volumes=True)
+    return load_acdc(path, volumes=True, loading=cfg.loading)
 
 
 @register_dataset("acdc_lv", folder="acdc")
 def _load_acdc_lv(cfg: DataConfig, path: Path | None) -> DatasetBundle:
     """``data.dataset: acdc_lv``: LV vs rest."""
-    return load_acdc(path, binary_lv=True)
+    return load_acdc(path, binary_lv=True, loading=cfg.loading)
 
 
 @register_dataset("acdc_rv", folder="acdc")
 def _load_acdc_rv(cfg: DataConfig, path: Path | None) -> DatasetBundle:
     """``data.dataset: acdc_rv``: RV vs rest (e.g. presence/absence translation: about a fifth of the
     training slices have no RV)."""
-    return load_acdc(path, target="RV")
+    return load_acdc(path, target="RV", loading=cfg.loading)

@@ -23,6 +23,7 @@ none), e.g. the digit of an exported cluttered-MNIST image; split rules such as
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from semiseg.data.io import (
     read_image,
     read_mask,
 )
-from semiseg.data.records import DatasetBundle, Record
+from semiseg.data.records import DatasetBundle, Record, load_records
 from semiseg.data.registry import register_dataset
 from semiseg.data.volume_io import check_same_geometry, is_nifti, nifti_stem, read_volume
 from semiseg.errors import ConfigError, DataError
@@ -121,6 +122,7 @@ def _load_split(
     mask_threshold: int | None,
     channels: str,
     intensity: str,
+    loading: str,
 ) -> list[Record]:
     """Reads one ``images/`` + ``masks/`` pair of folders into records sorted by id."""
     images_path = split_root / image_dir
@@ -138,18 +140,25 @@ def _load_split(
         first = next(p for p in images.values() if is_nifti(p))
         raise DataError(first, f"{split_root} mixes NIfTI volumes and 2D image files; use one kind")
     if kinds == {True}:
-        return [_read_volume_pair(images[s], masks.get(s), num_classes, intensity) for s in sorted(images)]
+        readers = [functools.partial(_read_volume_pair, images[s], masks.get(s), num_classes, intensity)
+                   for s in sorted(images)]  # fmt: skip
+        return load_records(readers, loading, volumes=True)
+    options = (num_classes, mask_threshold, channels, intensity)
+    readers = [functools.partial(_read_image_pair, images[s], masks.get(s), *options) for s in sorted(images)]
+    return load_records(readers, loading, volumes=False)
 
-    records = []
-    for stem in sorted(images):
-        image_path = images[stem]
-        image = read_image(image_path, channels, intensity)
-        mask = None
-        if stem in masks:
-            mask = read_mask(masks[stem], num_classes, mask_threshold)
-            check_same_size(image, mask, image_path, masks[stem])
-        records.append(Record(id=stem, image=image, mask=mask, source=str(image_path)))
-    return records
+
+def _read_image_pair(
+    image_path: Path, mask_path: Path | None, num_classes: int, mask_threshold: int | None, channels: str,
+    intensity: str
+) -> Record:  # fmt: skip
+    """A 2D image (and mask) as a record ``[C, H, W]``."""
+    image = read_image(image_path, channels, intensity)
+    mask = None
+    if mask_path is not None:
+        mask = read_mask(mask_path, num_classes, mask_threshold)
+        check_same_size(image, mask, image_path, mask_path)
+    return Record(id=_stem(image_path), image=image, mask=mask, source=str(image_path))
 
 
 def _check_channels(splits: dict[str, list[Record]]) -> int:
@@ -159,14 +168,14 @@ def _check_channels(splits: dict[str, list[Record]]) -> int:
         for rec in records:
             if first is None:
                 first = rec
-            elif rec.image.shape[0] != first.image.shape[0]:
+            elif rec.shape[0] != first.shape[0]:
                 raise DataError(
                     rec.source,
-                    f"image has {rec.image.shape[0]} channel(s) but {first.source} has "
-                    f"{first.image.shape[0]}; mixed gray/colour images need channels='gray' or 'rgb'",
+                    f"image has {rec.shape[0]} channel(s) but {first.source} has "
+                    f"{first.shape[0]}; mixed gray/colour images need channels='gray' or 'rgb'",
                 )
     assert first is not None
-    return int(first.image.shape[0])
+    return int(first.shape[0])
 
 
 def load_folder(
@@ -179,6 +188,7 @@ def load_folder(
     channels: str = "auto",
     intensity: str = "auto",
     name: str = "folder",
+    loading: str = "auto",
 ) -> DatasetBundle:
     """Loads a folder dataset (see the module docstring for the layouts).
 
@@ -195,6 +205,7 @@ def load_folder(
             ``"auto"`` divides 8-bit images by 255 and min-max scales 16-bit and float images per
             image.
         name: Dataset name stored in the bundle.
+        loading: ``data.loading`` ("auto": volumes lazy, 2D images eager; "eager"; "lazy").
 
     Returns:
         A bundle whose records have ``id`` = file stem and ``source`` = image path, sorted by id.
@@ -225,6 +236,7 @@ def load_folder(
         mask_threshold=mask_threshold,
         channels=channels,
         intensity=intensity,
+        loading=loading,
     )
     splits: dict[str, list[Record]] = {}
     if split_dirs:
@@ -258,4 +270,5 @@ def _load(cfg: DataConfig, path: Path | None) -> DatasetBundle:
         mask_threshold=cfg.mask_threshold,
         channels=cfg.channels,
         intensity=cfg.intensity,
+        loading=cfg.loading,
     )

@@ -17,6 +17,7 @@ background, left atrium.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import numpy as np
 
 from semiseg.config import DataConfig
 from semiseg.data.io import check_mask_values
-from semiseg.data.records import DatasetBundle, Record
+from semiseg.data.records import DatasetBundle, Record, load_records
 from semiseg.data.registry import register_dataset
 from semiseg.errors import DataError
 
@@ -68,7 +69,7 @@ def _read_case(path: Path) -> Record:
                   source=str(path))  # fmt: skip
 
 
-def load_la2018(root: str | os.PathLike) -> DatasetBundle:
+def load_la2018(root: str | os.PathLike, loading: str = "auto") -> DatasetBundle:
     """The LA2018 volumes listed in ``train.list`` (training pool) and ``test.list`` (test).
 
     Raises:
@@ -84,7 +85,7 @@ def load_la2018(root: str | os.PathLike) -> DatasetBundle:
         missing = next((p for p in paths if not p.is_file()), None)
         if missing is not None:
             raise DataError(missing, f"listed in {split}.list but not found")
-        splits[split] = [_read_case(p) for p in paths]
+        splits[split] = load_records([functools.partial(_read_case, p) for p in paths], loading, volumes=True)
     return DatasetBundle("la2018", num_classes=2, in_channels=1, train=splits["train"], test=splits["test"],
                          class_names=["background", "left atrium"], root=str(root))  # fmt: skip
 
@@ -92,4 +93,4 @@ def load_la2018(root: str | os.PathLike) -> DatasetBundle:
 @register_dataset("la2018", folder="la2018")
 def _load(cfg: DataConfig, path: Path | None) -> DatasetBundle:
     """``data.dataset: la2018`` (:func:`load_la2018`)."""
-    return load_la2018(path)
+    return load_la2018(path, cfg.loading)

@@ -18,15 +18,17 @@ dataset folder; NIfTI files only (``file_ending: .nii.gz`` or ``.nii``).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from semiseg.config import DataConfig
 from semiseg.data.io import normalize_intensity
-from semiseg.data.records import DatasetBundle, Record
+from semiseg.data.records import DatasetBundle, Record, load_records
 from semiseg.data.registry import register_dataset
 from semiseg.data.volume_io import VolumeGeometry, check_same_geometry, read_volume
 from semiseg.errors import DataError
@@ -74,7 +76,7 @@ def _cases(images: Path, ending: str, channels: int) -> dict[str, list[Path]]:
     return out
 
 
-def read_case(files: list[Path], intensity: str = "auto") -> tuple[np.ndarray, VolumeGeometry]:
+def read_case(files: Sequence[Path], intensity: str = "auto") -> tuple[np.ndarray, VolumeGeometry]:
     """A case's channel files (one NIfTI volume each, same geometry) as ``[C, D, H, W]``, each channel
     scaled on its own (``intensity``; "auto" = min-max), and their geometry."""
     channels, geometry = [], None
@@ -88,7 +90,7 @@ def read_case(files: list[Path], intensity: str = "auto") -> tuple[np.ndarray, V
     return np.stack(channels), geometry
 
 
-def _record(case: str, files: list[Path], label: Path | None, num_classes: int, intensity: str) -> Record:
+def _record(case: str, files: Sequence[Path], label: Path | None, num_classes: int, intensity: str) -> Record:
     image, geometry = read_case(files, intensity)
     mask = None
     if label is not None:
@@ -110,7 +112,7 @@ def _record(case: str, files: list[Path], label: Path | None, num_classes: int, 
     )
 
 
-def load_nnunet(root: str | Path, intensity: str = "auto") -> DatasetBundle:
+def load_nnunet(root: str | Path, intensity: str = "auto", loading: str = "auto") -> DatasetBundle:
     """The bundle of an nnU-Net raw dataset folder (see the module docstring)."""
     root = Path(root)
     if not root.is_dir():
@@ -126,13 +128,14 @@ def load_nnunet(root: str | Path, intensity: str = "auto") -> DatasetBundle:
         cases = _cases(root / images, ending, n_channels)
         if split == "train" and not cases:
             raise DataError(root / images, f"no cases (<case>_0000{ending})")
-        records = []
+        readers = []
         for case, files in sorted(cases.items()):
             label = root / labels / f"{case}{ending}"
             if split == "test" and not label.is_file():
                 raise DataError(label, "missing: every test case needs its label file")
-            records.append(_record(case, files, label if label.is_file() else None, num_classes, intensity))
-        splits[split] = records
+            label = label if label.is_file() else None
+            readers.append(functools.partial(_record, case, tuple(files), label, num_classes, intensity))
+        splits[split] = load_records(readers, loading, volumes=True)
     names = sorted(meta["labels"], key=lambda k: meta["labels"][k])
     return DatasetBundle(name=root.name, num_classes=num_classes, in_channels=n_channels, train=splits["train"],
                          test=splits.get("test"), class_names=names)  # fmt: skip
@@ -140,4 +143,4 @@ def load_nnunet(root: str | Path, intensity: str = "auto") -> DatasetBundle:
 
 @register_dataset("nnunet")  # data.path: the Dataset<ID>_<name> folder
 def _load(cfg: DataConfig, path: Path | None) -> DatasetBundle:
-    return load_nnunet(path, cfg.intensity)
+    return load_nnunet(path, cfg.intensity, cfg.loading)

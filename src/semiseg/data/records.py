@@ -8,6 +8,9 @@ supervision (dense / sparse / tag / size / none) and augmentation are applied la
 
 from __future__ import annotations
 
+import dataclasses
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,12 +18,90 @@ import torch
 
 from semiseg.core import IGNORE_INDEX
 
-__all__ = ["IGNORE_INDEX", "DatasetBundle", "Record", "record_slices"]
+__all__ = [
+    "ARRAYS",
+    "IGNORE_INDEX",
+    "ArrayCache",
+    "DatasetBundle",
+    "ItemMeta",
+    "Record",
+    "LOADING_MODES",
+    "load_records",
+    "record_slices",
+]
 
 
-@dataclass
+@dataclass(frozen=True)
+class ItemMeta:
+    """What is known about a record without reading its arrays.
+
+    Attributes:
+        shape: The image's shape ``[C, H, W]`` or ``[C, D, H, W]``.
+        has_mask: Whether the record has a mask.
+        has_foreground: Whether the mask has a pixel of a class above 0 (``None``: not known yet,
+            computed on first use).
+    """
+
+    shape: tuple[int, ...]
+    has_mask: bool
+    has_foreground: bool | None = None
+
+
+class ArrayCache:
+    """A least-recently-used cache of lazy records' arrays, bounded in bytes (per process).
+
+    Reading a lazy record's ``image`` and then its ``mask`` decodes its file once. An item larger
+    than the bound is returned without being kept. The arrays returned are shared: do not modify them.
+    """
+
+    def __init__(self, max_bytes: int = 512 * 2**20):
+        self.max_bytes = int(max_bytes)
+        self._items: OrderedDict[object, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+        self._bytes = 0
+        self.reads = 0  #: reads that missed the cache (for tests and benchmarks)
+
+    @staticmethod
+    def _size(arrays: tuple[np.ndarray, np.ndarray | None]) -> int:
+        return sum(a.nbytes for a in arrays if a is not None)
+
+    def get(self, reader: Callable[[], Record]) -> tuple[np.ndarray, np.ndarray | None]:
+        hit = self._items.get(reader)
+        if hit is not None:
+            self._items.move_to_end(reader)
+            return hit
+        record = reader()
+        self.reads += 1
+        arrays = (record.image, record.mask)
+        size = self._size(arrays)
+        if size <= self.max_bytes:
+            self._items[reader] = arrays
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= self._size(old)
+        return arrays
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._bytes = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+
+#: the process's cache of lazy records' arrays (``data.cache_mib`` sets its bound)
+ARRAYS = ArrayCache()
+
+
 class Record:
     """One image (2D) or volume (3D) with its optional ground truth.
+
+    A record is *eager* (its arrays in memory, ``Record(id, image, mask, ...)``) or *lazy*
+    (:meth:`lazy`: a picklable ``reader`` that reads and validates the item again on use, plus the
+    :class:`ItemMeta` taken when it was indexed). Both read the same: ``image`` and ``mask`` are
+    arrays; a lazy record reads them through :data:`ARRAYS` and keeps nothing itself. ``shape``,
+    ``ndim``, ``has_mask`` and ``has_foreground`` never read a lazy record's file.
 
     Attributes:
         id: Unique, stable name (file stem, e.g. ``horse001`` or ``patient003_frame01_slice_2``).
@@ -36,28 +117,159 @@ class Record:
             reported in millimetres (``hd95_mm``) for records with a spacing, else in pixels.
     """
 
-    id: str
-    image: np.ndarray
-    mask: np.ndarray | None = None
-    label: int | None = None
-    group: str = ""
-    source: str = ""
-    spacing: tuple[float, ...] | None = None
+    __slots__ = ("id", "_image", "_mask", "label", "group", "source", "spacing", "reader", "_meta")
 
-    def __post_init__(self) -> None:
-        if not self.group:
-            self.group = self.id
-        if self.spacing is not None:
-            self.spacing = tuple(float(s) for s in self.spacing)
-            if len(self.spacing) != self.image.ndim - 1 or not all(s > 0 for s in self.spacing):
+    def __init__(
+        self,
+        id: str,
+        image: np.ndarray | None = None,
+        mask: np.ndarray | None = None,
+        label: int | None = None,
+        group: str = "",
+        source: str = "",
+        spacing: Sequence[float] | None = None,
+        *,
+        reader: Callable[[], Record] | None = None,
+        meta: ItemMeta | None = None,
+    ):
+        if (image is None) == (reader is None):
+            raise ValueError("a Record needs either an image (eager) or a reader (lazy)")
+        if reader is not None and meta is None:
+            raise ValueError("a lazy Record needs its ItemMeta")
+        self.id, self._image, self._mask, self.label = id, image, mask, label
+        self.group, self.source, self.reader, self._meta = group or id, source, reader, meta
+        self.spacing = None
+        if spacing is not None:
+            self.spacing = tuple(float(s) for s in spacing)
+            if len(self.spacing) != len(self.shape) - 1 or not all(s > 0 for s in self.spacing):
                 raise ValueError(
                     f"{self.source or self.id}: spacing {self.spacing} must give one positive size per "
-                    f"spatial axis of an image of shape {tuple(self.image.shape)}"
+                    f"spatial axis of an image of shape {self.shape}"
                 )
+
+    @classmethod
+    def lazy(cls, reader: Callable[[], Record]) -> Record:
+        """The lazy form of the record ``reader()`` returns: read (and validated) once now for its
+        metadata, then again on each use of ``image`` / ``mask`` (through :data:`ARRAYS`)."""
+        return reader().detach(reader)
+
+    def detach(self, reader: Callable[[], Record]) -> Record:
+        """This record made lazy: its metadata kept, its arrays dropped, ``reader`` reading them again."""
+        return Record(self.id, label=self.label, group=self.group, source=self.source, spacing=self.spacing,
+                      reader=reader, meta=self.meta)  # fmt: skip
+
+    @property
+    def is_lazy(self) -> bool:
+        return self.reader is not None
+
+    @property
+    def image(self) -> np.ndarray:
+        return self._image if self.reader is None else ARRAYS.get(self.reader)[0]
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        return self._mask if self.reader is None else ARRAYS.get(self.reader)[1]
+
+    @property
+    def meta(self) -> ItemMeta:
+        if self._meta is None:
+            return ItemMeta(tuple(self._image.shape), self._mask is not None)
+        return self._meta
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The image's shape ``[C, H, W]`` or ``[C, D, H, W]`` (without reading a lazy record)."""
+        return tuple(self._image.shape) if self.reader is None else self._meta.shape
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
-        return tuple(self.image.shape[1:])
+        return self.shape[1:]
+
+    @property
+    def has_mask(self) -> bool:
+        return self._mask is not None if self.reader is None else self._meta.has_mask
+
+    @property
+    def has_foreground(self) -> bool:
+        """Whether the mask has a pixel of a class above 0 (not ``IGNORE_INDEX``)."""
+        known = None if self._meta is None else self._meta.has_foreground
+        if known is None:
+            mask = self.mask
+            known = mask is not None and bool(((mask > 0) & (mask != IGNORE_INDEX)).any())
+            if self._meta is not None:
+                self._meta = dataclasses.replace(self._meta, has_foreground=known)
+        return known
+
+    def with_mask(self, fn: Callable[[np.ndarray | None], np.ndarray | None]) -> Record:
+        """A copy whose mask is ``fn(mask)`` (a lazy record applies ``fn`` on each read; ``fn`` must
+        then be picklable, e.g. a ``functools.partial`` of a module-level function)."""
+        if self.reader is None:
+            return Record(
+                self.id, self._image, fn(self._mask), self.label, self.group, self.source, self.spacing
+            )
+        meta = dataclasses.replace(self._meta, has_foreground=None)
+        return Record(self.id, label=self.label, group=self.group, source=self.source, spacing=self.spacing,
+                      reader=MappedMask(self.reader, fn), meta=meta)  # fmt: skip
+
+    def slice(self, k: int) -> Record:
+        """Slice ``k`` of a volume as a 2D record ``<id>_slice_<k>`` (in the volume's group, with its
+        in-plane spacing); a copy, so the slice does not keep the volume alive."""
+        spacing = None if self.spacing is None else self.spacing[1:]
+        common = dict(label=self.label, group=self.group, source=self.source, spacing=spacing)
+        name = f"{self.id}_slice_{k}"
+        if self.reader is None:
+            mask = None if self._mask is None else self._mask[k]
+            return Record(name, self._image[:, k], mask, **common)
+        meta = ItemMeta((self.shape[0], *self.shape[2:]), self.has_mask)
+        return Record(name, reader=VolumeSlice(self.reader, k, name), meta=meta, **common)
+
+    def __repr__(self) -> str:
+        kind = "lazy" if self.is_lazy else "eager"
+        return f"Record({self.id!r}, shape={self.shape}, has_mask={self.has_mask}, {kind})"
+
+
+@dataclass(frozen=True)
+class MappedMask:
+    """A lazy record's reader with its mask replaced by ``fn(mask)`` (:meth:`Record.with_mask`)."""
+
+    reader: Callable[[], Record]
+    fn: Callable[[np.ndarray | None], np.ndarray | None]
+
+    def __call__(self) -> Record:
+        image, mask = ARRAYS.get(self.reader)
+        return Record("", image, self.fn(mask))
+
+
+@dataclass(frozen=True)
+class VolumeSlice:
+    """Reads slice ``k`` of a lazy volume (:meth:`Record.slice`), copied out of the volume."""
+
+    reader: Callable[[], Record]
+    k: int
+    name: str
+
+    def __call__(self) -> Record:
+        image, mask = ARRAYS.get(self.reader)
+        return Record(self.name, image[:, self.k].copy(), None if mask is None else mask[self.k].copy())
+
+
+#: ``data.loading`` values: "auto" reads volumes lazily and 2D images eagerly
+LOADING_MODES = ("auto", "eager", "lazy")
+
+
+def load_records(readers: Iterable[Callable[[], Record]], loading: str, *, volumes: bool) -> list[Record]:
+    """Records from their readers (each reads and validates one item): eager (arrays kept), or lazy
+    (:meth:`Record.lazy`, one item in memory at a time) when ``loading`` is "lazy", or "auto" and the
+    items are ``volumes``."""
+    if loading not in LOADING_MODES:
+        raise ValueError(f"loading must be one of {', '.join(LOADING_MODES)}, got {loading!r}")
+    if loading == "lazy" or (loading == "auto" and volumes):
+        return [Record.lazy(r) for r in readers]
+    return [r() for r in readers]
 
 
 @dataclass

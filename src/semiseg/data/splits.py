@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from semiseg.config import SplitConfig
-from semiseg.data.records import IGNORE_INDEX, DatasetBundle, Record
+from semiseg.data.records import DatasetBundle, Record
 from semiseg.errors import ConfigError, DataError
 from semiseg.io import atomic_write_text
 
@@ -67,12 +67,8 @@ def _has_rule(spec: SplitConfig) -> bool:
 def _in_pool(records: list[Record], spec: SplitConfig) -> list[Record]:
     """``records`` that ``labeled_pool`` admits (``present``: a mask with foreground)."""
     if spec.labeled_pool == "present":
-        return [r for r in records if r.mask is not None and _has_foreground(np.asarray(r.mask))]
+        return [r for r in records if r.has_foreground]
     return records
-
-
-def _has_foreground(mask: np.ndarray) -> bool:
-    return bool(((mask > 0) & (mask != IGNORE_INDEX)).any())
 
 
 def _with_labels(records: list[Record], spec: SplitConfig) -> list[Record]:
@@ -155,7 +151,7 @@ def make_split(bundle: DatasetBundle, spec: SplitConfig) -> Split:
     if bundle.task == "classify":  # an item "has truth" when it has its class
         masked = [r for r in pool if r.label is not None]
     else:
-        masked = [r for r in pool if r.mask is not None]
+        masked = [r for r in pool if r.has_mask]
     carve_rng = np.random.default_rng([spec.seed, 7919])
 
     test = list(bundle.test) if bundle.test is not None else []

@@ -76,7 +76,7 @@ def predict_records(
     for r, n in zip(records, counts):
         chunk = probs[i : i + n]
         i += n
-        out.append(chunk[0] if r.image.ndim == 3 else torch.stack(chunk, dim=1))
+        out.append(chunk[0] if r.ndim == 3 else torch.stack(chunk, dim=1))
     return out
 
 
@@ -92,11 +92,11 @@ def predict_volume(
     back to the record's own shape (in-plane per slice when the depth is kept, else trilinear)."""
     from semiseg.data.views import training_grid
 
-    if record.image.ndim != 4:
+    if record.ndim != 4:
         raise ValueError(
-            f"{record.source or record.id}: a 3D model needs volumes [C, D, H, W], got {record.image.shape}"
+            f"{record.source or record.id}: a 3D model needs volumes [C, D, H, W], got {record.shape}"
         )
-    native = tuple(record.image.shape[1:])
+    native = tuple(record.shape[1:])
     x = torch.from_numpy(np.asarray(record.image))[None].float()
     target = getattr(predict, "target_spacing", None)  # set by inference.build_predict from the config
     if target is not None and record.spacing is None:
@@ -138,7 +138,7 @@ def evaluate_records(
     cases = []
     pooled = torch.zeros(num_classes, num_classes, dtype=torch.long)
     # predict in chunks of records so memory stays bounded on large test sets
-    step = 64 if all(r.image.ndim == 3 for r in records) else 1  # a volume's probabilities can be GBs
+    step = 64 if all(r.ndim == 3 for r in records) else 1  # a volume's probabilities can be GBs
     for start in range(0, len(records), step):
         chunk = records[start : start + step]
         for r, p in zip(chunk, predict_records(predict, chunk, image_size, device)):

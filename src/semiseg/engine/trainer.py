@@ -55,7 +55,14 @@ def stream_id(name: str) -> int:
 
 
 #: config keys that may change between an interrupted run and its resumption
-RESUMABLE_CHANGES = ("train.progress", "train.plots", "train.num_workers", "quick")
+RESUMABLE_CHANGES = (
+    "train.progress",
+    "train.plots",
+    "train.num_workers",
+    "quick",
+    "data.loading",
+    "data.cache_mib",
+)
 #: learning-rate schedules that depend on the run length (a resumed run cannot lengthen them)
 LENGTH_DEPENDENT = ("cosine", "poly", "linear")
 

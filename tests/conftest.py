@@ -28,6 +28,18 @@ def real_data_root() -> Path:
     return root
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Lazily read volumes are stored under $SEMISEG_CACHE: a fresh folder per test session."""
+    old = os.environ.get("SEMISEG_CACHE")
+    os.environ["SEMISEG_CACHE"] = str(tmp_path_factory.mktemp("semiseg-cache"))
+    yield
+    if old is None:
+        os.environ.pop("SEMISEG_CACHE", None)
+    else:
+        os.environ["SEMISEG_CACHE"] = old
+
+
 @pytest.fixture(autouse=True)
 def _few_threads():
     import torch

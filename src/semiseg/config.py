@@ -127,6 +127,9 @@ class DataConfig:
     #: data.cache_mib; "auto": volumes lazy, 2D images eager. Results are the same either way.
     loading: Literal["auto", "eager", "lazy"] = "auto"
     cache_mib: int = 512  #: bound of the per-process cache of lazily read images (MiB)
+    #: where lazily read volumes are stored on their training grid (3D models); default
+    #: $SEMISEG_CACHE, else ~/.cache/semiseg. Safe to delete between runs.
+    cache_dir: str | None = None
     num_classes: int | None = None  #: folder datasets (default 2)
     mask_threshold: int | None = None  #: folder datasets with JPEG masks
     channels: Literal["auto", "gray", "rgb"] = "auto"

@@ -139,7 +139,12 @@ def test_a_target_spacing_resamples_the_training_grid_and_predictions_return_to_
     cfg = build_config(copy.deepcopy(raw), [], source="test")
     data = prepare_data(cfg)
     assert isinstance(data.labeled, PatchSet)
-    assert data.labeled.images[0].shape == (1, 12, 10, 12)  # 6 x 3.0 / 1.5, 20 x 0.7 / 1.4, 24 x 0.7 / 1.4
+    assert data.labeled.volumes[0].arrays()[0].shape == (
+        1,
+        12,
+        10,
+        12,
+    )  # 6 x 3.0 / 1.5, 20 x 0.7 / 1.4, 24 x 0.7 / 1.4
     seen = []
 
     def net(x):
@@ -159,3 +164,43 @@ def test_a_target_spacing_resamples_the_training_grid_and_predictions_return_to_
     bad["data"]["image_size"] = [-1, 16, 16]
     with pytest.raises(Exception, match="must be -1 on the axes that data.target_spacing resamples"):
         build_config(bad, [], source="test")
+
+
+def test_lazy_and_eager_loading_train_a_3d_model_to_the_same_weights_and_metrics(tmp_path):
+    """data.loading changes memory, never results: the same epochs, checkpoint and test metrics."""
+    from semiseg.data.records import ARRAYS
+
+    root = make_volumes(tmp_path / "data", n=7, shape=(20, 16, 6))
+    lazy = load_folder(root, loading="lazy")
+    eager = load_folder(root, loading="eager")
+    assert all(r.is_lazy for r in lazy.train) and not any(r.is_lazy for r in eager.train)
+    for a, b in zip(eager.train, lazy.train):
+        assert (a.id, a.shape, a.spacing, a.has_mask) == (b.id, b.shape, b.spacing, b.has_mask)
+        assert np.array_equal(a.image, b.image) and (a.mask is None) == (b.mask is None)
+    results = {}
+    for loading in ("eager", "lazy"):
+        ARRAYS.clear()
+        raw = {
+            "data": {"dataset": "folder", "path": str(root), "image_size": [-1, 12, 16], "patch_size": [4, 8, 8],
+                     "loading": loading, "cache_dir": str(tmp_path / "cache"),
+                     "split": {"labeled": 2, "supervision": "sparse", "sparse_pixels": 30,
+                               "val_fraction": 0.2, "test_fraction": 0.2}},
+            "model": {"name": "unet", "width": 4, "depth": 2, "spatial_dims": 3, "inplane_levels": 1},
+            "method": {"name": "mean_teacher"},
+            "train": {"epochs": 2, "batch_size": 2, "iters_per_epoch": 2, "progress": False, "plots": False,
+                      "augment": {"hflip": True, "dflip": True}},
+        }  # fmt: skip
+        cfg = build_config(copy.deepcopy(raw), [], source="test")
+        out = tmp_path / loading
+        train(cfg, output_dir=out)
+        state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)["method_state"]
+        results[loading] = (json.loads((out / "metrics.json").read_text())["test"], state)
+    assert results["eager"][0] == results["lazy"][0]
+    assert _same(results["eager"][1], results["lazy"][1])
+    assert any((tmp_path / "cache" / "grid3d").rglob("image.npy"))  # the lazy run trained from the store
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return torch.equal(a, b) if torch.is_tensor(a) else a == b

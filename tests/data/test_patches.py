@@ -11,6 +11,7 @@ from semiseg.config import AugmentConfig, build_config
 from semiseg.core import IGNORE_INDEX, ViewSpec
 from semiseg.data.patches import PatchSet, crop, forced
 from semiseg.data.records import Record
+from semiseg.data.transforms import sample_rng
 
 
 def volume(i: int, shape=(6, 20, 24), box=True) -> Record:
@@ -100,8 +101,9 @@ def test_strong_views_and_cutmix_boxes_follow_the_patch():
 
 def test_the_training_grid_resizes_in_plane_and_keeps_the_depth():
     ps = make([volume(0, shape=(6, 40, 48))], image_size=[-1, 20, 24])
-    assert ps.images[0].shape == (1, 6, 20, 24) and ps.masks[0].shape == (6, 20, 24)
-    assert ps.masks[0].dtype == torch.uint8 and ps[(0, 0)]["mask"].dtype == torch.long  # stored small
+    image, dense = ps.volumes[0].arrays()
+    assert image.shape == (1, 6, 20, 24) and dense.shape == (6, 20, 24) and ps.volumes[0].shape == (6, 20, 24)
+    assert dense.dtype == torch.uint8 and ps[(0, 0)]["mask"].dtype == torch.long  # stored small
 
 
 def test_prepare_data_gives_patches_for_a_3d_model_and_slices_for_a_2d_one(tmp_path):
@@ -137,3 +139,19 @@ def test_3d_settings_are_checked_in_one_line(data, model, match):
 
     with pytest.raises(ConfigError, match=match):
         build_config({"data": data, "model": model})
+
+
+def test_a_sparse_patch_shows_exactly_the_kept_voxels_inside_it():
+    from semiseg.data.views import sparse_mask
+
+    rec = volume(0)
+    ps = make([rec], supervision="sparse", sparse_pixels=300, split_seed=4, draw=1, foreground_ratio=0.0)
+    kept = sparse_mask(torch.from_numpy(rec.mask), 300, 4, 1, rec.id)
+    seen = 0
+    for position in range(12):
+        rng = sample_rng(ps.seed, ps.epoch, position)
+        start = ps.patch_start(0, position, rng)
+        item = ps[(0, position)]
+        assert torch.equal(item["mask"], crop(kept, start, [4, 8, 8], IGNORE_INDEX))
+        seen += int((item["mask"] != IGNORE_INDEX).sum())
+    assert seen > 0

@@ -394,7 +394,7 @@ class ToyScored(Method):
     def parameters_for(self, phase, optimizer):
         return [self.w] if optimizer == "w" else self.model.parameters()
 
-    def validation_metrics(self, phase, records, image_size, device):
+    def validation_metrics(self, phase, records, image_size, device, target_spacing=None):
         return {"abs_w": abs(self.w.item())} if phase == "pre" else None
 
     def training_step(self, batch, phase, optimizer):

@@ -70,3 +70,29 @@ def test_regression_loss_targets_the_area_fractions():
     out = sr.regression_loss(lambda x: (pred, None), batch, 2, [1], degrees=0.0, flips=False)
     assert out["loss"].item() == pytest.approx(((0.5 - 0.25) ** 2 + 0.0) / 2)
     assert set(out) == {"loss", "size_loss"} and not math.isnan(out["size_loss"].item())
+
+
+def test_volumes_are_scored_on_their_training_grid_with_the_target_spacing():
+    import numpy as np
+
+    from semiseg.data.records import Record
+    from semiseg.errors import DataError
+
+    mask = np.zeros((4, 12, 12), np.int64)
+    mask[1:3, 3:9, 3:9] = 1
+    record = Record("v", np.ones((1, 4, 12, 12), np.float32), mask, spacing=(2.0, 1.0, 1.0))
+    seen = []
+
+    def regress(x):
+        seen.append(tuple(x.shape[2:]))
+        return torch.full((len(x), 1), 0.5), None
+
+    metrics = sr.regression_metrics(
+        regress, [record], [-1, -1, -1], torch.device("cpu"), 2, [1], [1.0, -1, 2.0]
+    )
+    assert seen == [(8, 12, 6)]  # depth 4 x 2 mm / 1 mm, width 12 x 1 mm / 2 mm
+    # the true area: 2 of 4 slices x 6 x 6 of 12 x 12 = 1/8 of the volume; 0.5 predicted
+    assert metrics["size_mae_fraction"] == pytest.approx(0.5 - 1 / 8, abs=0.02)
+    with pytest.raises(DataError, match="data.target_spacing needs volumes with a voxel spacing"):
+        sr.regression_metrics(regress, [Record("w", record.image, mask)], [-1, -1, -1], torch.device("cpu"), 2,
+                              [1], [1.0, -1, 2.0])  # fmt: skip

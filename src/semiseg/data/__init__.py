@@ -110,7 +110,7 @@ def prepare_data(
 
         items = PatchSet
         common.update(patch_size=tuple(cfg.data.patch_size), foreground_ratio=cfg.data.foreground_ratio,
-                      target_spacing=cfg.data.target_spacing)  # fmt: skip
+                      target_spacing=cfg.data.target_spacing, cache_dir=cfg.data.cache_dir)  # fmt: skip
     else:  # a 2D model: volumes become their slices
         split.labeled, split.unlabeled = volume_slices(split.labeled), volume_slices(split.unlabeled)
     for r in split.labeled + split.unlabeled:

@@ -171,8 +171,10 @@ MNIST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 
 
 def cache_root() -> Path:
-    """``$SEMISEG_CACHE`` or ``~/.cache/semiseg``."""
-    return Path(os.environ.get("SEMISEG_CACHE") or Path.home() / ".cache" / "semiseg")
+    """``$SEMISEG_CACHE`` or ``~/.cache/semiseg`` (:func:`semiseg.data.store.cache_dir`)."""
+    from semiseg.data.store import cache_dir
+
+    return cache_dir()
 
 
 def _quantized(fold: ClutteredFold) -> dict[str, np.ndarray]:

@@ -30,10 +30,10 @@ from semiseg.config import DataConfig
 from semiseg.data.io import normalize_intensity
 from semiseg.data.records import DatasetBundle, Record, load_records
 from semiseg.data.registry import register_dataset
-from semiseg.data.volume_io import VolumeGeometry, check_same_geometry, read_volume
+from semiseg.data.volume_io import VolumeGeometry, check_same_geometry, nifti_stem, read_volume
 from semiseg.errors import DataError
 
-__all__ = ["load_nnunet"]
+__all__ = ["channel_cases", "load_nnunet", "read_case"]
 
 
 def _read_json(root: Path) -> dict:
@@ -57,22 +57,42 @@ def _read_json(root: Path) -> dict:
 
 
 def _cases(images: Path, ending: str, channels: int) -> dict[str, list[Path]]:
-    """case → its channel files in order; a missing channel is an error naming the case."""
-    pattern = re.compile(rf"^(.*)_(\d{{4}}){re.escape(ending)}$")
+    """case → its channel files in order (files ``<case>_<NNNN><ending>`` of ``images``)."""
+    files = sorted(p for p in images.iterdir() if p.name.endswith(ending)) if images.is_dir() else []
+    return channel_cases(files, channels)
+
+
+def channel_cases(files: Sequence[Path], channels: int, *, strict: bool = False) -> dict[str, list[Path]]:
+    """case → its channel files in order, from NIfTI files named ``<case>_0000`` … (nnU-Net's naming).
+
+    A missing channel is an error naming the file expected; with ``strict`` (files a user hands to a
+    model), so are a file outside that naming and a channel the model does not read.
+    """
+    pattern = re.compile(r"^(.*)_(\d{4})$")
     found: dict[str, dict[int, Path]] = {}
-    for p in sorted(images.iterdir()) if images.is_dir() else []:
-        m = pattern.match(p.name)
-        if m:
-            found.setdefault(m.group(1), {})[int(m.group(2))] = p
+    for f in files:
+        m = pattern.match(nifti_stem(f))
+        if m is None:
+            if strict:
+                raise DataError(
+                    f,
+                    f"the model reads {channels} channels: name the files <case>_0000 ... <case>_{channels - 1:04d}",
+                )
+            continue
+        found.setdefault(m.group(1), {})[int(m.group(2))] = f
     out = {}
-    for case, files in found.items():
-        missing = [c for c in range(channels) if c not in files]
+    for case, by_channel in sorted(found.items()):
+        missing = [c for c in range(channels) if c not in by_channel]
         if missing:
-            raise DataError(
-                images / f"{case}_{missing[0]:04d}{ending}",
-                f"channel {missing[0]} of case '{case}' is missing",
-            )
-        out[case] = [files[c] for c in range(channels)]
+            some = by_channel[min(by_channel)]
+            suffix = some.name[len(nifti_stem(some)) :]
+            raise DataError(some.parent / f"{case}_{missing[0]:04d}{suffix}",
+                            f"channel {missing[0]} of case '{case}' is missing ({channels} channels)")  # fmt: skip
+        extra = sorted(set(by_channel) - set(range(channels)))
+        if strict and extra:
+            why = f"case '{case}' has channel {extra[0]}, which the model does not read ({channels} channels)"
+            raise DataError(by_channel[extra[0]], why)
+        out[case] = [by_channel[c] for c in range(channels)]
     return out
 
 

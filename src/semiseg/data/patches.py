@@ -29,16 +29,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from semiseg.config import AugmentConfig, StrongAugmentConfig
 from semiseg.core import IGNORE_INDEX, Supervision
+from semiseg.data import store
 from semiseg.data.records import Record
 from semiseg.data.splits import stable_hash
 from semiseg.data.transforms import augment, sample_rng
-from semiseg.data.views import KeyedItems, resize_image, resize_mask, sparse_mask, training_grid
+from semiseg.data.views import KeyedItems, record_grid, resize_image, resize_mask, sparse_mask
 from semiseg.errors import DataError
 
 __all__ = ["MAX_FOREGROUND_VOXELS", "PatchSet", "crop", "forced"]
@@ -59,9 +61,11 @@ def forced(position: int, ratio: float) -> bool:
     return math.floor((position + 1) * ratio) > math.floor(position * ratio)
 
 
-def crop(x: torch.Tensor, start: Sequence[int], size: Sequence[int], fill: float) -> torch.Tensor:
-    """The box ``[start, start + size)`` of the last ``len(size)`` axes of ``x``; parts outside ``x``
-    are ``fill``.
+def crop(
+    x: torch.Tensor | np.ndarray, start: Sequence[int], size: Sequence[int], fill: float
+) -> torch.Tensor:
+    """The box ``[start, start + size)`` of the last ``len(size)`` axes of ``x`` (a tensor, or an array
+    such as a memory map, of which only the box is read); parts outside ``x`` are ``fill``.
 
     Examples:
         >>> crop(torch.arange(4.0), [-1], [3], fill=9.0).tolist()
@@ -69,7 +73,8 @@ def crop(x: torch.Tensor, start: Sequence[int], size: Sequence[int], fill: float
     """
     n = len(size)
     lead = x.shape[: x.ndim - n]
-    out = torch.full((*lead, *size), fill, dtype=x.dtype)
+    dtype = x.dtype if torch.is_tensor(x) else torch.from_numpy(np.empty(0, x.dtype)).dtype
+    out = torch.full((*lead, *size), fill, dtype=dtype)
     src, dst = [], []
     for s, k, dim in zip(start, size, x.shape[x.ndim - n :]):
         a, b = max(0, s), min(dim, s + k)
@@ -77,8 +82,48 @@ def crop(x: torch.Tensor, start: Sequence[int], size: Sequence[int], fill: float
             return out
         src.append(slice(a, b))
         dst.append(slice(a - s, b - s))
-    out[(..., *dst)] = x[(..., *src)]
+    box = x[(..., *src)]
+    out[(..., *dst)] = box if torch.is_tensor(box) else torch.from_numpy(np.array(box))
     return out
+
+
+class MemoryVolume:
+    """A volume on its training grid in memory: image ``[C, *grid]`` float32, mask ``[*grid]`` uint8
+    (255 = no label) or None."""
+
+    def __init__(self, image: torch.Tensor, dense: torch.Tensor | None):
+        self._image, self._dense = image, dense
+        self.shape = tuple(image.shape[1:])
+        self.has_mask = dense is not None
+
+    def arrays(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self._image, self._dense
+
+    def crop(self, which: str, start: Sequence[int], size: Sequence[int], fill: float) -> torch.Tensor:
+        return crop(self._image if which == "image" else self._dense, start, size, fill)
+
+
+class DiskVolume:
+    """The same as :class:`MemoryVolume`, in an entry of the on-disk store (:mod:`semiseg.data.store`):
+    a crop maps the file, copies the box and unmaps it, so nothing stays resident."""
+
+    def __init__(self, folder: Path, has_mask: bool):
+        self.folder, self.has_mask = folder, has_mask
+        self.shape = tuple(self._load("image").shape[1:])
+
+    def _load(self, which: str) -> np.ndarray:
+        return np.load(self.folder / f"{which}.npy", mmap_mode="r")
+
+    def arrays(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        image = torch.from_numpy(np.array(self._load("image")))
+        return image, torch.from_numpy(np.array(self._load("dense"))) if self.has_mask else None
+
+    def crop(self, which: str, start: Sequence[int], size: Sequence[int], fill: float) -> torch.Tensor:
+        data = self._load(which)
+        try:
+            return crop(data, start, size, fill)
+        finally:
+            del data
 
 
 class PatchSet(KeyedItems):
@@ -91,6 +136,8 @@ class PatchSet(KeyedItems):
         patch_size: ``[d, h, w]``.
         foreground_ratio: Share of patches centred on labeled foreground.
         target_spacing: Resample each volume to this voxel size (mm per axis, -1 = keep) first.
+        cache_dir: Where the training grids of lazy records are stored (:mod:`semiseg.data.store`);
+            eager records keep theirs in memory.
         Others as :class:`~semiseg.data.views.TrainSet`.
     """
 
@@ -110,6 +157,7 @@ class PatchSet(KeyedItems):
         sparse_pixels: int = 10,
         draw: int = 0,
         split_seed: int = 0,
+        cache_dir: str | Path | None = None,
     ):
         kind = Supervision.parse(supervision)
         if kind == Supervision.CLASS:
@@ -120,49 +168,63 @@ class PatchSet(KeyedItems):
         self.patch_size = tuple(int(p) for p in patch_size)
         self.foreground_ratio = float(foreground_ratio)
         k, n = num_classes, len(records)
-        self.images: list[torch.Tensor] = []
-        #: what the loss sees (dense, sparse or all IGNORE_INDEX), uint8 (classes < 255 = IGNORE_INDEX)
-        self.masks: list[torch.Tensor] = []
-        self.dense: list[torch.Tensor] = []  #: the full masks, for tags and sizes counted per patch (uint8)
+        self.volumes: list[MemoryVolume | DiskVolume] = []
+        #: sparse supervision: per item, the kept voxels' indices [m, 3] and classes [m]
+        self.points: list[tuple[np.ndarray, np.ndarray]] = []
         self.tags = torch.full((n, k), float("nan"))  #: per volume (tag-filtered streams)
         self.sizes = torch.full((n, k), float("nan"))
         self.labels = torch.full((n,), IGNORE_INDEX, dtype=torch.long)
         self.foreground: list[list[np.ndarray]] = []  #: per item, per class 1..K-1: voxel indices [m, 3]
+        counts = []
         for r in records:
-            if r.image.ndim != 4:
+            if r.ndim != 4:
                 raise DataError(
-                    r.source or r.id, f"a 3D model trains on volumes [C, D, H, W], got shape {r.image.shape}"
+                    r.source or r.id, f"a 3D model trains on volumes [C, D, H, W], got shape {r.shape}"
                 )
-            if target_spacing is not None and r.spacing is None:
-                raise DataError(
-                    r.source or r.id,
-                    "data.target_spacing needs volumes with a voxel spacing; this one has none",
-                )
-            grid = training_grid(r.image.shape[1:], image_size, r.spacing, target_spacing)
-            self.images.append(
-                resize_image(torch.from_numpy(np.asarray(r.image))[None].float(), grid)[0].contiguous()
-            )
-            if r.mask is None:
-                dense = torch.full(grid, IGNORE_INDEX, dtype=torch.long)
-            else:
-                dense = resize_mask(torch.from_numpy(np.asarray(r.mask))[None].long(), grid)[0]
+            grid = record_grid(r, image_size, target_spacing)
+            volume = self._volume(r, grid, cache_dir)
+            self.volumes.append(volume)
+            _, dense = volume.arrays() if r.has_mask else (None, None)
+            dense = torch.full(grid, IGNORE_INDEX, dtype=torch.long) if dense is None else dense.long()
             mask = torch.full_like(dense, IGNORE_INDEX)
             if kind == Supervision.DENSE:
                 mask = dense
             elif kind == Supervision.SPARSE:
                 mask = sparse_mask(dense, sparse_pixels, split_seed, draw, r.id)
-            self.masks.append(mask.to(torch.uint8))
-            self.dense.append(
-                dense.to(torch.uint8) if kind in (Supervision.TAG, Supervision.SIZE) else self.masks[-1]
-            )
+                kept = np.argwhere(mask.numpy() != IGNORE_INDEX)
+                self.points.append((kept, mask.numpy()[tuple(kept.T)]))
             self.foreground.append(self._foreground(mask, r.id))
+            if kind in (Supervision.TAG, Supervision.SIZE):
+                counts.append(self._counts(dense))
         if kind in (Supervision.TAG, Supervision.SIZE):
-            counts = torch.stack([self._counts(d) for d in self.dense])
+            counts = torch.stack(counts)
             if kind == Supervision.TAG:
                 self.tags = (counts > 0).float()
             else:
                 self.sizes = counts
         self._init_views(augment_cfg, strong_cfg, seed)
+
+    @staticmethod
+    def _volume(r: Record, grid: tuple[int, ...], cache_dir: str | Path | None) -> MemoryVolume | DiskVolume:
+        """``r`` on its training grid: in memory (eager records) or in the on-disk store (lazy ones)."""
+
+        def build() -> dict[str, np.ndarray]:
+            image = resize_image(torch.from_numpy(np.asarray(r.image))[None].float(), grid)[0].contiguous()
+            out = {"image": image.numpy()}
+            if r.has_mask:
+                out["dense"] = resize_mask(torch.from_numpy(np.asarray(r.mask))[None].long(), grid)[0]
+                out["dense"] = out["dense"].to(torch.uint8).numpy()
+            return out
+
+        if not r.is_lazy:
+            arrays = build()
+            dense = arrays.get("dense")
+            return MemoryVolume(
+                torch.from_numpy(arrays["image"]), None if dense is None else torch.from_numpy(dense)
+            )
+        names = ["image", "dense"] if r.has_mask else ["image"]
+        key = store.entry_key("grid3d", r.reader, grid=list(grid))
+        return DiskVolume(store.entry(store.cache_dir(cache_dir), "grid3d", key, names, build), r.has_mask)
 
     def _counts(self, dense: torch.Tensor) -> torch.Tensor:
         return torch.bincount(dense[dense != IGNORE_INDEX], minlength=self.num_classes)[
@@ -180,9 +242,22 @@ class PatchSet(KeyedItems):
             out.append(idx)
         return out
 
+    def _loss_mask(self, index: int, start: Sequence[int]) -> torch.Tensor:
+        """What the loss sees in the patch at ``start`` (long): the dense mask, the kept sparse voxels,
+        or nothing (tag, size, none)."""
+        if self.kind == Supervision.DENSE and self.volumes[index].has_mask:
+            return self.volumes[index].crop("dense", start, self.patch_size, IGNORE_INDEX).long()
+        out = torch.full(self.patch_size, IGNORE_INDEX, dtype=torch.long)
+        if self.kind == Supervision.SPARSE:
+            idx, values = self.points[index]
+            local = idx - np.asarray(start)
+            inside = ((local >= 0) & (local < np.asarray(self.patch_size))).all(1)
+            out[tuple(torch.from_numpy(local[inside]).long().T)] = torch.from_numpy(values[inside]).long()
+        return out
+
     def patch_start(self, index: int, position: int, rng: np.random.Generator) -> tuple[int, ...]:
         """The patch's start on the training grid (the first draws of ``rng``)."""
-        size = self.images[index].shape[1:]
+        size = self.volumes[index].shape
         patch = self.patch_size
         present = [c for c, idx in enumerate(self.foreground[index]) if len(idx)]
         if present and forced(position, self.foreground_ratio):
@@ -197,11 +272,12 @@ class PatchSet(KeyedItems):
         index, position = self._key(key)
         rng = sample_rng(self.seed, self.epoch, position)
         start = self.patch_start(index, position, rng)
-        image = crop(self.images[index], start, self.patch_size, 0.0)
-        mask = crop(self.masks[index], start, self.patch_size, IGNORE_INDEX).long()
+        volume = self.volumes[index]
+        image = volume.crop("image", start, self.patch_size, 0.0)
+        mask = self._loss_mask(index, start)
         tags = sizes = torch.full((self.num_classes,), float("nan"))
         if self.kind in (Supervision.TAG, Supervision.SIZE):
-            counts = self._counts(crop(self.dense[index], start, self.patch_size, IGNORE_INDEX))
+            counts = self._counts(volume.crop("dense", start, self.patch_size, IGNORE_INDEX).long())
             tags, sizes = ((counts > 0).float(), sizes) if self.kind == Supervision.TAG else (tags, counts)
         if self.augment_cfg is not None:
             image, mask, sizes = augment(image, mask, sizes, self.augment_cfg, rng)

@@ -87,6 +87,19 @@ def training_grid(
     return tuple(out)
 
 
+def record_grid(
+    record: Record, image_size: Sequence[int], target_spacing: Sequence[float] | None = None
+) -> tuple[int, ...]:
+    """:func:`training_grid` of a record; a record without a spacing under a target spacing is a
+    one-line DataError naming its file."""
+    if target_spacing is not None and record.spacing is None:
+        raise DataError(
+            record.source or record.id,
+            "data.target_spacing needs volumes with a voxel spacing; this one has none",
+        )
+    return training_grid(record.spatial_shape, image_size, record.spacing, target_spacing)
+
+
 def stack_resized(records: list[Record], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """2D records → images ``[N, C, *size]`` and masks ``[N, *size]`` (IGNORE_INDEX where no mask)."""
     images, masks = [], []

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 
 from semiseg.data.records import Record, record_slices
 from semiseg.data.views import resize_image
-from semiseg.errors import DataError
 from semiseg.ops import class_map
 
 FAST_METRICS = ("dice", "jaccard", "pixel_error", "mse")
@@ -90,7 +89,7 @@ def predict_volume(
     """Class probabilities ``[K, D, H, W]`` (float32, CPU) of a volume record ``[C, D, H, W]`` by a 3D
     model on the training grid ``image_size`` (:func:`~semiseg.data.views.training_grid`), resized
     back to the record's own shape (in-plane per slice when the depth is kept, else trilinear)."""
-    from semiseg.data.views import training_grid
+    from semiseg.data.views import record_grid
 
     if record.ndim != 4:
         raise ValueError(
@@ -99,12 +98,7 @@ def predict_volume(
     native = tuple(record.shape[1:])
     x = torch.from_numpy(np.asarray(record.image))[None].float()
     target = getattr(predict, "target_spacing", None)  # set by inference.build_predict from the config
-    if target is not None and record.spacing is None:
-        raise DataError(
-            record.source or record.id,
-            "data.target_spacing needs volumes with a voxel spacing; this one has none",
-        )
-    grid = training_grid(native, image_size, record.spacing, target)
+    grid = record_grid(record, image_size, target)
     probs = predict(resize_image(x, grid).to(device)).float().softmax(1).cpu()
     if grid != native:
         if grid[0] == native[0]:

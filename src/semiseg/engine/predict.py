@@ -75,34 +75,11 @@ def predict_folder(
 
 def _volume_cases(files: list[Path], channels: int) -> list[tuple[str, list[Path]]]:
     """(case, its channel files) of NIfTI inputs: each file a case for a one-channel model; for C > 1
-    channels the nnU-Net naming ``<case>_0000`` … ``<case>_{C-1:04d}`` (a missing channel or a file
-    outside that naming is an error naming the file)."""
-    import re
-
+    channels the nnU-Net naming ``<case>_0000`` … ``<case>_{C-1:04d}``
+    (:func:`~semiseg.data.nnunet.channel_cases`, strict)."""
+    from semiseg.data.nnunet import channel_cases
     from semiseg.data.volume_io import nifti_stem
 
     if channels == 1:
         return [(nifti_stem(f), [f]) for f in files]
-    pattern = re.compile(r"^(.*)_(\d{4})$")
-    cases: dict[str, dict[int, Path]] = {}
-    for f in files:
-        m = pattern.match(nifti_stem(f))
-        if m is None:
-            raise DataError(
-                f,
-                f"the model reads {channels} channels: name the files <case>_0000 ... <case>_{channels - 1:04d}",
-            )
-        cases.setdefault(m.group(1), {})[int(m.group(2))] = f
-    out = []
-    for case, by_channel in sorted(cases.items()):
-        missing = [c for c in range(channels) if c not in by_channel]
-        extra = sorted(set(by_channel) - set(range(channels)))
-        if missing or extra:
-            what = (
-                f"channel {missing[0]} is missing"
-                if missing
-                else f"has channel {extra[0]}, which the model does not read"
-            )
-            raise DataError(by_channel[min(by_channel)], f"case '{case}': {what} ({channels} channels)")
-        out.append((case, [by_channel[c] for c in range(channels)]))
-    return out
+    return list(channel_cases(files, channels, strict=True).items())

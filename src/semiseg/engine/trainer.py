@@ -62,6 +62,7 @@ RESUMABLE_CHANGES = (
     "quick",
     "data.loading",
     "data.cache_mib",
+    "data.cache_dir",
 )
 #: learning-rate schedules that depend on the run length (a resumed run cannot lengthen them)
 LENGTH_DEPENDENT = ("cosine", "poly", "linear")
@@ -512,7 +513,7 @@ class Trainer:
         self.method.eval()
         if phase is not None:
             own = self.method.phase_owner(phase.name).validation_metrics(
-                phase.name, self.data.val, self.cfg.data.image_size, self.device
+                phase.name, self.data.val, self.cfg.data.image_size, self.device, self.cfg.data.target_spacing
             )
             if own is not None:
                 self.method.train()

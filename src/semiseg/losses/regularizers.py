@@ -186,7 +186,9 @@ class PhasedLoss(nn.Module):
         """Parameters updated by ``optimizer`` in ``phase`` (default: all of this module's)."""
         return self.parameters()
 
-    def validation_metrics(self, phase: str, records, image_size, device) -> dict[str, float] | None:
+    def validation_metrics(
+        self, phase: str, records, image_size, device, target_spacing=None
+    ) -> dict[str, float] | None:
         """Validation metrics of ``phase``, or None for the engine's default (the segmenter's)."""
         return None
 
@@ -284,9 +286,11 @@ class Regularizer(nn.Module):
         """Parameters updated by ``optimizer`` in the owned ``phase``."""
         return self._phased(phase).parameters_for(phase, optimizer)
 
-    def validation_metrics(self, phase: str, records, image_size, device) -> dict[str, float] | None:
+    def validation_metrics(
+        self, phase: str, records, image_size, device, target_spacing=None
+    ) -> dict[str, float] | None:
         """Validation metrics of the owned ``phase`` (None = the segmenter's)."""
-        return self._phased(phase).validation_metrics(phase, records, image_size, device)
+        return self._phased(phase).validation_metrics(phase, records, image_size, device, target_spacing)
 
     def on_phase_start(self, phase: str) -> None:
         self._phased(phase).on_phase_start(phase)

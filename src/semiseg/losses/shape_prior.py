@@ -230,7 +230,7 @@ class ShapePrior(PhasedLoss):
         return {"loss": ce + dice, "ae_ce": ce, "ae_dice_loss": dice}
 
     @torch.no_grad()
-    def validation_metrics(self, phase, records, image_size, device) -> dict[str, float]:
+    def validation_metrics(self, phase, records, image_size, device, target_spacing=None) -> dict[str, float]:
         from semiseg.data.views import resize_mask
         from semiseg.metrics import confusion_matrix
 

@@ -335,9 +335,9 @@ class RegressedSizePenalty(PhasedLoss):
             degrees=s.regressor_rotate_degrees, flips=s.regressor_flips, where=f"{self.where}.source",
         )  # fmt: skip
 
-    def validation_metrics(self, phase, records, image_size, device) -> dict[str, float]:
+    def validation_metrics(self, phase, records, image_size, device, target_spacing=None) -> dict[str, float]:
         return regression_metrics(lambda x: (self.regress(x), None), records, image_size, device,
-                                  self.num_classes, self.classes)  # fmt: skip
+                                  self.num_classes, self.classes, target_spacing)  # fmt: skip
 
     # ------------------------------------------------------------------ the method's phases
     def sizes(self, images: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:

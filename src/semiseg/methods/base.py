@@ -149,9 +149,12 @@ class Method(nn.Module):
         """Called after every epoch of ``phase`` (``epoch`` counts from 1), before validation and the
         checkpoint (e.g. DEC's target distribution, a pseudo-label refresh)."""
 
-    def validation_metrics(self, phase: str, records, image_size, device) -> dict[str, float] | None:
+    def validation_metrics(
+        self, phase: str, records, image_size, device, target_spacing=None
+    ) -> dict[str, float] | None:
         """Validation metrics of ``phase`` on the validation records, or None for the engine's
-        default (the segmenter's segmentation metrics). Called with the method in eval mode."""
+        default (the segmenter's segmentation metrics). Called with the method in eval mode;
+        ``image_size`` and ``target_spacing`` are ``data``'s (the training grid)."""
         return None
 
     # ------------------------------------------------------------------ the engine's entry points

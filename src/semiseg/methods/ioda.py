@@ -259,7 +259,7 @@ class IODA(Method):
 
     # ------------------------------------------------------------------------------ validation
     @torch.no_grad()
-    def validation_metrics(self, phase, records, image_size, device):
+    def validation_metrics(self, phase, records, image_size, device, target_spacing=None):
         where = phase_layer(phase)
         if where is None:
             return None  # fine-tuning: the engine's segmentation metrics (with mse)

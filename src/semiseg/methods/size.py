@@ -172,10 +172,12 @@ class SizeConstrained(Supervised):
         return regression_loss(self.regress, labeled, self.num_classes, self.classes,
                                degrees=cfg.regressor_rotate_degrees, flips=cfg.regressor_flips)  # fmt: skip
 
-    def validation_metrics(self, phase, records, image_size, device):
+    def validation_metrics(self, phase, records, image_size, device, target_spacing=None):
         if phase != "regressor":
             return None
-        return regression_metrics(self.regress, records, image_size, device, self.num_classes, self.classes)
+        return regression_metrics(
+            self.regress, records, image_size, device, self.num_classes, self.classes, target_spacing
+        )
 
     # ------------------------------------------------------------------------------ segmenter
     def _bounds(self, unlabeled: Batch, probs: torch.Tensor) -> tuple[torch.Tensor, dict]:

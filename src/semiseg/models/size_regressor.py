@@ -205,13 +205,15 @@ def regression_metrics(
     device: torch.device,
     num_classes: int,
     classes: Sequence[int],
+    target_spacing: Sequence[float] | None = None,
 ) -> dict[str, float]:
     """Validation error of the regressor on ``records`` (images and masks resized to
-    ``image_size``, the training size): ``size_mae`` (mean absolute size error in pixels over the
+    ``image_size``, the training size; volumes whole, to their training grid with ``target_spacing``):
+    ``size_mae`` (mean absolute size error in pixels over the
     images and ``classes``), ``size_mae_fraction`` (the same as a fraction of the image) and, when
     ``regress`` gives centroids, ``centroid_error`` (mean distance over the regions present)."""
     from semiseg.data.records import record_slices
-    from semiseg.data.views import resize_image, resize_mask, training_grid
+    from semiseg.data.views import record_grid, resize_image, resize_mask
 
     classes = list(classes)
     errors, fractions, centroid_errors = [], [], []
@@ -219,7 +221,7 @@ def regression_metrics(
         masks = torch.from_numpy(r.mask)
         if len(image_size) == 3:  # a 3D regressor: the whole volume, resized to its training grid
             images, masks = torch.from_numpy(r.image)[None], masks[None]
-            grid = training_grid(r.image.shape[1:], image_size)
+            grid = record_grid(r, image_size, target_spacing)
         else:
             masks = masks[None] if masks.ndim == 2 else masks
             images = torch.stack(record_slices(r))

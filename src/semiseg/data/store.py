@@ -1,0 +1,107 @@
+"""An on-disk cache of arrays derived from lazy records (e.g. volumes resized to their training grid).
+
+3D training reads a patch of each volume per item. With lazy records (``data.loading``), the volumes
+on their training grid are written once to ``data.cache_dir`` (default ``$SEMISEG_CACHE``, else
+``~/.cache/semiseg``) as ``.npy`` files, and each patch is read from them through a short-lived memory
+map, so a run holds one volume at a time however large the dataset.
+
+An entry's key hashes what it is made from: the reader of the record (its function and arguments,
+with every file argument's absolute path, size and modification time), what was derived (e.g. the
+grid), and the source code of semiseg's data modules. A changed file, option or data code gives a new
+key; entries are never updated in place, so concurrent runs (several workers, DDP ranks, table runs)
+share them safely: each writes a private temporary folder and renames it, and the first rename wins.
+Old entries are not removed automatically: delete the folder at any time to reclaim the space.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["STORE_FORMAT", "cache_dir", "code_hash", "describe", "entry", "entry_key"]
+
+STORE_FORMAT = 1  #: bump when the layout of entries changes
+
+
+def cache_dir(option: str | None = None) -> Path:
+    """``data.cache_dir``, else ``$SEMISEG_CACHE``, else ``~/.cache/semiseg``."""
+    value = option or os.environ.get("SEMISEG_CACHE") or "~/.cache/semiseg"
+    return Path(value).expanduser()
+
+
+def describe(obj: object) -> object:
+    """A JSON-able description of a reader: functions by qualified name, ``functools.partial`` and
+    dataclasses by their parts, paths by (absolute path, size, mtime), other values by ``repr``."""
+    if isinstance(obj, functools.partial):
+        return ["partial", describe(obj.func), [describe(a) for a in obj.args],
+                {k: describe(v) for k, v in sorted(obj.keywords.items())}]  # fmt: skip
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return [
+            type(obj).__qualname__,
+            {f.name: describe(getattr(obj, f.name)) for f in dataclasses.fields(obj)},
+        ]
+    if isinstance(obj, os.PathLike):
+        path = Path(obj).resolve()
+        try:
+            st = path.stat()
+        except OSError:
+            return [str(path), None]
+        return [str(path), st.st_size, st.st_mtime_ns]
+    if isinstance(obj, (list, tuple)):
+        return [describe(v) for v in obj]
+    if callable(obj) and hasattr(obj, "__qualname__"):
+        return f"{getattr(obj, '__module__', '')}.{obj.__qualname__}"
+    return repr(obj)
+
+
+@functools.cache
+def code_hash() -> str:
+    """A hash of the source of semiseg's data package (a change invalidates every entry)."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def entry_key(kind: str, reader: object, **derived: object) -> str:
+    """The key of the entry ``kind`` (e.g. "grid3d") made from ``reader``'s record with ``derived``
+    options (JSON-able)."""
+    text = json.dumps(
+        [STORE_FORMAT, code_hash(), kind, describe(reader), derived], sort_keys=True, default=repr
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def entry(
+    root: Path, kind: str, key: str, names: Sequence[str], build: Callable[[], dict[str, np.ndarray]]
+) -> Path:
+    """The folder ``root/kind/key`` holding ``<name>.npy`` for every name, built by ``build()`` (name →
+    array) when missing. Writes go to a temporary folder renamed into place (the first writer wins)."""
+    final = root / kind / key[:2] / key
+    if all((final / f"{n}.npy").is_file() for n in names):
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:8]}-", dir=final.parent))
+    try:
+        arrays = build()
+        for name in names:
+            np.save(tmp / f"{name}.npy", arrays[name], allow_pickle=False)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process wrote it first (or a stale partial folder is in the way)
+            if not all((final / f"{n}.npy").is_file() for n in names):
+                shutil.rmtree(final, ignore_errors=True)
+                os.rename(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

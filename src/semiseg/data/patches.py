@@ -99,6 +99,9 @@ class MemoryVolume:
     def arrays(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self._image, self._dense
 
+    def dense(self) -> torch.Tensor | None:
+        return self._dense
+
     def crop(self, which: str, start: Sequence[int], size: Sequence[int], fill: float) -> torch.Tensor:
         return crop(self._image if which == "image" else self._dense, start, size, fill)
 
@@ -115,8 +118,10 @@ class DiskVolume:
         return np.load(self.folder / f"{which}.npy", mmap_mode="r")
 
     def arrays(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        image = torch.from_numpy(np.array(self._load("image")))
-        return image, torch.from_numpy(np.array(self._load("dense"))) if self.has_mask else None
+        return torch.from_numpy(np.array(self._load("image"))), self.dense()
+
+    def dense(self) -> torch.Tensor | None:
+        return torch.from_numpy(np.array(self._load("dense"))) if self.has_mask else None
 
     def crop(self, which: str, start: Sequence[int], size: Sequence[int], fill: float) -> torch.Tensor:
         data = self._load(which)
@@ -184,7 +189,7 @@ class PatchSet(KeyedItems):
             grid = record_grid(r, image_size, target_spacing)
             volume = self._volume(r, grid, cache_dir)
             self.volumes.append(volume)
-            _, dense = volume.arrays() if r.has_mask else (None, None)
+            dense = volume.dense()
             dense = torch.full(grid, IGNORE_INDEX, dtype=torch.long) if dense is None else dense.long()
             mask = torch.full_like(dense, IGNORE_INDEX)
             if kind == Supervision.DENSE:

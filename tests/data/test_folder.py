@@ -241,3 +241,53 @@ def test_labels_json_sets_image_level_labels(tmp_path: Path) -> None:
     (tmp_path / "labels.json").write_text("{not json")
     with pytest.raises(DataError, match="labels.json: cannot read"):
         load_folder(tmp_path)
+
+
+def test_lazy_and_eager_image_folders_train_to_the_same_weights_and_metrics(tmp_path: Path) -> None:
+    """data.loading: lazy reads each image once to index it, then trains from the on-disk rows; the run
+    is the same as with every image in memory."""
+    import copy
+    import json
+
+    import torch
+
+    from semiseg.config import build_config
+    from semiseg.data.records import ARRAYS
+    from semiseg.engine.run import train
+
+    root = tmp_path / "data"
+    for i in range(12):
+        yy, xx = np.mgrid[:20, :24]
+        mask = ((yy - 4 - i % 9) ** 2 + (xx - 12) ** 2 < 20).astype(np.uint8)
+        rgb = RNG.integers(0, 100, size=(20, 24, 3)) + 120 * mask[..., None]
+        _image(root / "images" / f"im{i:02d}.png", (20, 24, 3))
+        Image.fromarray(rgb.astype(np.uint8)).save(root / "images" / f"im{i:02d}.png")
+        if i < 9:
+            _mask(root / "masks" / f"im{i:02d}.png", mask)
+    lazy = load_folder(root, loading="lazy")
+    assert all(r.is_lazy for r in lazy.train) and not any(r.is_lazy for r in load_folder(root).train)
+    results = []
+    for loading in ("eager", "lazy"):
+        ARRAYS.clear()
+        raw = {
+            "data": {"dataset": "folder", "path": str(root), "image_size": [16, 16], "loading": loading,
+                     "cache_dir": str(tmp_path / "cache"),
+                     "split": {"labeled": 3, "supervision": "sparse", "sparse_pixels": 12,
+                               "val_fraction": 0.2, "test_fraction": 0.2}},
+            "model": {"name": "unet", "width": 4, "depth": 2},
+            "method": {"name": "fixmatch"},
+            "train": {"epochs": 2, "batch_size": 2, "iters_per_epoch": 2, "progress": False, "plots": False,
+                      "augment": {"hflip": True, "rotate_degrees": 10}},
+        }  # fmt: skip
+        out = tmp_path / loading
+        train(build_config(copy.deepcopy(raw), [], source="test"), output_dir=out)
+        state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)["method_state"]
+        results.append((json.loads((out / "metrics.json").read_text())["test"], state))
+    assert results[0][0] == results[1][0]
+    assert results[0][1].keys() == results[1][1].keys()
+    assert all(
+        torch.equal(results[0][1][k], results[1][1][k])
+        for k in results[0][1]
+        if torch.is_tensor(results[0][1][k])
+    )
+    assert any((tmp_path / "cache" / "grid2d").rglob("images.npy"))

@@ -45,9 +45,9 @@ def test_a_key_follows_the_file_its_options_and_the_derived_grid(tmp_path):
 def test_an_entry_is_built_once_and_survives_stale_or_partial_folders(tmp_path):
     calls = []
 
-    def build():
+    def build(folder):
         calls.append(1)
-        return {"image": np.arange(6.0).reshape(2, 3)}
+        store.save_arrays({"image": np.arange(6.0).reshape(2, 3)})(folder)
 
     (tmp_path / "grid3d" / "ab").mkdir(parents=True)
     (tmp_path / "grid3d" / "ab" / ".tmp-abcdef01-x").mkdir()  # a writer that died

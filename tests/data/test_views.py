@@ -377,3 +377,58 @@ def test_class_supervision_gives_each_item_its_label():
     records[2] = Record("r2", records[2].image, None)
     with pytest.raises(DataError, match="r2: has no class label"):
         TrainSet(records, supervision="class", num_classes=3, image_size=(8, 8))
+
+
+# ------------------------------------------------------------------------------------ lazy records
+def _shape_record(index: int) -> Record:
+    """Item ``index`` of a generated set (a module-level reader, so a lazy record can name it)."""
+    rec = make_shapes(8, size=40, num_classes=K, seed=0)[index]
+    if index == 5:  # one item without a mask
+        return Record(rec.id, rec.image, None, label=1)
+    return Record(rec.id, rec.image, rec.mask, label=index % K)
+
+
+@pytest.mark.parametrize("supervision", ["dense", "sparse", "tag", "size", "none", "class"])
+def test_lazy_records_give_the_same_items_from_the_on_disk_rows(tmp_path, supervision):
+    import functools
+
+    from semiseg.data.records import ARRAYS
+
+    readers = [functools.partial(_shape_record, i) for i in range(8)]
+    eager = [r() for r in readers]
+    lazy = [Record.lazy(r) for r in readers]
+    if supervision in ("tag", "size"):
+        eager, lazy = eager[:5], lazy[:5]
+    aug = AugmentConfig(hflip=True, rot90=True, rotate_degrees=20, scale=[0.9, 1.1], contrast=0.1)
+    sets = []
+    for recs in (eager, lazy):
+        ARRAYS.clear()
+        ds = TrainSet(recs, supervision=supervision, num_classes=K, image_size=SIZE, augment_cfg=aug,
+                      strong_cfg=StrongAugmentConfig(), seed=2, sparse_pixels=7, cache_dir=tmp_path)  # fmt: skip
+        ds.set_views(ViewSpec(strong=2, cutmix=True))
+        ds.set_epoch(1)
+        sets.append(ds)
+    assert sets[0].rows is None and sets[1].rows is not None and sets[1].images is None
+    for position in range(len(eager)):
+        a, b = sets[0][(position, position + 3)], sets[1][(position, position + 3)]
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k].nan_to_num(-7), b[k].nan_to_num(-7)), (supervision, position, k)
+    reads = ARRAYS.reads
+    again = TrainSet(lazy, supervision=supervision, num_classes=K, image_size=SIZE, cache_dir=tmp_path)
+    assert again.rows == sets[1].rows and ARRAYS.reads == reads  # the stored rows, not the records
+
+
+def test_a_lazy_train_set_holds_no_images_in_memory(tmp_path):
+    import functools
+
+    readers = [functools.partial(_shape_record, i) for i in range(8)] * 1
+    ds = TrainSet([Record.lazy(r) for r in readers], supervision="sparse", num_classes=K, image_size=(96, 96),
+                  cache_dir=tmp_path)  # fmt: skip
+    held = 0
+    for value in vars(ds).values():
+        for x in value if isinstance(value, list) else [value]:
+            parts = x if isinstance(x, tuple) else [x]
+            held += sum(p.nbytes for p in parts if isinstance(p, (np.ndarray, torch.Tensor)))
+    assert held < 8 * 96 * 96 * 4 / 20, held  # tags, sizes, labels and kept pixels only
+    assert ds[0]["image"].shape == (1, 96, 96)

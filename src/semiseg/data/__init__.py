@@ -103,6 +103,7 @@ def prepare_data(
         image_size=tuple(cfg.data.image_size),
         augment_cfg=cfg.train.augment,
         strong_cfg=cfg.train.strong_augment,
+        cache_dir=cfg.data.cache_dir,
     )
     items: type = TrainSet
     if cfg.model.spatial_dims == 3:  # a 3D model: patches of whole volumes
@@ -110,7 +111,7 @@ def prepare_data(
 
         items = PatchSet
         common.update(patch_size=tuple(cfg.data.patch_size), foreground_ratio=cfg.data.foreground_ratio,
-                      target_spacing=cfg.data.target_spacing, cache_dir=cfg.data.cache_dir)  # fmt: skip
+                      target_spacing=cfg.data.target_spacing)  # fmt: skip
     else:  # a 2D model: volumes become their slices
         split.labeled, split.unlabeled = volume_slices(split.labeled), volume_slices(split.unlabeled)
     for r in split.labeled + split.unlabeled:

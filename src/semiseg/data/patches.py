@@ -213,7 +213,7 @@ class PatchSet(KeyedItems):
     def _volume(r: Record, grid: tuple[int, ...], cache_dir: str | Path | None) -> MemoryVolume | DiskVolume:
         """``r`` on its training grid: in memory (eager records) or in the on-disk store (lazy ones)."""
 
-        def build() -> dict[str, np.ndarray]:
+        def arrays() -> dict[str, np.ndarray]:
             image = resize_image(torch.from_numpy(np.asarray(r.image))[None].float(), grid)[0].contiguous()
             out = {"image": image.numpy()}
             if r.has_mask:
@@ -222,14 +222,17 @@ class PatchSet(KeyedItems):
             return out
 
         if not r.is_lazy:
-            arrays = build()
-            dense = arrays.get("dense")
+            made = arrays()
+            dense = made.get("dense")
             return MemoryVolume(
-                torch.from_numpy(arrays["image"]), None if dense is None else torch.from_numpy(dense)
+                torch.from_numpy(made["image"]), None if dense is None else torch.from_numpy(dense)
             )
         names = ["image", "dense"] if r.has_mask else ["image"]
         key = store.entry_key("grid3d", r.reader, grid=list(grid))
-        return DiskVolume(store.entry(store.cache_dir(cache_dir), "grid3d", key, names, build), r.has_mask)
+        folder = store.entry(
+            store.cache_dir(cache_dir), "grid3d", key, names, lambda f: store.save_arrays(arrays())(f)
+        )
+        return DiskVolume(folder, r.has_mask)
 
     def _counts(self, dense: torch.Tensor) -> torch.Tensor:
         return torch.bincount(dense[dense != IGNORE_INDEX], minlength=self.num_classes)[

@@ -27,7 +27,17 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["STORE_FORMAT", "cache_dir", "code_hash", "describe", "entry", "entry_key"]
+__all__ = [
+    "STORE_FORMAT",
+    "RowWriter",
+    "cache_dir",
+    "code_hash",
+    "describe",
+    "entry",
+    "entry_key",
+    "read_row",
+    "save_arrays",
+]
 
 STORE_FORMAT = 1  #: bump when the layout of entries changes
 
@@ -82,20 +92,16 @@ def entry_key(kind: str, reader: object, **derived: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def entry(
-    root: Path, kind: str, key: str, names: Sequence[str], build: Callable[[], dict[str, np.ndarray]]
-) -> Path:
-    """The folder ``root/kind/key`` holding ``<name>.npy`` for every name, built by ``build()`` (name →
-    array) when missing. Writes go to a temporary folder renamed into place (the first writer wins)."""
+def entry(root: Path, kind: str, key: str, names: Sequence[str], write: Callable[[Path], None]) -> Path:
+    """The folder ``root/kind/key`` holding ``<name>.npy`` for every name, written by ``write(folder)``
+    when missing. Writes go to a temporary folder renamed into place (the first writer wins)."""
     final = root / kind / key[:2] / key
     if all((final / f"{n}.npy").is_file() for n in names):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:8]}-", dir=final.parent))
     try:
-        arrays = build()
-        for name in names:
-            np.save(tmp / f"{name}.npy", arrays[name], allow_pickle=False)
+        write(tmp)
         try:
             os.rename(tmp, final)
         except OSError:  # another process wrote it first (or a stale partial folder is in the way)
@@ -105,3 +111,56 @@ def entry(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def save_arrays(arrays: dict[str, np.ndarray]) -> Callable[[Path], None]:
+    """A writer for :func:`entry` saving ``<name>.npy`` for every array."""
+
+    def write(folder: Path) -> None:
+        for name, array in arrays.items():
+            np.save(folder / f"{name}.npy", array, allow_pickle=False)
+
+    return write
+
+
+class RowWriter:
+    """Writes ``count`` arrays of ``row_shape`` as one ``.npy`` array ``[count, *row_shape]``, one row
+    at a time (no memory map, whose dirty pages would count as resident memory)::
+
+        with RowWriter(path, n, (3, 64, 64), np.float32) as w:
+            for row in rows:
+                w.write(row)
+    """
+
+    def __init__(self, path: Path, count: int, row_shape: Sequence[int], dtype):
+        self.path, self.count, self.row_shape = path, int(count), tuple(int(s) for s in row_shape)
+        self.dtype = np.dtype(dtype)
+        self.written = 0
+
+    def __enter__(self) -> RowWriter:
+        self._f = open(self.path, "wb")
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                  "shape": (self.count, *self.row_shape)}  # fmt: skip
+        np.lib.format.write_array_header_1_0(self._f, header)
+        return self
+
+    def write(self, row: np.ndarray) -> None:
+        row = np.ascontiguousarray(row, dtype=self.dtype)
+        if row.shape != self.row_shape:
+            raise ValueError(f"{self.path}: row of shape {row.shape}, expected {self.row_shape}")
+        self._f.write(row.tobytes())
+        self.written += 1
+
+    def __exit__(self, *exc) -> None:
+        self._f.close()
+        if exc[0] is None and self.written != self.count:
+            raise ValueError(f"{self.path}: {self.written} rows written, expected {self.count}")
+
+
+def read_row(path: Path, index: int) -> np.ndarray:
+    """Row ``index`` of an ``.npy`` array (a copy, read through a memory map dropped at once)."""
+    data = np.load(path, mmap_mode="r")
+    try:
+        return np.array(data[index])
+    finally:
+        del data

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from torch.utils.data import Dataset
 
 from semiseg.config import AugmentConfig, StrongAugmentConfig
 from semiseg.core import IGNORE_INDEX, Supervision, ViewSpec
+from semiseg.data import store
 from semiseg.data.records import Record
 from semiseg.data.splits import stable_hash
 from semiseg.data.transforms import augment, is_identity, sample_rng, strong_views, view_rngs
@@ -207,27 +209,41 @@ class TrainSet(KeyedItems):
         sparse_pixels: int = 10,
         draw: int = 0,
         split_seed: int = 0,
+        cache_dir: str | Path | None = None,
     ):
         kind = Supervision.parse(supervision)
         self.ids = [r.id for r in records]
         self.supervision = supervision
         self.num_classes = num_classes
-        self.images, dense = stack_resized(records, tuple(image_size))
         k = num_classes
         n = len(records)
         self.tags = torch.full((n, k), float("nan"))
         self.sizes = torch.full((n, k), float("nan"))
-        self.masks = torch.full_like(dense, IGNORE_INDEX)
-        if kind == Supervision.DENSE:
-            self.masks = dense
-        elif kind == Supervision.SPARSE:
-            self.masks = torch.stack(
-                [sparse_mask(m, sparse_pixels, split_seed, draw, i) for m, i in zip(dense, self.ids)]
-            )
-        elif kind in (Supervision.TAG, Supervision.SIZE):
-            counts = torch.stack(
-                [torch.bincount(m[m != IGNORE_INDEX], minlength=k)[:k] for m in dense]
-            ).float()
+        #: lazy records: the resized images and dense masks in the on-disk store, read per item
+        self.rows: Path | None = None
+        self.points: list[tuple[np.ndarray, np.ndarray]] = []  #: disk rows, sparse: kept pixels, classes
+        if records and all(r.is_lazy for r in records):
+            self.rows = _resized_rows(records, tuple(image_size), cache_dir)
+            self.images = self.masks = None
+            dense = (torch.from_numpy(store.read_row(self.rows / "dense.npy", i)).long() for i in range(n))
+        else:
+            self.images, dense = stack_resized(records, tuple(image_size))
+            self.masks = dense if kind == Supervision.DENSE else torch.full_like(dense, IGNORE_INDEX)
+        sparse, counts = [], []
+        if kind in (Supervision.SPARSE, Supervision.TAG, Supervision.SIZE):
+            for m, name in zip(dense, self.ids):
+                if kind == Supervision.SPARSE:
+                    sparse.append(sparse_mask(m, sparse_pixels, split_seed, draw, name))
+                    if self.rows is not None:
+                        kept = np.argwhere(sparse[-1].numpy() != IGNORE_INDEX)
+                        self.points.append((kept, sparse[-1].numpy()[tuple(kept.T)]))
+                        sparse.pop()
+                else:
+                    counts.append(torch.bincount(m[m != IGNORE_INDEX], minlength=k)[:k])
+        if kind == Supervision.SPARSE and self.rows is None:
+            self.masks = torch.stack(sparse)
+        if counts:
+            counts = torch.stack(counts).float()
             if kind == Supervision.TAG:
                 self.tags = (counts > 0).float()
             else:
@@ -246,11 +262,44 @@ class TrainSet(KeyedItems):
         epoch's global sample order: every random draw is seeded by ``(seed, epoch, position)``
         (``position = index`` for a plain index)."""
         index, position = self._key(key)
-        image, mask, sizes = self.images[index], self.masks[index], self.sizes[index]
+        image, mask, sizes = *self._row(index), self.sizes[index]
         if self.augment_cfg is not None:
             rng = sample_rng(self.seed, self.epoch, position)
             image, mask, sizes = augment(image, mask, sizes, self.augment_cfg, rng)
         return self._item(index, position, image, mask, self.tags[index], sizes)
+
+    def _row(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item ``index``'s resized image and what the loss sees of its mask (long)."""
+        if self.rows is None:
+            return self.images[index], self.masks[index]
+        image = torch.from_numpy(store.read_row(self.rows / "images.npy", index))
+        if self.kind == Supervision.DENSE:
+            return image, torch.from_numpy(store.read_row(self.rows / "dense.npy", index)).long()
+        mask = torch.full(image.shape[1:], IGNORE_INDEX, dtype=torch.long)
+        if self.kind == Supervision.SPARSE:
+            kept, values = self.points[index]
+            mask[tuple(torch.from_numpy(kept).T)] = torch.from_numpy(values).long()
+        return image, mask
+
+
+def _resized_rows(records: list[Record], size: tuple[int, int], cache_dir: str | Path | None) -> Path:
+    """The on-disk store's entry of lazy 2D ``records`` resized to ``size``: ``images.npy`` ``[N, C, *size]``
+    float32 and ``dense.npy`` ``[N, *size]`` uint8 (``IGNORE_INDEX`` where no mask), written one record at
+    a time (:func:`~semiseg.data.store.write_rows`)."""
+    n, channels = len(records), records[0].shape[0]
+
+    def write(folder: Path) -> None:
+        with (
+            store.RowWriter(folder / "images.npy", n, (channels, *size), np.float32) as images,
+            store.RowWriter(folder / "dense.npy", n, size, np.uint8) as masks,
+        ):
+            for r in records:
+                image, mask = stack_resized([r], size)
+                images.write(image[0].numpy())
+                masks.write(mask[0].to(torch.uint8).numpy())
+
+    key = store.entry_key("grid2d", [r.reader for r in records], size=list(size))
+    return store.entry(store.cache_dir(cache_dir), "grid2d", key, ["images", "dense"], write)
 
 
 class TrainSubset(Dataset):

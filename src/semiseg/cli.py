@@ -63,11 +63,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
 
     p = sub.add_parser("predict", help="segment a folder of images into PNG masks")
-    p.add_argument("--checkpoint", required=True)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a best.pt / last.pt of semiseg train")
+    source.add_argument("--model", help="a model exported by semiseg export (ONNX, run by onnxruntime)")
     p.add_argument("--input", required=True, help="folder of PNG/JPG/TIFF images or NIfTI volumes")
-    p.add_argument("--output", required=True,
+    p.add_argument("--output", "-o", required=True,
                    help="folder for the masks: PNG (class index per pixel) or .nii.gz (input's affine)")  # fmt: skip
     p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("export", help="export a checkpoint's network (ONNX) for fast CPU inference")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--output", "-o", required=True, help="the model file to write (e.g. model.onnx)")
 
     p = sub.add_parser("demo", help="train on built-in generated data, print a comparison, write plots")
     p.add_argument("--output", "-o", default="runs/demo")
@@ -252,14 +259,32 @@ def build_postprocess(args, method, cfg, data, device, state=None):
 
 
 def cmd_predict(args) -> int:
+    import torch
+
     from semiseg.engine.distributed import resolve_device
     from semiseg.engine.predict import predict_folder
     from semiseg.engine.run import load_trained
 
-    device = resolve_device(args.device)
-    method, cfg, state = load_trained(args.checkpoint, device)
-    n = predict_folder(method, state, args.input, args.output, device, cfg)
+    if args.model is not None:
+        from semiseg.engine.export import OnnxModel
+
+        model = OnnxModel(args.model)
+        n = predict_folder(
+            model.predict, model.state, args.input, args.output, torch.device("cpu"), model.cfg
+        )
+    else:
+        device = resolve_device(args.device)
+        method, cfg, state = load_trained(args.checkpoint, device)
+        n = predict_folder(method.predict, state, args.input, args.output, device, cfg)
     print(f"wrote {n} masks to {args.output}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from semiseg.engine.export import export_onnx
+
+    check = export_onnx(args.checkpoint, args.output)
+    print(f"wrote {args.output} (onnxruntime vs PyTorch: max |difference| {check['max_abs_diff']:.1e})")
     return 0
 
 
@@ -347,6 +372,7 @@ COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
+    "export": cmd_export,
     "demo": cmd_demo,
     "bench": cmd_bench,
     "data": cmd_data,

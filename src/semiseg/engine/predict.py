@@ -15,14 +15,14 @@ from semiseg.ops import class_map
 
 
 def predict_folder(
-    method, state: dict, input_dir: str | Path, output_dir: str | Path, device: torch.device, cfg=None
+    predict, state: dict, input_dir: str | Path, output_dir: str | Path, device: torch.device, cfg=None
 ) -> int:
     """Write ``<output_dir>/<stem>.png`` (uint8 class indices) for every image in ``input_dir`` and
     ``<output_dir>/<stem>.nii.gz`` for every NIfTI volume (a 2D model segments it slice by slice, a 3D
     model whole or by sliding windows as ``cfg.inference`` says; intensities scaled as the folder
     dataset scales them, ``cfg.data.intensity``). A model of C > 1 channels reads each case from
     nnU-Net-style channel files ``<case>_0000.nii.gz`` … ``<case>_{C-1:04d}.nii.gz`` and writes
-    ``<case>.nii.gz``.
+    ``<case>.nii.gz``. ``predict`` is the network call (``method.predict``, or an exported model's).
 
     All inputs are read and checked first, so a bad file stops the command before anything is written.
     """
@@ -53,7 +53,7 @@ def predict_folder(
         image, geometry = read_case(files, intensity)
         records.append(Record(case, image, spacing=geometry.spacing, source=str(files[0])))
         geometries.append(geometry)
-    predict = build_predict(method.predict, cfg) if cfg is not None else method.predict
+    predict = build_predict(predict, cfg) if cfg is not None else predict
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     decision = state.get("decision")  # a threshold chosen on validation (train.threshold: val)

@@ -1,0 +1,112 @@
+"""ONNX export: onnxruntime's logits equal PyTorch's within 1e-4 at other batch and image sizes, predict
+--model writes the masks predict --checkpoint writes, and bad inputs are one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from semiseg.cli import main
+
+pytest.importorskip("onnxscript")
+pytest.importorskip("onnxruntime")
+
+
+def _rgb_folder(root: Path, n: int = 10) -> Path:
+    rng = np.random.default_rng(3)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        mask = np.zeros((24, 28), np.uint8)
+        mask[4 + i % 6 : 14 + i % 6, 6:20] = 1
+        mask[16:22, 2 + i : 8 + i] = 2
+        image = (
+            rng.integers(0, 60, (24, 28, 3))
+            + 90 * (mask[..., None] == 1) * [1, 0, 1]
+            + 120 * (mask[..., None] == 2)
+        )
+        Image.fromarray(image.astype(np.uint8)).save(root / "images" / f"im{i}.png")
+        if i < 8:
+            Image.fromarray(mask).save(root / "masks" / f"im{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("export")
+    root = _rgb_folder(tmp / "data")
+    recipe = {
+        "data": {"dataset": "folder", "path": str(root), "image_size": [32, 32], "num_classes": 3,
+                 "split": {"labeled": 4, "val_fraction": 0.2, "test_fraction": 0.2}},
+        "model": {"name": "unet", "width": 4, "depth": 2},
+        "method": {"name": "mean_teacher"},
+        "train": {"epochs": 2, "batch_size": 2, "iters_per_epoch": 2, "progress": False, "plots": False},
+    }  # fmt: skip
+    (tmp / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["train", "-c", str(tmp / "r.yaml"), "-o", str(tmp / "run")]) == 0
+    model = tmp / "model.onnx"
+    assert (
+        main(["export", "--checkpoint", str(tmp / "run" / "best.pt"), "--format", "onnx", "-o", str(model)])
+        == 0
+    )
+    return tmp, model
+
+
+def test_onnxruntime_equals_pytorch_at_other_batch_and_image_sizes(trained):
+    from semiseg.engine.export import TOLERANCE, OnnxModel
+    from semiseg.engine.run import load_trained
+
+    tmp, path = trained
+    method, cfg, state = load_trained(tmp / "run" / "best.pt")
+    model = OnnxModel(path)
+    assert model.state["num_classes"] == 3 and model.state["in_channels"] == 3
+    assert model.state["image_size"] == [32, 32] and model.cfg.method["name"] == "mean_teacher"
+    generator = torch.Generator().manual_seed(1)
+    for shape in [(1, 3, 32, 32), (5, 3, 48, 64), (2, 3, 40, 24)]:
+        x = torch.rand(*shape, generator=generator)
+        with torch.no_grad():
+            want = method.predict(x)
+        got = model.predict(x)
+        assert got.shape == want.shape == (shape[0], 3, *shape[2:])
+        assert (got - want).abs().max().item() <= TOLERANCE
+
+
+def test_predict_with_the_exported_model_writes_the_checkpoints_masks(trained):
+    tmp, path = trained
+    images = tmp / "data" / "images"
+    assert main(["predict", "--checkpoint", str(tmp / "run" / "best.pt"), "--input", str(images), "-o",
+                 str(tmp / "torch")]) == 0  # fmt: skip
+    assert main(["predict", "--model", str(path), "--input", str(images), "--output", str(tmp / "onnx")]) == 0
+    names = sorted(p.name for p in (tmp / "torch").iterdir())
+    assert names == sorted(p.name for p in (tmp / "onnx").iterdir()) and len(names) == 10
+    for name in names:
+        a = np.asarray(Image.open(tmp / "torch" / name))
+        b = np.asarray(Image.open(tmp / "onnx" / name))
+        assert np.array_equal(a, b), name
+
+
+def test_bad_models_and_options_are_one_line_errors(trained, tmp_path, capsys):
+    import onnx
+
+    _, path = trained
+    stripped = onnx.load(str(path))
+    del stripped.metadata_props[:]
+    onnx.save(stripped, str(tmp_path / "plain.onnx"))
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    cases = [
+        (["predict", "--model", str(tmp_path / "plain.onnx")], "not a model exported by semiseg"),
+        (["predict", "--model", str(tmp_path / "junk.onnx")], "cannot read ONNX model"),
+        (["predict", "--model", str(tmp_path / "none.onnx")], "model file not found"),
+    ]
+    for args, fragment in cases:
+        assert main([*args, "--input", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and fragment in err and "Traceback" not in err, err
+        assert not (tmp_path / "out").exists()
+    assert main(["export", "--checkpoint", str(tmp_path / "none.pt"), "-o", str(tmp_path / "m.onnx")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err and not (tmp_path / "m.onnx").exists()

@@ -162,48 +162,24 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    import torch
-
     from semiseg.data import prepare_data
     from semiseg.engine.distributed import resolve_device
-    from semiseg.engine.evaluate import ALL_METRICS, evaluate_records
-    from semiseg.engine.inference import build_predict
-    from semiseg.engine.run import load_trained
+    from semiseg.engine.run import evaluate_trained, load_trained, split_records
+    from semiseg.errors import ConfigError
     from semiseg.io import atomic_write_text
 
     device = resolve_device(args.device)
     method, cfg, state = load_trained(args.checkpoint, device)
     data = prepare_data(cfg, args.data_root)
-    records = data.val if args.split == "val" else data.test
-    if not records:
-        from semiseg.errors import DataError
-
-        raise DataError(None, f"{data.bundle.name}: the {args.split} split is empty")
-    if data.bundle.task == "classify":
-        from semiseg.engine.evaluate import evaluate_labels
-        from semiseg.errors import ConfigError
-
-        if args.postprocess != "none":
-            raise ConfigError(
-                f"--postprocess {args.postprocess}: applies to segmentations, not to classification"
-            )
-        post_info = None
-        with torch.no_grad():
-            means, cases = evaluate_labels(
-                method.predict, records, image_size=cfg.data.image_size, device=device
-            )
-    else:
+    split_records(data, args.split)  # an empty split fails before any tuning
+    postprocess, post_info = None, None
+    if data.bundle.task == "classify" and args.postprocess != "none":
+        raise ConfigError(
+            f"--postprocess {args.postprocess}: applies to segmentations, not to classification"
+        )
+    if data.bundle.task != "classify":
         postprocess, post_info = build_postprocess(args, method, cfg, data, device, state)
-        with torch.no_grad():
-            means, cases = evaluate_records(
-                build_predict(method.predict, cfg),
-                records,
-                num_classes=state["num_classes"],
-                image_size=cfg.data.image_size,
-                device=device,
-                metrics=ALL_METRICS,
-                postprocess=postprocess,
-            )
+    means, cases, records = evaluate_trained(method, cfg, state, data, args.split, device, postprocess)
     result = {
         "checkpoint": str(args.checkpoint),
         "split": args.split,

@@ -59,8 +59,7 @@ def predict_folder(
     decision = state.get("decision")  # a threshold chosen on validation (train.threshold: val)
 
     def labels(p: torch.Tensor) -> np.ndarray:
-        label = (p[1] >= decision["threshold"]).long() if decision else class_map(p, 0)
-        return label.numpy().astype(np.uint8)
+        return label_map(p, decision)
 
     for path, p in zip(images, predict_slices(predict, pixels, image_size, device) if images else []):
         label = labels(p)
@@ -71,6 +70,13 @@ def predict_folder(
         (p,) = predict_records(predict, [record], image_size, device)
         write_label_volume(out / f"{record.id}.nii.gz", labels(p), geometry)
     return len(files)
+
+
+def label_map(probs: torch.Tensor, decision: dict | None = None) -> np.ndarray:
+    """The uint8 class map of probabilities ``[K, *S]``: the argmax, or with a validation-chosen
+    ``decision`` (``train.threshold: val``) foreground where ``p[1] >= decision["threshold"]``."""
+    label = (probs[1] >= decision["threshold"]).long() if decision else class_map(probs, 0)
+    return label.numpy().astype(np.uint8)
 
 
 def _volume_cases(files: list[Path], channels: int) -> list[tuple[str, list[Path]]]:

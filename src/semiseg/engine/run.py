@@ -17,7 +17,7 @@ from semiseg.engine.checkpoint import load_checkpoint, save_checkpoint, seed_eve
 from semiseg.engine.decision import ThresholdPostprocess
 from semiseg.engine.evaluate import ALL_METRICS, FAST_METRICS, evaluate_split, predict_records
 from semiseg.engine.inference import build_predict
-from semiseg.errors import ConfigError
+from semiseg.errors import ConfigError, DataError
 from semiseg.io import atomic_write_text
 
 
@@ -129,6 +129,36 @@ def train(
     finally:
         D.finish(info)  # the other ranks wait for rank 0's evaluation and files
         D.teardown()
+
+
+def split_records(data, split: str) -> list:
+    """The records of ``split`` ("val" or "test") of prepared ``data``; an empty split is an error."""
+    if split not in ("val", "test"):
+        raise ConfigError(f"split must be 'val' or 'test', got {split!r}")
+    records = data.val if split == "val" else data.test
+    if not records:
+        raise DataError(None, f"{data.bundle.name}: the {split} split is empty")
+    return records
+
+
+def evaluate_trained(method, cfg: RunConfig, state: dict, data, split: str, device, postprocess=None):
+    """(means, per-case values, records) of a trained ``method`` on ``split`` ("val" or "test") of its
+    prepared ``data``, with every metric (accuracy for classification); ``postprocess`` as
+    :func:`~semiseg.engine.evaluate.evaluate_records`."""
+    from semiseg.engine.evaluate import evaluate_labels, evaluate_records
+
+    records = split_records(data, split)
+    method.eval()
+    with torch.no_grad():
+        if data.bundle.task == "classify":
+            means, cases = evaluate_labels(
+                method.predict, records, image_size=cfg.data.image_size, device=device
+            )
+        else:
+            means, cases = evaluate_records(build_predict(method.predict, cfg), records, num_classes=state["num_classes"],
+                                            image_size=cfg.data.image_size, device=device, metrics=ALL_METRICS,
+                                            postprocess=postprocess)  # fmt: skip
+    return means, cases, records
 
 
 def choose_threshold(method, data, cfg: RunConfig, device, best_path: Path | None) -> dict[str, Any]:

@@ -1,0 +1,185 @@
+"""The Python API: train, evaluate and predict without the command line.
+
+::
+
+    import semiseg
+
+    run = semiseg.train("configs/supervised-shapes.yaml", overrides={"train.epochs": 2}, output_dir="runs/x")
+    print(run.metrics["test"]["dice"])           # the validation-selected model on the test split
+    scores = run.evaluate("val")                  # every metric, means over the split
+    model = semiseg.load(run.checkpoint)          # or a model.onnx from ``semiseg export``
+    mask = model.predict("image.png")             # uint8 class map at the image's own size
+
+Everything the CLI refuses (a bad config key, a missing file, bad data) raises the same one-line
+:class:`~semiseg.errors.ConfigError` / :class:`~semiseg.errors.DataError`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Model", "Run", "load", "train"]
+
+
+def _config(config: str | os.PathLike | dict, overrides: dict[str, Any] | None, quick: bool):
+    import yaml
+
+    from semiseg.config import RunConfig, build_config, load_yaml
+
+    if isinstance(config, RunConfig):
+        if overrides or quick:
+            raise TypeError("overrides and quick apply to a recipe (path, name or dict), not to a RunConfig")
+        return config
+    raw, source = (config, "config") if isinstance(config, dict) else (load_yaml(config), str(config))
+    sets = [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+            for key, value in (overrides or {}).items()]  # fmt: skip
+    return build_config(raw, sets, quick=quick, source=source)
+
+
+@dataclass
+class Run:
+    """A finished training run: its folder, config and ``metrics.json`` (``metrics["test"]``, ...)."""
+
+    dir: Path
+    cfg: Any
+    metrics: dict[str, Any] = field(repr=False)
+    data_root: str | None = None
+
+    @property
+    def checkpoint(self) -> Path:
+        """The validation-selected model (``best.pt``)."""
+        return self.dir / "best.pt"
+
+    def evaluate(self, split: str = "test", checkpoint: str | os.PathLike | None = None) -> dict[str, float]:
+        """Every metric's mean over ``split`` ("val" or "test") for ``best.pt`` (or ``checkpoint``)."""
+        from semiseg.data import prepare_data
+        from semiseg.engine.run import evaluate_trained, load_trained
+
+        method, cfg, state = load_trained(checkpoint or self.checkpoint, "cpu")
+        data = prepare_data(cfg, self.data_root)
+        means, _, _ = evaluate_trained(method, cfg, state, data, split, method_device(method))
+        return means
+
+
+def method_device(method):
+    import torch
+
+    return next((p.device for p in method.parameters()), torch.device("cpu"))
+
+
+def train(
+    config: str | os.PathLike | dict,
+    overrides: dict[str, Any] | None = None,
+    *,
+    output_dir: str | os.PathLike | None = None,
+    data_root: str | None = None,
+    quick: bool = False,
+    resume: bool = False,
+) -> Run:
+    """Train a recipe (a YAML path, a built-in recipe's name, a dict or a ``RunConfig``) with ``overrides``
+    (dotted keys, e.g. ``{"train.lr": 0.01}``) as ``semiseg train`` does, and return the :class:`Run`."""
+    from semiseg.engine.run import train as run_training
+
+    cfg = _config(config, overrides, quick)
+    out = Path(output_dir or cfg.output_dir)
+    metrics = run_training(cfg, data_root=data_root, output_dir=out, resume=resume)
+    return Run(out, cfg, metrics, data_root)
+
+
+class Model:
+    """A trained model for prediction, from a checkpoint (``.pt``, read weights-only) or an exported
+    ONNX model (``.onnx``, run by onnxruntime)."""
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu"):
+        path = Path(path)
+        if path.suffix.lower() == ".onnx":
+            from semiseg.engine.export import OnnxModel
+
+            onnx_model = OnnxModel(path)
+            self._predict, self.cfg, self.state = onnx_model.predict, onnx_model.cfg, onnx_model.state
+            self.device = "cpu"
+        else:
+            from semiseg.engine.distributed import resolve_device
+            from semiseg.engine.run import load_trained
+
+            self.device = resolve_device(device)
+            method, self.cfg, self.state = load_trained(path, self.device)
+            self._predict = method.predict
+        self.path = path
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.state["num_classes"])
+
+    def probabilities(self, image: np.ndarray | str | os.PathLike):
+        """Class probabilities ``[K, *S]`` (float32 numpy) of one image or volume at its own size.
+
+        ``image``: a file (PNG/JPG/TIFF, read as ``semiseg predict`` reads it; or a NIfTI volume,
+        scaled as ``data.intensity`` says), or an array ``[H, W]`` / ``[C, H, W]`` (2D model) or
+        ``[D, H, W]`` / ``[C, D, H, W]`` (volume) scaled as the training images were (uint8 arrays
+        are divided by 255).
+        """
+        import torch
+
+        from semiseg.data.records import Record
+        from semiseg.engine.evaluate import predict_records
+        from semiseg.engine.inference import build_predict
+
+        record = Record("input", self._image(image))
+        with torch.no_grad():
+            (probs,) = predict_records(build_predict(self._predict, self.cfg), [record],
+                                       self.state["image_size"], torch.device(self.device))  # fmt: skip
+        return probs.numpy()
+
+    def predict(self, image: np.ndarray | str | os.PathLike) -> np.ndarray:
+        """The uint8 class map of one image or volume at its own size (see :meth:`probabilities`);
+        the validation-chosen threshold applies when the run chose one."""
+        import torch
+
+        from semiseg.engine.predict import label_map
+
+        return label_map(torch.from_numpy(self.probabilities(image)), self.state.get("decision"))
+
+    def _image(self, image) -> np.ndarray:
+        from semiseg.data.io import read_image
+        from semiseg.data.volume_io import is_nifti
+        from semiseg.errors import DataError
+
+        channels = int(self.state["in_channels"])
+        spatial = len(self.state["image_size"])
+        if isinstance(image, (str, os.PathLike)):
+            path = Path(image)
+            if not path.is_file():
+                raise DataError(path, "image file not found")
+            if is_nifti(path):
+                from semiseg.data.nnunet import read_case
+
+                return read_case([path], self.cfg.data.intensity)[0]
+            return read_image(path, channels="gray" if channels == 1 else "rgb")
+        array = np.asarray(image)
+        if array.dtype == np.uint8:
+            array = array.astype(np.float32) / 255.0
+        array = array.astype(np.float32, copy=False)
+        # a 3D model takes volumes; a 2D model images, or volumes [C, D, H, W] slice by slice (a
+        # one-channel model reads a 3-D array [D, H, W] with D > 1 as a volume)
+        volume = (
+            spatial == 3 or array.ndim == 4 or (array.ndim == 3 and channels == 1 and array.shape[0] != 1)
+        )
+        expected = 4 if volume else 3
+        if array.ndim == expected - 1:
+            array = array[None]
+        if array.ndim != expected or array.shape[0] != channels:
+            want = "[C, D, H, W]" if volume else "[C, H, W]"
+            raise DataError(None, f"predict: an array of shape {np.shape(image)} does not fit a model of "
+                                  f"{channels} channel(s) ({want})")  # fmt: skip
+        return np.ascontiguousarray(array)
+
+
+def load(path: str | os.PathLike, device: str = "cpu") -> Model:
+    """A trained model for prediction: a checkpoint (``best.pt``) or an exported ``model.onnx``."""
+    return Model(path, device)

@@ -261,6 +261,9 @@ class TrainConfig:
     amp: bool = False  #: mixed precision on CUDA
     num_workers: int = 0
     log_every: int = 10
+    #: an experiment tracker beside the CSV / JSONL logs: "tensorboard" (<run>/tensorboard) or
+    #: "mlflow" ($MLFLOW_TRACKING_URI, else <run>/mlruns); optional packages (semiseg[loggers])
+    logger: Literal["none", "tensorboard", "mlflow"] = "none"
     progress: bool = True
     plots: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)

@@ -17,6 +17,7 @@ from semiseg.engine.checkpoint import load_checkpoint, save_checkpoint, seed_eve
 from semiseg.engine.decision import ThresholdPostprocess
 from semiseg.engine.evaluate import ALL_METRICS, FAST_METRICS, evaluate_split, predict_records
 from semiseg.engine.inference import build_predict
+from semiseg.engine.loggers import Logger, build_logger
 from semiseg.errors import ConfigError, DataError
 from semiseg.io import atomic_write_text
 
@@ -73,6 +74,7 @@ def train(
 
     out = Path(output_dir or cfg.output_dir)
     info, device = D.setup(cfg.train.device)
+    logger = Logger()  # train.logger's tracker on the main process (built once the folder exists)
     try:
         data = prepare_data(cfg, data_root, bundle=bundle)  # validates all data before any training
         if cfg.train.threshold == "val" and (data.bundle.num_classes != 2 or data.bundle.task != "segment"):
@@ -81,11 +83,13 @@ def train(
             out.mkdir(parents=True, exist_ok=True)
             data.split.write(out / "split.json")
             atomic_write_text(out / "config.json", json.dumps(to_dict(cfg), indent=1))
+        if info.is_main:
+            logger = build_logger(cfg.train.logger, out, to_dict(cfg), resume)
         seed_everything(cfg.train.seed)
         method = build_method_for(cfg, data.bundle.in_channels, data.bundle.num_classes)
         if cfg.train.init and not resume:
             init_segmenter(method, cfg.train.init)
-        trainer = Trainer(cfg, method, data, out, info=info, device=device, resume=resume)
+        trainer = Trainer(cfg, method, data, out, info=info, device=device, resume=resume, logger=logger)
         start = time.perf_counter()
         trainer.fit()
         wall = time.perf_counter() - start
@@ -124,9 +128,16 @@ def train(
                 results[f"{name}_cases"] = cases
             if cfg.train.plots and data.bundle.task == "segment":
                 write_plots(trainer.history, method, data.val, cfg, device, out, data.bundle.num_classes)
+                for figure in ("learning_curves.png", "overlays.png"):
+                    if (out / figure).is_file():
+                        logger.figure(out / figure, trainer.global_step)
+            for split in ("val", "test"):
+                if split in results:
+                    logger.scalars(results[split], trainer.global_step, prefix=f"final/{split}/")
         atomic_write_text(out / "metrics.json", json.dumps(results, indent=1, default=float))
         return results
     finally:
+        logger.close()
         D.finish(info)  # the other ranks wait for rank 0's evaluation and files
         D.teardown()
 

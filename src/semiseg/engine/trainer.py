@@ -39,6 +39,7 @@ from semiseg.engine.checkpoint import (
 )
 from semiseg.engine.evaluate import FAST_METRICS, evaluate_split, metric_keys
 from semiseg.engine.inference import build_predict
+from semiseg.engine.loggers import Logger
 from semiseg.engine.sweep import TrainerSweep
 from semiseg.errors import ConfigError, DataError, TrainingDiverged
 from semiseg.io import atomic_write_text
@@ -63,6 +64,7 @@ RESUMABLE_CHANGES = (
     "data.loading",
     "data.cache_mib",
     "data.cache_dir",
+    "train.logger",
 )
 #: learning-rate schedules that depend on the run length (a resumed run cannot lengthen them)
 LENGTH_DEPENDENT = ("cosine", "poly", "linear")
@@ -160,8 +162,10 @@ class Trainer:
         info: D.DistInfo | None = None,
         device: torch.device | None = None,
         resume: bool = False,
+        logger: Logger | None = None,
     ):
         self.cfg = cfg
+        self.logger = logger or Logger()  #: an experiment tracker (train.logger), main process only
         self.info = info or D.DistInfo()
         self.device = device or torch.device("cpu")
         self.data = data
@@ -495,6 +499,8 @@ class Trainer:
         if self.main:
             with open(self.out / "steps.jsonl", "a") as fh:
                 fh.write(json.dumps(record) + "\n")
+            shown = {k: v for k, v in record.items() if k not in ("epoch", "step", "attempt")}
+            self.logger.scalars(shown, record["step"], prefix="step/")
 
     def _write_epoch_logs(self) -> None:
         if not self.main:
@@ -793,6 +799,9 @@ class Trainer:
         record["seconds"] = round(time.perf_counter() - t0, 3)
         self.history.append(record)
         if self.main:
+            self.logger.scalars(
+                {k: v for k, v in record.items() if k not in ("epoch", "step")}, self.global_step
+            )
             every = self.cfg.train.checkpoint_every
             if self.epoch % every == 0 or self.epoch == n_epochs:  # and always at the end of a phase
                 save_checkpoint(self._state(opts, scheds), self.out / "last.pt")

@@ -1,0 +1,124 @@
+"""Experiment trackers beside the run folder's CSV / JSONL logs (``train.logger``).
+
+- ``tensorboard``: event files in ``<run>/tensorboard/`` (``tensorboard --logdir runs/``).
+- ``mlflow``: an MLflow run (the tracking URI from ``$MLFLOW_TRACKING_URI``, else a file store in
+  ``<run>/mlruns``) with the flattened config as parameters; a resumed semiseg run continues its MLflow
+  run (its id is kept in ``<run>/mlflow_run_id``).
+
+Both receive the step log (``step/<loss>``, ``step/lr``), every epoch record (``train/...``,
+``val/...``) and, at the end, the figures (learning curves, overlays). The libraries are optional and
+imported only when chosen; a missing one is a one-line error before training.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from semiseg.errors import ConfigError
+
+__all__ = ["LOGGERS", "Logger", "build_logger"]
+
+LOGGERS = ("none", "tensorboard", "mlflow")
+
+
+def _scalars(values: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}  # fmt: skip
+
+
+class Logger:
+    """What the trainer calls (no-ops here: ``train.logger: none``)."""
+
+    def scalars(self, values: dict[str, Any], step: int, prefix: str = "") -> None:
+        """Log the finite numbers of ``values`` (other entries are skipped) at ``step``."""
+
+    def figure(self, path: Path, step: int) -> None:
+        """Log the image file ``path`` (PNG) at ``step``."""
+
+    def close(self) -> None:
+        pass
+
+
+class TensorBoardLogger(Logger):
+    def __init__(self, out: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(out / "tensorboard"))
+
+    def scalars(self, values: dict[str, Any], step: int, prefix: str = "") -> None:
+        for key, value in _scalars(values).items():
+            self.writer.add_scalar(prefix + key, value, step)
+
+    def figure(self, path: Path, step: int) -> None:
+        import numpy as np
+        from PIL import Image
+
+        image = np.asarray(Image.open(path).convert("RGB"))
+        self.writer.add_image(Path(path).stem, image, step, dataformats="HWC")
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class MLflowLogger(Logger):
+    def __init__(self, out: Path, config: dict[str, Any], resume: bool):
+        import mlflow
+
+        self.mlflow = mlflow
+        if not os.environ.get("MLFLOW_TRACKING_URI"):  # a local file store (MLflow 3 asks to opt in)
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            mlflow.set_tracking_uri((out / "mlruns").resolve().as_uri())
+        id_file = out / "mlflow_run_id"
+        run_id = id_file.read_text().strip() if resume and id_file.is_file() else None
+        self.run = mlflow.start_run(run_id=run_id, run_name=None if run_id else out.name)
+        if run_id is None:
+            id_file.write_text(self.run.info.run_id + "\n")
+            flat = _flatten(config)
+            for start in range(0, len(flat), 100):  # MLflow takes at most 100 parameters per call
+                mlflow.log_params(dict(list(flat.items())[start : start + 100]))
+
+    def scalars(self, values: dict[str, Any], step: int, prefix: str = "") -> None:
+        clean = {_mlflow_key(prefix + k): v for k, v in _scalars(values).items()}
+        if clean:
+            self.mlflow.log_metrics(clean, step=step)
+
+    def figure(self, path: Path, step: int) -> None:
+        self.mlflow.log_artifact(str(path))
+
+    def close(self) -> None:
+        self.mlflow.end_run()
+
+
+def _mlflow_key(key: str) -> str:
+    """MLflow keys allow letters, digits and ``_ - . space : /``."""
+    return "".join(c if c.isalnum() or c in "_-. :/" else "_" for c in key)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = str(v)[:500]
+    return out
+
+
+def build_logger(kind: str, out: Path, config: dict[str, Any], resume: bool = False) -> Logger:
+    """The logger ``train.logger`` names, for the run folder ``out`` (call on the main process only)."""
+    if kind == "none":
+        return Logger()
+    needs = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+    if kind not in needs:
+        raise ConfigError(f"train.logger: must be one of {', '.join(LOGGERS)}, got {kind!r}")
+    try:
+        importlib.import_module(needs[kind])
+    except ImportError:
+        raise ConfigError(
+            f"train.logger: {kind} needs the {needs[kind]} package (pip install 'semiseg[loggers]')"
+        ) from None
+    return TensorBoardLogger(out) if kind == "tensorboard" else MLflowLogger(out, config, resume)

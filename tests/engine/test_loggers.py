@@ -1,0 +1,76 @@
+"""train.logger: TensorBoard event files and MLflow runs carry the step and epoch logs and the figures;
+a resumed run continues its MLflow run; a missing package is a one-line error before training."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from semiseg.config import build_config
+from semiseg.engine.run import train
+from semiseg.errors import ConfigError
+
+RAW = {
+    "data": {"dataset": "shapes", "image_size": [32, 32], "num_images": 16, "split": {"labeled": 4}},
+    "model": {"name": "unet", "width": 4, "depth": 2},
+    "train": {"epochs": 2, "batch_size": 4, "iters_per_epoch": 2, "log_every": 1, "progress": False},
+}
+
+
+def cfg_with(logger: str, **train):
+    raw = copy.deepcopy(RAW)
+    raw["train"].update(logger=logger, **train)
+    return build_config(raw, [], source="test")
+
+
+def test_tensorboard_gets_steps_epochs_final_metrics_and_figures(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(cfg_with("tensorboard"), output_dir=tmp_path / "run")
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0}).Reload()
+    tags = events.Tags()
+    assert {"step/loss", "step/lr", "train/loss", "val/dice/mean", "final/test/dice/mean"} <= set(
+        tags["scalars"]
+    )
+    assert [e.step for e in events.Scalars("step/loss")] == [1, 2, 3, 4]  # every step (log_every: 1)
+    assert [e.step for e in events.Scalars("val/dice/mean")] == [2, 4]  # per epoch, at its last step
+    assert {"overlays", "learning_curves"} <= set(tags["images"])
+
+
+def test_mlflow_run_has_params_metrics_artifacts_and_a_resume_continues_it(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "run"
+    train(cfg_with("mlflow"), output_dir=out)
+    run_id = (out / "mlflow_run_id").read_text().strip()
+    client = MlflowClient(tracking_uri=(out / "mlruns").resolve().as_uri())
+    run = client.get_run(run_id)
+    assert run.data.params["model.width"] == "4" and run.data.params["train.logger"] == "mlflow"
+    assert "val/dice/mean" in run.data.metrics and "final/test/dice/mean" in run.data.metrics
+    assert len(client.get_metric_history(run_id, "step/loss")) == 4
+    assert {a.path for a in client.list_artifacts(run_id)} >= {"overlays.png", "learning_curves.png"}
+    train(cfg_with("mlflow", epochs=3), output_dir=out, resume=True)
+    assert (out / "mlflow_run_id").read_text().strip() == run_id
+    steps = [m.step for m in client.get_metric_history(run_id, "step/loss")]
+    assert steps == [1, 2, 3, 4, 5, 6]  # the same MLflow run, continued
+
+
+def test_a_missing_logger_package_is_a_one_line_error_before_training(tmp_path, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.split(".")[0] == "tensorboard":
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    monkeypatch.setattr("importlib.import_module", lambda name: no_tensorboard(name))
+    with pytest.raises(ConfigError, match=r"train.logger: tensorboard needs the tensorboard package"):
+        train(cfg_with("tensorboard"), output_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "last.pt").exists()

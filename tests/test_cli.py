@@ -128,8 +128,22 @@ def test_train_evaluate_predict(tmp_path, capsys):
 
 def test_data_check_and_split(tmp_path, capsys):
     recipe = write_recipe(tmp_path / "shapes.yaml", SHAPES)
-    assert main(["data", "check", "-c", recipe]) == 0
-    assert "shapes: 3 classes, 1 channel(s); labeled 4" in capsys.readouterr().out
+    assert main(["data", "check", "-c", recipe, "-o", str(tmp_path / "stats.json")]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "shapes: 3 classes, 1 channel(s); labeled 4" in out
+        and "channel 0: mean" in out
+        and "% of pixels" in out
+    )
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    labeled = stats["parts"]["labeled"]
+    assert labeled["items"] == labeled["with_mask"] == 4 and len(labeled["channels"]) == 1
+    shares = [v["pixel_share"] for v in labeled["classes"].values()]
+    assert (
+        len(shares) == 3
+        and abs(sum(shares) - 1) < 1e-3
+        and labeled["classes"]["background"]["items_with_class"] == 1
+    )
     assert (
         main(
             ["data", "split", "-c", recipe, "-o", str(tmp_path / "split.json"), "--set", "data.split.draw=1"]

@@ -113,11 +113,11 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="inspect a dataset, write its split, or generate a dataset")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    for action, text in (("check", "count a recipe's labeled / unlabeled / val / test items"),
+    for action, text in (("check", "a recipe's split counts, image sizes, class balance and channel statistics"),
                          ("split", "write a recipe's split as JSON")):  # fmt: skip
         a = actions.add_parser(action, help=text)
         _add_config_args(a)
-        a.add_argument("--output", "-o", help="split: JSON file to write (default: print)")
+        a.add_argument("--output", "-o", help="JSON file to write (split: the split; check: the statistics)")
     a = actions.add_parser(
         "generate", help="write a generated dataset as a folder dataset (PNG images and masks)"
     )
@@ -315,11 +315,20 @@ def cmd_data(args) -> int:
     split = make_split(bundle, cfg.data.split)
     s = split.summary()
     if args.action == "check":
+        from semiseg.data.stats import dataset_stats, format_stats
+        from semiseg.io import atomic_write_text
+
         print(
             f"{bundle.name}: {bundle.num_classes} classes, {bundle.in_channels} channel(s); "
             f"labeled {len(s['labeled'])} ({len(s['labeled_groups'])} groups), unlabeled {len(s['unlabeled'])}, "
             f"val {len(s['val'])}, test {len(s['test'])}"
         )
+        parts = {"labeled": split.labeled, "unlabeled": split.unlabeled, "val": split.val, "test": split.test}
+        stats = dataset_stats(bundle, parts)
+        print("\n".join(format_stats(stats).splitlines()[1:]))
+        if args.output:
+            atomic_write_text(args.output, json.dumps(stats, indent=1))
+            print(f"wrote {args.output}")
     elif args.output:
         split.write(args.output)
         print(f"wrote {args.output}")

@@ -53,3 +53,41 @@ def test_volumes_show_the_slice_with_most_foreground():
     rec = Record(id="vol", image=image, mask=mask)
     ((_, shown, truth, pred),) = overlay_items([rec], [torch.zeros(2, 3, 8, 8)])
     assert shown.shape == (8, 8) and (shown == 1).all() and np.array_equal(truth, mask[1])
+
+
+def test_sparse_truth_is_drawn_as_markers_and_dense_test_rows_are_added(tmp_path, monkeypatch):
+    import copy
+
+    import matplotlib.axes
+
+    from semiseg.config import build_config
+    from semiseg.core import IGNORE_INDEX
+    from semiseg.engine import plots
+    from semiseg.engine.run import train
+
+    drawn = []
+    real = matplotlib.axes.Axes.scatter
+    monkeypatch.setattr(
+        matplotlib.axes.Axes, "scatter", lambda ax, x, y, **kw: drawn.append(len(x)) or real(ax, x, y, **kw)
+    )
+    truth = np.full((12, 16), IGNORE_INDEX)
+    truth[2, 3], truth[7, 9], truth[10, 1] = 0, 1, 1
+    overlays([("sparse", np.zeros((12, 16)), truth, np.zeros((12, 16), int))], tmp_path / "o.png", 2)
+    assert drawn == [3]  # one marker per labeled pixel
+    drawn.clear()
+    overlays(
+        [("dense", np.zeros((12, 16)), np.zeros((12, 16), int), np.zeros((12, 16), int))],
+        tmp_path / "d.png",
+        2,
+    )
+    assert drawn == []
+
+    seen = []
+    monkeypatch.setattr(plots, "overlays", lambda items, path, k: seen.extend(t for t, *_ in items))
+    raw = {"data": {"dataset": "shapes", "image_size": [32, 32], "num_images": 30,
+                    "split": {"labeled": 4, "supervision": "sparse", "sparse_pixels": 5, "val_supervision": "same"}},
+           "model": {"name": "unet", "width": 4, "depth": 2},
+           "train": {"epochs": 1, "batch_size": 4, "iters_per_epoch": 1, "progress": False}}  # fmt: skip
+    train(build_config(copy.deepcopy(raw), [], source="test"), output_dir=tmp_path / "run")
+    n_val = min(4, len(seen) - 2)
+    assert [t.startswith("test ") for t in seen] == [False] * n_val + [True] * 2, seen

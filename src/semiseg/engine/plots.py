@@ -46,11 +46,17 @@ def overlays(
 ) -> None:
     """Rows of (image, truth overlay, prediction overlay).
 
+    A truth that labels under half of the pixels (sparse supervision: a few clicked pixels) is drawn as
+    markers, one per labeled pixel, coloured by class (background in white), so the clicks stay
+    visible.
+
     Args:
         items: ``(title, image, truth [H, W], prediction [H, W])`` tuples; ``image`` is ``[H, W]``
             (drawn in gray) or ``[H, W, 3]`` RGB in ``[0, 1]`` (drawn in colour), see
-            :func:`display_image`.
+            :func:`display_image`; ``truth`` may hold ``IGNORE_INDEX`` (unlabeled pixels).
     """
+    from semiseg.core import IGNORE_INDEX
+
     plt = _plt()
     n = len(items)
     fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
@@ -58,7 +64,13 @@ def overlays(
     for row, (title, image, truth, pred) in zip(axes, items):
         for ax, label, name in zip(row, (None, truth, pred), ("image", "truth", "prediction")):
             ax.imshow(image, cmap="gray")
-            if label is not None:
+            known = None if label is None else label != IGNORE_INDEX
+            if known is not None and known.mean() < 0.5:  # sparse: markers on the labeled pixels
+                ys, xs = np.nonzero(known)
+                colours = [(1.0, 1.0, 1.0) if c == 0 else cmap(int(c) - 1)[:3] for c in label[ys, xs]]
+                ax.scatter(xs, ys, s=16, c=colours, marker="o", edgecolors="black", linewidths=0.6)
+                name = f"truth ({len(xs)} labeled pixels)"
+            elif label is not None:
                 rgba = np.zeros((*label.shape, 4))
                 for c in range(1, num_classes):
                     rgba[label == c] = (*cmap(c - 1)[:3], 0.45)
@@ -87,8 +99,11 @@ def overlay_items(records, probs) -> list[tuple[str, np.ndarray, np.ndarray, np.
     items = []
     for r, p in zip(records, probs):
         image, truth, pred = r.image, np.asarray(r.mask), p.argmax(0).numpy()
-        if image.ndim == 4:  # volume [C, D, H, W]: the slice with most foreground
-            d = int(np.argmax((truth > 0).reshape(truth.shape[0], -1).sum(1)))
+        if image.ndim == 4:  # volume [C, D, H, W]: the slice with most labeled foreground
+            from semiseg.core import IGNORE_INDEX
+
+            foreground = (truth > 0) & (truth != IGNORE_INDEX)
+            d = int(np.argmax(foreground.reshape(truth.shape[0], -1).sum(1)))
             image, truth, pred = image[:, d], truth[d], pred[d]
         items.append((r.id, display_image(image), truth, pred))
     return items

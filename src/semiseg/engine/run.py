@@ -127,7 +127,9 @@ def train(
                 results[name] = means
                 results[f"{name}_cases"] = cases
             if cfg.train.plots and data.bundle.task == "segment":
-                write_plots(trainer.history, method, data.val, cfg, device, out, data.bundle.num_classes)
+                write_plots(
+                    trainer.history, method, data.val, cfg, device, out, data.bundle.num_classes, data.test
+                )
                 for figure in ("learning_curves.png", "overlays.png"):
                     if (out / figure).is_file():
                         logger.figure(out / figure, trainer.global_step)
@@ -212,13 +214,23 @@ def _score(method, data, cfg: RunConfig, device, metrics, postprocess=None) -> d
     return out
 
 
-def write_plots(history, method, records, cfg: RunConfig, device, out: Path, num_classes: int) -> None:
+def write_plots(
+    history, method, records, cfg: RunConfig, device, out: Path, num_classes: int, test=()
+) -> None:
+    """Learning curves and overlays of the first validation records (with sparse validation labels,
+    4 of them and 2 test records, whose dense truth shows what the clicks cannot)."""
     from semiseg.engine import plots
 
     plots.learning_curves(history, out / "learning_curves.png", cfg.train.val_metric)
     shown = records[:6]
+    titles = [r.id for r in shown]
+    sparse_val = cfg.data.split.val_supervision == "same" and cfg.data.split.supervision == "sparse"
+    if sparse_val and test:  # validation holds a few clicked pixels: add dense test truth to look at
+        titles = [r.id for r in shown[:4]] + [f"test {r.id}" for r in test[:2]]
+        shown = shown[:4] + list(test[:2])
     probs = predict_records(build_predict(method.predict, cfg), shown, cfg.data.image_size, device)
-    plots.overlays(plots.overlay_items(shown, probs), out / "overlays.png", num_classes)
+    items = [(t, *rest) for t, (_, *rest) in zip(titles, plots.overlay_items(shown, probs))]
+    plots.overlays(items, out / "overlays.png", num_classes)
 
 
 def load_trained(checkpoint: str | Path, device: torch.device | str = "cpu"):

@@ -117,7 +117,8 @@ def test_unknown_key_without_close_match_lists_known_keys():
     with pytest.raises(
         ConfigError,
         match=r"unknown key 'model\.zzzzzz' \(known: name, width, depth, norm, dropout, head, alpha, "
-        r"centroid_init, init, output, hidden, activation, input_offset, spatial_dims, inplane_levels\)",
+        r"centroid_init, init, output, hidden, activation, input_offset, spatial_dims, inplane_levels, encoder, "
+        r"encoder_weights, arch\)",
     ):
         build({"model": {"zzzzzz": 1}})
 

@@ -178,6 +178,14 @@ class ModelConfig:
     #: 3D ``unet``: the first this many levels are in-plane only (1x3x3 convolutions, 1x2x2 pooling), for
     #: volumes with thick slices (nnU-Net's rule)
     inplane_levels: int = 0
+    #: ``flexible_unet`` (MONAI) and ``smp`` (segmentation-models-pytorch): the encoder, e.g.
+    #: "efficientnet-b0" or "resnet34" (flexible_unet), any smp / timm encoder ("resnet34", "tu-convnext_tiny")
+    encoder: str = "resnet34"
+    #: the encoder's pre-trained weights: "imagenet" (downloaded once into $TORCH_HOME; fine-tuned with
+    #: the rest) or null (random initialisation)
+    encoder_weights: Literal["imagenet"] | None = None
+    #: ``smp``: the architecture ("unet", "unetplusplus", "fpn", "deeplabv3plus", ... any smp model)
+    arch: str = "unet"
 
 
 @dataclass

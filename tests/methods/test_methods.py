@@ -275,3 +275,35 @@ def test_2d_only_models_and_regularizers_refuse_volumes():
     with pytest.raises(ConfigError, match=r"method.regularizers\[0\]: regulariser 'shape_prior' supports 2D"):
         build_method({"name": "supervised", "regularizers": [{"name": "shape_prior"}]}, MODEL_3D,
                      in_channels=1, num_classes=K)  # fmt: skip
+
+
+def _ecosystem_models() -> list:
+    out = [pytest.param(ModelConfig(name="flexible_unet", encoder="efficientnet-b0"), id="flexible_unet")]
+    try:
+        import segmentation_models_pytorch  # noqa: F401
+
+        smp_available = True
+    except Exception:  # noqa: BLE001 - ImportError, or timm / torchvision failing to load
+        smp_available = False
+    skip = pytest.mark.skipif(
+        not smp_available, reason="segmentation-models-pytorch (with torchvision) not usable"
+    )
+    out.append(pytest.param(ModelConfig(name="smp", arch="unet", encoder="resnet18"), id="smp", marks=skip))
+    return out
+
+
+@pytest.mark.parametrize("model", _ecosystem_models())
+@pytest.mark.parametrize("name", sorted(SEGMENTERS_3D))
+def test_every_segmenter_method_trains_ecosystem_encoders(name, model):
+    """Encoders from MONAI / smp with random weights (no download here): every step of every segmenter
+    method, UniMatch's feature perturbation included (encode / decode), at a size the encoder's
+    stride does not divide."""
+    torch.manual_seed(0)
+    method = build_method({"name": name, **TINY.get(name, {})}, model, in_channels=1, num_classes=K,
+                          image_size=(40, 36))  # fmt: skip
+    for module in method.modules():  # EfficientNet's stochastic depth may skip a block's gradient
+        if hasattr(module, "drop_connect_rate"):
+            module.drop_connect_rate = 0.0
+    data = batch(hw=(40, 36))
+    assert method.predict(data["labeled"].image).shape == (2, K, 40, 36)
+    check_every_step(method, name, data)

@@ -337,3 +337,39 @@ class TestMLPMap(ModelTester):
         assert (
             list(vector.state_dict())[:2] == ["net.1.weight", "net.1.bias"] and len(vector.state_dict()) == 10
         )
+
+
+def test_ecosystem_encoders_build_split_and_fail_in_one_line(monkeypatch):
+    import urllib.error
+
+    from semiseg.config import ModelConfig
+    from semiseg.errors import ConfigError
+    from semiseg.models import build_model
+
+    net = build_model(ModelConfig(name="flexible_unet", encoder="efficientnet-b0"), 2, 3).eval()
+    x = torch.rand(1, 2, 45, 70)
+    features = net.encode(x)
+    assert len(features) == 5 and torch.equal(net.decode(features, (45, 70)), net(x))
+    assert net(x).shape == (1, 3, 45, 70)
+    vol = build_model(
+        ModelConfig(name="flexible_unet", encoder="resnet10", spatial_dims=3, norm="instance"), 1, 2
+    )
+    assert vol.eval()(torch.rand(1, 1, 20, 24, 28)).shape == (1, 2, 20, 24, 28)
+    with pytest.raises(ConfigError, match=r"^model\.encoder: 'vgg11' is not a flexible_unet backbone"):
+        build_model(ModelConfig(name="flexible_unet", encoder="vgg11"), 1, 2)
+    with pytest.raises(
+        ConfigError, match=r"^model\.encoder_weights: MONAI has no ImageNet weights for 'resnet18'"
+    ):
+        build_model(ModelConfig(name="flexible_unet", encoder="resnet18", encoder_weights="imagenet"), 1, 2)
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    import monai.networks.nets.efficientnet as effnet
+
+    monkeypatch.setattr(effnet.model_zoo, "load_url", offline)
+    with pytest.raises(ConfigError, match=r"^model\.encoder_weights: the imagenet weights of encoder 'efficientnet-b0' "
+                                          r"could not be downloaded \(URLError\); [^\n]*TORCH_HOME[^\n]*$"):  # fmt: skip
+        build_model(
+            ModelConfig(name="flexible_unet", encoder="efficientnet-b0", encoder_weights="imagenet"), 3, 2
+        )

@@ -67,7 +67,12 @@ def test_onnxruntime_equals_pytorch_at_other_batch_and_image_sizes(trained):
     assert model.state["num_classes"] == 3 and model.state["in_channels"] == 3
     assert model.state["image_size"] == [32, 32] and model.cfg.method["name"] == "mean_teacher"
     generator = torch.Generator().manual_seed(1)
-    for shape in [(1, 3, 32, 32), (5, 3, 48, 64), (2, 3, 40, 24)]:
+    for shape in [
+        (1, 3, 32, 32),
+        (5, 3, 48, 64),
+        (2, 3, 45, 70),
+        (1, 3, 31, 17),
+    ]:  # any size, not only multiples
         x = torch.rand(*shape, generator=generator)
         with torch.no_grad():
             want = method.predict(x)

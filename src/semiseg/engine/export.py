@@ -7,7 +7,8 @@ which needs ``onnxscript``). What prediction needs besides the network (classes,
 the validation-chosen threshold, the inference and intensity settings of the config) travels in the
 model's metadata (``metadata_props["semiseg"]``, JSON), so ``semiseg predict --model model.onnx``
 needs no checkpoint. The export is checked before the file is written: onnxruntime's outputs on an
-input of the training size must equal PyTorch's within :data:`TOLERANCE`.
+input of the training size and on one of another size (3 pixels larger per axis) must equal PyTorch's
+within :data:`TOLERANCE`.
 """
 
 from __future__ import annotations
@@ -40,14 +41,24 @@ def _need(module: str, what: str):
 
 
 class _Network(torch.nn.Module):
-    """``method.predict`` as a module (what is exported)."""
+    """``method.predict`` (or a network's forward) as a module of one input named ``image``."""
 
-    def __init__(self, method: torch.nn.Module):
+    def __init__(self, method: torch.nn.Module, predict: bool = True):
         super().__init__()
-        self.method = method
+        self.method, self.predict = method, predict
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.method.predict(image)
+        return self.method.predict(image) if self.predict else self.method(image)
+
+
+def to_onnx(network: torch.nn.Module, x: torch.Tensor):
+    """The ONNX model (``ModelProto``) of ``network`` (a module of one input ``image``) traced on ``x``,
+    with a dynamic batch size and spatial size (torch's dynamo exporter)."""
+    spatial = {i + 2: torch.export.Dim(f"s{i}", min=1) for i in range(x.ndim - 2)}
+    dynamic = {"image": {0: torch.export.Dim("batch", min=1), **spatial}}
+    program = torch.onnx.export(network, (x,), dynamo=True, dynamic_shapes=dynamic, input_names=["image"],
+                                output_names=["logits"], verbose=False)  # fmt: skip
+    return program.model_proto
 
 
 def example_input(state: dict[str, Any], cfg) -> torch.Tensor:
@@ -71,25 +82,29 @@ def export_onnx(checkpoint: str | Path, output: str | Path) -> dict[str, float]:
     method, cfg, state = load_trained(checkpoint, "cpu")
     network = _Network(method).eval()
     x = example_input(state, cfg)
-    spatial = {i + 2: torch.export.Dim(f"s{i}", min=1) for i in range(x.ndim - 2)}
-    dynamic = {"image": {0: torch.export.Dim("batch", min=1), **spatial}}
     try:
-        program = torch.onnx.export(network, (x,), dynamo=True, dynamic_shapes=dynamic, input_names=["image"],
-                                    output_names=["logits"], verbose=False)  # fmt: skip
+        model = to_onnx(network, x)
     except Exception as exc:  # noqa: BLE001 - the exporter raises many types; the user needs one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(
             f"{checkpoint}: method '{cfg.method['name']}' cannot be exported to ONNX ({first})"
         ) from None
-    model = program.model_proto
     meta = {"format": METADATA_FORMAT, "config": to_dict(cfg), **{k: state.get(k) for k in STATE_KEYS}}
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(meta)
     data = model.SerializeToString()
-    with torch.no_grad():
-        want = network(x).numpy()
-    got = _session(data).run(None, {"image": x.numpy()})[0]
-    diff = float(np.abs(got - want).max())
+    session = _session(data)
+    odd = torch.rand(1, x.shape[1], *(s + 3 for s in x.shape[2:]), generator=torch.Generator().manual_seed(1))
+    diff = 0.0
+    for example in (x, odd):  # the training size, and one no stride divides
+        with torch.no_grad():
+            want = network(example).numpy()
+        try:
+            got = session.run(None, {"image": example.numpy()})[0]
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's errors have no common type
+            raise ConfigError(f"{checkpoint}: the ONNX export fails on an image of size "
+                              f"{list(example.shape[2:])} ({type(exc).__name__})") from None  # fmt: skip
+        diff = max(diff, float(np.abs(got - want).max()))
     if not diff <= TOLERANCE:
         raise ConfigError(
             f"{checkpoint}: the ONNX export differs from PyTorch by {diff:.2e} (> {TOLERANCE:g})"

@@ -74,10 +74,14 @@ def _build_flexible_unet(cfg: ModelConfig, in_channels: int, out_channels: int) 
 
     backbones = list(FLEXUNET_BACKBONE.register_dict)
     if cfg.encoder not in backbones:
-        raise ConfigError(f"model.encoder: '{cfg.encoder}' is not a flexible_unet backbone ({', '.join(backbones)})")
+        raise ConfigError(
+            f"model.encoder: '{cfg.encoder}' is not a flexible_unet backbone ({', '.join(backbones)})"
+        )
     pretrained = cfg.encoder_weights == "imagenet"
     if pretrained and not cfg.encoder.startswith("efficientnet"):
-        raise ConfigError(f"model.encoder_weights: MONAI has no ImageNet weights for '{cfg.encoder}' (EfficientNets only)")
+        raise ConfigError(
+            f"model.encoder_weights: MONAI has no ImageNet weights for '{cfg.encoder}' (EfficientNets only)"
+        )
     norms = {"batch": ("batch", {"eps": 1e-3, "momentum": 0.1}), "instance": ("instance", {"affine": True}),
              "group": ("group", {"num_groups": 1}), "none": None}  # fmt: skip
     if cfg.norm == "none":
@@ -87,7 +91,13 @@ def _build_flexible_unet(cfg: ModelConfig, in_channels: int, out_channels: int) 
                            spatial_dims=cfg.spatial_dims, norm=norms[cfg.norm], dropout=cfg.dropout)  # fmt: skip
     except OSError as exc:  # URLError and other download failures
         raise _download_error(cfg, exc) from None
-    for head in ("_conv_head", "_bn1", "_avg_pooling", "_dropout", "_fc"):  # EfficientNet's classifier: unused
+    for head in (
+        "_conv_head",
+        "_bn1",
+        "_avg_pooling",
+        "_dropout",
+        "_fc",
+    ):  # EfficientNet's classifier: unused
         if hasattr(net.encoder, head):
             setattr(net.encoder, head, nn.Identity())
     return EncoderDecoder(net, _flexible_decoder, 32, cfg.spatial_dims)
@@ -109,7 +119,9 @@ def _build_smp(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Modu
         net = smp.create_model(cfg.arch, encoder_name=cfg.encoder, encoder_weights=cfg.encoder_weights,
                                in_channels=in_channels, classes=out_channels)  # fmt: skip
     except (KeyError, ValueError) as exc:
-        raise ConfigError(f"model.arch / model.encoder: smp cannot build {cfg.arch} with '{cfg.encoder}' ({exc})") from None
+        raise ConfigError(
+            f"model.arch / model.encoder: smp cannot build {cfg.arch} with '{cfg.encoder}' ({exc})"
+        ) from None
     except OSError as exc:
         raise _download_error(cfg, exc) from None
     multiple = int(getattr(net.encoder, "output_stride", 32) or 32)

@@ -38,7 +38,8 @@ def pad_to_multiple(x: torch.Tensor, multiple: int | tuple[int, ...]) -> torch.T
         multiple = (multiple, multiple)
     sizes = x.shape[-len(multiple) :]
     pads = [(-s) % m for s, m in zip(sizes, multiple)]
-    if any(pads):
+    # traced for export (sizes symbolic): always pad, so that the graph pads any size, not just the example's
+    if torch.compiler.is_compiling() or any(pads):
         flat = [p for pad in reversed(pads) for p in (0, pad)]  # F.pad: last dim first
         x = F.pad(x, flat, mode="replicate")
     return x

@@ -130,7 +130,8 @@ class Model:
         from semiseg.engine.evaluate import predict_records
         from semiseg.engine.inference import build_predict
 
-        record = Record("input", self._image(image))
+        array, spacing = self._image(image)
+        record = Record("input", array, spacing=spacing)
         with torch.no_grad():
             (probs,) = predict_records(build_predict(self._predict, self.cfg), [record],
                                        self.state["image_size"], torch.device(self.device))  # fmt: skip
@@ -145,7 +146,8 @@ class Model:
 
         return label_map(torch.from_numpy(self.probabilities(image)), self.state.get("decision"))
 
-    def _image(self, image) -> np.ndarray:
+    def _image(self, image) -> tuple[np.ndarray, tuple[float, ...] | None]:
+        """The image as the model reads it, ``[C, *S]`` float32, and its spacing (NIfTI files)."""
         from semiseg.data.io import read_image
         from semiseg.data.volume_io import is_nifti
         from semiseg.errors import DataError
@@ -159,8 +161,12 @@ class Model:
             if is_nifti(path):
                 from semiseg.data.nnunet import read_case
 
-                return read_case([path], self.cfg.data.intensity)[0]
-            return read_image(path, channels="gray" if channels == 1 else "rgb")
+                if channels != 1:
+                    raise DataError(path, f"a model of {channels} channels reads a list of channel files, not one "
+                                          "volume (use semiseg predict with <case>_0000.nii.gz ... files)")  # fmt: skip
+                volume, geometry = read_case([path], self.cfg.data.intensity)
+                return volume, geometry.spacing
+            return read_image(path, channels="gray" if channels == 1 else "rgb"), None
         array = np.asarray(image)
         if array.dtype == np.uint8:
             array = array.astype(np.float32) / 255.0
@@ -177,7 +183,7 @@ class Model:
             want = "[C, D, H, W]" if volume else "[C, H, W]"
             raise DataError(None, f"predict: an array of shape {np.shape(image)} does not fit a model of "
                                   f"{channels} channel(s) ({want})")  # fmt: skip
-        return np.ascontiguousarray(array)
+        return np.ascontiguousarray(array), None
 
 
 def load(path: str | os.PathLike, device: str = "cpu") -> Model:

@@ -291,3 +291,11 @@ def test_lazy_and_eager_image_folders_train_to_the_same_weights_and_metrics(tmp_
         if torch.is_tensor(results[0][1][k])
     )
     assert any((tmp_path / "cache" / "grid2d").rglob("images.npy"))
+    from semiseg.data import prepare_data
+
+    rows = set()
+    for draw in (0, 1):  # every draw reads one entry of the whole training pool
+        raw["data"]["split"]["draw"] = draw
+        data = prepare_data(build_config(copy.deepcopy(raw), [], source="test"))
+        rows |= {data.labeled.rows, data.unlabeled.rows}
+    assert len(rows) == 1 and len(list((tmp_path / "cache" / "grid2d").rglob("images.npy"))) == 1

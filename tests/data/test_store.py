@@ -113,3 +113,24 @@ def test_a_lazy_patch_set_holds_no_volume_in_memory(tmp_path):
     assert held < volume_bytes / 20, held  # foreground samples and kept points only
     assert ps[(0, 0)]["image"].shape == (1, 4, 16, 16)
     assert ARRAYS.nbytes == 0  # a patch reads the store, not the record's file
+
+
+def test_readers_that_a_key_cannot_describe_are_refused_and_arrays_key_by_content():
+    with pytest.raises(store.UndescribedReader, match="functools.partial"):
+        store.entry_key("grid3d", lambda: _volume("a", (2, 4, 4), True))
+
+    def local():
+        return None
+
+    with pytest.raises(store.UndescribedReader):
+        store.entry_key("grid3d", functools.partial(local))
+    with pytest.raises(store.UndescribedReader, match="repr"):
+        store.entry_key("grid3d", functools.partial(_volume, object(), (2, 4, 4), True))
+    a, b = np.zeros((3, 3)), np.zeros((3, 3))
+    b[1, 1] = 1.0
+    assert store.entry_key("g", functools.partial(_volume, a)) != store.entry_key(
+        "g", functools.partial(_volume, b)
+    )
+    assert store.entry_key("g", functools.partial(_volume, a)) == store.entry_key(
+        "g", functools.partial(_volume, a.copy())
+    )

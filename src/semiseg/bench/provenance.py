@@ -14,6 +14,7 @@ import hashlib
 import os
 import platform
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +168,20 @@ def provenance_line(p: dict[str, Any]) -> str:
         f"Commit `{p['git_commit']}`; source hash `{p['source_hash']}`; wall time {p['wall_seconds']} s; "
         f"hardware: {hw['cpu']} ({hw['cores']} cores), torch {hw['torch']}."
     )
+
+
+def write_result(
+    out: str | Path, result: dict[str, Any], render: Callable[[dict[str, Any], str], str]
+) -> str:
+    """Write a benchmark script's ``result`` as ``<out>.json`` and its Markdown ``render(result,
+    provenance line)`` as ``<out>.md`` (``result["provenance"]`` carries ``wall_seconds``); returns the
+    Markdown."""
+    import json
+
+    from semiseg.io import atomic_write_text
+
+    out = Path(out)
+    text = render(result, provenance_line(result["provenance"]))
+    atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
+    atomic_write_text(out.with_suffix(".md"), text)
+    return text

@@ -114,6 +114,8 @@ def prepare_data(
                       target_spacing=cfg.data.target_spacing)  # fmt: skip
     else:  # a 2D model: volumes become their slices
         split.labeled, split.unlabeled = volume_slices(split.labeled), volume_slices(split.unlabeled)
+        # lazy images: one store entry for the training pool, whichever items a draw labels
+        common["pool"] = sorted(split.labeled + split.unlabeled, key=lambda r: r.id)
     for r in split.labeled + split.unlabeled:
         if r.shape[0] != bundle.in_channels:
             raise DataError(r.source or r.id, f"expected {bundle.in_channels} channels, got {r.shape[0]}")

@@ -51,13 +51,16 @@ class ArrayCache:
     """A least-recently-used cache of lazy records' arrays, bounded in bytes (per process).
 
     Reading a lazy record's ``image`` and then its ``mask`` decodes its file once. An item larger
-    than the bound is returned without being kept. The arrays returned are shared: do not modify them.
+    than the bound is kept alone in an overflow slot until the next read of another item, so that
+    reading the slices of one large volume in turn decodes it once. The arrays returned are shared:
+    do not modify them.
     """
 
     def __init__(self, max_bytes: int = 512 * 2**20):
         self.max_bytes = int(max_bytes)
         self._items: OrderedDict[object, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
         self._bytes = 0
+        self._oversize: tuple[object, tuple[np.ndarray, np.ndarray | None]] | None = None
         self.reads = 0  #: reads that missed the cache (for tests and benchmarks)
 
     @staticmethod
@@ -69,11 +72,16 @@ class ArrayCache:
         if hit is not None:
             self._items.move_to_end(reader)
             return hit
+        if self._oversize is not None and self._oversize[0] == reader:
+            return self._oversize[1]
+        self._oversize = None  # dropped before the next read, so at most one large item is held
         record = reader()
         self.reads += 1
         arrays = (record.image, record.mask)
         size = self._size(arrays)
-        if size <= self.max_bytes:
+        if size > self.max_bytes:
+            self._oversize = (reader, arrays)
+        else:
             self._items[reader] = arrays
             self._bytes += size
             while self._bytes > self.max_bytes:
@@ -84,6 +92,7 @@ class ArrayCache:
     def clear(self) -> None:
         self._items.clear()
         self._bytes = 0
+        self._oversize = None
 
     @property
     def nbytes(self) -> int:
@@ -155,8 +164,9 @@ class Record:
 
     def detach(self, reader: Callable[[], Record]) -> Record:
         """This record made lazy: its metadata kept, its arrays dropped, ``reader`` reading them again."""
+        meta = dataclasses.replace(self.meta, has_foreground=self.has_foreground)  # known now, at no read
         return Record(self.id, label=self.label, group=self.group, source=self.source, spacing=self.spacing,
-                      reader=reader, meta=self.meta)  # fmt: skip
+                      reader=reader, meta=meta)  # fmt: skip
 
     @property
     def is_lazy(self) -> bool:

@@ -45,11 +45,13 @@ def dataset_stats(bundle: DatasetBundle, parts: dict[str, Sequence[Record]]) -> 
         total, sums, squares = 0, np.zeros(c), np.zeros(c)
         low, high = np.full(c, np.inf), np.full(c, -np.inf)
         for r in records:
-            image = np.asarray(r.image, dtype=np.float64).reshape(r.shape[0], -1)
+            image = np.asarray(r.image).reshape(r.shape[0], -1)
             total += image.shape[1]
-            sums += image.sum(1)
-            squares += (image**2).sum(1)
-            low, high = np.minimum(low, image.min(1)), np.maximum(high, image.max(1))
+            for start in range(0, image.shape[1], 1 << 20):  # float64 sums over chunks: little memory
+                chunk = image[:, start : start + (1 << 20)].astype(np.float64)
+                sums += chunk.sum(1)
+                squares += (chunk * chunk).sum(1)
+                low, high = np.minimum(low, chunk.min(1)), np.maximum(high, chunk.max(1))
             if r.has_mask:
                 mask = np.asarray(r.mask)
                 counts = np.bincount(mask[mask != IGNORE_INDEX].ravel(), minlength=k)[:k]

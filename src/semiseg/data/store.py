@@ -48,9 +48,22 @@ def cache_dir(option: str | None = None) -> Path:
     return Path(value).expanduser()
 
 
+class UndescribedReader(ValueError):
+    """A reader whose description would not identify its data (a lambda, closure, bound method or an
+    object without a stable ``repr``): it cannot key a store entry."""
+
+
 def describe(obj: object) -> object:
-    """A JSON-able description of a reader: functions by qualified name, ``functools.partial`` and
-    dataclasses by their parts, paths by (absolute path, size, mtime), other values by ``repr``."""
+    """A JSON-able description of a reader: module-level functions by qualified name and the hash of
+    their module's source, ``functools.partial`` and dataclasses by their parts, paths by (absolute
+    path, size, mtime), arrays by a hash of their bytes, plain values by ``repr``.
+
+    Raises:
+        UndescribedReader: a lambda, closure or bound method (their captured state is not described),
+            or a value whose ``repr`` is the default ``<... at 0x...>``.
+    """
+    import numpy as np
+
     if isinstance(obj, functools.partial):
         return ["partial", describe(obj.func), [describe(a) for a in obj.args],
                 {k: describe(v) for k, v in sorted(obj.keywords.items())}]  # fmt: skip
@@ -68,9 +81,57 @@ def describe(obj: object) -> object:
         return [str(path), st.st_size, st.st_mtime_ns]
     if isinstance(obj, (list, tuple)):
         return [describe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [
+            "array",
+            str(obj.dtype),
+            list(obj.shape),
+            hashlib.sha256(np.ascontiguousarray(obj).tobytes()).hexdigest(),
+        ]
     if callable(obj) and hasattr(obj, "__qualname__"):
-        return f"{getattr(obj, '__module__', '')}.{obj.__qualname__}"
-    return repr(obj)
+        name = obj.__qualname__
+        if (
+            "<lambda>" in name
+            or "<locals>" in name
+            or getattr(obj, "__closure__", None)
+            or hasattr(obj, "__self__")
+        ):
+            raise UndescribedReader(f"reader {name!r}: use a functools.partial of a module-level function")
+        return [f"{getattr(obj, '__module__', '')}.{name}", _source_hash(getattr(obj, "__module__", None))]
+    text = repr(obj)
+    if " at 0x" in text:
+        raise UndescribedReader(f"reader argument {text}: its repr does not describe it")
+    return text
+
+
+@functools.cache
+def _source_hash(module: str | None) -> str | None:
+    """A hash of a module's source file (a reader defined outside semiseg's data package changes its
+    entries' keys when its code changes)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(module) if module else None
+    except (ImportError, ValueError):
+        return None
+    origin = getattr(spec, "origin", None)
+    if not origin or not os.path.isfile(origin):
+        return None
+    return hashlib.sha256(Path(origin).read_bytes()).hexdigest()[:16]
+
+
+@functools.cache
+def _versions() -> dict[str, str]:
+    """Versions of the libraries that decode and resize (a new one may change the arrays)."""
+    from importlib import metadata
+
+    out = {}
+    for name in ("torch", "numpy", "pillow", "nibabel", "h5py", "tifffile"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 @functools.cache
@@ -87,7 +148,7 @@ def entry_key(kind: str, reader: object, **derived: object) -> str:
     """The key of the entry ``kind`` (e.g. "grid3d") made from ``reader``'s record with ``derived``
     options (JSON-able)."""
     text = json.dumps(
-        [STORE_FORMAT, code_hash(), kind, describe(reader), derived], sort_keys=True, default=repr
+        [STORE_FORMAT, code_hash(), _versions(), kind, describe(reader), derived], sort_keys=True
     )
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -102,14 +163,23 @@ def entry(root: Path, kind: str, key: str, names: Sequence[str], write: Callable
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:8]}-", dir=final.parent))
     try:
         write(tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process wrote it first (or a stale partial folder is in the way)
-            if not all((final / f"{n}.npy").is_file() for n in names):
-                shutil.rmtree(final, ignore_errors=True)
+        for _ in range(5):
+            try:
                 os.rename(tmp, final)
+                break
+            except OSError:  # another process wrote it first, or a stale partial folder is in the way
+                if all((final / f"{n}.npy").is_file() for n in names):
+                    break  # theirs is complete (entries are equal): keep it
+                try:  # move the partial folder aside atomically, so no other process deletes a good one
+                    stale = Path(tempfile.mkdtemp(prefix=f".stale-{key[:8]}-", dir=final.parent))
+                    os.rename(final, stale / "old")
+                    shutil.rmtree(stale, ignore_errors=True)
+                except OSError:
+                    pass  # someone else moved it: try again
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if not all((final / f"{n}.npy").is_file() for n in names):
+        raise OSError(f"{final}: could not write the store entry")
     return final
 
 

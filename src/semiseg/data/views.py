@@ -210,6 +210,7 @@ class TrainSet(KeyedItems):
         draw: int = 0,
         split_seed: int = 0,
         cache_dir: str | Path | None = None,
+        pool: list[Record] | None = None,
     ):
         kind = Supervision.parse(supervision)
         self.ids = [r.id for r in records]
@@ -219,13 +220,19 @@ class TrainSet(KeyedItems):
         n = len(records)
         self.tags = torch.full((n, k), float("nan"))
         self.sizes = torch.full((n, k), float("nan"))
-        #: lazy records: the resized images and dense masks in the on-disk store, read per item
+        #: lazy records: the resized images and dense masks in the on-disk store (rows ``self.row_of``),
+        #: read per item; the rows hold ``pool`` (default: ``records``), e.g. the whole training pool, so
+        #: that every draw of labeled items reads one entry
         self.rows: Path | None = None
+        self.row_of: list[int] = []
         self.points: list[tuple[np.ndarray, np.ndarray]] = []  #: disk rows, sparse: kept pixels, classes
         if records and all(r.is_lazy for r in records):
-            self.rows = _resized_rows(records, tuple(image_size), cache_dir)
+            pool = pool if pool is not None else records
+            self.rows = _resized_rows(pool, tuple(image_size), cache_dir)
+            index = {r.id: i for i, r in enumerate(pool)}
+            self.row_of = [index[r.id] for r in records]
             self.images = self.masks = None
-            dense = (torch.from_numpy(store.read_row(self.rows / "dense.npy", i)).long() for i in range(n))
+            dense = (torch.from_numpy(store.read_row(self.rows / "dense.npy", i)).long() for i in self.row_of)
         else:
             self.images, dense = stack_resized(records, tuple(image_size))
             self.masks = dense if kind == Supervision.DENSE else torch.full_like(dense, IGNORE_INDEX)
@@ -272,9 +279,10 @@ class TrainSet(KeyedItems):
         """Item ``index``'s resized image and what the loss sees of its mask (long)."""
         if self.rows is None:
             return self.images[index], self.masks[index]
-        image = torch.from_numpy(store.read_row(self.rows / "images.npy", index))
+        row = self.row_of[index]
+        image = torch.from_numpy(store.read_row(self.rows / "images.npy", row))
         if self.kind == Supervision.DENSE:
-            return image, torch.from_numpy(store.read_row(self.rows / "dense.npy", index)).long()
+            return image, torch.from_numpy(store.read_row(self.rows / "dense.npy", row)).long()
         mask = torch.full(image.shape[1:], IGNORE_INDEX, dtype=torch.long)
         if self.kind == Supervision.SPARSE:
             kept, values = self.points[index]

@@ -31,7 +31,8 @@ def _scalars(values: dict[str, Any]) -> dict[str, float]:
 
 
 class Logger:
-    """What the trainer calls (no-ops here: ``train.logger: none``)."""
+    """What the trainer calls (no-ops here: ``train.logger: none``, and on processes other than the
+    main one)."""
 
     def scalars(self, values: dict[str, Any], step: int, prefix: str = "") -> None:
         """Log the finite numbers of ``values`` (other entries are skipped) at ``step``."""
@@ -39,29 +40,37 @@ class Logger:
     def figure(self, path: Path, step: int) -> None:
         """Log the image file ``path`` (PNG) at ``step``."""
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         pass
 
 
 class TensorBoardLogger(Logger):
-    def __init__(self, out: Path):
-        from torch.utils.tensorboard import SummaryWriter
+    def __init__(self, out: Path, resume: bool):
+        self.log_dir, self.resume, self._writer = out / "tensorboard", resume, None
 
-        self.writer = SummaryWriter(log_dir=str(out / "tensorboard"))
+    def writer(self, step: int):
+        """The event writer, opened at the first event: a resumed run purges the events from that step
+        on (logged after its checkpoint by the interrupted run, and now trained again)."""
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=step if self.resume else None)
+        return self._writer
 
     def scalars(self, values: dict[str, Any], step: int, prefix: str = "") -> None:
         for key, value in _scalars(values).items():
-            self.writer.add_scalar(prefix + key, value, step)
+            self.writer(step).add_scalar(prefix + key, value, step)
 
     def figure(self, path: Path, step: int) -> None:
         import numpy as np
         from PIL import Image
 
         image = np.asarray(Image.open(path).convert("RGB"))
-        self.writer.add_image(Path(path).stem, image, step, dataformats="HWC")
+        self.writer(step).add_image(Path(path).stem, image, step, dataformats="HWC")
 
-    def close(self) -> None:
-        self.writer.close()
+    def close(self, failed: bool = False) -> None:
+        if self._writer is not None:
+            self._writer.close()
 
 
 class MLflowLogger(Logger):
@@ -69,12 +78,14 @@ class MLflowLogger(Logger):
         import mlflow
 
         self.mlflow = mlflow
-        if not os.environ.get("MLFLOW_TRACKING_URI"):  # a local file store (MLflow 3 asks to opt in)
+        chosen = os.environ.get("MLFLOW_TRACKING_URI") or mlflow.is_tracking_uri_set()
+        if not chosen:  # a local file store (MLflow 3 asks to opt in)
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
             mlflow.set_tracking_uri((out / "mlruns").resolve().as_uri())
         id_file = out / "mlflow_run_id"
         run_id = id_file.read_text().strip() if resume and id_file.is_file() else None
-        self.run = mlflow.start_run(run_id=run_id, run_name=None if run_id else out.name)
+        nested = mlflow.active_run() is not None  # inside a user's own run: a child run
+        self.run = mlflow.start_run(run_id=run_id, run_name=None if run_id else out.name, nested=nested)
         if run_id is None:
             id_file.write_text(self.run.info.run_id + "\n")
             flat = _flatten(config)
@@ -89,8 +100,8 @@ class MLflowLogger(Logger):
     def figure(self, path: Path, step: int) -> None:
         self.mlflow.log_artifact(str(path))
 
-    def close(self) -> None:
-        self.mlflow.end_run()
+    def close(self, failed: bool = False) -> None:
+        self.mlflow.end_run(status="FAILED" if failed else "FINISHED")
 
 
 def _mlflow_key(key: str) -> str:
@@ -108,17 +119,25 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def build_logger(kind: str, out: Path, config: dict[str, Any], resume: bool = False) -> Logger:
-    """The logger ``train.logger`` names, for the run folder ``out`` (call on the main process only)."""
-    if kind == "none":
-        return Logger()
-    needs = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+def check_logger(kind: str) -> None:
+    """A one-line ConfigError when ``train.logger``'s package is missing (call on every process before
+    training, so that no process waits for one that failed)."""
+    needs = {"none": None, "tensorboard": "tensorboard", "mlflow": "mlflow"}
     if kind not in needs:
         raise ConfigError(f"train.logger: must be one of {', '.join(LOGGERS)}, got {kind!r}")
+    if needs[kind] is None:
+        return
     try:
         importlib.import_module(needs[kind])
     except ImportError:
         raise ConfigError(
             f"train.logger: {kind} needs the {needs[kind]} package (pip install 'semiseg[loggers]')"
         ) from None
-    return TensorBoardLogger(out) if kind == "tensorboard" else MLflowLogger(out, config, resume)
+
+
+def build_logger(kind: str, out: Path, config: dict[str, Any], resume: bool = False) -> Logger:
+    """The logger ``train.logger`` names, for the run folder ``out`` (call on the main process only)."""
+    check_logger(kind)
+    if kind == "none":
+        return Logger()
+    return TensorBoardLogger(out, resume) if kind == "tensorboard" else MLflowLogger(out, config, resume)

@@ -17,7 +17,7 @@ from semiseg.engine.checkpoint import load_checkpoint, save_checkpoint, seed_eve
 from semiseg.engine.decision import ThresholdPostprocess
 from semiseg.engine.evaluate import ALL_METRICS, FAST_METRICS, evaluate_split, predict_records
 from semiseg.engine.inference import build_predict
-from semiseg.engine.loggers import Logger, build_logger
+from semiseg.engine.loggers import Logger, build_logger, check_logger
 from semiseg.errors import ConfigError, DataError
 from semiseg.io import atomic_write_text
 
@@ -73,8 +73,10 @@ def train(
     from semiseg.engine.trainer import Trainer
 
     out = Path(output_dir or cfg.output_dir)
+    check_logger(cfg.train.logger)  # on every process, before any of them starts
     info, device = D.setup(cfg.train.device)
-    logger = Logger()  # train.logger's tracker on the main process (built once the folder exists)
+    logger = Logger()  # train.logger's tracker on the main process (built with the trainer)
+    failed = True
     try:
         data = prepare_data(cfg, data_root, bundle=bundle)  # validates all data before any training
         if cfg.train.threshold == "val" and (data.bundle.num_classes != 2 or data.bundle.task != "segment"):
@@ -83,13 +85,14 @@ def train(
             out.mkdir(parents=True, exist_ok=True)
             data.split.write(out / "split.json")
             atomic_write_text(out / "config.json", json.dumps(to_dict(cfg), indent=1))
-        if info.is_main:
-            logger = build_logger(cfg.train.logger, out, to_dict(cfg), resume)
         seed_everything(cfg.train.seed)
         method = build_method_for(cfg, data.bundle.in_channels, data.bundle.num_classes)
         if cfg.train.init and not resume:
             init_segmenter(method, cfg.train.init)
-        trainer = Trainer(cfg, method, data, out, info=info, device=device, resume=resume, logger=logger)
+        trainer = Trainer(cfg, method, data, out, info=info, device=device, resume=resume)
+        if info.is_main:
+            logger = build_logger(cfg.train.logger, out, to_dict(cfg), resume)
+            trainer.logger = logger
         start = time.perf_counter()
         trainer.fit()
         wall = time.perf_counter() - start
@@ -137,9 +140,10 @@ def train(
                 if split in results:
                     logger.scalars(results[split], trainer.global_step, prefix=f"final/{split}/")
         atomic_write_text(out / "metrics.json", json.dumps(results, indent=1, default=float))
+        failed = False
         return results
     finally:
-        logger.close()
+        logger.close(failed)
         D.finish(info)  # the other ranks wait for rank 0's evaluation and files
         D.teardown()
 

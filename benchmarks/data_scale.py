@@ -171,8 +171,7 @@ def main() -> None:
         print(json.dumps(cell(root, loading, int(workers), cache, int(steps), int(width), int(depth))))
         return
 
-    from semiseg.bench.provenance import provenance, provenance_line
-    from semiseg.io import atomic_write_text
+    from semiseg.bench.provenance import provenance, write_result
 
     work = Path(args.work or tempfile.mkdtemp(prefix="data-scale-"))
     start = time.time()
@@ -208,11 +207,7 @@ def main() -> None:
               "batch": "8 labeled + 8 unlabeled", "eager_max": args.eager_max}  # fmt: skip
     prov = provenance(config=config, seed=0, wall_seconds=round(time.time() - start))
     result = {"benchmark": "data-scale", "config": config, "provenance": prov, "runs": runs}
-    out = Path(args.out)
-    atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
-    text = render(result, provenance_line(prov))
-    atomic_write_text(out.with_suffix(".md"), text)
-    print(text)
+    print(write_result(args.out, result, render))
 
 
 def render(result: dict, prov_line: str) -> str:
@@ -255,18 +250,16 @@ def render(result: dict, prov_line: str) -> str:
     lines += ["", "Criteria (issue 16): lazy peak PSS at the largest size ≤ 1.5 × at the smallest; lazy images/s ≥ "
               "0.9 × eager where eager runs.", ""]  # fmt: skip
     small, large = min(cfg["sizes"]), max(cfg["sizes"])
-    for workers in cfg["workers"]:
-        a, b = means.get((small, workers, "lazy")), means.get((large, workers, "lazy"))
-        if a and b:
-            ratio = b["peak_pss_tree_mib"] / a["peak_pss_tree_mib"]
-            lines.append(f"- workers {workers}: lazy peak PSS {large} / {small} images = {ratio:.2f} "
-                         f"({'met' if ratio <= 1.5 else 'not met'})")  # fmt: skip
-        for n in cfg["sizes"]:
-            e, lz = means.get((n, workers, "eager")), means.get((n, workers, "lazy"))
-            if e and lz:
-                ratio = lz["images_per_second"] / e["images_per_second"]
-                lines.append(f"- workers {workers}, {n} images: lazy / eager images/s = {ratio:.2f} "
-                             f"({'met' if ratio >= 0.9 else 'not met'})")  # fmt: skip
+    checks = []  # (what, numerator, denominator, key, passes)
+    for w in cfg["workers"]:
+        checks.append((f"workers {w}: lazy peak PSS {large} / {small} images", (large, w, "lazy"), (small, w, "lazy"),
+                       "peak_pss_tree_mib", lambda r: r <= 1.5))  # fmt: skip
+        checks += [(f"workers {w}, {n} images: lazy / eager images/s", (n, w, "lazy"), (n, w, "eager"),
+                    "images_per_second", lambda r: r >= 0.9) for n in cfg["sizes"]]  # fmt: skip
+    for what, num, den, key, passes in checks:
+        if num in means and den in means:
+            value = means[num][key] / means[den][key]
+            lines.append(f"- {what} = {value:.2f} ({'met' if passes(value) else 'not met'})")
     lines += ["", prov_line, ""]
     return "\n".join(lines)
 

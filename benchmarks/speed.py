@@ -210,8 +210,7 @@ def main() -> None:
 
     import torch
 
-    from semiseg.bench.provenance import provenance, provenance_line
-    from semiseg.io import atomic_write_text
+    from semiseg.bench.provenance import provenance, write_result
 
     torch.set_num_threads(2)
     start = time.time()
@@ -231,11 +230,7 @@ def main() -> None:
     prov = provenance(config=config, seed=0, wall_seconds=round(time.time() - start))
     result = {"benchmark": "speed", "config": config, "provenance": prov, "training": train, "inference": infer,
               "agreement": agreement, "memory": memory}  # fmt: skip
-    out = Path(args.out)
-    atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
-    text = render(result, provenance_line(prov))
-    atomic_write_text(out.with_suffix(".md"), text)
-    print(text)
+    print(write_result(args.out, result, render))
 
 
 def render(result: dict, prov_line: str) -> str:

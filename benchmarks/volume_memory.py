@@ -96,18 +96,16 @@ def main() -> None:
     p.add_argument("--cell", nargs=4, metavar=("ROOT", "LOADING", "CACHE", "STEPS"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.render:
-        from semiseg.bench.provenance import provenance_line
+        from semiseg.bench.provenance import write_result
 
-        result = json.loads(Path(args.render).read_text())
-        Path(args.render).with_suffix(".md").write_text(render(result, provenance_line(result["provenance"])))
+        write_result(Path(args.render).with_suffix(""), json.loads(Path(args.render).read_text()), render)
         return
     if args.cell:
         root, loading, cache, steps = args.cell
         print(json.dumps(cell(root, loading, cache, int(steps))))
         return
 
-    from semiseg.bench.provenance import provenance, provenance_line
-    from semiseg.io import atomic_write_text
+    from semiseg.bench.provenance import provenance, write_result
 
     work = Path(args.work or tempfile.mkdtemp(prefix="volume-memory-"))
     start = time.time()
@@ -134,10 +132,7 @@ def main() -> None:
               "patch_size": [32, 96, 96], "model": "3D UNet width 4 depth 2", "method": "mean_teacher"}  # fmt: skip
     prov = provenance(config=config, seed=0, wall_seconds=round(time.time() - start))
     result = {"benchmark": "volume-memory", "config": config, "provenance": prov, "runs": runs}
-    out = Path(args.out)
-    atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
-    atomic_write_text(out.with_suffix(".md"), render(result, provenance_line(prov)))
-    print(render(result, provenance_line(prov)))
+    print(write_result(args.out, result, render))
 
 
 def render(result: dict, prov_line: str) -> str:

@@ -1,7 +1,7 @@
 """Layers point one way: no module imports from a layer above its own.
 
     errors, core, registry, io, ops, parallel → config, phases → data, losses, models, metrics, postprocess
-    → methods → engine → bench, demo → cli
+    → methods → engine → bench, demo, api → cli
 
 Every module under ``src/semiseg`` is parsed with ``ast``; every ``import`` counts, at top level or
 inside a function (a lazy import is still a dependency), including ``TYPE_CHECKING`` blocks.
@@ -37,6 +37,7 @@ LAYERS = {
     "engine": 4,
     "bench": 5,
     "demo": 5,
+    "api": 5,  # the Python API (semiseg/__init__ re-exports it lazily, as a facade)
     "cli": 6,
 }
 

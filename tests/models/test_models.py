@@ -28,6 +28,7 @@ class ModelTester:
     features = True  #: exposes ``encode`` / ``decode`` (feature perturbation, heads on features)
     per_pixel = True  #: scores per pixel ``[B, K, H, W]``; False: one per image ``[B, K]`` (classifiers)
     sizes = SIZES  #: input sizes of the shape / gradient tests
+    batch_atol = 1e-5  #: float summation order differs with the batch size (deeper networks: more)
 
     def out_shape(self, batch: int, hw) -> tuple[int, ...]:
         return (batch, self.num_classes, *hw) if self.per_pixel else (batch, self.num_classes)
@@ -120,7 +121,7 @@ class ModelTester:
         with torch.no_grad():
             together = model(x)
             alone = torch.cat([model(x[i : i + 1]) for i in range(3)])
-        torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(together, alone, rtol=1e-4, atol=self.batch_atol)
 
 
 class TestUNetBatch(ModelTester):
@@ -211,6 +212,42 @@ class TestMonaiUNetGroup(TestMonaiUNet):
 class TestMonaiUNetNoNorm(TestMonaiUNet):
     norm = "none"
     width = 4
+
+
+class TestFlexibleUNet(ModelTester):
+    """MONAI's FlexibleUNet with an EfficientNet encoder (random weights: no download here)."""
+
+    name = "flexible_unet"
+    encoder = "efficientnet-b0"
+    batch_atol = 1e-4
+
+    def build(self, seed: int = 0) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        cfg = ModelConfig(name=self.name, encoder=self.encoder, norm=self.norm)
+        model = build_model(cfg, self.in_channels, self.num_classes)
+        for module in model.modules():  # stochastic depth would skip some blocks' gradients at random
+            if hasattr(module, "drop_connect_rate"):
+                module.drop_connect_rate = 0.0
+        return model
+
+
+class TestFlexibleUNetResNet(TestFlexibleUNet):
+    encoder = "resnet10"
+    norm = "instance"
+
+
+def _smp_usable() -> bool:
+    try:
+        import segmentation_models_pytorch  # noqa: F401
+    except Exception:  # noqa: BLE001 - ImportError, or timm / torchvision failing to load
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _smp_usable(), reason="segmentation-models-pytorch (with torchvision) not usable")
+class TestSmp(TestFlexibleUNet):
+    name = "smp"
+    encoder = "resnet18"
 
 
 def test_every_registered_model_has_a_tester():

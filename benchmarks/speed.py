@@ -158,7 +158,13 @@ def inference(rounds: int, per_round: int) -> tuple[dict, dict]:
                     name: (lambda fn=fn, x=x: [fn(x) for _ in range(per_round)])
                     for name, fn in runs_by.items()
                 }
+                t0 = time.time()
                 times = interleaved(runs, rounds=rounds)
+                shown = ", ".join(
+                    f"{k} {1000 * statistics.median(v) / per_round:.0f} ms" for k, v in times.items()
+                )
+                print(f"inference {h}x{w}, {threads} thread(s), {time.time() - t0:.0f} s: {shown}", file=sys.stderr,
+                      flush=True)  # fmt: skip
                 for name, ts in times.items():
                     results[f"{name} | {threads} thread(s) | {h}x{w}"] = {
                         "ms_per_image": [1000 * t / per_round for t in ts]
@@ -215,6 +221,7 @@ def main() -> None:
     torch.set_num_threads(2)
     start = time.time()
     train = training(args.rounds, args.steps)
+    print(f"training done after {time.time() - start:.0f} s", file=sys.stderr, flush=True)
     infer, agreement = inference(args.rounds, args.per_round)
     memory = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -96,20 +96,23 @@ class Model:
     ONNX model (``.onnx``, run by onnxruntime)."""
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu"):
+        import torch
+
         path = Path(path)
+        #: the network call (``method.predict``, or onnxruntime's), the checkpoint entries and the config
         if path.suffix.lower() == ".onnx":
             from semiseg.engine.export import OnnxModel
 
             onnx_model = OnnxModel(path)
-            self._predict, self.cfg, self.state = onnx_model.predict, onnx_model.cfg, onnx_model.state
-            self.device = "cpu"
+            self.network, self.cfg, self.state = onnx_model.predict, onnx_model.cfg, onnx_model.state
+            self.device = torch.device("cpu")
         else:
             from semiseg.engine.distributed import resolve_device
             from semiseg.engine.run import load_trained
 
             self.device = resolve_device(device)
             method, self.cfg, self.state = load_trained(path, self.device)
-            self._predict = method.predict
+            self.network = method.predict
         self.path = path
 
     @property
@@ -133,8 +136,8 @@ class Model:
         array, spacing = self._image(image)
         record = Record("input", array, spacing=spacing)
         with torch.no_grad():
-            (probs,) = predict_records(build_predict(self._predict, self.cfg), [record],
-                                       self.state["image_size"], torch.device(self.device))  # fmt: skip
+            (probs,) = predict_records(build_predict(self.network, self.cfg), [record], self.state["image_size"],
+                                       self.device)  # fmt: skip
         return probs.numpy()
 
     def predict(self, image: np.ndarray | str | os.PathLike) -> np.ndarray:

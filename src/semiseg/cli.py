@@ -235,23 +235,11 @@ def build_postprocess(args, method, cfg, data, device, state=None):
 
 
 def cmd_predict(args) -> int:
-    import torch
-
-    from semiseg.engine.distributed import resolve_device
+    from semiseg.api import Model
     from semiseg.engine.predict import predict_folder
-    from semiseg.engine.run import load_trained
 
-    if args.model is not None:
-        from semiseg.engine.export import OnnxModel
-
-        model = OnnxModel(args.model)
-        n = predict_folder(
-            model.predict, model.state, args.input, args.output, torch.device("cpu"), model.cfg
-        )
-    else:
-        device = resolve_device(args.device)
-        method, cfg, state = load_trained(args.checkpoint, device)
-        n = predict_folder(method.predict, state, args.input, args.output, device, cfg)
+    model = Model(args.model or args.checkpoint, args.device)  # an exported .onnx, or a checkpoint
+    n = predict_folder(model.network, model.state, args.input, args.output, model.device, model.cfg)
     print(f"wrote {n} masks to {args.output}")
     return 0
 

@@ -47,7 +47,7 @@ def test_an_entry_is_built_once_and_survives_stale_or_partial_folders(tmp_path):
 
     def build(folder):
         calls.append(1)
-        store.save_arrays({"image": np.arange(6.0).reshape(2, 3)})(folder)
+        store.save_arrays(folder, {"image": np.arange(6.0).reshape(2, 3)})
 
     (tmp_path / "grid3d" / "ab").mkdir(parents=True)
     (tmp_path / "grid3d" / "ab" / ".tmp-abcdef01-x").mkdir()  # a writer that died

@@ -40,7 +40,15 @@ from semiseg.data import store
 from semiseg.data.records import Record
 from semiseg.data.splits import stable_hash
 from semiseg.data.transforms import augment, sample_rng
-from semiseg.data.views import KeyedItems, record_grid, resize_image, resize_mask, sparse_mask
+from semiseg.data.views import (
+    KeyedItems,
+    mask_points,
+    points_mask,
+    record_grid,
+    resize_image,
+    resize_mask,
+    sparse_mask,
+)
 from semiseg.errors import DataError
 
 __all__ = ["MAX_FOREGROUND_VOXELS", "PatchSet", "crop", "forced"]
@@ -196,8 +204,7 @@ class PatchSet(KeyedItems):
                 mask = dense
             elif kind == Supervision.SPARSE:
                 mask = sparse_mask(dense, sparse_pixels, split_seed, draw, r.id)
-                kept = np.argwhere(mask.numpy() != IGNORE_INDEX)
-                self.points.append((kept, mask.numpy()[tuple(kept.T)]))
+                self.points.append(mask_points(mask))
             self.foreground.append(self._foreground(mask, r.id))
             if kind in (Supervision.TAG, Supervision.SIZE):
                 counts.append(self._counts(dense))
@@ -230,7 +237,11 @@ class PatchSet(KeyedItems):
         names = ["image", "dense"] if r.has_mask else ["image"]
         key = store.entry_key("grid3d", r.reader, grid=list(grid))
         folder = store.entry(
-            store.cache_dir(cache_dir), "grid3d", key, names, lambda f: store.save_arrays(arrays())(f)
+            store.cache_dir(cache_dir),
+            "grid3d",
+            key,
+            names,
+            lambda folder: store.save_arrays(folder, arrays()),
         )
         return DiskVolume(folder, r.has_mask)
 
@@ -255,13 +266,9 @@ class PatchSet(KeyedItems):
         or nothing (tag, size, none)."""
         if self.kind == Supervision.DENSE and self.volumes[index].has_mask:
             return self.volumes[index].crop("dense", start, self.patch_size, IGNORE_INDEX).long()
-        out = torch.full(self.patch_size, IGNORE_INDEX, dtype=torch.long)
         if self.kind == Supervision.SPARSE:
-            idx, values = self.points[index]
-            local = idx - np.asarray(start)
-            inside = ((local >= 0) & (local < np.asarray(self.patch_size))).all(1)
-            out[tuple(torch.from_numpy(local[inside]).long().T)] = torch.from_numpy(values[inside]).long()
-        return out
+            return points_mask(self.points[index], self.patch_size, start)
+        return torch.full(self.patch_size, IGNORE_INDEX, dtype=torch.long)
 
     def patch_start(self, index: int, position: int, rng: np.random.Generator) -> tuple[int, ...]:
         """The patch's start on the training grid (the first draws of ``rng``)."""

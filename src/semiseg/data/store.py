@@ -183,14 +183,10 @@ def entry(root: Path, kind: str, key: str, names: Sequence[str], write: Callable
     return final
 
 
-def save_arrays(arrays: dict[str, np.ndarray]) -> Callable[[Path], None]:
-    """A writer for :func:`entry` saving ``<name>.npy`` for every array."""
-
-    def write(folder: Path) -> None:
-        for name, array in arrays.items():
-            np.save(folder / f"{name}.npy", array, allow_pickle=False)
-
-    return write
+def save_arrays(folder: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``<folder>/<name>.npy`` for every array (what an :func:`entry` writer of small entries does)."""
+    for name, array in arrays.items():
+        np.save(folder / f"{name}.npy", array, allow_pickle=False)
 
 
 class RowWriter:

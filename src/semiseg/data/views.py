@@ -120,6 +120,26 @@ def stack_resized(records: list[Record], size: tuple[int, int]) -> tuple[torch.T
     return torch.stack(images), torch.stack(masks)
 
 
+def mask_points(mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The labeled pixels of a (sparse) mask: their indices ``[m, ndim]`` and classes ``[m]``."""
+    array = mask.numpy()
+    kept = np.argwhere(array != IGNORE_INDEX)
+    return kept, array[tuple(kept.T)]
+
+
+def points_mask(
+    points: tuple[np.ndarray, np.ndarray], size: Sequence[int], start: Sequence[int] | None = None
+) -> torch.Tensor:
+    """The long mask of ``size`` showing the :func:`mask_points` that fall in the box at ``start``
+    (default: the origin); other pixels are ``IGNORE_INDEX``."""
+    kept, values = points
+    out = torch.full(tuple(size), IGNORE_INDEX, dtype=torch.long)
+    local = kept - np.asarray(start if start is not None else [0] * len(size))
+    inside = ((local >= 0) & (local < np.asarray(size))).all(1)
+    out[tuple(torch.from_numpy(local[inside]).long().T)] = torch.from_numpy(values[inside]).long()
+    return out
+
+
 def sparse_mask(mask: torch.Tensor, n_pixels: int, seed: int, draw: int, record_id: str) -> torch.Tensor:
     """Keep ``n_pixels`` labeled pixels drawn uniformly at random; the rest become IGNORE_INDEX."""
     valid = torch.nonzero((mask != IGNORE_INDEX).flatten()).flatten().numpy()
@@ -240,11 +260,11 @@ class TrainSet(KeyedItems):
         if kind in (Supervision.SPARSE, Supervision.TAG, Supervision.SIZE):
             for m, name in zip(dense, self.ids):
                 if kind == Supervision.SPARSE:
-                    sparse.append(sparse_mask(m, sparse_pixels, split_seed, draw, name))
-                    if self.rows is not None:
-                        kept = np.argwhere(sparse[-1].numpy() != IGNORE_INDEX)
-                        self.points.append((kept, sparse[-1].numpy()[tuple(kept.T)]))
-                        sparse.pop()
+                    kept = sparse_mask(m, sparse_pixels, split_seed, draw, name)
+                    if self.rows is not None:  # on disk: keep the points, not a full mask
+                        self.points.append(mask_points(kept))
+                    else:
+                        sparse.append(kept)
                 else:
                     counts.append(torch.bincount(m[m != IGNORE_INDEX], minlength=k)[:k])
         if kind == Supervision.SPARSE and self.rows is None:
@@ -283,17 +303,15 @@ class TrainSet(KeyedItems):
         image = torch.from_numpy(store.read_row(self.rows / "images.npy", row))
         if self.kind == Supervision.DENSE:
             return image, torch.from_numpy(store.read_row(self.rows / "dense.npy", row)).long()
-        mask = torch.full(image.shape[1:], IGNORE_INDEX, dtype=torch.long)
         if self.kind == Supervision.SPARSE:
-            kept, values = self.points[index]
-            mask[tuple(torch.from_numpy(kept).T)] = torch.from_numpy(values).long()
-        return image, mask
+            return image, points_mask(self.points[index], image.shape[1:])
+        return image, torch.full(image.shape[1:], IGNORE_INDEX, dtype=torch.long)
 
 
 def _resized_rows(records: list[Record], size: tuple[int, int], cache_dir: str | Path | None) -> Path:
     """The on-disk store's entry of lazy 2D ``records`` resized to ``size``: ``images.npy`` ``[N, C, *size]``
     float32 and ``dense.npy`` ``[N, *size]`` uint8 (``IGNORE_INDEX`` where no mask), written one record at
-    a time (:func:`~semiseg.data.store.write_rows`)."""
+    a time (:class:`~semiseg.data.store.RowWriter`)."""
     n, channels = len(records), records[0].shape[0]
 
     def write(folder: Path) -> None:

@@ -58,17 +58,14 @@ def predict_folder(
     out.mkdir(parents=True, exist_ok=True)
     decision = state.get("decision")  # a threshold chosen on validation (train.threshold: val)
 
-    def labels(p: torch.Tensor) -> np.ndarray:
-        return label_map(p, decision)
-
     for path, p in zip(images, predict_slices(predict, pixels, image_size, device) if images else []):
-        label = labels(p)
+        label = label_map(p, decision)
         atomic_write(
             out / f"{path.stem}.png", lambda tmp, a=label: Image.fromarray(a).save(tmp, format="PNG")
         )
     for record, geometry in zip(records, geometries):
         (p,) = predict_records(predict, [record], image_size, device)
-        write_label_volume(out / f"{record.id}.nii.gz", labels(p), geometry)
+        write_label_volume(out / f"{record.id}.nii.gz", label_map(p, decision), geometry)
     return len(files)
 
 

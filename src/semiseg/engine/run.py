@@ -75,7 +75,7 @@ def train(
     out = Path(output_dir or cfg.output_dir)
     check_logger(cfg.train.logger)  # on every process, before any of them starts
     info, device = D.setup(cfg.train.device)
-    logger = Logger()  # train.logger's tracker on the main process (built with the trainer)
+    logger = Logger()  # train.logger's tracker on the main process (built once the folder exists)
     failed = True
     try:
         data = prepare_data(cfg, data_root, bundle=bundle)  # validates all data before any training
@@ -89,10 +89,9 @@ def train(
         method = build_method_for(cfg, data.bundle.in_channels, data.bundle.num_classes)
         if cfg.train.init and not resume:
             init_segmenter(method, cfg.train.init)
-        trainer = Trainer(cfg, method, data, out, info=info, device=device, resume=resume)
         if info.is_main:
             logger = build_logger(cfg.train.logger, out, to_dict(cfg), resume)
-            trainer.logger = logger
+        trainer = Trainer(cfg, method, data, out, info=info, device=device, resume=resume, logger=logger)
         start = time.perf_counter()
         trainer.fit()
         wall = time.perf_counter() - start
@@ -162,19 +161,12 @@ def evaluate_trained(method, cfg: RunConfig, state: dict, data, split: str, devi
     """(means, per-case values, records) of a trained ``method`` on ``split`` ("val" or "test") of its
     prepared ``data``, with every metric (accuracy for classification); ``postprocess`` as
     :func:`~semiseg.engine.evaluate.evaluate_records`."""
-    from semiseg.engine.evaluate import evaluate_labels, evaluate_records
-
     records = split_records(data, split)
     method.eval()
     with torch.no_grad():
-        if data.bundle.task == "classify":
-            means, cases = evaluate_labels(
-                method.predict, records, image_size=cfg.data.image_size, device=device
-            )
-        else:
-            means, cases = evaluate_records(build_predict(method.predict, cfg), records, num_classes=state["num_classes"],
-                                            image_size=cfg.data.image_size, device=device, metrics=ALL_METRICS,
-                                            postprocess=postprocess)  # fmt: skip
+        means, cases = evaluate_split(build_predict(method.predict, cfg), records, task=data.bundle.task,
+                                      num_classes=state["num_classes"], image_size=cfg.data.image_size,
+                                      device=device, metrics=ALL_METRICS, postprocess=postprocess)  # fmt: skip
     return means, cases, records
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -95,6 +96,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root")
     p.add_argument("--results-dir", default="benchmarks/results")
     p.add_argument("--work-dir", default="runs/bench")
+    p.add_argument(
+        "--ledger",
+        default=os.environ.get("SEMISEG_BENCH_LEDGER"),
+        help="folder that also keeps every finished run's record (no checkpoint), e.g. one committed "
+        "to the repository, so that a new checkout does not train those runs again (default: "
+        "$SEMISEG_BENCH_LEDGER, else none)",
+    )
     p.add_argument("--seeds", type=int, nargs="+", help="override the protocol's seeds / draws")
     p.add_argument(
         "--set",
@@ -272,7 +280,7 @@ def cmd_bench(args) -> int:
 
         source = source_hash()  # the runs a bench call of the current code would find or train
         entries = table_status(args.table, quick=args.quick, work_dir=args.work_dir, seeds=args.seeds,
-                               overrides=args.overrides, source=source)  # fmt: skip
+                               overrides=args.overrides, source=source, ledger=args.ledger)  # fmt: skip
         mode = "quick" if args.quick else "full"
         print(f"{args.table} ({mode}): runs of training code {source} in {Path(args.work_dir) / 'cache'}\n")
         print(format_status(entries))
@@ -286,6 +294,7 @@ def cmd_bench(args) -> int:
             work_dir=args.work_dir,
             seeds=args.seeds,
             overrides=args.overrides,
+            ledger=args.ledger,
         )
     except TablePending as exc:  # not an error: the runner listed the runs held by other processes
         return exc.exit_code

@@ -17,6 +17,14 @@ the key. The data root is recorded but not part of the key (a dataset is expecte
 Several processes may share a cache: a run is trained (or resumed) only under its lock file
 (``bench-run.lock``, :mod:`semiseg.bench.lock`); a run whose lock a live process holds raises
 :class:`~semiseg.bench.lock.RunBusy`, and a finished run is reused without any lock.
+
+**Ledger.** The cache folder is scratch space that a new checkout does not have. With a ledger
+folder (``semiseg bench --ledger DIR``, e.g. a folder committed to the repository), every finished
+run's record and every memo is also written there as ``<key>.json`` / ``<key>.<memo>.json`` (a few
+kB, no checkpoint), and a run found there is not trained again: its record is restored into the
+cache. A restored run has no checkpoint; a later step that needs one (a row that starts from it,
+post-processing, a figure) trains it again first (:meth:`RunCache.checkpoint`), with the same key,
+and the ledger keeps the first record.
 """
 
 from __future__ import annotations
@@ -100,6 +108,8 @@ class RunCache:
         data_root: Passed to training; recorded.
         bundles: The datasets of the runs, each loaded once (:class:`Bundles`); None = every run loads
             its own.
+        ledger: Folder of finished-run records that outlives the cache (see the module's docstring);
+            None = none.
     """
 
     def __init__(
@@ -109,9 +119,11 @@ class RunCache:
         commit: str,
         data_root: str | None = None,
         bundles: Bundles | None = None,
+        ledger: Path | None = None,
     ):
         self.root, self.source, self.commit = Path(root), source, commit
         self.data_root, self.bundles = data_root, bundles
+        self.ledger = Path(ledger) if ledger is not None else None
         self.counts = {"trained": 0, "resumed": 0, "reused": 0}
 
     def bundle(self, cfg):
@@ -127,8 +139,10 @@ class RunCache:
         return self.root / self.key(cfg)
 
     @staticmethod
-    def read_record(run_dir: Path) -> dict[str, Any] | None:
-        path = Path(run_dir) / RECORD
+    def read_record(run_dir: Path, path: Path | None = None) -> dict[str, Any] | None:
+        """The record of the run in ``run_dir`` (or the record file ``path``); None if there is none
+        (or it is unreadable, or of another format)."""
+        path = Path(path) if path is not None else Path(run_dir) / RECORD
         if not path.is_file():
             return None
         try:
@@ -137,27 +151,62 @@ class RunCache:
             return None
         return record if record.get("format") == FORMAT else None
 
-    def _write_record(self, run_dir: Path, record: dict[str, Any]) -> None:
+    def _write_record(self, run_dir: Path, record: dict[str, Any], name: str = RECORD) -> None:
         from semiseg.io import atomic_write_text
 
-        atomic_write_text(run_dir / RECORD, json.dumps(record, indent=1, default=float))
+        atomic_write_text(run_dir / name, json.dumps(record, indent=1, default=float))
 
-    def train(self, cfg) -> CachedRun:
-        """The finished run of ``cfg``: from the cache, resumed from its last epoch, or trained.
+    def train(self, cfg, checkpoint: bool = False) -> CachedRun:
+        """The finished run of ``cfg``: from the cache or the ledger, resumed from its last epoch, or
+        trained. With ``checkpoint``, a run restored from the ledger without its ``best.pt`` is
+        trained again.
 
         Raises:
             RunBusy: Another live process is training this run.
         """
         out = self.run_dir(cfg)
-        record = self.read_record(out)
-        if record is not None and record.get("finished"):
+        record = self.finished_record(out)
+        if record is not None and (not checkpoint or (out / "best.pt").is_file()):
             return self._reused(out, record)
         out.mkdir(parents=True, exist_ok=True)
         with claim(out / LOCK):
             record = self.read_record(out)  # read again: another process may have finished it meanwhile
             if record is not None and record.get("finished"):
-                return self._reused(out, record)
+                if not checkpoint or (out / "best.pt").is_file():
+                    return self._reused(out, record)
+                record = None  # restored from the ledger: train it again for its checkpoint
             return self._train_claimed(cfg, out, record)
+
+    def finished(self, cfg) -> bool:
+        """Whether the run of ``cfg`` is finished (in the cache or the ledger); trains nothing."""
+        return self.finished_record(self.run_dir(cfg)) is not None
+
+    def checkpoint(self, cfg) -> Path:
+        """The folder of the run of ``cfg`` with its ``best.pt``, training it (again) if it has none."""
+        out = self.run_dir(cfg)
+        if (out / "best.pt").is_file() and self.finished_record(out) is not None:
+            return out  # not counted as a reuse: the run itself was counted when its row took it
+        return self.train(cfg, checkpoint=True).run_dir
+
+    def finished_record(self, out: Path) -> dict[str, Any] | None:
+        """The finished record of run folder ``out``: the cache's, else the ledger's (restored into
+        the cache), else None. A finished run missing from the ledger is added to it."""
+        record = self.read_record(out)
+        if record is not None and record.get("finished"):
+            self._to_ledger(out.name, record)
+            return record
+        entry = self.read_record(out, self.ledger / f"{out.name}.json") if self.ledger is not None else None
+        if entry is None or not entry.get("finished"):
+            return None
+        if record is None:  # restore; not over a run being trained again (it resumes from last.pt)
+            out.mkdir(parents=True, exist_ok=True)
+            self._write_record(out, entry)
+        return entry
+
+    def _to_ledger(self, key: str, record: dict[str, Any]) -> None:
+        if self.ledger is not None and not (self.ledger / f"{key}.json").is_file():
+            self.ledger.mkdir(parents=True, exist_ok=True)
+            self._write_record(self.ledger, record, f"{key}.json")
 
     def _reused(self, out: Path, record: dict[str, Any]) -> CachedRun:
         self.counts["reused"] += 1
@@ -195,6 +244,7 @@ class RunCache:
             self._write_record(out, record)
         record.update(finished=True, result=result)
         self._write_record(out, record)
+        self._to_ledger(out.name, record)
         status = "resumed" if resume else "trained"
         self.counts[status] += 1
         return CachedRun(out, result, record, status)
@@ -211,7 +261,10 @@ class RunCache:
         from semiseg.io import atomic_write_text
 
         path = Path(run_dir) / f"bench-{name}.json"
+        kept = self.ledger / f"{Path(run_dir).name}.{name}.json" if self.ledger is not None else None
         value = self._read_memo(path)
+        if value is None and kept is not None:
+            value = self._read_memo(kept)
         if value is not None:
             return value, True
         with claim(path.with_suffix(".lock")):  # RunBusy if another process is computing it
@@ -219,7 +272,11 @@ class RunCache:
             if value is not None:
                 return value, True
             value = compute()
-            atomic_write_text(path, json.dumps(value, indent=1, default=float))
+            text = json.dumps(value, indent=1, default=float)
+            atomic_write_text(path, text)
+            if kept is not None:
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(kept, text)
         return value, False
 
     @staticmethod

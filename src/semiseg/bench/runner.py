@@ -87,6 +87,20 @@ class BenchContext:
     tuned: dict[str, Any] | None = field(default_factory=dict)  #: None while the tuning is pending
     overrides: list[str] = field(default_factory=list)  #: the user's --set overrides
     pending: list[PendingRun] = field(default_factory=list)  #: runs left to other processes
+    cfgs: dict[tuple[str, int], Any] = field(default_factory=dict)  #: (row key, seed) → config trained
+
+    def trained(self, row: str, seed: int) -> Path:
+        """The run folder of ``(row, seed)`` with its checkpoints: a run restored from the ledger has
+        none, so it is trained again first (:meth:`RunCache.checkpoint`)."""
+        cfg = self.cfgs.get((row, seed))
+        return self.cache.checkpoint(cfg) if cfg is not None else self.run_dirs[(row, seed)]
+
+    def trained_dir(self, run_dir: Path) -> Path:
+        """:meth:`trained` of the run in folder ``run_dir``."""
+        for (row, seed), cfg in self.cfgs.items():
+            if self.run_dirs.get((row, seed)) == run_dir:
+                return self.cache.checkpoint(cfg)
+        return run_dir
 
     def is_pending(self, row: str, seed: int) -> bool:
         return any(p.row == row and p.seed == seed for p in self.pending)
@@ -160,7 +174,7 @@ def _postprocessed(ctx: BenchContext, run_dir: Path) -> tuple[float, dict[str, A
         from semiseg.engine.run import load_trained
         from semiseg.postprocess import MRFPostprocess
 
-        method, cfg, state = load_trained(run_dir / "best.pt")
+        method, cfg, state = load_trained(ctx.trained_dir(run_dir) / "best.pt")
         device = resolve_device(cfg.train.device)
         method.to(device)
         data = prepare_data(cfg, ctx.data_root, bundle=ctx.cache.bundle(cfg))
@@ -196,7 +210,7 @@ def _ensembled(ctx: BenchContext, row: Row, run_dirs: list[Path]) -> tuple[float
         from semiseg.engine.inference import build_predict
         from semiseg.engine.run import load_trained
 
-        members = [load_trained(d / checkpoint) for d in run_dirs]
+        members = [load_trained(ctx.trained_dir(d) / checkpoint) for d in run_dirs]
         cfg, state = members[0][1], members[0][2]
         device = resolve_device(cfg.train.device)
         models = [m.to(device) for m, _, _ in members]
@@ -280,6 +294,13 @@ def _row_runs(ctx: BenchContext, row: Row, seeds: list[int], configs: dict) -> l
                 extra["train.init"] = str(ctx.run_dirs[(row.init_from, seed)] / "best.pt")
             cfg = row_config(table, row, seed, ctx.quick, extra, ctx.overrides)
             configs.setdefault(row.key, to_dict(cfg))
+            if row.init_from and not waits and not ctx.cache.finished(cfg):
+                try:  # a start restored from the ledger has no best.pt: train it again first
+                    ctx.trained(row.init_from, seed)
+                except RunBusy as busy:
+                    ctx.run_dirs[(row.key, seed)] = ctx.cache.run_dir(cfg)
+                    ctx.leave(row.key, seed, ctx.run_dirs[(row.key, seed)], _held(busy), busy=True)
+                    continue
             if waits:
                 run_dir = ctx.run_dirs[(row.key, seed)] = ctx.cache.run_dir(cfg)
                 ctx.leave(row.key, seed, run_dir, f"waits for {row.init_from}, seed {seed}")
@@ -291,7 +312,7 @@ def _row_runs(ctx: BenchContext, row: Row, seeds: list[int], configs: dict) -> l
                 ctx.leave(row.key, seed, busy.path.parent, _held(busy), busy=True)
                 continue
             run_dir, record = run.run_dir, run.record
-            ctx.run_dirs[(row.key, seed)] = run_dir
+            ctx.run_dirs[(row.key, seed)], ctx.cfgs[(row.key, seed)] = run_dir, cfg
             value = run.result["test"][metric]
             last = run.result.get("last", {}).get("test", {}).get(metric)
             info = {"val_best": run.result["best"], "images_per_second": run.result["images_per_second"],
@@ -326,10 +347,12 @@ def run_table(
     work_dir: str | Path = "runs/bench",
     seeds: list[int] | None = None,
     overrides: list[str] | None = None,
+    ledger: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run every row of table ``name`` and write its JSON and Markdown results.
 
-    Runs are cached under ``<work_dir>/cache/`` (see :mod:`semiseg.bench.cache`). ``overrides``
+    Runs are cached under ``<work_dir>/cache/`` (see :mod:`semiseg.bench.cache`), and their records
+    also kept in ``ledger`` if given. ``overrides``
     (``--set``) apply to every run and are recorded; results made with them are not the table's
     protocol unless the note says so.
 
@@ -349,7 +372,7 @@ def run_table(
     first = row_config(table, table.rows[0], seeds[0], quick, user=overrides)
     bundles = Bundles(data_root)  # each dataset read and validated once for all runs
     bundle = bundles(first.data)
-    cache = RunCache(Path(work_dir) / "cache", source, commit, data_root, bundles)
+    cache = RunCache(Path(work_dir) / "cache", source, commit, data_root, bundles, ledger)
     ctx = BenchContext(table, quick, data_root, Path(results_dir), Path(work_dir) / name, bundle, cache,
                        overrides=overrides)  # fmt: skip
     tuning = _tune(ctx) if table.tuning else None
@@ -390,7 +413,7 @@ def run_table(
         "hardware": prov.hardware(),
         "wall_seconds": None,  # set below, after the extras
         "mode": "quick" if quick else "full",
-        "cache": {"dir": str(cache.root), **cache.counts},
+        "cache": {"dir": str(cache.root), **({"ledger": str(ledger)} if ledger else {}), **cache.counts},
         "throughput": timing.measure_throughput(to_dict(first)["model"]),
         "peak_memory_mib_bench_process": round(peak_memory_mib(), 1),
         "std": "sample standard deviation (ddof=1) over runs; null for a single run",

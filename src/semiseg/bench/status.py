@@ -62,14 +62,17 @@ def _epoch_log(run_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-def run_state(run_dir: str | Path, epochs_total: int | None = None) -> dict[str, Any]:
+def run_state(
+    run_dir: str | Path, epochs_total: int | None = None, ledger: str | Path | None = None
+) -> dict[str, Any]:
     """The state of the cached run in ``run_dir`` (see the module docstring).
 
     Returns a dict with ``state`` ("done", "running", "partial" or "pending"), ``text`` (the state
     in words), ``run_dir``, ``epochs`` (lines of the epoch log), ``epochs_total`` (``train.epochs``,
     as given), ``phase`` / ``phase_epoch`` (of the last logged epoch), ``seconds`` (recorded in
     ``bench-run.json``; None without a record), ``logged_seconds`` (sum over the epoch log) and
-    ``owner`` (the lock holder of a running run, in words).
+    ``owner`` (the lock holder of a running run, in words). A run whose record is in ``ledger``
+    (:mod:`semiseg.bench.cache`) is "done" even where the cache does not have it.
 
     Examples:
         >>> import tempfile
@@ -78,6 +81,11 @@ def run_state(run_dir: str | Path, epochs_total: int | None = None) -> dict[str,
     """
     run_dir = Path(run_dir)
     record = RunCache.read_record(run_dir)
+    kept = (
+        RunCache.read_record(run_dir, Path(ledger) / f"{run_dir.name}.json") if ledger is not None else None
+    )
+    if (record is None or not record.get("finished")) and kept is not None and kept.get("finished"):
+        record = kept
     log = _epoch_log(run_dir)
     out: dict[str, Any] = {
         "run_dir": str(run_dir),
@@ -125,7 +133,7 @@ def _tuning(
         extra = dict(zip(keys, combo))
         cfg = row_config(table, row, t.seed, quick, extra, user)
         run_dir = cache.run_dir(cfg)
-        state = run_state(run_dir, cfg.train.epochs)
+        state = run_state(run_dir, cfg.train.epochs, cache.ledger)
         label = ", ".join(f"{k}={v}" for k, v in extra.items())
         entries.append({"row": f"tuning {t.row} {extra}", "method": row.method,
                         "setting": f"{row.setting}, tuning trial {label}", "seed": t.seed, **state})  # fmt: skip
@@ -145,6 +153,7 @@ def table_status(
     seeds: list[int] | None = None,
     overrides: list[str] | None = None,
     source: str | None = None,
+    ledger: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """The state of every run of table ``name`` in ``<work_dir>/cache`` (one dict per run, in the order
     the runner trains them: tuning trials first, then row by row, seed by seed).
@@ -156,6 +165,7 @@ def table_status(
             run's config holds the path of its starting checkpoint).
         source: The training-code hash of the runs (default: the current code's
             :func:`~semiseg.bench.provenance.source_hash`).
+        ledger: The runs' ledger folder, if any (:mod:`semiseg.bench.cache`).
 
     Returns:
         Dicts of :func:`run_state` plus ``row`` (``method | setting``), ``method``, ``setting`` and
@@ -167,7 +177,7 @@ def table_status(
     table = get_table(name)
     seeds = seeds or (table.quick_seeds if quick else table.seeds)
     user = list(overrides or [])
-    cache = RunCache(Path(work_dir) / "cache", source or prov.source_hash(), commit="")
+    cache = RunCache(Path(work_dir) / "cache", source or prov.source_hash(), commit="", ledger=ledger)
     entries, chosen = _tuning(table, quick, cache, user)
     by_run: dict[tuple[str, int], dict[str, Any]] = {}  # (row key, seed) → its entry
     for row in table.rows_for(quick):
@@ -221,7 +231,7 @@ def _row_run(
             return _not_run("waits", waits, cache.run_dir(cfg))
     else:
         cfg = row_config(table, row, seed, quick, extra, user)
-    return run_state(cache.run_dir(cfg), cfg.train.epochs)
+    return run_state(cache.run_dir(cfg), cfg.train.epochs, cache.ledger)
 
 
 def status_summary(entries: list[dict[str, Any]]) -> dict[str, Any]:

@@ -201,10 +201,10 @@ def _tv_extras(ctx: BenchContext) -> dict[str, Any]:
         )
     dense_seed = min(s for (k, s) in ctx.run_dirs if k == "supervised | dense")
     panels = [
-        ("supervised (10 px)", ctx.run_dirs[("supervised | 10 px/image", seed)]),
-        ("TV (10 px)", ctx.run_dirs[("TV | 10 px/image", seed)]),
-        ("TV edge-aware (10 px)", ctx.run_dirs[("TV, edge-aware | 10 px/image", seed)]),
-        ("supervised (dense)", ctx.run_dirs[("supervised | dense", dense_seed)]),
+        ("supervised (10 px)", ctx.trained("supervised | 10 px/image", seed)),
+        ("TV (10 px)", ctx.trained("TV | 10 px/image", seed)),
+        ("TV edge-aware (10 px)", ctx.trained("TV, edge-aware | 10 px/image", seed)),
+        ("supervised (dense)", ctx.trained("supervised | dense", dense_seed)),
     ]
     figure = ctx.results_dir / f"{ctx.table.name}.png"
     comparison_figure(panels, figure, ctx)
@@ -658,7 +658,7 @@ def _translation_extras(ctx: BenchContext) -> dict[str, Any]:
     seeds = sorted(s for (k, s) in ctx.run_dirs if k == "proposed | 48x48 hard")
     if seeds:
         figure = ctx.results_dir / f"{ctx.table.name}.png"
-        translation_run_figure(ctx.run_dirs[("proposed | 48x48 hard", seeds[0])], figure, ctx.data_root)
+        translation_run_figure(ctx.trained("proposed | 48x48 hard", seeds[0]), figure, ctx.data_root)
         out["figure"] = str(figure)
     path = ctx.results_dir / TRANSLATION_STEP_RATIOS
     if path.is_file():
@@ -797,7 +797,7 @@ def _ssldec_extras(ctx: BenchContext) -> dict[str, Any]:
         keys = (f"supervised (pre-training only) | {setting}", f"SSLDEC | {setting}")
         if not all((k, 0) in ctx.run_dirs for k in keys):
             continue
-        loaded = [load_trained(ctx.run_dirs[(k, 0)] / "last.pt") for k in keys]
+        loaded = [load_trained(ctx.trained(k, 0) / "last.pt") for k in keys]
         models = [("after pre-training on the labeled points", loaded[0][0]), ("after SSLDEC", loaded[1][0])]
         cfg = loaded[1][1]
         data = prepare_data(cfg, ctx.data_root, bundle=ctx.cache.bundle(cfg))
@@ -942,9 +942,10 @@ def _ioda_extras(ctx: BenchContext) -> dict[str, Any]:
     snapshots: dict[str, dict[int, Any]] = {}
     cfg = None
     for name in ("NDA", "IDA", "IODA"):
-        run_dir = ctx.run_dirs.get((f"{name} | 3 layers, 256 hidden", 0))
-        if run_dir is None:
+        key = f"{name} | 3 layers, 256 hidden"
+        if (key, 0) not in ctx.run_dirs:
             return {}
+        run_dir = ctx.trained(key, 0)
         snapshots[name] = {}
         for epoch in IODA_FIGURE_EPOCHS:
             path = run_dir / f"epoch_finetune_{epoch}.pt"

@@ -19,7 +19,7 @@ mkdir -p "$MAIN/runs/bench"
 if [ ! -d "$WT" ]; then
     git -C "$MAIN" worktree add --detach "$WT" "$PIN" >/dev/null 2>&1 || [ -d "$WT" ] || exit 1
 fi
-export PYTHONPATH="$WT/src" OMP_NUM_THREADS="${THREADS:-1}" MKL_NUM_THREADS="${THREADS:-1}"
+export PATH="$MAIN/.venv/bin:$PATH" PYTHONPATH="$WT/src" OMP_NUM_THREADS="${THREADS:-1}" MKL_NUM_THREADS="${THREADS:-1}"
 cd "$WT" || exit 1
 for table in "$@"; do
     echo "== $(date -u +%FT%TZ) $table"

@@ -245,8 +245,10 @@ def render(result: dict, prov_line: str) -> str:
         return statistics.median(values)
 
     def spread(values: list[float], digits: int) -> str:
-        return f"{med(values):.{digits}f} (IQR {statistics.quantiles(values, n=4)[0]:.{digits}f}–" \
-               f"{statistics.quantiles(values, n=4)[2]:.{digits}f}, n = {len(values)})"  # fmt: skip
+        if len(values) < 2:
+            return f"{med(values):.{digits}f} (n = 1)"
+        q = statistics.quantiles(values, n=4)
+        return f"{med(values):.{digits}f} (IQR {q[0]:.{digits}f}–{q[2]:.{digits}f}, n = {len(values)})"
 
     train, infer = result["training"], result["inference"]
     base = med(train["MONAI BasicUNet, plain loop"]["images_per_second"])

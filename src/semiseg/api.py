@@ -93,27 +93,48 @@ def train(
 
 class Model:
     """A trained model for prediction, from a checkpoint (``.pt``, read weights-only) or an exported
-    ONNX model (``.onnx``, run by onnxruntime)."""
+    ONNX model (``.onnx``, run by onnxruntime).
 
-    def __init__(self, path: str | os.PathLike, device: str = "cpu"):
+    ``dtype="bfloat16"`` runs a checkpoint's network under bfloat16 autocast (1.45-1.76x faster than
+    float32 on the development CPU with no pixel changing class, ``benchmarks/results/speed.md``;
+    slower on CPUs without bfloat16 instructions); an ONNX model runs in float32. ``threads`` sets
+    the intra-op threads (PyTorch's for the whole process, or the onnxruntime session's); None keeps
+    the default.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike, device: str = "cpu", dtype: str = "float32", threads: int | None = None
+    ):
         import torch
 
+        from semiseg.errors import ConfigError
+
+        if dtype not in DTYPES:
+            raise ConfigError(f"predict: dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+        if threads is not None and threads < 1:
+            raise ConfigError(f"predict: threads must be at least 1, not {threads}")
         path = Path(path)
         #: the network call (``method.predict``, or onnxruntime's), the checkpoint entries and the config
         if path.suffix.lower() == ".onnx":
             from semiseg.engine.export import OnnxModel
 
-            onnx_model = OnnxModel(path)
+            if dtype != "float32":
+                raise ConfigError(
+                    f"{path}: an ONNX model runs in float32 (--dtype {dtype} applies to checkpoints)"
+                )
+            onnx_model = OnnxModel(path, threads)
             self.network, self.cfg, self.state = onnx_model.predict, onnx_model.cfg, onnx_model.state
             self.device = torch.device("cpu")
         else:
             from semiseg.engine.distributed import resolve_device
             from semiseg.engine.run import load_trained
 
+            if threads is not None:
+                torch.set_num_threads(threads)
             self.device = resolve_device(device)
             method, self.cfg, self.state = load_trained(path, self.device)
-            self.network = method.predict
-        self.path = path
+            self.network = method.predict if dtype == "float32" else _autocast(method.predict, self.device)
+        self.path, self.dtype = path, dtype
 
     @property
     def num_classes(self) -> int:
@@ -189,6 +210,24 @@ class Model:
         return np.ascontiguousarray(array), None
 
 
-def load(path: str | os.PathLike, device: str = "cpu") -> Model:
-    """A trained model for prediction: a checkpoint (``best.pt``) or an exported ``model.onnx``."""
-    return Model(path, device)
+#: the precisions a checkpoint's network can predict in
+DTYPES = ("float32", "bfloat16")
+
+
+def _autocast(predict, device):
+    """``predict`` under bfloat16 autocast on ``device``, its logits returned as float32."""
+    import torch
+
+    def run(images):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return predict(images).float()
+
+    return run
+
+
+def load(
+    path: str | os.PathLike, device: str = "cpu", dtype: str = "float32", threads: int | None = None
+) -> Model:
+    """A trained model for prediction: a checkpoint (``best.pt``) or an exported ``model.onnx``
+    (``dtype`` and ``threads`` as for :class:`Model`)."""
+    return Model(path, device, dtype, threads)

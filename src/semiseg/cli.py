@@ -71,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True,
                    help="folder for the masks: PNG (class index per pixel) or .nii.gz (input's affine)")  # fmt: skip
     p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="a checkpoint's precision: bfloat16 autocast is 1.45-1.76x faster on CPUs with "
+                        "bfloat16 instructions (benchmarks/results/speed.md); ONNX models run in float32")  # fmt: skip
+    p.add_argument("--threads", type=int, help="intra-op threads (PyTorch or onnxruntime; default: theirs)")
 
     p = sub.add_parser("export", help="export a checkpoint's network (ONNX) for fast CPU inference")
     p.add_argument("--checkpoint", required=True)
@@ -246,7 +250,9 @@ def cmd_predict(args) -> int:
     from semiseg.api import Model
     from semiseg.engine.predict import predict_folder
 
-    model = Model(args.model or args.checkpoint, args.device)  # an exported .onnx, or a checkpoint
+    model = Model(
+        args.model or args.checkpoint, args.device, args.dtype, args.threads
+    )  # .onnx or a checkpoint
     n = predict_folder(model.network, model.state, args.input, args.output, model.device, model.cfg)
     print(f"wrote {n} masks to {args.output}")
     return 0

@@ -115,3 +115,34 @@ def test_bad_models_and_options_are_one_line_errors(trained, tmp_path, capsys):
         assert not (tmp_path / "out").exists()
     assert main(["export", "--checkpoint", str(tmp_path / "none.pt"), "-o", str(tmp_path / "m.onnx")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err and not (tmp_path / "m.onnx").exists()
+
+
+def test_bfloat16_and_threads_options(trained, tmp_path, capsys):
+    """``--dtype bfloat16`` runs the checkpoint under autocast (float32 logits close to float32's);
+    ``--threads`` reaches onnxruntime's session; ONNX + bfloat16 and bad values are one-line errors."""
+    import semiseg
+
+    tmp, onnx_path = trained
+    checkpoint = tmp / "run" / "best.pt"
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    fp32 = semiseg.load(checkpoint)
+    bf16 = semiseg.load(checkpoint, dtype="bfloat16")
+    with torch.no_grad():
+        want, got = fp32.network(x), bf16.network(x)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    assert 0 < float((got - want).abs().max()) < 0.1 * float(want.abs().max())  # rounded, not another model
+    onnx_model = semiseg.load(onnx_path, threads=1)
+    assert onnx_model.network.__self__.session.get_session_options().intra_op_num_threads == 1
+    assert main(["predict", "--checkpoint", str(checkpoint), "--dtype", "bfloat16", "--input",
+                 str(tmp / "data" / "images"), "-o", str(tmp_path / "bf16")]) == 0  # fmt: skip
+    assert len(list((tmp_path / "bf16").glob("*.png"))) == 10
+    for args, fragment in (
+        (["--model", str(onnx_path), "--dtype", "bfloat16"], "an ONNX model runs in float32"),
+        (["--checkpoint", str(checkpoint), "--threads", "0"], "threads must be at least 1"),
+    ):
+        assert (
+            main(["predict", *args, "--input", str(tmp / "data" / "images"), "-o", str(tmp_path / "x")]) == 2
+        )
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and fragment in err and "Traceback" not in err, err
+        assert not (tmp_path / "x").exists()

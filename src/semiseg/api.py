@@ -143,7 +143,7 @@ class Model:
     def probabilities(self, image: np.ndarray | str | os.PathLike):
         """Class probabilities ``[K, *S]`` (float32 numpy) of one image or volume at its own size.
 
-        ``image``: a file (PNG/JPG/TIFF, read as ``semiseg predict`` reads it; or a NIfTI volume,
+        ``image``: a file (PNG/JPG/TIFF/NPY, read as ``semiseg predict`` reads it; or a NIfTI volume,
         scaled as ``data.intensity`` says), or an array ``[H, W]`` / ``[C, H, W]`` (2D model) or
         ``[D, H, W]`` / ``[C, D, H, W]`` (volume) scaled as the training images were (uint8 arrays
         are divided by 255).
@@ -172,7 +172,7 @@ class Model:
 
     def _image(self, image) -> tuple[np.ndarray, tuple[float, ...] | None]:
         """The image as the model reads it, ``[C, *S]`` float32, and its spacing (NIfTI files)."""
-        from semiseg.data.io import read_image
+        from semiseg.data.io import read_model_image
         from semiseg.data.volume_io import is_nifti
         from semiseg.errors import DataError
 
@@ -190,7 +190,7 @@ class Model:
                                           "volume (use semiseg predict with <case>_0000.nii.gz ... files)")  # fmt: skip
                 volume, geometry = read_case([path], self.cfg.data.intensity)
                 return volume, geometry.spacing
-            return read_image(path, channels="gray" if channels == 1 else "rgb"), None
+            return read_model_image(path, channels, self.cfg.data.intensity), None
         array = np.asarray(image)
         if array.dtype == np.uint8:
             array = array.astype(np.float32) / 255.0

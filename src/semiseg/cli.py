@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a best.pt / last.pt of semiseg train")
     source.add_argument("--model", help="a model exported by semiseg export (ONNX, run by onnxruntime)")
-    p.add_argument("--input", required=True, help="folder of PNG/JPG/TIFF images or NIfTI volumes")
+    p.add_argument("--input", required=True, help="folder of PNG/JPG/TIFF/NPY images or NIfTI volumes")
     p.add_argument("--output", "-o", required=True,
                    help="folder for the masks: PNG (class index per pixel) or .nii.gz (input's affine)")  # fmt: skip
     p.add_argument("--device", default="auto")

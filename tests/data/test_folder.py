@@ -158,13 +158,13 @@ def test_missing_root_and_empty_folders(tmp_path: Path) -> None:
         load_folder(tmp_path / "nope")
     assert info.value.path == str(tmp_path / "nope")
 
-    with pytest.raises(DataError, match=r"no images found \(PNG/JPG/TIFF or NIfTI\)") as info:
+    with pytest.raises(DataError, match=r"no images found \(PNG/JPG/TIFF/NPY or NIfTI\)") as info:
         load_folder(tmp_path)  # no images/ at all
     assert info.value.path == str(tmp_path / "images")
 
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "readme.txt").write_text("not an image")
-    with pytest.raises(DataError, match=r"no images found \(PNG/JPG/TIFF or NIfTI\)"):
+    with pytest.raises(DataError, match=r"no images found \(PNG/JPG/TIFF/NPY or NIfTI\)"):
         load_folder(tmp_path)
 
 

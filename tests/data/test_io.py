@@ -281,9 +281,42 @@ def test_check_same_size(tmp_path: Path) -> None:
 
 
 def test_list_images(tmp_path: Path) -> None:
-    for name in ["b.PNG", "a.jpg", "c.tiff", "d.txt", ".hidden.png", "e.jpeg", "f.tif"]:
+    for name in ["b.PNG", "a.jpg", "c.tiff", "d.txt", ".hidden.png", "e.jpeg", "f.tif", "g.npy"]:
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "dir.png").mkdir()
-    assert [p.name for p in list_images(tmp_path)] == ["a.jpg", "b.PNG", "c.tiff", "e.jpeg", "f.tif"]
+    assert [p.name for p in list_images(tmp_path)] == ["a.jpg", "b.PNG", "c.tiff", "e.jpeg", "f.tif", "g.npy"]
     assert list_images(tmp_path / "missing") == []
-    assert IMAGE_SUFFIXES == (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+    assert IMAGE_SUFFIXES == (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy")
+
+
+def test_npy_images_keep_any_number_of_channels_and_masks_read_as_integers(tmp_path):
+    from semiseg.data.io import read_model_image
+
+    rng = np.random.default_rng(0)
+    five = rng.random((5, 6, 7)) * 40 + 10
+    np.save(tmp_path / "five.npy", five)
+    got = read_image(tmp_path / "five.npy")
+    assert got.shape == (5, 6, 7) and got.dtype == np.float32
+    np.testing.assert_allclose(
+        got, (five - five.min()) / (five.max() - five.min()), rtol=1e-5
+    )  # auto: min-max
+    np.testing.assert_allclose(read_image(tmp_path / "five.npy", intensity="none"), five.astype(np.float32))
+    np.save(tmp_path / "u8.npy", np.full((6, 7), 51, np.uint8))  # [H, W] uint8: one channel, / 255
+    np.testing.assert_allclose(read_image(tmp_path / "u8.npy"), np.full((1, 6, 7), 0.2, np.float32))
+    assert read_model_image(tmp_path / "five.npy", 5).shape == (5, 6, 7)
+    np.save(tmp_path / "m.npy", np.array([[0, 1], [2, 1]], np.int16))
+    assert read_mask(tmp_path / "m.npy", 3).tolist() == [[0, 1], [2, 1]]
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.save(tmp_path / "four_d.npy", np.zeros((1, 2, 3, 4)))
+    cases = [
+        (lambda: read_image(tmp_path / "five.npy", channels="gray"), "has 5 channels: data.channels 'gray'"),
+        (lambda: read_model_image(tmp_path / "five.npy", 3), "image has 5 channel(s), the model reads 3"),
+        (lambda: read_image(tmp_path / "obj.npy"), "cannot read array"),  # never unpickled
+        (lambda: read_image(tmp_path / "four_d.npy"), "must be [H, W] or [C, H, W]"),
+        (lambda: read_mask(tmp_path / "m.npy", 2), "outside classes 0..1"),
+        (lambda: read_mask(tmp_path / "five.npy", 2), "a .npy mask must be [H, W]"),
+    ]
+    for call, fragment in cases:
+        with pytest.raises(DataError) as err:
+            call()
+        assert fragment in str(err.value) and "\n" not in str(err.value)

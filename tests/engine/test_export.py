@@ -146,3 +146,41 @@ def test_bfloat16_and_threads_options(trained, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and fragment in err and "Traceback" not in err, err
         assert not (tmp_path / "x").exists()
+
+
+def test_five_channel_npy_images_train_export_and_predict(tmp_path, capsys):
+    """Images of more than 3 channels (``.npy`` [C, H, W]) go through training, ``data check``, the ONNX
+    export and both predict paths, which write the same masks."""
+    rng = np.random.default_rng(5)
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(8):
+        mask = np.zeros((20, 24), np.uint8)
+        mask[3 + i : 12 + i, 5:17] = 1
+        image = rng.normal(0, 1, (5, 20, 24)) + 2.0 * mask * np.arange(5)[:, None, None] / 4
+        np.save(root / "images" / f"c{i}.npy", image.astype(np.float32))
+        if i < 6:
+            np.save(root / "masks" / f"c{i}.npy", mask)
+    recipe = {
+        "data": {"dataset": "folder", "path": str(root), "image_size": [24, 24], "num_classes": 2,
+                 "split": {"labeled": 3, "val_fraction": 0.2, "test_fraction": 0.2}},
+        "model": {"name": "unet", "width": 4, "depth": 2},
+        "train": {"epochs": 1, "batch_size": 2, "iters_per_epoch": 2, "progress": False, "plots": False},
+    }  # fmt: skip
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["data", "check", "-c", str(tmp_path / "r.yaml")]) == 0
+    assert "2 classes, 5 channel(s)" in capsys.readouterr().out
+    assert main(["train", "-c", str(tmp_path / "r.yaml"), "-o", str(tmp_path / "run")]) == 0
+    model = tmp_path / "m.onnx"
+    assert main(["export", "--checkpoint", str(tmp_path / "run" / "best.pt"), "-o", str(model)]) == 0
+    for args, out in (
+        (["--checkpoint", str(tmp_path / "run" / "best.pt")], "t"),
+        (["--model", str(model)], "o"),
+    ):
+        assert main(["predict", *args, "--input", str(root / "images"), "-o", str(tmp_path / out)]) == 0
+    names = sorted(p.name for p in (tmp_path / "t").iterdir())
+    assert len(names) == 8 and names == sorted(p.name for p in (tmp_path / "o").iterdir())
+    for name in names:
+        a, b = (np.asarray(Image.open(tmp_path / d / name)) for d in ("t", "o"))
+        assert a.shape == (20, 24) and np.array_equal(a, b), name

@@ -130,7 +130,7 @@ def _load_split(
         raise DataError(images_path, "image folder not found")
     images = _by_stem(_list_files(images_path))
     if not images:
-        raise DataError(images_path, "no images found (PNG/JPG/TIFF or NIfTI)")
+        raise DataError(images_path, "no images found (PNG/JPG/TIFF/NPY or NIfTI)")
     masks = _by_stem(_list_files(split_root / mask_dir))
     for stem, mask_path in sorted(masks.items()):
         if stem not in images:
@@ -246,7 +246,7 @@ def load_folder(
             splits[split] = _load_split(root / split, **options)
     else:
         if not (root / image_dir).is_dir():
-            raise DataError(root / image_dir, "no images found (PNG/JPG/TIFF or NIfTI)")
+            raise DataError(root / image_dir, "no images found (PNG/JPG/TIFF/NPY or NIfTI)")
         splits["train"] = _load_split(root, **options)
 
     if (root / LABELS_FILE).is_file():

@@ -18,7 +18,7 @@ from PIL import Image
 from semiseg.errors import ConfigError, DataError
 
 #: File suffixes (lower case) recognised as images or masks.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy")
 
 #: Channel modes accepted by :func:`read_image`.
 CHANNEL_MODES = ("auto", "gray", "rgb")
@@ -43,6 +43,32 @@ def _open(path: str | os.PathLike) -> Image.Image:
             return im.copy()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(path, f"cannot read image: {exc}") from exc
+
+
+def _load_npy(path: str | os.PathLike) -> np.ndarray:
+    """A ``.npy`` array (never pickled objects), every failure a :class:`DataError`."""
+    if not os.path.isfile(path):
+        raise DataError(path, "file not found")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(path, f"cannot read array: {exc}") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+        raise DataError(path, "not a numeric array")
+    return arr
+
+
+def _npy_image(path: str | os.PathLike) -> tuple[np.ndarray, float | None]:
+    """A ``.npy`` image ``[H, W]`` or ``[C, H, W]`` (channels first, any number) as float32 ``[C, H, W]``,
+    and its full scale (255 for uint8; None: min-max scaled with ``intensity: auto``)."""
+    arr = _load_npy(path)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise DataError(
+            path, f"a .npy image must be [H, W] or [C, H, W] (channels first), got shape {arr.shape}"
+        )
+    return arr.astype(np.float32), (255.0 if arr.dtype == np.uint8 else None)
 
 
 def _gray_array(im: Image.Image) -> tuple[np.ndarray, float | None]:
@@ -94,7 +120,8 @@ def normalize_intensity(image: np.ndarray, mode: str) -> np.ndarray:
 
 
 def read_image(path: str | os.PathLike, channels: str = "auto", intensity: str = "auto") -> np.ndarray:
-    """Reads a PNG, JPEG or TIFF image.
+    """Reads a PNG, JPEG or TIFF image, or a ``.npy`` array ``[H, W]`` / ``[C, H, W]`` (channels
+    first, any number of channels; read without unpickling).
 
     With ``intensity="auto"`` 8-bit images (and colour images, which Pillow reads as 8-bit) are
     divided by 255, and 16-bit, 32-bit integer and float images are min-max scaled to ``[0, 1]``
@@ -106,14 +133,14 @@ def read_image(path: str | os.PathLike, channels: str = "auto", intensity: str =
         path: Image file.
         channels: ``"gray"`` (one channel; colour images are converted with ITU-R 601 luma
             weights), ``"rgb"`` (three channels; grayscale is repeated) or ``"auto"`` (one channel if
-            the file is grayscale, else three).
+            the file is grayscale, else three; a ``.npy`` array keeps its channels).
         intensity: One of :data:`INTENSITY_MODES` (``data.intensity``).
 
     Returns:
         ``float32`` array.
 
     Shape:
-        Output: ``[C, H, W]`` with ``C`` 1 or 3.
+        Output: ``[C, H, W]`` with ``C`` 1 or 3 (any ``C`` for ``.npy``).
 
     Raises:
         DataError: The file is missing, cannot be decoded, or contains NaN or infinite values.
@@ -123,14 +150,20 @@ def read_image(path: str | os.PathLike, channels: str = "auto", intensity: str =
         raise ConfigError(f"channels must be one of {', '.join(CHANNEL_MODES)}; got {channels!r}")
     if intensity not in INTENSITY_MODES:
         raise ConfigError(f"intensity must be one of {', '.join(INTENSITY_MODES)}; got {intensity!r}")
-    im = _open(path)
-    if im.mode in _GRAY_MODES:
-        arr, full_scale = _gray_array(im)
-        arr = arr[None]
+    if Path(path).suffix.lower() == ".npy":
+        arr, full_scale = _npy_image(path)
     else:
-        arr, full_scale = np.asarray(im.convert("RGB"), dtype=np.float32).transpose(2, 0, 1), 255.0
+        im = _open(path)
+        if im.mode in _GRAY_MODES:
+            arr, full_scale = _gray_array(im)
+            arr = arr[None]
+        else:
+            arr, full_scale = np.asarray(im.convert("RGB"), dtype=np.float32).transpose(2, 0, 1), 255.0
     if not np.isfinite(arr).all():
         raise DataError(path, "image contains NaN or infinite values")
+    if channels != "auto" and arr.shape[0] not in (1, 3):
+        raise DataError(path, f"image has {arr.shape[0]} channels: data.channels '{channels}' converts 1- or "
+                              "3-channel images only (use 'auto')")  # fmt: skip
     if intensity == "auto" and full_scale is not None:
         if full_scale != 1.0:
             arr = arr / full_scale  # before the channel conversion, as always (bit-for-bit)
@@ -143,6 +176,21 @@ def read_image(path: str | os.PathLike, channels: str = "auto", intensity: str =
     elif full_scale is None:
         arr = normalize_intensity(arr, "minmax")
     return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def read_model_image(path: str | os.PathLike, in_channels: int, intensity: str = "auto") -> np.ndarray:
+    """An image for a model of ``in_channels`` channels: gray or RGB files converted as training
+    converted them (``channels`` gray / rgb), other channel counts (``.npy``) kept and checked.
+
+    Raises:
+        DataError: The file is unreadable or has another number of channels than the model.
+    """
+    image = read_image(path, "auto", intensity)
+    if image.shape[0] != in_channels:
+        if image.shape[0] not in (1, 3) or in_channels not in (1, 3):
+            raise DataError(path, f"image has {image.shape[0]} channel(s), the model reads {in_channels}")
+        image = read_image(path, "gray" if in_channels == 1 else "rgb", intensity)
+    return image
 
 
 def check_mask_values(mask: np.ndarray, num_classes: int, path: str | os.PathLike, hint: str = "") -> None:
@@ -176,7 +224,7 @@ def read_mask(path: str | os.PathLike, num_classes: int, threshold: int | None =
     threshold become class 1, the others class 0.
 
     Args:
-        path: Mask file (PNG, JPEG or TIFF).
+        path: Mask file (PNG, JPEG, TIFF or a ``.npy`` integer array ``[H, W]``).
         num_classes: Number of classes; every value must lie in ``[0, num_classes)``.
         threshold: Binarisation threshold on raw gray values, or ``None``.
 
@@ -190,6 +238,16 @@ def read_mask(path: str | os.PathLike, num_classes: int, threshold: int | None =
         DataError: The file is missing or unreadable, has non-integer or colour values, or values
             outside the classes.
     """
+    if Path(path).suffix.lower() == ".npy":
+        raw = _load_npy(path)
+        if raw.ndim != 2:
+            raise DataError(path, f"a .npy mask must be [H, W], got shape {raw.shape}")
+        if raw.dtype.kind == "f" and (not np.isfinite(raw).all() or not (raw == np.round(raw)).all()):
+            raise DataError(path, "mask has non-integer values")
+        mask = (raw > threshold) if threshold is not None else raw
+        mask = mask.astype(np.int64)
+        check_mask_values(mask, num_classes, path)
+        return mask
     im = _open(path)
     if threshold is not None:
         if im.mode not in _GRAY_MODES or im.mode in ("1", "LA"):

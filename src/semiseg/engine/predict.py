@@ -28,7 +28,7 @@ def predict_folder(
     """
     from PIL import Image
 
-    from semiseg.data.io import IMAGE_SUFFIXES, read_image
+    from semiseg.data.io import IMAGE_SUFFIXES, read_model_image
     from semiseg.data.nnunet import read_case
     from semiseg.data.records import Record
     from semiseg.data.volume_io import is_nifti, write_label_volume
@@ -39,15 +39,14 @@ def predict_folder(
         raise DataError(src, "input folder not found")
     files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES or is_nifti(p))
     if not files:
-        raise DataError(src, "no images found (PNG/JPG/TIFF or NIfTI .nii/.nii.gz)")
+        raise DataError(src, "no images found (PNG/JPG/TIFF/NPY or NIfTI .nii/.nii.gz)")
     images = [f for f in files if not is_nifti(f)]
     volumes = [f for f in files if is_nifti(f)]
     image_size = state["image_size"]
     if images and len(image_size) == 3:
         raise DataError(images[0], "a 3D model segments volumes (NIfTI), not 2D images")
-    channels = "gray" if state["in_channels"] == 1 else "rgb"
     intensity = cfg.data.intensity if cfg is not None else "auto"
-    pixels = [torch.from_numpy(read_image(p, channels=channels)) for p in images]
+    pixels = [torch.from_numpy(read_model_image(p, state["in_channels"], intensity)) for p in images]
     records, geometries = [], []
     for case, files in _volume_cases(volumes, state["in_channels"]):
         image, geometry = read_case(files, intensity)

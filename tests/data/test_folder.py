@@ -299,3 +299,41 @@ def test_lazy_and_eager_image_folders_train_to_the_same_weights_and_metrics(tmp_
         data = prepare_data(build_config(copy.deepcopy(raw), [], source="test"))
         rows |= {data.labeled.rows, data.unlabeled.rows}
     assert len(rows) == 1 and len(list((tmp_path / "cache" / "grid2d").rglob("images.npy"))) == 1
+
+
+def test_a_second_lazy_indexing_takes_the_metadata_from_the_manifest(tmp_path: Path, monkeypatch) -> None:
+    """The first lazy indexing reads every file once; the same unchanged files index again from the
+    manifest without a read; a changed file (size / modification time) indexes the folder afresh."""
+    import semiseg.data.folder as folder_module
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (10, 12), dtype=np.uint8)).save(root / "images" / f"a{i}.png")
+        if i < 2:
+            Image.fromarray((np.arange(120).reshape(10, 12) % 2 * i).astype(np.uint8)).save(
+                root / "masks" / f"a{i}.png"
+            )
+    reads: list[str] = []
+    real = folder_module.read_image
+    monkeypatch.setattr(folder_module, "read_image", lambda p, *a: reads.append(Path(p).name) or real(p, *a))
+
+    def index():
+        return load_folder(root, loading="lazy", cache=tmp_path / "cache")
+
+    first = index()
+    assert sorted(reads) == ["a0.png", "a1.png", "a2.png", "a3.png"]
+    reads.clear()
+    again = index()
+    assert reads == []  # nothing decoded
+    for a, b in zip(first.train, again.train):
+        assert (a.id, a.shape, a.has_mask, a.has_foreground, a.group, a.source) == (
+            b.id, b.shape, b.has_mask, b.has_foreground, b.group, b.source)  # fmt: skip
+    assert [r.has_foreground for r in again.train[:2]] == [False, True]
+    np.testing.assert_array_equal(again.train[3].image, first.train[3].image)  # read on use
+    reads.clear()
+    Image.fromarray(rng.integers(0, 255, (14, 12), dtype=np.uint8)).save(root / "images" / "a3.png")
+    changed = index()
+    assert len(reads) == 4 and changed.train[3].shape == (1, 14, 12)

@@ -35,6 +35,7 @@ from semiseg.config import DataConfig
 from semiseg.data.io import check_mask_values, check_same_size
 from semiseg.data.records import DatasetBundle, Record, load_records
 from semiseg.data.registry import register_dataset
+from semiseg.data.store import cache_dir
 from semiseg.errors import DataError
 
 CLASS_NAMES = ["background", "RV", "MYO", "LV"]
@@ -165,6 +166,7 @@ def load_acdc(
     target: str | None = None,
     volumes: bool = False,
     loading: str = "eager",
+    cache: Path | None = None,
 ) -> DatasetBundle:
     """Loads ACDC: training slices, validation and test volumes.
 
@@ -194,9 +196,11 @@ def load_acdc(
     root = Path(root)
     if not root.is_dir():
         raise DataError(root, "ACDC folder not found")
-    train = load_records(_readers(root, TRAIN_LIST, True, target, frames=volumes), loading, volumes=volumes)
-    val = load_records(_readers(root, VAL_LIST, False, target), loading, volumes=True)
-    test = load_records(_readers(root, TEST_LIST, False, target), loading, volumes=True)
+    train = load_records(
+        _readers(root, TRAIN_LIST, True, target, frames=volumes), loading, volumes=volumes, cache=cache
+    )
+    val = load_records(_readers(root, VAL_LIST, False, target), loading, volumes=True, cache=cache)
+    test = load_records(_readers(root, TEST_LIST, False, target), loading, volumes=True, cache=cache)
     return DatasetBundle(
         name=(f"acdc_{target.lower()}" if target else "acdc") + ("_3d" if volumes else ""),
         num_classes=2 if target else len(CLASS_NAMES),
@@ -211,23 +215,23 @@ def load_acdc(
 @register_dataset("acdc", folder="acdc")
 def _load_acdc(cfg: DataConfig, path: Path | None) -> DatasetBundle:
     """``data.dataset: acdc``: 4 classes (background, RV, MYO, LV)."""
-    return load_acdc(path, loading=cfg.loading)
+    return load_acdc(path, loading=cfg.loading, cache=cache_dir(cfg.cache_dir))
 
 
 @register_dataset("acdc_3d", folder="acdc")
 def _load_acdc_3d(cfg: DataConfig, path: Path | None) -> DatasetBundle:
     """``data.dataset: acdc_3d``: 4 classes, training frames as volumes (3D models)."""
-    return load_acdc(path, volumes=True, loading=cfg.loading)
+    return load_acdc(path, volumes=True, loading=cfg.loading, cache=cache_dir(cfg.cache_dir))
 
 
 @register_dataset("acdc_lv", folder="acdc")
 def _load_acdc_lv(cfg: DataConfig, path: Path | None) -> DatasetBundle:
     """``data.dataset: acdc_lv``: LV vs rest."""
-    return load_acdc(path, binary_lv=True, loading=cfg.loading)
+    return load_acdc(path, binary_lv=True, loading=cfg.loading, cache=cache_dir(cfg.cache_dir))
 
 
 @register_dataset("acdc_rv", folder="acdc")
 def _load_acdc_rv(cfg: DataConfig, path: Path | None) -> DatasetBundle:
     """``data.dataset: acdc_rv``: RV vs rest (e.g. presence/absence translation: about a fifth of the
     training slices have no RV)."""
-    return load_acdc(path, target="RV", loading=cfg.loading)
+    return load_acdc(path, target="RV", loading=cfg.loading, cache=cache_dir(cfg.cache_dir))

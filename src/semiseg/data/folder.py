@@ -39,6 +39,7 @@ from semiseg.data.io import (
 )
 from semiseg.data.records import DatasetBundle, Record, load_records
 from semiseg.data.registry import register_dataset
+from semiseg.data.store import cache_dir
 from semiseg.data.volume_io import check_same_geometry, is_nifti, nifti_stem, read_volume
 from semiseg.errors import ConfigError, DataError
 
@@ -123,6 +124,7 @@ def _load_split(
     channels: str,
     intensity: str,
     loading: str,
+    cache: Path | None = None,
 ) -> list[Record]:
     """Reads one ``images/`` + ``masks/`` pair of folders into records sorted by id."""
     images_path = split_root / image_dir
@@ -142,10 +144,10 @@ def _load_split(
     if kinds == {True}:
         readers = [functools.partial(_read_volume_pair, images[s], masks.get(s), num_classes, intensity)
                    for s in sorted(images)]  # fmt: skip
-        return load_records(readers, loading, volumes=True)
+        return load_records(readers, loading, volumes=True, cache=cache)
     options = (num_classes, mask_threshold, channels, intensity)
     readers = [functools.partial(_read_image_pair, images[s], masks.get(s), *options) for s in sorted(images)]
-    return load_records(readers, loading, volumes=False)
+    return load_records(readers, loading, volumes=False, cache=cache)
 
 
 def _read_image_pair(
@@ -189,6 +191,7 @@ def load_folder(
     intensity: str = "auto",
     name: str = "folder",
     loading: str = "auto",
+    cache: Path | None = None,
 ) -> DatasetBundle:
     """Loads a folder dataset (see the module docstring for the layouts).
 
@@ -206,6 +209,7 @@ def load_folder(
             image.
         name: Dataset name stored in the bundle.
         loading: ``data.loading`` ("auto": volumes lazy, 2D images eager; "eager"; "lazy").
+        cache: Folder of the lazy records' index manifests (:func:`~semiseg.data.records.load_records`).
 
     Returns:
         A bundle whose records have ``id`` = file stem and ``source`` = image path, sorted by id.
@@ -237,6 +241,7 @@ def load_folder(
         channels=channels,
         intensity=intensity,
         loading=loading,
+        cache=cache,
     )
     splits: dict[str, list[Record]] = {}
     if split_dirs:
@@ -271,4 +276,5 @@ def _load(cfg: DataConfig, path: Path | None) -> DatasetBundle:
         channels=cfg.channels,
         intensity=cfg.intensity,
         loading=cfg.loading,
+        cache=cache_dir(cfg.cache_dir),
     )

@@ -28,6 +28,7 @@ from semiseg.config import DataConfig
 from semiseg.data.io import check_mask_values
 from semiseg.data.records import DatasetBundle, Record, load_records
 from semiseg.data.registry import register_dataset
+from semiseg.data.store import cache_dir
 from semiseg.errors import DataError
 
 __all__ = ["load_la2018"]
@@ -69,7 +70,7 @@ def _read_case(path: Path) -> Record:
                   source=str(path))  # fmt: skip
 
 
-def load_la2018(root: str | os.PathLike, loading: str = "auto") -> DatasetBundle:
+def load_la2018(root: str | os.PathLike, loading: str = "auto", cache: Path | None = None) -> DatasetBundle:
     """The LA2018 volumes listed in ``train.list`` (training pool) and ``test.list`` (test).
 
     Raises:
@@ -85,7 +86,9 @@ def load_la2018(root: str | os.PathLike, loading: str = "auto") -> DatasetBundle
         missing = next((p for p in paths if not p.is_file()), None)
         if missing is not None:
             raise DataError(missing, f"listed in {split}.list but not found")
-        splits[split] = load_records([functools.partial(_read_case, p) for p in paths], loading, volumes=True)
+        splits[split] = load_records(
+            [functools.partial(_read_case, p) for p in paths], loading, volumes=True, cache=cache
+        )
     return DatasetBundle("la2018", num_classes=2, in_channels=1, train=splits["train"], test=splits["test"],
                          class_names=["background", "left atrium"], root=str(root))  # fmt: skip
 
@@ -93,4 +96,4 @@ def load_la2018(root: str | os.PathLike, loading: str = "auto") -> DatasetBundle
 @register_dataset("la2018", folder="la2018")
 def _load(cfg: DataConfig, path: Path | None) -> DatasetBundle:
     """``data.dataset: la2018`` (:func:`load_la2018`)."""
-    return load_la2018(path, cfg.loading)
+    return load_la2018(path, cfg.loading, cache_dir(cfg.cache_dir))

@@ -30,6 +30,7 @@ from semiseg.config import DataConfig
 from semiseg.data.io import normalize_intensity
 from semiseg.data.records import DatasetBundle, Record, load_records
 from semiseg.data.registry import register_dataset
+from semiseg.data.store import cache_dir
 from semiseg.data.volume_io import VolumeGeometry, check_same_geometry, nifti_stem, read_volume
 from semiseg.errors import DataError
 
@@ -132,7 +133,9 @@ def _record(case: str, files: Sequence[Path], label: Path | None, num_classes: i
     )
 
 
-def load_nnunet(root: str | Path, intensity: str = "auto", loading: str = "auto") -> DatasetBundle:
+def load_nnunet(
+    root: str | Path, intensity: str = "auto", loading: str = "auto", cache: Path | None = None
+) -> DatasetBundle:
     """The bundle of an nnU-Net raw dataset folder (see the module docstring)."""
     root = Path(root)
     if not root.is_dir():
@@ -155,7 +158,7 @@ def load_nnunet(root: str | Path, intensity: str = "auto", loading: str = "auto"
                 raise DataError(label, "missing: every test case needs its label file")
             label = label if label.is_file() else None
             readers.append(functools.partial(_record, case, tuple(files), label, num_classes, intensity))
-        splits[split] = load_records(readers, loading, volumes=True)
+        splits[split] = load_records(readers, loading, volumes=True, cache=cache)
     names = sorted(meta["labels"], key=lambda k: meta["labels"][k])
     return DatasetBundle(name=root.name, num_classes=num_classes, in_channels=n_channels, train=splits["train"],
                          test=splits.get("test"), class_names=names)  # fmt: skip
@@ -163,4 +166,4 @@ def load_nnunet(root: str | Path, intensity: str = "auto", loading: str = "auto"
 
 @register_dataset("nnunet")  # data.path: the Dataset<ID>_<name> folder
 def _load(cfg: DataConfig, path: Path | None) -> DatasetBundle:
-    return load_nnunet(path, cfg.intensity, cfg.loading)
+    return load_nnunet(path, cfg.intensity, cfg.loading, cache_dir(cfg.cache_dir))

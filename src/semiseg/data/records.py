@@ -12,6 +12,7 @@ import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -271,15 +272,70 @@ class VolumeSlice:
 LOADING_MODES = ("auto", "eager", "lazy")
 
 
-def load_records(readers: Iterable[Callable[[], Record]], loading: str, *, volumes: bool) -> list[Record]:
+def load_records(
+    readers: Iterable[Callable[[], Record]], loading: str, *, volumes: bool, cache: Path | None = None
+) -> list[Record]:
     """Records from their readers (each reads and validates one item): eager (arrays kept), or lazy
     (:meth:`Record.lazy`, one item in memory at a time) when ``loading`` is "lazy", or "auto" and the
-    items are ``volumes``."""
+    items are ``volumes``.
+
+    Indexing lazy records reads every item once for its metadata. With a ``cache`` folder (the
+    store's, ``data.cache_dir``) that metadata is also written to a manifest keyed by every reader's
+    description (files by path, size and modification time; the data code; library versions), and a
+    later indexing of the same unchanged files takes it from there without reading them.
+    """
     if loading not in LOADING_MODES:
         raise ValueError(f"loading must be one of {', '.join(LOADING_MODES)}, got {loading!r}")
     if loading == "lazy" or (loading == "auto" and volumes):
-        return [Record.lazy(r) for r in readers]
+        readers = list(readers)
+        return _indexed(readers, cache) if cache is not None else [Record.lazy(r) for r in readers]
     return [r() for r in readers]
+
+
+#: bump when the manifest's row layout changes
+MANIFEST_FORMAT = 1
+
+
+def _indexed(readers: list[Callable[[], Record]], cache: Path) -> list[Record]:
+    """Lazy records of ``readers``, their metadata from the manifest in ``cache`` when it matches."""
+    import hashlib
+    import json
+
+    from semiseg.data import store
+    from semiseg.io import atomic_write_text
+
+    try:
+        keys = [store.entry_key("meta", r) for r in readers]
+    except store.UndescribedReader:
+        return [Record.lazy(r) for r in readers]
+    key = hashlib.sha256(json.dumps([MANIFEST_FORMAT, keys]).encode()).hexdigest()[:32]
+    path = Path(cache) / "manifest" / key[:2] / f"{key}.json"
+    try:
+        rows = json.loads(path.read_text())
+        if len(rows) == len(readers):
+            return [_from_row(row, r) for row, r in zip(rows, readers)]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # missing or unreadable: index again
+    records = [Record.lazy(r) for r in readers]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps([_to_row(rec) for rec in records]))
+    except OSError:
+        pass  # a read-only cache only costs the next start its indexing
+    return records
+
+
+def _to_row(rec: Record) -> dict:
+    meta = rec.meta
+    return {"id": rec.id, "label": None if rec.label is None else int(rec.label), "group": rec.group,
+            "source": rec.source, "spacing": None if rec.spacing is None else list(rec.spacing),
+            "shape": list(meta.shape), "has_mask": meta.has_mask, "has_foreground": meta.has_foreground}  # fmt: skip
+
+
+def _from_row(row: dict, reader: Callable[[], Record]) -> Record:
+    meta = ItemMeta(tuple(int(s) for s in row["shape"]), bool(row["has_mask"]), row["has_foreground"])
+    return Record(row["id"], label=row["label"], group=row["group"], source=row["source"], spacing=row["spacing"],
+                  reader=reader, meta=meta)  # fmt: skip
 
 
 @dataclass

@@ -432,3 +432,22 @@ def test_a_lazy_train_set_holds_no_images_in_memory(tmp_path):
             held += sum(p.nbytes for p in parts if isinstance(p, (np.ndarray, torch.Tensor)))
     assert held < 8 * 96 * 96 * 4 / 20, held  # tags, sizes, labels and kept pixels only
     assert ds[0]["image"].shape == (1, 96, 96)
+
+
+def test_volume_resizing_is_trilinear_when_growing_and_antialiased_when_shrinking_depth():
+    import torch.nn.functional as F
+
+    from semiseg.data.views import resize_image
+
+    g = torch.Generator().manual_seed(0)
+    volume = torch.rand(2, 3, 5, 6, 7, generator=g)
+    grown = resize_image(volume, (9, 10, 11))
+    want = F.interpolate(volume, size=(9, 10, 11), mode="trilinear", align_corners=False)
+    torch.testing.assert_close(grown, want, atol=1e-5, rtol=1e-5)
+    stripes = torch.zeros(1, 1, 15, 4, 4)
+    stripes[:, :, ::2] = 1.0  # alternating slices: their mean is about 0.5
+    shrunk = resize_image(stripes, (5, 4, 4))
+    assert shrunk.shape == (1, 1, 5, 4, 4)
+    assert (shrunk - 0.5).abs().max() < 0.15  # antialiased: every output slice averages its neighbours
+    aliased = F.interpolate(stripes, size=(5, 4, 4), mode="trilinear", align_corners=False)
+    assert (aliased - 0.5).abs().max() == 0.5  # plain trilinear samples single slices (all 0 or all 1)

@@ -234,13 +234,16 @@ class RunCache:
         elif resume:
             record["resumed_at"].append(self.commit)
         self._write_record(out, record)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             result = engine_run.train(
                 cfg, data_root=self.data_root, output_dir=out, bundle=self.bundle(cfg), resume=resume
             )
         finally:  # an interrupted session's time still counts
             record["seconds"] = round(record["seconds"] + time.perf_counter() - t0, 1)
+            # CPU time of this process (all its threads): unlike the wall time, not inflated by a
+            # stopped (SIGSTOP) or descheduled process
+            record["cpu_seconds"] = round(record.get("cpu_seconds", 0.0) + time.process_time() - c0, 1)
             self._write_record(out, record)
         record.update(finished=True, result=result)
         self._write_record(out, record)

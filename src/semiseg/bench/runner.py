@@ -316,7 +316,8 @@ def _row_runs(ctx: BenchContext, row: Row, seeds: list[int], configs: dict) -> l
             value = run.result["test"][metric]
             last = run.result.get("last", {}).get("test", {}).get(metric)
             info = {"val_best": run.result["best"], "images_per_second": run.result["images_per_second"],
-                    "labeled": run.result["labeled"], "status": run.status, "seconds": record["seconds"]}  # fmt: skip
+                    "labeled": run.result["labeled"], "status": run.status, "seconds": record["seconds"],
+                    "cpu_seconds": record.get("cpu_seconds")}  # fmt: skip
             if table.score == "last":  # the model as training left it is the row's value
                 if last is None:
                     raise ConfigError(f"bench {table.name}: row '{row.key}' scores the last state, but its "

@@ -38,17 +38,22 @@ from semiseg.errors import DataError
 
 def resize_image(image: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     """Shape: ``[N, C, H, W]`` → ``[N, C, *size]`` (bilinear, antialiased when shrinking); volumes
-    ``[N, C, D, H, W]`` with a 3-entry ``size``: slice by slice in-plane when D is kept (so a volume's
-    slices are resized exactly as 2D images), trilinear otherwise."""
+    ``[N, C, D, H, W]`` with a 3-entry ``size``: slice by slice in-plane (so a volume's slices are
+    resized exactly as 2D images), then along depth when D changes (linear, antialiased when
+    shrinking): separable, so trilinear where no axis shrinks."""
     size = tuple(size)
     if tuple(image.shape[-len(size) :]) == size:
         return image
     if len(size) == 3:
         n, c, d = image.shape[:3]
+        h, w = size[1:]
+        flat = image.reshape(n, c * d, *image.shape[3:])
+        image = resize_image(flat, (h, w)).reshape(n, c, d, h, w)
         if d == size[0]:
-            flat = image.reshape(n, c * d, *image.shape[3:])
-            return resize_image(flat, size[1:]).reshape(n, c, *size)
-        return F.interpolate(image, size=size, mode="trilinear", align_corners=False)
+            return image
+        columns = image.permute(0, 1, 4, 2, 3).reshape(n, c * w, d, h)  # depth x height planes
+        columns = resize_image(columns, (size[0], h))  # height kept: only depth is resampled
+        return columns.reshape(n, c, w, size[0], h).permute(0, 1, 3, 4, 2).contiguous()
     shrink = image.shape[-2] > size[0] or image.shape[-1] > size[1]
     return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=shrink)
 

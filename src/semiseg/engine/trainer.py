@@ -204,7 +204,8 @@ class Trainer:
         if self.info.enabled and cfg.train.sync_batchnorm:
             D.convert_sync_batchnorm(method)
         cl = cfg.train.channels_last
-        self.channels_last = self.device.type == "cpu" if cl == "auto" else bool(cl)
+        auto = self.device.type == "cpu" and cfg.model.spatial_dims == 2
+        self.channels_last = auto if cl == "auto" else bool(cl)
         if self.channels_last:  # 4-D tensors channels-last, 5-D (3D networks) channels-last-3d
             for tensor in [*method.parameters(), *method.buffers()]:
                 if tensor.ndim in (4, 5):

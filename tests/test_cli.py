@@ -401,3 +401,18 @@ def test_classification_train_and_evaluate(tmp_path, capsys):
     assert result["n"] == 60 and result["metrics"]["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
     assert main(["evaluate", "--checkpoint", str(out / "last.pt"), "--postprocess", "mrf"]) == 2
     assert "applies to segmentations" in capsys.readouterr().err
+
+
+def test_a_setup_error_after_the_data_leaves_no_output_folder(tmp_path, capsys):
+    """An error found while building the run (here a missing train.init checkpoint) exits 2 with one
+    line and removes the output folder it created; a folder that existed before is kept."""
+    recipe = write_recipe(tmp_path / "shapes.yaml", SHAPES)
+    out = tmp_path / "out"
+    args = ["train", "-c", recipe, "-o", str(out), "--set", f"train.init={tmp_path / 'missing.pt'}"]
+    assert main(args) == 2
+    assert_one_line_error(capsys, "train", "missing.pt")
+    assert not out.exists()
+    out.mkdir()
+    (out / "mine.txt").write_text("kept")
+    assert main(args) == 2
+    assert (out / "mine.txt").read_text() == "kept"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from semiseg.engine.decision import ThresholdPostprocess
 from semiseg.engine.evaluate import ALL_METRICS, FAST_METRICS, evaluate_split, predict_records
 from semiseg.engine.inference import build_predict
 from semiseg.engine.loggers import Logger, build_logger, check_logger
-from semiseg.errors import ConfigError, DataError
+from semiseg.errors import ConfigError, DataError, SemisegError
 from semiseg.io import atomic_write_text
 
 
@@ -76,22 +77,22 @@ def train(
     check_logger(cfg.train.logger)  # on every process, before any of them starts
     info, device = D.setup(cfg.train.device)
     logger = Logger()  # train.logger's tracker on the main process (built once the folder exists)
-    failed = True
+    failed, created, started, remove = True, info.is_main and not out.exists(), False, False
     try:
         data = prepare_data(cfg, data_root, bundle=bundle)  # validates all data before any training
         if cfg.train.threshold == "val" and (data.bundle.num_classes != 2 or data.bundle.task != "segment"):
             raise ConfigError("train.threshold: val applies to binary segmentation (2 classes)")
-        if info.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            data.split.write(out / "split.json")
-            atomic_write_text(out / "config.json", json.dumps(to_dict(cfg), indent=1))
         seed_everything(cfg.train.seed)
         method = build_method_for(cfg, data.bundle.in_channels, data.bundle.num_classes)
         if cfg.train.init and not resume:
             init_segmenter(method, cfg.train.init)
         if info.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            data.split.write(out / "split.json")
+            atomic_write_text(out / "config.json", json.dumps(to_dict(cfg), indent=1))
             logger = build_logger(cfg.train.logger, out, to_dict(cfg), resume)
         trainer = Trainer(cfg, method, data, out, info=info, device=device, resume=resume, logger=logger)
+        started = True
         start = time.perf_counter()
         trainer.fit()
         wall = time.perf_counter() - start
@@ -141,10 +142,15 @@ def train(
         atomic_write_text(out / "metrics.json", json.dumps(results, indent=1, default=float))
         failed = False
         return results
+    except SemisegError:
+        remove = created and not started  # a setup error (one line for the user): leave no folder behind
+        raise
     finally:
         logger.close(failed)
         D.finish(info)  # the other ranks wait for rank 0's evaluation and files
         D.teardown()
+        if failed and remove:
+            shutil.rmtree(out, ignore_errors=True)
 
 
 def split_records(data, split: str) -> list:

@@ -250,6 +250,18 @@ class TestSmp(TestFlexibleUNet):
     encoder = "resnet18"
 
 
+@pytest.mark.skipif(not _smp_usable(), reason="segmentation-models-pytorch (with torchvision) not usable")
+@pytest.mark.parametrize("arch", ["unet", "unetplusplus", "fpn", "deeplabv3plus"])
+def test_smp_architectures_segment_any_size_and_expose_their_encoder(arch):
+    net = build_model(ModelConfig(name="smp", arch=arch, encoder="resnet18", encoder_weights=None), 3, 4)
+    x = torch.rand(2, 3, 64, 80)  # 80: not a multiple of the encoder's stride 32
+    assert net(x).shape == (2, 4, 64, 80)
+    net.eval()  # FPN and DeepLabV3+ heads hold dropout
+    torch.testing.assert_close(
+        net.decode(net.encode(x), tuple(x.shape[-2:])), net(x)
+    )  # the engine's feature access
+
+
 def test_every_registered_model_has_a_tester():
     build_model(ModelConfig(), 1, 2)  # loads the built-in registrations
     tested = {cls.name for cls in ModelTester.__subclasses__()} | {

@@ -422,3 +422,27 @@ def test_ecosystem_encoders_build_split_and_fail_in_one_line(monkeypatch):
         build_model(
             ModelConfig(name="flexible_unet", encoder="efficientnet-b0", encoder_weights="imagenet"), 3, 2
         )
+
+
+def test_requested_weights_without_network_put_the_hub_offline_for_the_build(monkeypatch):
+    """No route to the weights' host: Hugging Face Hub is offline inside the block (cached weights
+    load, missing ones fail at once) and as before after it; without weights nothing is probed."""
+    import socket
+    import sys
+    import types
+
+    from semiseg.models.encoders import _offline_without_network
+
+    constants = types.SimpleNamespace(HF_HUB_OFFLINE=False)
+    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(constants=constants))
+    monkeypatch.setitem(sys.modules, "huggingface_hub.constants", constants)
+
+    def unreachable(*args, **kwargs):
+        raise OSError("no route")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    with _offline_without_network(True):
+        assert constants.HF_HUB_OFFLINE is True
+    assert constants.HF_HUB_OFFLINE is False
+    with _offline_without_network(False):
+        assert constants.HF_HUB_OFFLINE is False

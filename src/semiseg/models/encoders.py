@@ -16,6 +16,7 @@ to the encoder's total stride and the logits cropped back. Weights are downloade
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import torch
@@ -116,8 +117,9 @@ def _build_smp(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Modu
     if cfg.spatial_dims != 2:
         raise ConfigError("model.spatial_dims: smp models are 2D")
     try:
-        net = smp.create_model(cfg.arch, encoder_name=cfg.encoder, encoder_weights=cfg.encoder_weights,
-                               in_channels=in_channels, classes=out_channels)  # fmt: skip
+        with _offline_without_network(cfg.encoder_weights is not None):
+            net = smp.create_model(cfg.arch, encoder_name=cfg.encoder, encoder_weights=cfg.encoder_weights,
+                                   in_channels=in_channels, classes=out_channels)  # fmt: skip
     except (KeyError, ValueError) as exc:
         raise ConfigError(
             f"model.arch / model.encoder: smp cannot build {cfg.arch} with '{cfg.encoder}' ({exc})"
@@ -126,6 +128,35 @@ def _build_smp(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Modu
         raise _download_error(cfg, exc) from None
     multiple = int(getattr(net.encoder, "output_stride", 32) or 32)
     return EncoderDecoder(net, _smp_decoder, multiple, 2)
+
+
+@contextlib.contextmanager
+def _offline_without_network(weights: bool, host: str = "huggingface.co"):
+    """With weights requested and ``host`` unreachable (2 s), Hugging Face Hub in offline mode for the
+    block: weights already in its cache load, missing ones fail at once (instead of five retries
+    with back-off before the same error)."""
+    import socket
+
+    offline = False
+    if weights:
+        try:
+            socket.create_connection((host, 443), timeout=2).close()
+        except OSError:
+            offline = True
+    if not offline:
+        yield
+        return
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        yield
+        return
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 _build_flexible_unet.spatial_dims = (2, 3)  # type: ignore[attr-defined]

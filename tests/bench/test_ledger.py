@@ -66,7 +66,12 @@ def test_a_restored_start_is_trained_again_for_a_row_that_needs_its_checkpoint(t
     assert second["runs"][0]["test"] == first["runs"][0]["test"]
     record = json.loads((tmp_path / "ledger" / f"{sup_dir.rsplit('/', 1)[1]}.json").read_text())
     assert record["finished"] and record["resumed_at"] == []  # the ledger keeps the first record
-    assert (tmp_path / "w" / "cache" / sup_dir.rsplit("/", 1)[1] / "best.pt").is_file()
+    local = tmp_path / "w" / "cache" / sup_dir.rsplit("/", 1)[1]
+    assert (local / "best.pt").is_file()
+    again = json.loads(
+        (local / "bench-run.json").read_text()
+    )  # the ledger's record, with the retraining noted
+    assert again["result"] == record["result"] and again["retrained"]["git_commit"] == record["git_commit"]
 
 
 def test_status_counts_ledger_runs_as_done(tmp_path, monkeypatch):

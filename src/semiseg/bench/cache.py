@@ -246,11 +246,16 @@ class RunCache:
             record["cpu_seconds"] = round(record.get("cpu_seconds", 0.0) + time.process_time() - c0, 1)
             self._write_record(out, record)
         record.update(finished=True, result=result)
+        kept = self.read_record(out, self.ledger / f"{out.name}.json") if self.ledger is not None else None
+        if kept is not None and kept.get("finished"):  # trained again for its checkpoint: the ledger's
+            # record stays the run's record (its numbers are the ones a table reports)
+            record = {**kept, "retrained": {k: record[k] for k in ("git_commit", "seconds", "cpu_seconds")}
+                      | {"test": result.get("test")}}  # fmt: skip
         self._write_record(out, record)
         self._to_ledger(out.name, record)
         status = "resumed" if resume else "trained"
         self.counts[status] += 1
-        return CachedRun(out, result, record, status)
+        return CachedRun(out, record["result"], record, status)
 
     def memo(
         self, run_dir: Path, name: str, compute: Callable[[], dict[str, Any]]

@@ -166,16 +166,20 @@ class RunCache:
         """
         out = self.run_dir(cfg)
         record = self.finished_record(out)
-        if record is not None and (not checkpoint or (out / "best.pt").is_file()):
+        if record is not None and (not checkpoint or self._has_checkpoint(out)):
             return self._reused(out, record)
         out.mkdir(parents=True, exist_ok=True)
         with claim(out / LOCK):
             record = self.read_record(out)  # read again: another process may have finished it meanwhile
             if record is not None and record.get("finished"):
-                if not checkpoint or (out / "best.pt").is_file():
+                if not checkpoint or self._has_checkpoint(out):
                     return self._reused(out, record)
                 record = None  # restored from the ledger: train it again for its checkpoint
             return self._train_claimed(cfg, out, record)
+
+    @staticmethod
+    def _has_checkpoint(out: Path) -> bool:
+        return (out / "best.pt").is_file()
 
     def finished(self, cfg) -> bool:
         """Whether the run of ``cfg`` is finished (in the cache or the ledger); trains nothing."""
@@ -184,7 +188,7 @@ class RunCache:
     def checkpoint(self, cfg) -> Path:
         """The folder of the run of ``cfg`` with its ``best.pt``, training it (again) if it has none."""
         out = self.run_dir(cfg)
-        if (out / "best.pt").is_file() and self.finished_record(out) is not None:
+        if self._has_checkpoint(out) and self.finished_record(out) is not None:
             return out  # not counted as a reuse: the run itself was counted when its row took it
         return self.train(cfg, checkpoint=True).run_dir
 

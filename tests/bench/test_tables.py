@@ -13,6 +13,7 @@ from semiseg.bench.tables import (
     TV_PAPER,
     TV_PLAIN,
     UNIMATCH_SUPERVISED_WEIGHT,
+    _count_missed,
     patients,
     size_step_configs,
     supervised_baseline,
@@ -218,3 +219,34 @@ def test_translation_mnist_rows_carry_table_1_and_share_each_variants_budget():
             ("proposed | 48x48 hard", "proposed, skip compress | 48x48 hard")]  # fmt: skip
     assert run_key("src", to_dict(same[0]), 0) == run_key("src", to_dict(same[1]), 0)
     assert by_key["proposed | 128x128"].seeds_for(table.quick_seeds, quick=True) == [0]
+
+
+def test_missed_classes_are_counted_per_volume_and_class_beside_the_distance_means():
+    """A class missing from a prediction has no HD95 (nan) and drops out of the mean: the extras
+    count those pairs so a row that misses more classes cannot pass for a better one."""
+    nan = float("nan")
+    result = {
+        "test_cases": [
+            {
+                "hd95_px/1": nan,
+                "hd95_px/2": 3.0,
+                "hd95_px/3": 2.0,
+                "hd95_px/mean": 2.5,
+                "dice/1": 0.0,
+                "id": "a",
+            },
+            {
+                "hd95_px/1": 4.0,
+                "hd95_px/2": nan,
+                "hd95_px/3": nan,
+                "hd95_px/mean": 4.0,
+                "dice/1": 0.5,
+                "id": "b",
+            },
+        ]
+    }
+    counts: dict[str, int] = {}
+    _count_missed(counts, result, "hd95_px/mean")
+    assert counts == {"missed": 3, "pairs": 6}
+    _count_missed(counts, {"test_cases": [{"hd95_px/1": 1.0, "hd95_px/mean": 1.0}]}, "hd95_px/mean")
+    assert counts == {"missed": 3, "pairs": 7}

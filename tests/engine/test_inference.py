@@ -58,6 +58,24 @@ def test_sliding_window_on_a_2d_image_with_monai_constant_blend_keeps_the_shape(
     assert out.shape == (2, 3, 19, 27) and torch.isfinite(out).all()
 
 
+def test_an_input_shorter_than_its_window_is_padded_with_zeros_as_training_patches_are():
+    """A 6-slice volume under an 8-slice window: the network sees the 6 slices and 2 slices of zeros
+    (training crops fill past a volume's end with 0, semiseg.data.patches.crop), not repeated edges."""
+    seen = []
+
+    def predict(w: torch.Tensor) -> torch.Tensor:
+        seen.append(w.clone())
+        return w.repeat(1, 2, 1, 1, 1)
+
+    x = torch.rand(1, 1, 6, 8, 8) + 0.5
+    out = Inferer("sliding", roi=(8, 8, 8), overlap=0.5, blend="gaussian")(predict, x)
+    assert out.shape == (1, 2, 6, 8, 8)
+    window = seen[0][0, 0]
+    assert window.shape == (8, 8, 8)
+    real = window.abs().sum(dim=(1, 2)) > 0
+    assert int(real.sum()) == 6 and (window[~real] == 0).all()
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [

@@ -16,9 +16,9 @@ patient" keep a patient's slices together.
 
 ``acdc_3d`` (3D models): the same files, with the training slices of each frame stacked back into
 its volume ``[1, D, H, W]`` in slice order (``_slice_1``, ``_slice_2``, …; the SSL4MIS layout keeps
-no training volumes). The stored slices are normalised one by one (each has maximum 1) while the
-validation and test volumes are normalised as a whole, as in the 2D set. No file carries a voxel
-spacing: distances are in voxels (``hd95_px``).
+no training volumes). The files are normalised per volume (each training frame's slices share one
+maximum of 1, as do the validation and test volumes), so the stacked volumes need no renormalising.
+No file carries a voxel spacing: distances are in voxels (``hd95_px``), a slice step counting as one.
 """
 
 from __future__ import annotations

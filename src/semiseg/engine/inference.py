@@ -100,9 +100,11 @@ class Inferer:
             return self._trim(predict, x, roi)
         from monai.inferers import sliding_window_inference
 
+        # an input shorter than its window is padded with zeros, as training patches are past a volume's
+        # end (semiseg.data.patches.crop), so the network sees at inference what it saw in training
         return sliding_window_inference(
             x, roi, self.batch_size, predict, overlap=self.overlap, mode=self.blend,
-            sigma_scale=self.sigma_scale, padding_mode="replicate",
+            sigma_scale=self.sigma_scale, padding_mode="constant", cval=0.0,
         )  # fmt: skip
 
     def _trim(

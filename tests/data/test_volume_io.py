@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from semiseg.data.volume_io import check_same_geometry, is_nifti, nifti_stem, read_volume, write_label_volume
+from semiseg.data.volume_io import (
+    check_same_geometry,
+    is_nifti,
+    nifti_stem,
+    probe_volume,
+    read_volume,
+    write_label_volume,
+)
 from semiseg.errors import DataError
 
 nib = pytest.importorskip("nibabel")
@@ -60,3 +67,24 @@ def test_bad_volumes_and_mismatched_masks_are_one_line_errors(tmp_path):
     with pytest.raises(DataError, match="moved.nii.gz: affine differs"):
         check_same_geometry(tmp_path / "img.nii.gz", tmp_path / "moved.nii.gz", a, c)
     check_same_geometry(tmp_path / "img.nii.gz", tmp_path / "img.nii.gz", a, a)
+
+
+def test_a_nifti2_input_gets_nifti2_labels_in_its_space(tmp_path):
+    affine = np.diag([0.7, 0.8, 5.0, 1.0])
+    nib.save(nib.Nifti2Image(np.zeros((4, 5, 6), np.float32), affine), str(tmp_path / "img.nii.gz"))
+    _, geo = read_volume(tmp_path / "img.nii.gz")
+    assert geo.nifti2
+    write_label_volume(tmp_path / "pred.nii.gz", np.ones((6, 5, 4), np.int64), geo)
+    back = nib.load(str(tmp_path / "pred.nii.gz"))
+    assert isinstance(back.header, nib.Nifti2Header) and np.allclose(back.affine, affine)
+
+
+def test_the_header_probe_checks_a_volume_without_reading_it_and_nan_voxels_fail(tmp_path):
+    geo = probe_volume(save(tmp_path / "img.nii.gz", np.zeros((4, 5, 6), np.float32)))
+    assert geo.shape == (4, 5, 6) and geo.spacing == pytest.approx((5.0, 0.9, 0.8))
+    with pytest.raises(DataError, match=r"expected a 3-D volume .* got shape \(4, 5, 6, 2\)"):
+        probe_volume(save(tmp_path / "4d.nii.gz", np.zeros((4, 5, 6, 2), np.float32)))
+    data = np.zeros((4, 5, 6), np.float32)
+    data[0, 0, 0], data[1, 1, 1] = np.nan, np.inf
+    with pytest.raises(DataError, match="nan.nii.gz: 2 voxels are NaN or infinite"):
+        read_volume(save(tmp_path / "nan.nii.gz", data))

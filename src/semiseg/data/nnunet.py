@@ -31,7 +31,7 @@ from semiseg.data.io import normalize_intensity
 from semiseg.data.records import DatasetBundle, Record, load_records
 from semiseg.data.registry import register_dataset
 from semiseg.data.store import cache_dir
-from semiseg.data.volume_io import VolumeGeometry, check_same_geometry, nifti_stem, read_volume
+from semiseg.data.volume_io import VolumeGeometry, check_same_geometry, nifti_stem, probe_volume, read_volume
 from semiseg.errors import DataError
 
 __all__ = ["channel_cases", "load_nnunet", "read_case"]
@@ -95,6 +95,15 @@ def channel_cases(files: Sequence[Path], channels: int, *, strict: bool = False)
             raise DataError(by_channel[extra[0]], why)
         out[case] = [by_channel[c] for c in range(channels)]
     return out
+
+
+def probe_case(files: Sequence[Path]) -> VolumeGeometry:
+    """The geometry of a case's channel files from their headers alone (:func:`probe_volume`), with
+    the check that every channel lies in the first one's space."""
+    geometry = probe_volume(files[0])
+    for f in files[1:]:
+        check_same_geometry(files[0], f, geometry, probe_volume(f))
+    return geometry
 
 
 def read_case(files: Sequence[Path], intensity: str = "auto") -> tuple[np.ndarray, VolumeGeometry]:

@@ -25,6 +25,7 @@ __all__ = [
     "VolumeGeometry",
     "check_same_geometry",
     "is_nifti",
+    "probe_volume",
     "read_volume",
     "write_label_volume",
 ]
@@ -52,6 +53,7 @@ class VolumeGeometry:
     affine: np.ndarray
     shape: tuple[int, int, int]
     header: bytes  #: the NIfTI header block, to write labels with the input's header
+    nifti2: bool = False  #: the header is NIfTI-2's (540 bytes), not NIfTI-1's (348)
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -66,6 +68,36 @@ def _nib():
     except ImportError:  # pragma: no cover - nibabel is a dependency
         raise DataError(None, "reading NIfTI files needs nibabel (pip install nibabel)") from None
     return nibabel
+
+
+def probe_volume(path: str | os.PathLike) -> VolumeGeometry:
+    """The geometry of a NIfTI volume from its header alone (no voxel is read): the checks of
+    :func:`read_volume` that need no data, so a folder can be checked before any volume is loaded.
+
+    Raises:
+        DataError: the header cannot be read, or the file is not a volume.
+    """
+    nib = _nib()
+    try:
+        img = nib.load(os.fspath(path))
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise DataError(path, f"cannot read NIfTI file ({type(exc).__name__}: {exc})") from None
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise DataError(path, f"expected a 3-D volume (x, y, z), got shape {tuple(img.shape)}")
+    return _geometry(nib, img, shape)
+
+
+def _geometry(nib, img, shape: tuple[int, ...]) -> VolumeGeometry:
+    header = img.header.binaryblock if hasattr(img.header, "binaryblock") else b""
+    return VolumeGeometry(
+        np.asarray(img.affine, dtype=np.float64),
+        tuple(int(s) for s in shape),
+        header,
+        isinstance(img.header, nib.Nifti2Header),
+    )
 
 
 def read_volume(path: str | os.PathLike, dtype=np.float32) -> tuple[np.ndarray, VolumeGeometry]:
@@ -84,10 +116,9 @@ def read_volume(path: str | os.PathLike, dtype=np.float32) -> tuple[np.ndarray, 
         data = data[..., 0]
     if data.ndim != 3:
         raise DataError(path, f"expected a 3-D volume (x, y, z), got shape {tuple(data.shape)}")
-    header = img.header.binaryblock if hasattr(img.header, "binaryblock") else b""
-    geometry = VolumeGeometry(
-        np.asarray(img.affine, dtype=np.float64), tuple(int(s) for s in data.shape), header
-    )
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        raise DataError(path, f"{int((~np.isfinite(data)).sum())} voxels are NaN or infinite")
+    geometry = _geometry(nib, img, data.shape)
     return np.ascontiguousarray(data.transpose(2, 1, 0)).astype(dtype, copy=False), geometry
 
 
@@ -112,8 +143,11 @@ def write_label_volume(path: str | os.PathLike, labels: np.ndarray, geometry: Vo
         raise DataError(
             path, f"labels of shape {tuple(data.shape)} (x, y, z) do not fit the volume's {geometry.shape}"
         )
-    header = nib.Nifti1Header.from_fileobj(io.BytesIO(geometry.header)) if geometry.header else None
-    img = nib.Nifti1Image(data, geometry.affine, header=header)
+    header_class, image_class = (
+        (nib.Nifti2Header, nib.Nifti2Image) if geometry.nifti2 else (nib.Nifti1Header, nib.Nifti1Image)
+    )
+    header = header_class.from_fileobj(io.BytesIO(geometry.header)) if geometry.header else None
+    img = image_class(data, geometry.affine, header=header)
     img.set_data_dtype(np.uint8)
     gz = str(path).lower().endswith(".gz")
 

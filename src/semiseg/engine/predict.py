@@ -24,12 +24,15 @@ def predict_folder(
     nnU-Net-style channel files ``<case>_0000.nii.gz`` … ``<case>_{C-1:04d}.nii.gz`` and writes
     ``<case>.nii.gz``. ``predict`` is the network call (``method.predict``, or an exported model's).
 
-    All inputs are read and checked first, so a bad file stops the command before anything is written.
+    Every input is checked before anything is written: 2D images are read, NIfTI volumes probed from
+    their headers (shape, channels in one space); each volume is then read, segmented and written
+    in turn, so memory holds one volume at a time. A volume whose data fail to read after that (a
+    corrupt block, NaN voxels) stops the command and the masks written by this call are removed.
     """
     from PIL import Image
 
     from semiseg.data.io import IMAGE_SUFFIXES, read_model_image
-    from semiseg.data.nnunet import read_case
+    from semiseg.data.nnunet import probe_case, read_case
     from semiseg.data.records import Record
     from semiseg.data.volume_io import is_nifti, write_label_volume
     from semiseg.engine.inference import build_predict
@@ -47,24 +50,34 @@ def predict_folder(
         raise DataError(images[0], "a 3D model segments volumes (NIfTI), not 2D images")
     intensity = cfg.data.intensity if cfg is not None else "auto"
     pixels = [torch.from_numpy(read_model_image(p, state["in_channels"], intensity)) for p in images]
-    records, geometries = [], []
-    for case, files in _volume_cases(volumes, state["in_channels"]):
-        image, geometry = read_case(files, intensity)
-        records.append(Record(case, image, spacing=geometry.spacing, source=str(files[0])))
-        geometries.append(geometry)
+    cases = _volume_cases(volumes, state["in_channels"])
+    for _case, channel_files in cases:
+        probe_case(channel_files)
     predict = build_predict(predict, cfg) if cfg is not None else predict
     out = Path(output_dir)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     decision = state.get("decision")  # a threshold chosen on validation (train.threshold: val)
-
-    for path, p in zip(images, predict_slices(predict, pixels, image_size, device) if images else []):
-        label = label_map(p, decision)
-        atomic_write(
-            out / f"{path.stem}.png", lambda tmp, a=label: Image.fromarray(a).save(tmp, format="PNG")
-        )
-    for record, geometry in zip(records, geometries):
-        (p,) = predict_records(predict, [record], image_size, device)
-        write_label_volume(out / f"{record.id}.nii.gz", label_map(p, decision), geometry)
+    written: list[Path] = []
+    try:
+        for path, p in zip(images, predict_slices(predict, pixels, image_size, device) if images else []):
+            label = label_map(p, decision)
+            target = out / f"{path.stem}.png"
+            atomic_write(target, lambda tmp, a=label: Image.fromarray(a).save(tmp, format="PNG"))
+            written.append(target)
+        for case, channel_files in cases:
+            image, geometry = read_case(channel_files, intensity)
+            record = Record(case, image, spacing=geometry.spacing, source=str(channel_files[0]))
+            (p,) = predict_records(predict, [record], image_size, device)
+            target = out / f"{case}.nii.gz"
+            write_label_volume(target, label_map(p, decision), geometry)
+            written.append(target)
+    except BaseException:
+        for target in written:
+            target.unlink(missing_ok=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        raise
     return len(files)
 
 

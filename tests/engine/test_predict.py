@@ -1,0 +1,74 @@
+"""Segmenting a folder: NIfTI volumes are checked from their headers first and read one at a time;
+a volume that fails to read later removes the masks the call wrote."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from semiseg.engine.predict import predict_folder
+from semiseg.errors import DataError
+
+nib = pytest.importorskip("nibabel")
+
+STATE = {"image_size": [16, 16], "in_channels": 1}
+
+
+def threshold_net(x: torch.Tensor) -> torch.Tensor:
+    """Two-class logits: foreground where the (scaled) intensity is above 0.5."""
+    return torch.cat([0.5 - x, x - 0.5], dim=1)
+
+
+def volume(path, data, affine=None):
+    nib.save(
+        nib.Nifti1Image(
+            np.asarray(data, np.float32), np.diag([0.8, 0.8, 4.0, 1.0]) if affine is None else affine
+        ),
+        str(path),
+    )
+
+
+def test_volumes_are_segmented_one_by_one_in_their_own_space(tmp_path, monkeypatch):
+    import semiseg.data.nnunet as nnunet
+
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):
+        volume(src / f"{name}.nii.gz", rng.random((16, 16, 3)))
+    reads = []
+    real = nnunet.read_case
+    monkeypatch.setattr(
+        nnunet, "read_case", lambda files, intensity="auto": reads.append(files) or real(files, intensity)
+    )
+    assert predict_folder(threshold_net, STATE, src, tmp_path / "out", torch.device("cpu")) == 3
+    assert len(reads) == 3  # read when segmented, not all up front
+    for name in ("a", "b", "c"):
+        out = nib.load(str(tmp_path / "out" / f"{name}.nii.gz"))
+        assert out.shape == (16, 16, 3) and np.allclose(out.affine, np.diag([0.8, 0.8, 4.0, 1.0]))
+
+
+def test_a_bad_header_stops_before_anything_is_written(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    volume(src / "a.nii.gz", np.zeros((16, 16, 3)))
+    volume(src / "b.nii.gz", np.zeros((16, 16, 3, 2)))
+    with pytest.raises(DataError, match=r"b.nii.gz: expected a 3-D volume"):
+        predict_folder(threshold_net, STATE, src, tmp_path / "out", torch.device("cpu"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_volume_that_fails_to_read_later_removes_the_masks_of_this_call(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    volume(src / "a.nii.gz", np.random.default_rng(1).random((16, 16, 3)))
+    bad = np.zeros((16, 16, 3))
+    bad[2, 3, 1] = np.nan
+    volume(src / "b.nii.gz", bad)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("the user's file")
+    with pytest.raises(DataError, match=r"b.nii.gz: 1 voxels are NaN or infinite"):
+        predict_folder(threshold_net, STATE, src, out, torch.device("cpu"))
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]  # a.nii.gz removed, the folder kept

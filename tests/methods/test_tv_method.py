@@ -182,3 +182,19 @@ def test_three_epoch_run_on_sparse_shapes_logs_tv(tmp_path):
     epochs = [json.loads(line) for line in (tmp_path / "epochs.jsonl").read_text().splitlines()]
     assert len(epochs) == 3 and all("train/reg/tv" in e for e in epochs)
     assert (tmp_path / "last.pt").is_file()
+
+
+def test_the_tv_method_takes_axis_weights_checked_against_the_model():
+    """Thick slices: the method's own TV term weighs the depth derivative (``method.axis_weights``),
+    and weights that do not fit the model are one config error naming the option."""
+    from semiseg.errors import ConfigError
+
+    model = ModelConfig(width=4, depth=2, spatial_dims=3)
+    method = build_method(
+        {"name": "tv", "axis_weights": [0.2, 1.0, 1.0]}, model, in_channels=1, num_classes=2
+    )
+    assert method.regularizers[-1].spec.axis_weights == [0.2, 1.0, 1.0]
+    with pytest.raises(
+        ConfigError, match=r"^method.axis_weights: needs one weight per spatial axis of the 3D"
+    ):
+        build_method({"name": "tv", "axis_weights": [1.0, 1.0]}, model, in_channels=1, num_classes=2)

@@ -446,3 +446,10 @@ def test_requested_weights_without_network_put_the_hub_offline_for_the_build(mon
     assert constants.HF_HUB_OFFLINE is False
     with _offline_without_network(False):
         assert constants.HF_HUB_OFFLINE is False
+
+
+def test_monai_unet_refuses_inplane_levels_it_cannot_build():
+    from semiseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^model.inplane_levels: not available with model.name monai_unet"):
+        build_model(ModelConfig(name="monai_unet", width=4, depth=2, spatial_dims=3, inplane_levels=1), 1, 2)

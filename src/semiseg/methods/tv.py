@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from semiseg.config import FieldError
-from semiseg.losses.regularizers import Regularizer
+from semiseg.losses.regularizers import Regularizer, RegularizerContext
 from semiseg.losses.tv import TVSpec
 from semiseg.methods import register
 from semiseg.methods.supervised import Supervised, SupervisedConfig
@@ -31,6 +31,8 @@ class TVConfig(SupervisedConfig):
     tv_on_unlabeled: bool = True  #: also on unlabeled images when the split has them
     #: edge-aware TV (beyond the paper): weight each pixel by exp(-|∇I|²/2σ²); None = plain TV
     edge_sigma: float | None = None
+    #: one factor per spatial axis multiplying its derivative (3D with thick slices: e.g. [0.2, 1, 1])
+    axis_weights: list[float] | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -48,6 +50,7 @@ class TVConfig(SupervisedConfig):
             norm=self.norm,
             reduction=self.reduction,
             edge_sigma=self.edge_sigma,
+            axis_weights=self.axis_weights,
         )
 
 
@@ -58,4 +61,7 @@ class TotalVariation(Supervised):
     def __init__(self, cfg: TVConfig, **kwargs):
         super().__init__(cfg, **kwargs)
         # after the user's own regularizers (``method.regularizers``); the config stays as given
-        self.regularizers.append(Regularizer(cfg.tv_spec()))
+        context = RegularizerContext(
+            in_channels=self.in_channels, num_classes=self.num_classes, model=self.model_cfg
+        )
+        self.regularizers.append(Regularizer(cfg.tv_spec(), where="method", context=context))

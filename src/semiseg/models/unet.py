@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from semiseg.config import ModelConfig
+from semiseg.errors import ConfigError
 from semiseg.models.registry import register_model
 
 
@@ -176,6 +177,8 @@ def _build_unet(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Mod
 def _build_monai_unet(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
     from monai.networks.nets import UNet as MonaiUNet
 
+    if cfg.inplane_levels:
+        raise ConfigError("model.inplane_levels: not available with model.name monai_unet (use unet)")
     norms = {"batch": "batch", "instance": "instance", "group": ("group", {"num_groups": 1}), "none": None}
     net = MonaiUNet(
         spatial_dims=cfg.spatial_dims,

@@ -239,7 +239,7 @@ class OptimizerConfig:
     end_factor: float = 0.0  #: ``linear``: the lr falls from lr to lr · end_factor over the phase
     #: ``adaptive`` (:mod:`semiseg.engine.adaptive`): lr × growth after ``grow_after`` improving epochs;
     #: an epoch that does not improve the criterion is rejected and rerun with lr ÷ growth, at most
-    #: ``max_attempts`` times (the IODA paper's rule, Crino's constants)
+    #: ``max_attempts`` times (the IODA paper's rule; 1.25 and 5 are Crino's, the cap of 10 is ours)
     growth: float = 1.25
     grow_after: int = 5
     max_attempts: int = 10

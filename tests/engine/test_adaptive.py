@@ -130,3 +130,26 @@ def test_a_non_finite_attempt_is_rejected_even_first(tmp_path, make_config, monk
     assert [r.get("attempt", 0) for r in steps if r["epoch"] == 1] == [1, 1]
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     assert not AdaptiveLR(opt).decide(float("inf"))  # no baseline yet: still not an improvement
+
+
+def test_the_criterion_is_the_loss_after_the_attempts_updates_so_a_smaller_rate_can_win(
+    tmp_path, make_config
+):
+    """Full batch, plain SGD at a rate far too large: each attempt's criterion is measured after its
+    update, so it falls as the rate shrinks (the mean of the steps' own losses, taken before the
+    update, would repeat one value for every attempt); an accepted epoch improved on its own start
+    unless the attempts ran out; and an epoch rejected once is then accepted at the smaller rate."""
+    cfg = make_config("train.scheduler=adaptive", "model.norm=none", "train.epochs=6", "train.iters_per_epoch=1",
+                      "train.optimizer=sgd", "train.momentum=0", "train.lr=60")  # fmt: skip
+    engine_run.train(cfg, output_dir=tmp_path)
+    log = lines(tmp_path / "epochs.jsonl")
+    rejected = [r for r in log if r.get("accepted") is False]
+    first = [r["criterion"] for r in rejected if r["epoch"] == 1]
+    assert len(first) >= 3 and all(a > b for a, b in zip(first, first[1:]))
+    accepted = [r for r in log if "accepted" not in r]
+    assert [r["epoch"] for r in accepted] == [1, 2, 3, 4, 5, 6]
+    tries = {e: sum(1 for r in rejected if r["epoch"] == e) for e in range(1, 7)}
+    for r in accepted:  # one full batch, no dropout: train/loss is the loss before the epoch's update
+        if tries[r["epoch"]] < 9:
+            assert r["train/criterion"] < r["train/loss"]
+    assert any(0 < n < 9 for n in tries.values())

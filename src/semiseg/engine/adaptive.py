@@ -1,8 +1,14 @@
-"""A criterion-driven learning rate that rejects epochs (the IODA paper's adaptive learning rate, §4.3,
-with the constants of its authors' library Crino).
+"""A criterion-driven learning rate that rejects epochs (the IODA paper's adaptive learning rate, §4.3:
+"increasing the learning rate after some fixed number of consecutive iterations that improves the
+learning criterion. In case of a degradation, we keep decreasing the learning rate until it provides
+a better value of the criterion in comparison to the previous iteration").
 
-The unit is the epoch (the paper's "iteration"). After each epoch the scheduler compares the epoch's
-criterion (the mean of its steps' losses, all-reduced under DDP) with the previous accepted epoch's:
+The unit is the epoch (the paper's "iteration", a pass over the 500 training images in batches of
+100). The criterion is the training loss on the epoch's batches, averaged over them at fixed
+parameters, in eval mode and without a step (all-reduced under DDP; dropout off, batch norm on its
+running statistics). The trainer measures it before the epoch (the baseline, :attr:`AdaptiveLR.last`)
+and after each attempt's updates, on the same batches drawn again, so the comparison sees only what
+the updates did, not which images or augmentations the epoch drew:
 
 - better: the epoch is accepted; after ``grow_after`` consecutive better epochs the learning rate is
   multiplied by ``growth``;
@@ -11,10 +17,16 @@ criterion (the mean of its steps' losses, all-reduced under DDP) with the previo
   and the epoch is run again (with the same batches). The ``max_attempts``-th attempt is accepted
   whatever its criterion.
 
+Measuring after the updates matters: the mean of the steps' own losses (computed before each update)
+cannot see the damage of an epoch's last step, and in full-batch training it does not depend on the
+attempt's rate at all, so a rejected epoch would be rejected again until the attempts run out.
+
 Only accepted epochs reach the epoch-end hook, validation and the checkpoints, so a resumed run
 replays the rejected attempts exactly. ``train.scheduler: adaptive`` (or an optimizer's own
 ``scheduler: adaptive``) selects it; ``growth``, ``grow_after``, ``max_attempts`` are the optimizer's
-settings (1.25, 5, 10). It drives one optimizer per phase.
+settings (1.25, 5, 10: the growth factor and the run of 5 are those of the authors' library Crino,
+which divides the rate once per worse epoch and never rolls back; the paper's "keep decreasing until
+better" needs the rollback, and the cap of 10 attempts is ours). It drives one optimizer per phase.
 """
 
 from __future__ import annotations

@@ -702,12 +702,17 @@ class Trainer:
         adaptive = next((s for s in scheds.values() if isinstance(s, AdaptiveLR)), None)
         snapshot = self._snapshot(opts) if adaptive is not None else None
         self._attempt = 0
+        criterion = None
+        if adaptive is not None:  # the baseline: the criterion on this epoch's batches before its steps
+            start = self._criterion(phase, iters, plan)
+            adaptive.last = start if math.isfinite(start) else None
         while True:
             sums, counts, bad = self._iterate(phase, opts, scheds, iters, bar, plan, adaptive is not None)
             if adaptive is None:
                 break
-            # the criterion: the mean of the attempt's step losses (inf when a loss was not finite)
-            criterion = sums["loss"] / counts["loss"] if bad is None and "loss" in counts else math.inf
+            # the criterion: the loss on the epoch's batches *after* the attempt's updates (inf when a
+            # step's loss was not finite), against the same batches' loss before them
+            criterion = self._criterion(phase, iters, plan) if bad is None else math.inf
             accepted = adaptive.decide(criterion)
             if accepted and bad is not None:
                 self._diverged(phase, bad)
@@ -718,7 +723,31 @@ class Trainer:
                                  "next_lr": adaptive.lr})  # fmt: skip
             self._rollback(snapshot, opts, adaptive)
             self._attempt = adaptive.attempts  # the rerun's step log lines say which attempt they belong to
-        self._end_epoch(phase, opts, scheds, t0, sums, counts)
+        self._end_epoch(phase, opts, scheds, t0, sums, counts, criterion)
+
+    @torch.no_grad()
+    def _criterion(self, phase: Phase, iters: int, plan: EpochPlan | None) -> float:
+        """The adaptive learning rate's criterion: the mean loss of the current epoch's batches (the
+        attempt's, drawn again) at the current parameters, in eval mode and without a step, averaged
+        over processes; ``inf`` when not finite. The random state is left as it was."""
+        specs = self.stream_specs(phase)
+        subsets = plan.subsets if plan is not None else {}
+        loaders = [self.loader(s, self.epoch, iters, phase, subsets.get(s.name)) for s in specs]
+        optimizer = phase.optimizer_specs[0].name  # the adaptive rate drives a phase of one optimizer
+        saved = rng_state()
+        total, n = torch.zeros((), dtype=torch.float64), 0
+        self.method.eval()
+        try:
+            for batches in zip(*loaders):
+                batch = {s.name: self.to_batch(b) for s, b in zip(specs, batches)}
+                with torch.autocast(self.device.type, enabled=self.amp), global_reduction(self.info.enabled):
+                    total += self.model(batch, phase.name, optimizer)["loss"].detach().double().cpu()
+                n += 1
+        finally:
+            self.method.train()
+            set_rng_state(saved)
+        value = float(D.all_reduce_mean((total / max(n, 1)).float().reshape(1), self.info)[0])
+        return value if math.isfinite(value) else math.inf
 
     def _diverged(self, phase: Phase, bad: dict[str, float]) -> None:
         where = f"phase '{phase.name}' epoch {self.epoch + 1} step {self.global_step}"
@@ -787,13 +816,17 @@ class Trainer:
             bar.update(1)
         return sums, counts, None
 
-    def _end_epoch(self, phase: Phase, opts, scheds, t0: float, sums, counts) -> None:
+    def _end_epoch(
+        self, phase: Phase, opts, scheds, t0: float, sums, counts, criterion: float | None = None
+    ) -> None:
         """After an (accepted) epoch: the epoch-end hook, validation, checkpoints and logs."""
         self.epoch += 1
         self.method.phase_owner(phase.name).on_epoch_end(phase.name, self.epoch)
         self.train_seconds += time.perf_counter() - t0
         record: dict[str, Any] = {"phase": phase.name, "epoch": self.epoch, "step": self.global_step}
         record.update({f"train/{k}": v / counts[k] for k, v in sums.items()})
+        if criterion is not None:
+            record["train/criterion"] = criterion  # the adaptive rate's: the loss after the epoch's steps
         n_epochs = self.phase_epochs(phase)
         if self.epoch % self.cfg.train.val_every == 0 or self.epoch == n_epochs:
             self._validate_epoch(phase, record)

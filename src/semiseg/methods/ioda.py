@@ -12,7 +12,8 @@ pre-training, whose decoder halves become the network's output layers), Alg. 1:
    encoder *is* the network's layer L_i; its decoder has tied weights W_i^T (``ae_tied``; else its own
    weights, initialised to W_i^T) and its own bias c_i. Level 1 reconstructs the image in [0, 1] with a
    sigmoid and cross-entropy, deeper levels reconstruct tanh codes with a tanh and squared error
-   (Crino's choices).
+   (ours: Crino feeds (code + 1) / 2 to deeper autoencoders with a sigmoid and cross-entropy; the
+   squared error of tanh codes is closer to the paper's h = f for the output side).
 2. ``output_pretrain<m>``, m = 1 … j (``output_layers``), from the output side: the autoencoder on
    e_{m−1} (e_0 = the flattened label map y; e_m = the code of output encoders 1 … m) whose *decoder
    is* the network's layer L_{N+1−m} (m = 1: the last layer, so its output is the network's sigmoid

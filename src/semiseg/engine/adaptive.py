@@ -4,11 +4,15 @@ learning criterion. In case of a degradation, we keep decreasing the learning ra
 a better value of the criterion in comparison to the previous iteration").
 
 The unit is the epoch (the paper's "iteration", a pass over the 500 training images in batches of
-100). The criterion is the training loss on the epoch's batches, averaged over them at fixed
-parameters, in eval mode and without a step (all-reduced under DDP; dropout off, batch norm on its
-running statistics). The trainer measures it before the epoch (the baseline, :attr:`AdaptiveLR.last`)
-and after each attempt's updates, on the same batches drawn again, so the comparison sees only what
-the updates did, not which images or augmentations the epoch drew:
+100). The criterion is the training loss *after* an epoch's updates: the trainer draws the epoch's
+batches again and averages the method's loss on them at the new parameters, in eval mode and without
+a step (all-reduced under DDP; dropout off, batch norm on its running statistics). A phase's first
+baseline is that loss at its start. Each epoch's criterion is compared with the last accepted
+epoch's (:attr:`AdaptiveLR.last`). When every epoch is a pass over the same images without random
+augmentation (the IODA recipes), both are the loss of the whole training set, so the comparison
+sees only what the updates did; with augmentation or partial epochs they are measured on different
+batches, and the rule also reacts to that noise (one extra forward pass per attempt is the cost of
+measuring after the updates; measuring the same batches before them too would be a second one):
 
 - better: the epoch is accepted; after ``grow_after`` consecutive better epochs the learning rate is
   multiplied by ``growth``;

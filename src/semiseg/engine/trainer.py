@@ -703,7 +703,7 @@ class Trainer:
         snapshot = self._snapshot(opts) if adaptive is not None else None
         self._attempt = 0
         criterion = None
-        if adaptive is not None:  # the baseline: the criterion on this epoch's batches before its steps
+        if adaptive is not None and adaptive.last is None:  # a phase's first baseline: at its start
             start = self._criterion(phase, iters, plan)
             adaptive.last = start if math.isfinite(start) else None
         while True:
@@ -711,7 +711,7 @@ class Trainer:
             if adaptive is None:
                 break
             # the criterion: the loss on the epoch's batches *after* the attempt's updates (inf when a
-            # step's loss was not finite), against the same batches' loss before them
+            # step's loss was not finite), against the last accepted epoch's
             criterion = self._criterion(phase, iters, plan) if bad is None else math.inf
             accepted = adaptive.decide(criterion)
             if accepted and bad is not None:

@@ -179,6 +179,20 @@ def test_max_rounds_zero_is_the_pretraining_of_a_full_run(tmp_path):
     assert "test" in short
 
 
+def test_targets_none_retrains_the_labeled_items_in_every_round_and_never_trains_on_unlabeled(tmp_path):
+    """The equal-budget control: SSLDEC's rounds without their unlabeled epochs (no sweep), so the
+    labeled retraining of every round runs, at the rounds' rate and caps."""
+    cfg = moons_config("method.targets=none", "method.retrain_threshold=1.0", "method.lr=1e-6")
+    train(cfg, output_dir=tmp_path)
+    log = log_of(tmp_path)
+    trained = [r["phase"] for r in log if "ended" not in r]
+    assert not any(p.startswith("dec") for p in trained)
+    assert [r["phase"] for r in log if r.get("ended") == "plan"] == ["dec1", "dec2", "dec3"]
+    for r in (1, 2, 3):  # lr 1e-6 never fits the 8 points: each retraining runs to its cap of 4
+        assert trained.count(f"labeled{r}") == 4
+    assert all("train/subset" not in r for r in log)
+
+
 def test_resume_is_exact_through_the_rounds(tmp_path, resume_check):
     cfg = moons_config("method.max_rounds=3", "method.change_tol=null")
     log = resume_check(

@@ -35,6 +35,10 @@ data) or per pixel (segmentation data). Algorithm 1 as the engine's phases:
 ``targets: hard`` replaces P with one-hot arg-max labels: the paper's "pseudo model" (use it with
 ``model.head: linear``, the same network without the clustering layer). ``max_rounds: 0`` is the
 pre-training alone: the supervised lower bound, bitwise the first phase of an SSLDEC run.
+``targets: none`` skips every unlabeled epoch (no sweep, no targets): the rounds only retrain on the
+labeled items, with the same rate, threshold and caps, so the run gets at least the labeled training
+of an SSLDEC run (all ``max_rounds``; SSLDEC may stop earlier on ``change_tol``) and sees no
+unlabeled image: the equal-budget supervised control.
 
 Every loss adds ``l2_weight`` · Σ w² over the convolution and dense weights of the network (the
 paper's Keras kernel regulariser, 1e-4; not biases, normalisation parameters or centroids).
@@ -86,7 +90,9 @@ SUBSET_SALT, PIXEL_SALT = 0x5D, 0x5E
 
 @dataclass
 class SSLDECConfig(MethodConfig):
-    targets: Literal["dec", "hard"] = "dec"  #: "hard" = one-hot arg-max targets (the pseudo model)
+    #: "hard" = one-hot arg-max targets (the pseudo model); "none" = no unlabeled epochs (the
+    #: supervised control with SSLDEC's labeled schedule)
+    targets: Literal["dec", "hard", "none"] = "dec"
     pretrain_epochs: int = 100  #: epochs of supervised pre-training on the labeled items
     pretrain_lr: float | None = 1e-3  #: None = train.lr
     pretrain_end_factor: float = 0.1  #: pre-training lr falls linearly to pretrain_lr · this
@@ -243,6 +249,8 @@ class SSLDEC(Method):
                 score = float((correct[seen] / total[seen]).mean()) if seen.any() else 0.0
             self.round_stats = {"train_accuracy": score}  # logged with this epoch's losses
             return EpochPlan(done=True) if score >= self.cfg.retrain_threshold else None
+        if self.cfg.targets == "none":
+            return EpochPlan(done=True)
         return self._refresh(r, sweep) if epoch == 0 else None
 
     def _refresh(self, r: int, sweep) -> EpochPlan:

@@ -202,6 +202,10 @@ class AugmentConfig:
     #: integer shift of up to this many pixels along H and along W (each drawn from −t … t), zero
     #: fill (the mask's vacated pixels are unlabeled); e.g. SSLDEC's 1-pixel MNIST translations
     translate_px: int = 0
+    #: volumes only: also rotate out of the slice plane (about the H and the W axis, each angle from
+    #: ±rotate_degrees) and scale the depth axis with the other two: for near-isotropic volumes (e.g.
+    #: LA2018); off = rotation and scaling in the H-W plane only (thick slices, e.g. ACDC)
+    affine_3d: bool = False
 
 
 @dataclass

@@ -126,6 +126,58 @@ def test_scaling_scales_region_sizes_by_the_area_factor():
             torch.testing.assert_close(s, sizes * geo.scale**2)  # zoom in the H-W plane
 
 
+@pytest.mark.parametrize("tilt,plane", [((math.pi / 2, 0.0), (0, 1)), ((0.0, math.pi / 2), (0, 2))])
+def test_a_quarter_tilt_of_a_cube_turns_depth_into_height_or_width(tilt, plane):
+    """affine_3d: a 90° tilt about the W axis rotates the D-H plane, about the H axis the D-W plane,
+    voxel for voxel on a cube (no voxel comes from outside)."""
+    image, mask = sample((8, 8, 8), channels=1)
+    _, m = apply_geometric(image, mask, Geometric(tilt=tilt))
+    turned = [mask.rot90(k, plane) for k in (1, -1)]
+    assert any(torch.equal(m, t) for t in turned) and not torch.equal(m, mask)
+
+
+def test_affine_3d_zooms_depth_too_and_region_sizes_by_the_volume_factor():
+    """A zoom of 2 along every axis: a centred cube of side 4 in a 16^3 volume becomes one of side 8;
+    region sizes follow the volume factor 8 (the in-plane zoom alone would give 4)."""
+    mask = torch.zeros(16, 16, 16, dtype=torch.long)
+    mask[6:10, 6:10, 6:10] = 1
+    _, m = apply_geometric(mask[None].float(), mask, Geometric(scale=2.0, depth_scale=True))
+    assert int((m == 1).sum()) == 8**3 and int((m == 1).any(dim=(1, 2)).sum()) == 8
+    _, plane = apply_geometric(mask[None].float(), mask, Geometric(scale=2.0))
+    assert int((plane == 1).any(dim=(1, 2)).sum()) == 4  # without depth_scale, depth keeps its extent
+    cfg = AugmentConfig(scale=[0.5, 2.0], rotate_degrees=10.0, affine_3d=True)
+    sizes = torch.tensor([100.0, 50.0])
+    for i in range(3):
+        geo = draw_geometric(cfg, sample_rng(0, 0, i), (8, 16, 16))
+        _, _, s = augment(*sample((8, 16, 16)), sizes, cfg, sample_rng(0, 0, i))
+        torch.testing.assert_close(s, sizes * geo.scale**3)
+
+
+def test_affine_3d_draws_its_tilts_last_and_leaves_images_alone():
+    """Turning affine_3d on keeps every other draw of the weak view (the tilts come after them), and
+    a 2D image ignores it."""
+    image, mask = sample((6, 16, 16))
+    nan = torch.full((3,), float("nan"))
+    plain = AugmentConfig(hflip=True, rotate_degrees=15.0)
+    tilted = AugmentConfig(hflip=True, rotate_degrees=15.0, affine_3d=True)
+    for position in range(10):
+        a, ma, _ = augment(image, mask, nan, plain, sample_rng(0, 0, position))
+        b, mb, _ = augment(image, mask, nan, tilted, sample_rng(0, 0, position))
+        rng = sample_rng(0, 0, position)
+        geo = draw_geometric(plain, rng, (6, 16, 16))
+        tilt = tuple(math.radians(rng.uniform(-15.0, 15.0)) for _ in range(2))
+        expected, em = apply_geometric(
+            image, mask, Geometric(geo.flips, geo.rot90, geo.angle, geo.scale, tilt=tilt, depth_scale=True)
+        )
+        torch.testing.assert_close(b, expected)
+        assert torch.equal(mb, em) and not torch.equal(mb, ma)
+    flat, fmask = sample((16, 16))
+    for position in range(5):
+        a, ma, _ = augment(flat, fmask, nan, plain, sample_rng(0, 0, position))
+        b, mb, _ = augment(flat, fmask, nan, tilted, sample_rng(0, 0, position))
+        assert torch.equal(a, b) and torch.equal(ma, mb)
+
+
 # ------------------------------------------------------------------------------------------ blur
 @pytest.mark.parametrize("dims", list(SHAPES))
 def test_gaussian_blur_preserves_constants_and_mass(dims):

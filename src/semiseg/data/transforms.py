@@ -8,7 +8,8 @@ A sample's augmentation has two parts, drawn and applied separately:
   together; the mask is resampled with nearest neighbour and pixels that come from outside the image
   become ``IGNORE_INDEX`` (their label is unknown). Region sizes follow the area change of scaling;
   image tags are unchanged. Rotation, 90° rotations and scaling act in the H-W plane (the last two
-  axes), also for volumes.
+  axes), also for volumes, unless ``affine_3d`` (volumes): then the rotation also tilts out of the
+  slice plane (about the H and W axes) and the scaling includes depth.
 - **Photometric** (:class:`Photometric`: contrast, brightness, noise) touches the image only.
 
 :func:`augment` applies both to a sample (the weak view). Strong views (:func:`strong_views`) start
@@ -58,6 +59,9 @@ class Geometric:
         scale: Zoom factor in the H-W plane (> 1 magnifies).
         shift: Integer shift (H, W) in pixels, applied last; vacated pixels are zero in the image and
             ``IGNORE_INDEX`` in the mask.
+        tilt: Volumes: rotations about the W axis (the D-H plane) and the H axis (the D-W plane),
+            radians, after the in-plane rotation (``affine_3d``).
+        depth_scale: Volumes: ``scale`` also zooms the depth axis (``affine_3d``).
     """
 
     flips: tuple[int, ...] = ()
@@ -65,11 +69,23 @@ class Geometric:
     angle: float = 0.0
     scale: float = 1.0
     shift: tuple[int, int] = (0, 0)
+    tilt: tuple[float, float] = (0.0, 0.0)
+    depth_scale: bool = False
 
     @property
     def resamples(self) -> bool:
         """Whether the transform interpolates (rotation or scaling)."""
-        return self.angle != 0.0 or self.scale != 1.0
+        return self.angle != 0.0 or self.scale != 1.0 or any(self.tilt)
+
+    @property
+    def volume_affine(self) -> bool:
+        """Whether the resampling leaves the H-W plane (tilts, or scaling along depth)."""
+        return any(self.tilt) or (self.depth_scale and self.scale != 1.0)
+
+    @property
+    def size_factor(self) -> float:
+        """How region sizes change: the area (H-W) or volume (``depth_scale``) zoom factor."""
+        return self.scale ** (3 if self.depth_scale else 2)
 
 
 def draw_geometric(cfg: AugmentConfig, rng: np.random.Generator, spatial_shape: Sequence[int]) -> Geometric:
@@ -94,6 +110,14 @@ def draw_geometric(cfg: AugmentConfig, rng: np.random.Generator, spatial_shape: 
     return Geometric(tuple(flips), k, angle, float(scale))
 
 
+def draw_tilt(cfg: AugmentConfig, rng: np.random.Generator) -> tuple[float, float]:
+    """The out-of-plane rotations of ``affine_3d`` (about W, then H), each from ±``rotate_degrees``.
+    Drawn after every other parameter of the weak view (turning it on leaves their draws unchanged)."""
+    if not cfg.rotate_degrees:
+        return (0.0, 0.0)
+    return tuple(math.radians(rng.uniform(-cfg.rotate_degrees, cfg.rotate_degrees)) for _ in range(2))  # type: ignore[return-value]
+
+
 def _affine(
     image: torch.Tensor, mask: torch.Tensor, angle: float, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,7 +130,35 @@ def _affine(
     theta = [[float(i == j) for j in range(n + 1)] for i in range(n)]
     theta[0][:2] = [cos, -sin * (height / width)]
     theta[1][:2] = [sin * (width / height), cos]
-    grid = F.affine_grid(torch.tensor(theta, dtype=image.dtype)[None], [1, *image.shape], align_corners=False)
+    return _resample(image, mask, torch.tensor(theta, dtype=image.dtype))
+
+
+def _affine_3d(image: torch.Tensor, mask: torch.Tensor, geo: Geometric) -> tuple[torch.Tensor, torch.Tensor]:
+    """A volume's rotation (in-plane ``angle``, then the two ``tilt`` angles) and zoom (``scale`` on H
+    and W, and on D with ``depth_scale``) about its centre, in voxel units (each output voxel samples the
+    input at M · its offset from the centre, M = R / zoom, as :func:`_affine` in the plane)."""
+
+    def rotation(a: float, i: int, j: int) -> np.ndarray:
+        r = np.eye(3)
+        r[i, i] = r[j, j] = math.cos(a)
+        r[i, j], r[j, i] = -math.sin(a), math.sin(a)
+        return r
+
+    # axes (x, y, z) = (W, H, D); the in-plane rotation as _affine's, then about W (y-z), then about H (x-z)
+    m = rotation(geo.angle, 0, 1) @ rotation(geo.tilt[0], 1, 2) @ rotation(geo.tilt[1], 0, 2)
+    m = m @ np.diag([1 / geo.scale, 1 / geo.scale, 1 / geo.scale if geo.depth_scale else 1.0])
+    half = np.array([image.shape[-1], image.shape[-2], image.shape[-3]], dtype=np.float64) / 2
+    linear = np.diag(1 / half) @ m @ np.diag(half)  # in affine_grid's normalised coordinates
+    theta = np.concatenate([linear, np.zeros((3, 1))], axis=1)
+    return _resample(image, mask, torch.tensor(theta, dtype=image.dtype))
+
+
+def _resample(
+    image: torch.Tensor, mask: torch.Tensor, theta: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``image`` (bilinear, border) and ``mask`` (nearest; from outside: ``IGNORE_INDEX``) sampled on the
+    affine grid of ``theta`` (``[n, n + 1]``, normalised coordinates)."""
+    grid = F.affine_grid(theta[None], [1, *image.shape], align_corners=False)
     image = F.grid_sample(image[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
     # shift mask by one so that out-of-image pixels (0 after zero padding) can be recognised
     m = (mask.to(image.dtype) + 1)[None, None]
@@ -135,7 +187,10 @@ def apply_geometric(
     if geo.rot90:
         image, mask = image.rot90(geo.rot90, (-2, -1)), mask.rot90(geo.rot90, (-2, -1))
     if geo.resamples:
-        image, mask = _affine(image, mask, geo.angle, geo.scale)
+        if geo.volume_affine and image.ndim == 4:
+            image, mask = _affine_3d(image, mask, geo)
+        else:
+            image, mask = _affine(image, mask, geo.angle, geo.scale)
     if any(geo.shift):
         image, mask = _shift(image, mask, geo.shift)
     return image, mask
@@ -232,9 +287,11 @@ def augment(
     photo = draw_photometric(cfg, rng)
     if cfg.translate_px:
         geo = replace(geo, shift=draw_shift(cfg, rng))
+    if cfg.affine_3d and image.ndim == 4:
+        geo = replace(geo, tilt=draw_tilt(cfg, rng), depth_scale=True)
     image, mask = apply_geometric(image, mask, geo)
     if geo.resamples:
-        sizes = sizes * geo.scale**2  # zoom in the H-W plane
+        sizes = sizes * geo.size_factor  # zoom in the H-W plane (and along depth with affine_3d)
     image = apply_photometric(image, photo)
     return image.contiguous(), mask.contiguous(), sizes
 

@@ -179,6 +179,8 @@ class Model:
         channels = int(self.state["in_channels"])
         spatial = len(self.state["image_size"])
         if isinstance(image, (str, os.PathLike)):
+            from semiseg.config import predict_intensity
+
             path = Path(image)
             if not path.is_file():
                 raise DataError(path, "image file not found")
@@ -188,9 +190,9 @@ class Model:
                 if channels != 1:
                     raise DataError(path, f"a model of {channels} channels reads a list of channel files, not one "
                                           "volume (use semiseg predict with <case>_0000.nii.gz ... files)")  # fmt: skip
-                volume, geometry = read_case([path], self.cfg.data.intensity)
+                volume, geometry = read_case([path], predict_intensity(self.cfg))
                 return volume, geometry.spacing
-            return read_model_image(path, channels, self.cfg.data.intensity), None
+            return read_model_image(path, channels, predict_intensity(self.cfg)), None
         array = np.asarray(image)
         if array.dtype == np.uint8:
             array = array.astype(np.float32) / 255.0

@@ -557,6 +557,18 @@ _FIXED_INTENSITY = (
     "mnist",
     "cluttered_mnist",
 )
+#: how ``semiseg predict`` scales NIfTI inputs for a model trained on a built-in dataset of fixed
+#: scaling that min-max (``"auto"``) would not reproduce: LA2018's ``mri_norm2`` volumes are z-scored
+#: per volume (UA-MT's preprocessing); ACDC's h5 volumes are min-max per volume, as "auto"
+PREDICT_INTENSITY = {"la2018": "zscore"}
+
+
+def predict_intensity(cfg: RunConfig | None) -> str:
+    """How a trained run's prediction scales image and NIfTI inputs (:data:`PREDICT_INTENSITY`, else
+    ``data.intensity``; "auto" without a run configuration)."""
+    if cfg is None:
+        return "auto"
+    return PREDICT_INTENSITY.get(cfg.data.dataset, cfg.data.intensity)
 
 
 def validate(cfg: RunConfig, source: str = "config") -> None:

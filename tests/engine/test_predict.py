@@ -72,3 +72,15 @@ def test_a_volume_that_fails_to_read_later_removes_the_masks_of_this_call(tmp_pa
     with pytest.raises(DataError, match=r"b.nii.gz: 1 voxels are NaN or infinite"):
         predict_folder(threshold_net, STATE, src, out, torch.device("cpu"))
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]  # a.nii.gz removed, the folder kept
+
+
+def test_a_model_trained_on_la2018_predicts_inputs_z_scored_as_its_training_volumes():
+    """LA2018's mri_norm2 volumes are z-scored per volume: predict scales NIfTI inputs the same way,
+    where any other run keeps its data.intensity ("auto" = min-max for volumes)."""
+    from semiseg.config import build_config, predict_intensity
+
+    la = build_config({"data": {"dataset": "la2018", "image_size": [-1, 64, 64], "patch_size": [16, 64, 64]},
+                       "model": {"spatial_dims": 3}}, [], source="test")  # fmt: skip
+    assert predict_intensity(la) == "zscore"
+    folder = build_config({"data": {"dataset": "folder", "intensity": "percentile"}}, [], source="test")
+    assert predict_intensity(folder) == "percentile" and predict_intensity(None) == "auto"

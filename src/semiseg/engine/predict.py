@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from semiseg.config import predict_intensity
 from semiseg.engine.evaluate import predict_records, predict_slices
 from semiseg.errors import DataError
 from semiseg.io import atomic_write
@@ -48,7 +49,7 @@ def predict_folder(
     image_size = state["image_size"]
     if images and len(image_size) == 3:
         raise DataError(images[0], "a 3D model segments volumes (NIfTI), not 2D images")
-    intensity = cfg.data.intensity if cfg is not None else "auto"
+    intensity = predict_intensity(cfg)
     pixels = [torch.from_numpy(read_model_image(p, state["in_channels"], intensity)) for p in images]
     cases = _volume_cases(volumes, state["in_channels"])
     for _case, channel_files in cases:

@@ -1,29 +1,58 @@
 #!/usr/bin/env bash
 # One worker of the quick-table campaign: runs `semiseg bench TABLE --quick` for each table given,
-# from a git worktree pinned at commit $PIN (so that edits of the main checkout do not change the
-# code being benchmarked), with one shared run cache and the run ledger committed in this repository
-# (benchmarks/ledger: finished runs survive a new checkout). Start it twice, ~20 s apart, for two
+# from a git worktree pinned at a commit (so that edits of the main checkout do not change the code
+# being benchmarked), with one shared run cache and the run ledger committed in this repository
+# (benchmarks/ledger: finished runs survive a new checkout). Start it twice, ~40 s apart, for two
 # workers; each takes the runs the other does not hold. Progress: `semiseg bench TABLE --quick
-# --status --work-dir runs/bench --ledger benchmarks/ledger` from the pinned worktree.
+# --status --work-dir runs/bench --ledger benchmarks/ledger` from the table's pinned worktree.
 #
 #   PIN=<commit> nohup benchmarks/campaign.sh semi-acdc curriculum-acdc > runs/bench/w1.log 2>&1 &
 #
-# Environment: PIN (required), DATA_ROOT (default ../shared/data next to the checkout), THREADS
-# (torch threads per worker, default 1).
+# An argument `@<commit>` pins the tables after it to that commit (each table's rows all come from
+# one commit; different tables may come from different ones), e.g.
+#
+#   benchmarks/campaign.sh @dbb920b semi-acdc tv-horse @1a2b3c4 translation-mnist
+#
+# `benchmarks/campaign.sh --plan` runs benchmarks/campaign.plan: one `<commit> <table> ...` line per
+# pin, in order (# starts a comment).
+#
+# Environment: PIN (the pin of tables before any @commit), DATA_ROOT (default ../shared/data next to
+# the checkout), THREADS (torch threads per worker, default 1).
 set -u
 MAIN=$(cd "$(dirname "$0")/.." && pwd)
-PIN=${PIN:?set PIN to the commit to benchmark}
-WT="$MAIN/runs/campaign-${PIN:0:7}"
 DATA_ROOT=${DATA_ROOT:-$(cd "$MAIN/.." && pwd)/shared/data}
 mkdir -p "$MAIN/runs/bench"
-if [ ! -d "$WT" ]; then
-    git -C "$MAIN" worktree add --detach "$WT" "$PIN" >/dev/null 2>&1 || [ -d "$WT" ] || exit 1
+export PATH="$MAIN/.venv/bin:$PATH" OMP_NUM_THREADS="${THREADS:-1}" MKL_NUM_THREADS="${THREADS:-1}"
+
+if [ "${1:-}" = "--plan" ]; then
+    args=()
+    while read -r pin tables; do
+        case "$pin" in ''|\#*) continue ;; esac
+        args+=("@$pin")
+        for t in ${tables%%#*}; do args+=("$t"); done
+    done < "$MAIN/benchmarks/campaign.plan"
+    set -- "${args[@]}"
 fi
-export PATH="$MAIN/.venv/bin:$PATH" PYTHONPATH="$WT/src" OMP_NUM_THREADS="${THREADS:-1}" MKL_NUM_THREADS="${THREADS:-1}"
-cd "$WT" || exit 1
-for table in "$@"; do
-    echo "== $(date -u +%FT%TZ) $table"
-    semiseg bench "$table" --quick --data-root "$DATA_ROOT" --work-dir "$MAIN/runs/bench" \
-        --results-dir "$MAIN/runs/bench/results" --ledger "$MAIN/benchmarks/ledger"
-    echo "== $(date -u +%FT%TZ) $table exit $?"
+
+pin() {  # the worktree of commit $1, made on first use
+    local wt="$MAIN/runs/campaign-${1:0:7}"
+    if [ ! -d "$wt" ]; then
+        git -C "$MAIN" worktree add --detach "$wt" "$1" >/dev/null 2>&1 || [ -d "$wt" ] || return 1
+    fi
+    WT=$wt
+}
+
+WT=""
+if [ -n "${PIN:-}" ]; then pin "$PIN" || exit 1; fi
+for arg in "$@"; do
+    if [ "${arg:0:1}" = "@" ]; then
+        pin "${arg:1}" || { echo "campaign: cannot make a worktree of ${arg:1}"; exit 1; }
+        continue
+    fi
+    if [ -z "$WT" ]; then echo "campaign: no pin for $arg (set PIN or put @<commit> before it)"; exit 1; fi
+    echo "== $(date -u +%FT%TZ) $arg at $(git -C "$WT" rev-parse --short HEAD)"
+    (cd "$WT" && PYTHONPATH="$WT/src" semiseg bench "$arg" --quick --data-root "$DATA_ROOT" \
+        --work-dir "$MAIN/runs/bench" --results-dir "$MAIN/runs/bench/results" --ledger "$MAIN/benchmarks/ledger")
+    rc=$?
+    echo "== $(date -u +%FT%TZ) $arg exit $rc"
 done

@@ -13,6 +13,10 @@
 #
 #   benchmarks/campaign.sh @dbb920b semi-acdc tv-horse @1a2b3c4 translation-mnist
 #
+# A pin `<commit>+bench=<other>` is <commit>'s checkout with src/semiseg/bench (table definitions and
+# harness; the training code's hash leaves it out) from <other>: a table whose rows were fixed after
+# its first runs keeps them, and its results record the commit as `<commit>+bench@<other>`.
+#
 # `benchmarks/campaign.sh --plan` runs benchmarks/campaign.plan: one `<commit> <table> ...` line per
 # pin, in order (# starts a comment).
 #
@@ -34,12 +38,18 @@ if [ "${1:-}" = "--plan" ]; then
     set -- "${args[@]}"
 fi
 
-pin() {  # the worktree of commit $1, made on first use
-    local wt="$MAIN/runs/campaign-${1:0:7}"
+pin() {  # the worktree of pin $1 (`<commit>` or `<commit>+bench=<other>`), made on first use
+    local commit=${1%%+bench=*} overlay="" wt
+    [ "$commit" != "$1" ] && overlay=${1#*+bench=}
+    wt="$MAIN/runs/campaign-${commit:0:7}${overlay:+-b${overlay:0:7}}"
     if [ ! -d "$wt" ]; then
-        git -C "$MAIN" worktree add --detach "$wt" "$1" >/dev/null 2>&1 || [ -d "$wt" ] || return 1
+        git -C "$MAIN" worktree add --detach "$wt" "$commit" >/dev/null 2>&1 || [ -d "$wt" ] || return 1
+        # the table definitions and harness (src/semiseg/bench, outside the training code's hash) of
+        # another commit: rows fixed after a table's first runs keep those runs
+        if [ -n "$overlay" ]; then git -C "$wt" checkout "$overlay" -- src/semiseg/bench || return 1; fi
     fi
     WT=$wt
+    if [ -n "$overlay" ]; then export SEMISEG_BENCH_OVERLAY=${overlay:0:7}; else unset SEMISEG_BENCH_OVERLAY; fi
 }
 
 WT=""

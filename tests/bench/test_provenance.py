@@ -82,3 +82,33 @@ def test_non_python_files_do_not_count(package):
 
 def test_load_training_code_returns_the_hash_of_the_imported_code():
     assert provenance.load_training_code() == source_hash()
+
+
+def test_the_commit_names_a_bench_overlay_and_nothing_else(tmp_path, monkeypatch):
+    """A campaign pin `<commit>+bench=<other>` changes only src/semiseg/bench: the commit is recorded
+    as `<head>+bench@<other>`; a change anywhere else is `+dirty`, overlay or not."""
+    import subprocess
+
+    repo = tmp_path / "repo"
+    package = repo / "src" / "semiseg"
+    for rel in ("bench/tables.py", "engine/trainer.py"):
+        (package / rel).parent.mkdir(parents=True, exist_ok=True)
+        (package / rel).write_text("x = 1\n")
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo,
+                              capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "start")
+    head = git("rev-parse", "HEAD")
+    monkeypatch.setattr(provenance, "PACKAGE_ROOT", package)
+    monkeypatch.delenv(provenance.BENCH_OVERLAY_ENV, raising=False)
+    assert provenance.git_commit() == head
+    (package / "bench" / "tables.py").write_text("x = 2\n")
+    assert provenance.git_commit() == f"{head}+dirty"
+    monkeypatch.setenv(provenance.BENCH_OVERLAY_ENV, "abc1234")
+    assert provenance.git_commit() == f"{head}+bench@abc1234"
+    (package / "engine" / "trainer.py").write_text("x = 2\n")
+    assert provenance.git_commit() == f"{head}+dirty"

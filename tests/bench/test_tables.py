@@ -7,6 +7,7 @@ import pytest
 from semiseg.bench import TABLES, get_table, register_table, table_names
 from semiseg.bench.runner import row_config
 from semiseg.bench.tables import (
+    SEMI_SIZE_ZERO,
     SUP_FIRST,
     SUP_RESTART,
     TV_EDGE,
@@ -96,6 +97,11 @@ def test_tv_horse_composition_rows_match_their_parts(quick):
         (reg,) = both.method["regularizers"]
         assert reg["weight"] == pytest.approx(tv.method["tv_weight"] * UNIMATCH_SUPERVISED_WEIGHT)
         assert both.method["ce_weight"] == 1.0 and both.method["dice_weight"] == 0.0
+        # UniMatch carries TV at weight 0 (the same network passes): only that weight differs
+        assert uni.method["regularizers"] == [{**reg, "weight": 0.0}]
+        assert {k: v for k, v in uni.method.items() if k != "regularizers"} == {
+            k: v for k, v in both.method.items() if k != "regularizers"
+        }
 
 
 def test_step_time_baselines_are_supervised_on_as_many_images():
@@ -146,13 +152,20 @@ def test_curriculum_rows_start_from_fs_and_train_the_same_extra_epochs(name, cla
                     table, by_key[f"Proposed (size regressor) | {setting}"], seed=2, quick=quick
                 )
                 assert (size["source"], size["gamma"]) == ("regressor", proposed.method["gamma"])
-                # the same weight relative to the supervised loss: UniMatch weighs it by 0.5, Proposed by 1
-                assert (both.method["ce_weight"], both.method["dice_weight"]) == (
-                    proposed.method["ce_weight"], proposed.method["dice_weight"])  # fmt: skip
+                # the same weight relative to the supervised loss: UniMatch's is 0.5 x (0.5 CE + 0.5 Dice)
+                # (semi-acdc's), Proposed's CE + Dice
+                assert (both.method["ce_weight"], both.method["dice_weight"]) == (0.5, 0.5)
+                assert (proposed.method["ce_weight"], proposed.method["dice_weight"]) == (1.0, 1.0)
                 assert size["weight"] == pytest.approx(
-                    proposed.method["size_weight"] * UNIMATCH_SUPERVISED_WEIGHT
+                    proposed.method["size_weight"] * UNIMATCH_SUPERVISED_WEIGHT * 0.5
                 )
                 assert size["regressor_epochs"] == proposed.method["regressor_epochs"]
+                # UniMatch carries the same regulariser at weight 0: the rows differ only in that weight
+                (zero,) = uni.method["regularizers"]
+                assert zero == {**size, "weight": 0.0}
+                assert {k: v for k, v in uni.method.items() if k != "regularizers"} == {
+                    k: v for k, v in both.method.items() if k != "regularizers"
+                }
                 assert by_key[f"UniMatch + size | {setting}"].init_from == f"FS | {setting}"
         oracle = row_config(table, by_key[f"Oracle (true size) | {setting}"], seed=0, quick=True)
         assert oracle.data.split.unlabeled_supervision == "size"
@@ -193,6 +206,20 @@ def test_semi_acdc_rows_share_the_quick_budget_and_the_listed_first_draw():
         r for r in table.rows if r.setting == patients(3) and len(r.seeds_for(table.quick_seeds, True)) >= 3
     ]
     assert {"supervised", "UniMatch + size (regressor)"} <= {r.method for r in at3} and len(at3) >= 4
+    # the composed row's control: the same regulariser at weight 0, with as many draws
+    both, zero = (row_config(table, by_key[f"{m} | {patients(3)}"], seed=1, quick=True)
+                  for m in ("UniMatch + size (regressor)", SEMI_SIZE_ZERO))  # fmt: skip
+    assert zero.method["regularizers"] == [{**both.method["regularizers"][0], "weight": 0.0}]
+    assert (
+        zero.method | {"regularizers": None} == both.method | {"regularizers": None}
+        and zero.data == both.data
+    )
+    assert SEMI_SIZE_ZERO in {r.method for r in at3}
+    # full mode's supervised rows take UniMatch's supervised loss, (CE + Dice) / 2; quick mode the recipe's
+    for quick, weights in ((False, (0.5, 0.5)), (True, (1.0, 1.0))):
+        for name in ("supervised", SUP_FIRST, SUP_RESTART):
+            cfg = row_config(table, by_key[f"{name} | {patients(3)}"], seed=0, quick=quick)
+            assert (cfg.method["ce_weight"], cfg.method["dice_weight"]) == weights
 
 
 def test_translation_mnist_rows_carry_table_1_and_share_each_variants_budget():

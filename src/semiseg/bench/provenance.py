@@ -116,20 +116,33 @@ def load_training_code(root: str | Path = PACKAGE_ROOT) -> str:
     return after
 
 
+#: set by ``benchmarks/campaign.sh`` for a pin ``<commit>+bench=<other>``: the checkout is ``<commit>``
+#: with ``src/semiseg/bench`` (the table definitions and harness, outside the training code's hash)
+#: taken from ``<other>``
+BENCH_OVERLAY_ENV = "SEMISEG_BENCH_OVERLAY"
+
+
 def git_commit() -> str:
-    """Commit of the checkout semiseg runs from (``+dirty`` with uncommitted changes), else "unknown"."""
+    """Commit of the checkout semiseg runs from, else "unknown". ``+dirty`` with uncommitted changes;
+    ``+bench@<other>`` when the only changes are ``src/semiseg/bench`` taken from commit ``<other>``
+    (:data:`BENCH_OVERLAY_ENV`): the training code is the commit's, the table definitions the other's."""
 
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", *args], capture_output=True, text=True, check=True, cwd=PACKAGE_ROOT
-        ).stdout.strip()
+        ).stdout.rstrip("\n")
 
     try:
-        return git("rev-parse", "HEAD") + (
-            "+dirty" if git("status", "--porcelain", "--untracked-files=no") else ""
-        )
+        head = git("rev-parse", "HEAD")
+        changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    if not changed:
+        return head
+    overlay = os.environ.get(BENCH_OVERLAY_ENV)
+    if overlay and all(path.startswith("src/semiseg/bench/") for path in changed):
+        return f"{head}+bench@{overlay}"
+    return head + "+dirty"
 
 
 def hardware() -> dict[str, Any]:

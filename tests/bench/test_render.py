@@ -167,3 +167,15 @@ def test_semi_acdc_provenance_carries_the_committed_pass_budget(tmp_path, source
     )
     assert ("the same training code as these runs" in md) is same
     assert ("**other training code** (source hash `s0`)" in md) is not same
+
+
+def test_the_table_states_what_its_runs_cost_each_run_once():
+    """The issue notes need the CPU spent: the Markdown sums the runs' records, a reused run once."""
+    from semiseg.bench.runner import training_cost
+
+    runs = [{"run_dir": "a", "seconds": 7200, "cpu_seconds": 5400}, {"run_dir": "a", "seconds": 7200, "cpu_seconds": 5400},
+            {"run_dir": "b", "seconds": 3600, "cpu_seconds": 3600}]  # fmt: skip
+    cost = training_cost(runs)
+    assert cost == {"runs": 2, "wall_hours": 3.0, "cpu_hours": 2.5, "runs_without_cpu_seconds": 0}
+    text = markdown(_results(training_cost=cost))
+    assert "Training cost of the table's 2 runs" in text and "2.5 CPU-hours." in text

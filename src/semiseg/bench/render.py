@@ -178,6 +178,14 @@ def markdown(results: dict[str, Any]) -> str:
             f"Runs: {cache['trained']} trained, {cache['resumed']} resumed from their last epoch and "
             f"{cache['reused']} taken from the run cache (same source hash, config and seed)."
         )
+    cost = p.get("training_cost")
+    if cost:
+        missing = cost["runs_without_cpu_seconds"]
+        lines.append(
+            f"Training cost of the table's {cost['runs']} runs (each once, from their records; tuning "
+            f"excluded): {cost['wall_hours']} h of wall time, {cost['cpu_hours']} CPU-hours"
+            + (f" ({missing} runs recorded no CPU time)." if missing else ".")
+        )
     t = p["throughput"]
     lines.append(
         f"Training throughput at 128x128, batch 16, CPU: {t['images_per_second']} images/s; peak resident "

@@ -419,6 +419,7 @@ def run_table(
         "peak_memory_mib_bench_process": round(peak_memory_mib(), 1),
         "std": "sample standard deviation (ddof=1) over runs; null for a single run",
     }
+    provenance["training_cost"] = training_cost(runs)
     if tuning:
         provenance["tuning"] = tuning
     if table.extras:
@@ -428,6 +429,28 @@ def run_table(
                "provenance": provenance}  # fmt: skip
     write_results(results, Path(results_dir))
     return results
+
+
+def training_cost(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the table's trained runs cost, each run once (rows that reuse a run or post-process it add
+    nothing): their count, wall hours and CPU hours summed from the run records (``cpu_seconds``:
+    process CPU time, which a paused worker does not inflate; older records lack it). Tuning runs are
+    not counted.
+
+    Examples:
+        >>> training_cost([{"run_dir": "a", "seconds": 3600, "cpu_seconds": 1800},
+        ...                {"run_dir": "a", "seconds": 3600, "cpu_seconds": 1800},
+        ...                {"run_dir": "b", "seconds": 7200, "cpu_seconds": None}])
+        {'runs': 2, 'wall_hours': 3.0, 'cpu_hours': 0.5, 'runs_without_cpu_seconds': 1}
+    """
+    unique = {r["run_dir"]: r for r in runs if r.get("seconds") is not None}
+    cpu = [r["cpu_seconds"] for r in unique.values() if r.get("cpu_seconds") is not None]
+    return {
+        "runs": len(unique),
+        "wall_hours": round(sum(r["seconds"] for r in unique.values()) / 3600, 2),
+        "cpu_hours": round(sum(cpu) / 3600, 2),
+        "runs_without_cpu_seconds": len(unique) - len(cpu),
+    }
 
 
 def _write_index(ctx: BenchContext) -> None:

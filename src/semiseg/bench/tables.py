@@ -961,7 +961,11 @@ def ssldec_acdc() -> Table:
             "volumes (`last checkpoint` = the model as training left it). Test = 20 patients x 2 frames. "
             "The per-class rows are the same runs as the mean rows. Quick mode: 128x128, UNet-16, batch 8, "
             "pre-training 10 x 40 iterations, 8 rounds of 60 unlabeled iterations and at most 20 x 40 "
-            "labeled iterations. The paper's iSeg numbers (Fig. 10: WM / GM / CSF at 1, 2, 5 volumes; "
+            "labeled iterations. Per pixel, a round's unlabeled epoch is a fixed number of iterations (quick: "
+            "60 x 8 slices, about a third of the training slices; full: 200 x 12, about 1.8 passes), not one "
+            "pass over P'; the balanced subset keeps each pixel with probability n_min / n_c of its predicted "
+            "class (equal counts on average, not exactly), and the background is one of the balanced classes "
+            "(iSeg's three classes had no background). The paper's iSeg numbers (Fig. 10: WM / GM / CSF at 1, 2, 5 volumes; "
             "SSLDEC above the lower bound and the pseudo model at 1 and 2 volumes) are on other data and "
             "classes, so there is no `paper` column."
         ),

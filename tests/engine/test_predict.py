@@ -84,3 +84,39 @@ def test_a_model_trained_on_la2018_predicts_inputs_z_scored_as_its_training_volu
     assert predict_intensity(la) == "zscore"
     folder = build_config({"data": {"dataset": "folder", "intensity": "percentile"}}, [], source="test")
     assert predict_intensity(folder) == "percentile" and predict_intensity(None) == "auto"
+
+
+def test_images_are_segmented_a_chunk_at_a_time_and_a_bad_one_is_caught_before_any_is_written(
+    tmp_path, monkeypatch
+):
+    """2D images: read IMAGE_CHUNK at a time (memory does not grow with the folder); a file that is not
+    an image stops the command before anything is written; one that fails only when decoded later
+    removes this call's masks."""
+    from PIL import Image
+
+    import semiseg.engine.predict as predict_module
+
+    monkeypatch.setattr(predict_module, "IMAGE_CHUNK", 2)
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray((rng.random((16, 16)) * 255).astype(np.uint8)).save(src / f"im{i}.png")
+    batches = []
+    real = predict_module.predict_slices
+    monkeypatch.setattr(
+        predict_module, "predict_slices", lambda p, s, *a, **k: batches.append(len(s)) or real(p, s, *a, **k)
+    )
+    assert predict_folder(threshold_net, STATE, src, tmp_path / "out", torch.device("cpu")) == 5
+    assert batches == [2, 2, 1] and len(list((tmp_path / "out").glob("*.png"))) == 5
+
+    (src / "im5.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"im5.png: cannot read image"):
+        predict_folder(threshold_net, STATE, src, tmp_path / "out2", torch.device("cpu"))
+    assert not (tmp_path / "out2").exists()
+
+    (src / "im5.png").unlink()
+    np.save(src / "im4b.npy", np.zeros((5, 16, 16), np.float32))  # 5 channels for a 1-channel model
+    with pytest.raises(DataError, match=r"im4b.npy: image has 5 channel"):
+        predict_folder(threshold_net, STATE, src, tmp_path / "out3", torch.device("cpu"))
+    assert not (tmp_path / "out3").exists()  # im0..im3 were written, then removed with the folder

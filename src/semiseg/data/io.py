@@ -45,6 +45,26 @@ def _open(path: str | os.PathLike) -> Image.Image:
         raise DataError(path, f"cannot read image: {exc}") from exc
 
 
+def probe_image(path: str | os.PathLike) -> None:
+    """Checks that an image file can be opened, from its header alone (no pixel is decoded; ``.npy``:
+    memory-mapped), so a folder can be checked before any image is loaded. Raises a DataError."""
+    if not os.path.isfile(path):
+        raise DataError(path, "file not found")
+    if str(path).lower().endswith(".npy"):
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DataError(path, f"cannot read array: {exc}") from None
+        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+            raise DataError(path, "not a numeric array")
+        return
+    try:
+        with Image.open(path):
+            pass
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(path, f"cannot read image: {exc}") from exc
+
+
 def _load_npy(path: str | os.PathLike) -> np.ndarray:
     """A ``.npy`` array (never pickled objects), every failure a :class:`DataError`."""
     if not os.path.isfile(path):

@@ -14,6 +14,9 @@ from semiseg.errors import DataError
 from semiseg.io import atomic_write
 from semiseg.ops import class_map
 
+#: 2D images read, segmented and written together (bounded memory for folders of any size)
+IMAGE_CHUNK = 32
+
 
 def predict_folder(
     predict, state: dict, input_dir: str | Path, output_dir: str | Path, device: torch.device, cfg=None
@@ -25,14 +28,15 @@ def predict_folder(
     nnU-Net-style channel files ``<case>_0000.nii.gz`` … ``<case>_{C-1:04d}.nii.gz`` and writes
     ``<case>.nii.gz``. ``predict`` is the network call (``method.predict``, or an exported model's).
 
-    Every input is checked before anything is written: 2D images are read, NIfTI volumes probed from
-    their headers (shape, channels in one space); each volume is then read, segmented and written
-    in turn, so memory holds one volume at a time. A volume whose data fail to read after that (a
-    corrupt block, NaN voxels) stops the command and the masks written by this call are removed.
+    Every input is checked from its header before anything is written (2D images opened without
+    decoding, NIfTI volumes' shapes and channels in one space); images are then read and segmented
+    :data:`IMAGE_CHUNK` at a time and volumes one at a time, so memory does not grow with the
+    folder. An input that fails to read after that (a corrupt block, NaN voxels, another channel
+    count) stops the command and the masks written by this call are removed.
     """
     from PIL import Image
 
-    from semiseg.data.io import IMAGE_SUFFIXES, read_model_image
+    from semiseg.data.io import IMAGE_SUFFIXES, probe_image, read_model_image
     from semiseg.data.nnunet import probe_case, read_case
     from semiseg.data.records import Record
     from semiseg.data.volume_io import is_nifti, write_label_volume
@@ -50,7 +54,8 @@ def predict_folder(
     if images and len(image_size) == 3:
         raise DataError(images[0], "a 3D model segments volumes (NIfTI), not 2D images")
     intensity = predict_intensity(cfg)
-    pixels = [torch.from_numpy(read_model_image(p, state["in_channels"], intensity)) for p in images]
+    for path in images:
+        probe_image(path)
     cases = _volume_cases(volumes, state["in_channels"])
     for _case, channel_files in cases:
         probe_case(channel_files)
@@ -61,11 +66,14 @@ def predict_folder(
     decision = state.get("decision")  # a threshold chosen on validation (train.threshold: val)
     written: list[Path] = []
     try:
-        for path, p in zip(images, predict_slices(predict, pixels, image_size, device) if images else []):
-            label = label_map(p, decision)
-            target = out / f"{path.stem}.png"
-            atomic_write(target, lambda tmp, a=label: Image.fromarray(a).save(tmp, format="PNG"))
-            written.append(target)
+        for start in range(0, len(images), IMAGE_CHUNK):  # a chunk of images in memory at a time
+            chunk = images[start : start + IMAGE_CHUNK]
+            pixels = [torch.from_numpy(read_model_image(p, state["in_channels"], intensity)) for p in chunk]
+            for path, p in zip(chunk, predict_slices(predict, pixels, image_size, device)):
+                label = label_map(p, decision)
+                target = out / f"{path.stem}.png"
+                atomic_write(target, lambda tmp, a=label: Image.fromarray(a).save(tmp, format="PNG"))
+                written.append(target)
         for case, channel_files in cases:
             image, geometry = read_case(channel_files, intensity)
             record = Record(case, image, spacing=geometry.spacing, source=str(channel_files[0]))

@@ -131,7 +131,8 @@ def test_each_state_of_a_run_and_the_summary(tmp_path):
     assert lines[2].split() == [*SUP.split(), "0", "done", "1/1", "5400.0", run_dir(0).name]
     assert f"running: {running['owner']}; its logged epochs took" not in text  # no epoch logged yet
     assert "partial (resumable); its logged epochs took 10 s" in lines[5]  # the record says 0 s
-    assert lines[-1] == "2/6 runs done, 1 running, 2 partial, 1 pending; 2.02 h spent on the started runs"
+    assert lines[-1] == ("2/6 runs done, 1 running, 2 partial, 1 pending; 2.02 h spent on the started runs; "
+                         "about 3.0 h of wall time to go at the done runs' mean per row")  # fmt: skip
     assert_no_metric(text)
 
 
@@ -178,7 +179,8 @@ def test_init_from_rows_wait_for_their_starting_run_and_post_processing_follows_
         "shared": 0, "derived": 2}  # fmt: skip
     text = format_status(list(entries.values()))
     assert text.splitlines()[-1] == ("1/4 runs done, 1 running, 1 partial, 1 pending; 0.01 h spent on the started "
-                                     "runs (2 post-processing entries follow their runs)")  # fmt: skip
+                                     "runs; about 0.0 h of wall time to go at the done runs' mean per row "
+                                     "(2 post-processing entries follow their runs)")  # fmt: skip
     assert_no_metric(text)
 
 

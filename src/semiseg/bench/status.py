@@ -272,6 +272,40 @@ def status_summary(entries: list[dict[str, Any]]) -> dict[str, Any]:
             "hours": round(seconds / 3600, 2), "shared": shared, "derived": derived}  # fmt: skip
 
 
+def remaining_hours(entries: list[dict[str, Any]]) -> float | None:
+    """A rough estimate of the wall hours the unfinished runs still need: each at the mean recorded
+    seconds of its row's done runs (else of all done runs), less what a started run has logged.
+    None before any run is done. Post-processing entries and shared runs count nothing.
+
+    Examples:
+        >>> e = [{"row": "a", "state": "done", "run_dir": "1", "seconds": 3600.0},
+        ...      {"row": "a", "state": "running", "run_dir": "2", "seconds": None, "logged_seconds": 1800.0},
+        ...      {"row": "b", "state": "pending", "run_dir": None, "seconds": None},
+        ...      {"row": "b", "state": "derived", "run_dir": "1", "seconds": None}]
+        >>> remaining_hours(e)
+        1.5
+    """
+    done: dict[str, list[float]] = {}
+    for e in entries:
+        if e["state"] == "done" and e["seconds"]:
+            done.setdefault(e["row"], []).append(e["seconds"])
+    every = [x for v in done.values() for x in v]
+    if not every:
+        return None
+    seen: set[str] = set()
+    left = 0.0
+    for e in entries:
+        if e["state"] in ("done", "derived"):
+            continue
+        if e["run_dir"] is not None:
+            if e["run_dir"] in seen:
+                continue
+            seen.add(e["run_dir"])
+        mean = sum(done.get(e["row"], every)) / len(done.get(e["row"], every))
+        left += max(0.0, mean - (e.get("logged_seconds") or 0.0))
+    return round(left / 3600, 1)
+
+
 def _epochs_text(e: dict[str, Any]) -> str:
     """``3/25`` for a run that has only logged its main phase; ``12 (train 2/15)`` or ``4 (warmup 4)``
     (epochs in all, then the current phase's) for one with several phases."""
@@ -319,6 +353,9 @@ def format_status(entries: list[dict[str, Any]]) -> str:
         f"{s['done']}/{s['total']} runs done, {s['running']} running, {s['partial']} partial, "
         f"{s['pending']} pending; {s['hours']:.2f} h spent on the started runs"
     )
+    left = remaining_hours(entries)
+    if left is not None and s["done"] < s["total"]:
+        summary += f"; about {left:.1f} h of wall time to go at the done runs' mean per row"
     notes = []
     if s["derived"]:
         notes.append(f"{s['derived']} post-processing entries follow their runs")

@@ -234,6 +234,20 @@ def _row_run(
     return run_state(cache.run_dir(cfg), cfg.train.epochs, cache.ledger)
 
 
+def _runs(entries: list[dict[str, Any]]):
+    """The entries that are runs of their own, each run once: no post-processing entry, and of the
+    entries sharing a run folder only the first."""
+    seen: set[str] = set()
+    for e in entries:
+        if e["state"] == "derived":
+            continue
+        if e["run_dir"] is not None:
+            if e["run_dir"] in seen:
+                continue
+            seen.add(e["run_dir"])
+        yield e
+
+
 def status_summary(entries: list[dict[str, Any]]) -> dict[str, Any]:
     """Counts of the trained runs by state and the hours spent on the started ones (done, running,
     partial): per run the larger of the seconds its record holds and the sum of its epoch log's
@@ -254,17 +268,11 @@ def status_summary(entries: list[dict[str, Any]]) -> dict[str, Any]:
         (1, 3, 1, 1, 1.5, 1, 1)
     """
     counts = {"done": 0, "running": 0, "partial": 0, "pending": 0}
-    seen: set[str] = set()
-    seconds, shared, derived = 0.0, 0, 0
-    for e in entries:
-        if e["state"] == "derived":
-            derived += 1
-            continue
-        if e["run_dir"] is not None:
-            if e["run_dir"] in seen:
-                shared += 1
-                continue
-            seen.add(e["run_dir"])
+    runs = list(_runs(entries))
+    derived = sum(1 for e in entries if e["state"] == "derived")
+    shared = len(entries) - derived - len(runs)
+    seconds = 0.0
+    for e in runs:
         counts["pending" if e["state"] in NOT_STARTED else e["state"]] += 1
         if e["state"] in ("done", "running", "partial"):
             seconds += max(e["seconds"] or 0.0, e.get("logged_seconds") or 0.0)
@@ -285,22 +293,18 @@ def remaining_hours(entries: list[dict[str, Any]]) -> float | None:
         >>> remaining_hours(e)
         1.5
     """
+    runs = list(_runs(entries))
     done: dict[str, list[float]] = {}
-    for e in entries:
+    for e in runs:
         if e["state"] == "done" and e["seconds"]:
             done.setdefault(e["row"], []).append(e["seconds"])
     every = [x for v in done.values() for x in v]
     if not every:
         return None
-    seen: set[str] = set()
     left = 0.0
-    for e in entries:
-        if e["state"] in ("done", "derived"):
+    for e in runs:
+        if e["state"] == "done":
             continue
-        if e["run_dir"] is not None:
-            if e["run_dir"] in seen:
-                continue
-            seen.add(e["run_dir"])
         mean = sum(done.get(e["row"], every)) / len(done.get(e["row"], every))
         left += max(0.0, mean - (e.get("logged_seconds") or 0.0))
     return round(left / 3600, 1)

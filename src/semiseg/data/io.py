@@ -33,12 +33,15 @@ _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 _LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def _open(path: str | os.PathLike) -> Image.Image:
-    """Opens and decodes an image file, turning every failure into a :class:`DataError`."""
+def _open(path: str | os.PathLike, decode: bool = True) -> Image.Image | None:
+    """Opens and decodes an image file, turning every failure into a :class:`DataError`
+    (``decode=False``: reads the header only and returns None)."""
     if not os.path.isfile(path):
         raise DataError(path, "file not found")
     try:
         with Image.open(path) as im:
+            if not decode:
+                return None
             im.load()
             return im.copy()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
@@ -48,29 +51,19 @@ def _open(path: str | os.PathLike) -> Image.Image:
 def probe_image(path: str | os.PathLike) -> None:
     """Checks that an image file can be opened, from its header alone (no pixel is decoded; ``.npy``:
     memory-mapped), so a folder can be checked before any image is loaded. Raises a DataError."""
-    if not os.path.isfile(path):
-        raise DataError(path, "file not found")
     if str(path).lower().endswith(".npy"):
-        try:
-            arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise DataError(path, f"cannot read array: {exc}") from None
-        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
-            raise DataError(path, "not a numeric array")
+        _load_npy(path, mmap_mode="r")
         return
-    try:
-        with Image.open(path):
-            pass
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(path, f"cannot read image: {exc}") from exc
+    _open(path, decode=False)
 
 
-def _load_npy(path: str | os.PathLike) -> np.ndarray:
-    """A ``.npy`` array (never pickled objects), every failure a :class:`DataError`."""
+def _load_npy(path: str | os.PathLike, mmap_mode: str | None = None) -> np.ndarray:
+    """A ``.npy`` array (never pickled objects; ``mmap_mode="r"``: mapped, not read), every failure a
+    :class:`DataError`."""
     if not os.path.isfile(path):
         raise DataError(path, "file not found")
     try:
-        arr = np.load(path, allow_pickle=False)
+        arr = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise DataError(path, f"cannot read array: {exc}") from None
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":

@@ -77,6 +77,12 @@ def probe_volume(path: str | os.PathLike) -> VolumeGeometry:
     Raises:
         DataError: the header cannot be read, or the file is not a volume.
     """
+    return _open_volume(path)[1]
+
+
+def _open_volume(path: str | os.PathLike):
+    """The nibabel image of a NIfTI volume (its voxels not read yet) and its geometry; a DataError when
+    the header cannot be read or the file is not a volume (a trailing axis of one frame is dropped)."""
     nib = _nib()
     try:
         img = nib.load(os.fspath(path))
@@ -86,18 +92,12 @@ def probe_volume(path: str | os.PathLike) -> VolumeGeometry:
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if len(shape) != 3:
-        raise DataError(path, f"expected a 3-D volume (x, y, z), got shape {tuple(img.shape)}")
-    return _geometry(nib, img, shape)
-
-
-def _geometry(nib, img, shape: tuple[int, ...]) -> VolumeGeometry:
+        raise DataError(path, f"expected a 3-D volume (x, y, z), got shape {shape}")
     header = img.header.binaryblock if hasattr(img.header, "binaryblock") else b""
-    return VolumeGeometry(
-        np.asarray(img.affine, dtype=np.float64),
-        tuple(int(s) for s in shape),
-        header,
-        isinstance(img.header, nib.Nifti2Header),
+    geometry = VolumeGeometry(
+        np.asarray(img.affine, dtype=np.float64), shape, header, isinstance(img.header, nib.Nifti2Header)
     )
+    return img, geometry
 
 
 def read_volume(path: str | os.PathLike, dtype=np.float32) -> tuple[np.ndarray, VolumeGeometry]:
@@ -106,19 +106,13 @@ def read_volume(path: str | os.PathLike, dtype=np.float32) -> tuple[np.ndarray, 
     Raises:
         DataError: the file cannot be read, or is not a volume (2-D, or 4-D with more than one frame).
     """
-    nib = _nib()
+    img, geometry = _open_volume(path)
     try:
-        img = nib.load(os.fspath(path))
-        data = np.asarray(img.dataobj)
+        data = np.asarray(img.dataobj).reshape(geometry.shape)
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise DataError(path, f"cannot read NIfTI file ({type(exc).__name__}: {exc})") from None
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise DataError(path, f"expected a 3-D volume (x, y, z), got shape {tuple(data.shape)}")
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         raise DataError(path, f"{int((~np.isfinite(data)).sum())} voxels are NaN or infinite")
-    geometry = _geometry(nib, img, data.shape)
     return np.ascontiguousarray(data.transpose(2, 1, 0)).astype(dtype, copy=False), geometry
 
 

@@ -114,8 +114,10 @@ class Method(nn.Module):
         self.global_step = 0
         self.phase_step = 0
         self.epoch = 0
-        context = RegularizerContext(in_channels=in_channels, num_classes=num_classes, model=model_cfg)
-        self.regularizers = build_regularizers(cfg.regularizers, context)
+        #: what a regulariser may need of the run (a method adding one of its own passes it too)
+        self.regularizer_context = RegularizerContext(in_channels=in_channels, num_classes=num_classes,
+                                                      model=model_cfg)  # fmt: skip
+        self.regularizers = build_regularizers(cfg.regularizers, self.regularizer_context)
 
     # ------------------------------------------------------------------ declared by subclasses
     def phases(self) -> list[Phase]:

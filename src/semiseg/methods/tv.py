@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from semiseg.config import FieldError
-from semiseg.losses.regularizers import Regularizer, RegularizerContext
+from semiseg.losses.regularizers import Regularizer
 from semiseg.losses.tv import TVSpec
 from semiseg.methods import register
 from semiseg.methods.supervised import Supervised, SupervisedConfig
@@ -61,7 +61,4 @@ class TotalVariation(Supervised):
     def __init__(self, cfg: TVConfig, **kwargs):
         super().__init__(cfg, **kwargs)
         # after the user's own regularizers (``method.regularizers``); the config stays as given
-        context = RegularizerContext(
-            in_channels=self.in_channels, num_classes=self.num_classes, model=self.model_cfg
-        )
-        self.regularizers.append(Regularizer(cfg.tv_spec(), where="method", context=context))
+        self.regularizers.append(Regularizer(cfg.tv_spec(), where="method", context=self.regularizer_context))

@@ -29,11 +29,25 @@ def test_bar_and_composition(tmp_path, monkeypatch, capsys):
                 ("BCP", three, 55.0, 1.0, 3), ("mean teacher", three, 49.0, None, 1),
                 ("UniMatch + size (regressor)", three, 61.5, 1.5, 3),
                 ("supervised, restarted after 40 %", three, 53.0, 1.0, 3),
-                ("supervised, restarted after 24 %", three, 54.5, 1.0, 3))  # fmt: skip
+                ("supervised, restarted after 24 %", three, 54.5, 1.0, 3),
+                ("UniMatch + size at weight 0", three, 70.0, 1.0, 3))  # fmt: skip
+    # validation scores of each run's selected checkpoint: UniMatch best on validation, the control
+    # (the highest test mean) higher still but never chosen
+    val = {
+        "UniMatch": 0.80,
+        "UniMatch + size (regressor)": 0.78,
+        "BCP": 0.70,
+        "UniMatch + size at weight 0": 0.90,
+    }
+    runs = [
+        {"method": m, "setting": three, "seed": k, "val_best": {"value": v}}
+        for m, v in val.items()
+        for k in range(3)
+    ]
     horse = rows("pixel error (%)", ("UniMatch", "10 px/image", 9.0, 0.2, 3), ("TV", "10 px/image", 9.8, 0.3, 3),
                  ("UniMatch + TV", "10 px/image", 8.5, 0.2, 3))  # fmt: skip
-    for name, table_rows in (("semi-acdc", semi), ("tv-horse", horse)):
-        doc = {"rows": table_rows, "provenance": {"git_commit": "abcdef0123456"}}
+    for name, table_rows, table_runs in (("semi-acdc", semi, runs), ("tv-horse", horse, [])):
+        doc = {"rows": table_rows, "runs": table_runs, "provenance": {"git_commit": "abcdef0123456"}}
         (tmp_path / f"{name}.json").write_text(json.dumps(doc))
     out = run(tmp_path, monkeypatch, capsys)
     control40 = "supervised, restarted after 40 % 53.00 (± 1.00, n=3)"
@@ -43,8 +57,12 @@ def test_bar_and_composition(tmp_path, monkeypatch, capsys):
     assert f"| BCP | 55.00 (± 1.00, n=3) | +5.00 | yes | yes | {control24} | +0.50 | no |" in out
     # mean teacher does not restart: its control is the supervised row
     assert "| mean teacher | 49.00 (n=1) | -1.00 | no | n/a (n=1) | – | – | – |" in out
-    # best row with >= 3 draws is UniMatch + size (61.5): +11.5 points but below 75
-    assert "UniMatch + size (regressor) 61.50" in out and "not met" in out
+    # the bar's row is the method with the best validation score (UniMatch, 0.8), not the test-best
+    # UniMatch + size (61.5, printed beside it) nor the weight-0 control: +11 points but below 75
+    assert "best mean validation score, 0.8000): UniMatch 61.00 (± 1.00, n=3) against supervised" in out
+    assert "+11.00 points; ≥ supervised + 10 and ≥ 75: not met." in out
+    assert "The highest test mean is UniMatch + size (regressor)'s 61.50" in out
+    assert "| UniMatch + size at weight 0 (control) | 70.00 (± 1.00, n=3) |" in out
     # lower error is better: 8.5 beats 9.0 (gap 0.5 > 0.2) and 9.8
     assert (
         "| tv-horse | 10 px/image | UniMatch + TV 8.50 (± 0.20, n=3) | UniMatch 9.00 (± 0.20, n=3) | yes |"

@@ -36,7 +36,25 @@ def _ssldec(model: ModelConfig, in_channels: int, num_classes: int):
     return build_method({"name": "ssldec"}, model, in_channels=in_channels, num_classes=num_classes).eval()
 
 
-def test_moons_figure_has_the_data_panel_and_one_boundary_per_model(tmp_path):
+def _spy_axes(monkeypatch, *names: str) -> list[tuple[str, int, int, dict]]:
+    """Records ``(method, row, column, kwargs)`` of every call of the ``matplotlib.axes.Axes`` methods
+    ``names`` (the panel from the axes' place in its subplot grid)."""
+    import matplotlib.axes
+
+    calls = []
+    for name in names:
+        real = getattr(matplotlib.axes.Axes, name)
+
+        def spy(ax, *args, _name=name, _real=real, **kwargs):
+            spec = ax.get_subplotspec()
+            calls.append((_name, spec.rowspan.start, spec.colspan.start, kwargs))
+            return _real(ax, *args, **kwargs)
+
+        monkeypatch.setattr(matplotlib.axes.Axes, name, spy)
+    return calls
+
+
+def test_moons_figure_has_the_data_panel_and_one_boundary_per_model(tmp_path, monkeypatch):
     from PIL import Image
 
     from semiseg.bench.figures import moons_figure
@@ -47,9 +65,14 @@ def test_moons_figure_has_the_data_panel_and_one_boundary_per_model(tmp_path):
     models = [("before", _ssldec(net, 2, 2)), ("after", _ssldec(net, 2, 2))]
     labeled = [i < 8 for i in range(200)]
     path = tmp_path / "moons.png"
+    calls = _spy_axes(monkeypatch, "contour", "scatter")
     moons_figure(models, points, labels, labeled, path, resolution=30)
     with Image.open(path) as im:
         assert im.size[0] > 2.5 * im.size[1]  # three panels side by side
+    # panel 0 shows the points only; panels 1 and 2 each draw their model's 0.5 boundary under the points
+    boundaries = [(col, list(kw["levels"])) for name, _, col, kw in calls if name == "contour"]
+    assert boundaries == [(1, [0.5]), (2, [0.5])]
+    assert sorted({col for name, _, col, _ in calls if name == "scatter"}) == [0, 1, 2]
 
 
 def test_embedding_pca_reads_the_clustering_heads_input(tmp_path):
@@ -67,7 +90,7 @@ def test_embedding_pca_reads_the_clustering_heads_input(tmp_path):
     assert (tmp_path / "pca.png").is_file()
 
 
-def test_snapshot_grid_draws_one_row_per_setup(tmp_path):
+def test_snapshot_grid_draws_one_row_per_setup(tmp_path, monkeypatch):
     from PIL import Image
 
     from semiseg.bench.figures import snapshot_grid
@@ -78,6 +101,10 @@ def test_snapshot_grid_draws_one_row_per_setup(tmp_path):
                           num_classes=2, image_size=(8, 8)).eval()  # fmt: skip
     snapshots = {"NDA": {10: method, 100: method}, "IODA": {10: method}}  # a missing epoch stays blank
     path = tmp_path / "fig6.png"
+    calls = _spy_axes(monkeypatch, "imshow")
     snapshot_grid(snapshots, torch.rand(1, 8, 8), torch.zeros(8, 8), path)
     with Image.open(path) as im:
         assert im.size[0] > im.size[1]  # 2 rows of 4 panels
+    # each row: the input, the output after each of its epochs, the truth; IODA's 100th epoch is blank
+    drawn = sorted((row, col) for _, row, col, _ in calls)
+    assert drawn == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 3)]

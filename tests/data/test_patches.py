@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from semiseg.config import AugmentConfig, build_config
+from semiseg.config import AugmentConfig, StrongAugmentConfig, build_config
 from semiseg.core import IGNORE_INDEX, ViewSpec
 from semiseg.data.patches import PatchSet, crop, forced
 from semiseg.data.records import Record
@@ -97,6 +97,26 @@ def test_strong_views_and_cutmix_boxes_follow_the_patch():
     ps.set_views(ViewSpec(strong=2, cutmix=True))
     item = ps[(0, 1)]
     assert item["strong"].shape == (2, 1, 4, 8, 8) and item["cutmix"].shape == (2, 4, 8, 8)
+    # without photometric changes each strong view is the patch itself, voxel for voxel; every box is
+    # one cuboid inside the patch (here always drawn)
+    off = StrongAugmentConfig(jitter_prob=0.0, blur_prob=0.0, noise_std=0.0, cutmix_prob=1.0)
+    plain = make([volume(0)], strong_cfg=off)
+    plain.set_views(ViewSpec(strong=2, cutmix=True))
+    for position in range(4):
+        item = plain[(0, position)]
+        assert all(torch.equal(v, item["image"]) for v in item["strong"])
+        for box in item["cutmix"]:
+            extent = [box.any(dim=[a for a in range(3) if a != axis]) for axis in range(3)]
+            cuboid = extent[0][:, None, None] & extent[1][None, :, None] & extent[2][None, None, :]
+            assert box.any() and torch.equal(box, cuboid)
+    # brightness only: each view is the patch times one factor
+    bright = make([volume(0)], strong_cfg=StrongAugmentConfig(jitter_prob=1.0, contrast=0.0, blur_prob=0.0))
+    bright.set_views(ViewSpec(strong=2))
+    item = bright[(0, 2)]
+    for v in item["strong"]:
+        factor = v.sum() / item["image"].sum()
+        assert not torch.isclose(factor, torch.tensor(1.0))
+        torch.testing.assert_close(v, item["image"] * factor, atol=1e-5, rtol=1e-5)
 
 
 def test_the_training_grid_resizes_in_plane_and_keeps_the_depth():

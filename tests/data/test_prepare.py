@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from semiseg.config import build_config
+from semiseg.core import Supervision
 from semiseg.data import prepare_data
 from semiseg.data.records import DatasetBundle, Record
 from semiseg.data.views import IGNORE_INDEX
@@ -50,8 +51,13 @@ def test_unlabeled_items_can_carry_weak_labels(weak):
 
 def test_unlabeled_items_carry_nothing_by_default():
     data = prepare_data(config(), bundle=bundle())
-    item = data.unlabeled[0]
-    assert all(math.isnan(s) for s in item["sizes"].tolist())
+    assert len(data.unlabeled) > 0
+    for i in range(len(data.unlabeled)):
+        item = data.unlabeled[i]
+        assert (item["mask"] == IGNORE_INDEX).all()  # the unlabeled images' masks never reach training
+        assert all(math.isnan(s) for s in item["sizes"].tolist())
+        assert all(math.isnan(t) for t in item["tags"].tolist())
+        assert item["kind"].item() == Supervision.NONE
 
 
 def test_weak_labels_need_masks():

@@ -35,8 +35,9 @@ def test_volumes_are_segmented_one_by_one_in_their_own_space(tmp_path, monkeypat
     src = tmp_path / "in"
     src.mkdir()
     rng = np.random.default_rng(0)
-    for name in ("a", "b", "c"):
-        volume(src / f"{name}.nii.gz", rng.random((16, 16, 3)))
+    data = {name: rng.random((16, 16, 3)) for name in ("a", "b", "c")}
+    for name, values in data.items():
+        volume(src / f"{name}.nii.gz", values)
     reads = []
     real = nnunet.read_case
     monkeypatch.setattr(
@@ -47,6 +48,10 @@ def test_volumes_are_segmented_one_by_one_in_their_own_space(tmp_path, monkeypat
     for name in ("a", "b", "c"):
         out = nib.load(str(tmp_path / "out" / f"{name}.nii.gz"))
         assert out.shape == (16, 16, 3) and np.allclose(out.affine, np.diag([0.8, 0.8, 4.0, 1.0]))
+        # voxel for voxel the threshold of the volume's min-max scaled intensities, in the input's axes
+        x = data[name].astype(np.float32)
+        expected = (x - x.min()) / (x.max() - x.min()) > 0.5
+        assert np.array_equal(np.asarray(out.dataobj), expected.astype(np.uint8))
 
 
 def test_a_bad_header_stops_before_anything_is_written(tmp_path):

@@ -216,9 +216,12 @@ def test_dec_regularizer_pulls_q_toward_the_batch_target_distribution():
     torch.testing.assert_close(value, want)
     value.backward()
     assert logits.grad.abs().sum() > 0
-    # a clustering head's output is log q: the regulariser reads the same q
-    log_q = student_t_log_assignment(torch.randn(5, 2, generator=g), torch.randn(3, 2, generator=g))
-    torch.testing.assert_close(log_q.log_softmax(1), log_q)
+    # a clustering head's output is log q: the regulariser reads that q itself (KL to its target)
+    log_q = student_t_log_assignment(torch.randn(2, 2, 4, 4, generator=g), torch.randn(3, 2, generator=g))
+    q = log_q.exp()
+    torch.testing.assert_close(
+        spec.loss(log_q, batch), dec_kl(log_q, target_distribution(q, cluster_frequency(q)))
+    )
     # composes with any method from config (mean teacher here), on the unlabeled stream only
     method = build_method({"name": "mean_teacher", "regularizers": [{"name": "dec", "weight": 0.1}]},
                           ModelConfig(width=4, depth=2, head="clustering"), in_channels=1, num_classes=3)  # fmt: skip

@@ -178,7 +178,14 @@ def test_phase_trains_the_regressor_and_validates_it(arch):
     lab = data["labeled"]
     records = [Record(id=f"r{i}", image=lab.image[i].numpy(), mask=lab.mask[i].numpy()) for i in range(2)]
     metrics = reg.validation_metrics("size_regressor", records, HW, torch.device("cpu"))
-    assert set(metrics) == {"size_mae", "size_mae_fraction"} and metrics["size_mae"] >= 0
+    assert set(metrics) == {"size_mae", "size_mae_fraction"}
+    # the error of this (trained) regressor's areas against the masks' class fractions
+    with torch.no_grad():
+        pred = reg.loss.regress(lab.image)
+    true = torch.stack([(lab.mask == c).float().mean(dim=(1, 2)) for c in reg.loss.classes], 1)
+    want = float((pred - true).abs().mean())
+    assert metrics["size_mae_fraction"] == pytest.approx(want, rel=1e-5, abs=1e-7)
+    assert metrics["size_mae"] == pytest.approx(want * HW[0] * HW[1], rel=1e-5, abs=1e-4)
 
 
 def test_phase_needs_dense_masks_or_sizes_and_says_which_regularizer():

@@ -124,6 +124,14 @@ def test_sparse_labels_train_both_networks():
     assert torch.isfinite(out["loss"])
     for net in (method.model, method.model_b):
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+    # without the cross terms each network learns from the sparse labels alone: both get gradient
+    alone = build("cps", cps_weight=0.0).train()
+    out = alone.training_step(batch("sparse"), "train", "main")
+    assert out["sup_a"] > 0 and out["sup_b"] > 0
+    torch.testing.assert_close(out["loss"], out["sup_a"] + out["sup_b"])
+    out["loss"].backward()
+    for net in (alone.model, alone.model_b):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
 
 
 @pytest.mark.parametrize(

@@ -333,6 +333,7 @@ def test_ce_dice_unlabeled_loss_is_the_supervised_mix_on_confident_pixels():
     logits = torch.randn(2, K, 8, 8, generator=g)
     labels = torch.randint(0, K, (2, 8, 8), generator=g)
     confidence = torch.rand(2, 8, 8, generator=g)
+    confidence[:, 0] = 0.6  # exactly τ: confident (confidence >= τ)
     loss, ratio = method.unlabeled_loss(logits, labels, confidence)
     target = labels.masked_fill(confidence < 0.6, IGNORE_INDEX)
     expected = 0.3 * masked_cross_entropy(logits, target) + 0.7 * masked_dice_loss(logits, target)

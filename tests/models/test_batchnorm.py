@@ -49,6 +49,15 @@ def test_gradients_flow_and_state_is_restored_after_an_error():
 
 def test_eval_mode_layers_are_left_alone():
     model = unet().eval()
-    with frozen_running_stats(model):
-        model(torch.rand(2, 1, 16, 16))
+    x = torch.rand(2, 1, 16, 16) * 3 + 1  # far from the initial running statistics
+    with torch.no_grad():
+        reference = model(x)
+    before = buffers(model)
+    with frozen_running_stats(model), torch.no_grad():
+        out = model(x)
+    # still evaluation mode: running statistics normalise (the output is the eval output), not batch ones
+    assert not any(m.training for m in model.modules())
+    torch.testing.assert_close(out, reference, rtol=0, atol=0)
+    after = buffers(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))

@@ -39,6 +39,8 @@ def test_build_and_split(arch, cls, centroids):
     area, centroid = sr.split_regression(out, 2, centroids)
     assert torch.equal(area, out[:, :2])
     assert (centroid is None) != centroids and (centroid is None or centroid.shape == (3, 2, 2))
+    if centroids:  # the units after the areas, a (row, column) pair per region
+        assert torch.equal(centroid[:, 0], out[:, 2:4]) and torch.equal(centroid[:, 1], out[:, 4:6])
 
 
 def test_unknown_arch():

@@ -139,6 +139,7 @@ class DataConfig:
     intensity: Literal["auto", "minmax", "percentile", "zscore", "none"] = "auto"
     num_images: int = 120  #: generated sets: "shapes" images, "moons" points
     shapes_classes: int = 3  #: generated "shapes" set: classes incl. background
+    shapes_every_class: bool = False  #: generated "shapes" set: every image holds every class
     #: generated "cluttered_mnist" set: 48-simple, 48-hard or 128 (image side, clutter pieces)
     variant: Literal["48-simple", "48-hard", "128"] = "48-hard"
     generator_seed: int = 0  #: generated sets ("cluttered_mnist", "moons"): seed of the images / points

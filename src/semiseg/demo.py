@@ -13,9 +13,9 @@ Trained on the built-in generated "shapes" set (240 images: 173 for training, 19
 
 Prints a table on the held-out test images (test Dice, pixel error, Dice gain over ``dense-8``),
 a one-line summary of the semi-supervised gain, and writes ``comparison.png`` (test images, truth
-and every row's prediction) plus each run's own plots. Needs no data root and no download; 3 min
-27 s on an idle 2-core machine (on a busy machine set ``OMP_NUM_THREADS=1``: two threads competing
-with other processes took 29 minutes).
+and every row's prediction) plus each run's own plots. Needs no data root and no download; about 2
+minutes on an idle 2-core machine (``benchmarks/results/demo.md``). On a busy machine set
+``OMP_NUM_THREADS=1``: two threads competing with other processes took 29 minutes.
 
 The mean-teacher settings (consistency weight 1.0 ramped up over the run from 10 % of it, a strong
 view = the weak view plus Gaussian noise of standard deviation 0.05 instead of the library's

@@ -41,7 +41,6 @@ import argparse
 import copy
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import os
@@ -62,10 +61,21 @@ SEMISEG_DATA = "../shared/data"
 
 # ------------------------------------------------------------------------------------------ runs
 def run_id(cfg) -> str:
-    """Identity of a run (its resolved config, seed included): equal configs are one cached run."""
+    """Identity of a run: the bench cache's key (:func:`semiseg.bench.cache.run_key`) of its resolved
+    config and seed at this commit's training code, so equal configs are one cached run and a run's id
+    is its directory name under the runner's work dir (for rows without ``init_from``, whose start path
+    is a placeholder here)."""
+    from semiseg.bench.cache import run_key
+    from semiseg.bench.provenance import source_hash
     from semiseg.config import to_dict
 
-    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    global _SOURCE
+    if _SOURCE is None:
+        _SOURCE = source_hash()
+    return run_key(_SOURCE, to_dict(cfg), cfg.train.seed)
+
+
+_SOURCE: str | None = None
 
 
 def full_runs(table) -> list[dict[str, Any]]:
@@ -551,7 +561,7 @@ def main() -> None:
         "provenance": provenance(
             config={"tables": list(a.tables), "throughputs_tflops": list(THROUGHPUTS), "small": a.small,
                     "runs": "each run's config is semiseg.bench.runner.row_config(table, row, seed, quick=False) "
-                            "at this commit; runs[].id = the first 16 hex digits of the SHA-256 of its JSON"},
+                            "at this commit; runs[].id = the runner's cache key (semiseg.bench.cache.run_key)"},
             mode="full (estimated, nothing trained)", small_size=[a.small, a.small],
             flop_counter="torch.utils.flop_counter.FlopCounterMode (a multiply-add = 2 FLOPs)",
             torch_threads=torch.get_num_threads(), wall_seconds=round(time.perf_counter() - start, 1)),

@@ -914,7 +914,7 @@ def ssldec() -> Table:
     )
 
 
-#: the rows of ssldec-acdc (the paper's iSeg Fig. 10 is on other data and classes, WM / GM / CSF: no
+#: the rows of ssldec-acdc (the paper's iSeg Figs. 9-11 are on other data and classes, WM / GM / CSF: no
 #: `paper` column, its claim in the notes)
 #: the equal-budget control (as the ssldec table's), at the paper's claim's 1 and 2 patients only (CPU)
 SSLDEC_ACDC_CONTROL = "lower bound, SSLDEC's labeled schedule"
@@ -965,9 +965,9 @@ def ssldec_acdc() -> Table:
             "60 x 8 slices, about a third of the training slices; full: 200 x 12, about 1.8 passes), not one "
             "pass over P'; the balanced subset keeps each pixel with probability n_min / n_c of its predicted "
             "class (equal counts on average, not exactly), and the background is one of the balanced classes "
-            "(iSeg's three classes had no background). The paper's iSeg numbers (Fig. 10: WM / GM / CSF at 1, 2, 5 volumes; "
-            "SSLDEC above the lower bound and the pseudo model at 1 and 2 volumes) are on other data and "
-            "classes, so there is no `paper` column."
+            "(iSeg's three classes had no background). The paper's iSeg numbers (Figs. 9-11: WM / GM / CSF at 1, "
+            "2, 5 volumes; SSLDEC above the lower bound and the pseudo model at 1 and 2 volumes) are on other "
+            "data and classes, so there is no `paper` column."
         ),
     )
 

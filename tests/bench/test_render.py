@@ -169,6 +169,30 @@ def test_semi_acdc_provenance_carries_the_committed_pass_budget(tmp_path, source
     assert ("**other training code** (source hash `s0`)" in md) is not same
 
 
+@pytest.mark.parametrize("same", [True, False])
+def test_translation_tables_render_their_committed_step_ratios(tmp_path, same):
+    """translation-mnist's extras name the committed step-ratio file (or its absence) in a shape of
+    their own; the Markdown renders both instead of failing before the results are written."""
+    import shutil
+    from types import SimpleNamespace
+
+    from semiseg.bench.tables import TRANSLATION_STEP_RATIOS, _translation_extras
+
+    ctx = SimpleNamespace(results_dir=tmp_path, cache=SimpleNamespace(source="s0"), run_dirs={})
+    md = markdown(_results(**_translation_extras(ctx)))
+    assert f"`{tmp_path / TRANSLATION_STEP_RATIOS}` not found" in md
+    shutil.copy(RESULTS / TRANSLATION_STEP_RATIOS, tmp_path / TRANSLATION_STEP_RATIOS)
+    committed = json.loads((RESULTS / TRANSLATION_STEP_RATIOS).read_text())
+    if same:
+        ctx.cache.source = committed["provenance"]["source_hash"]
+    md = markdown(_results(**_translation_extras(ctx)))
+    for case in committed["cases"]:
+        assert (
+            f"{case['architecture']} {case['ratio']:.2f} ({case['seconds_per_step']['method']:.3f} s vs" in md
+        )
+    assert ("the same training code as these runs" in md) is same
+
+
 def test_the_table_states_what_its_runs_cost_each_run_once():
     """The issue notes need the CPU spent: the Markdown sums the runs' records, a reused run once."""
     from semiseg.bench.runner import training_cost

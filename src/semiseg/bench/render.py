@@ -96,7 +96,28 @@ def _pass_budget_lines(pb: dict[str, Any]) -> list[str]:
     ]
 
 
+def _committed_step_ratio_lines(ref: dict[str, Any]) -> list[str]:
+    """A step-ratio file measured outside the table (on idle cores), as the table's extras name it:
+    ``{"file", "git_commit", "same_training_code", "cases": {architecture: {"ratio", ...}}}``, or
+    ``{"file", "missing"}`` when the file is not in the results directory."""
+    if "missing" in ref:
+        return [f"Step time / supervised step time: `{ref['file']}` not found ({ref['missing']}).", ""]
+    same = "the same training code as these runs" if ref.get("same_training_code") else "other training code"
+    parts = [
+        f"{arch} {c['ratio']:.2f} ({c['seconds_per_step']['method']:.3f} s vs "
+        f"{c['seconds_per_step']['baseline']:.3f} s per iteration)"
+        for arch, c in ref["cases"].items()
+    ]
+    return [
+        f"Step time / supervised step time (`{ref['file']}`, commit `{str(ref.get('git_commit'))[:10]}`, "
+        f"measured on idle cores, {same}): " + "; ".join(parts) + ".",
+        "",
+    ]
+
+
 def _step_ratio_lines(ratios: dict[str, Any]) -> list[str]:
+    if "cases" in ratios or "missing" in ratios:
+        return _committed_step_ratio_lines(ratios)
     named = {"": ratios} if "ratio" in ratios else ratios
     new = {k: v for k, v in named.items() if "rounds" in v}
     old = {k: v for k, v in named.items() if "rounds" not in v}

@@ -748,7 +748,7 @@ def translation_mnist() -> Table:
             "100 iterations at 48x48 and 10 x 100 at 128x128 (about 1.2 present-image passes; the paper: 300 "
             "passes of batch 20), every row on the same iterations, generator lr 1e-3 for every row (the "
             "paper's 1e-4 is meant for 100x more iterations; chosen on the validation fold with seg-only and "
-            "proposed, one seed, the AE baseline not tried, benchmarks/dev/translation-mnist-dev.md; the "
+            "proposed, one seed, re-checked with the AE baseline, benchmarks/dev/translation-mnist-dev.md; the "
             "critics keep 1e-3, so the paper's 10:1 critic:generator ratio becomes 1:1); one seed at 128x128. "
             "Baselines as appendix A: layer-normed decoders, no norm MLP, no spectral norm (the proposed "
             "model and sep dec: spectral norm on every network, norm MLP); one critic per scale. `proposed, skip "

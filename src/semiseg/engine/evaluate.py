@@ -2,8 +2,9 @@
 
 An image is resized to the training size, segmented, and its class probabilities are resized
 back (bilinear) to the record's own resolution before the argmax, so metrics are computed
-against the original masks. A volume ``[C, D, H, W]`` is segmented slice by slice and scored as
-one case (per-volume metrics). HD95 and ASD are in pixels (``hd95_px``, ``asd_px``), or in
+against the original masks. A volume ``[C, D, H, W]`` is segmented slice by slice by a 2D model,
+or whole or by sliding windows by a 3D one (:mod:`semiseg.engine.inference`), and scored as one
+case (per-volume metrics). HD95 and ASD are in pixels (``hd95_px``, ``asd_px``), or in
 millimetres (``hd95_mm``, ``asd_mm``) for records with a ``spacing``.
 """
 

@@ -64,7 +64,7 @@ class Inferer:
     Args:
         mode: "whole" or "sliding".
         roi: Window size per spatial axis (``sliding``); an axis shorter than its window is padded
-            (``gaussian``, ``constant``: MONAI replicates the border) or taken whole (``trim``).
+            (``gaussian``, ``constant``: with zeros, as training patches are) or taken whole (``trim``).
         overlap: Fraction of a window shared with its neighbour, per axis, in [0, 1).
         blend: "gaussian", "constant" or "trim".
         sigma_scale: Gaussian blending: sigma = ``sigma_scale`` × window side.

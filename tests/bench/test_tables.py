@@ -277,3 +277,25 @@ def test_missed_classes_are_counted_per_volume_and_class_beside_the_distance_mea
     assert counts == {"missed": 3, "pairs": 6}
     _count_missed(counts, {"test_cases": [{"hd95_px/1": 1.0, "hd95_px/mean": 1.0}]}, "hd95_px/mean")
     assert counts == {"missed": 3, "pairs": 7}
+
+
+def test_shape_prior_rows_at_3_patients_have_weight_0_controls_with_the_same_passes():
+    """Each prior row at 3 patients has a control that differs from it only in the prior's weight (0):
+    the same autoencoder phase, streams and batches, so the difference is the prior's own effect."""
+    from semiseg.bench.tables import SHAPE_PRIOR_SEMI
+
+    table = TABLES["shape-prior-acdc"]()
+    by_key = {r.key: r for r in table.rows}
+    for name in ("supervised", SHAPE_PRIOR_SEMI[0]):
+        for quick in (True, False):
+            prior_row = by_key[f"{name} + shape prior | {patients(3)}, mean over RV/MYO/LV"]
+            zero_row = by_key[f"{name} + shape prior at weight 0 | {patients(3)}, mean over RV/MYO/LV"]
+            assert prior_row.tuned and not zero_row.tuned
+            prior = row_config(table, prior_row, seed=1, quick=quick)
+            zero = row_config(table, zero_row, seed=1, quick=quick)
+            assert [r["weight"] for r in zero.method["regularizers"]] == [0.0]
+            assert zero.method["regularizers"] == [{**prior.method["regularizers"][0], "weight": 0.0}]
+            assert zero.method | {"regularizers": None} == prior.method | {"regularizers": None}
+            assert zero.data == prior.data and zero.train == prior.train
+            seeds = table.quick_seeds if quick else table.seeds
+            assert zero_row.seeds_for(seeds, quick) == prior_row.seeds_for(seeds, quick)

@@ -83,3 +83,15 @@ def test_status_counts_ledger_runs_as_done(tmp_path, monkeypatch):
         kw = dict(quick=True, work_dir=tmp_path / "w", seeds=[0], source="5ca1ab1e5ca1ab1e")
         assert [e["state"] for e in table_status(table.name, **kw)] == ["pending"]
         assert [e["state"] for e in table_status(table.name, ledger=tmp_path / "ledger", **kw)] == ["done"]
+
+
+def test_a_run_that_never_validates_keeps_its_checkpoint_in_last_pt(tmp_path):
+    """A run without validation (the SSLDEC moons recipe) writes last.pt and no best.pt: its folder
+    has its checkpoint, so a figure that loads it does not train it again; a folder restored from
+    the ledger (a record only) has none."""
+    from semiseg.bench.cache import RunCache
+
+    (tmp_path / "bench-run.json").write_text("{}")
+    assert not RunCache._has_checkpoint(tmp_path)
+    (tmp_path / "last.pt").write_bytes(b"")
+    assert RunCache._has_checkpoint(tmp_path)

@@ -203,3 +203,15 @@ def test_the_table_states_what_its_runs_cost_each_run_once():
     assert cost == {"runs": 2, "wall_hours": 3.0, "cpu_hours": 2.5, "runs_without_cpu_seconds": 0}
     text = markdown(_results(training_cost=cost))
     assert "Training cost of the table's 2 runs" in text and "2.5 CPU-hours." in text
+    # an MRF or ensemble row names a trained run's folder (after it, as the runner lists rows): it
+    # neither replaces that run's record nor counts as a run
+    post = [{"run_dir": "a", "seconds": 3.0, "status": "post-processed"},
+            {"run_dir": "b", "seconds": 5.0, "status": "ensembled"}]  # fmt: skip
+    assert training_cost(runs + post) == cost
+
+
+def test_every_figure_of_a_table_is_named():
+    md = markdown(_results(figure_moons="r/ssldec-moons.png", figure_mnist="r/ssldec-mnist.png"))
+    assert "Figure (moons): `r/ssldec-moons.png`" in md and "Figure (mnist): `r/ssldec-mnist.png`" in md
+    md = markdown(_results(figure="r/ioda-fig6.png", figure_image="validation 10"))
+    assert "Figure: `r/ioda-fig6.png`" in md and "validation 10`" not in md

@@ -387,6 +387,16 @@ def test_ensemble_rows_average_the_members_of_one_pinned_draw(tmp_path, monkeypa
     run = runs_of(results, ensemble.key)[0]
     assert run["status"] == "ensembled" and len(run["members"]) == 3 and run["checkpoint"] == "last.pt"
     assert run["seed"] == [0, 1, 2]
+    # the ensemble names member 0's folder: its cost stays member 0's training (3 runs, all with CPU time)
+    cost = results["provenance"]["training_cost"]
+    assert cost["runs"] == 3 and cost["runs_without_cpu_seconds"] == 0
+    # --status lists the ensemble once, done (its memo is named by its members)
+    from semiseg.bench.status import table_status
+
+    with registered(table):
+        states = table_status("tiny-ens", quick=True, work_dir=tmp_path / "w", source=SOURCE)
+    (entry,) = [e for e in states if e["row"] == ensemble.key]
+    assert "ensemble post-processing done" in entry["text"]
 
 
 def test_an_ensemble_of_one_equals_its_member_and_last_scores_need_eval_last(tmp_path, monkeypatch):

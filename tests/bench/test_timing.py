@@ -199,3 +199,31 @@ def test_pass_budget_paired_ratio_divides_each_round_by_its_own_budget(monkeypat
     assert out["ratio_to_budget"] == 2.0  # median 2.0 over median 1.0
     low, high = out["ratio_to_budget_paired_quartiles"]
     assert low <= 1.5 <= high
+
+
+@pytest.mark.parametrize("table", ["ioda-textures", "ssldec"])
+def test_throughput_measures_the_first_rows_model_of_every_table_kind(table):
+    """The provenance's throughput runs the first row's model: a fully connected map network (which
+    needs the image size) and an image classifier (one label per image) train as UNets do."""
+    from semiseg.bench import TABLES
+    from semiseg.bench.runner import row_config
+    from semiseg.config import to_dict
+
+    t = TABLES[table]()
+    model = to_dict(row_config(t, t.rows[0], t.quick_seeds[0], True))["model"]
+    if table == "ioda-textures":
+        model["hidden"] = [8, 8]  # the row's network, narrowed to keep the test fast
+    out = timing.measure_throughput(model, steps=1, warmup=0)
+    assert out["images_per_second"] > 0 and out["peak_rss_mib"] > 0 and "note" not in out
+
+
+def test_throughput_that_fails_is_recorded_as_not_measured():
+    out = timing.measure_throughput({"name": "no-such-model"}, steps=1, warmup=0)
+    assert out["images_per_second"] is None and out["note"].startswith("not measured: ")
+    from semiseg.bench.render import markdown
+
+    results = {"table": "t", "title": "T", "rows": [], "runs": [], "notes": "", "provenance": {
+        "mode": "quick", "seeds": [0], "git_commit": "abc", "wall_seconds": 1.0,
+        "hardware": {"cpu": "cpu", "cores": 2, "torch": "2"}, "throughput": out}}  # fmt: skip
+    md = markdown(results)
+    assert "Throughput note: not measured: " in md and "None images/s" not in md

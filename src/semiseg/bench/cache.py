@@ -179,14 +179,16 @@ class RunCache:
 
     @staticmethod
     def _has_checkpoint(out: Path) -> bool:
-        return (out / "best.pt").is_file()
+        """Whether a run folder kept its checkpoints (a run restored from the ledger has none): its
+        ``best.pt``, or ``last.pt`` alone for a run that never validates (no ``best.pt`` is written)."""
+        return (out / "best.pt").is_file() or (out / "last.pt").is_file()
 
     def finished(self, cfg) -> bool:
         """Whether the run of ``cfg`` is finished (in the cache or the ledger); trains nothing."""
         return self.finished_record(self.run_dir(cfg)) is not None
 
     def checkpoint(self, cfg) -> Path:
-        """The folder of the run of ``cfg`` with its ``best.pt``, training it (again) if it has none."""
+        """The folder of the run of ``cfg`` with its checkpoints, training it (again) if it has none."""
         out = self.run_dir(cfg)
         if self._has_checkpoint(out) and self.finished_record(out) is not None:
             return out  # not counted as a reuse: the run itself was counted when its row took it

@@ -185,8 +185,10 @@ def markdown(results: dict[str, Any]) -> str:
         lines += _step_ratio_lines(p["step_time_ratio"])
     if "pass_budget" in p:
         lines += _pass_budget_lines(p["pass_budget"])
-    if "figure" in p:
-        lines += [f"Figure: `{p['figure']}`", ""]
+    figures = [k for k in p if k == "figure" or (k.startswith("figure_") and k != "figure_image")]
+    for k in figures:  # "figure", or one per panel set ("figure_moons", "figure_mnist")
+        name = "" if k == "figure" else f" ({k.removeprefix('figure_')})"
+        lines += [f"Figure{name}: `{p[k]}`", ""]
     source = f"; source hash `{p['source_hash']}`" if p.get("source_hash") else ""
     cache = p.get("cache")
     lines += [
@@ -208,10 +210,11 @@ def markdown(results: dict[str, Any]) -> str:
             + (f" ({missing} runs recorded no CPU time)." if missing else ".")
         )
     t = p["throughput"]
-    lines.append(
-        f"Training throughput at 128x128, batch 16, CPU: {t['images_per_second']} images/s; peak resident "
-        f"memory of that training process {t['peak_rss_mib']} MiB."
-    )
+    if t.get("images_per_second") is not None:
+        lines.append(
+            f"Training throughput at 128x128, batch 16, CPU: {t['images_per_second']} images/s; peak resident "
+            f"memory of that training process {t['peak_rss_mib']} MiB."
+        )
     if "peak_memory_mib_bench_process" in p:
         lines.append(f"Peak resident memory of the whole bench process (data, training, evaluation): "
                      f"{p['peak_memory_mib_bench_process']} MiB.")  # fmt: skip

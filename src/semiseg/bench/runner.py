@@ -431,6 +431,10 @@ def run_table(
     return results
 
 
+#: statuses of the run entries that post-process trained runs (same folder, nothing trained)
+POSTPROCESSED = ("ensembled", "post-processed")
+
+
 def training_cost(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """What the table's trained runs cost, each run once (rows that reuse a run or post-process it add
     nothing): their count, wall hours and CPU hours summed from the run records (``cpu_seconds``:
@@ -443,7 +447,10 @@ def training_cost(runs: list[dict[str, Any]]) -> dict[str, Any]:
         ...                {"run_dir": "b", "seconds": 7200, "cpu_seconds": None}])
         {'runs': 2, 'wall_hours': 3.0, 'cpu_hours': 0.5, 'runs_without_cpu_seconds': 1}
     """
-    unique = {r["run_dir"]: r for r in runs if r.get("seconds") is not None}
+    # an ensemble or post-processing row names a trained run's folder with its own seconds (and no CPU
+    # time): it trained nothing, so it neither adds nor replaces that run's record
+    trained = [r for r in runs if r.get("seconds") is not None and r.get("status") not in POSTPROCESSED]
+    unique = {r["run_dir"]: r for r in trained}
     cpu = [r["cpu_seconds"] for r in unique.values() if r.get("cpu_seconds") is not None]
     return {
         "runs": len(unique),

@@ -186,6 +186,8 @@ def table_status(
                      **_row_run(table, row, seed, quick, cache, user, chosen, by_run)}  # fmt: skip
             by_run[(row.key, seed)] = entry
             entries.append(entry)
+            if row.postprocess == "ensemble":
+                break  # one value from all of the reused row's runs (as the runner), listed once
     return entries
 
 
@@ -208,7 +210,9 @@ def _row_run(
             return _not_run("derived", where)
         run_dir = reused["run_dir"]
         text = f"{where}: {reused['text']}"
-        if run_dir is not None and (Path(run_dir) / f"bench-{row.postprocess}.json").is_file():
+        # the memo of an ensemble is named by its members (bench-ensemble-<hash>.json, in the first's folder)
+        pattern = f"bench-{row.postprocess}{'-*' if row.postprocess == 'ensemble' else ''}.json"
+        if run_dir is not None and any(Path(run_dir).glob(pattern)):
             text += f" ({row.postprocess} post-processing done)"
         return _not_run("derived", text, run_dir)
     if row.tuned and chosen is None:

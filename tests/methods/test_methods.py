@@ -261,6 +261,35 @@ def test_one_step_per_phase_and_optimizer_on_volumes(name):
     check_every_step(method, name, data)
 
 
+@pytest.mark.parametrize("name", ["supervised", "unimatch"])
+@pytest.mark.parametrize("source", ["data", "regressor"])
+def test_the_size_regulariser_on_volumes(name, source):
+    """The size penalty composed with a method on a 3D network (as UniMatch + size in 2D): sizes
+    from the batch's voxel counts or from a 3D regressor trained in its own phase; every phase's step
+    (the regressor's included) is finite and reaches the parameters its owner trains."""
+    torch.manual_seed(0)
+    size = {"name": "size", "weight": 0.01, "source": source, "streams": ["labeled", "unlabeled"]}
+    if source == "regressor":
+        size.update(regressor_width=4, regressor_depth=2, regressor_epochs=1)
+    hw = (8, 16, 16)  # stream() ignores the first 4 rows of the first spatial axis
+    method = build_method({"name": name, "regularizers": [size]}, MODEL_3D, in_channels=1, num_classes=K,
+                          image_size=hw)  # fmt: skip
+    assert [p.name == "size_regressor" for p in method.run_phases()][0] == (source == "regressor")
+    data = {"labeled": stream("dense", hw=hw, seed=0), "unlabeled": stream("size", b=3, hw=hw, seed=1)}
+    method.train()
+    for phase in method.run_phases():
+        owner = method.phase_owner(phase.name)
+        for opt_name in phase.optimizer_names:
+            method.zero_grad(set_to_none=True)
+            out = method(phase_batch(phase, data), phase.name, opt_name)
+            assert torch.isfinite(out["loss"]) and out["loss"].requires_grad, phase.name
+            if phase.name != "size_regressor":
+                assert any(k.startswith("reg/size") for k in out), sorted(out)
+            out["loss"].backward()
+            params = [q for q in owner.parameters_for(phase.name, opt_name) if q.requires_grad]
+            assert params and all(q.grad is not None for q in params), (phase.name, opt_name)
+
+
 @pytest.mark.parametrize("name", [n for n in NAMES if n not in NAMES_3D])
 def test_2d_only_methods_refuse_a_3d_model_in_one_line(name):
     with pytest.raises(ConfigError, match="model.spatial_dims: .*2D models only, got 3"):

@@ -20,6 +20,9 @@
 # `benchmarks/campaign.sh --plan` runs benchmarks/campaign.plan: one `<commit> <table> ...` line per
 # pin, in order (# starts a comment).
 #
+# `benchmarks/campaign.sh --write <pin> <table> ...` writes finished tables into benchmarks/results
+# (from the run cache and the ledger, training nothing that is done) with the workers paused.
+#
 # Environment: PIN (the pin of tables before any @commit), DATA_ROOT (default ../shared/data next to
 # the checkout), THREADS (torch threads per worker, default 1).
 set -u
@@ -51,6 +54,24 @@ pin() {  # the worktree of pin $1 (`<commit>` or `<commit>+bench=<other>`), made
     WT=$wt
     if [ -n "$overlay" ]; then export SEMISEG_BENCH_OVERLAY=${overlay:0:7}; else unset SEMISEG_BENCH_OVERLAY; fi
 }
+
+if [ "${1:-}" = "--write" ]; then
+    # the final write of finished tables into benchmarks/results (committed): every run comes from
+    # the cache or the ledger; the workers are paused meanwhile (the tables' extras time steps) and
+    # resumed on exit; a table with runs still pending writes nothing and exits 75
+    [ $# -ge 3 ] || { echo "campaign: --write needs a pin and at least one table"; exit 2; }
+    pin "$2" || { echo "campaign: cannot make a worktree of $2"; exit 1; }
+    shift 2
+    pids=$(pgrep -f "semiseg bench" | tr '\n' ' ')
+    if [ -n "$pids" ]; then trap 'kill -CONT $pids' EXIT; kill -STOP $pids; sleep 5; fi
+    status=0
+    for t in "$@"; do
+        echo "== $(date -u +%FT%TZ) write $t at $(git -C "$WT" rev-parse --short HEAD)${SEMISEG_BENCH_OVERLAY:++bench@$SEMISEG_BENCH_OVERLAY}"
+        (cd "$WT" && PYTHONPATH="$WT/src" semiseg bench "$t" --quick --data-root "$DATA_ROOT" \
+            --work-dir "$MAIN/runs/bench" --results-dir "$MAIN/benchmarks/results" --ledger "$MAIN/benchmarks/ledger") || status=$?
+    done
+    exit $status
+fi
 
 WT=""
 if [ -n "${PIN:-}" ]; then pin "$PIN" || exit 1; fi

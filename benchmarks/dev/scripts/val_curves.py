@@ -58,7 +58,8 @@ def main() -> None:
             continue
         text = " ".join(f"{phase} {epoch}: {value:.3f}" for phase, epoch, value in points)
         rising = still_rising(points, a.lower_is_better)
-        print(f"| {key} | {text} | {'–' if rising is None else 'yes' if rising else 'no'} |")
+        name = key.replace("|", "·")  # a run key "method | setting | seed s" inside a Markdown cell
+        print(f"| {name} | {text} | {'–' if rising is None else 'yes' if rising else 'no'} |")
 
 
 if __name__ == "__main__":

@@ -57,18 +57,34 @@ pin() {  # the worktree of pin $1 (`<commit>` or `<commit>+bench=<other>`), made
 
 if [ "${1:-}" = "--write" ]; then
     # the final write of finished tables into benchmarks/results (committed): every run comes from
-    # the cache or the ledger; the workers are paused meanwhile (the tables' extras time steps) and
-    # resumed on exit; a table with runs still pending writes nothing and exits 75
+    # the cache or the ledger (a table with a run not done is refused before anything is paused); the
+    # workers (training into runs/bench) are paused meanwhile, since the tables' extras time steps,
+    # and resumed on exit; a run restored from the ledger that a figure needs is trained again
     [ $# -ge 3 ] || { echo "campaign: --write needs a pin and at least one table"; exit 2; }
     pin "$2" || { echo "campaign: cannot make a worktree of $2"; exit 1; }
     shift 2
-    pids=$(pgrep -f "semiseg bench" | tr '\n' ' ')
+    bench() { (cd "$WT" && PYTHONPATH="$WT/src" semiseg bench "$@" --quick --data-root "$DATA_ROOT" \
+        --work-dir "$MAIN/runs/bench" --ledger "$MAIN/benchmarks/ledger"); }
+    for t in "$@"; do
+        summary=$(bench "$t" --status | tail -n 1)
+        case "$summary" in
+            *" runs done,"*) ;;
+            *) echo "campaign: --status of $t failed: $summary"; exit 1 ;;
+        esac
+        done_total=${summary%% runs done,*}
+        if [ "${done_total%/*}" != "${done_total#*/}" ]; then
+            echo "campaign: $t is not finished ($summary); nothing written"; exit 75
+        fi
+    done
+    pids=$(pgrep -f "bin/semiseg bench .*--work-dir $MAIN/runs/bench" | tr '\n' ' ')
     if [ -n "$pids" ]; then trap 'kill -CONT $pids' EXIT; kill -STOP $pids; sleep 5; fi
     status=0
     for t in "$@"; do
         echo "== $(date -u +%FT%TZ) write $t at $(git -C "$WT" rev-parse --short HEAD)${SEMISEG_BENCH_OVERLAY:++bench@$SEMISEG_BENCH_OVERLAY}"
-        (cd "$WT" && PYTHONPATH="$WT/src" semiseg bench "$t" --quick --data-root "$DATA_ROOT" \
-            --work-dir "$MAIN/runs/bench" --results-dir "$MAIN/benchmarks/results" --ledger "$MAIN/benchmarks/ledger") || status=$?
+        bench "$t" --results-dir "$MAIN/benchmarks/results"
+        rc=$?
+        echo "== $(date -u +%FT%TZ) write $t exit $rc"
+        [ $status -eq 0 ] && status=$rc
     done
     exit $status
 fi

@@ -66,16 +66,16 @@ def run_id(cfg) -> str:
     is its directory name under the runner's work dir (for rows without ``init_from``, whose start path
     is a placeholder here)."""
     from semiseg.bench.cache import run_key
-    from semiseg.bench.provenance import source_hash
     from semiseg.config import to_dict
 
-    global _SOURCE
-    if _SOURCE is None:
-        _SOURCE = source_hash()
-    return run_key(_SOURCE, to_dict(cfg), cfg.train.seed)
+    return run_key(_source_hash(), to_dict(cfg), cfg.train.seed)
 
 
-_SOURCE: str | None = None
+@functools.cache
+def _source_hash() -> str:
+    from semiseg.bench.provenance import source_hash
+
+    return source_hash()
 
 
 def full_runs(table) -> list[dict[str, Any]]:

@@ -89,6 +89,15 @@ def threshold_line(label: str, r: Summary | None, limit: float, lower: bool) -> 
     return f"- {label}: {fmt(r)} {'≤' if lower else '≥'} {limit:g}: {'met' if ok else 'not met'}"
 
 
+def missed_text(missed: dict[str, Any], row: str) -> str:
+    """The (volume, class) pairs a row's distance mean leaves out (the class missing from the
+    prediction or the truth): a row that misses more can show a smaller HD95."""
+    counts = missed.get(row)
+    if not isinstance(counts, dict) or not counts.get("pairs"):
+        return ""
+    return f" [missed {counts.get('missed', 0)} of {counts['pairs']} volume-class pairs]"
+
+
 def header(res: Results, table: str) -> list[str]:
     t = res.table(table)
     if t is None:
@@ -211,11 +220,13 @@ def issue14(res: Results) -> list[str]:
                     pairs.append((f"{base} + shape prior ({part})", prior, other, theirs))
             out += [f"**{base}, 3 labeled patients: Dice %**", ""] + compare_lines(pairs, False)
             pairs = []
+            missed = t["provenance"].get("missed_classes", {})
             for label, by_row in hd95.items():
-                prior = by_row.get(f"{base} + shape prior | 3 labeled patients")
+                mine = f"{base} + shape prior | 3 labeled patients"
                 for other in (f"{base} + shape prior at weight 0", base):
-                    theirs = by_row.get(f"{other} | 3 labeled patients")
-                    pairs.append((f"{base} + shape prior ({label})", prior, other, theirs))
+                    theirs = f"{other} | 3 labeled patients"
+                    pairs.append((f"{base} + shape prior ({label}){missed_text(missed, mine)}", by_row.get(mine),
+                                  f"{other}{missed_text(missed, theirs)}", by_row.get(theirs)))  # fmt: skip
             if pairs:
                 out += [f"**{base}, 3 labeled patients: HD95 (voxels)**", ""] + compare_lines(pairs, True)
         setting = "7 labeled patients, mean over RV/MYO/LV"
@@ -248,9 +259,10 @@ def issue15(res: Results) -> list[str]:
                               ("UniMatch 3D", r["u3"], "UniMatch 2D", r["u2"]),
                               ("UniMatch 2D", r["u2"], "supervised 2D", r["s2"]),
                               ("UniMatch 3D", r["u3"], "supervised 3D", r["s3"])], False)  # fmt: skip
+    missed = t["provenance"].get("missed_classes", {})
     for label, by_row in t["provenance"].get("distances", {}).items():
         out += [f"**{label}** (lower is better)", ""]
-        out += [f"- {row}: {fmt(s)}" for row, s in by_row.items()] + [""]
+        out += [f"- {row}: {fmt(s)}{missed_text(missed, row)}" for row, s in by_row.items()] + [""]
     peak = t["provenance"].get("peak_memory_mib_3d", {})
     if peak:
         worst = max(peak.values())

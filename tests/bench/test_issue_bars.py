@@ -131,7 +131,8 @@ def test_issue14_ioda_and_shape_prior(tmp_path, monkeypatch, capsys):
         "supervised + shape prior | 3 labeled patients": {"mean": 8.0, "std": 1.0, "n_runs": 3},
         "supervised + shape prior at weight 0 | 3 labeled patients": {"mean": 11.0, "std": 1.0, "n_runs": 3},
     }}  # fmt: skip
-    write(tmp_path, "shape-prior-acdc", rows, hd95=hd95)
+    missed = {"note": "…", "supervised + shape prior | 3 labeled patients": {"missed": 4, "pairs": 360}}
+    write(tmp_path, "shape-prior-acdc", rows, hd95=hd95, missed_classes=missed)
     out = run(tmp_path, monkeypatch, capsys, "14")
     ioda = out.split("**3 layers, 2048 hidden**")[1].split("**3 layers, 256 hidden**")[0]
     assert "| IODA 6.00 (± 0.10, n=3) | IDA 7.00 (± 0.10, n=3) | -1.00 | yes | yes |" in ioda
@@ -144,8 +145,16 @@ def test_issue14_ioda_and_shape_prior(tmp_path, monkeypatch, capsys):
     assert "| supervised 60.00 (± 1.00, n=3) | +4.00 | yes | yes |" in sup
     hd = out.split("**supervised, 3 labeled patients: HD95 (voxels)**")[1]
     assert "| supervised + shape prior at weight 0 11.00 (± 1.00, n=3) | -3.00 | yes | yes |" in hd
+    # the pairs a row's HD95 mean leaves out are printed beside it (fewer misses, larger HD95)
+    assert "(HD95 (voxels), mean over RV/MYO/LV) [missed 4 of 360 volume-class pairs] 8.00" in hd
     assert "**UniMatch, 3 labeled patients: Dice %**" in out and "missing" in out
     assert "`ioda-inference`" not in out  # not in this results directory
+    doc = {"cases": [{"batch": 1, "dtype": "float32", "ratio": 1.04}, {"batch": 16, "dtype": "bfloat16", "ratio": 1.12}],
+           "provenance": {"git_commit": "0123456789abc"}}  # fmt: skip
+    (tmp_path / "ioda-inference.json").write_text(json.dumps(doc))
+    out = run(tmp_path, monkeypatch, capsys, "14")
+    assert "- batch 1, float32: semiseg / bare loop 1.04 (within 10 %)" in out
+    assert "- batch 16, bfloat16: semiseg / bare loop 1.12 (NOT within 10 %)" in out
 
 
 @pytest.mark.parametrize("peak, verdict", [(3000.0, "< 4 GiB: met"), (5000.0, "≥ 4 GiB: not met")])
@@ -154,12 +163,17 @@ def test_issue15_3d_and_memory(tmp_path, monkeypatch, capsys, peak, verdict):
     write(tmp_path, "acdc-3d", [row("supervised, 2D UNet (slices)", three, 60.0),
                                 row("supervised, 3D UNet (patches)", three, 55.0)],
           peak_memory_mib_3d={"supervised, 3D UNet (patches) | 3 labeled patients": 1000.0,
-                              "UniMatch, 3D UNet (patches) | 3 labeled patients": peak})  # fmt: skip
+                              "UniMatch, 3D UNet (patches) | 3 labeled patients": peak},
+          distances={"HD95 (voxels of the native grid), mean over RV/MYO/LV": {
+              "supervised, 3D UNet (patches) | 3 labeled patients": {"mean": 9.5, "std": 0.5, "n_runs": 3}}},
+          missed_classes={"supervised, 3D UNet (patches) | 3 labeled patients": {"missed": 2, "pairs": 360}})  # fmt: skip
     out = run(tmp_path, monkeypatch, capsys, "15")
     assert (
         "| supervised 3D 55.00 (± 1.00, n=3) | supervised 2D 60.00 (± 1.00, n=3) | -5.00 | no | no |" in out
     )
     assert f"largest {peak:.0f} MiB {verdict}" in out
+    assert ("- supervised, 3D UNet (patches) | 3 labeled patients: 9.50 (± 0.50, n=3) "
+            "[missed 2 of 360 volume-class pairs]") in out  # fmt: skip
 
 
 def test_unknown_issue_is_one_line_error(tmp_path, monkeypatch, capsys):

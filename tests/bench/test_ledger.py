@@ -87,11 +87,19 @@ def test_status_counts_ledger_runs_as_done(tmp_path, monkeypatch):
 
 def test_a_run_that_never_validates_keeps_its_checkpoint_in_last_pt(tmp_path):
     """A run without validation (the SSLDEC moons recipe) writes last.pt and no best.pt: its folder
-    has its checkpoint, so a figure that loads it does not train it again; a folder restored from
-    the ledger (a record only) has none."""
-    from semiseg.bench.cache import RunCache
+    has its checkpoint, so a figure that loads it does not train it again. A folder restored from the
+    ledger (a record only) has none, and neither has one whose own record is unfinished: a run being
+    trained again for its checkpoint (or cut off doing so) already has a last.pt of an early phase."""
+    from semiseg.bench.cache import FORMAT, RECORD, RunCache
 
-    (tmp_path / "bench-run.json").write_text("{}")
-    assert not RunCache._has_checkpoint(tmp_path)
+    def record(finished):
+        (tmp_path / RECORD).write_text(json.dumps({"format": FORMAT, "finished": finished}))
+
+    record(True)
+    assert not RunCache._has_checkpoint(tmp_path)  # restored from the ledger: the record alone
     (tmp_path / "last.pt").write_bytes(b"")
     assert RunCache._has_checkpoint(tmp_path)
+    record(False)  # trained again for its checkpoint: not finished yet
+    assert not RunCache._has_checkpoint(tmp_path)
+    (tmp_path / "best.pt").write_bytes(b"")
+    assert not RunCache._has_checkpoint(tmp_path)

@@ -397,6 +397,13 @@ def test_ensemble_rows_average_the_members_of_one_pinned_draw(tmp_path, monkeypa
         states = table_status("tiny-ens", quick=True, work_dir=tmp_path / "w", source=SOURCE)
     (entry,) = [e for e in states if e["row"] == ensemble.key]
     assert "ensemble post-processing done" in entry["text"]
+    # the memo of another set of members is not this ensemble's
+    (memo,) = Path(run["run_dir"]).glob("bench-ensemble-*.json")
+    memo.rename(memo.with_name("bench-ensemble-000000000000.json"))
+    with registered(table):
+        states = table_status("tiny-ens", quick=True, work_dir=tmp_path / "w", source=SOURCE)
+    (entry,) = [e for e in states if e["row"] == ensemble.key]
+    assert "post-processing done" not in entry["text"]
 
 
 def test_an_ensemble_of_one_equals_its_member_and_last_scores_need_eval_last(tmp_path, monkeypatch):

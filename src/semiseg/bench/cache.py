@@ -177,10 +177,15 @@ class RunCache:
                 record = None  # restored from the ledger: train it again for its checkpoint
             return self._train_claimed(cfg, out, record)
 
-    @staticmethod
-    def _has_checkpoint(out: Path) -> bool:
-        """Whether a run folder kept its checkpoints (a run restored from the ledger has none): its
-        ``best.pt``, or ``last.pt`` alone for a run that never validates (no ``best.pt`` is written)."""
+    @classmethod
+    def _has_checkpoint(cls, out: Path) -> bool:
+        """Whether a run folder holds the checkpoints of its finished training: its own record says
+        finished (a run being trained again for its checkpoint, or cut off doing so, has an unfinished
+        one; one restored from the ledger has no checkpoint) and it has ``best.pt``, or ``last.pt``
+        alone for a run that never validates (no ``best.pt`` is written)."""
+        record = cls.read_record(out)
+        if record is None or not record.get("finished"):
+            return False
         return (out / "best.pt").is_file() or (out / "last.pt").is_file()
 
     def finished(self, cfg) -> bool:
@@ -262,6 +267,13 @@ class RunCache:
         status = "resumed" if resume else "trained"
         self.counts[status] += 1
         return CachedRun(out, record["result"], record, status)
+
+    def has_memo(self, run_dir: Path, name: str) -> bool:
+        """Whether :meth:`memo` ``name`` of ``run_dir`` is computed (in the folder or the ledger)."""
+        kept = self.ledger / f"{Path(run_dir).name}.{name}.json" if self.ledger is not None else None
+        return self._read_memo(Path(run_dir) / f"bench-{name}.json") is not None or (
+            kept is not None and self._read_memo(kept) is not None
+        )
 
     def memo(
         self, run_dir: Path, name: str, compute: Callable[[], dict[str, Any]]

@@ -196,6 +196,14 @@ def _postprocessed(ctx: BenchContext, run_dir: Path) -> tuple[float, dict[str, A
     return value["test"][ctx.table.metric], {k: value[k] for k in ("mrf_weight", "mrf_tuning_val")}
 
 
+def ensemble_memo(table: Table, run_dirs: list[Path]) -> str:
+    """Name of the memo of an ensemble row's value (kept with its first member): the checkpoint the
+    table scores and the members' folders, so another set of members is another memo."""
+    checkpoint = "last.pt" if table.score == "last" else "best.pt"
+    members = "|".join([checkpoint, *(Path(d).name for d in run_dirs)])
+    return "ensemble-" + hashlib.sha256(members.encode()).hexdigest()[:12]
+
+
 def _ensembled(ctx: BenchContext, row: Row, run_dirs: list[Path]) -> tuple[float, dict[str, Any]]:
     """Test metric of the mean class probabilities of the models in ``run_dirs`` (their ``best.pt``, or
     ``last.pt`` when the table scores the last state), computed once and kept with the first run."""
@@ -225,9 +233,7 @@ def _ensembled(ctx: BenchContext, row: Row, run_dirs: list[Path]) -> tuple[float
                                       device=device)  # fmt: skip
         return {"test": means, "members": [str(d) for d in run_dirs], "checkpoint": checkpoint}
 
-    members = "|".join([checkpoint, *(d.name for d in run_dirs)])
-    name = "ensemble-" + hashlib.sha256(members.encode()).hexdigest()[:12]
-    value, _ = ctx.cache.memo(run_dirs[0], name, compute)
+    value, _ = ctx.cache.memo(run_dirs[0], ensemble_memo(ctx.table, run_dirs), compute)
     return value["test"][ctx.table.metric_of(row)[0]], {"members": value["members"], "checkpoint": checkpoint}
 
 

@@ -32,7 +32,7 @@ from typing import Any
 from semiseg.bench import provenance as prov
 from semiseg.bench.cache import LOCK, RunCache
 from semiseg.bench.lock import describe, is_alive, lock_owner
-from semiseg.bench.runner import row_config
+from semiseg.bench.runner import ensemble_memo, row_config
 from semiseg.bench.spec import Row, Table, get_table
 from semiseg.errors import ConfigError
 from semiseg.phases import Phase
@@ -210,9 +210,12 @@ def _row_run(
             return _not_run("derived", where)
         run_dir = reused["run_dir"]
         text = f"{where}: {reused['text']}"
-        # the memo of an ensemble is named by its members (bench-ensemble-<hash>.json, in the first's folder)
-        pattern = f"bench-{row.postprocess}{'-*' if row.postprocess == 'ensemble' else ''}.json"
-        if run_dir is not None and any(Path(run_dir).glob(pattern)):
+        name = row.postprocess
+        if name == "ensemble":  # named by its members (every seed of the reused row), kept with the first
+            seeds = sorted(s for (k, s) in by_run if k == row.reuse)
+            members = [by_run[(row.reuse, s)]["run_dir"] for s in seeds]
+            name = ensemble_memo(table, members) if all(members) else None
+        if run_dir is not None and name is not None and cache.has_memo(Path(run_dir), name):
             text += f" ({row.postprocess} post-processing done)"
         return _not_run("derived", text, run_dir)
     if row.tuned and chosen is None:

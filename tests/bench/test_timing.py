@@ -139,7 +139,8 @@ def test_pass_budget_counts_passes_with_and_without_gradients(monkeypatch):
     sup = pass_budget_ratio(cfg, supervised_baseline(cfg), rounds=1, steps=1)
     assert sup["passes_per_step"] == {"grad": 4.0, "nograd": 0.0}  # the labeled batch, once
     assert sup["passes_per_batch_size"] == {"grad": {4: 4.0}, "nograd": {}}
-    assert sup["ratio_to_budget"] > 0 and sup["t_grad_per_image"][4] > sup["t_nograd_per_image"][4] > 0
+    # prices are measured times (one sample each here): positive, in no order a loaded machine keeps
+    assert sup["ratio_to_budget"] > 0 and sup["t_grad_per_image"][4] > 0 and sup["t_nograd_per_image"][4] > 0
     # one batch size only (the labeled one): both prices agree
     assert sup["ratio_to_budget"] == sup["ratio_to_budget_at_labeled_batch"]
     assert sup["budget_seconds_per_step"] == sup["budget_seconds_at_labeled_batch"]

@@ -55,6 +55,11 @@ pin() {  # the worktree of pin $1 (`<commit>` or `<commit>+bench=<other>`), made
     if [ -n "$overlay" ]; then export SEMISEG_BENCH_OVERLAY=${overlay:0:7}; else unset SEMISEG_BENCH_OVERLAY; fi
 }
 
+bench() {  # `semiseg bench TABLE ...` from the pinned worktree on the campaign's run cache and ledger
+    (cd "$WT" && PYTHONPATH="$WT/src" semiseg bench "$@" --quick --data-root "$DATA_ROOT" \
+        --work-dir "$MAIN/runs/bench" --ledger "$MAIN/benchmarks/ledger")
+}
+
 if [ "${1:-}" = "--write" ]; then
     # the final write of finished tables into benchmarks/results (committed): every run comes from
     # the cache or the ledger (a table with a run not done is refused before anything is paused); the
@@ -63,8 +68,6 @@ if [ "${1:-}" = "--write" ]; then
     [ $# -ge 3 ] || { echo "campaign: --write needs a pin and at least one table"; exit 2; }
     pin "$2" || { echo "campaign: cannot make a worktree of $2"; exit 1; }
     shift 2
-    bench() { (cd "$WT" && PYTHONPATH="$WT/src" semiseg bench "$@" --quick --data-root "$DATA_ROOT" \
-        --work-dir "$MAIN/runs/bench" --ledger "$MAIN/benchmarks/ledger"); }
     for t in "$@"; do
         summary=$(bench "$t" --status | tail -n 1)
         case "$summary" in
@@ -98,8 +101,7 @@ for arg in "$@"; do
     fi
     if [ -z "$WT" ]; then echo "campaign: no pin for $arg (set PIN or put @<commit> before it)"; exit 1; fi
     echo "== $(date -u +%FT%TZ) $arg at $(git -C "$WT" rev-parse --short HEAD)"
-    (cd "$WT" && PYTHONPATH="$WT/src" semiseg bench "$arg" --quick --data-root "$DATA_ROOT" \
-        --work-dir "$MAIN/runs/bench" --results-dir "$MAIN/runs/bench/results" --ledger "$MAIN/benchmarks/ledger")
+    bench "$arg" --results-dir "$MAIN/runs/bench/results"
     rc=$?
     echo "== $(date -u +%FT%TZ) $arg exit $rc"
 done

@@ -27,6 +27,12 @@ class MixedSourcesError(SemisegError):
     """A table's runs were trained by different versions of the training code."""
 
 
+def _beside(path: str) -> str:
+    """A file the table names that lives in its results directory (a figure, a step-ratio file),
+    shown by its name: the JSON keeps the path the run wrote, which is absolute in the campaign."""
+    return Path(path).name
+
+
 def check_single_source(results: dict[str, Any]) -> None:
     """Raise :class:`MixedSourcesError` when the runs of ``results`` carry different source hashes."""
     hashes = sorted({r["source_hash"] for r in results.get("runs", []) if r.get("source_hash")})
@@ -72,7 +78,10 @@ def passes_by_size(by_size: dict) -> str:
 def _pass_budget_lines(pb: dict[str, Any]) -> list[str]:
     """The semi methods' step ratios and pass budgets (a separate measurement, named with its provenance)."""
     if "missing" in pb:
-        return [f"Step ratios and pass budgets: not measured (`{pb['file']}` missing: {pb['missing']}).", ""]
+        return [
+            f"Step ratios and pass budgets: not measured (`{_beside(pb['file'])}` missing: {pb['missing']}).",
+            "",
+        ]
     same = "the same training code as these runs" if pb["same_training_code"] else (
         f"**other training code** (source hash `{pb['source_hash']}`)"
     )  # fmt: skip
@@ -88,7 +97,7 @@ def _pass_budget_lines(pb: dict[str, Any]) -> list[str]:
             f"passes with grad {passes_by_size(passes['grad'])}, without {passes_by_size(passes['nograd'])}"
         )
     return [
-        f"Step time over the pass budget (target ≤ {pb['target']:.2f}; `{pb['file']}`, commit "
+        f"Step time over the pass budget (target ≤ {pb['target']:.2f}; `{_beside(pb['file'])}`, commit "
         f"`{str(pb['git_commit'])[:10]}`, {pb['rounds']} interleaved rounds, {same}): "
         + "; ".join(parts)
         + ".",
@@ -101,7 +110,10 @@ def _committed_step_ratio_lines(ref: dict[str, Any]) -> list[str]:
     ``{"file", "git_commit", "same_training_code", "cases": {architecture: {"ratio", ...}}}``, or
     ``{"file", "missing"}`` when the file is not in the results directory."""
     if "missing" in ref:
-        return [f"Step time / supervised step time: `{ref['file']}` not found ({ref['missing']}).", ""]
+        return [
+            f"Step time / supervised step time: `{_beside(ref['file'])}` not found ({ref['missing']}).",
+            "",
+        ]
     same = "the same training code as these runs" if ref.get("same_training_code") else "other training code"
     parts = [
         f"{arch} {c['ratio']:.2f} ({c['seconds_per_step']['method']:.3f} s vs "
@@ -109,7 +121,7 @@ def _committed_step_ratio_lines(ref: dict[str, Any]) -> list[str]:
         for arch, c in ref["cases"].items()
     ]
     return [
-        f"Step time / supervised step time (`{ref['file']}`, commit `{str(ref.get('git_commit'))[:10]}`, "
+        f"Step time / supervised step time (`{_beside(ref['file'])}`, commit `{str(ref.get('git_commit'))[:10]}`, "
         f"measured on idle cores, {same}): " + "; ".join(parts) + ".",
         "",
     ]
@@ -188,7 +200,7 @@ def markdown(results: dict[str, Any]) -> str:
     figures = [k for k in p if k == "figure" or (k.startswith("figure_") and k != "figure_image")]
     for k in figures:  # "figure", or one per panel set ("figure_moons", "figure_mnist")
         name = "" if k == "figure" else f" ({k.removeprefix('figure_')})"
-        lines += [f"Figure{name}: `{p[k]}`", ""]
+        lines += [f"Figure{name}: `{_beside(p[k])}`", ""]
     source = f"; source hash `{p['source_hash']}`" if p.get("source_hash") else ""
     cache = p.get("cache")
     lines += [

@@ -21,7 +21,8 @@
 # pin, in order (# starts a comment).
 #
 # `benchmarks/campaign.sh --write <pin> <table> ...` writes finished tables into benchmarks/results
-# (from the run cache and the ledger, training nothing that is done) with the workers paused.
+# (from the run cache and the ledger, training nothing that is done) with the workers paused, then
+# re-renders each table's Markdown from its JSON with main's renderer.
 #
 # Environment: PIN (the pin of tables before any @commit), DATA_ROOT (default ../shared/data next to
 # the checkout), THREADS (torch threads per worker, default 1).
@@ -86,6 +87,12 @@ if [ "${1:-}" = "--write" ]; then
         echo "== $(date -u +%FT%TZ) write $t at $(git -C "$WT" rev-parse --short HEAD)${SEMISEG_BENCH_OVERLAY:++bench@$SEMISEG_BENCH_OVERLAY}"
         bench "$t" --results-dir "$MAIN/benchmarks/results"
         rc=$?
+        # the Markdown as main's renderer draws it from the JSON (tests/bench/test_render.py checks
+        # that every committed .md is that rendering; the pin's renderer may be older)
+        if [ $rc -eq 0 ]; then
+            PYTHONPATH="$MAIN/src" python "$MAIN/benchmarks/render_results.py" "$MAIN/benchmarks/results/$t.json"
+            rc=$?
+        fi
         echo "== $(date -u +%FT%TZ) write $t exit $rc"
         [ $status -eq 0 ] && status=$rc
     done

@@ -289,7 +289,9 @@ class TrainConfig:
     #: step's loss equals the contiguous format's exactly; later steps differ by float rounding, which
     #: Adam's early sign-like updates amplify (1e-5 relative at step 2, 1e-3 at step 10), as any change
     #: of summation order does (the demo's dense-all run, which moves by 0.2 Dice between identical
-    #: runs, once scored 0.35 with it and 0.62 without). 3D networks: not measured, so off under "auto"
+    #: runs, once scored 0.35 with it and 0.62 without). 3D networks: not measured, so off under "auto";
+    #: also off under "auto" for a network with a strided 1x1 convolution (the translation networks,
+    #: ResNet encoders), whose channels-last CPU backward corrupts memory in torch 2.13
     channels_last: bool | Literal["auto"] = "auto"
     #: under DDP, batch-norm statistics over the global batch (all processes), as in one process
     sync_batchnorm: bool = True

@@ -512,3 +512,17 @@ def test_a_3d_model_on_2d_images_is_refused_in_one_line(tmp_path, make_config):
     with pytest.raises(DataError, match=r"a 3D model trains on volumes \[C, D, H, W\]"):
         engine_run.train(cfg, output_dir=tmp_path)
     assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_channels_last_auto_skips_networks_with_a_strided_pointwise_conv():
+    """torch 2.13's channels-last CPU backward of a 1x1 stride-2 convolution corrupts the heap (a
+    segfault from 48x48 inputs on): "auto" must leave such networks (the translation encoder, ResNet
+    shortcuts) in the contiguous format, and keep channels-last for the UNet."""
+    from semiseg.config import ModelConfig
+    from semiseg.engine.trainer import _strided_pointwise_conv
+    from semiseg.models.translation import TranslationEncoder
+
+    assert _strided_pointwise_conv(TranslationEncoder(1, width=4, depth=2))
+    assert _strided_pointwise_conv(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 16, 1, stride=(2, 2))))
+    assert not _strided_pointwise_conv(nn.Conv2d(8, 16, 1))  # 1x1, stride 1
+    assert not _strided_pointwise_conv(build_model(ModelConfig(name="unet", width=4, depth=3), 1, 3))

@@ -204,7 +204,11 @@ class Trainer:
         if self.info.enabled and cfg.train.sync_batchnorm:
             D.convert_sync_batchnorm(method)
         cl = cfg.train.channels_last
-        auto = self.device.type == "cpu" and cfg.model.spatial_dims == 2
+        # not with a strided 1x1 convolution: its channels-last CPU backward corrupts the heap in
+        # torch 2.13 (segfault / "double free" from 48x48 inputs on; tests/engine/test_trainer.py)
+        auto = (
+            self.device.type == "cpu" and cfg.model.spatial_dims == 2 and not _strided_pointwise_conv(method)
+        )
         self.channels_last = auto if cl == "auto" else bool(cl)
         if self.channels_last:  # 4-D tensors channels-last, 5-D (3D networks) channels-last-3d
             for tensor in [*method.parameters(), *method.buffers()]:
@@ -880,6 +884,14 @@ class Trainer:
                  **self.meta()},
                 self.out / "best.pt",
             )  # fmt: skip
+
+
+def _strided_pointwise_conv(module: torch.nn.Module) -> bool:
+    """Whether ``module`` holds a 1x1 convolution with a stride above 1 (a ResNet-style shortcut)."""
+    return any(
+        isinstance(m, torch.nn.Conv2d) and tuple(m.kernel_size) == (1, 1) and max(m.stride) > 1
+        for m in module.modules()
+    )
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:

@@ -107,6 +107,13 @@ for arg in "$@"; do
         continue
     fi
     if [ -z "$WT" ]; then echo "campaign: no pin for $arg (set PIN or put @<commit> before it)"; exit 1; fi
+    # a finished table is skipped (writing it again would only redo its extras' timings and figures)
+    summary=$(bench "$arg" --status 2>/dev/null | tail -n 1)
+    done_total=${summary%% runs done,*}
+    if [ "$done_total" != "$summary" ] && [ "${done_total%/*}" = "${done_total#*/}" ]; then
+        echo "== $(date -u +%FT%TZ) $arg finished ($done_total runs): skipped"
+        continue
+    fi
     echo "== $(date -u +%FT%TZ) $arg at $(git -C "$WT" rev-parse --short HEAD)"
     bench "$arg" --results-dir "$MAIN/runs/bench/results"
     rc=$?

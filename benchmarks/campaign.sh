@@ -61,6 +61,14 @@ bench() {  # `semiseg bench TABLE ...` from the pinned worktree on the campaign'
         --work-dir "$MAIN/runs/bench" --ledger "$MAIN/benchmarks/ledger")
 }
 
+progress() {  # "<done>/<total>" runs of table $1 at the current pin (from --status), or "" if it failed
+    local summary
+    summary=$(bench "$1" --status 2>/dev/null | tail -n 1)
+    case "$summary" in *" runs done,"*) echo "${summary%% runs done,*}" ;; *) echo "" ;; esac
+}
+
+finished() { [ -n "$1" ] && [ "${1%/*}" = "${1#*/}" ]; }  # $1: progress "<done>/<total>"
+
 if [ "${1:-}" = "--write" ]; then
     # the final write of finished tables into benchmarks/results (committed): every run comes from
     # the cache or the ledger (a table with a run not done is refused before anything is paused); the
@@ -70,14 +78,10 @@ if [ "${1:-}" = "--write" ]; then
     pin "$2" || { echo "campaign: cannot make a worktree of $2"; exit 1; }
     shift 2
     for t in "$@"; do
-        summary=$(bench "$t" --status | tail -n 1)
-        case "$summary" in
-            *" runs done,"*) ;;
-            *) echo "campaign: --status of $t failed: $summary"; exit 1 ;;
-        esac
-        done_total=${summary%% runs done,*}
-        if [ "${done_total%/*}" != "${done_total#*/}" ]; then
-            echo "campaign: $t is not finished ($summary); nothing written"; exit 75
+        done_total=$(progress "$t")
+        [ -n "$done_total" ] || { echo "campaign: --status of $t failed"; exit 1; }
+        if ! finished "$done_total"; then
+            echo "campaign: $t is not finished ($done_total runs done); nothing written"; exit 75
         fi
     done
     pids=$(pgrep -f "bin/semiseg bench .*--work-dir $MAIN/runs/bench" | tr '\n' ' ')
@@ -108,9 +112,8 @@ for arg in "$@"; do
     fi
     if [ -z "$WT" ]; then echo "campaign: no pin for $arg (set PIN or put @<commit> before it)"; exit 1; fi
     # a finished table is skipped (writing it again would only redo its extras' timings and figures)
-    summary=$(bench "$arg" --status 2>/dev/null | tail -n 1)
-    done_total=${summary%% runs done,*}
-    if [ "$done_total" != "$summary" ] && [ "${done_total%/*}" = "${done_total#*/}" ]; then
+    done_total=$(progress "$arg")
+    if finished "$done_total"; then
         echo "== $(date -u +%FT%TZ) $arg finished ($done_total runs): skipped"
         continue
     fi

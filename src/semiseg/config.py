@@ -291,7 +291,8 @@ class TrainConfig:
     #: of summation order does (the demo's dense-all run, which moves by 0.2 Dice between identical
     #: runs, once scored 0.35 with it and 0.62 without). 3D networks: not measured, so off under "auto";
     #: also off under "auto" for a network with a strided 1x1 convolution (the translation networks,
-    #: ResNet encoders), whose channels-last CPU backward corrupts memory in torch 2.13
+    #: ResNet encoders), whose channels-last CPU backward corrupts memory in torch 2.13 (true with
+    #: such a network on CPU is a configuration error)
     channels_last: bool | Literal["auto"] = "auto"
     #: under DDP, batch-norm statistics over the global batch (all processes), as in one process
     sync_batchnorm: bool = True

@@ -667,6 +667,18 @@ def test_two_optimizer_amsgrad_run_resumes_exactly(tmp_path, resume_check):
     assert same(straight["schedulers"], crashed["schedulers"])
 
 
+def test_explicit_channels_last_on_cpu_is_refused_in_one_line(tmp_path):
+    """The translation encoder's stride-2 1x1 shortcut crashes torch 2.13's channels-last CPU backward
+    (heap corruption): "auto" avoids it, and an explicit true is a config error before anything is
+    written, not a segfault mid-run."""
+    from semiseg.engine import run as engine_run
+
+    cfg = build_config(copy.deepcopy(RUN), ["train.channels_last=true"], source="test")
+    with pytest.raises(ConfigError, match=r"^train.channels_last: true: this network has a strided 1x1 conv"):
+        engine_run.train(cfg, output_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
 # ----------------------------------------------------------------------------------- end to end
 def test_cli_trains_translation_on_an_exported_cluttered_folder(tmp_path):
     """`semiseg train` with the translation method on a tiny cluttered-MNIST folder dataset (as `semiseg

@@ -209,6 +209,11 @@ class Trainer:
         auto = (
             self.device.type == "cpu" and cfg.model.spatial_dims == 2 and not _strided_pointwise_conv(method)
         )
+        if cl is True and self.device.type == "cpu" and _strided_pointwise_conv(method):
+            raise ConfigError(
+                "train.channels_last: true: this network has a strided 1x1 convolution, whose "
+                "channels-last backward on CPU crashes torch 2.13 (heap corruption); use auto or false"
+            )
         self.channels_last = auto if cl == "auto" else bool(cl)
         if self.channels_last:  # 4-D tensors channels-last, 5-D (3D networks) channels-last-3d
             for tensor in [*method.parameters(), *method.buffers()]:

@@ -67,6 +67,11 @@ def test_default_folder_under_the_data_root(registered, tmp_path, monkeypatch):
     assert calls[-1] == ("toy_files", tmp_path / "elsewhere")
     with pytest.raises(ConfigError, match="no data root"):
         load_bundle(DataConfig(dataset="toy_files"))
+    # a relative data.path without a data root names the option and the two ways out
+    with pytest.raises(
+        ConfigError, match=r"^data.path: 'elsewhere' is relative, so it is read under the data root"
+    ):
+        load_bundle(DataConfig(dataset="toy_files", path="elsewhere"))
 
 
 def test_folder_dataset_needs_a_path(tmp_path):

@@ -51,6 +51,11 @@ def _dataset_path(cfg: DataConfig, data_root: str | None, source: DatasetSource)
         return Path(cfg.path).expanduser()
     if cfg.path is None and not source.needs_root:
         return None
+    if cfg.path is not None and not (data_root or os.environ.get("SEMISEG_DATA")):
+        raise ConfigError(
+            f"data.path: '{cfg.path}' is relative, so it is read under the data root: give an absolute "
+            "path, or pass --data-root DIR or set SEMISEG_DATA"
+        )
     root = resolve_data_root(data_root)
     sub = cfg.path or source.folder
     if sub is None:

@@ -1,4 +1,5 @@
-"""Small differentiable geometry of soft region maps, shared by losses, models and methods.
+"""Small differentiable geometry of soft region maps, shared by losses, models and methods (and
+:func:`exporting`, for networks whose eager fast path would fix an exported model's input size).
 
 A low module (imports nothing from semiseg): losses (size penalties), models (the density regressor)
 and methods (region targets) all measure regions the same way. Works for any number of spatial
@@ -120,3 +121,11 @@ def student_t_log_assignment(
     d2 = (zl.unsqueeze(-2) - centroids).pow(2).sum(-1)  # [..., K]
     logits = -(alpha + 1) / 2 * torch.log1p(d2 / alpha)
     return logits.log_softmax(-1).movedim(-1, dim)
+
+
+def exporting() -> bool:
+    """Whether the call is being traced by ``torch.export`` (``semiseg export``): a network that skips a
+    resize when the input already has its training size must resize anyway then, or the exported
+    model would accept that size only."""
+    check = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.5
+    return bool(check and check())

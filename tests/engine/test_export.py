@@ -184,3 +184,38 @@ def test_five_channel_npy_images_train_export_and_predict(tmp_path, capsys):
     for name in names:
         a, b = (np.asarray(Image.open(tmp_path / d / name)) for d in ("t", "o"))
         assert a.shape == (20, 24) and np.array_equal(a, b), name
+
+
+#: methods whose prediction network is not the plain UNet of the fixture above (translation: the
+#: residual decoder with norm parameters from an MLP; ioda: a fully connected map at a fixed grid;
+#: ssldec: the clustering head)
+OWN_NETWORKS = {
+    "translation": ({"unique_channels": 4, "mlp_hidden": 8, "disc_width": 4, "disc_scales": 2},
+                    {"name": "unet", "width": 4, "depth": 2}),
+    "ioda": ({}, {"name": "mlp", "output": "map", "hidden": [8, 8], "activation": "tanh"}),
+    "ssldec": ({}, {"name": "unet", "width": 4, "depth": 2, "head": "clustering"}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(OWN_NETWORKS))
+def test_networks_that_resize_to_their_training_grid_export_for_any_batch_and_size(name):
+    """A network that resizes inputs to its training grid (and skips the resize at that size) once
+    exported only at the traced batch and size: the export must take any."""
+    from semiseg.config import ModelConfig
+    from semiseg.engine.export import TOLERANCE, _Network, _session, to_onnx
+    from semiseg.methods import build_method
+
+    options, model = OWN_NETWORKS[name]
+    torch.manual_seed(0)
+    method = build_method({"name": name, **options}, ModelConfig(**model), in_channels=1, num_classes=2,
+                          image_size=(32, 32)).eval()  # fmt: skip
+    network = _Network(method).eval()
+    session = _session(to_onnx(network, torch.rand(2, 1, 32, 32)).SerializeToString())
+    generator = torch.Generator().manual_seed(1)
+    for shape in [(1, 1, 32, 32), (3, 1, 35, 41), (1, 1, 17, 9)]:
+        x = torch.rand(*shape, generator=generator)
+        with torch.no_grad():
+            want = network(x).numpy()
+        got = session.run(None, {"image": x.numpy()})[0]
+        assert got.shape == want.shape == (shape[0], 2, *shape[2:])
+        assert np.abs(got - want).max() <= TOLERANCE, shape

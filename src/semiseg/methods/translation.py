@@ -89,6 +89,7 @@ from semiseg.models.translation import (
     TranslationSegmenter,
     spectral_normalize,
 )
+from semiseg.ops import exporting
 from semiseg.phases import StreamSpec
 
 UNIQUE_SALT = 0x5A4D  # key salt of the u ~ N(0, I) draws
@@ -394,7 +395,7 @@ class Translation(Method):
         """Segmentation logits; images of another size than the training one are resized to it and
         the logits back (bilinear). Shape: ``[B, C, H, W]`` → ``[B, K, H, W]``."""
         size = tuple(images.shape[-2:])
-        if size == self.image_size:
+        if not exporting() and size == self.image_size:  # first: comparing sizes would fix the exported one
             return self.segmenter(images)
         x = F.interpolate(images, size=self.image_size, mode="bilinear", align_corners=False)
         return F.interpolate(self.segmenter(x), size=size, mode="bilinear", align_corners=False)

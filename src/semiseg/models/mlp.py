@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from semiseg.config import ModelConfig
 from semiseg.errors import ConfigError
 from semiseg.models.registry import register_model
+from semiseg.ops import exporting
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
@@ -88,12 +89,13 @@ class MLPMap(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = tuple(x.shape[-2:])
-        if size != self.image_size:
+        resize = exporting() or size != self.image_size  # first: comparing sizes would fix the exported one
+        if resize:
             x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
         z = self.layer(len(self.linears) - 1, self.hidden_codes(x, len(self.linears) - 1))
-        z = z.view(len(x), self.units_per_pixel, *self.image_size)
+        z = z.view(-1, self.units_per_pixel, *self.image_size)  # -1, not len(x): a dynamic batch exports
         logits = torch.cat([torch.zeros_like(z), z], 1) if self.num_classes == 2 else z
-        if size != self.image_size:
+        if resize:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return logits
 

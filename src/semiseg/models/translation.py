@@ -79,7 +79,7 @@ class AdaptiveNorm(nn.Module):
             if self.norm is None:
                 raise ValueError("this norm is adaptive only: pass its parameters")
             return self.norm(x)
-        gamma, beta = params.view(len(x), 2, self.channels, 1, 1).unbind(1)
+        gamma, beta = params.view(-1, 2, self.channels, 1, 1).unbind(1)
         return F.instance_norm(x) * (1 + gamma) + beta
 
 

@@ -180,7 +180,8 @@ def test_init_from_rows_wait_for_their_starting_run_and_post_processing_follows_
     text = format_status(list(entries.values()))
     assert text.splitlines()[-1] == ("1/4 runs done, 1 running, 1 partial, 1 pending; 0.01 h spent on the started "
                                      "runs; about 0.0 h of wall time to go at the done runs' mean per row "
-                                     "(2 post-processing entries follow their runs)")  # fmt: skip
+                                     "(2 unfinished runs in rows with none done counted at the mean of all done "
+                                     "runs; 2 post-processing entries follow their runs)")  # fmt: skip
     assert_no_metric(text)
 
 

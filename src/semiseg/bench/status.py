@@ -300,6 +300,12 @@ def remaining_hours(entries: list[dict[str, Any]]) -> float | None:
         >>> remaining_hours(e)
         1.5
     """
+    return _estimate(entries)[0]
+
+
+def _estimate(entries: list[dict[str, Any]]) -> tuple[float | None, int]:
+    """:func:`remaining_hours`, and how many unfinished runs had no done run in their row (so were
+    counted at the mean of all done runs: other rows may be cheaper, e.g. smaller images)."""
     runs = list(_runs(entries))
     done: dict[str, list[float]] = {}
     for e in runs:
@@ -307,14 +313,15 @@ def remaining_hours(entries: list[dict[str, Any]]) -> float | None:
             done.setdefault(e["row"], []).append(e["seconds"])
     every = [x for v in done.values() for x in v]
     if not every:
-        return None
-    left = 0.0
+        return None, 0
+    left, borrowed = 0.0, 0
     for e in runs:
         if e["state"] == "done":
             continue
+        borrowed += e["row"] not in done
         mean = sum(done.get(e["row"], every)) / len(done.get(e["row"], every))
         left += max(0.0, mean - (e.get("logged_seconds") or 0.0))
-    return round(left / 3600, 1)
+    return round(left / 3600, 1), borrowed
 
 
 def _epochs_text(e: dict[str, Any]) -> str:
@@ -364,10 +371,14 @@ def format_status(entries: list[dict[str, Any]]) -> str:
         f"{s['done']}/{s['total']} runs done, {s['running']} running, {s['partial']} partial, "
         f"{s['pending']} pending; {s['hours']:.2f} h spent on the started runs"
     )
-    left = remaining_hours(entries)
+    left, borrowed = _estimate(entries)
     if left is not None and s["done"] < s["total"]:
         summary += f"; about {left:.1f} h of wall time to go at the done runs' mean per row"
     notes = []
+    if left is not None and borrowed:
+        notes.append(
+            f"{borrowed} unfinished runs in rows with none done counted at the mean of all done runs"
+        )
     if s["derived"]:
         notes.append(f"{s['derived']} post-processing entries follow their runs")
     if s["shared"]:

@@ -428,6 +428,8 @@ def gaussian_blur(image: torch.Tensor, sigma: float, inplane: bool = False) -> t
 def apply_strong(image: torch.Tensor, draw: StrongDraw) -> torch.Tensor:
     """Applies a strong view's photometric perturbations (brightness, contrast, blur, noise). The blur
     acts in the H-W plane (of each slice of a volume: slices are often much thicker than pixels).
+    The result is not clipped (UniMatch's PIL views are, to [0, 255]): inputs may be z-scored, with no
+    fixed range to clip to, so a view may leave the weak view's intensity range.
 
     Shape:
         image: ``[C, *S]``. Returns the same shape.

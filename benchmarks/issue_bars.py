@@ -231,8 +231,9 @@ def issue14(res: Results) -> list[str]:
                 out += [f"**{base}, 3 labeled patients: HD95 (voxels)**", ""] + compare_lines(pairs, True)
         setting = "7 labeled patients, mean over RV/MYO/LV"
         out += ["**7 labeled patients: Dice %**", ""]
-        out += compare_lines([("supervised + shape prior", res.row("shape-prior-acdc", "supervised + shape prior", setting),
-                               "supervised", res.row("shape-prior-acdc", "supervised", setting))], False)  # fmt: skip
+        out += compare_lines([(f"{b} + shape prior", res.row("shape-prior-acdc", f"{b} + shape prior", setting),
+                               b, res.row("shape-prior-acdc", b, setting)) for b in ("supervised", "UniMatch")],
+                             False)  # fmt: skip
     inference = res.dir / "ioda-inference.json"
     if inference.is_file():
         doc = json.loads(inference.read_text())

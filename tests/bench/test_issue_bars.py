@@ -61,7 +61,7 @@ READ = [
       for x in ("", " + shape prior", " + shape prior at weight 0")
       for part in ("mean over RV/MYO/LV", "myocardium (the ring)")],
     *[("shape-prior-acdc", m, "7 labeled patients, mean over RV/MYO/LV")
-      for m in ("supervised", "supervised + shape prior")],
+      for m in ("supervised", "supervised + shape prior", "UniMatch", "UniMatch + shape prior")],
     *[("acdc-3d", f"{m}, {d}", n) for m in ("supervised", "UniMatch") for d in ("2D UNet (slices)", "3D UNet (patches)")
       for n in ("3 labeled patients", "7 labeled patients")],
 ]  # fmt: skip

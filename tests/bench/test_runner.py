@@ -103,6 +103,12 @@ def test_provenance(bench):
     assert p["run_keys"] == sorted([SUP, MRF, TV])  # the table's extras are merged into the provenance
     for run in bench["results"]["runs"]:  # every run records the code it was trained with
         assert run["git_commit"] == COMMIT and run["source_hash"] == p["source_hash"]
+    # and its budget: optimizer steps by phase (1 epoch of 2 iterations)
+    assert all(
+        r["steps_by_phase"] == {"train": 2}
+        for r in bench["results"]["runs"]
+        if r["method"] != "MRF post-processing"
+    )
 
 
 # ---------------------------------------------------------------------------------------- tuning

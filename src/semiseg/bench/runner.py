@@ -324,6 +324,9 @@ def _row_runs(ctx: BenchContext, row: Row, seeds: list[int], configs: dict) -> l
             info = {"val_best": run.result["best"], "images_per_second": run.result["images_per_second"],
                     "labeled": run.result["labeled"], "status": run.status, "seconds": record["seconds"],
                     "cpu_seconds": record.get("cpu_seconds")}  # fmt: skip
+            steps = phase_steps(run_dir)
+            if steps is not None:  # each run's training budget, beside its time
+                info["steps_by_phase"] = steps
             if table.score == "last":  # the model as training left it is the row's value
                 if last is None:
                     raise ConfigError(f"bench {table.name}: row '{row.key}' scores the last state, but its "
@@ -339,6 +342,38 @@ def _row_runs(ctx: BenchContext, row: Row, seeds: list[int], configs: dict) -> l
         print(f"[{table.name}] {row.key} | seed {seed}: {metric} = {runs[-1]['test']:.2f} "
               f"({info['status']})", flush=True)  # fmt: skip
     return runs
+
+
+def phase_steps(run_dir: Path) -> dict[str, int] | None:
+    r"""Optimizer steps a run took in each kind of phase, from its ``epochs.jsonl`` (the global step at
+    each phase's last logged epoch); phases named alike but for a trailing round number (SSLDEC's
+    ``dec1``, ``dec2``, ...) are summed. None when the run folder has no epoch log (a run restored
+    from the ledger). A phase that ended before its first epoch (e.g. a retraining whose threshold
+    already held) logged nothing and counts nothing.
+
+    Examples:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> lines = [("pretrain", 40), ("pretrain", 80), ("dec1", 95), ("labeled1", 135), ("dec2", 150)]
+        >>> _ = (d / "epochs.jsonl").write_text("".join(json.dumps({"phase": p, "step": s}) + "\n" for p, s in lines))
+        >>> phase_steps(d)
+        {'pretrain': 80, 'dec': 30, 'labeled': 40}
+    """
+    path = Path(run_dir) / "epochs.jsonl"
+    if not path.is_file():
+        return None
+    ends: dict[str, int] = {}  # phase -> global step at its last logged epoch, in order of appearance
+    for line in path.read_text().splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            ends[entry["phase"]] = int(entry["step"])
+    steps: dict[str, int] = {}
+    before = 0
+    for phase, end in ends.items():
+        kind = phase.rstrip("0123456789") or phase
+        steps[kind] = steps.get(kind, 0) + end - before
+        before = end
+    return steps
 
 
 def _held(busy: RunBusy) -> str:

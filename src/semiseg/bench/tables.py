@@ -899,9 +899,12 @@ def ssldec() -> Table:
             "validate, 10 and 1 per digit (1000 = 900 + 100); 3 draws. No model selection (the paper "
             "needs none, and 10 validation digits could not do it): every value is the model as "
             "training left it. `supervised (pre-training only)` is SSLDEC's pre-training alone (the "
-            "lower bound); `supervised, SSLDEC's labeled schedule` is the equal-budget control: SSLDEC's "
-            "rounds without their unlabeled epochs, so its labeled retraining (same rate, threshold and caps, "
-            "every round) is at least SSLDEC's; `pseudo model` is the same schedule with one-hot arg-max targets and no "
+            "lower bound); `supervised, SSLDEC's labeled schedule` is the control for the unlabeled epochs: "
+            "SSLDEC's rounds without them, with the same retraining rule (same rate, threshold and caps, every "
+            "round). It is not an exactly equal budget: a round retrains until the training accuracy reaches "
+            "the threshold, and without the unlabeled epochs, which lower that accuracy, the control can "
+            "retrain less than SSLDEC (each run's optimizer steps by phase are in the JSON, "
+            "`steps_by_phase`); `pseudo model` is the same schedule with one-hot arg-max targets and no "
             "clustering layer (the paper's pseudo model, from its segmentation section). The ensemble "
             "averages the class probabilities of 5 models trained with seeds 0-4 on draw 0 (member 0 "
             "is the SSLDEC row's seed 0); the paper's MNIST numbers appear to come from such an "
@@ -955,10 +958,17 @@ def ssldec_acdc() -> Table:
             "patient's ED and ES slices in order, random offset per draw); the unlabeled pool is every "
             "other training slice. Lower bound = SSLDEC's supervised pre-training on those slices; higher "
             "bound = the same on every slice of the same patients; `lower bound, SSLDEC's labeled schedule` = "
-            "SSLDEC's rounds without their unlabeled epochs (its labeled retraining, same rate, threshold and "
-            "caps, every round: the equal-budget control; at 1 and 2 patients); pseudo model = the same schedule with "
-            "one-hot targets and no clustering layer. Model selection on the 10 validation patients' "
-            "volumes (`last checkpoint` = the model as training left it). Test = 20 patients x 2 frames. "
+            "SSLDEC's rounds without their unlabeled epochs (the same retraining rule, rate, threshold and "
+            "caps, every round; at 1 and 2 patients): the control for the unlabeled epochs, not an exactly "
+            "equal budget, since a round retrains only until the labeled slices' balanced pixel accuracy "
+            "reaches the threshold, which without unlabeled epochs may already hold (each run's optimizer "
+            "steps by phase are in the JSON, `steps_by_phase`; when no retraining epoch runs, the run is "
+            "scored as pre-training left it); pseudo model = the same schedule with "
+            "one-hot targets and no clustering layer. The rounds' unlabeled stream holds every training slice, "
+            "the labeled fifth too with its masks unused (Alg. 1 predicts on L and U); a round's targets P "
+            "come from a frozen copy of the model on the same augmented view the model is trained on. Model "
+            "selection on the 10 validation patients' volumes (`last checkpoint` = the model as training "
+            "left it). Test = 20 patients x 2 frames. "
             "The per-class rows are the same runs as the mean rows. Quick mode: 128x128, UNet-16, batch 8, "
             "pre-training 10 x 40 iterations, 8 rounds of 60 unlabeled iterations and at most 20 x 40 "
             "labeled iterations. Per pixel, a round's unlabeled epoch is a fixed number of iterations (quick: "
@@ -1131,24 +1141,16 @@ def _shape_prior_metric_rows(metric: str, label: str) -> list[Row]:
         if n == 3:  # the prior's own effect: the same passes, phases and batches at weight 0
             rows.append(Row("supervised + shape prior at weight 0", setting, {**base, **SUP_FULL, **control},
                             quick_overrides=SUP_QUICK, **sup))  # fmt: skip
-            name, recipe = SHAPE_PRIOR_SEMI
-            semi = dict(recipe=recipe, metric=metric, metric_label=label)
-            rows += [
-                Row(name, setting, base, **semi),
-                Row(
-                    f"{name} + shape prior",
-                    setting,
-                    {**base, "method.regularizers": _with_prior(0.1)},
-                    tuned=True,
-                    **semi,
-                ),  # fmt: skip
-                Row(
-                    f"{name} + shape prior at weight 0",
-                    setting,
-                    {**base, "method.regularizers": _with_prior(0.0)},
-                    **semi,
-                ),  # fmt: skip
-            ]
+        name, recipe = SHAPE_PRIOR_SEMI
+        semi = dict(recipe=recipe, metric=metric, metric_label=label)
+        rows += [
+            Row(name, setting, base, **semi),
+            Row(f"{name} + shape prior", setting, {**base, "method.regularizers": _with_prior(0.1)}, tuned=True,
+                **semi),
+        ]  # fmt: skip
+        if n == 3:
+            rows.append(Row(f"{name} + shape prior at weight 0", setting,
+                            {**base, "method.regularizers": _with_prior(0.0)}, **semi))  # fmt: skip
     return rows
 
 
@@ -1177,7 +1179,10 @@ def shape_prior_acdc() -> Table:
             "0.1, 1) is chosen on validation Dice at 3 patients, seed 0, and used for every prior row. At 3 "
             "patients each prior row has a control with the prior at weight 0: the same autoencoder phase, "
             "network passes (the supervised row's unlabeled slices, UniMatch's clean weak views) and batches, "
-            "so the prior's own effect is the difference between the two. "
+            "so the prior's own effect is the difference between the two; at 7 patients there is no such "
+            "control (CPU), so a prior row's difference from the row without the prior also includes the "
+            "autoencoder phase's shift of the batch order and, for supervised training, the unlabeled slices "
+            "in its batch-norm statistics. "
             "UniMatch is the semi-supervised method issue 11 composes with the seed priors (in semi-acdc's "
             "one-draw development runs FixMatch was level with it on validation, 0.740 against 0.727; never "
             "chosen on test). The myocardium is a ring like the IODA toy problem: its rows are the same "
@@ -1324,7 +1329,9 @@ def acdc_3d() -> Table:
             "on this CPU a step takes about the 2D step's time), a third of the patches centred on labeled "
             "foreground, the same steps, optimiser and in-plane augmentation; validation and test by sliding "
             "windows of the patch (Gaussian blending, overlap 0.5) resized back to each volume's grid. "
-            "Model selection on the 10 validation patients' Dice. HD95 and ASD (in the JSON extras, with the "
+            "Model selection on the 10 validation patients' Dice. Quick mode trains 3 draws at 3 patients and "
+            "one (draw 0) at 7 (the issue asks for at least 3 at 3 patients; an n=1 row supports no claim); "
+            "full mode trains 3 at both with the recipes' full settings. HD95 and ASD (in the JSON extras, with the "
             "count of classes a row missed, which their means leave out) are in voxels of each volume's native "
             "grid, a slice step counting as one voxel (the SSL4MIS convention): the h5 files carry no spacing "
             "(ACDC's pixels are about 1.4-1.7 mm, its slices 5-10 mm). Both rows read the SSL4MIS files as "

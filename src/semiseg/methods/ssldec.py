@@ -36,9 +36,12 @@ data) or per pixel (segmentation data). Algorithm 1 as the engine's phases:
 ``model.head: linear``, the same network without the clustering layer). ``max_rounds: 0`` is the
 pre-training alone: the supervised lower bound, bitwise the first phase of an SSLDEC run.
 ``targets: none`` skips every unlabeled epoch (no sweep, no targets): the rounds only retrain on the
-labeled items, with the same rate, threshold and caps, so the run gets at least the labeled training
-of an SSLDEC run (all ``max_rounds``; SSLDEC may stop earlier on ``change_tol``) and sees no
-unlabeled image: the equal-budget supervised control.
+labeled items, with the same rate, threshold and caps (all ``max_rounds``; SSLDEC may stop earlier on
+``change_tol``), and the run sees no unlabeled image: the supervised control for the unlabeled epochs.
+Not an exactly equal budget: a round retrains until the training accuracy reaches the threshold, and
+without the unlabeled epochs that lower it the control may retrain less than SSLDEC (not at all when
+the threshold already holds; then no phase after pre-training validates, no ``best.pt`` is written
+and the run is scored as pre-training left it). The bench records each run's steps by phase.
 
 Every loss adds ``l2_weight`` · Σ w² over the convolution and dense weights of the network (the
 paper's Keras kernel regulariser, 1e-4; not biases, normalisation parameters or centroids).

@@ -243,6 +243,39 @@ def test_labels_json_sets_image_level_labels(tmp_path: Path) -> None:
         load_folder(tmp_path)
 
 
+def test_tags_json_gives_image_level_tags_checked_against_masks(tmp_path: Path) -> None:
+    import json
+
+    mask = np.zeros((6, 8), np.uint8)
+    mask[1:3, 1:3] = 2
+    for stem in ("a", "b", "c"):
+        _image(tmp_path / "images" / f"{stem}.png")
+    _mask(tmp_path / "masks" / "a.png", mask)  # shows class 2 only
+    (tmp_path / "tags.json").write_text(json.dumps({"a": [2], "b": [1, 2, 1], "c": []}))
+    bundle = load_folder(tmp_path, num_classes=3)
+    assert bundle.tags == {"a": [2], "b": [1, 2], "c": []}
+    for bad, message in (
+        ({"z": [1]}, "names 'z', which is not an image"),
+        (
+            {"b": [3]},
+            r"tags of 'b' must be a list of foreground classes 1..2 \(data.num_classes 3\), got \[3\]",
+        ),
+        ({"b": [0]}, "tags of 'b' must be a list of foreground classes"),
+        ({"b": 1}, "tags of 'b' must be a list of foreground classes"),
+        ({"b": [True]}, "tags of 'b' must be a list of foreground classes"),
+        ({"a": [1]}, r"tags of 'a' \(\[1\]\) disagree with its mask, which shows \[2\]"),
+        ([["b", 1]], "must hold one JSON object"),
+    ):
+        (tmp_path / "tags.json").write_text(json.dumps(bad))
+        with pytest.raises(DataError, match=message):
+            load_folder(tmp_path, num_classes=3)
+    (tmp_path / "tags.json").write_text("{not json")
+    with pytest.raises(DataError, match="tags.json: cannot read"):
+        load_folder(tmp_path, num_classes=3)
+    (tmp_path / "tags.json").unlink()
+    assert load_folder(tmp_path, num_classes=3).tags == {}
+
+
 def test_lazy_and_eager_image_folders_train_to_the_same_weights_and_metrics(tmp_path: Path) -> None:
     """data.loading: lazy reads each image once to index it, then trains from the on-disk rows; the run
     is the same as with every image in memory."""

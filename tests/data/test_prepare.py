@@ -63,6 +63,24 @@ def test_unlabeled_items_carry_nothing_by_default():
 def test_weak_labels_need_masks():
     with pytest.raises(DataError, match="unlabeled_supervision: size needs a mask"):
         prepare_data(config("data.split.unlabeled_supervision=size"), bundle=bundle(unmasked=2))
+    with pytest.raises(DataError, match="unlabeled_supervision: tag needs a mask to count from or a tag in"):
+        prepare_data(config("data.split.unlabeled_supervision=tag"), bundle=bundle(unmasked=2))
+
+
+def test_images_without_masks_take_their_tags_from_the_tags_file():
+    """The use case of tags: many images tagged present / absent, few masks. An unmasked image's tag
+    comes from the bundle's tags (the folder's tags.json); a masked one's from its mask."""
+    b = bundle(unmasked=4)
+    b.tags = {"im12": [1], "im13": [], "im14": [1], "im15": []}
+    data = prepare_data(config("data.split.unlabeled_supervision=tag"), bundle=b)
+    tags = {data.unlabeled.ids[i]: data.unlabeled[i]["tags"].tolist() for i in range(len(data.unlabeled))}
+    assert {k: tags[k] for k in b.tags} == {"im12": [1.0, 1.0], "im13": [1.0, 0.0], "im14": [1.0, 1.0],
+                                            "im15": [1.0, 0.0]}  # fmt: skip
+    assert all(v == [1.0, 1.0] for k, v in tags.items() if k not in b.tags)  # every mask shows class 1
+    assert all((data.unlabeled[i]["mask"] == IGNORE_INDEX).all() for i in range(len(data.unlabeled)))
+    del b.tags["im15"]  # one unmasked image left without a tag
+    with pytest.raises(DataError, match="tag needs a mask to count from or a tag in the folder's tags.json"):
+        prepare_data(config("data.split.unlabeled_supervision=tag"), bundle=b)
 
 
 @pytest.mark.parametrize("volumes", [False, True], ids=["images", "volumes"])

@@ -724,6 +724,60 @@ def test_cli_trains_translation_on_an_exported_cluttered_folder(tmp_path):
                  "-o", str(tmp_path / "report.json")]) == 0  # fmt: skip
 
 
+def test_cli_trains_translation_on_tags_from_a_file_for_images_without_masks(tmp_path):
+    """The method's use case: masks for a few 9s, and for every other training image only a tag in
+    tags.json (present / absent). The present / absent streams are drawn from the file's tags."""
+    import json as _json
+
+    import numpy as np
+    import yaml
+
+    from semiseg.cli import main
+    from semiseg.data.cluttered_mnist import export_folder, generate_fold
+
+    rng = np.random.default_rng(0)
+    digits = rng.uniform(0, 0.2, size=(40, 28, 28))
+    for d in digits:
+        y, x = rng.integers(4, 14, size=2)
+        d[y : y + 10, x : x + 10] = 0.9
+    labels = np.arange(40) % 10
+    folds = {
+        name: generate_fold(digits, labels, np.arange(a, b), "48-simple", seed=0, fold_id=i)
+        for i, (name, a, b) in enumerate([("train", 0, 20), ("val", 20, 30), ("test", 30, 40)])
+    }
+    root = export_folder(folds, tmp_path / "data")
+    digit = _json.loads((root / "labels.json").read_text())
+    tags = {}
+    for mask in sorted((root / "train" / "masks").iterdir()):
+        if digit.get(mask.stem) != 9:  # absent images have no digit label
+            tags[mask.stem] = [1] if mask.stem.startswith("train-p") else []
+            mask.unlink()
+    (root / "tags.json").write_text(_json.dumps(tags))
+    present = sorted(k for k, v in tags.items() if v)
+    assert present and len(tags) - len(present) > 0
+    recipe = tmp_path / "translation.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "data": {"dataset": "folder", "path": str(root), "image_size": [48, 48],
+                 "split": {"labeled_pool": "present", "labeled_labels": [9], "labeled_fraction": 0.1,
+                           "unlabeled": "all", "unlabeled_supervision": "tag", "val_supervision": "same"}},
+        "model": {"width": 4, "depth": 4},
+        "method": {"name": "translation", "unique_channels": 8, "mlp_hidden": 8, "disc_width": 4},
+        "train": {"epochs": 1, "batch_size": 2, "iters_per_epoch": 2, "val_metric": "dice_pooled/1",
+                  "progress": False, "plots": False},
+    }))  # fmt: skip
+    out = tmp_path / "run"
+    assert main(["train", "-c", str(recipe), "-o", str(out)]) == 0
+    split = _json.loads((out / "split.json").read_text())
+    assert all(digit[i] == 9 for i in split["labeled"]) and set(tags) <= set(split["unlabeled"])
+    from semiseg.config import build_config
+    from semiseg.data import prepare_data
+
+    data = prepare_data(build_config(yaml.safe_load(recipe.read_text())))
+    stream = {data.unlabeled.ids[i]: data.unlabeled.tags[i, 1].item() for i in range(len(data.unlabeled))}
+    assert {k for k, v in stream.items() if v == 1.0} >= set(present)
+    assert all(stream[k] == 0.0 for k, v in tags.items() if not v)
+
+
 def test_baselines_can_take_the_proposed_segmenters_norm_mlp_and_spectral_norm():
     method = build(objective="segmentation", baseline_norm="adaptive", spectral_norm="all")
     assert method.mlp is not None and method.segmenter.mlp is method.mlp

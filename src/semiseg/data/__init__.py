@@ -137,12 +137,18 @@ def prepare_data(
     if split.unlabeled:
         weak = spec.unlabeled_supervision
         if weak != "none":
-            missing = next((r for r in split.unlabeled if not r.has_mask), None)
+            # a tag comes from the item's mask, or from the dataset's tags file (bundle.tags)
+            given = bundle.tags if weak == "tag" else {}
+            missing = next((r for r in split.unlabeled if not r.has_mask and r.id not in given), None)
             if missing is not None:
+                where = " or a tag in the folder's tags.json" if weak == "tag" else ""
                 raise DataError(
                     missing.source or missing.id,
-                    f"data.split.unlabeled_supervision: {weak} needs a mask to count from, and this item has none",
+                    f"data.split.unlabeled_supervision: {weak} needs a mask to count from{where}, and this item "
+                    "has none",
                 )
+        if weak == "tag" and bundle.tags and items is TrainSet:  # tags.json names 2D images only
+            common["file_tags"] = bundle.tags
         unlabeled = items(split.unlabeled, supervision=weak, seed=cfg.train.seed + 1_000_003, **common)
     return PreparedData(bundle, split, labeled, unlabeled, split.val, split.test)
 

@@ -18,7 +18,9 @@ NIfTI and 2D image files is an error.
 
 An optional ``root/labels.json`` maps image stems to an image-level class (an integer, or null for
 none), e.g. the digit of an exported cluttered-MNIST image; split rules such as
-``data.split.labeled_labels`` read it.
+``data.split.labeled_labels`` read it. An optional ``root/tags.json`` maps 2D image stems to the
+foreground classes present (``[]``: none): image-level tags for images without a mask
+(``data.split.unlabeled_supervision: tag``), checked against the mask of an image that has one.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ from semiseg.errors import ConfigError, DataError
 SPLIT_NAMES = ("train", "val", "test")
 #: optional file of image-level labels: {"<image stem>": <int> | null, ...}
 LABELS_FILE = "labels.json"
+#: optional file of image-level tags: {"<image stem>": [<foreground class present>, ...], ...}
+TAGS_FILE = "tags.json"
 
 
 def _apply_labels(splits: dict[str, list[Record]], path: Path) -> None:
@@ -65,6 +69,47 @@ def _apply_labels(splits: dict[str, list[Record]], path: Path) -> None:
         if label is not None and (isinstance(label, bool) or not isinstance(label, int) or label < 0):
             raise DataError(path, f"label of '{stem}' must be a non-negative integer or null, got {label!r}")
         records[stem].label = label
+
+
+def _read_tags(splits: dict[str, list[Record]], path: Path, num_classes: int) -> dict[str, list[int]]:
+    """``tags.json``: each listed 2D image's foreground classes present (``[]``: none, e.g. a healthy
+    image), for weak supervision (``data.split.unlabeled_supervision: tag``) of images without a
+    mask. An image with a mask must agree with it. One-line DataError on a bad file."""
+    import json
+
+    import numpy as np
+
+    try:
+        tags = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(path, f"cannot read: {exc}") from None
+    if not isinstance(tags, dict):
+        raise DataError(path, "must hold one JSON object {image stem: [foreground classes present]}")
+    records = {r.id: r for recs in splits.values() for r in recs}
+    out: dict[str, list[int]] = {}
+    for stem, present in tags.items():
+        record = records.get(stem)
+        if record is None:
+            raise DataError(path, f"names '{stem}', which is not an image of the dataset")
+        if record.ndim != 3:
+            raise DataError(
+                path,
+                f"'{stem}' is a volume: tags name 2D images (a tag of a volume says nothing of its slices)",
+            )
+        if not isinstance(present, list) or any(
+            isinstance(c, bool) or not isinstance(c, int) or not 1 <= c < num_classes for c in present
+        ):
+            raise DataError(path, f"tags of '{stem}' must be a list of foreground classes 1..{num_classes - 1} "
+                                  f"(data.num_classes {num_classes}), got {present!r}")  # fmt: skip
+        present = sorted(set(present))
+        if record.has_mask:
+            in_mask = sorted(int(c) for c in np.unique(record.mask) if 0 < c < num_classes)
+            if in_mask != present:
+                raise DataError(
+                    path, f"tags of '{stem}' ({present}) disagree with its mask, which shows {in_mask}"
+                )
+        out[stem] = present
+    return out
 
 
 def _stem(f: Path) -> str:
@@ -256,6 +301,7 @@ def load_folder(
 
     if (root / LABELS_FILE).is_file():
         _apply_labels(splits, root / LABELS_FILE)
+    tags = _read_tags(splits, root / TAGS_FILE, num_classes) if (root / TAGS_FILE).is_file() else {}
     in_channels = _check_channels(splits)
     return DatasetBundle(
         name=name,
@@ -264,6 +310,7 @@ def load_folder(
         train=splits["train"],
         val=splits.get("val"),
         test=splits.get("test"),
+        tags=tags,
     )
 
 

@@ -358,6 +358,9 @@ class DatasetBundle:
     root: str = ""  #: folder the dataset was read from (for error messages)
     #: "segment" (masks; Dice & co.) or "classify" (one class per image in ``Record.label``; accuracy)
     task: str = "segment"
+    #: image-level tags given in a file (the ``folder`` dataset's ``tags.json``): record id → the
+    #: foreground classes present (every other foreground class absent), for images without a mask
+    tags: dict[str, list[int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.task not in ("segment", "classify"):

@@ -236,6 +236,7 @@ class TrainSet(KeyedItems):
         split_seed: int = 0,
         cache_dir: str | Path | None = None,
         pool: list[Record] | None = None,
+        file_tags: dict[str, list[int]] | None = None,
     ):
         kind = Supervision.parse(supervision)
         self.ids = [r.id for r in records]
@@ -278,6 +279,10 @@ class TrainSet(KeyedItems):
             counts = torch.stack(counts).float()
             if kind == Supervision.TAG:
                 self.tags = (counts > 0).float()
+                for i, r in enumerate(records):  # no mask: the tags file's (background counted present)
+                    if not r.has_mask and r.id in (file_tags or {}):
+                        self.tags[i] = 0.0
+                        self.tags[i, [0, *file_tags[r.id]]] = 1.0
             else:
                 self.sizes = counts
         self.labels = torch.full((n,), IGNORE_INDEX, dtype=torch.long)

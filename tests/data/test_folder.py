@@ -276,6 +276,27 @@ def test_tags_json_gives_image_level_tags_checked_against_masks(tmp_path: Path) 
     assert load_folder(tmp_path, num_classes=3).tags == {}
 
 
+def test_sizes_json_gives_rough_region_sizes(tmp_path: Path) -> None:
+    import json
+
+    for stem in ("a", "b"):
+        _image(tmp_path / "images" / f"{stem}.png")
+    (tmp_path / "sizes.json").write_text(json.dumps({"a": {"1": 12, "2": 3.5}, "b": {}}))
+    assert load_folder(tmp_path, num_classes=3).sizes == {"a": {1: 12.0, 2: 3.5}, "b": {}}
+    for bad, message in (
+        ({"z": {"1": 3}}, "names 'z', which is not an image"),
+        ({"a": {"3": 3}}, r"sizes of 'a' must map foreground classes 1..2 to pixel counts >= 0"),
+        ({"a": {"0": 3}}, "sizes of 'a' must map foreground classes"),
+        ({"a": {"1": -1}}, "sizes of 'a' must map foreground classes"),
+        ({"a": {"1": "big"}}, "sizes of 'a' must map foreground classes"),
+        ({"a": [3]}, "sizes of 'a' must map foreground classes"),
+        ([1], "must hold one JSON object"),
+    ):
+        (tmp_path / "sizes.json").write_text(json.dumps(bad))
+        with pytest.raises(DataError, match=message):
+            load_folder(tmp_path, num_classes=3)
+
+
 def test_lazy_and_eager_image_folders_train_to_the_same_weights_and_metrics(tmp_path: Path) -> None:
     """data.loading: lazy reads each image once to index it, then trains from the on-disk rows; the run
     is the same as with every image in memory."""

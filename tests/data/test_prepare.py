@@ -63,8 +63,28 @@ def test_unlabeled_items_carry_nothing_by_default():
 def test_weak_labels_need_masks():
     with pytest.raises(DataError, match="unlabeled_supervision: size needs a mask"):
         prepare_data(config("data.split.unlabeled_supervision=size"), bundle=bundle(unmasked=2))
-    with pytest.raises(DataError, match="unlabeled_supervision: tag needs a mask to count from or a tag in"):
+    with pytest.raises(
+        DataError,
+        match="unlabeled_supervision: tag needs a mask to count from or an entry in the folder.s tags.json",
+    ):
         prepare_data(config("data.split.unlabeled_supervision=tag"), bundle=bundle(unmasked=2))
+
+
+def test_images_without_masks_take_their_sizes_from_the_sizes_file():
+    """Rough region sizes for unmasked images (at their own resolution), scaled to the training grid;
+    classes the file does not give stay unknown (NaN)."""
+    b = bundle(unmasked=2)
+    b.sizes = {"im12": {1: 6.0}, "im13": {}}
+    data = prepare_data(config("data.split.unlabeled_supervision=size", "data.image_size=[16,16]"), bundle=b)
+    sizes = {data.unlabeled.ids[i]: data.unlabeled[i]["sizes"].tolist() for i in range(len(data.unlabeled))}
+    assert math.isnan(sizes["im12"][0]) and sizes["im12"][1] == 24.0  # 8x8 -> 16x16: 4x the pixels
+    assert all(math.isnan(v) for v in sizes["im13"])
+    assert all(not math.isnan(v[1]) for k, v in sizes.items() if k not in b.sizes)  # from the masks
+    del b.sizes["im13"]
+    with pytest.raises(
+        DataError, match="size needs a mask to count from or an entry in the folder.s sizes.json"
+    ):
+        prepare_data(config("data.split.unlabeled_supervision=size"), bundle=b)
 
 
 def test_images_without_masks_take_their_tags_from_the_tags_file():
@@ -79,7 +99,9 @@ def test_images_without_masks_take_their_tags_from_the_tags_file():
     assert all(v == [1.0, 1.0] for k, v in tags.items() if k not in b.tags)  # every mask shows class 1
     assert all((data.unlabeled[i]["mask"] == IGNORE_INDEX).all() for i in range(len(data.unlabeled)))
     del b.tags["im15"]  # one unmasked image left without a tag
-    with pytest.raises(DataError, match="tag needs a mask to count from or a tag in the folder's tags.json"):
+    with pytest.raises(
+        DataError, match="tag needs a mask to count from or an entry in the folder.s tags.json"
+    ):
         prepare_data(config("data.split.unlabeled_supervision=tag"), bundle=b)
 
 

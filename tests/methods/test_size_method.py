@@ -254,3 +254,42 @@ def test_train_init_errors_are_one_line_config_errors(tmp_path):
     wider = build_config(raw, ["model.width=8", f"train.init={tmp_path / 'fs' / 'best.pt'}"])
     with pytest.raises(ConfigError, match="train.init: .*best.pt: its segmenter does not fit"):
         train(wider, output_dir=tmp_path / "b")
+
+
+def test_oracle_trains_on_rough_sizes_from_a_file_for_images_without_masks(tmp_path):
+    """A folder whose unmasked images carry only a rough size in sizes.json: the oracle size method
+    bounds their soft sizes by it (sizes at the image's resolution, scaled to the training grid)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    sizes = {}
+    for i in range(16):
+        mask = np.zeros((40, 40), np.uint8)
+        r = 5 + i % 6
+        mask[20 - r : 20 + r, 20 - r : 20 + r] = 1
+        image = (rng.integers(0, 60, (40, 40)) + 150 * mask).astype(np.uint8)
+        Image.fromarray(image).save(root / "images" / f"im{i:02d}.png")
+        if i < 8:
+            Image.fromarray(mask).save(root / "masks" / f"im{i:02d}.png")
+        else:  # no mask: a rough size (10 % off) instead
+            sizes[f"im{i:02d}"] = {"1": round(1.1 * float(mask.sum()))}
+    (root / "sizes.json").write_text(json.dumps(sizes))
+    raw = json.loads(json.dumps(RAW))
+    raw["data"] = {"dataset": "folder", "path": str(root), "image_size": [32, 32],
+                   "split": {"labeled": 4, "seed": 0, "val_fraction": 0.25, "test_fraction": 0.0,
+                             "unlabeled_supervision": "size"}}  # fmt: skip
+    cfg = build_config(raw, ["method.source=oracle"])
+    from semiseg.data import prepare_data
+
+    data = prepare_data(cfg)
+    got = {data.unlabeled.ids[i]: float(data.unlabeled.sizes[i, 1]) for i in range(len(data.unlabeled))}
+    for stem, given in sizes.items():
+        if stem in got:
+            assert got[stem] == pytest.approx(given["1"] * (32 * 32) / (40 * 40))
+    assert set(sizes) & set(got)
+    train(cfg, output_dir=tmp_path / "run")
+    history = [json.loads(line) for line in (tmp_path / "run" / "epochs.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(h["train/size_penalty"]) for h in history if h["phase"] == "segmenter")

@@ -137,18 +137,21 @@ def prepare_data(
     if split.unlabeled:
         weak = spec.unlabeled_supervision
         if weak != "none":
-            # a tag comes from the item's mask, or from the dataset's tags file (bundle.tags)
-            given = bundle.tags if weak == "tag" else {}
+            # a tag / size comes from the item's mask, or from the dataset's tags / sizes file
+            given = bundle.tags if weak == "tag" else bundle.sizes
             missing = next((r for r in split.unlabeled if not r.has_mask and r.id not in given), None)
             if missing is not None:
-                where = " or a tag in the folder's tags.json" if weak == "tag" else ""
+                where = f" or an entry in the folder's {'tags' if weak == 'tag' else 'sizes'}.json"
                 raise DataError(
                     missing.source or missing.id,
                     f"data.split.unlabeled_supervision: {weak} needs a mask to count from{where}, and this item "
                     "has none",
                 )
-        if weak == "tag" and bundle.tags and items is TrainSet:  # tags.json names 2D images only
-            common["file_tags"] = bundle.tags
+        if items is TrainSet:  # tags.json / sizes.json name 2D images only
+            if weak == "tag" and bundle.tags:
+                common["file_tags"] = bundle.tags
+            if weak == "size" and bundle.sizes:
+                common["file_sizes"] = bundle.sizes
         unlabeled = items(split.unlabeled, supervision=weak, seed=cfg.train.seed + 1_000_003, **common)
     return PreparedData(bundle, split, labeled, unlabeled, split.val, split.test)
 

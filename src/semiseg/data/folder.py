@@ -20,7 +20,9 @@ An optional ``root/labels.json`` maps image stems to an image-level class (an in
 none), e.g. the digit of an exported cluttered-MNIST image; split rules such as
 ``data.split.labeled_labels`` read it. An optional ``root/tags.json`` maps 2D image stems to the
 foreground classes present (``[]``: none): image-level tags for images without a mask
-(``data.split.unlabeled_supervision: tag``), checked against the mask of an image that has one.
+(``data.split.unlabeled_supervision: tag``), checked against the mask of an image that has one; an
+optional ``root/sizes.json`` maps them to rough region sizes (``{"<class>": pixels}`` at the image's
+own resolution) for ``unlabeled_supervision: size``.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ SPLIT_NAMES = ("train", "val", "test")
 LABELS_FILE = "labels.json"
 #: optional file of image-level tags: {"<image stem>": [<foreground class present>, ...], ...}
 TAGS_FILE = "tags.json"
+#: optional file of region sizes: {"<image stem>": {"<foreground class>": <pixels>, ...}, ...}
+SIZES_FILE = "sizes.json"
 
 
 def _apply_labels(splits: dict[str, list[Record]], path: Path) -> None:
@@ -109,6 +113,48 @@ def _read_tags(splits: dict[str, list[Record]], path: Path, num_classes: int) ->
                     path, f"tags of '{stem}' ({present}) disagree with its mask, which shows {in_mask}"
                 )
         out[stem] = present
+    return out
+
+
+def _read_sizes(splits: dict[str, list[Record]], path: Path, num_classes: int) -> dict[str, dict[int, float]]:
+    """``sizes.json``: each listed 2D image's region sizes, ``{"<class>": pixels}`` at the image's own
+    resolution (rough sizes are fine: the size penalty bounds them by ±γ), for weak supervision
+    (``data.split.unlabeled_supervision: size``) of images without a mask; an image with a mask takes
+    its sizes from it. One-line DataError on a bad file."""
+    import json
+    import math
+
+    try:
+        sizes = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(path, f"cannot read: {exc}") from None
+    if not isinstance(sizes, dict):
+        raise DataError(path, "must hold one JSON object {image stem: {foreground class: pixels}}")
+    records = {r.id: r for recs in splits.values() for r in recs}
+    out: dict[str, dict[int, float]] = {}
+    for stem, given in sizes.items():
+        record = records.get(stem)
+        if record is None:
+            raise DataError(path, f"names '{stem}', which is not an image of the dataset")
+        if record.ndim != 3:
+            raise DataError(path, f"'{stem}' is a volume: sizes name 2D images")
+        bad = DataError(path, f"sizes of '{stem}' must map foreground classes 1..{num_classes - 1} to pixel "
+                              f"counts >= 0, got {given!r}")  # fmt: skip
+        if not isinstance(given, dict):
+            raise bad
+        entry: dict[int, float] = {}
+        for key, value in given.items():
+            if not (isinstance(key, str) and key.isdigit() and 1 <= int(key) < num_classes):
+                raise bad
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise bad
+            entry[int(key)] = float(value)
+        out[stem] = entry
     return out
 
 
@@ -302,6 +348,7 @@ def load_folder(
     if (root / LABELS_FILE).is_file():
         _apply_labels(splits, root / LABELS_FILE)
     tags = _read_tags(splits, root / TAGS_FILE, num_classes) if (root / TAGS_FILE).is_file() else {}
+    sizes = _read_sizes(splits, root / SIZES_FILE, num_classes) if (root / SIZES_FILE).is_file() else {}
     in_channels = _check_channels(splits)
     return DatasetBundle(
         name=name,
@@ -311,6 +358,7 @@ def load_folder(
         val=splits.get("val"),
         test=splits.get("test"),
         tags=tags,
+        sizes=sizes,
     )
 
 

@@ -361,6 +361,9 @@ class DatasetBundle:
     #: image-level tags given in a file (the ``folder`` dataset's ``tags.json``): record id → the
     #: foreground classes present (every other foreground class absent), for images without a mask
     tags: dict[str, list[int]] = field(default_factory=dict)
+    #: region sizes given in a file (the ``folder`` dataset's ``sizes.json``): record id → {foreground
+    #: class: pixel count at the image's own resolution}, for images without a mask
+    sizes: dict[str, dict[int, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.task not in ("segment", "classify"):

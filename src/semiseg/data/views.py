@@ -19,6 +19,7 @@ labeled, sparse, tagged, size-labeled and unlabeled items can share a batch (the
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -237,6 +238,7 @@ class TrainSet(KeyedItems):
         cache_dir: str | Path | None = None,
         pool: list[Record] | None = None,
         file_tags: dict[str, list[int]] | None = None,
+        file_sizes: dict[str, dict[int, float]] | None = None,
     ):
         kind = Supervision.parse(supervision)
         self.ids = [r.id for r in records]
@@ -285,6 +287,12 @@ class TrainSet(KeyedItems):
                         self.tags[i, [0, *file_tags[r.id]]] = 1.0
             else:
                 self.sizes = counts
+                for i, r in enumerate(records):  # no mask: the sizes file's, scaled to the training grid
+                    if not r.has_mask and r.id in (file_sizes or {}):
+                        scale = math.prod(image_size) / math.prod(r.shape[1:])
+                        self.sizes[i] = float("nan")
+                        for c, pixels in file_sizes[r.id].items():
+                            self.sizes[i, c] = pixels * scale
         self.labels = torch.full((n,), IGNORE_INDEX, dtype=torch.long)
         if kind == Supervision.CLASS:
             missing = [r.id for r in records if r.label is None]

@@ -724,7 +724,7 @@ def test_cli_trains_translation_on_an_exported_cluttered_folder(tmp_path):
                  "-o", str(tmp_path / "report.json")]) == 0  # fmt: skip
 
 
-def test_cli_trains_translation_on_tags_from_a_file_for_images_without_masks(tmp_path):
+def test_cli_trains_translation_on_tags_from_a_file_for_images_without_masks(tmp_path, capsys):
     """The method's use case: masks for a few 9s, and for every other training image only a tag in
     tags.json (present / absent). The present / absent streams are drawn from the file's tags."""
     import json as _json
@@ -776,6 +776,11 @@ def test_cli_trains_translation_on_tags_from_a_file_for_images_without_masks(tmp
     stream = {data.unlabeled.ids[i]: data.unlabeled.tags[i, 1].item() for i in range(len(data.unlabeled))}
     assert {k for k, v in stream.items() if v == 1.0} >= set(present)
     assert all(stream[k] == 0.0 for k, v in tags.items() if not v)
+    capsys.readouterr()
+    assert main(["data", "check", "-c", str(recipe)]) == 0  # the report counts the file's tags
+    unmasked = [k for k in tags if k in split["unlabeled"]]
+    line = f"tags.json: {len(unmasked)} items without a mask (class1 present in {len(present)})"
+    assert line in capsys.readouterr().out
 
 
 def test_baselines_can_take_the_proposed_segmenters_norm_mlp_and_spectral_norm():

@@ -416,3 +416,45 @@ def test_a_setup_error_after_the_data_leaves_no_output_folder(tmp_path, capsys):
     (out / "mine.txt").write_text("kept")
     assert main(args) == 2
     assert (out / "mine.txt").read_text() == "kept"
+
+
+def test_train_on_masks_of_a_few_clicked_pixels(tmp_path, capsys):
+    """A user's clicks: training masks with 255 on every unclicked pixel (data.mask_unlabeled), full
+    masks for validation and test. Training sees only the clicked pixels."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("val", 3), ("test", 3)):
+        (tmp_path / "data" / split / "images").mkdir(parents=True)
+        (tmp_path / "data" / split / "masks").mkdir()
+        for i in range(n):
+            mask = np.zeros((24, 24), np.uint8)
+            mask[6 + i % 4 : 16 + i % 4, 5:15] = 1
+            image = (rng.integers(0, 80, (24, 24)) + 150 * mask).astype(np.uint8)
+            Image.fromarray(image).save(tmp_path / "data" / split / "images" / f"{split}{i}.png")
+            if split == "train":  # 10 clicked pixels, the rest unlabeled
+                clicks = np.full_like(mask, 255)
+                ys, xs = rng.integers(0, 24, 10), rng.integers(0, 24, 10)
+                clicks[ys, xs] = mask[ys, xs]
+                mask = clicks
+            Image.fromarray(mask).save(tmp_path / "data" / split / "masks" / f"{split}{i}.png")
+    recipe = write_recipe(tmp_path / "clicks.yaml", {
+        **SHAPES,
+        "data": {"dataset": "folder", "path": str(tmp_path / "data"), "image_size": [24, 24], "mask_unlabeled": 255,
+                 "split": {"labeled": None}},
+    })  # fmt: skip
+    assert main(["train", "-c", recipe, "-o", str(tmp_path / "run")]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert 0.0 <= metrics["test"]["dice/mean"] <= 1.0
+    from semiseg.config import build_config
+    from semiseg.data import prepare_data
+
+    data = prepare_data(build_config(yaml.safe_load(Path(recipe).read_text())))
+    labeled = [int((data.labeled[i]["mask"] != 255).sum()) for i in range(len(data.labeled))]
+    assert len(labeled) == 8 and all(1 <= n <= 10 for n in labeled)  # the clicks only
+    assert main(["data", "check", "-c", recipe]) == 0
+    out = capsys.readouterr().out
+    assert "labeled: 8 items (8 with a mask in the source)" in out

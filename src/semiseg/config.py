@@ -132,6 +132,9 @@ class DataConfig:
     cache_dir: str | None = None
     num_classes: int | None = None  #: folder datasets (default 2)
     mask_threshold: int | None = None  #: folder datasets with JPEG masks
+    #: folder datasets: the mask value of unlabeled pixels (e.g. 255 in masks of a few clicked pixels or
+    #: scribbles, the rest unlabeled); losses and metrics skip those pixels
+    mask_unlabeled: int | None = None
     channels: Literal["auto", "gray", "rgb"] = "auto"
     #: intensity scaling of image files (folder datasets): "auto" = 8-bit ÷ 255, 16-bit and float
     #: images min-max per image to [0, 1]; "minmax" / "percentile" (0.5–99.5, clipped) to [0, 1] or

@@ -276,6 +276,30 @@ def test_tags_json_gives_image_level_tags_checked_against_masks(tmp_path: Path) 
     assert load_folder(tmp_path, num_classes=3).tags == {}
 
 
+def test_masks_with_unlabeled_pixels_and_their_tags(tmp_path: Path) -> None:
+    """data.mask_unlabeled: a mask of a few clicked pixels; its tags may list classes it does not show."""
+    import json
+
+    from semiseg.core import IGNORE_INDEX
+    from semiseg.errors import ConfigError
+
+    clicks = np.full((6, 8), 255, np.uint8)
+    clicks[0, 0], clicks[3, 3] = 0, 1
+    _image(tmp_path / "images" / "a.png")
+    _mask(tmp_path / "masks" / "a.png", clicks)
+    with pytest.raises(DataError, match="if 255 marks unlabeled pixels, set data.mask_unlabeled: 255"):
+        load_folder(tmp_path, num_classes=3)
+    (mask,) = [r.mask for r in load_folder(tmp_path, num_classes=3, mask_unlabeled=255).train]
+    assert (mask == IGNORE_INDEX).sum() == 46 and mask[3, 3] == 1
+    (tmp_path / "tags.json").write_text(json.dumps({"a": [1, 2]}))  # class 2 present, not clicked
+    assert load_folder(tmp_path, num_classes=3, mask_unlabeled=255).tags == {"a": [1, 2]}
+    (tmp_path / "tags.json").write_text(json.dumps({"a": [2]}))  # but a clicked class must be tagged
+    with pytest.raises(DataError, match=r"tags of 'a' \(\[2\]\) disagree with its mask, which shows \[1\]"):
+        load_folder(tmp_path, num_classes=3, mask_unlabeled=255)
+    with pytest.raises(ConfigError, match="data.mask_unlabeled: 2 is a class"):
+        load_folder(tmp_path, num_classes=3, mask_unlabeled=2)
+
+
 def test_sizes_json_gives_rough_region_sizes(tmp_path: Path) -> None:
     import json
 

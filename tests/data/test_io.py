@@ -230,10 +230,30 @@ def test_png_0_255_mask_without_threshold_gets_hint(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"outside classes 0\.\.1; a 0/255 mask: set data.mask_threshold"):
         read_mask(tmp_path / "m.png", num_classes=2)
     np.testing.assert_array_equal(read_mask(tmp_path / "m.png", 2, threshold=127), arr // 255)
-    arr[0, 0] = 7  # other values: no 0/255 hint
+    arr[0, 0] = 7  # other values: no 0/255 hint, but 255 may mark unlabeled pixels
     Image.fromarray(arr).save(tmp_path / "m.png")
-    with pytest.raises(DataError, match=r"outside classes 0\.\.1$"):
+    with pytest.raises(
+        DataError,
+        match=r"outside classes 0\.\.1; if 255 marks unlabeled pixels, set data.mask_unlabeled: 255$",
+    ):
         read_mask(tmp_path / "m.png", num_classes=2)
+
+
+def test_unlabeled_mask_value_reads_as_the_ignore_index(tmp_path: Path) -> None:
+    """Clicked pixels / scribbles: the rest of the mask has the unlabeled value (e.g. 255)."""
+    from semiseg.core import IGNORE_INDEX
+
+    arr = np.full((8, 8), 200, dtype=np.uint8)
+    arr[1, 1], arr[5, 5] = 0, 2
+    Image.fromarray(arr).save(tmp_path / "m.png")
+    mask = read_mask(tmp_path / "m.png", num_classes=3, unlabeled=200)
+    assert mask[1, 1] == 0 and mask[5, 5] == 2 and (mask == IGNORE_INDEX).sum() == 62
+    np.save(tmp_path / "m.npy", arr.astype(np.int64))
+    np.testing.assert_array_equal(read_mask(tmp_path / "m.npy", 3, unlabeled=200), mask)
+    arr[0, 0] = 3  # still a value that is neither a class nor the unlabeled one
+    Image.fromarray(arr).save(tmp_path / "m.png")
+    with pytest.raises(DataError, match=r"mask values \[3\] outside classes 0\.\.2"):
+        read_mask(tmp_path / "m.png", num_classes=3, unlabeled=200)
 
 
 def test_colour_mask_rejected(tmp_path: Path) -> None:

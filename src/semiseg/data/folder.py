@@ -78,10 +78,13 @@ def _apply_labels(splits: dict[str, list[Record]], path: Path) -> None:
 def _read_tags(splits: dict[str, list[Record]], path: Path, num_classes: int) -> dict[str, list[int]]:
     """``tags.json``: each listed 2D image's foreground classes present (``[]``: none, e.g. a healthy
     image), for weak supervision (``data.split.unlabeled_supervision: tag``) of images without a
-    mask. An image with a mask must agree with it. One-line DataError on a bad file."""
+    mask (a mask with unlabeled pixels too: the file's tag is used for it). An image with a mask must
+    agree with it (only the classes it shows, if it has unlabeled pixels). One-line DataError on a bad file."""
     import json
 
     import numpy as np
+
+    from semiseg.core import IGNORE_INDEX
 
     try:
         tags = json.loads(path.read_text())
@@ -106,9 +109,11 @@ def _read_tags(splits: dict[str, list[Record]], path: Path, num_classes: int) ->
             raise DataError(path, f"tags of '{stem}' must be a list of foreground classes 1..{num_classes - 1} "
                                   f"(data.num_classes {num_classes}), got {present!r}")  # fmt: skip
         present = sorted(set(present))
-        if record.has_mask:
-            in_mask = sorted(int(c) for c in np.unique(record.mask) if 0 < c < num_classes)
-            if in_mask != present:
+        if record.has_mask:  # a mask with unlabeled pixels may not show every class present
+            values = np.unique(record.mask)
+            in_mask = sorted(int(c) for c in values if 0 < c < num_classes)
+            partial = bool((values == IGNORE_INDEX).any())
+            if not set(in_mask) <= set(present) or (not partial and in_mask != present):
                 raise DataError(
                     path, f"tags of '{stem}' ({present}) disagree with its mask, which shows {in_mask}"
                 )
@@ -119,8 +124,8 @@ def _read_tags(splits: dict[str, list[Record]], path: Path, num_classes: int) ->
 def _read_sizes(splits: dict[str, list[Record]], path: Path, num_classes: int) -> dict[str, dict[int, float]]:
     """``sizes.json``: each listed 2D image's region sizes, ``{"<class>": pixels}`` at the image's own
     resolution (rough sizes are fine: the size penalty bounds them by ±γ), for weak supervision
-    (``data.split.unlabeled_supervision: size``) of images without a mask; an image with a mask takes
-    its sizes from it. One-line DataError on a bad file."""
+    (``data.split.unlabeled_supervision: size``) of images without a mask or with unlabeled pixels in
+    it (an image listed takes its sizes from the file). One-line DataError on a bad file."""
     import json
     import math
 
@@ -181,9 +186,14 @@ def _list_files(directory: Path) -> list[Path]:
     return sorted(list_images(directory) + volumes)
 
 
-def _read_volume_pair(image_path: Path, mask_path: Path | None, num_classes: int, intensity: str) -> Record:
-    """A NIfTI image (and mask) as a volume record ``[1, D, H, W]`` with its spacing."""
+def _read_volume_pair(
+    image_path: Path, mask_path: Path | None, num_classes: int, intensity: str, unlabeled: int | None = None
+) -> Record:
+    """A NIfTI image (and mask) as a volume record ``[1, D, H, W]`` with its spacing (mask voxels of
+    value ``unlabeled``: ``IGNORE_INDEX``)."""
     import numpy as np
+
+    from semiseg.core import IGNORE_INDEX
 
     image, geometry = read_volume(image_path)
     image = normalize_intensity(image[None], "minmax" if intensity == "auto" else intensity)
@@ -191,7 +201,9 @@ def _read_volume_pair(image_path: Path, mask_path: Path | None, num_classes: int
     if mask_path is not None:
         mask, mask_geometry = read_volume(mask_path, dtype=np.float64)
         check_same_geometry(image_path, mask_path, geometry, mask_geometry)
-        values = set(np.unique(mask).tolist())
+        if unlabeled is not None:
+            mask = np.where(mask == unlabeled, IGNORE_INDEX, mask)
+        values = set(np.unique(mask).tolist()) - ({IGNORE_INDEX} if unlabeled is not None else set())
         bad = sorted(values - set(range(num_classes)))
         if bad:
             shown = ", ".join(f"{v:g}" for v in bad[:5])
@@ -216,6 +228,7 @@ def _load_split(
     intensity: str,
     loading: str,
     cache: Path | None = None,
+    mask_unlabeled: int | None = None,
 ) -> list[Record]:
     """Reads one ``images/`` + ``masks/`` pair of folders into records sorted by id."""
     images_path = split_root / image_dir
@@ -233,23 +246,23 @@ def _load_split(
         first = next(p for p in images.values() if is_nifti(p))
         raise DataError(first, f"{split_root} mixes NIfTI volumes and 2D image files; use one kind")
     if kinds == {True}:
-        readers = [functools.partial(_read_volume_pair, images[s], masks.get(s), num_classes, intensity)
-                   for s in sorted(images)]  # fmt: skip
+        readers = [functools.partial(_read_volume_pair, images[s], masks.get(s), num_classes, intensity,
+                                     mask_unlabeled) for s in sorted(images)]  # fmt: skip
         return load_records(readers, loading, volumes=True, cache=cache)
-    options = (num_classes, mask_threshold, channels, intensity)
+    options = (num_classes, mask_threshold, channels, intensity, mask_unlabeled)
     readers = [functools.partial(_read_image_pair, images[s], masks.get(s), *options) for s in sorted(images)]
     return load_records(readers, loading, volumes=False, cache=cache)
 
 
 def _read_image_pair(
     image_path: Path, mask_path: Path | None, num_classes: int, mask_threshold: int | None, channels: str,
-    intensity: str
+    intensity: str, mask_unlabeled: int | None = None
 ) -> Record:  # fmt: skip
     """A 2D image (and mask) as a record ``[C, H, W]``."""
     image = read_image(image_path, channels, intensity)
     mask = None
     if mask_path is not None:
-        mask = read_mask(mask_path, num_classes, mask_threshold)
+        mask = read_mask(mask_path, num_classes, mask_threshold, mask_unlabeled)
         check_same_size(image, mask, image_path, mask_path)
     return Record(id=_stem(image_path), image=image, mask=mask, source=str(image_path))
 
@@ -283,6 +296,7 @@ def load_folder(
     name: str = "folder",
     loading: str = "auto",
     cache: Path | None = None,
+    mask_unlabeled: int | None = None,
 ) -> DatasetBundle:
     """Loads a folder dataset (see the module docstring for the layouts).
 
@@ -293,6 +307,7 @@ def load_folder(
         image_dir: Name of the image sub-folder.
         mask_dir: Name of the mask sub-folder (may be absent: all images unlabeled).
         mask_threshold: For lossy (JPEG) binary masks: values above it are class 1, others 0.
+        mask_unlabeled: Mask value of unlabeled pixels (clicks, scribbles): read as ``IGNORE_INDEX``.
         channels: ``"auto"`` (from the files; all images must agree), ``"gray"`` or ``"rgb"``.
         intensity: Scaling of the image intensities, one of
             :data:`~semiseg.data.io.INTENSITY_MODES` (see :func:`~semiseg.data.io.read_image`):
@@ -324,11 +339,15 @@ def load_folder(
     split_dirs = [s for s in SPLIT_NAMES if (root / s / image_dir).is_dir()]
     if split_dirs and (root / image_dir).is_dir():
         raise DataError(root, f"has both {image_dir}/ and {'/, '.join(split_dirs)}/ folders; use one layout")
+    if mask_unlabeled is not None and (mask_unlabeled < num_classes or mask_threshold is not None):
+        what = "is a class" if mask_unlabeled < num_classes else "cannot be used with data.mask_threshold"
+        raise ConfigError(f"data.mask_unlabeled: {mask_unlabeled} {what} (classes 0..{num_classes - 1})")
     options = dict(
         num_classes=num_classes,
         image_dir=image_dir,
         mask_dir=mask_dir,
         mask_threshold=mask_threshold,
+        mask_unlabeled=mask_unlabeled,
         channels=channels,
         intensity=intensity,
         loading=loading,
@@ -372,4 +391,5 @@ def _load(cfg: DataConfig, path: Path | None) -> DatasetBundle:
         intensity=cfg.intensity,
         loading=cfg.loading,
         cache=cache_dir(cfg.cache_dir),
+        mask_unlabeled=cfg.mask_unlabeled,
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from semiseg.core import IGNORE_INDEX
 from semiseg.errors import ConfigError, DataError
 
 #: File suffixes (lower case) recognised as images or masks.
@@ -206,7 +207,9 @@ def read_model_image(path: str | os.PathLike, in_channels: int, intensity: str =
     return image
 
 
-def check_mask_values(mask: np.ndarray, num_classes: int, path: str | os.PathLike, hint: str = "") -> None:
+def check_mask_values(
+    mask: np.ndarray, num_classes: int, path: str | os.PathLike, hint: str = "", ignore: bool = False
+) -> None:
     """Raises :class:`DataError` if ``mask`` has values outside ``[0, num_classes)``.
 
     The message lists up to five of the offending values, e.g.
@@ -217,7 +220,10 @@ def check_mask_values(mask: np.ndarray, num_classes: int, path: str | os.PathLik
         num_classes: Number of classes of the dataset.
         path: File the mask came from (for the message).
         hint: Optional text appended to the message (e.g. how to fix it).
+        ignore: Whether ``IGNORE_INDEX`` (an unlabeled pixel) is allowed too.
     """
+    if ignore:
+        mask = mask[mask != IGNORE_INDEX]
     if mask.size == 0:
         return
     if int(mask.min()) >= 0 and int(mask.max()) < num_classes:
@@ -227,7 +233,9 @@ def check_mask_values(mask: np.ndarray, num_classes: int, path: str | os.PathLik
     raise DataError(path, f"mask values [{shown}] outside classes 0..{num_classes - 1}{hint}")
 
 
-def read_mask(path: str | os.PathLike, num_classes: int, threshold: int | None = None) -> np.ndarray:
+def read_mask(
+    path: str | os.PathLike, num_classes: int, threshold: int | None = None, unlabeled: int | None = None
+) -> np.ndarray:
     """Reads a class-index mask.
 
     Without ``threshold`` pixel values are class indices: palette (``"P"``) images give their raw
@@ -240,6 +248,7 @@ def read_mask(path: str | os.PathLike, num_classes: int, threshold: int | None =
         path: Mask file (PNG, JPEG, TIFF or a ``.npy`` integer array ``[H, W]``).
         num_classes: Number of classes; every value must lie in ``[0, num_classes)``.
         threshold: Binarisation threshold on raw gray values, or ``None``.
+        unlabeled: Raw value of unlabeled pixels (read as ``IGNORE_INDEX``), or ``None``.
 
     Returns:
         ``int64`` class map.
@@ -258,8 +267,8 @@ def read_mask(path: str | os.PathLike, num_classes: int, threshold: int | None =
         if raw.dtype.kind == "f" and (not np.isfinite(raw).all() or not (raw == np.round(raw)).all()):
             raise DataError(path, "mask has non-integer values")
         mask = (raw > threshold) if threshold is not None else raw
-        mask = mask.astype(np.int64)
-        check_mask_values(mask, num_classes, path)
+        mask = _unlabeled(mask.astype(np.int64), unlabeled if threshold is None else None)
+        check_mask_values(mask, num_classes, path, ignore=unlabeled is not None)
         return mask
     im = _open(path)
     if threshold is not None:
@@ -286,8 +295,17 @@ def read_mask(path: str | os.PathLike, num_classes: int, threshold: int | None =
         hint = "; JPEG masks are lossy, set data.mask_threshold (e.g. 127)"
     elif threshold is None and mask.size and int(mask.max()) == 255 and np.isin(mask, (0, 255)).all():
         hint = "; a 0/255 mask: set data.mask_threshold (e.g. 127) to read it as background/foreground"
-    check_mask_values(mask, num_classes, path, hint)
+    if unlabeled is not None and threshold is None:
+        mask = _unlabeled(mask, unlabeled)
+    elif threshold is None and mask.size and int(mask.max()) == 255 and not hint:
+        hint = "; if 255 marks unlabeled pixels, set data.mask_unlabeled: 255"
+    check_mask_values(mask, num_classes, path, hint, ignore=unlabeled is not None)
     return mask
+
+
+def _unlabeled(mask: np.ndarray, value: int | None) -> np.ndarray:
+    """``mask`` with its pixels of raw value ``value`` (unlabeled) set to ``IGNORE_INDEX``."""
+    return mask if value is None else np.where(mask == value, IGNORE_INDEX, mask)
 
 
 def check_same_size(

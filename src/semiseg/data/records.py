@@ -359,10 +359,10 @@ class DatasetBundle:
     #: "segment" (masks; Dice & co.) or "classify" (one class per image in ``Record.label``; accuracy)
     task: str = "segment"
     #: image-level tags given in a file (the ``folder`` dataset's ``tags.json``): record id → the
-    #: foreground classes present (every other foreground class absent), for images without a mask
+    #: foreground classes present (every other foreground class absent), used for the images it lists
     tags: dict[str, list[int]] = field(default_factory=dict)
     #: region sizes given in a file (the ``folder`` dataset's ``sizes.json``): record id → {foreground
-    #: class: pixel count at the image's own resolution}, for images without a mask
+    #: class: pixel count at the image's own resolution}, used for the images it lists
     sizes: dict[str, dict[int, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

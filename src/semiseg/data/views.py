@@ -281,14 +281,14 @@ class TrainSet(KeyedItems):
             counts = torch.stack(counts).float()
             if kind == Supervision.TAG:
                 self.tags = (counts > 0).float()
-                for i, r in enumerate(records):  # no mask: the tags file's (background counted present)
-                    if not r.has_mask and r.id in (file_tags or {}):
+                for i, r in enumerate(records):  # listed in the tags file: its tag (background present)
+                    if r.id in (file_tags or {}):
                         self.tags[i] = 0.0
                         self.tags[i, [0, *file_tags[r.id]]] = 1.0
             else:
                 self.sizes = counts
-                for i, r in enumerate(records):  # no mask: the sizes file's, scaled to the training grid
-                    if not r.has_mask and r.id in (file_sizes or {}):
+                for i, r in enumerate(records):  # listed in the sizes file: its sizes, on the training grid
+                    if r.id in (file_sizes or {}):
                         scale = math.prod(image_size) / math.prod(r.shape[1:])
                         self.sizes[i] = float("nan")
                         for c, pixels in file_sizes[r.id].items():

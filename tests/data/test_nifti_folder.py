@@ -204,3 +204,23 @@ def _same(a, b) -> bool:
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     return torch.equal(a, b) if torch.is_tensor(a) else a == b
+
+
+def test_volume_masks_with_unlabeled_voxels(tmp_path):
+    """data.mask_unlabeled on NIfTI masks: scribbled volumes, the rest read as the ignore index."""
+    from semiseg.core import IGNORE_INDEX
+
+    root = make_volumes(tmp_path / "v", n=2)
+    path = root / "masks" / "case0.nii.gz"
+    img = nib.load(str(path))
+    mask = np.asarray(img.dataobj).copy()
+    mask[:, :, 1:] = 9  # only the first slice is labeled
+    nib.save(nib.Nifti1Image(mask, img.affine), str(path))
+    with pytest.raises(DataError, match="mask values 9 are not classes 0..1"):
+        load_folder(root)
+    (record,) = [r for r in load_folder(root, mask_unlabeled=9).train if r.has_mask]
+    assert (record.mask == IGNORE_INDEX).sum() == mask[:, :, 1:].size and set(np.unique(record.mask)) == {
+        0,
+        1,
+        255,
+    }

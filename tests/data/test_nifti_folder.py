@@ -224,3 +224,6 @@ def test_volume_masks_with_unlabeled_voxels(tmp_path):
         1,
         255,
     }
+    (root / "tags.json").write_text(json.dumps({"case1": [1]}))  # tags name 2D images only
+    with pytest.raises(DataError, match="'case1' is a volume: the file names 2D images"):
+        load_folder(root, mask_unlabeled=9)

@@ -680,15 +680,11 @@ def test_explicit_channels_last_on_cpu_is_refused_in_one_line(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- end to end
-def test_cli_trains_translation_on_an_exported_cluttered_folder(tmp_path):
-    """`semiseg train` with the translation method on a tiny cluttered-MNIST folder dataset (as `semiseg
-    data generate` writes it): digit-9 masks only, tags from the masks, both optimizers, then evaluate."""
-    import json as _json
-
+def cluttered_folder(root):
+    """A tiny cluttered-MNIST folder dataset (as `semiseg data generate` writes it) from 40 made-up
+    digits (a bright square each): 20 / 10 / 10 digits for train / val / test, 48-simple."""
     import numpy as np
-    import yaml
 
-    from semiseg.cli import main
     from semiseg.data.cluttered_mnist import export_folder, generate_fold
 
     rng = np.random.default_rng(0)
@@ -701,17 +697,34 @@ def test_cli_trains_translation_on_an_exported_cluttered_folder(tmp_path):
         name: generate_fold(digits, labels, np.arange(a, b), "48-simple", seed=0, fold_id=i)
         for i, (name, a, b) in enumerate([("train", 0, 20), ("val", 20, 30), ("test", 30, 40)])
     }
-    root = export_folder(folds, tmp_path / "data")
-    recipe = tmp_path / "translation.yaml"
-    recipe.write_text(yaml.safe_dump({
+    return export_folder(folds, root)
+
+
+def cluttered_recipe(path, root, epochs: int):
+    """A tiny translation recipe on :func:`cluttered_folder`'s data (the paper's label protocol)."""
+    import yaml
+
+    path.write_text(yaml.safe_dump({
         "data": {"dataset": "folder", "path": str(root), "image_size": [48, 48],
                  "split": {"labeled_pool": "present", "labeled_labels": [9], "labeled_fraction": 0.1,
                            "unlabeled": "all", "unlabeled_supervision": "tag", "val_supervision": "same"}},
         "model": {"width": 4, "depth": 4},
         "method": {"name": "translation", "unique_channels": 8, "mlp_hidden": 8, "disc_width": 4},
-        "train": {"epochs": 2, "batch_size": 2, "iters_per_epoch": 2, "val_metric": "dice_pooled/1",
+        "train": {"epochs": epochs, "batch_size": 2, "iters_per_epoch": 2, "val_metric": "dice_pooled/1",
                   "progress": False, "plots": False},
     }))  # fmt: skip
+    return path
+
+
+def test_cli_trains_translation_on_an_exported_cluttered_folder(tmp_path):
+    """`semiseg train` with the translation method on a tiny cluttered-MNIST folder dataset (as `semiseg
+    data generate` writes it): digit-9 masks only, tags from the masks, both optimizers, then evaluate."""
+    import json as _json
+
+    from semiseg.cli import main
+
+    root = cluttered_folder(tmp_path / "data")
+    recipe = cluttered_recipe(tmp_path / "translation.yaml", root, epochs=2)
     out = tmp_path / "run"
     assert main(["train", "-c", str(recipe), "-o", str(out)]) == 0
     split = _json.loads((out / "split.json").read_text())
@@ -729,23 +742,11 @@ def test_cli_trains_translation_on_tags_from_a_file_for_images_without_masks(tmp
     tags.json (present / absent). The present / absent streams are drawn from the file's tags."""
     import json as _json
 
-    import numpy as np
     import yaml
 
     from semiseg.cli import main
-    from semiseg.data.cluttered_mnist import export_folder, generate_fold
 
-    rng = np.random.default_rng(0)
-    digits = rng.uniform(0, 0.2, size=(40, 28, 28))
-    for d in digits:
-        y, x = rng.integers(4, 14, size=2)
-        d[y : y + 10, x : x + 10] = 0.9
-    labels = np.arange(40) % 10
-    folds = {
-        name: generate_fold(digits, labels, np.arange(a, b), "48-simple", seed=0, fold_id=i)
-        for i, (name, a, b) in enumerate([("train", 0, 20), ("val", 20, 30), ("test", 30, 40)])
-    }
-    root = export_folder(folds, tmp_path / "data")
+    root = cluttered_folder(tmp_path / "data")
     digit = _json.loads((root / "labels.json").read_text())
     tags = {}
     for mask in sorted((root / "train" / "masks").iterdir()):
@@ -755,16 +756,7 @@ def test_cli_trains_translation_on_tags_from_a_file_for_images_without_masks(tmp
     (root / "tags.json").write_text(_json.dumps(tags))
     present = sorted(k for k, v in tags.items() if v)
     assert present and len(tags) - len(present) > 0
-    recipe = tmp_path / "translation.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "data": {"dataset": "folder", "path": str(root), "image_size": [48, 48],
-                 "split": {"labeled_pool": "present", "labeled_labels": [9], "labeled_fraction": 0.1,
-                           "unlabeled": "all", "unlabeled_supervision": "tag", "val_supervision": "same"}},
-        "model": {"width": 4, "depth": 4},
-        "method": {"name": "translation", "unique_channels": 8, "mlp_hidden": 8, "disc_width": 4},
-        "train": {"epochs": 1, "batch_size": 2, "iters_per_epoch": 2, "val_metric": "dice_pooled/1",
-                  "progress": False, "plots": False},
-    }))  # fmt: skip
+    recipe = cluttered_recipe(tmp_path / "translation.yaml", root, epochs=1)
     out = tmp_path / "run"
     assert main(["train", "-c", str(recipe), "-o", str(out)]) == 0
     split = _json.loads((out / "split.json").read_text())

@@ -56,23 +56,35 @@ TAGS_FILE = "tags.json"
 SIZES_FILE = "sizes.json"
 
 
-def _apply_labels(splits: dict[str, list[Record]], path: Path) -> None:
-    """Sets each record's ``label`` from ``labels.json`` (one-line DataError on a bad file)."""
+def _entries(splits: dict[str, list[Record]], path: Path, form: str, images_only: bool = False):
+    """The ``(stem, value, record)`` entries of a JSON file ``{image stem: value}`` beside the images
+    (``form`` describes the object for the error); one-line DataError on an unreadable file, another
+    JSON value, a stem that is not an image, or (``images_only``) a volume."""
     import json
 
     try:
-        labels = json.loads(path.read_text())
+        entries = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise DataError(path, f"cannot read: {exc}") from None
-    if not isinstance(labels, dict):
-        raise DataError(path, "must hold one JSON object {image stem: integer label or null}")
+    if not isinstance(entries, dict):
+        raise DataError(path, f"must hold one JSON object {form}")
     records = {r.id: r for recs in splits.values() for r in recs}
-    for stem, label in labels.items():
-        if stem not in records:
+    for stem, value in entries.items():
+        record = records.get(stem)
+        if record is None:
             raise DataError(path, f"names '{stem}', which is not an image of the dataset")
+        if images_only and record.ndim != 3:
+            raise DataError(path, f"'{stem}' is a volume: the file names 2D images (a volume's tag or size "
+                                  "says nothing of its slices)")  # fmt: skip
+        yield stem, value, record
+
+
+def _apply_labels(splits: dict[str, list[Record]], path: Path) -> None:
+    """Sets each record's ``label`` from ``labels.json`` (one-line DataError on a bad file)."""
+    for stem, label, record in _entries(splits, path, "{image stem: integer label or null}"):
         if label is not None and (isinstance(label, bool) or not isinstance(label, int) or label < 0):
             raise DataError(path, f"label of '{stem}' must be a non-negative integer or null, got {label!r}")
-        records[stem].label = label
+        record.label = label
 
 
 def _read_tags(splits: dict[str, list[Record]], path: Path, num_classes: int) -> dict[str, list[int]]:
@@ -80,29 +92,13 @@ def _read_tags(splits: dict[str, list[Record]], path: Path, num_classes: int) ->
     image), for weak supervision (``data.split.unlabeled_supervision: tag``) of images without a
     mask (a mask with unlabeled pixels too: the file's tag is used for it). An image with a mask must
     agree with it (only the classes it shows, if it has unlabeled pixels). One-line DataError on a bad file."""
-    import json
-
     import numpy as np
 
     from semiseg.core import IGNORE_INDEX
 
-    try:
-        tags = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(path, f"cannot read: {exc}") from None
-    if not isinstance(tags, dict):
-        raise DataError(path, "must hold one JSON object {image stem: [foreground classes present]}")
-    records = {r.id: r for recs in splits.values() for r in recs}
     out: dict[str, list[int]] = {}
-    for stem, present in tags.items():
-        record = records.get(stem)
-        if record is None:
-            raise DataError(path, f"names '{stem}', which is not an image of the dataset")
-        if record.ndim != 3:
-            raise DataError(
-                path,
-                f"'{stem}' is a volume: tags name 2D images (a tag of a volume says nothing of its slices)",
-            )
+    form = "{image stem: [foreground classes present]}"
+    for stem, present, record in _entries(splits, path, form, images_only=True):
         if not isinstance(present, list) or any(
             isinstance(c, bool) or not isinstance(c, int) or not 1 <= c < num_classes for c in present
         ):
@@ -126,23 +122,11 @@ def _read_sizes(splits: dict[str, list[Record]], path: Path, num_classes: int) -
     resolution (rough sizes are fine: the size penalty bounds them by ±γ), for weak supervision
     (``data.split.unlabeled_supervision: size``) of images without a mask or with unlabeled pixels in
     it (an image listed takes its sizes from the file). One-line DataError on a bad file."""
-    import json
     import math
 
-    try:
-        sizes = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(path, f"cannot read: {exc}") from None
-    if not isinstance(sizes, dict):
-        raise DataError(path, "must hold one JSON object {image stem: {foreground class: pixels}}")
-    records = {r.id: r for recs in splits.values() for r in recs}
     out: dict[str, dict[int, float]] = {}
-    for stem, given in sizes.items():
-        record = records.get(stem)
-        if record is None:
-            raise DataError(path, f"names '{stem}', which is not an image of the dataset")
-        if record.ndim != 3:
-            raise DataError(path, f"'{stem}' is a volume: sizes name 2D images")
+    form = "{image stem: {foreground class: pixels}}"
+    for stem, given, _ in _entries(splits, path, form, images_only=True):
         bad = DataError(path, f"sizes of '{stem}' must map foreground classes 1..{num_classes - 1} to pixel "
                               f"counts >= 0, got {given!r}")  # fmt: skip
         if not isinstance(given, dict):
@@ -151,12 +135,8 @@ def _read_sizes(splits: dict[str, list[Record]], path: Path, num_classes: int) -
         for key, value in given.items():
             if not (isinstance(key, str) and key.isdigit() and 1 <= int(key) < num_classes):
                 raise bad
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
-                or value < 0
-            ):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not math.isfinite(value) or value < 0:
                 raise bad
             entry[int(key)] = float(value)
         out[stem] = entry

@@ -56,6 +56,28 @@ def test_cases_become_multichannel_volumes_with_their_labels(tmp_path):
     np.testing.assert_allclose(a.image[1], x.transpose(2, 1, 0), rtol=1e-5)  # channel 1, scaled, (z, y, x)
 
 
+def test_the_ignore_label_marks_unannotated_voxels(tmp_path):
+    """nnU-Net v2's partial annotations: an "ignore" label (the highest value) is not a class; its
+    voxels read as the ignore index, which losses and metrics skip."""
+    from semiseg.core import IGNORE_INDEX
+
+    root = make_dataset(tmp_path / "Dataset002_Partial")
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["labels"]["ignore"] = 3
+    (root / "dataset.json").write_text(json.dumps(meta))
+    partial = np.full((8, 6, 3), 3, np.uint8)
+    partial[2:4, 2:4, 1] = 2
+    write(root / "labelsTr" / "a.nii.gz", partial)
+    bundle = load_nnunet(root)
+    assert bundle.num_classes == 3 and bundle.class_names == ["background", "zone", "tumour"]
+    a = bundle.train[0]
+    assert set(np.unique(a.mask).tolist()) == {2, IGNORE_INDEX} and (a.mask == 2).sum() == 4
+    meta["labels"]["ignore"] = 7
+    (root / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="the 'ignore' label must be the highest value, 3, got 7"):
+        load_nnunet(root)
+
+
 def test_bad_datasets_are_one_line_errors(tmp_path):
     root = make_dataset(tmp_path / "missing_channel")
     (root / "imagesTr" / "b_0001.nii.gz").unlink()

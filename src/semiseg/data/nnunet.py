@@ -11,7 +11,9 @@
 Records are ``[C, D, H, W]`` (the channels in ``channel_names`` order, each scaled to [0, 1] by its
 minimum and maximum with ``data.intensity: auto``), masks ``[D, H, W]``, spacing from the files.
 Every channel file of a case must have the geometry of its first channel, and the label file too.
-Classes: ``labels`` (integer values 0 … K − 1; nnU-Net's region-based lists are refused). A case in
+Classes: ``labels`` (integer values 0 … K − 1; nnU-Net's region-based lists are refused; an
+``"ignore"`` label, K, marks unannotated voxels as nnU-Net v2's partial annotations do: losses and
+metrics skip them). A case in
 ``imagesTr`` without a label file is unlabeled. ``data.dataset: nnunet`` with ``data.path`` the
 dataset folder; NIfTI files only (``file_ending: .nii.gz`` or ``.nii``).
 """
@@ -28,7 +30,7 @@ import numpy as np
 
 from semiseg.config import DataConfig
 from semiseg.data.io import normalize_intensity
-from semiseg.data.records import DatasetBundle, Record, load_records
+from semiseg.data.records import IGNORE_INDEX, DatasetBundle, Record, load_records
 from semiseg.data.registry import register_dataset
 from semiseg.data.store import cache_dir
 from semiseg.data.volume_io import VolumeGeometry, check_same_geometry, nifti_stem, probe_volume, read_volume
@@ -51,9 +53,14 @@ def _read_json(root: Path) -> dict:
     ending = meta.get("file_ending", ".nii.gz")
     if ending not in (".nii.gz", ".nii"):
         raise DataError(path, f"file_ending {ending!r}: only NIfTI (.nii.gz, .nii) is read")
-    values = list(meta["labels"].values())
+    labels = dict(meta["labels"])
+    ignore = labels.pop("ignore", None)  # nnU-Net v2's partial annotations: the highest label value
+    values = list(labels.values())
     if any(not isinstance(v, int) for v in values) or sorted(values) != list(range(len(values))):
         raise DataError(path, f"labels must map names to the integers 0..K-1 (no region lists), got {values}")
+    if ignore is not None and (isinstance(ignore, bool) or ignore != len(values)):
+        raise DataError(path, f"the 'ignore' label must be the highest value, {len(values)}, got {ignore!r}")
+    meta["classes"], meta["ignore"] = labels, ignore
     return meta
 
 
@@ -120,13 +127,23 @@ def read_case(files: Sequence[Path], intensity: str = "auto") -> tuple[np.ndarra
     return np.stack(channels), geometry
 
 
-def _record(case: str, files: Sequence[Path], label: Path | None, num_classes: int, intensity: str) -> Record:
+def _record(
+    case: str,
+    files: Sequence[Path],
+    label: Path | None,
+    num_classes: int,
+    intensity: str,
+    ignore: int | None = None,
+) -> Record:
     image, geometry = read_case(files, intensity)
     mask = None
     if label is not None:
         values, label_geo = read_volume(label, dtype=np.float64)
         check_same_geometry(files[0], label, geometry, label_geo)
-        bad = sorted(set(np.unique(values).tolist()) - set(range(num_classes)))
+        if ignore is not None:  # unannotated voxels
+            values = np.where(values == ignore, IGNORE_INDEX, values)
+        known = set(range(num_classes)) | ({IGNORE_INDEX} if ignore is not None else set())
+        bad = sorted(set(np.unique(values).tolist()) - known)
         if bad:
             raise DataError(
                 label, f"label values {', '.join(f'{v:g}' for v in bad[:5])} are not in dataset.json's labels"
@@ -152,7 +169,7 @@ def load_nnunet(
     meta = _read_json(root)
     ending = meta.get("file_ending", ".nii.gz")
     n_channels = len(meta["channel_names"])
-    num_classes = len(meta["labels"])
+    num_classes = len(meta["classes"])
     splits: dict[str, list[Record]] = {}
     for split, images, labels in (("train", "imagesTr", "labelsTr"), ("test", "imagesTs", "labelsTs")):
         if split == "test" and not (root / labels).is_dir():
@@ -166,9 +183,10 @@ def load_nnunet(
             if split == "test" and not label.is_file():
                 raise DataError(label, "missing: every test case needs its label file")
             label = label if label.is_file() else None
-            readers.append(functools.partial(_record, case, tuple(files), label, num_classes, intensity))
+            readers.append(functools.partial(_record, case, tuple(files), label, num_classes, intensity,
+                                             meta["ignore"]))  # fmt: skip
         splits[split] = load_records(readers, loading, volumes=True, cache=cache)
-    names = sorted(meta["labels"], key=lambda k: meta["labels"][k])
+    names = sorted(meta["classes"], key=lambda k: meta["classes"][k])
     return DatasetBundle(name=root.name, num_classes=num_classes, in_channels=n_channels, train=splits["train"],
                          test=splits.get("test"), class_names=names)  # fmt: skip
 

@@ -181,7 +181,10 @@ def test_png_0_255_mask_suggests_mask_threshold(tmp_path: Path) -> None:
     values = np.zeros((6, 8), dtype=np.uint8)
     values[2:5, 3:6] = 255
     _mask(tmp_path / "masks" / "a.png", values)
-    with pytest.raises(DataError, match=r"outside classes 0\.\.1; a 0/255 mask: set data\.mask_threshold"):
+    with pytest.raises(
+        DataError,
+        match=r"outside classes 0\.\.1; if 255 marks unlabeled .*, or if it is a 0/255 binary mask, data\.mask_threshold",
+    ):
         load_folder(tmp_path, num_classes=2)
     np.testing.assert_array_equal(load_folder(tmp_path, mask_threshold=127).train[0].mask, values // 255)
 
@@ -255,7 +258,7 @@ def test_tags_json_gives_image_level_tags_checked_against_masks(tmp_path: Path) 
     bundle = load_folder(tmp_path, num_classes=3)
     assert bundle.tags == {"a": [2], "b": [1, 2], "c": []}
     for bad, message in (
-        ({"z": [1]}, "names 'z', which is not an image"),
+        ({"z": [1]}, r"names 'z', which is not a training image \(train/ or the flat layout\)"),
         (
             {"b": [3]},
             r"tags of 'b' must be a list of foreground classes 1..2 \(data.num_classes 3\), got \[3\]",
@@ -276,6 +279,20 @@ def test_tags_json_gives_image_level_tags_checked_against_masks(tmp_path: Path) 
     assert load_folder(tmp_path, num_classes=3).tags == {}
 
 
+def test_tags_name_training_images_even_when_a_test_image_has_the_same_stem(tmp_path: Path) -> None:
+    import json
+
+    for split in ("train", "test"):
+        _image(tmp_path / split / "images" / "0001.png")
+    _mask(tmp_path / "test" / "masks" / "0001.png", np.ones((6, 8), np.uint8))  # test's 0001 shows class 1
+    (tmp_path / "tags.json").write_text(json.dumps({"0001": []}))  # train's 0001 is tagged absent
+    assert load_folder(tmp_path).tags == {"0001": []}
+    _image(tmp_path / "test" / "images" / "only-test.png")
+    (tmp_path / "tags.json").write_text(json.dumps({"only-test": []}))
+    with pytest.raises(DataError, match="names 'only-test', which is not a training image"):
+        load_folder(tmp_path)
+
+
 def test_masks_with_unlabeled_pixels_and_their_tags(tmp_path: Path) -> None:
     """data.mask_unlabeled: a mask of a few clicked pixels; its tags may list classes it does not show."""
     import json
@@ -287,7 +304,9 @@ def test_masks_with_unlabeled_pixels_and_their_tags(tmp_path: Path) -> None:
     clicks[0, 0], clicks[3, 3] = 0, 1
     _image(tmp_path / "images" / "a.png")
     _mask(tmp_path / "masks" / "a.png", clicks)
-    with pytest.raises(DataError, match="if 255 marks unlabeled pixels, set data.mask_unlabeled: 255"):
+    with pytest.raises(
+        DataError, match=r"if 255 marks unlabeled pixels \(clicks, scribbles\), set data.mask_unlabeled: 255"
+    ):
         load_folder(tmp_path, num_classes=3)
     (mask,) = [r.mask for r in load_folder(tmp_path, num_classes=3, mask_unlabeled=255).train]
     assert (mask == IGNORE_INDEX).sum() == 46 and mask[3, 3] == 1
@@ -308,7 +327,7 @@ def test_sizes_json_gives_rough_region_sizes(tmp_path: Path) -> None:
     (tmp_path / "sizes.json").write_text(json.dumps({"a": {"1": 12, "2": 3.5}, "b": {}}))
     assert load_folder(tmp_path, num_classes=3).sizes == {"a": {1: 12.0, 2: 3.5}, "b": {}}
     for bad, message in (
-        ({"z": {"1": 3}}, "names 'z', which is not an image"),
+        ({"z": {"1": 3}}, "names 'z', which is not a training image"),
         ({"a": {"3": 3}}, r"sizes of 'a' must map foreground classes 1..2 to pixel counts >= 0"),
         ({"a": {"0": 3}}, "sizes of 'a' must map foreground classes"),
         ({"a": {"1": -1}}, "sizes of 'a' must map foreground classes"),

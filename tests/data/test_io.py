@@ -227,14 +227,17 @@ def test_png_0_255_mask_without_threshold_gets_hint(tmp_path: Path) -> None:
     arr = np.zeros((16, 16), dtype=np.uint8)
     arr[4:12, 4:12] = 255
     Image.fromarray(arr).save(tmp_path / "m.png")
-    with pytest.raises(DataError, match=r"outside classes 0\.\.1; a 0/255 mask: set data.mask_threshold"):
+    with pytest.raises(
+        DataError,
+        match=r"outside classes 0\.\.1; if 255 marks unlabeled .*, or if it is a 0/255 binary mask, data.mask_thr",
+    ):
         read_mask(tmp_path / "m.png", num_classes=2)
     np.testing.assert_array_equal(read_mask(tmp_path / "m.png", 2, threshold=127), arr // 255)
     arr[0, 0] = 7  # other values: no 0/255 hint, but 255 may mark unlabeled pixels
     Image.fromarray(arr).save(tmp_path / "m.png")
     with pytest.raises(
         DataError,
-        match=r"outside classes 0\.\.1; if 255 marks unlabeled pixels, set data.mask_unlabeled: 255$",
+        match=r"outside classes 0\.\.1; if 255 marks unlabeled pixels \(clicks, scribbles\), set data.mask_unlabeled: 255$",
     ):
         read_mask(tmp_path / "m.png", num_classes=2)
 
@@ -250,6 +253,13 @@ def test_unlabeled_mask_value_reads_as_the_ignore_index(tmp_path: Path) -> None:
     assert mask[1, 1] == 0 and mask[5, 5] == 2 and (mask == IGNORE_INDEX).sum() == 62
     np.save(tmp_path / "m.npy", arr.astype(np.int64))
     np.testing.assert_array_equal(read_mask(tmp_path / "m.npy", 3, unlabeled=200), mask)
+    np.save(tmp_path / "neg.npy", np.where(arr == 200, -1, arr.astype(np.int64)))  # -1: common in arrays
+    np.testing.assert_array_equal(read_mask(tmp_path / "neg.npy", 3, unlabeled=-1), mask)
+    arr[2, 2] = 255  # a literal 255 is not the unlabeled value here: an error, not silently ignored
+    Image.fromarray(arr).save(tmp_path / "m.png")
+    with pytest.raises(DataError, match=r"mask values \[255\] outside classes 0\.\.2"):
+        read_mask(tmp_path / "m.png", num_classes=3, unlabeled=200)
+    arr[2, 2] = 200
     arr[0, 0] = 3  # still a value that is neither a class nor the unlabeled one
     Image.fromarray(arr).save(tmp_path / "m.png")
     with pytest.raises(DataError, match=r"mask values \[3\] outside classes 0\.\.2"):

@@ -65,26 +65,41 @@ def test_weak_labels_need_masks():
         prepare_data(config("data.split.unlabeled_supervision=size"), bundle=bundle(unmasked=2))
     with pytest.raises(
         DataError,
-        match="unlabeled_supervision: tag needs a mask to count from or an entry in the folder.s tags.json",
+        match=r"unlabeled_supervision: tag needs a mask to count from \(a folder dataset: or an entry in its tags.json\)",
     ):
         prepare_data(config("data.split.unlabeled_supervision=tag"), bundle=bundle(unmasked=2))
 
 
 def test_images_without_masks_take_their_sizes_from_the_sizes_file():
     """Rough region sizes for unmasked images (at their own resolution), scaled to the training grid;
-    classes the file does not give stay unknown (NaN)."""
+    a foreground class the file does not list is absent (0, as in tags.json), the background unknown."""
     b = bundle(unmasked=2)
     b.sizes = {"im12": {1: 6.0}, "im13": {}}
     data = prepare_data(config("data.split.unlabeled_supervision=size", "data.image_size=[16,16]"), bundle=b)
     sizes = {data.unlabeled.ids[i]: data.unlabeled[i]["sizes"].tolist() for i in range(len(data.unlabeled))}
     assert math.isnan(sizes["im12"][0]) and sizes["im12"][1] == 24.0  # 8x8 -> 16x16: 4x the pixels
-    assert all(math.isnan(v) for v in sizes["im13"])
+    assert math.isnan(sizes["im13"][0]) and sizes["im13"][1] == 0.0
     assert all(not math.isnan(v[1]) for k, v in sizes.items() if k not in b.sizes)  # from the masks
     del b.sizes["im13"]
     with pytest.raises(
-        DataError, match="size needs a mask to count from or an entry in the folder.s sizes.json"
+        DataError,
+        match=r"size needs a mask to count from \(a folder dataset: or an entry in its sizes.json\)",
     ):
         prepare_data(config("data.split.unlabeled_supervision=size"), bundle=b)
+
+
+def test_a_mask_with_unlabeled_pixels_cannot_count_weak_labels():
+    """Clicks show neither every class present nor its size: such an item needs a file entry."""
+    b = bundle(unmasked=0)
+    b.train[5].mask[0, 0] = IGNORE_INDEX
+    for weak in ("tag", "size"):
+        with pytest.raises(DataError, match=rf"{weak} cannot be counted from a mask with unlabeled pixels"):
+            prepare_data(
+                config(f"data.split.unlabeled_supervision={weak}", "data.split.unlabeled=all"), bundle=b
+            )
+    b.tags = {"im05": [1]}
+    data = prepare_data(config("data.split.unlabeled_supervision=tag", "data.split.unlabeled=all"), bundle=b)
+    assert data.unlabeled[data.unlabeled.ids.index("im05")]["tags"].tolist() == [1.0, 1.0]
 
 
 def test_images_without_masks_take_their_tags_from_the_tags_file():
@@ -100,7 +115,7 @@ def test_images_without_masks_take_their_tags_from_the_tags_file():
     assert all((data.unlabeled[i]["mask"] == IGNORE_INDEX).all() for i in range(len(data.unlabeled)))
     del b.tags["im15"]  # one unmasked image left without a tag
     with pytest.raises(
-        DataError, match="tag needs a mask to count from or an entry in the folder.s tags.json"
+        DataError, match=r"tag needs a mask to count from \(a folder dataset: or an entry in its tags.json\)"
     ):
         prepare_data(config("data.split.unlabeled_supervision=tag"), bundle=b)
 

@@ -451,3 +451,27 @@ def test_volume_resizing_is_trilinear_when_growing_and_antialiased_when_shrinkin
     assert (shrunk - 0.5).abs().max() < 0.15  # antialiased: every output slice averages its neighbours
     aliased = F.interpolate(stripes, size=(5, 4, 4), mode="trilinear", align_corners=False)
     assert (aliased - 0.5).abs().max() == 0.5  # plain trilinear samples single slices (all 0 or all 1)
+
+
+def test_shrinking_a_mask_of_clicks_keeps_every_click():
+    """Nearest sampling drops most single-pixel clicks when a partial mask shrinks; every labeled pixel
+    lands in the cell that contains it (one per cell), and dense masks resize as before."""
+    import torch.nn.functional as F
+
+    from semiseg.data.views import resize_mask
+
+    g = torch.Generator().manual_seed(0)
+    clicks = torch.full((2, 96, 96), IGNORE_INDEX)
+    for n in range(2):
+        flat = torch.randperm(96 * 96, generator=g)[:10]
+        clicks[n].view(-1)[flat] = torch.randint(0, 3, (10,), generator=g)
+    out = resize_mask(clicks, (32, 32))
+    for n in range(2):
+        ys, xs = (clicks[n] != IGNORE_INDEX).nonzero().unbind(1)
+        cells = set(zip((ys // 3).tolist(), (xs // 3).tolist()))
+        assert int((out[n] != IGNORE_INDEX).sum()) == len(cells)  # one label per cell holding a click
+        for y, x in zip(ys.tolist(), xs.tolist()):
+            assert out[n, y // 3, x // 3] != IGNORE_INDEX
+    dense = torch.randint(0, 3, (1, 64, 64), generator=g)
+    nearest = F.interpolate(dense[:, None].float(), size=(32, 32), mode="nearest-exact")[:, 0].long()
+    assert torch.equal(resize_mask(dense, (32, 32)), nearest)

@@ -771,7 +771,7 @@ def test_cli_trains_translation_on_tags_from_a_file_for_images_without_masks(tmp
     capsys.readouterr()
     assert main(["data", "check", "-c", str(recipe)]) == 0  # the report counts the file's tags
     unmasked = [k for k in tags if k in split["unlabeled"]]
-    line = f"tags.json: {len(unmasked)} items without a mask (class1 present in {len(present)})"
+    line = f"tags.json: {len(unmasked)} items (class1 present in {len(present)})"
     assert line in capsys.readouterr().out
 
 

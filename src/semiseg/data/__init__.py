@@ -137,16 +137,19 @@ def prepare_data(
     if split.unlabeled:
         weak = spec.unlabeled_supervision
         if weak != "none":
-            # a tag / size comes from the item's mask, or from the dataset's tags / sizes file
+            # a tag / size comes from the dataset's tags / sizes file, else is counted from the item's
+            # mask, which must then be whole (a mask of clicks shows neither every class nor its size)
             given = bundle.tags if weak == "tag" else bundle.sizes
-            missing = next((r for r in split.unlabeled if not r.has_mask and r.id not in given), None)
-            if missing is not None:
-                where = f" or an entry in the folder's {'tags' if weak == 'tag' else 'sizes'}.json"
-                raise DataError(
-                    missing.source or missing.id,
-                    f"data.split.unlabeled_supervision: {weak} needs a mask to count from{where}, and this item "
-                    "has none",
-                )
+            where = f" (a folder dataset: or an entry in its {weak}s.json)"
+            for r in split.unlabeled:
+                if r.id in given:
+                    continue
+                if not r.has_mask:
+                    raise DataError(r.source or r.id, f"data.split.unlabeled_supervision: {weak} needs a mask to "
+                                                      f"count from{where}, and this item has none")  # fmt: skip
+                if (np.asarray(r.mask) == IGNORE_INDEX).any():
+                    raise DataError(r.source or r.id, f"data.split.unlabeled_supervision: {weak} cannot be counted "
+                                                      f"from a mask with unlabeled pixels{where}")  # fmt: skip
         if items is TrainSet:  # tags.json / sizes.json name 2D images only
             if weak == "tag" and bundle.tags:
                 common["file_tags"] = bundle.tags

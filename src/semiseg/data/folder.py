@@ -58,8 +58,10 @@ SIZES_FILE = "sizes.json"
 
 def _entries(splits: dict[str, list[Record]], path: Path, form: str, images_only: bool = False):
     """The ``(stem, value, record)`` entries of a JSON file ``{image stem: value}`` beside the images
-    (``form`` describes the object for the error); one-line DataError on an unreadable file, another
-    JSON value, a stem that is not an image, or (``images_only``) a volume."""
+    (``form`` describes the object for the error), one per record of that stem (the same stem may name
+    an image in train/ and one in test/); with ``images_only``, weak labels of training images: only
+    train/'s 2D images. One-line DataError on an unreadable file, another JSON value, or a stem that
+    names none of those."""
     import json
 
     try:
@@ -68,15 +70,21 @@ def _entries(splits: dict[str, list[Record]], path: Path, form: str, images_only
         raise DataError(path, f"cannot read: {exc}") from None
     if not isinstance(entries, dict):
         raise DataError(path, f"must hold one JSON object {form}")
-    records = {r.id: r for recs in splits.values() for r in recs}
+    records: dict[str, list[Record]] = {}
+    for name, recs in splits.items():
+        for r in recs if name == "train" or not images_only else []:
+            records.setdefault(r.id, []).append(r)
     for stem, value in entries.items():
-        record = records.get(stem)
-        if record is None:
-            raise DataError(path, f"names '{stem}', which is not an image of the dataset")
-        if images_only and record.ndim != 3:
-            raise DataError(path, f"'{stem}' is a volume: the file names 2D images (a volume's tag or size "
-                                  "says nothing of its slices)")  # fmt: skip
-        yield stem, value, record
+        if stem not in records:
+            what = (
+                "a training image (train/ or the flat layout)" if images_only else "an image of the dataset"
+            )
+            raise DataError(path, f"names '{stem}', which is not {what}")
+        for record in records[stem]:
+            if images_only and record.ndim != 3:
+                raise DataError(path, f"'{stem}' is a volume: the file names 2D images (a volume's tag or size "
+                                      "says nothing of its slices)")  # fmt: skip
+            yield stem, value, record
 
 
 def _apply_labels(splits: dict[str, list[Record]], path: Path) -> None:
@@ -119,7 +127,8 @@ def _read_tags(splits: dict[str, list[Record]], path: Path, num_classes: int) ->
 
 def _read_sizes(splits: dict[str, list[Record]], path: Path, num_classes: int) -> dict[str, dict[int, float]]:
     """``sizes.json``: each listed 2D image's region sizes, ``{"<class>": pixels}`` at the image's own
-    resolution (rough sizes are fine: the size penalty bounds them by ±γ), for weak supervision
+    resolution (rough sizes are fine: the size penalty bounds them by ±γ; a foreground class not
+    listed is absent, size 0, as in tags.json), for weak supervision
     (``data.split.unlabeled_supervision: size``) of images without a mask or with unlabeled pixels in
     it (an image listed takes its sizes from the file). One-line DataError on a bad file."""
     import math
@@ -181,15 +190,15 @@ def _read_volume_pair(
     if mask_path is not None:
         mask, mask_geometry = read_volume(mask_path, dtype=np.float64)
         check_same_geometry(image_path, mask_path, geometry, mask_geometry)
-        if unlabeled is not None:
-            mask = np.where(mask == unlabeled, IGNORE_INDEX, mask)
-        values = set(np.unique(mask).tolist()) - ({IGNORE_INDEX} if unlabeled is not None else set())
+        values = set(np.unique(mask).tolist()) - ({unlabeled} if unlabeled is not None else set())
         bad = sorted(values - set(range(num_classes)))
         if bad:
             shown = ", ".join(f"{v:g}" for v in bad[:5])
             raise DataError(
                 mask_path, f"mask values {shown} are not classes 0..{num_classes - 1} (data.num_classes)"
             )
+        if unlabeled is not None:
+            mask = np.where(mask == unlabeled, IGNORE_INDEX, mask)
         mask = mask.astype(np.int64)
     stem = nifti_stem(image_path)
     return Record(
@@ -319,8 +328,10 @@ def load_folder(
     split_dirs = [s for s in SPLIT_NAMES if (root / s / image_dir).is_dir()]
     if split_dirs and (root / image_dir).is_dir():
         raise DataError(root, f"has both {image_dir}/ and {'/, '.join(split_dirs)}/ folders; use one layout")
-    if mask_unlabeled is not None and (mask_unlabeled < num_classes or mask_threshold is not None):
-        what = "is a class" if mask_unlabeled < num_classes else "cannot be used with data.mask_threshold"
+    if mask_unlabeled is not None and (0 <= mask_unlabeled < num_classes or mask_threshold is not None):
+        what = (
+            "is a class" if 0 <= mask_unlabeled < num_classes else "cannot be used with data.mask_threshold"
+        )
         raise ConfigError(f"data.mask_unlabeled: {mask_unlabeled} {what} (classes 0..{num_classes - 1})")
     options = dict(
         num_classes=num_classes,

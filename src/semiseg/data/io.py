@@ -207,9 +207,7 @@ def read_model_image(path: str | os.PathLike, in_channels: int, intensity: str =
     return image
 
 
-def check_mask_values(
-    mask: np.ndarray, num_classes: int, path: str | os.PathLike, hint: str = "", ignore: bool = False
-) -> None:
+def check_mask_values(mask: np.ndarray, num_classes: int, path: str | os.PathLike, hint: str = "") -> None:
     """Raises :class:`DataError` if ``mask`` has values outside ``[0, num_classes)``.
 
     The message lists up to five of the offending values, e.g.
@@ -220,10 +218,7 @@ def check_mask_values(
         num_classes: Number of classes of the dataset.
         path: File the mask came from (for the message).
         hint: Optional text appended to the message (e.g. how to fix it).
-        ignore: Whether ``IGNORE_INDEX`` (an unlabeled pixel) is allowed too.
     """
-    if ignore:
-        mask = mask[mask != IGNORE_INDEX]
     if mask.size == 0:
         return
     if int(mask.min()) >= 0 and int(mask.max()) < num_classes:
@@ -266,10 +261,8 @@ def read_mask(
             raise DataError(path, f"a .npy mask must be [H, W], got shape {raw.shape}")
         if raw.dtype.kind == "f" and (not np.isfinite(raw).all() or not (raw == np.round(raw)).all()):
             raise DataError(path, "mask has non-integer values")
-        mask = (raw > threshold) if threshold is not None else raw
-        mask = _unlabeled(mask.astype(np.int64), unlabeled if threshold is None else None)
-        check_mask_values(mask, num_classes, path, ignore=unlabeled is not None)
-        return mask
+        mask = ((raw > threshold) if threshold is not None else raw).astype(np.int64)
+        return _checked(mask, num_classes, path, unlabeled if threshold is None else None, "")
     im = _open(path)
     if threshold is not None:
         if im.mode not in _GRAY_MODES or im.mode in ("1", "LA"):
@@ -290,22 +283,25 @@ def read_mask(
             if not np.isfinite(raw).all() or not (raw == np.round(raw)).all():
                 raise DataError(path, "mask has non-integer values")
         mask = raw.astype(np.int64)
-    hint = ""
-    if threshold is None and Path(path).suffix.lower() in (".jpg", ".jpeg"):
-        hint = "; JPEG masks are lossy, set data.mask_threshold (e.g. 127)"
-    elif threshold is None and mask.size and int(mask.max()) == 255 and np.isin(mask, (0, 255)).all():
-        hint = "; a 0/255 mask: set data.mask_threshold (e.g. 127) to read it as background/foreground"
-    if unlabeled is not None and threshold is None:
-        mask = _unlabeled(mask, unlabeled)
-    elif threshold is None and mask.size and int(mask.max()) == 255 and not hint:
-        hint = "; if 255 marks unlabeled pixels, set data.mask_unlabeled: 255"
-    check_mask_values(mask, num_classes, path, hint, ignore=unlabeled is not None)
+    if threshold is not None:
+        return _checked(mask, num_classes, path, None, "")
+    hint = "; JPEG masks are lossy, set data.mask_threshold (e.g. 127)" if Path(path).suffix.lower() in (
+        ".jpg", ".jpeg") else ""  # fmt: skip
+    return _checked(mask, num_classes, path, unlabeled, hint)
+
+
+def _checked(mask: np.ndarray, num_classes: int, path, unlabeled: int | None, hint: str) -> np.ndarray:
+    """``mask`` after :func:`check_mask_values` (values: classes, or ``unlabeled``), its ``unlabeled``
+    pixels then set to ``IGNORE_INDEX``; a mask holding 255 without ``unlabeled`` gets a hint."""
+    if unlabeled is not None:
+        check_mask_values(mask[mask != unlabeled], num_classes, path, hint)
+        return np.where(mask == unlabeled, IGNORE_INDEX, mask)
+    if not hint and mask.size and int(mask.max()) == 255:
+        hint = "; if 255 marks unlabeled pixels (clicks, scribbles), set data.mask_unlabeled: 255"
+        if np.isin(mask, (0, 255)).all():
+            hint += ", or if it is a 0/255 binary mask, data.mask_threshold (e.g. 127)"
+    check_mask_values(mask, num_classes, path, hint)
     return mask
-
-
-def _unlabeled(mask: np.ndarray, value: int | None) -> np.ndarray:
-    """``mask`` with its pixels of raw value ``value`` (unlabeled) set to ``IGNORE_INDEX``."""
-    return mask if value is None else np.where(mask == value, IGNORE_INDEX, mask)
 
 
 def check_same_size(

@@ -140,15 +140,15 @@ def _record(
     if label is not None:
         values, label_geo = read_volume(label, dtype=np.float64)
         check_same_geometry(files[0], label, geometry, label_geo)
-        if ignore is not None:  # unannotated voxels
-            values = np.where(values == ignore, IGNORE_INDEX, values)
-        known = set(range(num_classes)) | ({IGNORE_INDEX} if ignore is not None else set())
+        known = set(range(num_classes)) | ({ignore} if ignore is not None else set())
         bad = sorted(set(np.unique(values).tolist()) - known)
         if bad:
             raise DataError(
                 label, f"label values {', '.join(f'{v:g}' for v in bad[:5])} are not in dataset.json's labels"
             )
-        mask = values.astype(np.int64)
+        mask = (values if ignore is None else np.where(values == ignore, IGNORE_INDEX, values)).astype(
+            np.int64
+        )
     return Record(
         id=case,
         image=image,

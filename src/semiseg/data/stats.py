@@ -61,11 +61,11 @@ def dataset_stats(bundle: DatasetBundle, parts: dict[str, Sequence[Record]]) -> 
         std = np.sqrt(np.maximum(squares / total - mean**2, 0.0))
         part["channels"] = [{"mean": round(float(m), 4), "std": round(float(s), 4), "min": round(float(a), 4),
                              "max": round(float(b), 4)} for m, s, a, b in zip(mean, std, low, high)]  # fmt: skip
-        tagged = [bundle.tags[r.id] for r in records if not r.has_mask and r.id in bundle.tags]
-        if tagged:  # tags.json: the unmasked items' image-level tags
+        tagged = [bundle.tags[r.id] for r in records if r.id in bundle.tags]
+        if tagged:  # tags.json: image-level tags of the items it lists
             part["file_tags"] = {"items": len(tagged), "present": {
                 bundle.class_names[c]: sum(c in t for t in tagged) for c in range(1, k)}}  # fmt: skip
-        sized = sum(not r.has_mask and r.id in bundle.sizes for r in records)
+        sized = sum(r.id in bundle.sizes for r in records)
         if sized:  # sizes.json
             part["file_sizes"] = {"items": sized}
         if part["with_mask"]:
@@ -98,7 +98,7 @@ def format_stats(stats: dict) -> str:
         if "file_tags" in part:
             t = part["file_tags"]
             shown = ", ".join(f"{cls} present in {n}" for cls, n in t["present"].items())
-            lines.append(f"    tags.json: {t['items']} items without a mask ({shown})")
+            lines.append(f"    tags.json: {t['items']} items ({shown})")
         if "file_sizes" in part:
-            lines.append(f"    sizes.json: {part['file_sizes']['items']} items without a mask")
+            lines.append(f"    sizes.json: {part['file_sizes']['items']} items")
     return "\n".join(lines)

@@ -60,11 +60,35 @@ def resize_image(image: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
 
 
 def resize_mask(mask: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    """Shape: ``[N, H, W]`` long → ``[N, *size]`` (nearest); ``[N, D, H, W]`` with a 3-entry ``size``."""
+    """Shape: ``[N, H, W]`` long → ``[N, *size]`` (nearest); ``[N, D, H, W]`` with a 3-entry ``size``.
+
+    A partial mask (clicked pixels, scribbles: ``IGNORE_INDEX`` elsewhere) keeps every labeled pixel
+    when it shrinks: nearest sampling would drop most isolated clicks, so each labeled pixel is also
+    written into the target pixel that contains it, where sampling left none.
+
+    Examples:
+        >>> m = torch.full((1, 8, 8), IGNORE_INDEX); m[0, 1, 1] = 1; m[0, 6, 5] = 0
+        >>> out = resize_mask(m, (2, 2))
+        >>> out[0].tolist()
+        [[1, 255], [255, 0]]
+    """
     size = tuple(size)
     if tuple(mask.shape[-len(size) :]) == size:
         return mask
-    return F.interpolate(mask[:, None].float(), size=size, mode="nearest-exact")[:, 0].long()
+    out = F.interpolate(mask[:, None].float(), size=size, mode="nearest-exact")[:, 0].long()
+    source = mask.shape[-len(size) :]
+    labeled = mask != IGNORE_INDEX
+    if all(t <= s for t, s in zip(size, source)) and labeled.any() and not labeled.all():
+        where = labeled.nonzero()  # [m, 1 + dims]: item, then source coordinates (row-major order)
+        cells = [where[:, 0]] + [where[:, 1 + a] * size[a] // source[a] for a in range(len(size))]
+        flat = torch.zeros_like(cells[0])
+        for c, n in zip(cells, (mask.shape[0], *size)):
+            flat = flat * n + c
+        position = torch.arange(len(flat))
+        first = torch.full((int(flat.max()) + 1,), len(flat)).scatter_reduce(0, flat, position, reduce="amin")
+        keep = (first[flat] == position) & (out[tuple(cells)] == IGNORE_INDEX)  # one source pixel per cell
+        out[tuple(c[keep] for c in cells)] = mask[labeled][keep]
+    return out
 
 
 def training_grid(
@@ -290,7 +314,8 @@ class TrainSet(KeyedItems):
                 for i, r in enumerate(records):  # listed in the sizes file: its sizes, on the training grid
                     if r.id in (file_sizes or {}):
                         scale = math.prod(image_size) / math.prod(r.shape[1:])
-                        self.sizes[i] = float("nan")
+                        self.sizes[i, 0] = float("nan")  # background: not given
+                        self.sizes[i, 1:] = 0.0  # a foreground class not listed is absent
                         for c, pixels in file_sizes[r.id].items():
                             self.sizes[i, c] = pixels * scale
         self.labels = torch.full((n,), IGNORE_INDEX, dtype=torch.long)

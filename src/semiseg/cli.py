@@ -248,13 +248,16 @@ def build_postprocess(args, method, cfg, data, device, state=None):
 
 def cmd_predict(args) -> int:
     from semiseg.api import Model
-    from semiseg.engine.predict import predict_folder
+    from semiseg.engine.predict import CLASSES_FILE, is_classifier, predict_folder
 
     model = Model(
         args.model or args.checkpoint, args.device, args.dtype, args.threads
     )  # .onnx or a checkpoint
     n = predict_folder(model.network, model.state, args.input, args.output, model.device, model.cfg)
-    print(f"wrote {n} masks to {args.output}")
+    if is_classifier(model.network, model.state, model.device):
+        print(f"wrote the classes of {n} images to {Path(args.output) / CLASSES_FILE}")
+    else:
+        print(f"wrote {n} masks to {args.output}")
     return 0
 
 

@@ -125,3 +125,29 @@ def test_images_are_segmented_a_chunk_at_a_time_and_a_bad_one_is_caught_before_a
     with pytest.raises(DataError, match=r"im4b.npy: image has 5 channel"):
         predict_folder(threshold_net, STATE, src, tmp_path / "out3", torch.device("cpu"))
     assert not (tmp_path / "out3").exists()  # im0..im3 were written, then removed with the folder
+
+
+def test_a_classifier_writes_one_csv_of_classes_and_refuses_volumes(tmp_path):
+    """A classifier's network gives [B, K]: one row per image (its class and probabilities), no PNG."""
+    from PIL import Image
+
+    def mean_classifier(x: torch.Tensor) -> torch.Tensor:  # class 1 for bright images
+        m = x.mean(dim=(1, 2, 3))
+        return torch.stack([0.5 - m, m - 0.5], dim=1) * 10
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, level in (("dark", 20), ("bright", 230)):
+        Image.fromarray(np.full((20, 12), level, np.uint8)).save(src / f"{name}.png")
+    state = {**STATE, "num_classes": 2}
+    assert predict_folder(mean_classifier, state, src, tmp_path / "out", torch.device("cpu")) == 2
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["predictions.csv"]
+    lines = (tmp_path / "out" / "predictions.csv").read_text().splitlines()
+    assert lines[0] == "image,class,p_0,p_1"
+    rows = {r.split(",")[0]: r.split(",")[1:] for r in lines[1:]}
+    assert rows["bright.png"][0] == "1" and rows["dark.png"][0] == "0"
+    assert abs(sum(float(v) for v in rows["dark.png"][1:]) - 1.0) < 1e-5
+    volume(src / "v.nii.gz", np.zeros((16, 16, 3)))
+    with pytest.raises(DataError, match="v.nii.gz: a classification model labels 2D images, not volumes"):
+        predict_folder(mean_classifier, state, src, tmp_path / "out2", torch.device("cpu"))
+    assert not (tmp_path / "out2").exists()

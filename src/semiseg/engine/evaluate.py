@@ -32,10 +32,12 @@ def predict_slices(
     device: torch.device,
     batch_size: int = 32,
 ) -> list[torch.Tensor]:
-    """Class probabilities for 2D images of any sizes, each at its own resolution.
+    """Class probabilities for 2D images of any sizes, each at its own resolution (a classifier's: one
+    vector per image).
 
     Shape:
-        each slice ``[C, H_i, W_i]`` → each output ``[K, H_i, W_i]`` (float32, CPU).
+        each slice ``[C, H_i, W_i]`` → each output ``[K, H_i, W_i]`` (float32, CPU); ``[K]`` for a
+        classifier (``predict`` gives ``[B, K]``).
     """
     out: list[torch.Tensor] = []
     for start in range(0, len(slices), batch_size):
@@ -43,7 +45,7 @@ def predict_slices(
         x = torch.cat([resize_image(s[None].float(), tuple(image_size)) for s in chunk]).to(device)
         probs = predict(x).float().softmax(1).cpu()
         for p, s in zip(probs, chunk):
-            if tuple(p.shape[-2:]) != tuple(s.shape[-2:]):
+            if p.ndim > 1 and tuple(p.shape[-2:]) != tuple(s.shape[-2:]):
                 p = F.interpolate(p[None], size=tuple(s.shape[-2:]), mode="bilinear", align_corners=False)[0]
             out.append(p)
     return out

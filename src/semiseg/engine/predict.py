@@ -1,5 +1,5 @@
 """Segment a folder of images or NIfTI volumes: one PNG class map per image, one NIfTI label volume
-(``.nii.gz``, in the input's affine and header) per volume."""
+(``.nii.gz``, in the input's affine and header) per volume; a classifier's images: one CSV."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from semiseg.ops import class_map
 
 #: 2D images read, segmented and written together (bounded memory for folders of any size)
 IMAGE_CHUNK = 32
+#: a classifier's predictions: one row per image (image, class, probability of each class)
+CLASSES_FILE = "predictions.csv"
 
 
 def predict_folder(
@@ -27,6 +29,8 @@ def predict_folder(
     dataset scales them, ``cfg.data.intensity``). A model of C > 1 channels reads each case from
     nnU-Net-style channel files ``<case>_0000.nii.gz`` … ``<case>_{C-1:04d}.nii.gz`` and writes
     ``<case>.nii.gz``. ``predict`` is the network call (``method.predict``, or an exported model's).
+    A classifier (one class per image, e.g. SSLDEC on MNIST) writes one ``<output_dir>/predictions.csv``
+    instead: ``image,class,p_0,…,p_{K-1}``, a row per image.
 
     Every input is checked from its header before anything is written (2D images opened without
     decoding, NIfTI volumes' shapes and channels in one space); images are then read and segmented
@@ -59,17 +63,26 @@ def predict_folder(
     cases = _volume_cases(volumes, state["in_channels"])
     for _case, channel_files in cases:
         probe_case(channel_files)
-    predict = build_predict(predict, cfg) if cfg is not None else predict
+    classify = bool(images) and is_classifier(predict, state, device)
+    if classify and volumes:
+        raise DataError(volumes[0], "a classification model labels 2D images, not volumes")
+    predict = build_predict(predict, cfg) if cfg is not None and not classify else predict
     out = Path(output_dir)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     decision = state.get("decision")  # a threshold chosen on validation (train.threshold: val)
     written: list[Path] = []
+    rows: list[str] = []  # a classifier's CSV
     try:
         for start in range(0, len(images), IMAGE_CHUNK):  # a chunk of images in memory at a time
             chunk = images[start : start + IMAGE_CHUNK]
             pixels = [torch.from_numpy(read_model_image(p, state["in_channels"], intensity)) for p in chunk]
             for path, p in zip(chunk, predict_slices(predict, pixels, image_size, device)):
+                if classify:
+                    rows.append(
+                        ",".join([path.name, str(int(p.argmax())), *(f"{v:.6g}" for v in p.tolist())])
+                    )
+                    continue
                 label = label_map(p, decision)
                 target = out / f"{path.stem}.png"
                 atomic_write(target, lambda tmp, a=label: Image.fromarray(a).save(tmp, format="PNG"))
@@ -81,6 +94,11 @@ def predict_folder(
             target = out / f"{case}.nii.gz"
             write_label_volume(target, label_map(p, decision), geometry)
             written.append(target)
+        if classify:
+            head = ",".join(["image", "class", *(f"p_{k}" for k in range(int(state["num_classes"])))])
+            target = out / CLASSES_FILE
+            atomic_write(target, lambda tmp: Path(tmp).write_text("\n".join([head, *rows]) + "\n"))
+            written.append(target)
     except BaseException:
         for target in written:
             target.unlink(missing_ok=True)
@@ -88,6 +106,14 @@ def predict_folder(
             out.rmdir()
         raise
     return len(files)
+
+
+def is_classifier(predict, state: dict, device: torch.device) -> bool:
+    """Whether the network gives one class vector per image ``[B, K]`` (a classifier), not a map."""
+    if len(state["image_size"]) != 2:
+        return False
+    with torch.no_grad():
+        return predict(torch.zeros(1, state["in_channels"], *state["image_size"], device=device)).ndim == 2
 
 
 def label_map(probs: torch.Tensor, decision: dict | None = None) -> np.ndarray:

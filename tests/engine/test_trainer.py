@@ -91,13 +91,23 @@ def test_resume_after_interruption_mid_epoch_equals_straight_run(tmp_path, make_
 
 def test_resume_refuses_a_changed_config(tmp_path, make_config):
     train(make_config("train.epochs=1"), tmp_path)
+    record = {name: (tmp_path / name).read_text() for name in ("config.json", "split.json")}
     with pytest.raises(ConfigError, match=r"config differs from the checkpoint at 'train.lr'"):
         train(make_config("train.epochs=2", "train.lr=0.5"), tmp_path, resume=True)
+    assert {name: (tmp_path / name).read_text() for name in record} == record  # the run's record kept
 
 
 def test_resume_without_checkpoint(tmp_path, make_config):
     with pytest.raises(ConfigError, match="--resume: no checkpoint at"):
         train(make_config(), tmp_path / "new", resume=True)
+    assert not (tmp_path / "new").exists()  # no folder made for a refused resume
+
+
+def test_an_output_folder_that_is_a_file_is_refused_in_one_line(tmp_path, make_config):
+    (tmp_path / "x.bak").write_text("mine")
+    with pytest.raises(ConfigError, match=r"x.bak: the output folder is a file"):
+        train(make_config(), tmp_path / "x.bak")
+    assert (tmp_path / "x.bak").read_text() == "mine"
 
 
 # ------------------------------------------------------------------------------------------ divergence

@@ -74,6 +74,10 @@ def train(
     from semiseg.engine.trainer import Trainer
 
     out = Path(output_dir or cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: the output folder is a file")
+    if resume and not (out / "last.pt").is_file():  # before any folder or file is made
+        raise ConfigError(f"--resume: no checkpoint at {out / 'last.pt'}")
     check_logger(cfg.train.logger)  # on every process, before any of them starts
     info, device = D.setup(cfg.train.device)
     logger = Logger()  # train.logger's tracker on the main process (built once the folder exists)
@@ -88,13 +92,18 @@ def train(
             init_segmenter(method, cfg.train.init)
         if info.is_main:
             out.mkdir(parents=True, exist_ok=True)
-            data.split.write(out / "split.json")
-            atomic_write_text(out / "config.json", json.dumps(to_dict(cfg), indent=1))
-            logger = build_logger(cfg.train.logger, out, to_dict(cfg), resume)
         trainer = Trainer(cfg, method, data, out, info=info, device=device, resume=resume, logger=logger)
         started = True
+
+        def record() -> None:  # the run's record, once a resume has been accepted (fit's checks)
+            nonlocal logger
+            if info.is_main:
+                data.split.write(out / "split.json")
+                atomic_write_text(out / "config.json", json.dumps(to_dict(cfg), indent=1))
+                logger = trainer.logger = build_logger(cfg.train.logger, out, to_dict(cfg), resume)
+
         start = time.perf_counter()
-        trainer.fit()
+        trainer.fit(on_start=record)
         wall = time.perf_counter() - start
         if not info.is_main:
             return {}  # (after rank 0's final evaluation: see the finally below)

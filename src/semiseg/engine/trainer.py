@@ -17,7 +17,7 @@ import copy
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -615,11 +615,15 @@ class Trainer:
         stacked = D.all_reduce_mean(torch.stack([values[k].cpu().reshape(()) for k in keys]), self.info)
         return dict(zip(keys, stacked.tolist()))
 
-    def fit(self) -> dict[str, Any]:
-        """Train all phases; returns the final history record. Raises TrainingDiverged on NaN/inf."""
+    def fit(self, on_start: Callable[[], None] | None = None) -> dict[str, Any]:
+        """Train all phases; returns the final history record. Raises TrainingDiverged on NaN/inf.
+        ``on_start`` runs once a resume is accepted (its checkpoint read and its config checked), before
+        the first step: e.g. to write the run's record, which a refused resume must leave as it was."""
         seed_everything(self.cfg.train.seed)
         self.out.mkdir(parents=True, exist_ok=True)
         saved = self._restore() if self.resume else None
+        if on_start is not None:
+            on_start()
         if not self.resume and self.main:
             # a fresh run must not leave an earlier run's checkpoints or results next to its own logs
             for name in ("steps.jsonl", "epochs.jsonl", "epochs.csv", "last.pt", "best.pt", "metrics.json"):

@@ -103,3 +103,16 @@ def test_creates_parent_folders_and_writes_utf8(tmp_path):
     target = tmp_path / "a" / "b" / "notes.txt"
     atomic_write_text(target, "α·TV ≥ 0")
     assert target.read_bytes().decode("utf-8") == "α·TV ≥ 0"
+
+
+def test_a_folder_or_a_file_in_the_way_is_a_one_line_error(tmp_path):
+    from semiseg.errors import DataError
+    from semiseg.io import atomic_write_text
+
+    (tmp_path / "odir").mkdir()
+    with pytest.raises(DataError, match=r"odir: is a folder: give a file name to write"):
+        atomic_write_text(tmp_path / "odir", "x")
+    (tmp_path / "f").write_text("mine")
+    with pytest.raises(DataError, match=r"f: is a file, not a folder to write into"):
+        atomic_write_text(tmp_path / "f" / "child.json", "x")
+    assert (tmp_path / "f").read_text() == "mine" and not any((tmp_path / "odir").iterdir())

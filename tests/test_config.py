@@ -309,3 +309,11 @@ def test_validate_accepts_edge_values():
     assert cfg.data.num_classes == 254
     strong = {"jitter_prob": 0, "blur_prob": 1, "cutmix_prob": 1, "cutmix_area": [1.0, 1.0], "brightness": 0}
     assert build({"train": {"strong_augment": strong}}).train.strong_augment.cutmix_area == [1.0, 1.0]
+
+
+def test_a_binary_file_as_config_is_a_one_line_error(tmp_path):
+    from semiseg.config import load_yaml
+
+    (tmp_path / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    with pytest.raises(ConfigError, match=r"x.png: not a YAML config \(not UTF-8 text\)"):
+        load_yaml(tmp_path / "x.png")

@@ -516,7 +516,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found (built-in recipes: {', '.join(recipe_names())})")
     try:
-        data = yaml.load(p.read_text(), Loader=_yaml_loader())
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_yaml_loader())
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a YAML config (not UTF-8 text)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

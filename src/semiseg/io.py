@@ -21,6 +21,8 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
+from semiseg.errors import DataError
+
 
 def _create_temp(folder: Path, name: str) -> str:
     """A new empty file next to the target; ``os.open`` with mode 0o666 lets the kernel apply the
@@ -67,6 +69,10 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     in the same folder (any writer that opens a path works: ``torch.save``, ``Image.save``, ...).
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(path, "is a folder: give a file name to write")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise DataError(path.parent, "is a file, not a folder to write into")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _create_temp(path.parent, path.name)
     try:

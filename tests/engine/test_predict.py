@@ -77,6 +77,28 @@ def test_a_volume_that_fails_to_read_later_removes_the_masks_of_this_call(tmp_pa
     with pytest.raises(DataError, match=r"b.nii.gz: 1 voxels are NaN or infinite"):
         predict_folder(threshold_net, STATE, src, out, torch.device("cpu"))
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]  # a.nii.gz removed, the folder kept
+    (out / "a.nii.gz").write_text("an earlier mask")  # replaced by this call, then not deleted
+    with pytest.raises(DataError, match=r"b.nii.gz: 1 voxels are NaN or infinite"):
+        predict_folder(threshold_net, STATE, src, out, torch.device("cpu"))
+    assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "keep.txt"]
+
+
+def test_output_folder_mistakes_are_refused_before_anything_is_written(tmp_path):
+    from PIL import Image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(src / "a.png")
+    with pytest.raises(DataError, match=r"in: the output folder is the input folder"):
+        predict_folder(threshold_net, STATE, src, src, torch.device("cpu"))
+    (tmp_path / "x.png").write_bytes(b"mine")
+    with pytest.raises(DataError, match=r"x.png: the output folder is a file"):
+        predict_folder(threshold_net, STATE, src, tmp_path / "x.png", torch.device("cpu"))
+    assert (tmp_path / "x.png").read_bytes() == b"mine" and sorted(p.name for p in src.iterdir()) == ["a.png"]
+    np.save(src / "a.npy", np.zeros((16, 16), np.float32))
+    with pytest.raises(DataError, match=r"two inputs with the same name stem 'a'"):
+        predict_folder(threshold_net, STATE, src, tmp_path / "out", torch.device("cpu"))
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_model_trained_on_la2018_predicts_inputs_z_scored_as_its_training_volumes():

@@ -36,7 +36,8 @@ def predict_folder(
     decoding, NIfTI volumes' shapes and channels in one space); images are then read and segmented
     :data:`IMAGE_CHUNK` at a time and volumes one at a time, so memory does not grow with the
     folder. An input that fails to read after that (a corrupt block, NaN voxels, another channel
-    count) stops the command and the masks written by this call are removed.
+    count) stops the command and the masks this call created are removed (one it replaced keeps its
+    new content). The output folder may be neither a file nor the input folder.
     """
     from PIL import Image
 
@@ -54,6 +55,16 @@ def predict_folder(
         raise DataError(src, "no images found (PNG/JPG/TIFF/NPY or NIfTI .nii/.nii.gz)")
     images = [f for f in files if not is_nifti(f)]
     volumes = [f for f in files if is_nifti(f)]
+    seen: dict[str, Path] = {}
+    for f in images:  # one mask per stem: a.png and a.npy would write one a.png
+        if f.stem in seen:
+            raise DataError(f, f"two inputs with the same name stem {f.stem!r} (also {seen[f.stem].name})")
+        seen[f.stem] = f
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(out, "the output folder is a file")
+    if out.resolve() == src.resolve():
+        raise DataError(out, "the output folder is the input folder: the masks would overwrite the images")
     image_size = state["image_size"]
     if images and len(image_size) == 3:
         raise DataError(images[0], "a 3D model segments volumes (NIfTI), not 2D images")
@@ -67,11 +78,11 @@ def predict_folder(
     if classify and volumes:
         raise DataError(volumes[0], "a classification model labels 2D images, not volumes")
     predict = build_predict(predict, cfg) if cfg is not None and not classify else predict
-    out = Path(output_dir)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     decision = state.get("decision")  # a threshold chosen on validation (train.threshold: val)
-    written: list[Path] = []
+    written: list[Path] = []  # files this call made (a failure removes them; files it replaced stay)
+    before = {p.name for p in out.iterdir()}
     rows: list[str] = []  # a classifier's CSV
     try:
         for start in range(0, len(images), IMAGE_CHUNK):  # a chunk of images in memory at a time
@@ -101,7 +112,8 @@ def predict_folder(
             written.append(target)
     except BaseException:
         for target in written:
-            target.unlink(missing_ok=True)
+            if target.name not in before:
+                target.unlink(missing_ok=True)
         if created and not any(out.iterdir()):
             out.rmdir()
         raise

@@ -217,8 +217,27 @@ def test_set_override_type_checked():
     with pytest.raises(ConfigError, match="unknown key 'train.epoch'.*did you mean 'epochs'"):
         build({}, ["train.epoch=2"])
     # an exponent float is read as a number, so the value check (not the type check) rejects it
-    with pytest.raises(ConfigError, match="'train.lr' must be positive"):
+    with pytest.raises(ConfigError, match="'train.lr' must be a finite number > 0, got -25.0"):
         build({}, ["train.lr=-2.5E+1"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lr=.nan", "'train.lr' must be a finite number > 0, got nan"),
+        ("train.lr=.inf", "'train.lr' must be a finite number > 0, got inf"),
+        ("train.weight_decay=-1", "'train.weight_decay' must be a finite number >= 0"),
+        ("train.momentum=5", r"'train.momentum' must be in \[0, 1\)"),
+        ("train.grad_clip=-1", "'train.grad_clip' must be a finite number > 0"),
+        ("train.seed=-1", "'train.seed' must be 0 or more"),
+        ("train.num_workers=-1", "'train.num_workers' must be 0 or more"),
+        ("model.depth=20", "'model.depth' must be at most 10"),
+        ("model.inplane_levels=2", "'model.inplane_levels' applies to 3D models"),
+    ],
+)
+def test_values_that_would_fail_later_are_refused_by_the_config(override, message):
+    with pytest.raises(ConfigError, match=message):
+        build({}, [override])
 
 
 # ---------------------------------------------------------------------------------------- quick section

@@ -659,8 +659,18 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
             bad(f"train.{key}", "must be at least 1")
     if t.iters_per_epoch is not None and t.iters_per_epoch < 1:
         bad("train.iters_per_epoch", "must be at least 1")
-    if t.lr <= 0:
-        bad("train.lr", "must be positive")
+    if not (math.isfinite(t.lr) and t.lr > 0):
+        bad("train.lr", f"must be a finite number > 0, got {t.lr}")
+    if not (math.isfinite(t.weight_decay) and t.weight_decay >= 0):
+        bad("train.weight_decay", f"must be a finite number >= 0, got {t.weight_decay}")
+    if not 0 <= t.momentum < 1:
+        bad("train.momentum", f"must be in [0, 1), got {t.momentum}")
+    if t.grad_clip is not None and not (math.isfinite(t.grad_clip) and t.grad_clip > 0):
+        bad("train.grad_clip", f"must be a finite number > 0 (or null), got {t.grad_clip}")
+    if t.seed < 0 or s.seed < 0:
+        bad("train.seed" if t.seed < 0 else "data.split.seed", "must be 0 or more")
+    if t.num_workers < 0:
+        bad("train.num_workers", f"must be 0 or more, got {t.num_workers}")
     if len(t.augment.scale) != 2 or not 0 < t.augment.scale[0] <= t.augment.scale[1]:
         bad("train.augment.scale", "must be [min, max] with 0 < min <= max")
     if t.augment.translate_px < 0:
@@ -668,6 +678,12 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     _validate_strong(t.strong_augment, bad)
     if cfg.model.width < 1 or cfg.model.depth < 0:
         bad("model.width/depth", "must be positive")
+    if cfg.model.depth > 10:  # a UNet doubles its width per level: 2^depth x width channels at the bottom
+        bad("model.depth", f"must be at most 10, got {cfg.model.depth}")
+    if cfg.model.inplane_levels and (
+        cfg.model.spatial_dims != 3 or not 0 <= cfg.model.inplane_levels <= cfg.model.depth
+    ):
+        bad("model.inplane_levels", f"applies to 3D models, at most model.depth ({cfg.model.depth}) levels")
     if not (math.isfinite(cfg.model.alpha) and cfg.model.alpha > 0):
         bad("model.alpha", f"must be a finite number > 0, got {cfg.model.alpha}")
     if "name" not in cfg.method or not isinstance(cfg.method["name"], str):

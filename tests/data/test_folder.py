@@ -332,6 +332,7 @@ def test_sizes_json_gives_rough_region_sizes(tmp_path: Path) -> None:
         ({"a": {"0": 3}}, "sizes of 'a' must map foreground classes"),
         ({"a": {"1": -1}}, "sizes of 'a' must map foreground classes"),
         ({"a": {"1": "big"}}, "sizes of 'a' must map foreground classes"),
+        ({"a": {"1": 10**400}}, "sizes of 'a' must map foreground classes"),
         ({"a": [3]}, "sizes of 'a' must map foreground classes"),
         ([1], "must hold one JSON object"),
     ):

@@ -338,7 +338,9 @@ def test_npy_images_keep_any_number_of_channels_and_masks_read_as_integers(tmp_p
     assert read_mask(tmp_path / "m.npy", 3).tolist() == [[0, 1], [2, 1]]
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     np.save(tmp_path / "four_d.npy", np.zeros((1, 2, 3, 4)))
+    np.save(tmp_path / "empty.npy", np.zeros((0, 32), np.float32))
     cases = [
+        (lambda: read_image(tmp_path / "empty.npy"), "empty array (shape (0, 32))"),
         (lambda: read_image(tmp_path / "five.npy", channels="gray"), "has 5 channels: data.channels 'gray'"),
         (lambda: read_model_image(tmp_path / "five.npy", 3), "image has 5 channel(s), the model reads 3"),
         (lambda: read_image(tmp_path / "obj.npy"), "cannot read array"),  # never unpickled

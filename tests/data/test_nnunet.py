@@ -97,6 +97,9 @@ def test_bad_datasets_are_one_line_errors(tmp_path):
     write(root / "labelsTr" / "a.nii.gz", np.full((8, 6, 3), 4, np.uint8))
     with pytest.raises(DataError, match="label values 4 are not in dataset.json's labels"):
         load_nnunet(root)
+    (root / "dataset.json").write_text("[]")
+    with pytest.raises(DataError, match="dataset.json: must hold one JSON object"):
+        load_nnunet(root)
     with pytest.raises(DataError, match="dataset.json: not found"):
         load_nnunet(tmp_path / "missing_channel" / "imagesTr")
 

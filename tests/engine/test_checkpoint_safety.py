@@ -72,6 +72,22 @@ def test_real_checkpoints_load_weights_only(tmp_path, make_config):
         assert state["format"] == FORMAT
 
 
+def test_a_checkpoint_with_missing_or_foreign_entries_is_a_one_line_error(tmp_path, make_config):
+    from semiseg.engine.checkpoint import load_checkpoint, save_checkpoint
+    from semiseg.engine.run import load_trained
+    from semiseg.errors import ConfigError
+
+    engine_run.train(make_config("train.epochs=1"), output_dir=tmp_path)
+    state = load_checkpoint(tmp_path / "best.pt")
+    save_checkpoint({k: v for k, v in state.items() if k != "config"}, tmp_path / "no-config.pt")
+    with pytest.raises(ConfigError, match=r"no-config.pt: not a semiseg model checkpoint \(no config\)"):
+        load_trained(tmp_path / "no-config.pt")
+    state["method_state"] = {k: v[..., :1] if v.ndim else v for k, v in state["method_state"].items()}
+    save_checkpoint(state, tmp_path / "cut.pt")
+    with pytest.raises(ConfigError, match=r"cut.pt: its weights do not fit its config's model"):
+        load_trained(tmp_path / "cut.pt")
+
+
 # ------------------------------------------------------------------------ resume and the LR schedule
 def write_recipe(path, cfg):
     path.write_text(yaml.safe_dump(to_dict(cfg)))

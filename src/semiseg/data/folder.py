@@ -144,10 +144,15 @@ def _read_sizes(splits: dict[str, list[Record]], path: Path, num_classes: int) -
         for key, value in given.items():
             if not (isinstance(key, str) and key.isdigit() and 1 <= int(key) < num_classes):
                 raise bad
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not number or not math.isfinite(value) or value < 0:
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise bad
-            entry[int(key)] = float(value)
+            try:
+                pixels = float(value)
+            except OverflowError:
+                raise bad from None
+            if not math.isfinite(pixels) or pixels < 0:
+                raise bad
+            entry[int(key)] = pixels
         out[stem] = entry
     return out
 

@@ -69,6 +69,8 @@ def _load_npy(path: str | os.PathLike, mmap_mode: str | None = None) -> np.ndarr
         raise DataError(path, f"cannot read array: {exc}") from None
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
         raise DataError(path, "not a numeric array")
+    if arr.size == 0:
+        raise DataError(path, f"empty array (shape {arr.shape})")
     return arr
 
 

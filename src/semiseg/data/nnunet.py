@@ -47,6 +47,8 @@ def _read_json(root: Path) -> dict:
         raise DataError(path, "not found (an nnU-Net raw dataset folder has dataset.json)") from None
     except (OSError, ValueError) as exc:
         raise DataError(path, f"cannot read: {exc}") from None
+    if not isinstance(meta, dict):
+        raise DataError(path, "must hold one JSON object (channel_names, labels, file_ending)")
     for key in ("channel_names", "labels"):
         if not isinstance(meta.get(key), dict) or not meta[key]:
             raise DataError(path, f"needs a non-empty '{key}' mapping")

@@ -247,8 +247,19 @@ def write_plots(
 def load_trained(checkpoint: str | Path, device: torch.device | str = "cpu"):
     """(method in eval mode, config, checkpoint dict) from a ``best.pt`` / ``last.pt``."""
     state = load_checkpoint(checkpoint, device)
+    missing = [
+        k for k in ("config", "method_state", "in_channels", "num_classes", "image_size") if k not in state
+    ]
+    if missing:
+        raise ConfigError(f"{checkpoint}: not a semiseg model checkpoint (no {', '.join(missing)})")
     cfg = build_config(state["config"], source=str(checkpoint))
     method = build_method_for(cfg, state["in_channels"], state["num_classes"])
-    method.load_state_dict(state["method_state"])
+    try:
+        method.load_state_dict(state["method_state"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"{checkpoint}: its weights do not fit its config's model ({first[:200]})"
+        ) from None
     method.to(device).eval()
     return method, cfg, state

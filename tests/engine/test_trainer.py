@@ -536,3 +536,13 @@ def test_channels_last_auto_skips_networks_with_a_strided_pointwise_conv():
     assert _strided_pointwise_conv(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 16, 1, stride=(2, 2))))
     assert not _strided_pointwise_conv(nn.Conv2d(8, 16, 1))  # 1x1, stride 1
     assert not _strided_pointwise_conv(build_model(ModelConfig(name="unet", width=4, depth=3), 1, 3))
+
+
+def test_a_model_that_does_not_fit_the_task_is_refused_before_training(tmp_path, make_config):
+    """A classifier on a segmentation task (or a net that cannot take the images) fails in one line
+    before any folder is made, not with a shape error mid-run."""
+    with pytest.raises(ConfigError, match=r"model.name: 'ssldec_cnn' gives outputs \[1, 3\] for a \[1, 1, "):
+        train(make_config("model.name=ssldec_cnn"), tmp_path / "cls")
+    with pytest.raises(ConfigError, match=r"model.name: 'mlp' cannot take a \[1, 1, "):
+        train(make_config("model.name=mlp"), tmp_path / "mlp")
+    assert not (tmp_path / "cls").exists() and not (tmp_path / "mlp").exists()

@@ -41,6 +41,35 @@ def build_method_for(cfg: RunConfig, in_channels: int, num_classes: int):
     )
 
 
+def check_model_output(method, cfg: RunConfig, in_channels: int, num_classes: int, task: str) -> None:
+    """One forward pass of one input of the training size (3D: the patch), in eval mode, before any
+    training: a model that cannot take it, or gives a map to a classification task (or a class vector to
+    a segmentation task), is a one-line config error naming ``model.name``, not a crash mid-run."""
+    if task not in method.tasks:
+        return  # the trainer says that the method does not do this task
+    size = list(cfg.data.patch_size if cfg.model.spatial_dims == 3 else cfg.data.image_size)
+    want = [1, num_classes] if task == "classify" else [1, num_classes, *size]
+    shown = f"[1, {in_channels}, {', '.join(map(str, size))}]"
+    was_training = method.training
+    method.eval()
+    try:
+        with torch.no_grad():
+            got = list(method.predict(torch.zeros(1, in_channels, *size)).shape)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"model.name: '{cfg.model.name}' cannot take a {shown} input for method '{cfg.method['name']}' ({first})"
+        ) from None
+    finally:
+        method.train(was_training)
+    if got != want:
+        kind = "one class per image" if task == "classify" else "a class map per image"
+        raise ConfigError(
+            f"model.name: '{cfg.model.name}' gives outputs {got} for a {shown} input; the {task} task needs "
+            f"{want} ({kind})"
+        )
+
+
 def init_segmenter(method, path: str | Path) -> None:
     """Copy the segmenter weights (``model.*``) of checkpoint ``path`` into ``method``.
 
@@ -88,6 +117,7 @@ def train(
             raise ConfigError("train.threshold: val applies to binary segmentation (2 classes)")
         seed_everything(cfg.train.seed)
         method = build_method_for(cfg, data.bundle.in_channels, data.bundle.num_classes)
+        check_model_output(method, cfg, data.bundle.in_channels, data.bundle.num_classes, data.bundle.task)
         if cfg.train.init and not resume:
             init_segmenter(method, cfg.train.init)
         if info.is_main:

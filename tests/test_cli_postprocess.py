@@ -101,13 +101,21 @@ def test_contrast_sigma_is_recorded(checkpoint, tmp_path):
     "args, fragments",
     [
         (["--split", "val"], ["--mrf-weight", "required with --split val"]),
-        (["--mrf-weight", "-1"], ["--mrf-weight", "must be >= 0"]),
+        (["--mrf-weight", "-1"], ["--mrf-weight", "must be a finite number >= 0"]),
+        (["--mrf-weight", "nan"], ["--mrf-weight", "must be a finite number >= 0, got nan"]),
         (["--mrf-weight", "1", "--mrf-contrast-sigma", "0"], ["--mrf-contrast-sigma", "must be > 0"]),
     ],
-    ids=["val-without-weight", "negative-weight", "zero-contrast-sigma"],
+    ids=["val-without-weight", "negative-weight", "nan-weight", "zero-contrast-sigma"],
 )
 def test_bad_options_exit_2(checkpoint, tmp_path, capsys, args, fragments):
     capsys.readouterr()
     code, result = evaluate(checkpoint, tmp_path / "bad.json", "--postprocess", "mrf", *args)
     assert code == 2 and result is None  # nothing written
     assert_one_line_error(capsys, *fragments)
+
+
+def test_mrf_options_without_the_mrf_are_refused(checkpoint, tmp_path, capsys):
+    capsys.readouterr()
+    code, result = evaluate(checkpoint, tmp_path / "bad.json", "--mrf-weight", "1")
+    assert code == 2 and result is None
+    assert_one_line_error(capsys, "--mrf-weight / --mrf-contrast-sigma: apply with --postprocess mrf")

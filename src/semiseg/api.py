@@ -131,7 +131,7 @@ class Model:
 
             if threads is not None:
                 torch.set_num_threads(threads)
-            self.device = resolve_device(device)
+            self.device = resolve_device(device, where="device")
             method, self.cfg, self.state = load_trained(path, self.device)
             self.network = method.predict if dtype == "float32" else _autocast(method.predict, self.device)
         self.path, self.dtype = path, dtype

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -180,7 +181,7 @@ def cmd_evaluate(args) -> int:
     from semiseg.errors import ConfigError
     from semiseg.io import atomic_write_text
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, where="--device")
     method, cfg, state = load_trained(args.checkpoint, device)
     data = prepare_data(cfg, args.data_root)
     split_records(data, args.split)  # an empty split fails before any tuning
@@ -213,6 +214,10 @@ def build_postprocess(args, method, cfg, data, device, state=None):
     none, the threshold stored in the checkpoint (``train.threshold: val``), if any."""
     info = {"name": args.postprocess}
     if args.postprocess != "mrf":
+        if args.mrf_weight is not None or args.mrf_contrast_sigma is not None:
+            from semiseg.errors import ConfigError
+
+            raise ConfigError("--mrf-weight / --mrf-contrast-sigma: apply with --postprocess mrf")
         decision = (state or {}).get("decision")
         if decision is None:
             return None, info
@@ -222,9 +227,11 @@ def build_postprocess(args, method, cfg, data, device, state=None):
     from semiseg.errors import ConfigError
     from semiseg.postprocess import MRFPostprocess
 
-    if args.mrf_weight is not None and args.mrf_weight < 0:
-        raise ConfigError(f"--mrf-weight: must be >= 0, got {args.mrf_weight}")
-    if args.mrf_contrast_sigma is not None and args.mrf_contrast_sigma <= 0:
+    if args.mrf_weight is not None and not (math.isfinite(args.mrf_weight) and args.mrf_weight >= 0):
+        raise ConfigError(f"--mrf-weight: must be a finite number >= 0, got {args.mrf_weight}")
+    if args.mrf_contrast_sigma is not None and not (
+        math.isfinite(args.mrf_contrast_sigma) and args.mrf_contrast_sigma > 0
+    ):
         raise ConfigError(f"--mrf-contrast-sigma: must be > 0, got {args.mrf_contrast_sigma}")
     weight = args.mrf_weight
     if weight is None:  # chosen on the validation split only, never on test

@@ -36,15 +36,19 @@ class DistInfo:
         return self.rank == 0
 
 
-def resolve_device(option: str, local_rank: int = 0) -> torch.device:
+def resolve_device(option: str, local_rank: int = 0, where: str = "train.device") -> torch.device:
+    """The torch device of ``option`` ("auto", "cpu", "cuda", "cuda:1"); ``where`` names the option in
+    errors (``--device`` on the command line)."""
     if option == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(option)
     except RuntimeError:
-        raise ConfigError(f"train.device: invalid device '{option}'") from None
+        raise ConfigError(f"{where}: invalid device '{option}'") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"{where}: '{option}' is not supported (cpu, cuda or auto)")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: '{option}' requested but CUDA is not available")
+        raise ConfigError(f"{where}: '{option}' requested but CUDA is not available")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     return device

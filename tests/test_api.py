@@ -59,3 +59,20 @@ def test_predict_matches_the_cli_and_bad_inputs_are_one_line_errors(tmp_path):
         semiseg.train("supervised-shapes", overrides={"train.nonsense": 1}, output_dir=tmp_path / "bad")
     with pytest.raises(ConfigError, match="split must be"):
         run.evaluate("train")
+
+
+def test_wrong_arguments_are_semiseg_config_errors():
+    """Mistakes in the Python API's arguments raise semiseg's ConfigError with a clear message."""
+    import numpy as np
+
+    from semiseg.api import _config
+    from semiseg.errors import ConfigError
+
+    for config, overrides, message in (
+        (None, None, "config: a YAML path, a built-in recipe's name or a dict, got NoneType"),
+        ("supervised-shapes", ["train.epochs=1"], "overrides: a dict of dotted keys"),
+        ("supervised-shapes", {"train.epochs": object()}, "'train.epochs' has a value YAML cannot write"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            semiseg.train(config, overrides)
+    assert _config("supervised-shapes", {"train.epochs": np.int64(3)}, False).train.epochs == 3

@@ -30,14 +30,32 @@ def _config(config: str | os.PathLike | dict, overrides: dict[str, Any] | None, 
     import yaml
 
     from semiseg.config import RunConfig, build_config, load_yaml
+    from semiseg.errors import ConfigError
 
     if isinstance(config, RunConfig):
         if overrides or quick:
             raise TypeError("overrides and quick apply to a recipe (path, name or dict), not to a RunConfig")
         return config
+    if not isinstance(config, (str, os.PathLike, dict)):
+        raise ConfigError(
+            f"config: a YAML path, a built-in recipe's name or a dict, got {type(config).__name__}"
+        )
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ConfigError(
+            f"overrides: a dict of dotted keys, e.g. {{'train.lr': 0.01}}, got {type(overrides).__name__}"
+        )
     raw, source = (config, "config") if isinstance(config, dict) else (load_yaml(config), str(config))
-    sets = [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
-            for key, value in (overrides or {}).items()]  # fmt: skip
+    sets = []
+    for key, value in (overrides or {}).items():
+        if isinstance(value, np.generic):  # numpy scalars (np.int64(1)) as plain Python values
+            value = value.item()
+        try:
+            text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+        except yaml.YAMLError:
+            raise ConfigError(
+                f"overrides: '{key}' has a value YAML cannot write ({type(value).__name__})"
+            ) from None
+        sets.append(f"{key}={text}")
     return build_config(raw, sets, quick=quick, source=source)
 
 

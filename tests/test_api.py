@@ -55,6 +55,14 @@ def test_predict_matches_the_cli_and_bad_inputs_are_one_line_errors(tmp_path):
         model.predict(np.zeros((2, 3, 8, 8)))
     with pytest.raises(DataError, match="image file not found"):
         model.predict(tmp_path / "nope.png")
+    for bad, message in (
+        (np.zeros((32, 32, 3)), r"looks like \[H, W, C\] \(channels last\)"),
+        (np.full((16, 16), np.nan), "NaN or infinite values"),
+        (np.array([]), "expected a non-empty numeric array"),
+        (np.array([["a"]]), "expected a non-empty numeric array"),
+    ):
+        with pytest.raises(DataError, match=message):
+            model.predict(bad)
     with pytest.raises(ConfigError, match="train.nonsense"):
         semiseg.train("supervised-shapes", overrides={"train.nonsense": 1}, output_dir=tmp_path / "bad")
     with pytest.raises(ConfigError, match="split must be"):

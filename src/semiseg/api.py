@@ -212,9 +212,22 @@ class Model:
                 return volume, geometry.spacing
             return read_model_image(path, channels, predict_intensity(self.cfg)), None
         array = np.asarray(image)
+        if array.dtype.kind not in "biuf" or array.size == 0:
+            raise DataError(None, f"predict: expected a non-empty numeric array, got {array.dtype} of shape "
+                                  f"{array.shape}")  # fmt: skip
+        if (
+            array.ndim == 3
+            and array.shape[-1] in (3, 4)
+            and min(array.shape[:2]) > 4
+            and channels != array.shape[0]
+        ):
+            raise DataError(None, f"predict: an array of shape {array.shape} looks like [H, W, C] (channels last); "
+                                  "pass [C, H, W] (array.transpose(2, 0, 1))")  # fmt: skip
         if array.dtype == np.uint8:
             array = array.astype(np.float32) / 255.0
         array = array.astype(np.float32, copy=False)
+        if not np.isfinite(array).all():
+            raise DataError(None, "predict: the array has NaN or infinite values")
         # a 3D model takes volumes; a 2D model images, or volumes [C, D, H, W] slice by slice (a
         # one-channel model reads a 3-D array [D, H, W] with D > 1 as a volume)
         volume = (

@@ -233,6 +233,7 @@ def test_set_override_type_checked():
         ("train.num_workers=-1", "'train.num_workers' must be 0 or more"),
         ("model.depth=20", "'model.depth' must be at most 10"),
         ("model.inplane_levels=2", "'model.inplane_levels' applies to 3D models"),
+        ("data.num_images=-5", "'data.num_images' must be at least 1"),
     ],
 )
 def test_values_that_would_fail_later_are_refused_by_the_config(override, message):

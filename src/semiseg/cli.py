@@ -355,7 +355,12 @@ def _generate(args) -> int:
     from semiseg.config import DataConfig
     from semiseg.data import cluttered_mnist as cm
     from semiseg.data import dataset_folder
+    from semiseg.errors import ConfigError, DataError
 
+    if Path(args.output).exists():  # before minutes of generation
+        raise DataError(args.output, "exists already; choose a new output folder")
+    if args.seed < 0:
+        raise ConfigError(f"--seed: must be 0 or more, got {args.seed}")
     cfg = DataConfig(dataset="cluttered_mnist", variant=args.variant, generator_seed=args.seed)
     path = dataset_folder(cfg, args.data_root)
     folds, cache = cm.load_variant(path, args.variant, seed=args.seed)

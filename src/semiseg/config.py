@@ -605,6 +605,8 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
             bad("data.patch_size", f"{patch} is larger than data.image_size {size}")
     elif len(cfg.data.image_size) != 2 or min(cfg.data.image_size) < 8:
         bad("data.image_size", "must be [H, W] with both at least 8")
+    if cfg.data.num_images < 1:
+        bad("data.num_images", f"must be at least 1, got {cfg.data.num_images}")
     if cfg.data.cache_mib < 0:
         bad("data.cache_mib", f"must be 0 or more (MiB), got {cfg.data.cache_mib}")
     ts = cfg.data.target_spacing

@@ -337,3 +337,12 @@ def test_a_binary_file_as_config_is_a_one_line_error(tmp_path):
     (tmp_path / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
     with pytest.raises(ConfigError, match=r"x.png: not a YAML config \(not UTF-8 text\)"):
         load_yaml(tmp_path / "x.png")
+
+
+def test_a_key_given_twice_in_a_yaml_file_is_an_error(tmp_path):
+    """PyYAML keeps the last of two equal keys silently; a config must not drop a user's setting."""
+    from semiseg.config import load_yaml
+
+    (tmp_path / "dup.yaml").write_text("train:\n  epochs: 2\n  lr: 0.1\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml: invalid YAML \(line 4\): duplicate key 'epochs'"):
+        load_yaml(tmp_path / "dup.yaml")

@@ -180,6 +180,19 @@ def test_bad_options_exit_2(tmp_path, capsys, args, fragments):
     assert_one_line_error(capsys, "train", *fragments)
 
 
+def test_bad_demo_and_bench_numbers_exit_2(tmp_path, capsys):
+    assert main(["demo", "--epochs", "0", "-o", str(tmp_path / "demo")]) == 2
+    assert_one_line_error(capsys, "demo", "--epochs: must be at least 1, got 0")
+    assert (
+        main(
+            ["bench", "supervised-horse", "--quick", "--status", "--seeds", "-1", "--work-dir", str(tmp_path)]
+        )
+        == 2
+    )
+    assert_one_line_error(capsys, "bench", "--seeds: must be 0 or more, got -1")
+    assert not (tmp_path / "demo").exists()
+
+
 def test_missing_config_file(tmp_path, capsys):
     assert main(["train", "-c", str(tmp_path / "nope.yaml")]) == 2
     assert_one_line_error(capsys, "train", "nope.yaml: config file not found")

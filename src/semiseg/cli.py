@@ -278,6 +278,10 @@ def cmd_export(args) -> int:
 
 def cmd_demo(args) -> int:
     from semiseg.demo import run_demo
+    from semiseg.errors import ConfigError
+
+    if args.epochs is not None and args.epochs < 1:
+        raise ConfigError(f"--epochs: must be at least 1, got {args.epochs}")
 
     run_demo(args.output, epochs=args.epochs)
     return 0
@@ -285,6 +289,10 @@ def cmd_demo(args) -> int:
 
 def cmd_bench(args) -> int:
     from semiseg.bench import TABLES, TablePending, run_table
+    from semiseg.errors import ConfigError
+
+    if args.seeds and min(args.seeds) < 0:
+        raise ConfigError(f"--seeds: must be 0 or more, got {min(args.seeds)}")
 
     if args.table == "list":
         for name in sorted(TABLES):

@@ -28,6 +28,15 @@ class DataError(SemisegError):
         super().__init__(f"{self.path}: {message}" if self.path else message)
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of ``exc``'s message (at most ``limit`` characters), or its type name.
+
+    For one-line user errors that wrap an exception from a library (torch, the ONNX exporter).
+    """
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 class TrainingDiverged(SemisegError):
     """Training produced a non-finite loss; the last good checkpoint is kept."""
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from semiseg.errors import ConfigError, DataError
+from semiseg.errors import ConfigError, DataError, first_line
 
 __all__ = ["TOLERANCE", "OnnxModel", "export_onnx"]
 
@@ -85,7 +85,7 @@ def export_onnx(checkpoint: str | Path, output: str | Path) -> dict[str, float]:
     try:
         model = to_onnx(network, x)
     except Exception as exc:  # noqa: BLE001 - the exporter raises many types; the user needs one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ConfigError(
             f"{checkpoint}: method '{cfg.method['name']}' cannot be exported to ONNX ({first})"
         ) from None

@@ -19,7 +19,7 @@ from semiseg.engine.decision import ThresholdPostprocess
 from semiseg.engine.evaluate import ALL_METRICS, FAST_METRICS, evaluate_split, predict_records
 from semiseg.engine.inference import build_predict
 from semiseg.engine.loggers import Logger, build_logger, check_logger
-from semiseg.errors import ConfigError, DataError, SemisegError
+from semiseg.errors import ConfigError, DataError, SemisegError, first_line
 from semiseg.io import atomic_write_text
 
 
@@ -56,7 +56,7 @@ def check_model_output(method, cfg: RunConfig, in_channels: int, num_classes: in
         with torch.no_grad():
             got = list(method.predict(torch.zeros(1, in_channels, *size)).shape)
     except (RuntimeError, ValueError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 160)
         raise ConfigError(
             f"model.name: '{cfg.model.name}' cannot take a {shown} input for method '{cfg.method['name']}' ({first})"
         ) from None
@@ -287,9 +287,7 @@ def load_trained(checkpoint: str | Path, device: torch.device | str = "cpu"):
     try:
         method.load_state_dict(state["method_state"])
     except (RuntimeError, KeyError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(
-            f"{checkpoint}: its weights do not fit its config's model ({first[:200]})"
-        ) from None
+        first = first_line(exc)
+        raise ConfigError(f"{checkpoint}: its weights do not fit its config's model ({first})") from None
     method.to(device).eval()
     return method, cfg, state

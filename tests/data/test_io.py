@@ -16,6 +16,7 @@ from semiseg.data.io import (
     normalize_intensity,
     read_image,
     read_mask,
+    unlabeled_to_ignore,
 )
 from semiseg.errors import ConfigError, DataError
 
@@ -352,3 +353,13 @@ def test_npy_images_keep_any_number_of_channels_and_masks_read_as_integers(tmp_p
         with pytest.raises(DataError) as err:
             call()
         assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unlabeled_to_ignore_relabels_only_the_unlabeled_value():
+    from semiseg.core import IGNORE_INDEX
+
+    mask = np.array([[0.0, 1.0], [255.0, 2.0]])
+    out = unlabeled_to_ignore(mask, 255)
+    assert out.dtype == np.int64
+    assert out.tolist() == [[0, 1], [IGNORE_INDEX, 2]]
+    assert unlabeled_to_ignore(mask, None).tolist() == [[0, 1], [255, 2]]

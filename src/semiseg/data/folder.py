@@ -40,6 +40,7 @@ from semiseg.data.io import (
     normalize_intensity,
     read_image,
     read_mask,
+    unlabeled_to_ignore,
 )
 from semiseg.data.records import DatasetBundle, Record, load_records
 from semiseg.data.registry import register_dataset
@@ -187,8 +188,6 @@ def _read_volume_pair(
     value ``unlabeled``: ``IGNORE_INDEX``)."""
     import numpy as np
 
-    from semiseg.core import IGNORE_INDEX
-
     image, geometry = read_volume(image_path)
     image = normalize_intensity(image[None], "minmax" if intensity == "auto" else intensity)
     mask = None
@@ -202,9 +201,7 @@ def _read_volume_pair(
             raise DataError(
                 mask_path, f"mask values {shown} are not classes 0..{num_classes - 1} (data.num_classes)"
             )
-        if unlabeled is not None:
-            mask = np.where(mask == unlabeled, IGNORE_INDEX, mask)
-        mask = mask.astype(np.int64)
+        mask = unlabeled_to_ignore(mask, unlabeled)
     stem = nifti_stem(image_path)
     return Record(
         id=stem, image=image, mask=mask, group=stem, source=str(image_path), spacing=geometry.spacing

@@ -292,12 +292,20 @@ def read_mask(
     return _checked(mask, num_classes, path, unlabeled, hint)
 
 
+def unlabeled_to_ignore(mask: np.ndarray, unlabeled: float | None) -> np.ndarray:
+    """``mask`` as ``int64`` with its pixels of raw value ``unlabeled`` (if not ``None``) set to
+    ``IGNORE_INDEX``. Check the other values first: this only relabels."""
+    if unlabeled is not None:
+        mask = np.where(mask == unlabeled, IGNORE_INDEX, mask)
+    return mask.astype(np.int64, copy=False)
+
+
 def _checked(mask: np.ndarray, num_classes: int, path, unlabeled: int | None, hint: str) -> np.ndarray:
     """``mask`` after :func:`check_mask_values` (values: classes, or ``unlabeled``), its ``unlabeled``
     pixels then set to ``IGNORE_INDEX``; a mask holding 255 without ``unlabeled`` gets a hint."""
     if unlabeled is not None:
         check_mask_values(mask[mask != unlabeled], num_classes, path, hint)
-        return np.where(mask == unlabeled, IGNORE_INDEX, mask)
+        return unlabeled_to_ignore(mask, unlabeled)
     if not hint and mask.size and int(mask.max()) == 255:
         hint = "; if 255 marks unlabeled pixels (clicks, scribbles), set data.mask_unlabeled: 255"
         if np.isin(mask, (0, 255)).all():

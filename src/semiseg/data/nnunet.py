@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from semiseg.config import DataConfig
-from semiseg.data.io import normalize_intensity
-from semiseg.data.records import IGNORE_INDEX, DatasetBundle, Record, load_records
+from semiseg.data.io import normalize_intensity, unlabeled_to_ignore
+from semiseg.data.records import DatasetBundle, Record, load_records
 from semiseg.data.registry import register_dataset
 from semiseg.data.store import cache_dir
 from semiseg.data.volume_io import VolumeGeometry, check_same_geometry, nifti_stem, probe_volume, read_volume
@@ -148,9 +148,7 @@ def _record(
             raise DataError(
                 label, f"label values {', '.join(f'{v:g}' for v in bad[:5])} are not in dataset.json's labels"
             )
-        mask = (values if ignore is None else np.where(values == ignore, IGNORE_INDEX, values)).astype(
-            np.int64
-        )
+        mask = unlabeled_to_ignore(values, ignore)
     return Record(
         id=case,
         image=image,

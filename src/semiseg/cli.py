@@ -260,8 +260,11 @@ def cmd_predict(args) -> int:
     model = Model(
         args.model or args.checkpoint, args.device, args.dtype, args.threads
     )  # .onnx or a checkpoint
-    n = predict_folder(model.network, model.state, args.input, args.output, model.device, model.cfg)
-    if is_classifier(model.network, model.state, model.device):
+    classify = is_classifier(model.network, model.state, model.device)
+    n = predict_folder(
+        model.network, model.state, args.input, args.output, model.device, model.cfg, classify=classify
+    )
+    if classify:
         print(f"wrote the classes of {n} images to {Path(args.output) / CLASSES_FILE}")
     else:
         print(f"wrote {n} masks to {args.output}")

@@ -173,3 +173,11 @@ def test_a_classifier_writes_one_csv_of_classes_and_refuses_volumes(tmp_path):
     with pytest.raises(DataError, match="v.nii.gz: a classification model labels 2D images, not volumes"):
         predict_folder(mean_classifier, state, src, tmp_path / "out2", torch.device("cpu"))
     assert not (tmp_path / "out2").exists()
+    only_volumes = tmp_path / "vols"
+    only_volumes.mkdir()
+    volume(only_volumes / "w.nii.gz", np.zeros((16, 16, 3)))
+    with pytest.raises(DataError, match="w.nii.gz: a classification model labels 2D images"):
+        predict_folder(
+            mean_classifier, state, only_volumes, tmp_path / "out3", torch.device("cpu"), classify=True
+        )
+    assert not (tmp_path / "out3").exists()

@@ -21,7 +21,13 @@ CLASSES_FILE = "predictions.csv"
 
 
 def predict_folder(
-    predict, state: dict, input_dir: str | Path, output_dir: str | Path, device: torch.device, cfg=None
+    predict,
+    state: dict,
+    input_dir: str | Path,
+    output_dir: str | Path,
+    device: torch.device,
+    cfg=None,
+    classify: bool | None = None,
 ) -> int:
     """Write ``<output_dir>/<stem>.png`` (uint8 class indices) for every image in ``input_dir`` and
     ``<output_dir>/<stem>.nii.gz`` for every NIfTI volume (a 2D model segments it slice by slice, a 3D
@@ -30,7 +36,8 @@ def predict_folder(
     nnU-Net-style channel files ``<case>_0000.nii.gz`` … ``<case>_{C-1:04d}.nii.gz`` and writes
     ``<case>.nii.gz``. ``predict`` is the network call (``method.predict``, or an exported model's).
     A classifier (one class per image, e.g. SSLDEC on MNIST) writes one ``<output_dir>/predictions.csv``
-    instead: ``image,class,p_0,…,p_{K-1}``, a row per image.
+    instead: ``image,class,p_0,…,p_{K-1}``, a row per image. ``classify`` says whether the network
+    is one (:func:`is_classifier`); ``None`` probes it here.
 
     Every input is checked from its header before anything is written (2D images opened without
     decoding, NIfTI volumes' shapes and channels in one space); images are then read and segmented
@@ -74,7 +81,8 @@ def predict_folder(
     cases = _volume_cases(volumes, state["in_channels"])
     for _case, channel_files in cases:
         probe_case(channel_files)
-    classify = bool(images) and is_classifier(predict, state, device)
+    if classify is None:
+        classify = is_classifier(predict, state, device)
     if classify and volumes:
         raise DataError(volumes[0], "a classification model labels 2D images, not volumes")
     predict = build_predict(predict, cfg) if cfg is not None and not classify else predict

@@ -206,10 +206,9 @@ class Trainer:
         cl = cfg.train.channels_last
         # not with a strided 1x1 convolution: its channels-last CPU backward corrupts the heap in
         # torch 2.13 (segfault / "double free" from 48x48 inputs on; tests/engine/test_trainer.py)
-        auto = (
-            self.device.type == "cpu" and cfg.model.spatial_dims == 2 and not _strided_pointwise_conv(method)
-        )
-        if cl is True and self.device.type == "cpu" and _strided_pointwise_conv(method):
+        cpu_crash = self.device.type == "cpu" and _strided_pointwise_conv(method)
+        auto = self.device.type == "cpu" and cfg.model.spatial_dims == 2 and not cpu_crash
+        if cl is True and cpu_crash:
             raise ConfigError(
                 "train.channels_last: true: this network has a strided 1x1 convolution, whose "
                 "channels-last backward on CPU crashes torch 2.13 (heap corruption); use auto or false"

@@ -25,9 +25,11 @@ def comparison_figure(
     compare_models({t: (m, cfg) for t, (m, cfg, _) in loaded.items()}, test, path, num_classes)
 
 
-def translation_run_figure(run_dir: Path, path: Path, data_root: str | None, n_images: int = 6) -> None:
+def translation_run_figure(
+    run_dir: Path, path: Path, data_root: str | None, n_images: int = 6, fold: str = "test"
+) -> None:
     """:func:`translation_figure` of a trained ``translation`` run on ``n_images`` present and absent
-    images of its cluttered-MNIST test fold, spread over the fold."""
+    images of its cluttered-MNIST ``fold`` (``test``, or ``val`` for development), spread over it."""
     import torch
 
     from semiseg.data import dataset_folder
@@ -38,11 +40,11 @@ def translation_run_figure(run_dir: Path, path: Path, data_root: str | None, n_i
     folds, _ = load_variant(
         dataset_folder(cfg.data, data_root), cfg.data.variant, seed=cfg.data.generator_seed
     )
-    test = folds["test"]
-    pick = torch.linspace(0, len(test.present) - 1, n_images).long().numpy()
-    present = torch.from_numpy(test.present[pick]).float()[:, None]
-    absent = torch.from_numpy(test.absent[pick]).float()[:, None]
-    translation_figure(method, present, torch.from_numpy(test.masks[pick]), absent, path)
+    part = folds[fold]
+    pick = torch.linspace(0, len(part.present) - 1, n_images).long().numpy()
+    present = torch.from_numpy(part.present[pick]).float()[:, None]
+    absent = torch.from_numpy(part.absent[pick]).float()[:, None]
+    translation_figure(method, present, torch.from_numpy(part.masks[pick]), absent, path)
 
 
 def translation_figure(method, present, masks, absent, path: Path) -> None:

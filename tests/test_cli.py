@@ -126,6 +126,18 @@ def test_train_evaluate_predict(tmp_path, capsys):
             assert np.asarray(im).max() < 3  # class indices of the 3-class shapes set
 
 
+def test_train_no_test_scores_validation_only(tmp_path, capsys):
+    """A development run (--no-test) prints and writes no test number."""
+    recipe = write_recipe(tmp_path / "shapes.yaml", SHAPES)
+    out = tmp_path / "run"
+    assert main(["train", "-c", recipe, "-o", str(out), "--set", "train.epochs=1", "--no-test"]) == 0
+    printed = capsys.readouterr().out
+    assert "best val" in printed and "; test" not in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "val" in metrics and not any(key.startswith("test") for key in metrics)
+    assert not any("test" in json.dumps(v) for k, v in metrics.items() if k == "last")
+
+
 def test_data_check_and_split(tmp_path, capsys):
     recipe = write_recipe(tmp_path / "shapes.yaml", SHAPES)
     assert main(["data", "check", "-c", recipe, "-o", str(tmp_path / "stats.json")]) == 0

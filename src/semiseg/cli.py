@@ -38,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--output", "-o", help="output folder (default: output_dir from the config)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
+    p.add_argument(
+        "--no-test",
+        action="store_true",
+        help="score the validation split only at the end (development runs: no test number is computed)",
+    )
 
     p = sub.add_parser("evaluate", help="score a checkpoint on the validation or test split")
     p.add_argument("--checkpoint", required=True)
@@ -159,7 +164,9 @@ def cmd_train(args) -> int:
     from semiseg.engine.run import train
 
     cfg = _load_cfg(args)
-    results = train(cfg, data_root=args.data_root, output_dir=args.output, resume=args.resume)
+    results = train(
+        cfg, data_root=args.data_root, output_dir=args.output, resume=args.resume, test=not args.no_test
+    )
     if results:
         out = Path(args.output or cfg.output_dir)
         key = cfg.train.val_metric

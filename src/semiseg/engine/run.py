@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import resource
 import shutil
@@ -94,8 +95,10 @@ def train(
     resume: bool = False,
     bundle=None,
     final_eval: bool = True,
+    test: bool = True,
 ) -> dict[str, Any]:
     """Train ``cfg``; evaluate the best (validation-selected) model on val and test; write results.
+    ``test=False`` leaves the test split out of every score and plot (development on validation).
 
     Returns the metrics dict written to ``metrics.json`` (rank 0; other ranks get ``{}``).
     """
@@ -113,6 +116,8 @@ def train(
     failed, created, started, remove = True, info.is_main and not out.exists(), False, False
     try:
         data = prepare_data(cfg, data_root, bundle=bundle)  # validates all data before any training
+        if not test:
+            data = dataclasses.replace(data, test=[])
         if cfg.train.threshold == "val" and (data.bundle.num_classes != 2 or data.bundle.task != "segment"):
             raise ConfigError("train.threshold: val applies to binary segmentation (2 classes)")
         seed_everything(cfg.train.seed)

@@ -76,6 +76,9 @@ class Batch:
             not drawn for that sample), else None.
         label: ``[B]`` long, the image's class (classification data with ``class`` supervision);
             ``IGNORE_INDEX`` where unknown.
+        valid: ``[B, *S]`` bool, False on voxels that are not image content (the zero padding of a
+            3D patch past its volume's end, moved by the augmentation), or None (every pixel is;
+            2D images). Unlabeled losses skip the invalid voxels (FixMatch, UniMatch).
     """
 
     image: torch.Tensor
@@ -88,6 +91,7 @@ class Batch:
     strong: torch.Tensor | None = None
     cutmix: torch.Tensor | None = None
     label: torch.Tensor | None = None  #: filled (IGNORE_INDEX) by from_dict / of when absent
+    valid: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.label is None:

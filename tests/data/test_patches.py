@@ -59,6 +59,33 @@ def test_patches_outside_the_volume_are_ignored_not_background():
         assert (item["mask"][inside] == 0).all() and (item["mask"][~inside] == IGNORE_INDEX).all()
 
 
+@pytest.mark.parametrize("supervision", ["dense", "none", "tag"])
+def test_valid_marks_the_volume_inside_the_patch_through_the_augmentation(supervision):
+    """``valid`` is False exactly on the padding past the volume's end, moved with the image by flips
+    and rotations; an unlabeled patch's mask stays all ignore (the support only rides on it)."""
+    small = Record("small", np.ones((1, 2, 5, 5), np.float32), np.zeros((2, 5, 5), np.int64))
+    aug = AugmentConfig(hflip=True, dflip=True, rotate_degrees=30)
+    for cfg in (None, aug):
+        ps = make(
+            [small], patch_size=[4, 8, 8], foreground_ratio=0.0, supervision=supervision, augment_cfg=cfg
+        )
+        for position in range(6):
+            item = ps[(0, position)]
+            inside = item["image"][0] > 0.5  # the volume is all ones; padding and rotation fill are 0
+            assert item["valid"].dtype == torch.bool and item["valid"].shape == (4, 8, 8)
+            if cfg is None:
+                assert torch.equal(item["valid"], inside) and int(inside.sum()) == 2 * 5 * 5
+            else:  # nearest (mask) against linear (image) resampling differ on the rotated border only
+                assert (item["valid"] != inside).float().mean() < 0.1 and not item["valid"].all()
+            if supervision != "dense":
+                assert (item["mask"] == IGNORE_INDEX).all()
+
+
+def test_a_sparse_patch_counts_every_voxel_as_valid():
+    ps = make([volume(0)], supervision="sparse", sparse_pixels=5, foreground_ratio=0.0)
+    assert ps[(0, 0)]["valid"].all()
+
+
 def test_crop_fills_outside():
     x = torch.arange(24.0).view(2, 3, 4)
     out = crop(x, [1, -1], [2, 3], fill=-1.0)  # rows 1-2, columns -1..1 of each leading slice

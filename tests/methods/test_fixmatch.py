@@ -15,7 +15,7 @@ import torch
 from test_methods import K, batch, build
 
 from semiseg.config import build_config, load_yaml
-from semiseg.core import Batch
+from semiseg.core import IGNORE_INDEX, Batch
 from semiseg.engine import run as engine_run
 from semiseg.engine.checkpoint import load_checkpoint
 from semiseg.errors import ConfigError
@@ -439,3 +439,23 @@ def test_teacher_starts_as_the_warmed_up_student():
         torch.equal(a, b)
         for a, b in zip(method.teacher.state_dict().values(), method.model.state_dict().values())
     )
+
+
+@pytest.mark.parametrize("pseudo_source", ["student", "ema"])
+@pytest.mark.parametrize("loss", ["ce", "dice"])
+def test_padding_outside_valid_gets_no_pseudo_label_and_no_gradient(pseudo_source, loss):
+    """3D patch padding (``Batch.valid`` False) is no image: no pseudo-label, confidence 0, and no
+    gradient from the unlabeled loss even at τ = 0, where every other pixel counts."""
+    method = build("fixmatch", threshold=0.0, unlabeled_loss=loss, pseudo_source=pseudo_source)
+    unl = batch()["unlabeled"]
+    valid = torch.ones(unl.mask.shape, dtype=torch.bool)
+    valid[:, :, :5] = False  # the first five columns: padding
+    unl = dataclasses.replace(unl, valid=valid)
+    weak = torch.randn(len(unl), K, *unl.image.shape[2:]) if pseudo_source == "student" else None
+    labels, confidence = method.weak_targets(unl, weak)
+    assert (labels[~valid] == IGNORE_INDEX).all() and (labels[valid] != IGNORE_INDEX).all()
+    assert (confidence[~valid] == 0).all() and (confidence[valid] > 0).all()
+    logits = torch.randn(len(unl), K, *unl.image.shape[2:], requires_grad=True)
+    method.unlabeled_loss(logits, labels, confidence)[0].backward()
+    per_pixel = logits.grad.abs().sum(1)
+    assert (per_pixel[~valid] == 0).all() and (per_pixel[valid] > 0).all()

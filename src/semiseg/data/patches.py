@@ -95,6 +95,20 @@ def crop(
     return out
 
 
+def inside_mask(shape: Sequence[int], start: Sequence[int], size: Sequence[int]) -> torch.Tensor:
+    """``[*size]`` long: 0 on the voxels of the box ``[start, start + size)`` that lie inside a volume
+    of ``shape``, ``IGNORE_INDEX`` on the padding outside it.
+
+    Examples:
+        >>> inside_mask([3], [-1], [5]).tolist()
+        [255, 0, 0, 0, 255]
+    """
+    out = torch.full(tuple(size), IGNORE_INDEX, dtype=torch.long)
+    box = tuple(slice(max(0, -s), max(0, min(k, n - s))) for s, k, n in zip(start, size, shape))
+    out[box] = 0
+    return out
+
+
 class MemoryVolume:
     """A volume on its training grid in memory: image ``[C, *grid]`` float32, mask ``[*grid]`` uint8
     (255 = no label) or None."""
@@ -294,6 +308,17 @@ class PatchSet(KeyedItems):
         if self.kind in (Supervision.TAG, Supervision.SIZE):
             counts = self._counts(volume.crop("dense", start, self.patch_size, IGNORE_INDEX).long())
             tags, sizes = ((counts > 0).float(), sizes) if self.kind == Supervision.TAG else (tags, counts)
+        label_free = self.kind != Supervision.SPARSE and not bool((mask != IGNORE_INDEX).any())
+        if label_free:  # the mask carries no label: it carries the volume's support through augment
+            mask = inside_mask(volume.shape, start, self.patch_size)
         if self.augment_cfg is not None:
             image, mask, sizes = augment(image, mask, sizes, self.augment_cfg, rng)
-        return self._item(index, position, image, mask, tags, sizes)
+        if self.kind == Supervision.SPARSE:
+            valid = torch.ones(self.patch_size, dtype=torch.bool)  # unclicked voxels are not padding
+        else:
+            valid = mask != IGNORE_INDEX
+        if label_free:
+            mask = torch.full_like(mask, IGNORE_INDEX)
+        item = self._item(index, position, image, mask, tags, sizes)
+        item["valid"] = valid
+        return item

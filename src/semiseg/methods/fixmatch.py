@@ -200,6 +200,9 @@ class FixMatch(Supervised):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Pseudo-labels and confidences of the weak views: the student's weak logits (detached),
         or the EMA teacher's prediction (training-mode batch norm, as BCP's and mean teacher's).
+        Voxels outside ``unlabeled.valid`` (3D patch padding) get no label and confidence 0, so every unlabeled
+        loss (strong views, CutMix-ed with the same boxes, and UniMatch's feature perturbation)
+        skips them, as UniMatch's own ``ignore_mask`` does.
 
         Shape:
             logits_weak ``[B_u, K, *S]`` (None with an EMA teacher) → labels, confidence ``[B_u, *S]``.
@@ -209,7 +212,11 @@ class FixMatch(Supervised):
                 probs = self.teacher.train()(unlabeled.image).softmax(1)
         else:
             probs = logits_weak.detach().softmax(1)
-        return pseudo_labels(probs)
+        labels, confidence = pseudo_labels(probs)
+        if unlabeled.valid is not None:  # padding past a 3D volume's end is no image: no pseudo-label
+            labels = labels.masked_fill(~unlabeled.valid, IGNORE_INDEX)
+            confidence = confidence.masked_fill(~unlabeled.valid, 0.0)
+        return labels, confidence
 
     def strong_views(self) -> int:
         """Strong views asked of the unlabeled stream."""
@@ -293,7 +300,7 @@ class FixMatch(Supervised):
             # fraction of weak-view pixels whose pseudo-label is confident (UniMatch's mask ratio)
             "confident": (confidence >= cfg.threshold).float().mean(),
             # fraction of weak-view pixels pseudo-labelled as foreground (a collapse to background shows)
-            "pseudo_foreground": (labels != 0).float().mean(),
+            "pseudo_foreground": ((labels != 0) & (labels != IGNORE_INDEX)).float().mean(),
         }
         if len(self.regularizers):
             logits = {"labeled": logits_labeled, "unlabeled": logits_weak}

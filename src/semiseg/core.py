@@ -76,9 +76,10 @@ class Batch:
             not drawn for that sample), else None.
         label: ``[B]`` long, the image's class (classification data with ``class`` supervision);
             ``IGNORE_INDEX`` where unknown.
-        valid: ``[B, *S]`` bool, False on voxels that are not image content (the zero padding of a
-            3D patch past its volume's end, moved by the augmentation), or None (every pixel is;
-            2D images). Unlabeled losses skip the invalid voxels (FixMatch, UniMatch).
+        valid: ``[B, *S]`` bool, False on the zero padding of a label-free 3D patch past its volume's
+            end (moved by the augmentation; its rotation / shift fill stays True, as in 2D); all True
+            for labeled patches, whose masks already ignore padding; None for 2D images. FixMatch and
+            UniMatch give invalid voxels no pseudo-label.
     """
 
     image: torch.Tensor

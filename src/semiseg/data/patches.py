@@ -95,15 +95,19 @@ def crop(
     return out
 
 
+#: the value :func:`inside_mask` gives the padding (not a class of the label-free mask it rides on)
+PADDING = 1
+
+
 def inside_mask(shape: Sequence[int], start: Sequence[int], size: Sequence[int]) -> torch.Tensor:
     """``[*size]`` long: 0 on the voxels of the box ``[start, start + size)`` that lie inside a volume
-    of ``shape``, ``IGNORE_INDEX`` on the padding outside it.
+    of ``shape``, :data:`PADDING` on the padding outside it.
 
     Examples:
         >>> inside_mask([3], [-1], [5]).tolist()
-        [255, 0, 0, 0, 255]
+        [1, 0, 0, 0, 1]
     """
-    out = torch.full(tuple(size), IGNORE_INDEX, dtype=torch.long)
+    out = torch.full(tuple(size), PADDING, dtype=torch.long)
     box = tuple(slice(max(0, -s), max(0, min(k, n - s))) for s, k, n in zip(start, size, shape))
     out[box] = 0
     return out
@@ -308,16 +312,17 @@ class PatchSet(KeyedItems):
         if self.kind in (Supervision.TAG, Supervision.SIZE):
             counts = self._counts(volume.crop("dense", start, self.patch_size, IGNORE_INDEX).long())
             tags, sizes = ((counts > 0).float(), sizes) if self.kind == Supervision.TAG else (tags, counts)
+        # a label-free patch's mask carries no label: it carries the padding (PADDING) through the
+        # augmentation instead, so that `valid` moves with the image; the geometric fill (rotation
+        # corners, shifted-in pixels: IGNORE_INDEX) stays valid, as in 2D
         label_free = self.kind != Supervision.SPARSE and not bool((mask != IGNORE_INDEX).any())
-        if label_free:  # the mask carries no label: it carries the volume's support through augment
+        if label_free:
             mask = inside_mask(volume.shape, start, self.patch_size)
         if self.augment_cfg is not None:
             image, mask, sizes = augment(image, mask, sizes, self.augment_cfg, rng)
-        if self.kind == Supervision.SPARSE:
-            valid = torch.ones(self.patch_size, dtype=torch.bool)  # unclicked voxels are not padding
-        else:
-            valid = mask != IGNORE_INDEX
+        valid = torch.ones(mask.shape, dtype=torch.bool)  # labeled patches: their masks ignore padding
         if label_free:
+            valid = mask != PADDING
             mask = torch.full_like(mask, IGNORE_INDEX)
         item = self._item(index, position, image, mask, tags, sizes)
         item["valid"] = valid

@@ -56,7 +56,8 @@ Deviations from the papers:
       UniMatch's per-GPU mix loader), so the pairing of each share's first image differs from a
       one-process run.
     - Unlabeled loss: confident cross-entropy averaged over all pixels (UniMatch's natural-image
-      code) by default; UniMatch's ACDC code uses Dice on the confident pixels instead, available
+      code; in 3D over the voxels that are not patch padding, as its ``ignore_mask``) by default;
+      UniMatch's ACDC code uses Dice on the confident pixels instead, available
       as ``unlabeled_loss: dice``; ``ce_dice`` applies the supervised loss's CE + Dice mix to the
       confident pixels (cross-entropy alone lets small foreground classes shrink on the unlabeled
       images, see ``benchmarks/dev/semi-acdc-dev.md``).
@@ -132,6 +133,11 @@ class FixMatchConfig(SupervisedConfig):
         if self.warmup_epochs < 0:
             raise FieldError("warmup_epochs", f"must be >= 0, got {self.warmup_epochs}")
         check_weights(self, "ce_weight", "dice_weight", "supervised_weight", "unlabeled_weight")
+
+
+def share(hits: torch.Tensor, among: torch.Tensor) -> torch.Tensor:
+    """The fraction of the ``among`` pixels that are ``hits`` (0 when there are none)."""
+    return hits.sum() / among.sum().clamp(min=1)
 
 
 def cutmix_partner(x: torch.Tensor) -> torch.Tensor:
@@ -290,6 +296,7 @@ class FixMatch(Supervised):
         labeled logits and, when the student predicted them, the weak views' logits, with gradient),
         with the logged components."""
         cfg = self.cfg
+        has_label = labels != IGNORE_INDEX  # all but 3D patch padding (Batch.valid)
         sup = self.supervised_loss(logits_labeled, batch["labeled"].mask)
         supervised = sup.pop("loss")
         out = {
@@ -298,9 +305,9 @@ class FixMatch(Supervised):
             **sup,
             **components,
             # fraction of weak-view pixels whose pseudo-label is confident (UniMatch's mask ratio)
-            "confident": (confidence >= cfg.threshold).float().mean(),
+            "confident": share((confidence >= cfg.threshold) & has_label, has_label),
             # fraction of weak-view pixels pseudo-labelled as foreground (a collapse to background shows)
-            "pseudo_foreground": ((labels != 0) & (labels != IGNORE_INDEX)).float().mean(),
+            "pseudo_foreground": share((labels != 0) & has_label, has_label),
         }
         if len(self.regularizers):
             logits = {"labeled": logits_labeled, "unlabeled": logits_weak}

@@ -78,8 +78,9 @@ class Batch:
             ``IGNORE_INDEX`` where unknown.
         valid: ``[B, *S]`` bool, False on the zero padding of a label-free 3D patch past its volume's
             end (moved by the augmentation; its rotation / shift fill stays True, as in 2D); all True
-            for labeled patches, whose masks already ignore padding; None for 2D images. FixMatch and
-            UniMatch give invalid voxels no pseudo-label.
+            for labeled patches, whose masks already ignore padding; None for 2D images. Methods that
+            make pseudo-labels or consistency targets on this stream skip invalid voxels
+            (:meth:`ignore_padding`).
     """
 
     image: torch.Tensor
@@ -99,6 +100,29 @@ class Batch:
             self.label = torch.full(
                 (len(self.image),), IGNORE_INDEX, dtype=torch.long, device=self.image.device
             )
+
+    def ignore_padding(self, labels: torch.Tensor) -> torch.Tensor:
+        """``labels`` with ``IGNORE_INDEX`` on the voxels outside :attr:`valid` (3D patch padding), so
+        a pseudo-label loss skips them; unchanged when there is no padding.
+
+        Shape:
+            labels ``[B, *S]`` long → ``[B, *S]`` long.
+
+        Examples:
+            >>> b = Batch.of(torch.rand(1, 1, 1, 2))
+            >>> b.valid = torch.tensor([[[True, False]]])
+            >>> b.ignore_padding(torch.zeros(1, 1, 2, dtype=torch.long)).tolist()
+            [[[0, 255]]]
+        """
+        return labels if self.valid is None else labels.masked_fill(~self.valid, IGNORE_INDEX)
+
+    def valid_mask(self) -> torch.Tensor:
+        """:attr:`valid`, or all True when the batch has no padding. Shape: ``[B, *S]`` bool."""
+        if self.valid is not None:
+            return self.valid
+        return torch.ones(
+            (len(self.image), *self.image.shape[2:]), dtype=torch.bool, device=self.image.device
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Batch:

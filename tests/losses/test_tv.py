@@ -362,3 +362,23 @@ def test_axis_weights_that_do_not_fit_the_model_are_a_config_error_naming_the_re
     ):
         build_method({"name": "supervised", "regularizers": [{"name": "tv", "axis_weights": [1.0, 1.0]}]},
                      ModelConfig(width=4, depth=2, spatial_dims=3), in_channels=1, num_classes=2)  # fmt: skip
+
+
+@pytest.mark.parametrize("operator", ["sobel", "forward"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_padding_outside_valid_costs_nothing_and_all_valid_changes_nothing(operator, reduction):
+    """3D patch padding (``valid`` False): the maps are constant on the image and anything on the
+    padding, so only the jump into the padding and the padding itself vary; neither counts."""
+    g = torch.Generator().manual_seed(0)
+    probs = torch.full((2, 2, 5, 6, 6), 0.5)
+    valid = torch.ones(2, 5, 6, 6, dtype=torch.bool)
+    valid[:, 3:] = False  # the last two slices: padding past the volume's end
+    valid[1, :, :, 4:] = False
+    probs = torch.where(valid[:, None], probs, torch.rand(probs.shape, generator=g))
+    assert total_variation(probs, operator, reduction=reduction).abs().sum() > 0
+    assert float(total_variation(probs, operator, reduction=reduction, valid=valid).abs().sum()) == 0.0
+    everywhere = torch.ones_like(valid)
+    torch.testing.assert_close(
+        total_variation(probs, operator, reduction=reduction, valid=everywhere),
+        total_variation(probs, operator, reduction=reduction),
+    )

@@ -336,3 +336,93 @@ def test_every_segmenter_method_trains_ecosystem_encoders(name, model):
     data = batch(hw=(40, 36))
     assert method.predict(data["labeled"].image).shape == (2, K, 40, 36)
     check_every_step(method, name, data)
+
+
+class Pointwise(torch.nn.Module):
+    """A per-voxel network (1×1×1 convolutions, no normalisation): each voxel's logits depend on that
+    voxel's input only, so an input voxel gets gradient exactly when some loss reads its prediction.
+    ``encode`` / ``decode`` as the UNet's, for UniMatch's feature perturbation."""
+
+    def __init__(self, in_channels: int, out_channels: int, dims: int):
+        super().__init__()
+        conv = torch.nn.Conv3d if dims == 3 else torch.nn.Conv2d
+        self.inner, self.head = conv(in_channels, 4, 1), conv(4, out_channels, 1)
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.tanh(self.inner(x))]
+
+    def decode(self, features: list[torch.Tensor], size=None) -> torch.Tensor:
+        return self.head(features[-1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+
+def _build_pointwise(cfg: ModelConfig, in_channels: int, out_channels: int) -> torch.nn.Module:
+    return Pointwise(in_channels, out_channels, cfg.spatial_dims)
+
+
+_build_pointwise.spatial_dims = (2, 3)
+
+
+@pytest.fixture
+def pointwise_model():
+    from semiseg.models import MODELS
+
+    MODELS.register("pointwise_test", _build_pointwise)
+    yield ModelConfig(name="pointwise_test", spatial_dims=3)
+    MODELS.pop("pointwise_test")
+
+
+@pytest.mark.parametrize("name", NAMES_3D)
+def test_padding_of_unlabeled_patches_gets_no_gradient(name, pointwise_model):
+    """3D patch padding (``Batch.valid`` False) is no image: no loss of any phase reads the
+    predictions there (pseudo-labels, consistency targets, copy-paste, the TV and size regularisers on
+    the unlabeled stream), so with a per-voxel network the padded input voxels get zero gradient,
+    while the image's voxels get some (the check is not vacuous)."""
+    torch.manual_seed(0)
+    streams = ["labeled", "unlabeled"]
+    regularizers = [
+        {"name": "tv", "weight": 0.1, "streams": streams},
+        {"name": "size", "weight": 0.1, "streams": streams, "gamma": 0.0},
+    ]
+    #: unlabeled losses at full weight from the first step, every pseudo-labelled voxel counting
+    at_full_weight = {
+        "fixmatch": {"threshold": 0.0},
+        "unimatch": {"threshold": 0.0},
+        "pseudo_label": {"threshold": 0.0},
+        "mean_teacher": {"ramp_up_steps": 0, "consistency_start_step": 0},
+        "cps": {"ramp_up_steps": 0},
+    }
+    options = {**TINY.get(name, {}), **at_full_weight.get(name, {}), "regularizers": regularizers}
+    hw = (4, 16, 16)
+    method = build_method(
+        {"name": name, **options}, pointwise_model, in_channels=1, num_classes=K, image_size=hw
+    )
+    unl = stream("size", b=3, hw=hw, seed=1)
+    valid = torch.ones(unl.mask.shape, dtype=torch.bool)
+    valid[:, -1] = False  # the last slice of every patch: padding past the volume's end
+    valid[0, :, :, -3:] = False
+    image = (unl.image + 2.0 * ~valid[:, None]).requires_grad_(True)  # padding unlike the image
+    unl = dataclasses.replace(unl, image=image, valid=valid)
+    data = {"labeled": stream("dense", hw=hw, seed=0), "unlabeled": unl}
+    method.train()
+    checked = 0
+    for phase in method.run_phases():
+        if "unlabeled" not in {s.name for s in phase.stream_specs} | set(phase.optional_streams):
+            continue
+        streams = phase_batch(phase, data)
+        streams.setdefault("unlabeled", unl)  # an optional stream the data has
+        for opt_name in phase.optimizer_names:
+            image.grad = None
+            method.zero_grad(set_to_none=True)
+            out = method(streams, phase.name, opt_name)
+            out["loss"].backward()
+            where = f"{name}: phase {phase.name!r}, optimizer {opt_name!r}"
+            assert image.grad is not None and image.grad.abs().sum() > 0, where
+            per_voxel = image.grad.abs().sum(1)
+            assert (per_voxel[~valid] == 0).all(), (
+                f"{where}: gradient on {int((per_voxel[~valid] > 0).sum())} padded voxels"
+            )
+            checked += 1
+    assert checked, f"{name}: no phase reads the unlabeled stream"

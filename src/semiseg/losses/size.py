@@ -79,6 +79,17 @@ REGRESSOR_PHASE = "size_regressor"
 REGRESSOR_INIT_SALT = 7349
 
 
+def image_probs(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """The softmax of ``logits``, 0 on 3D patch padding (outside ``batch.valid``), so a soft size
+    counts only the voxels of the image.
+
+    Shape:
+        logits ``[B, K, *S]`` → ``[B, K, *S]``.
+    """
+    probs = logits.softmax(dim=1)
+    return probs if batch.valid is None else probs * batch.valid.unsqueeze(1).to(probs.dtype)
+
+
 def bounds_penalty(values: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
     """``relu(lower − v)² + relu(v − upper)²`` elementwise; NaN bounds give 0 (no constraint)."""
     lo = torch.nan_to_num(lower, nan=-math.inf)
@@ -255,7 +266,12 @@ class SizeSpec(RegularizerSpec):
     def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         """The penalty with ``R`` = ``batch.sizes`` (``source: data``)."""
         return size_penalty(
-            logits.softmax(dim=1), batch.sizes, self.gamma, self.classes, self.normalization, self.reduction
+            image_probs(logits, batch),
+            batch.sizes,
+            self.gamma,
+            self.classes,
+            self.normalization,
+            self.reduction,
         )
 
     def build(self):
@@ -353,7 +369,7 @@ class RegressedSizePenalty(PhasedLoss):
         return regressed_sizes(area, self.classes, probs)
 
     def forward(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        probs = logits.softmax(dim=1)
+        probs = image_probs(logits, batch)
         s = self.spec
         return size_penalty(probs, self.sizes(batch.image, probs), s.gamma, self.classes, s.normalization,
                             s.reduction)  # fmt: skip

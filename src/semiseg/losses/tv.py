@@ -117,6 +117,24 @@ def edge_weights(image: torch.Tensor, sigma: float, operator: str = "sobel",
     return torch.exp(-sum(g * g for g in grads) / (2.0 * sigma * sigma))
 
 
+def _interior(valid: torch.Tensor) -> torch.Tensor:
+    """The valid pixels whose 3×3 (3×3×3) neighbourhood inside the map is valid: where neither
+    derivative reaches a padded one. Shape: ``[B, *S]`` bool → ``[B, *S]`` bool."""
+    pool = F.max_pool3d if valid.dim() == 4 else F.max_pool2d
+    return pool((~valid).unsqueeze(1).float(), 3, 1, 1).squeeze(1) == 0
+
+
+def _masked_reduction(per_pixel: torch.Tensor, keep: torch.Tensor, reduction: str) -> torch.Tensor:
+    kept = per_pixel * keep
+    if reduction == "mean":
+        return kept.sum() / keep.sum().clamp(min=1)
+    if reduction == "sum":
+        return kept.sum()
+    if reduction == "none":
+        return kept.flatten(1).sum(1) / keep.flatten(1).sum(1).clamp(min=1)
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
 def total_variation(
     probs: torch.Tensor,
     operator: str = "sobel",
@@ -126,6 +144,7 @@ def total_variation(
     image: torch.Tensor | None = None,
     edge_sigma: float | None = None,
     axis_weights: Sequence[float] | None = None,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Total variation of probability maps, summed over classes.
 
@@ -143,10 +162,13 @@ def total_variation(
         axis_weights: One factor per spatial axis multiplying its derivative (e.g. ``1 / spacing``
             relative to the in-plane spacing for anisotropic voxels: ``[0.2, 1, 1]`` for 5 mm slices
             of 1 mm pixels); ``None`` = all 1 (the paper).
+        valid: Optional bool mask of the image's pixels (False on 3D patch padding,
+            :attr:`semiseg.core.Batch.valid`): only pixels whose 3×3 (3×3×3) neighbourhood is valid
+            count, so the jump from the image to the padding costs nothing; means are over them.
 
     Shape:
-        probs ``[B, K, *S]``, image ``[B, C, *S]`` (S = H, W or D, H, W) → scalar, or ``[B]`` for
-        ``reduction="none"``.
+        probs ``[B, K, *S]``, image ``[B, C, *S]``, valid ``[B, *S]`` (S = H, W or D, H, W) → scalar,
+        or ``[B]`` for ``reduction="none"``.
     """
     grads = _weighted(spatial_gradients(probs, operator), axis_weights)
     if norm == "l1":
@@ -164,6 +186,8 @@ def total_variation(
             raise ValueError(f"edge_sigma must be positive, got {edge_sigma}")
         tv = tv * edge_weights(image, edge_sigma, operator, axis_weights)
     per_pixel = tv.sum(dim=1)  # [B, *S]
+    if valid is not None:
+        return _masked_reduction(per_pixel, _interior(valid), reduction)
     if reduction == "mean":
         return per_pixel.mean()
     if reduction == "sum":
@@ -233,4 +257,5 @@ class TVSpec(RegularizerSpec):
             image=batch.image,
             edge_sigma=self.edge_sigma,
             axis_weights=self.axis_weights,
+            valid=batch.valid,
         )

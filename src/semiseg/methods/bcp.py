@@ -315,7 +315,7 @@ class BCP(Supervised):
         n, spatial, device = max(len(lab), len(unl)), lab.image.shape[2:], lab.image.device
         li = torch.arange(n, device=device) % len(lab)
         ui = torch.arange(n, device=device) % len(unl)
-        pseudo = self.teacher_labels(unl.image)
+        pseudo = unl.ignore_padding(self.teacher_labels(unl.image))  # padding stays ignored when pasted
         box = self.boxes(unl, n, spatial, device)
         x_in, y_in, x_out, y_out = bidirectional_copy_paste(
             lab.image[li], lab.mask[li], unl.image[ui], pseudo[ui], box

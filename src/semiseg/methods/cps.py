@@ -60,13 +60,14 @@ from typing import Literal
 import torch
 
 from semiseg.config import FieldError
+from semiseg.core import IGNORE_INDEX
 from semiseg.losses.ramp import ramp_weight
 from semiseg.losses.supervised import masked_cross_entropy
 from semiseg.methods import register
 from semiseg.methods.base import Phase, forward_streams
 from semiseg.methods.supervised import Supervised, SupervisedConfig
 from semiseg.models import build_model
-from semiseg.ops import class_map
+from semiseg.ops import class_map, share
 
 STREAMS = ("labeled", "unlabeled")
 
@@ -92,17 +93,21 @@ class CPSConfig(SupervisedConfig):
 
 
 def cross_pseudo_supervision(
-    logits_a: torch.Tensor, logits_b: torch.Tensor
+    logits_a: torch.Tensor, logits_b: torch.Tensor, valid: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The two cross terms of CPS (Chen et al. 2021, eqs. 2–3): each network's logits against the
     other's hard arg-max prediction, which carries no gradient.
 
+    Args:
+        valid: Optional mask of the pixels that get a pseudo-label (False on 3D patch padding,
+            :attr:`semiseg.core.Batch.valid`); ``None`` = all.
+
     Returns:
-        ``(CE(logits_a, argmax b), CE(logits_b, argmax a))``, each a mean over pixels (over the
-        global batch under DDP).
+        ``(CE(logits_a, argmax b), CE(logits_b, argmax a))``, each a mean over the valid pixels
+        (over the global batch under DDP).
 
     Shape:
-        logits_a, logits_b ``[B, K, *S]`` → two scalars.
+        logits_a, logits_b ``[B, K, *S]``, valid ``[B, *S]`` bool → two scalars.
 
     Examples:
         >>> a = torch.tensor([[[[2.0]], [[0.0]]]])  # A says class 0, B says class 1
@@ -114,6 +119,9 @@ def cross_pseudo_supervision(
         raise ValueError(f"logits {tuple(logits_a.shape)} and {tuple(logits_b.shape)} differ")
     labels_a = class_map(logits_a.detach())
     labels_b = class_map(logits_b.detach())
+    if valid is not None:
+        labels_a = labels_a.masked_fill(~valid, IGNORE_INDEX)
+        labels_b = labels_b.masked_fill(~valid, IGNORE_INDEX)
     return masked_cross_entropy(logits_a, labels_b), masked_cross_entropy(logits_b, labels_a)
 
 
@@ -148,21 +156,24 @@ class CPS(Supervised):
         }
         sup_a = self.supervised_loss(by_stream["a"]["labeled"], lab.mask)
         sup_b = self.supervised_loss(by_stream["b"]["labeled"], lab.mask)
-        cps_a, cps_b = cross_pseudo_supervision(by_stream["a"]["unlabeled"], by_stream["b"]["unlabeled"])
+        cps_a, cps_b = cross_pseudo_supervision(
+            by_stream["a"]["unlabeled"], by_stream["b"]["unlabeled"], unl.valid
+        )
         if self.cfg.cps_on_labeled:  # the paper: L_cps^l + L_cps^u, each a mean over its images
             lab_a, lab_b = cross_pseudo_supervision(by_stream["a"]["labeled"], by_stream["b"]["labeled"])
             cps_a, cps_b = cps_a + lab_a, cps_b + lab_b
         weight = self.current_cps_weight()
         loss = sup_a["loss"] + sup_b["loss"] + weight * (cps_a + cps_b)
         with torch.no_grad():
-            agree = (class_map(by_stream["a"]["unlabeled"]) == class_map(by_stream["b"]["unlabeled"])).float()
+            agree = class_map(by_stream["a"]["unlabeled"]) == class_map(by_stream["b"]["unlabeled"])
+            agreement = share(agree & unl.valid_mask(), unl.valid_mask())
         out = {
             "sup_a": sup_a["loss"],
             "sup_b": sup_b["loss"],
             "cps_a": cps_a,
             "cps_b": cps_b,
             "cps_weight": weight,
-            "agreement": agree.mean(),  # fraction of unlabeled pixels where A and B agree
+            "agreement": agreement,  # fraction of unlabeled pixels (not padding) where A and B agree
         }
         if len(self.regularizers):  # on both networks, labeled images and weak unlabeled views
             for name in ("a", "b"):

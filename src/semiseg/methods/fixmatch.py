@@ -97,7 +97,7 @@ from semiseg.methods.base import Phase
 from semiseg.methods.supervised import Supervised, SupervisedConfig
 from semiseg.models.batchnorm import frozen_running_stats
 from semiseg.models.ema import ema_copy, ema_update_
-from semiseg.ops import paste
+from semiseg.ops import paste, share
 
 STREAMS = ("labeled", "unlabeled")
 
@@ -133,11 +133,6 @@ class FixMatchConfig(SupervisedConfig):
         if self.warmup_epochs < 0:
             raise FieldError("warmup_epochs", f"must be >= 0, got {self.warmup_epochs}")
         check_weights(self, "ce_weight", "dice_weight", "supervised_weight", "unlabeled_weight")
-
-
-def share(hits: torch.Tensor, among: torch.Tensor) -> torch.Tensor:
-    """The fraction of the ``among`` pixels that are ``hits`` (0 when there are none)."""
-    return hits.sum() / among.sum().clamp(min=1)
 
 
 def cutmix_partner(x: torch.Tensor) -> torch.Tensor:
@@ -220,7 +215,7 @@ class FixMatch(Supervised):
             probs = logits_weak.detach().softmax(1)
         labels, confidence = pseudo_labels(probs)
         if unlabeled.valid is not None:  # padding past a 3D volume's end is no image: no pseudo-label
-            labels = labels.masked_fill(~unlabeled.valid, IGNORE_INDEX)
+            labels = unlabeled.ignore_padding(labels)
             confidence = confidence.masked_fill(~unlabeled.valid, 0.0)
         return labels, confidence
 

@@ -190,7 +190,8 @@ class MeanTeacher(Supervised):
             target = self.teacher_probs(torch.cat(teacher_in))
         else:  # each stream through the teacher alone, as through the student
             target = torch.cat([self.teacher_probs(x) for x in teacher_in])
-        out["consistency"] = softmax_mse(torch.cat([logits[k] for k in student_keys]), target)
+        valid = torch.cat([batch[s].valid_mask() for s in consistency_streams])  # not 3D patch padding
+        out["consistency"] = softmax_mse(torch.cat([logits[k] for k in student_keys]), target, valid)
         weight = self.current_consistency_weight(self.phase_step)
         out["loss"] = out["loss"] + weight * out["consistency"]
         out["consistency_weight"] = torch.tensor(weight)

@@ -178,6 +178,7 @@ class PseudoLabel(Supervised):
             return super().training_step(batch, phase, optimizer)  # the supervised phase
         lab, unl = batch["labeled"], batch["unlabeled"]
         labels, confidence = teacher_pseudo_labels(self.teacher, unl.image)
+        labels = unl.ignore_padding(labels)  # no pseudo-label on 3D patch padding
         logits = {"labeled": self.model(lab.image), "unlabeled": self.model(unl.image)}
         out = self.supervised_loss(logits["labeled"], lab.mask)
         pseudo, ratio = confident_cross_entropy(logits["unlabeled"], labels, confidence, self.cfg.threshold)

@@ -42,7 +42,7 @@ import torch
 from semiseg.core import IGNORE_INDEX, Batch
 from semiseg.errors import ConfigError
 from semiseg.losses.ramp import ramp_weight
-from semiseg.losses.size import NORMALIZATIONS, centroid_penalty, size_penalty
+from semiseg.losses.size import NORMALIZATIONS, centroid_penalty, image_probs, size_penalty
 from semiseg.losses.supervised import masked_cross_entropy
 from semiseg.methods import register
 from semiseg.methods.base import Phase
@@ -220,7 +220,7 @@ class SizeConstrained(Supervised):
         if phase not in ("segmenter", "proposals"):
             return super().training_step(batch, phase, optimizer)  # fs
         unl = batch["unlabeled"]
-        proposals = self._proposal_mask(unl.image) if phase == "proposals" else None
+        proposals = unl.ignore_padding(self._proposal_mask(unl.image)) if phase == "proposals" else None
         used = ("labeled", "unlabeled", *self.regularizer_streams())
         logits = {stream: self.model(b.image) for stream, b in batch.items() if stream in used}
         out = self.supervised_loss(logits["labeled"], batch["labeled"].mask)
@@ -228,7 +228,7 @@ class SizeConstrained(Supervised):
             out["proposal_ce"] = masked_cross_entropy(logits["unlabeled"], proposals)
             out["loss"] = out["loss"] + self.cfg.proposal_weight * out["proposal_ce"]
         else:
-            probs = logits["unlabeled"].softmax(1)
+            probs = image_probs(logits["unlabeled"], unl)  # 0 on 3D patch padding
             sizes, centroid_bounds = self._bounds(unl, probs)
             out["size_penalty"] = size_penalty(
                 probs, sizes, self.cfg.gamma, self.classes, self.cfg.normalization

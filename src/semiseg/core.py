@@ -76,11 +76,11 @@ class Batch:
             not drawn for that sample), else None.
         label: ``[B]`` long, the image's class (classification data with ``class`` supervision);
             ``IGNORE_INDEX`` where unknown.
-        valid: ``[B, *S]`` bool, False on the zero padding of a label-free 3D patch past its volume's
-            end (moved by the augmentation; its rotation / shift fill stays True, as in 2D); all True
-            for labeled patches, whose masks already ignore padding; None for 2D images. Methods that
-            make pseudo-labels or consistency targets on this stream skip invalid voxels
-            (:meth:`ignore_padding`).
+        valid: ``[B, *S]`` bool, False on the zero padding of a 3D patch past its volume's end (moved
+            by the augmentation; its rotation / shift fill stays True, as in 2D; masks ignore the
+            padding too); None for 2D images. The losses that read predictions beyond the labels
+            (pseudo-labels, consistency targets, the TV and size regularisers) skip invalid voxels
+            (:meth:`ignore_padding`). Normalisation layers still see them (batch statistics).
     """
 
     image: torch.Tensor

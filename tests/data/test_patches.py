@@ -85,11 +85,27 @@ def test_valid_marks_the_padding_of_label_free_patches_through_the_augmentation(
 
 
 @pytest.mark.parametrize("supervision", ["dense", "sparse"])
-def test_labeled_patches_are_valid_everywhere(supervision):
-    """Labeled patches: their masks already ignore the padding; ``valid`` is all True."""
+def test_labeled_patches_mark_their_padding_too(supervision):
+    """Labeled patches: ``valid`` is False on the padding as for label-free ones (for the losses that
+    read the labeled images' predictions beyond their labels: TV, consistency); the mask still
+    ignores it, and keeps its labels on the volume through the augmentation."""
     small = Record("small", np.ones((1, 2, 5, 5), np.float32), np.zeros((2, 5, 5), np.int64))
-    ps = make([small], patch_size=[4, 8, 8], supervision=supervision, sparse_pixels=5, foreground_ratio=0.0)
-    assert ps[(0, 0)]["valid"].all()
+    aug = AugmentConfig(hflip=True, dflip=True, rotate_degrees=30)
+    for cfg in (None, aug):
+        ps = make([small], patch_size=[4, 8, 8], supervision=supervision, sparse_pixels=5, foreground_ratio=0.0,
+                  augment_cfg=cfg)  # fmt: skip
+        for position in range(4):
+            item = ps[(0, position)]
+            inside = item["image"][0] > 0.5
+            if cfg is None:
+                assert torch.equal(item["valid"], inside)
+            else:
+                assert (inside & ~item["valid"]).float().mean() < 0.05
+                assert (~item["valid"]).float().mean() > 0.5
+            assert (item["mask"][~item["valid"]] == IGNORE_INDEX).all()
+            assert set(item["mask"].unique().tolist()) <= {0, IGNORE_INDEX}
+            if supervision == "dense" and cfg is None:
+                assert (item["mask"][inside] == 0).all()
 
 
 def test_crop_fills_outside():

@@ -110,7 +110,7 @@ def test_selftrain_pastes_the_box_in_images_and_targets_alike(monkeypatch, place
     d = data("sparse", n_unlabeled=2)
     lab, unl = d["labeled"], d["unlabeled"]
     pseudo = torch.randint(0, K, (2, 32, 32), generator=torch.Generator().manual_seed(3))
-    monkeypatch.setattr(method, "teacher_labels", lambda images: pseudo)
+    monkeypatch.setattr(method, "teacher_labels", lambda images, valid=None: pseudo)
     method.training_step(d, "selftrain", "main")
     expected_box = box_masks(2, (32, 32), 2 / 3, unl.generators(BOX_SALT) if placement == "random" else None)
     x_in, x_out = spy.inputs
@@ -166,7 +166,7 @@ def test_with_alpha_zero_pseudo_labels_do_not_matter(monkeypatch):
     losses = []
     for seed in (0, 1):
         pseudo = torch.randint(0, K, (3, 32, 32), generator=torch.Generator().manual_seed(seed))
-        monkeypatch.setattr(method, "teacher_labels", lambda images, p=pseudo: p)
+        monkeypatch.setattr(method, "teacher_labels", lambda images, valid=None, p=pseudo: p)
         losses.append(method.training_step(d, "selftrain", "main")["loss"])
     torch.testing.assert_close(losses[0], losses[1])
 
@@ -185,6 +185,22 @@ def test_pseudo_labels_are_the_teachers_argmax_reduced_to_components():
     method = build_bcp()
     labels = method.teacher(images).argmax(1)
     assert torch.equal(method.teacher_labels(images), largest_components(labels, K))
+
+
+def test_padding_is_background_for_the_components_then_ignored(monkeypatch):
+    """3D patch padding (``valid`` False): a teacher's foreground there neither wins the largest
+    component over the image's foreground nor becomes a pseudo-label."""
+    method = build_bcp()
+    labels = torch.zeros(1, 1, 8, dtype=torch.long)
+    labels[0, 0, 1:3] = 1  # the image's blob: 2 pixels
+    labels[0, 0, 4:8] = 1  # a bigger blob on the padding
+    valid = torch.zeros(1, 1, 8, dtype=torch.bool)
+    valid[0, 0, :4] = True
+    logits = torch.nn.functional.one_hot(labels, K).movedim(-1, 1).float()
+    monkeypatch.setattr(method.teacher, "forward", lambda images: logits)
+    out = method.teacher_labels(torch.zeros(1, 1, 1, 8), valid)
+    assert out.tolist() == [[[0, 1, 1, 0, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX]]]
+    assert method.teacher_labels(torch.zeros(1, 1, 1, 8)).tolist() == [[[0, 0, 0, 0, 1, 1, 1, 1]]]
 
 
 # ------------------------------------------------------------------------------------------ phases, teacher

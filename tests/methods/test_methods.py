@@ -374,55 +374,75 @@ def pointwise_model():
     MODELS.pop("pointwise_test")
 
 
-@pytest.mark.parametrize("name", NAMES_3D)
-def test_padding_of_unlabeled_patches_gets_no_gradient(name, pointwise_model):
+#: unlabeled losses at full weight from the first step, every pseudo-labelled voxel counting
+AT_FULL_WEIGHT = {
+    "fixmatch": {"threshold": 0.0},
+    "unimatch": {"threshold": 0.0},
+    "pseudo_label": {"threshold": 0.0},
+    "mean_teacher": {"ramp_up_steps": 0, "consistency_start_step": 0},
+    "cps": {"ramp_up_steps": 0},
+}
+#: the other paths that read predictions beyond the labels
+PADDING_CASES = [(n, {}) for n in NAMES_3D] + [
+    ("size", {"source": "proposals", "fs_epochs": 0}),
+    ("size", {"source": "oracle"}),
+    ("mean_teacher", {"perturbation": "strong", "labeled_consistency": True}),
+    ("mean_teacher", {"labeled_consistency": True, "joint_batch": True}),
+    ("cps", {"cps_on_labeled": True}),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "extra"),
+    [pytest.param(n, e, id="-".join([n, *(f"{k}={v}" for k, v in e.items())])) for n, e in PADDING_CASES],
+)
+def test_padding_of_3d_patches_gets_no_gradient(name, extra, pointwise_model):
     """3D patch padding (``Batch.valid`` False) is no image: no loss of any phase reads the
     predictions there (pseudo-labels, consistency targets, copy-paste, the TV and size regularisers on
-    the unlabeled stream), so with a per-voxel network the padded input voxels get zero gradient,
-    while the image's voxels get some (the check is not vacuous)."""
+    both streams), so with a per-voxel network the padded input voxels of both streams get zero
+    gradient, while the images' voxels get some (the check is not vacuous)."""
     torch.manual_seed(0)
     streams = ["labeled", "unlabeled"]
     regularizers = [
         {"name": "tv", "weight": 0.1, "streams": streams},
         {"name": "size", "weight": 0.1, "streams": streams, "gamma": 0.0},
     ]
-    #: unlabeled losses at full weight from the first step, every pseudo-labelled voxel counting
-    at_full_weight = {
-        "fixmatch": {"threshold": 0.0},
-        "unimatch": {"threshold": 0.0},
-        "pseudo_label": {"threshold": 0.0},
-        "mean_teacher": {"ramp_up_steps": 0, "consistency_start_step": 0},
-        "cps": {"ramp_up_steps": 0},
-    }
-    options = {**TINY.get(name, {}), **at_full_weight.get(name, {}), "regularizers": regularizers}
+    options = {**TINY.get(name, {}), **AT_FULL_WEIGHT.get(name, {}), **extra, "regularizers": regularizers}
     hw = (4, 16, 16)
     method = build_method(
         {"name": name, **options}, pointwise_model, in_channels=1, num_classes=K, image_size=hw
     )
-    unl = stream("size", b=3, hw=hw, seed=1)
-    valid = torch.ones(unl.mask.shape, dtype=torch.bool)
-    valid[:, -1] = False  # the last slice of every patch: padding past the volume's end
-    valid[0, :, :, -3:] = False
-    image = (unl.image + 2.0 * ~valid[:, None]).requires_grad_(True)  # padding unlike the image
-    unl = dataclasses.replace(unl, image=image, valid=valid)
-    data = {"labeled": stream("dense", hw=hw, seed=0), "unlabeled": unl}
+    data, images = {}, {}
+    for kind, b, seed in (("dense", 2, 0), ("size", 3, 1)):
+        item = stream(kind, b=b, hw=hw, seed=seed)
+        valid = torch.ones(item.mask.shape, dtype=torch.bool)
+        valid[:, -1] = False  # the last slice of every patch: padding past the volume's end
+        valid[0, :, :, -3:] = False
+        image = (item.image + 2.0 * ~valid[:, None]).requires_grad_(True)  # padding unlike the image
+        mask = item.mask.masked_fill(~valid, IGNORE_INDEX)  # as PatchSet gives it
+        name_ = "labeled" if kind == "dense" else "unlabeled"
+        data[name_] = dataclasses.replace(item, image=image, mask=mask, valid=valid)
+        images[name_] = image
     method.train()
     checked = 0
     for phase in method.run_phases():
         if "unlabeled" not in {s.name for s in phase.stream_specs} | set(phase.optional_streams):
             continue
-        streams = phase_batch(phase, data)
-        streams.setdefault("unlabeled", unl)  # an optional stream the data has
+        batch_ = phase_batch(phase, data)
+        batch_.setdefault("unlabeled", data["unlabeled"])  # an optional stream the data has
         for opt_name in phase.optimizer_names:
-            image.grad = None
             method.zero_grad(set_to_none=True)
-            out = method(streams, phase.name, opt_name)
+            for image in images.values():
+                image.grad = None
+            out = method(batch_, phase.name, opt_name)
             out["loss"].backward()
-            where = f"{name}: phase {phase.name!r}, optimizer {opt_name!r}"
-            assert image.grad is not None and image.grad.abs().sum() > 0, where
-            per_voxel = image.grad.abs().sum(1)
-            assert (per_voxel[~valid] == 0).all(), (
-                f"{where}: gradient on {int((per_voxel[~valid] > 0).sum())} padded voxels"
-            )
+            where = f"{name} {extra}: phase {phase.name!r}, optimizer {opt_name!r}"
+            for stream_name, image in images.items():
+                assert image.grad is not None and image.grad.abs().sum() > 0, f"{where}, {stream_name}"
+                per_voxel = image.grad.abs().sum(1)
+                padded = ~data[stream_name].valid
+                assert (per_voxel[padded] == 0).all(), (
+                    f"{where}: gradient on {int((per_voxel[padded] > 0).sum())} padded {stream_name} voxels"
+                )
             checked += 1
     assert checked, f"{name}: no phase reads the unlabeled stream"

@@ -95,8 +95,10 @@ def crop(
     return out
 
 
-#: the value :func:`inside_mask` gives the padding (not a class of the label-free mask it rides on)
+#: the value :func:`inside_mask` gives the padding
 PADDING = 1
+#: the value the padding takes in a patch's mask through the augmentation (no class, not IGNORE_INDEX)
+PADDED = IGNORE_INDEX - 1
 
 
 def inside_mask(shape: Sequence[int], start: Sequence[int], size: Sequence[int]) -> torch.Tensor:
@@ -312,18 +314,14 @@ class PatchSet(KeyedItems):
         if self.kind in (Supervision.TAG, Supervision.SIZE):
             counts = self._counts(volume.crop("dense", start, self.patch_size, IGNORE_INDEX).long())
             tags, sizes = ((counts > 0).float(), sizes) if self.kind == Supervision.TAG else (tags, counts)
-        # a label-free patch's mask carries no label: it carries the padding (PADDING) through the
-        # augmentation instead, so that `valid` moves with the image; the geometric fill (rotation
-        # corners, shifted-in pixels: IGNORE_INDEX) stays valid, as in 2D
-        label_free = self.kind != Supervision.SPARSE and not bool((mask != IGNORE_INDEX).any())
-        if label_free:
-            mask = inside_mask(volume.shape, start, self.patch_size)
+        # the padding past the volume's end rides on the mask through the augmentation (PADDED), so
+        # that `valid` moves with the image; the geometric fill (rotation corners, shifted-in voxels:
+        # IGNORE_INDEX) stays valid, as in 2D; the mask ignores the padding, as before
+        mask = mask.masked_fill(inside_mask(volume.shape, start, self.patch_size) == PADDING, PADDED)
         if self.augment_cfg is not None:
             image, mask, sizes = augment(image, mask, sizes, self.augment_cfg, rng)
-        valid = torch.ones(mask.shape, dtype=torch.bool)  # labeled patches: their masks ignore padding
-        if label_free:
-            valid = mask != PADDING
-            mask = torch.full_like(mask, IGNORE_INDEX)
+        valid = mask != PADDED
+        mask = mask.masked_fill(~valid, IGNORE_INDEX)
         item = self._item(index, position, image, mask, tags, sizes)
         item["valid"] = valid
         return item

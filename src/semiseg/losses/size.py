@@ -214,7 +214,8 @@ class SizeSpec(RegularizerSpec):
     with bounds ``[(1−γ)R, (1+γ)R]`` around size estimates ``R`` from ``source`` (see the module
     docstring): "data" = the batch's ``sizes`` (pixels at the training size; NaN = unknown),
     "regressor" = a regressor trained first in phase ``size_regressor`` (options ``regressor_*``,
-    with the defaults of the ``size`` method's).
+    with the defaults of the ``size`` method's). On 3D patches the soft size leaves out the padding
+    past the volume's end (the batch's ``valid``).
 
     ``method.regularizers: [{name: size, weight: 0.01, gamma: 0.1, streams: [unlabeled]}]``
     """

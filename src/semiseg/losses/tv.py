@@ -23,6 +23,8 @@ anisotropic voxels (e.g. ``[0.2, 1, 1]`` when slices are 5× thicker than pixels
 Reduction: ``"mean"`` divides the sum over classes and pixels by the number of pixels
 ``B·H·W`` (not by the number of classes), so the value is "TV per pixel" and does not depend on
 image size or batch size; ``"sum"`` is the paper's plain sum; ``"none"`` returns one value per image.
+With a ``valid`` map (3D patch padding, :attr:`semiseg.core.Batch.valid`) only the voxels whose
+3×3×3 neighbourhood is valid count, and means are over them.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from semiseg.config import FieldError
 from semiseg.core import Batch
 from semiseg.errors import ConfigError
 from semiseg.losses.regularizers import RegularizerSpec, register_regularizer
+from semiseg.parallel import mean_denominator
 
 #: eq. 11 of the paper, applied as a cross-correlation (row-major neighbourhood, eq. 13)
 SOBEL_X = ((-1.0, -2.0, -1.0), (0.0, 0.0, 0.0), (1.0, 2.0, 1.0))
@@ -126,8 +129,8 @@ def _interior(valid: torch.Tensor) -> torch.Tensor:
 
 def _masked_reduction(per_pixel: torch.Tensor, keep: torch.Tensor, reduction: str) -> torch.Tensor:
     kept = per_pixel * keep
-    if reduction == "mean":
-        return kept.sum() / keep.sum().clamp(min=1)
+    if reduction == "mean":  # over the counted voxels of the global batch under DDP, as in one process
+        return kept.sum() / mean_denominator(keep.sum()).clamp(min=1)
     if reduction == "sum":
         return kept.sum()
     if reduction == "none":
@@ -152,8 +155,8 @@ def total_variation(
         probs: Softmax probabilities (any real maps work), 2D or 3D.
         operator: "sobel" (the paper) or "forward" differences.
         norm: "l1" = ``Σ_axes |∇_a|`` (the paper) or "l2" = ``sqrt(Σ_axes ∇_a² + eps)`` (isotropic).
-        reduction: "mean" (per pixel: sum / (B·H·W), or per voxel), "sum", or "none" (per image, mean
-            over its pixels).
+        reduction: "mean" (per pixel: sum / (B·H·W), or per voxel; per counted voxel with ``valid``),
+            "sum", or "none" (per image, mean over its pixels).
         eps: Smoothing of the isotropic norm at zero gradient.
         image: The input images; with ``edge_sigma``, each pixel's TV is weighted by
             :func:`edge_weights` so label changes are cheap where the image has an edge
@@ -215,7 +218,8 @@ class TotalVariationLoss(nn.Module):
 @dataclass
 class TVSpec(RegularizerSpec):
     """Spec of the ``tv`` regulariser: :func:`total_variation` of the softmax of the segmenter's logits
-    (edge-aware with ``edge_sigma``, weighted by the batch's images).
+    (edge-aware with ``edge_sigma``, weighted by the batch's images); on 3D patches, not over the
+    padding past the volume's end (the batch's ``valid``).
 
     ``method.regularizers: [{name: tv, weight: 0.1, operator: sobel, norm: l1}]``
     """

@@ -268,13 +268,20 @@ class BCP(Supervised):
         return box_masks(n, spatial, self.cfg.box_ratio, rngs, device)
 
     @torch.no_grad()
-    def teacher_labels(self, images: torch.Tensor) -> torch.Tensor:
-        """The teacher's pseudo-labels. Shape: ``[B, C, *S]`` → ``[B, *S]`` long."""
+    def teacher_labels(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """The teacher's pseudo-labels, ``IGNORE_INDEX`` outside ``valid`` (3D patch padding, which
+        is background when the largest components are kept, so that no component lies on it).
+
+        Shape:
+            images ``[B, C, *S]``, valid ``[B, *S]`` bool → ``[B, *S]`` long.
+        """
         self.teacher.train(self.cfg.teacher_batch_stats)
         labels = class_map(self.teacher(images))
+        if valid is not None:
+            labels = labels.masked_fill(~valid, 0)
         if self.cfg.largest_component:
             labels = largest_components(labels, self.num_classes)
-        return labels
+        return labels if valid is None else labels.masked_fill(~valid, IGNORE_INDEX)
 
     def region_loss(
         self, logits: torch.Tensor, target: torch.Tensor, region: torch.Tensor, outside_weight: float
@@ -315,7 +322,7 @@ class BCP(Supervised):
         n, spatial, device = max(len(lab), len(unl)), lab.image.shape[2:], lab.image.device
         li = torch.arange(n, device=device) % len(lab)
         ui = torch.arange(n, device=device) % len(unl)
-        pseudo = unl.ignore_padding(self.teacher_labels(unl.image))  # padding stays ignored when pasted
+        pseudo = self.teacher_labels(unl.image, unl.valid)  # padding stays ignored when pasted
         box = self.boxes(unl, n, spatial, device)
         x_in, y_in, x_out, y_out = bidirectional_copy_paste(
             lab.image[li], lab.mask[li], unl.image[ui], pseudo[ui], box

@@ -160,7 +160,9 @@ class CPS(Supervised):
             by_stream["a"]["unlabeled"], by_stream["b"]["unlabeled"], unl.valid
         )
         if self.cfg.cps_on_labeled:  # the paper: L_cps^l + L_cps^u, each a mean over its images
-            lab_a, lab_b = cross_pseudo_supervision(by_stream["a"]["labeled"], by_stream["b"]["labeled"])
+            lab_a, lab_b = cross_pseudo_supervision(
+                by_stream["a"]["labeled"], by_stream["b"]["labeled"], lab.valid
+            )
             cps_a, cps_b = cps_a + lab_a, cps_b + lab_b
         weight = self.current_cps_weight()
         loss = sup_a["loss"] + sup_b["loss"] + weight * (cps_a + cps_b)

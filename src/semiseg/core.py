@@ -57,6 +57,12 @@ class ViewSpec:
     cutmix: bool = False
 
 
+def ignore_padding(labels: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """``labels`` with ``IGNORE_INDEX`` outside ``valid`` (3D patch padding); unchanged for None.
+    Shape: labels ``[B, *S]`` long, valid ``[B, *S]`` bool → ``[B, *S]`` long."""
+    return labels if valid is None else labels.masked_fill(~valid, IGNORE_INDEX)
+
+
 @dataclass
 class Batch:
     """A stream's batch (labeled or unlabeled items), as a method receives it.
@@ -114,7 +120,7 @@ class Batch:
             >>> b.ignore_padding(torch.zeros(1, 1, 2, dtype=torch.long)).tolist()
             [[[0, 255]]]
         """
-        return labels if self.valid is None else labels.masked_fill(~self.valid, IGNORE_INDEX)
+        return ignore_padding(labels, self.valid)
 
     def valid_mask(self) -> torch.Tensor:
         """:attr:`valid`, or all True when the batch has no padding. Shape: ``[B, *S]`` bool."""

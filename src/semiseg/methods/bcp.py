@@ -83,7 +83,7 @@ import numpy as np
 import torch
 
 from semiseg.config import FieldError, check_weights
-from semiseg.core import IGNORE_INDEX, Batch
+from semiseg.core import IGNORE_INDEX, Batch, ignore_padding
 from semiseg.methods import register
 from semiseg.methods.base import Phase
 from semiseg.methods.supervised import Supervised, SupervisedConfig
@@ -281,7 +281,7 @@ class BCP(Supervised):
             labels = labels.masked_fill(~valid, 0)
         if self.cfg.largest_component:
             labels = largest_components(labels, self.num_classes)
-        return labels if valid is None else labels.masked_fill(~valid, IGNORE_INDEX)
+        return ignore_padding(labels, valid)
 
     def region_loss(
         self, logits: torch.Tensor, target: torch.Tensor, region: torch.Tensor, outside_weight: float

@@ -60,7 +60,7 @@ from typing import Literal
 import torch
 
 from semiseg.config import FieldError
-from semiseg.core import IGNORE_INDEX
+from semiseg.core import ignore_padding
 from semiseg.losses.ramp import ramp_weight
 from semiseg.losses.supervised import masked_cross_entropy
 from semiseg.methods import register
@@ -119,9 +119,7 @@ def cross_pseudo_supervision(
         raise ValueError(f"logits {tuple(logits_a.shape)} and {tuple(logits_b.shape)} differ")
     labels_a = class_map(logits_a.detach())
     labels_b = class_map(logits_b.detach())
-    if valid is not None:
-        labels_a = labels_a.masked_fill(~valid, IGNORE_INDEX)
-        labels_b = labels_b.masked_fill(~valid, IGNORE_INDEX)
+    labels_a, labels_b = ignore_padding(labels_a, valid), ignore_padding(labels_b, valid)
     return masked_cross_entropy(logits_a, labels_b), masked_cross_entropy(logits_b, labels_a)
 
 
@@ -168,7 +166,8 @@ class CPS(Supervised):
         loss = sup_a["loss"] + sup_b["loss"] + weight * (cps_a + cps_b)
         with torch.no_grad():
             agree = class_map(by_stream["a"]["unlabeled"]) == class_map(by_stream["b"]["unlabeled"])
-            agreement = share(agree & unl.valid_mask(), unl.valid_mask())
+            image = unl.valid_mask()
+            agreement = share(agree & image, image)
         out = {
             "sup_a": sup_a["loss"],
             "sup_b": sup_b["loss"],

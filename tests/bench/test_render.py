@@ -215,3 +215,26 @@ def test_every_figure_of_a_table_is_named():
     assert "Figure (moons): `ssldec-moons.png`" in md and "Figure (mnist): `ssldec-mnist.png`" in md
     md = markdown(_results(figure="r/ioda-fig6.png", figure_image="validation 10"))
     assert "Figure: `ioda-fig6.png`" in md and "validation 10`" not in md
+
+
+def test_distances_of_the_same_runs_render_by_row_with_missed_classes_unit_and_memory():
+    p = {
+        "distances": {
+            "HD95 (voxels)": {
+                "a | 3 patients": summarise([2.0, 4.0, 6.0]),
+                "b | 7 patients": summarise([5.0]),
+            },
+            "ASD (voxels)": {"a | 3 patients": summarise([1.0, 1.0, 1.0])},
+        },
+        "distance_unit": "voxels of the native grid",
+        "missed_classes": {"note": "left out of the means", "a | 3 patients": {"missed": 2, "pairs": 240}},
+        "peak_memory_mib_3d": {"a | 3 patients": 1234.4},
+        "peak_memory_note": "an upper bound",
+    }
+    md = markdown(_results([_row("one", 3, 1.0, 0.5)], **p))
+    assert "| method | setting | HD95 (voxels) | ASD (voxels) | missed (volume, class) pairs |" in md
+    assert "| a | 3 patients | 4.00 ± 2.00 (n=3) | 1.00 ± 0.00 (n=3) | 2 of 240 |" in md
+    assert "| b | 7 patients | 5.00† (n=1) | – | – |" in md  # one run: marked, no spread
+    assert "Unit: voxels of the native grid" in md and "Missed: left out of the means" in md
+    assert "Peak resident memory of the 3D runs: a | 3 patients: 1234 MiB (an upper bound)." in md
+    assert "Distances" not in markdown(_results([_row("one", 3, 1.0, 0.5)]))  # no extras, no section

@@ -162,6 +162,58 @@ def _step_ratio_lines(ratios: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _cell(summary: dict[str, Any] | None) -> str:
+    """``mean ± std (n)`` of a :func:`semiseg.bench.stats.summarise` record; a single run is marked."""
+    if summary is None:
+        return "–"
+    if summary.get("std") is None or not supports_claim(summary):
+        return f"{summary['mean']:.2f}{SINGLE_RUN_MARK} (n={summary['n_runs']})"
+    return f"{summary['mean']:.2f} ± {summary['std']:.2f} (n={summary['n_runs']})"
+
+
+#: provenance keys of a table's distances by row (label → row → summary) and of their unit
+DISTANCE_KEYS = (("distances", "distance_unit"), ("hd95", "hd95_unit"))
+
+
+def _distance_lines(p: dict[str, Any]) -> list[str]:
+    """The distances a table's extras computed from the same runs (HD95, ASD), one column per
+    measure and one line per row, with the missed classes their means leave out and the unit."""
+    lines: list[str] = []
+    for key, unit_key in DISTANCE_KEYS:
+        measures = p.get(key)
+        if not measures:
+            continue
+        labels = list(measures)
+        rows = sorted({row for values in measures.values() for row in values})
+        missed = {k: v for k, v in (p.get("missed_classes") or {}).items() if isinstance(v, dict)}
+        head = (
+            "| method | setting | "
+            + " | ".join(labels)
+            + (" | missed (volume, class) pairs |" if missed else " |")
+        )
+        lines += ["Distances of the same runs (mean ± std over runs, n runs):", "", head,
+                  "|---" * (len(labels) + 2 + bool(missed)) + "|"]  # fmt: skip
+        for row in rows:
+            cells = [_cell(measures[label].get(row)) for label in labels]
+            if missed:
+                m = missed.get(row) or missed.get(row.rsplit(",", 1)[0])
+                cells.append(f"{m.get('missed', 0)} of {m.get('pairs', 0)}" if m else "–")
+            method, _, setting = row.partition(" | ")  # a row's key is "<method> | <setting>"
+            lines.append(f"| {method} | {setting or '–'} | " + " | ".join(cells) + " |")
+        lines.append("")
+        if p.get(unit_key):
+            lines += [f"Unit: {p[unit_key]}", ""]
+        note = (p.get("missed_classes") or {}).get("note")
+        if missed and note:
+            lines += [f"Missed: {note}", ""]
+    memory = p.get("peak_memory_mib_3d")
+    if memory:
+        peaks = "; ".join(f"{row}: {mib:.0f} MiB" for row, mib in memory.items())
+        note = p.get("peak_memory_note")
+        lines += [f"Peak resident memory of the 3D runs: {peaks}" + (f" ({note})." if note else "."), ""]
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The Markdown of a table's results."""
     check_single_source(results)
@@ -188,6 +240,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{SINGLE_RUN_MARK} a single run (n=1): no spread estimate; the row does not support a claim.",
         ]
     lines += ["", results.get("notes", ""), ""]
+    lines += _distance_lines(p)
     if "tuning" in p:
         tu = p["tuning"]
         trials = "; ".join(f"{tr['overrides']} → {tr['val']:.4f}" for tr in tu["trials"])

@@ -57,12 +57,12 @@ READ = [
                 "pseudo model")],
     *[("ioda-textures", m, f"3 layers, {h} hidden") for h in (256, 2048)
       for m in ("IODA", "IDA", "NDA", "output pre-training only")],
-    *[("shape-prior-acdc", f"{b}{x}", f"3 labeled patients, {part}") for b in ("supervised", "UniMatch")
+    *[("shape-prior-acdc", f"{b}{x}", f"3 labeled patients, {part}") for b in ("supervised", "FixMatch")
       for x in ("", " + shape prior", " + shape prior at weight 0")
       for part in ("mean over RV/MYO/LV", "myocardium (the ring)")],
     *[("shape-prior-acdc", m, "7 labeled patients, mean over RV/MYO/LV")
-      for m in ("supervised", "supervised + shape prior", "UniMatch", "UniMatch + shape prior")],
-    *[("acdc-3d", f"{m}, {d}", n) for m in ("supervised", "UniMatch") for d in ("2D UNet (slices)", "3D UNet (patches)")
+      for m in ("supervised", "supervised + shape prior", "FixMatch", "FixMatch + shape prior")],
+    *[("acdc-3d", f"{m}, {d}", n) for m in ("supervised", "FixMatch") for d in ("2D UNet (slices)", "3D UNet (patches)")
       for n in ("3 labeled patients", "7 labeled patients")],
 ]  # fmt: skip
 
@@ -147,7 +147,7 @@ def test_issue14_ioda_and_shape_prior(tmp_path, monkeypatch, capsys):
     assert "| supervised + shape prior at weight 0 11.00 (± 1.00, n=3) | -3.00 | yes | yes |" in hd
     # the pairs a row's HD95 mean leaves out are printed beside it (fewer misses, larger HD95)
     assert "(HD95 (voxels), mean over RV/MYO/LV) [missed 4 of 360 volume-class pairs] 8.00" in hd
-    assert "**UniMatch, 3 labeled patients: Dice %**" in out and "missing" in out
+    assert "**FixMatch, 3 labeled patients: Dice %**" in out and "missing" in out
     assert "`ioda-inference`" not in out  # not in this results directory
     doc = {"cases": [{"batch": 1, "dtype": "float32", "ratio": 1.04}, {"batch": 16, "dtype": "bfloat16", "ratio": 1.12}],
            "provenance": {"git_commit": "0123456789abc"}}  # fmt: skip
@@ -163,7 +163,7 @@ def test_issue15_3d_and_memory(tmp_path, monkeypatch, capsys, peak, verdict):
     write(tmp_path, "acdc-3d", [row("supervised, 2D UNet (slices)", three, 60.0),
                                 row("supervised, 3D UNet (patches)", three, 55.0)],
           peak_memory_mib_3d={"supervised, 3D UNet (patches) | 3 labeled patients": 1000.0,
-                              "UniMatch, 3D UNet (patches) | 3 labeled patients": peak},
+                              "FixMatch, 3D UNet (patches) | 3 labeled patients": peak},
           distances={"HD95 (voxels of the native grid), mean over RV/MYO/LV": {
               "supervised, 3D UNet (patches) | 3 labeled patients": {"mean": 9.5, "std": 0.5, "n_runs": 3}}},
           missed_classes={"supervised, 3D UNet (patches) | 3 labeled patients": {"missed": 2, "pairs": 360}})  # fmt: skip

@@ -299,3 +299,28 @@ def test_shape_prior_rows_at_3_patients_have_weight_0_controls_with_the_same_pas
             assert zero.data == prior.data and zero.train == prior.train
             seeds = table.quick_seeds if quick else table.seeds
             assert zero_row.seeds_for(seeds, quick) == prior_row.seeds_for(seeds, quick)
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_acdc_3d_semi_row_is_its_recipe_moved_to_volumes_as_the_3d_recipes(quick):
+    """The 3D row of the semi-supervised method (the 2D recipe + TO_3D) differs from unimatch-acdc-3d,
+    the 2D recipe moved to volumes by hand, only in the method's own fields."""
+    from semiseg.bench.tables import BEST_SEMI
+    from semiseg.config import build_config, load_yaml, to_dict
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    table = get_table("acdc-3d")
+    rows = {r.key: r for r in table.rows}
+    ours = flat(
+        to_dict(row_config(table, rows[f"{BEST_SEMI[0]}, 3D UNet (patches) | 3 labeled patients"], 0, quick))
+    )
+    ref = flat(to_dict(build_config(load_yaml("unimatch-acdc-3d"), ['data.split.first_draw="listed"', "data.split.draw=0",
+                                                                     "train.progress=false"], quick=quick)))  # fmt: skip
+    differ = {k for k in set(ours) | set(ref) if ours.get(k) != ref.get(k)}
+    assert {k for k in differ if not k.startswith(("method.", "quick.", "output_dir"))} == set()
+    assert ours["model.spatial_dims"] == 3 and ours["data.dataset"] == "acdc_3d"

@@ -2,13 +2,13 @@
 
 Issue 15 asks that 3D training at the quick patch size stay under 4 GiB of resident memory. The
 ``acdc-3d`` table records the bench process's peak (``ru_maxrss`` when each 3D run finished), an upper
-bound: that process also trained the table's 2D runs. This script measures it alone: for each 3D quick
-recipe (``supervised-acdc-3d``, ``unimatch-acdc-3d``) it runs ``semiseg train --quick --no-test`` in a
-fresh process for one short epoch (UniMatch without its warm-up, so the unlabeled stream with both
-strong views and the feature-perturbation pass is trained) followed by a validation pass (sliding
-windows over the 20 validation volumes), and reads the child's peak resident memory from
-``os.wait4``. Cells run interleaved (supervised, UniMatch, supervised, ...), ``--repeats`` times.
-No test number is computed. Writes ``benchmarks/results/memory-3d.{json,md}``.
+bound: that process also trained the table's 2D runs. This script measures it alone, for each 3D row
+of ``acdc-3d`` (the supervised 3D UNet and the semi-supervised method's, 3 labeled patients, their
+quick configs as the table builds them): it runs ``semiseg train --no-test`` in a fresh process for
+one short epoch (the semi-supervised method without its warm-up, so its unlabeled stream is trained)
+followed by a validation pass (sliding windows over the 20 validation volumes), and reads the child's
+peak resident memory from ``os.wait4``. Cells run interleaved (row 1, row 2, row 1, ...),
+``--repeats`` times. No test number is computed. Writes ``benchmarks/results/memory-3d.{json,md}``.
 
     python benchmarks/memory_3d.py --data-root ../shared/data --repeats 3
 """
@@ -25,35 +25,62 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RECIPES = ("supervised-acdc-3d", "unimatch-acdc-3d")
 LIMIT_MIB = 4096.0  #: issue 15's bar: under 4 GiB
+SETTING = "3 labeled patients"
 
 
-def overrides(recipe: str, steps: int) -> list[str]:
-    sets = ["train.epochs=1", f"train.iters_per_epoch={steps}", "train.val_every=1", "train.plots=false"]
-    if recipe.startswith("unimatch"):
-        sets.append("method.warmup_epochs=0")  # the unlabeled streams from the first step
-    return [a for s in sets for a in ("--set", s)]
+def rows() -> list[str]:
+    """The 3D rows of acdc-3d at :data:`SETTING` (their keys)."""
+    from semiseg.bench import get_table
+
+    return [r.key for r in get_table("acdc-3d").rows if "3D" in r.method and r.setting == SETTING]
 
 
-def cell(recipe: str, data_root: str, steps: int) -> dict:
-    """Train ``recipe`` (quick) for ``steps`` steps and one validation pass in a child process."""
+def short_config(key: str, steps: int) -> dict:
+    """Row ``key`` of acdc-3d as the quick table trains it (seed 0), cut to ``steps`` steps of one
+    epoch with a validation pass; a method with a supervised warm-up starts without it."""
+    from semiseg.bench import get_table
+    from semiseg.bench.runner import row_config
+    from semiseg.config import to_dict
+
+    table = get_table("acdc-3d")
+    row = next(r for r in table.rows if r.key == key)
+    short = ["train.epochs=1", f"train.iters_per_epoch={steps}", "train.val_every=1", "train.plots=false"]
+    cfg = row_config(table, row, 0, True, user=short)
+    if "warmup_epochs" in cfg.method:
+        cfg = row_config(table, row, 0, True, user=[*short, "method.warmup_epochs=0"])
+    raw = to_dict(cfg)
+    raw.pop("quick", None)  # already applied
+    return raw
+
+
+def cell(key: str, data_root: str, steps: int) -> dict:
+    """Train row ``key`` for ``steps`` steps and one validation pass in a child process."""
+    import yaml
+
     exe = Path(sys.executable).with_name("semiseg")
-    with tempfile.TemporaryDirectory(prefix="memory-3d-") as out:
-        cmd = [str(exe), "train", "-c", str(ROOT / "configs" / f"{recipe}.yaml"), "--quick", "--no-test",
-               "--data-root", data_root, "-o", out, *overrides(recipe, steps)]  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="memory-3d-") as tmp:
+        recipe = Path(tmp) / "run.yaml"
+        recipe.write_text(yaml.safe_dump(short_config(key, steps)))
+        cmd = [
+            str(exe),
+            "train",
+            "-c",
+            str(recipe),
+            "--no-test",
+            "--data-root",
+            data_root,
+            "-o",
+            f"{tmp}/out",
+        ]
         start = time.perf_counter()
         child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        err = child.stderr.read() if child.stderr else ""
         _, status, usage = os.wait4(child.pid, 0)
         wall = time.perf_counter() - start
-        err = child.stderr.read() if child.stderr else ""
         if os.waitstatus_to_exitcode(status) != 0:
-            sys.exit(f"memory_3d: {recipe} failed:\n{err[-3000:]}")
-    return {
-        "recipe": recipe,
-        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
-        "wall_seconds": round(wall, 1),
-    }
+            sys.exit(f"memory_3d: {key} failed:\n{err[-3000:]}")
+    return {"row": key, "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "wall_seconds": round(wall, 1)}
 
 
 def render(result: dict, prov_line: str) -> str:
@@ -63,23 +90,24 @@ def render(result: dict, prov_line: str) -> str:
     lines = [
         "# Peak resident memory of 3D training on ACDC volumes at the quick patch size",
         "",
-        f"Each cell is a fresh `semiseg train --quick --no-test` process: {cfg['steps']} training steps of the "
-        "recipe's quick settings (8 x 128 x 128 patches, 2 per stream and step, 3D UNet-8 with two in-plane "
-        "levels; UniMatch without warm-up, so its unlabeled streams run), then one validation pass (sliding "
+        f"Each cell is a fresh `semiseg train --no-test` process: {cfg['steps']} training steps of an acdc-3d 3D "
+        "row's quick config (8 x 128 x 128 patches, 2 per stream and step, 3D UNet-8 with two in-plane "
+        "levels; the semi-supervised row without warm-up, so its unlabeled stream runs), then one validation pass (sliding "
         "windows over the 20 validation volumes). Peak RSS = the child's `ru_maxrss` from `os.wait4` (data "
         f"preparation, training and validation). Bar (issue 15): under {cfg['limit_mib']:.0f} MiB. Cells ran "
         "interleaved; wall times are indicative (other training shared the 2 cores).",
         "",
-        "| recipe | n | peak RSS (MiB), mean ± std | max (MiB) | under 4 GiB | wall (s) |",
-        "|---|---|---|---|---|---|",
+        # a row key is "<method> | <setting>": two columns
+        "| row | setting | n | peak RSS (MiB), mean ± std | max (MiB) | under 4 GiB | wall (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for recipe in cfg["recipes"]:
-        rows = [r for r in result["runs"] if r["recipe"] == recipe]
+    for key in cfg["rows"]:
+        rows = [r for r in result["runs"] if r["row"] == key]
         peaks = [r["peak_rss_mib"] for r in rows]
         walls = [r["wall_seconds"] for r in rows]
         spread = f" ± {statistics.stdev(peaks):.0f}" if len(peaks) > 1 else f" (n = {len(peaks)})"
         lines.append(
-            f"| {recipe} | {len(rows)} | {statistics.mean(peaks):.0f}{spread} | {max(peaks):.0f} | "
+            f"| {key} | {len(rows)} | {statistics.mean(peaks):.0f}{spread} | {max(peaks):.0f} | "
             f"{'yes' if max(peaks) < cfg['limit_mib'] else 'no'} | {statistics.mean(walls):.0f} |"
         )
     lines += ["", prov_line, ""]
@@ -105,12 +133,13 @@ def main() -> None:
         sys.exit(f"memory_3d: --data-root {args.data_root}: no acdc folder there")
     start = time.time()
     runs = []
+    keys = rows()
     for rep in range(args.repeats):
-        for recipe in RECIPES:
-            row = {**cell(recipe, args.data_root, args.steps), "repeat": rep}
+        for key in keys:
+            row = {**cell(key, args.data_root, args.steps), "repeat": rep}
             runs.append(row)
             print(json.dumps(row), flush=True)
-    config = {"recipes": list(RECIPES), "repeats": args.repeats, "steps": args.steps, "limit_mib": LIMIT_MIB,
+    config = {"table": "acdc-3d", "rows": keys, "repeats": args.repeats, "steps": args.steps, "limit_mib": LIMIT_MIB,
               "threads": os.environ.get("OMP_NUM_THREADS")}  # fmt: skip
     prov = provenance(config=config, seed=0, wall_seconds=round(time.time() - start))
     result = {"benchmark": "memory-3d", "config": config, "provenance": prov, "runs": runs}

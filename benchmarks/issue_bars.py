@@ -252,9 +252,10 @@ def issue14(res: Results) -> list[str]:
 # ------------------------------------------------------------------------------------------ issue 15
 def issue15(res: Results) -> list[str]:
     out = ["## Issue 15: 3D", ""] + header(res, "acdc-3d")
+    fresh = memory_3d_lines(res.dir / "memory-3d.json")
     t = res.table("acdc-3d")
     if not t:
-        return out
+        return out + fresh
     for n in ("3 labeled patients", "7 labeled patients"):
         r = {k: res.row("acdc-3d", f"{m}, {d}", n) for k, m, d in (
             ("s2", "supervised", "2D UNet (slices)"), ("s3", "supervised", "3D UNet (patches)"),
@@ -277,7 +278,26 @@ def issue15(res: Results) -> list[str]:
                 ""]  # fmt: skip
     else:
         out += ["- Peak memory of the 3D runs: not recorded", ""]
-    return out
+    return out + fresh
+
+
+def memory_3d_lines(path: Path) -> list[str]:
+    """The bar on the fresh-process measurement of ``benchmarks/memory_3d.py`` (each 3D row alone)."""
+    if not path.is_file():
+        return [
+            "- Peak memory of 3D training in a fresh process (`benchmarks/memory_3d.py`): not measured",
+            "",
+        ]
+    doc = json.loads(path.read_text())
+    peaks: dict[str, list[float]] = {}
+    for r in doc["runs"]:
+        peaks.setdefault(r["row"], []).append(r["peak_rss_mib"])
+    worst = max(max(v) for v in peaks.values())
+    met = worst < MEMORY_LIMIT_MIB
+    return [f"- Peak resident memory of 3D training at the quick patch size, each row alone in a fresh process "
+            f"(`memory-3d.json`, commit {doc['provenance']['git_commit'][:10]}): "
+            + ", ".join(f"{k} max {max(v):.0f} MiB (n={len(v)})" for k, v in peaks.items())
+            + f"; largest {worst:.0f} MiB {'<' if met else '≥'} 4 GiB: {'met' if met else 'not met'}", ""]  # fmt: skip
 
 
 ISSUES = {"12": issue12, "13": issue13, "14": issue14, "15": issue15}

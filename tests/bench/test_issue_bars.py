@@ -180,3 +180,17 @@ def test_unknown_issue_is_one_line_error(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         run(tmp_path, monkeypatch, capsys, "16")
     assert e.value.code == 2 and "16 is not one of 12, 13, 14, 15" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("peak, verdict", [(1500.0, "< 4 GiB: met"), (4500.0, "≥ 4 GiB: not met")])
+def test_issue15_memory_of_3d_training_in_a_fresh_process(tmp_path, monkeypatch, capsys, peak, verdict):
+    doc = {"provenance": {"git_commit": "0123456789abcdef"},
+           "runs": [{"row": "s3 | 3 labeled patients", "peak_rss_mib": 900.0},
+                    {"row": "f3 | 3 labeled patients", "peak_rss_mib": peak},
+                    {"row": "f3 | 3 labeled patients", "peak_rss_mib": 1000.0}]}  # fmt: skip
+    (tmp_path / "memory-3d.json").write_text(json.dumps(doc))
+    out = run(tmp_path, monkeypatch, capsys, "15")
+    assert (
+        f"s3 | 3 labeled patients max 900 MiB (n=1), f3 | 3 labeled patients max {peak:.0f} MiB (n=2)" in out
+    )
+    assert f"largest {peak:.0f} MiB {verdict}" in out

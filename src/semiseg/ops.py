@@ -70,16 +70,6 @@ def class_map(scores: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return scores.max(dim).indices
 
 
-def share(hits: torch.Tensor, among: torch.Tensor) -> torch.Tensor:
-    """The fraction of the ``among`` pixels that are ``hits`` (0 when there are none).
-
-    Examples:
-        >>> float(share(torch.tensor([True, False, False]), torch.tensor([True, True, False])))
-        0.5
-    """
-    return hits.sum() / among.sum().clamp(min=1)
-
-
 def paste(base: torch.Tensor, other: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
     """``other`` inside ``box``, ``base`` elsewhere (CutMix, copy-paste), for images and label maps.
 

@@ -59,6 +59,21 @@ def mean_denominator(count: torch.Tensor) -> torch.Tensor:
     return (total / dist.get_world_size()).to(count.dtype if count.is_floating_point() else torch.float32)
 
 
+def share(hits: torch.Tensor, among: torch.Tensor) -> torch.Tensor:
+    """The fraction of the ``among`` pixels that are ``hits`` (0 when there are none), for logged
+    statistics: under DDP this process's share of the global fraction, so that the trainer's average
+    of the logged values over processes is the fraction over the global batch (the processes' batches
+    hold different numbers of ``among`` pixels, e.g. 3D patch padding).
+
+    Examples:
+        >>> float(share(torch.tensor([True, False, False]), torch.tensor([True, True, False])))
+        0.5
+        >>> float(share(torch.tensor([False]), torch.tensor([False])))
+        0.0
+    """
+    return hits.sum() / mean_denominator(among.sum()).clamp(min=1e-6)
+
+
 def batch_sum(values: torch.Tensor) -> torch.Tensor:
     """Sum of ``values`` over all processes, differentiable (one process: ``values``).
 

@@ -67,7 +67,8 @@ from semiseg.methods import register
 from semiseg.methods.base import Phase, forward_streams
 from semiseg.methods.supervised import Supervised, SupervisedConfig
 from semiseg.models import build_model
-from semiseg.ops import class_map, share
+from semiseg.ops import class_map
+from semiseg.parallel import share
 
 STREAMS = ("labeled", "unlabeled")
 

@@ -97,7 +97,8 @@ from semiseg.methods.base import Phase
 from semiseg.methods.supervised import Supervised, SupervisedConfig
 from semiseg.models.batchnorm import frozen_running_stats
 from semiseg.models.ema import ema_copy, ema_update_
-from semiseg.ops import paste, share
+from semiseg.ops import paste
+from semiseg.parallel import share
 
 STREAMS = ("labeled", "unlabeled")
 

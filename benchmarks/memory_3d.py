@@ -131,6 +131,9 @@ def main() -> None:
         return
     if not (Path(args.data_root) / "acdc").is_dir():
         sys.exit(f"memory_3d: --data-root {args.data_root}: no acdc folder there")
+    from semiseg.bench.provenance import git_commit, source_hash
+
+    code = (git_commit(), source_hash())  # the code every cell runs: it must not change meanwhile
     start = time.time()
     runs = []
     keys = rows()
@@ -142,6 +145,11 @@ def main() -> None:
     config = {"table": "acdc-3d", "rows": keys, "repeats": args.repeats, "steps": args.steps, "limit_mib": LIMIT_MIB,
               "threads": os.environ.get("OMP_NUM_THREADS")}  # fmt: skip
     prov = provenance(config=config, seed=0, wall_seconds=round(time.time() - start))
+    if (prov["git_commit"], prov["source_hash"]) != code:
+        sys.exit(
+            f"memory_3d: the checkout changed during the measurement ({code} → "
+            f"{prov['git_commit']}, {prov['source_hash']}); nothing written, run it again"
+        )
     result = {"benchmark": "memory-3d", "config": config, "provenance": prov, "runs": runs}
     print(write_result(args.out, result, render))
 

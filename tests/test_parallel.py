@@ -56,6 +56,11 @@ def _worker(rank: int, store: str, result: str) -> None:
             "running_mean": bn.running_mean.clone(),
             "gathered": parallel.all_gather_cat(torch.tensor([rank, rank])),
         }
+        with parallel.global_reduction():  # a logged share: the trainer averages it over processes
+            valid = target[half] != IGNORE_INDEX
+            values["share"] = parallel.all_gather_cat(
+                parallel.share(valid & (target[half] == 0), valid)[None]
+            )
         if rank == 0:
             torch.save({k: v.clone() for k, v in values.items()}, result)
         dist.barrier()  # nobody leaves while the other may still talk
@@ -103,6 +108,18 @@ def test_sync_batchnorm_equals_batchnorm_on_the_global_batch(two_processes):
     torch.testing.assert_close(two_processes["bn"], y.detach())
     torch.testing.assert_close(two_processes["bn_grad"], xx.grad)
     torch.testing.assert_close(two_processes["running_mean"], bn.running_mean)
+
+
+def test_a_logged_share_averaged_over_processes_is_the_global_share(two_processes):
+    _, target, _ = _data()
+    valid = target != IGNORE_INDEX
+    counts = [int(valid[:2].sum()), int(valid[2:].sum())]
+    assert counts[0] != counts[1]  # the halves hold different numbers of labeled pixels
+    glob = ((target == 0) & valid).sum() / valid.sum()
+    torch.testing.assert_close(two_processes["share"].mean(), glob.float())
+    # the mean of the halves' own fractions is not it
+    own = [((target[h] == 0) & valid[h]).sum() / valid[h].sum() for h in (slice(0, 2), slice(2, 4))]
+    assert abs(float(sum(own) / 2 - glob)) > 1e-3
 
 
 def test_all_gather_concatenates_in_rank_order(two_processes):

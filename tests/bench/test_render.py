@@ -232,9 +232,19 @@ def test_distances_of_the_same_runs_render_by_row_with_missed_classes_unit_and_m
         "peak_memory_note": "an upper bound",
     }
     md = markdown(_results([_row("one", 3, 1.0, 0.5)], **p))
-    assert "| method | setting | HD95 (voxels) | ASD (voxels) | missed (volume, class) pairs |" in md
+    assert "| method | setting | HD95 (voxels) | ASD (voxels) | (volume, class) pairs without HD95 |" in md
     assert "| a | 3 patients | 4.00 ± 2.00 (n=3) | 1.00 ± 0.00 (n=3) | 2 of 240 |" in md
     assert "| b | 7 patients | 5.00† (n=1) | – | – |" in md  # one run: marked, no spread
     assert "Unit: voxels of the native grid" in md and "Missed: left out of the means" in md
     assert "Peak resident memory of the 3D runs: a | 3 patients: 1234 MiB (an upper bound)." in md
     assert "Distances" not in markdown(_results([_row("one", 3, 1.0, 0.5)]))  # no extras, no section
+
+
+def test_distance_rows_follow_the_table_order_also_without_the_metric_part_of_the_setting():
+    rows = [{**_row("sup", 3, 10.0, 1.0), "setting": "3 patients, mean over RV/MYO/LV"},
+            {**_row("FixMatch", 3, 10.0, 1.0), "setting": "3 patients, mean over RV/MYO/LV"}]  # fmt: skip
+    hd95 = {"HD95 (voxels)": {"FixMatch | 3 patients": summarise([1.0, 2.0]), "sup | 3 patients": summarise([3.0, 4.0])},
+            "empty": {}}  # fmt: skip
+    md = markdown(_results(rows, hd95=hd95, hd95_unit="voxels"))
+    assert md.index("| sup | 3 patients | 3.50") < md.index("| FixMatch | 3 patients | 1.50")  # table order
+    assert "empty" not in md  # a measure without rows gets no column

@@ -153,10 +153,10 @@ def test_torchrun_two_processes_match_one_on_3d_patches_with_padding(tmp_path):
         "data": {"dataset": "folder", "path": str(data), "image_size": [-1, 16, 16], "patch_size": [4, 16, 16],
                  "split": {"labeled": 4, "val_fraction": 0.2, "test_fraction": 0.0, "unlabeled": "rest"}},
         "model": {"name": "unet", "width": 4, "depth": 2, "spatial_dims": 3, "inplane_levels": 1, "norm": "batch"},
-        "method": {"name": "fixmatch", "threshold": 0.7,
+        "method": {"name": "fixmatch", "threshold": 0.6,
                    "regularizers": [{"name": "tv", "weight": 0.1, "streams": ["labeled", "unlabeled"]}]},
         "inference": {"blend": "trim", "overlap": 0.5},
-        "train": {"epochs": 2, "batch_size": 4, "iters_per_epoch": 4, "lr": 0.01, "progress": False,
+        "train": {"epochs": 2, "batch_size": 4, "iters_per_epoch": 4, "lr": 0.001, "progress": False,
                   "plots": False, "device": "cpu", "log_every": 1, "channels_last": False,
                   "augment": {"hflip": True, "dflip": True},
                   "strong_augment": {"jitter_prob": 0.8, "brightness": 0.5, "contrast": 0.5, "cutmix_prob": 0.0}},
@@ -165,20 +165,28 @@ def test_torchrun_two_processes_match_one_on_3d_patches_with_padding(tmp_path):
     path.write_text(yaml.safe_dump(recipe))
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     assert main(["train", "-c", str(path), "-o", str(single), "--no-test"]) == 0
-    b = torchrun("train", "-c", str(path), "-o", str(ddp), "--no-test")
-    if b.returncode != 0:  # gloo's teardown abort after the work (see the 2D test)
-        assert "terminate called without an active exception" in b.stderr, b.stderr
-        assert (ddp / "metrics.json").is_file(), b.stderr
+    done = torchrun("train", "-c", str(path), "-o", str(ddp), "--no-test")
+    if done.returncode != 0:  # gloo's teardown abort after the work (see the 2D test)
+        assert "terminate called without an active exception" in done.stderr, done.stderr
+        assert (ddp / "metrics.json").is_file(), done.stderr
 
     def steps(out):
         return [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
 
     one, two = steps(single), steps(ddp)
     assert len(one) == len(two) == 8
-    keys = [k for k in one[-1] if k not in ("step", "epoch", "phase", "lr", "seconds")]
-    # losses, and the logged shares of pseudo-labelled voxels (over the global batch's valid voxels)
-    assert {"loss", "supervised", "strong", "reg/tv", "confident", "pseudo_foreground"} <= set(keys), keys
-    for a, b_ in zip(one, two):
-        for key in keys:
-            assert a[key] == pytest.approx(b_[key], rel=1e-4, abs=1e-6), (a["step"], key)
-    assert all(0 < s["confident"] < 1 for s in one)  # some voxels pseudo-labelled, not all
+    # continuous losses to 1e-4; the strong-view loss (and the total) sums over the voxels whose
+    # confidence passes the threshold, which a 1e-7 difference between 1 and 2 processes can flip
+    # for a voxel (~1e-3 of it); the logged shares to ~4 voxels of the 3840 (an average of per-process
+    # shares is off by more: tests/test_parallel.py checks share itself)
+    exact = {"supervised", "ce", "dice", "reg/tv"}
+    for a, b in zip(one, two):
+        assert a["step"] == b["step"]
+        for key in exact:
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
+        for key in ("strong", "loss"):
+            assert a[key] == pytest.approx(b[key], rel=2e-3), (a["step"], key)
+        for key in ("confident", "pseudo_foreground"):
+            assert a[key] == pytest.approx(b[key], abs=1e-3), (a["step"], key)
+    # every step trains on pseudo-labels, foreground among them, and not on every voxel
+    assert all(0.1 < s["confident"] < 0.9 and s["pseudo_foreground"] > 0.1 for s in one), one

@@ -175,28 +175,37 @@ def _cell(summary: dict[str, Any] | None) -> str:
 DISTANCE_KEYS = (("distances", "distance_unit"), ("hd95", "hd95_unit"))
 
 
-def _distance_lines(p: dict[str, Any]) -> list[str]:
+def _distance_lines(p: dict[str, Any], table_rows: list[dict[str, Any]] | None = None) -> list[str]:
     """The distances a table's extras computed from the same runs (HD95, ASD), one column per
-    measure and one line per row, with the missed classes their means leave out and the unit."""
+    measure and one line per row in the table's order (``table_rows``), with the HD95 means' missed
+    classes beside them and the unit."""
     lines: list[str] = []
+    order: dict[str, int] = {}
+    for i, r in enumerate(table_rows or []):  # a distance row is "<method> | <setting>", maybe without
+        key = f"{r['method']} | {r['setting']}"  # the setting's metric part (", mean over RV/MYO/LV")
+        order.setdefault(key, i)
+        order.setdefault(key.rsplit(",", 1)[0], i)
     for key, unit_key in DISTANCE_KEYS:
-        measures = p.get(key)
+        measures = {label: by_row for label, by_row in (p.get(key) or {}).items() if by_row}
         if not measures:
             continue
         labels = list(measures)
-        rows = sorted({row for values in measures.values() for row in values})
+        rows = sorted(
+            {row for values in measures.values() for row in values},
+            key=lambda r: (order.get(r, len(order)), r),
+        )
         missed = {k: v for k, v in (p.get("missed_classes") or {}).items() if isinstance(v, dict)}
         head = (
             "| method | setting | "
             + " | ".join(labels)
-            + (" | missed (volume, class) pairs |" if missed else " |")
+            + (" | (volume, class) pairs without HD95 |" if missed else " |")
         )
         lines += ["Distances of the same runs (mean ± std over runs, n runs):", "", head,
                   "|---" * (len(labels) + 2 + bool(missed)) + "|"]  # fmt: skip
         for row in rows:
             cells = [_cell(measures[label].get(row)) for label in labels]
             if missed:
-                m = missed.get(row) or missed.get(row.rsplit(",", 1)[0])
+                m = missed.get(row)
                 cells.append(f"{m.get('missed', 0)} of {m.get('pairs', 0)}" if m else "–")
             method, _, setting = row.partition(" | ")  # a row's key is "<method> | <setting>"
             lines.append(f"| {method} | {setting or '–'} | " + " | ".join(cells) + " |")
@@ -240,7 +249,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{SINGLE_RUN_MARK} a single run (n=1): no spread estimate; the row does not support a claim.",
         ]
     lines += ["", results.get("notes", ""), ""]
-    lines += _distance_lines(p)
+    lines += _distance_lines(p, results["rows"])
     if "tuning" in p:
         tu = p["tuning"]
         trials = "; ".join(f"{tr['overrides']} → {tr['val']:.4f}" for tr in tu["trials"])

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from semiseg.core import IGNORE_INDEX
-from semiseg.parallel import mean_denominator
+from semiseg.parallel import mean_denominator, share
 
 
 def softmax_mse(
@@ -86,8 +86,7 @@ def confident_cross_entropy(
     ce = F.cross_entropy(logits, labels.masked_fill(~valid, 0), reduction="none")
     n_valid = valid.sum()
     loss = (ce * keep).sum() / mean_denominator(n_valid).clamp(min=1)
-    ratio = keep.sum().float() / n_valid.clamp(min=1).float()
-    return loss, ratio.detach()
+    return loss, share(keep, valid).detach()  # under DDP: this process's share of the global ratio
 
 
 class SoftmaxMSE(nn.Module):

@@ -483,3 +483,82 @@ def test_train_on_masks_of_a_few_clicked_pixels(tmp_path, capsys):
     assert main(["data", "check", "-c", recipe]) == 0
     out = capsys.readouterr().out
     assert "labeled: 8 items (8 with a mask in the source)" in out
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("model.dropout=1.5", "'model.dropout' must be a probability in [0, 1)"),
+        ("train.augment.rotate_degrees=.nan", "'train.augment.rotate_degrees' must be a finite number >= 0"),
+        ("train.augment.noise_std=-1", "'train.augment.noise_std' must be a finite number >= 0"),
+        ("inference.sigma_scale=.nan", "'inference.sigma_scale' must be a finite number > 0"),
+        ("train.save_epochs=[0]", "'train.save_epochs' epochs count from 1"),
+        ("method.ce_weight=-1", "'method.ce_weight' must be a finite number >= 0"),
+        ("method.dice_weight=0", "'method.ce_weight' and dice_weight are both 0"),
+    ],
+)
+def test_bad_values_are_one_line_errors_before_any_output(tmp_path, capsys, override, fragment):
+    recipe = write_recipe(tmp_path / "shapes.yaml", SHAPES)
+    extra = ["--set", "method.ce_weight=0"] if override == "method.dice_weight=0" else []
+    assert main(["train", "-c", recipe, "-o", str(tmp_path / "out"), "--set", override, *extra]) == 2
+    assert_one_line_error(capsys, "train", fragment)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_under_a_file_is_a_one_line_error_before_the_work(tmp_path, capsys):
+    """train, evaluate, predict, demo and data split: an output path whose parent is a file fails in
+    one line (naming it) before any training or evaluation, and leaves nothing."""
+    recipe = write_recipe(tmp_path / "shapes.yaml", SHAPES)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["train", "-c", recipe, "-o", str(blocker / "run")]) == 2
+    assert_one_line_error(capsys, "train", "file: is a file, not a folder to write into")
+    assert main(["demo", "--epochs", "1", "-o", str(blocker / "demo")]) == 2
+    assert_one_line_error(capsys, "demo", "is a file")
+    assert main(["data", "split", "-c", recipe, "-o", str(blocker / "s.json")]) == 2
+    assert_one_line_error(capsys, "data", "is a file")
+    run = tmp_path / "run"
+    assert main(["train", "-c", recipe, "-o", str(run), "--set", "train.epochs=1"]) == 0
+    capsys.readouterr()
+    checkpoint = str(run / "best.pt")
+    assert (
+        main(["evaluate", "--checkpoint", checkpoint, "--split", "val", "-o", str(blocker / "m.json")]) == 2
+    )
+    err = assert_one_line_error(capsys, "evaluate", "is a file")
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(images / "a.png")
+    assert (
+        main(["predict", "--checkpoint", checkpoint, "--input", str(images), "--output", str(blocker / "p")])
+        == 2
+    )
+    assert_one_line_error(capsys, "predict", "is a file")
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                checkpoint,
+                "--input",
+                str(images / "a.png"),
+                "--output",
+                str(tmp_path / "p"),
+            ]
+        )
+        == 2
+    )
+    assert_one_line_error(capsys, "predict", "a.png: is a file: --input takes a folder")
+    assert list(blocker.parent.glob("file*")) == [blocker] and err
+
+
+def test_bench_status_refuses_a_work_dir_or_ledger_that_is_a_file(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for option in ("--work-dir", "--ledger"):
+        assert main(["bench", "supervised-horse", "--quick", "--status", option, str(blocker)]) == 2
+        assert_one_line_error(capsys, "bench", f"{option} {blocker}: is a file, not a folder")
+
+
+def test_a_config_that_is_a_folder_is_named_as_one(tmp_path, capsys):
+    assert main(["train", "-c", str(tmp_path)]) == 2
+    assert_one_line_error(capsys, "train", f"{tmp_path}: is a folder, not a YAML recipe")

@@ -185,9 +185,13 @@ def cmd_evaluate(args) -> int:
     from semiseg.data import prepare_data
     from semiseg.engine.distributed import resolve_device
     from semiseg.engine.run import evaluate_trained, load_trained, split_records
-    from semiseg.errors import ConfigError
-    from semiseg.io import atomic_write_text
+    from semiseg.errors import ConfigError, DataError
+    from semiseg.io import atomic_write_text, check_folder
 
+    if args.output:  # before the evaluation: a path it cannot write to fails first
+        if Path(args.output).is_dir():
+            raise DataError(args.output, "is a folder: give a file name to write")
+        check_folder(Path(args.output).parent)
     device = resolve_device(args.device, where="--device")
     method, cfg, state = load_trained(args.checkpoint, device)
     data = prepare_data(cfg, args.data_root)
@@ -303,6 +307,9 @@ def cmd_bench(args) -> int:
 
     if args.seeds and min(args.seeds) < 0:
         raise ConfigError(f"--seeds: must be 0 or more, got {min(args.seeds)}")
+    for option, folder in (("--work-dir", args.work_dir), ("--ledger", args.ledger)):
+        if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+            raise ConfigError(f"{option} {folder}: is a file, not a folder")
 
     if args.table == "list":
         for name in sorted(TABLES):

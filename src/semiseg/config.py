@@ -522,6 +522,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file() and (RECIPES / f"{p.name}.yaml").is_file() and p.suffix == "":
         p = RECIPES / f"{p.name}.yaml"
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a folder, not a YAML recipe")
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found (built-in recipes: {', '.join(recipe_names())})")
     try:
@@ -635,8 +637,10 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     inf = cfg.inference
     if not 0 <= inf.overlap < 1:
         bad("inference.overlap", "must be in [0, 1)")
-    if inf.sigma_scale <= 0 or inf.batch_size < 1:
-        bad("inference.sigma_scale/batch_size", "must be positive")
+    if not (math.isfinite(inf.sigma_scale) and inf.sigma_scale > 0):
+        bad("inference.sigma_scale", f"must be a finite number > 0, got {inf.sigma_scale}")
+    if inf.batch_size < 1:
+        bad("inference.batch_size", "must be at least 1")
     if inf.mode == "sliding" and cfg.model.spatial_dims != 3:
         bad(
             "inference.mode",
@@ -684,13 +688,21 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         bad("train.seed" if t.seed < 0 else "data.split.seed", "must be 0 or more")
     if t.num_workers < 0:
         bad("train.num_workers", f"must be 0 or more, got {t.num_workers}")
-    if len(t.augment.scale) != 2 or not 0 < t.augment.scale[0] <= t.augment.scale[1]:
+    if len(t.augment.scale) != 2 or not 0 < t.augment.scale[0] <= t.augment.scale[1] < math.inf:
         bad("train.augment.scale", "must be [min, max] with 0 < min <= max")
+    for name in ("rotate_degrees", "brightness", "contrast", "noise_std"):
+        value = getattr(t.augment, name)
+        if not (math.isfinite(value) and value >= 0):
+            bad(f"train.augment.{name}", f"must be a finite number >= 0, got {value}")
+    if any(e < 1 for e in t.save_epochs):
+        bad("train.save_epochs", f"epochs count from 1, got {t.save_epochs}")
     if t.augment.translate_px < 0:
         bad("train.augment.translate_px", "must be >= 0")
     _validate_strong(t.strong_augment, bad)
     if cfg.model.width < 1 or cfg.model.depth < 0:
         bad("model.width/depth", "must be positive")
+    if not 0 <= cfg.model.dropout < 1:
+        bad("model.dropout", f"must be a probability in [0, 1), got {cfg.model.dropout}")
     if cfg.model.depth > 10:  # a UNet doubles its width per level: 2^depth x width channels at the bottom
         bad("model.depth", f"must be at most 10, got {cfg.model.depth}")
     if cfg.model.inplane_levels and (

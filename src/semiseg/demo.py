@@ -131,9 +131,9 @@ def run_demo(
 
     from semiseg.data import load_bundle
     from semiseg.engine.run import load_trained, train
-    from semiseg.io import atomic_write_text
+    from semiseg.io import atomic_write_text, check_folder
 
-    out = Path(output)
+    out = check_folder(output)  # before the first run
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = []
     bundle = None

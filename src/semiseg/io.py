@@ -62,6 +62,45 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def check_folder(path: str | Path) -> Path:
+    """``path`` as a folder this process can create or write into, checked before any work: not a
+    file, its first existing ancestor a writable folder. Raises a one-line :class:`DataError`.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> base = pathlib.Path(tempfile.mkdtemp())
+        >>> check_folder(base / "a" / "b") == base / "a" / "b"
+        True
+        >>> _ = (base / "f").write_text("x")
+        >>> check_folder(base / "f" / "sub")
+        Traceback (most recent call last):
+        ...
+        semiseg.errors.DataError: ...f: is a file, not a folder to write into
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DataError(path, "is a file, not a folder to write into")
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor.exists() and not ancestor.is_dir():
+        raise DataError(ancestor, "is a file, not a folder to write into")
+    if ancestor.exists() and not os.access(ancestor, os.W_OK | os.X_OK):
+        raise DataError(ancestor, "is not a folder this process may write into")
+    return path
+
+
+def make_folder(path: str | Path) -> Path:
+    """:func:`check_folder`, then create it (and its parents); an OS refusal is a one-line
+    :class:`DataError`."""
+    path = check_folder(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(path, f"cannot create the folder ({exc.strerror or type(exc).__name__})") from None
+    return path
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` then atomically move the result to ``path``.
 
@@ -71,9 +110,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     path = Path(path)
     if path.is_dir():
         raise DataError(path, "is a folder: give a file name to write")
-    if path.parent.exists() and not path.parent.is_dir():
-        raise DataError(path.parent, "is a file, not a folder to write into")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     tmp = _create_temp(path.parent, path.name)
     try:
         write(tmp)

@@ -219,3 +219,18 @@ def test_networks_that_resize_to_their_training_grid_export_for_any_batch_and_si
         got = session.run(None, {"image": x.numpy()})[0]
         assert got.shape == want.shape == (shape[0], 2, *shape[2:])
         assert np.abs(got - want).max() <= TOLERANCE, shape
+
+
+def test_export_refuses_an_output_it_cannot_write_before_exporting_and_stays_quiet(trained, tmp_path, capsys):
+    """A folder, or a path under a file, is a one-line error before the slow export; a successful
+    export prints none of the exporter's own warnings (torchvision operators, pytree)."""
+    tmp, _ = trained
+    (tmp_path / "file").write_text("x")
+    checkpoint = str(tmp / "run" / "best.pt")
+    for output, fragment in ((tmp_path, "is a folder"), (tmp_path / "file" / "m.onnx", "is a file")):
+        assert main(["export", "--checkpoint", checkpoint, "-o", str(output)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and fragment in err and "Traceback" not in err, err
+    assert main(["export", "--checkpoint", checkpoint, "-o", str(tmp_path / "m.onnx")]) == 0
+    err = capsys.readouterr().err
+    assert "torchvision" not in err and "FutureWarning" not in err, err

@@ -35,12 +35,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         if "GLOBAL" not in str(exc):  # garbage bytes, not a forbidden object (torch's message names it)
-            raise DataError(path, f"cannot read checkpoint ({type(exc).__name__})") from None
+            raise DataError(
+                path,
+                f"cannot read checkpoint: not a PyTorch checkpoint, or a truncated one ({type(exc).__name__})",
+            ) from None
         raise DataError(
             path, "refused: the checkpoint holds objects other than tensors and plain values (unsafe to load)"
         ) from None
     except Exception as exc:  # noqa: BLE001 - any reading failure is a bad file for the user
-        raise DataError(path, f"cannot read checkpoint ({type(exc).__name__})") from None
+        what = "an empty file" if path.stat().st_size == 0 else "not a PyTorch checkpoint, or a truncated one"
+        raise DataError(path, f"cannot read checkpoint: {what} ({type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DataError(path, "not a semiseg checkpoint")
     return state

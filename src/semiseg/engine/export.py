@@ -56,8 +56,21 @@ def to_onnx(network: torch.nn.Module, x: torch.Tensor):
     with a dynamic batch size and spatial size (torch's dynamo exporter)."""
     spatial = {i + 2: torch.export.Dim(f"s{i}", min=1) for i in range(x.ndim - 2)}
     dynamic = {"image": {0: torch.export.Dim("batch", min=1), **spatial}}
-    program = torch.onnx.export(network, (x,), dynamo=True, dynamic_shapes=dynamic, input_names=["image"],
-                                output_names=["logits"], verbose=False)  # fmt: skip
+    import logging
+    import warnings
+
+    # the exporter's own noise, not the user's concern: a warning line per torchvision operator it
+    # cannot register (torchvision is not a dependency) and a FutureWarning from torch's pytree
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            program = torch.onnx.export(network, (x,), dynamo=True, dynamic_shapes=dynamic, input_names=["image"],
+                                        output_names=["logits"], verbose=False)  # fmt: skip
+    finally:
+        quiet.setLevel(level)
     return program.model_proto
 
 
@@ -75,8 +88,11 @@ def export_onnx(checkpoint: str | Path, output: str | Path) -> dict[str, float]:
     (``max_abs_diff``). Nothing is written when the export or the check fails."""
     from semiseg.config import to_dict
     from semiseg.engine.run import load_trained
-    from semiseg.io import atomic_write
+    from semiseg.io import atomic_write, check_folder
 
+    if Path(output).is_dir():  # before the slow export
+        raise DataError(output, "is a folder: give a file name to write")
+    check_folder(Path(output).parent)
     _need("onnxscript", "semiseg export --format onnx")
     onnx = _need("onnx", "semiseg export --format onnx")
     method, cfg, state = load_trained(checkpoint, "cpu")

@@ -11,7 +11,7 @@ import torch
 from semiseg.config import predict_intensity
 from semiseg.engine.evaluate import predict_records, predict_slices
 from semiseg.errors import DataError
-from semiseg.io import atomic_write
+from semiseg.io import atomic_write, check_folder, make_folder
 from semiseg.ops import class_map
 
 #: 2D images read, segmented and written together (bounded memory for folders of any size)
@@ -56,7 +56,9 @@ def predict_folder(
 
     src = Path(input_dir)
     if not src.is_dir():
-        raise DataError(src, "input folder not found")
+        raise DataError(
+            src, "is a file: --input takes a folder of images" if src.exists() else "input folder not found"
+        )
     files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES or is_nifti(p))
     if not files:
         raise DataError(src, "no images found (PNG/JPG/TIFF/NPY or NIfTI .nii/.nii.gz)")
@@ -70,6 +72,7 @@ def predict_folder(
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise DataError(out, "the output folder is a file")
+    check_folder(out)
     if out.resolve() == src.resolve():
         raise DataError(out, "the output folder is the input folder: the masks would overwrite the images")
     image_size = state["image_size"]
@@ -87,7 +90,7 @@ def predict_folder(
         raise DataError(volumes[0], "a classification model labels 2D images, not volumes")
     predict = build_predict(predict, cfg) if cfg is not None and not classify else predict
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     decision = state.get("decision")  # a threshold chosen on validation (train.threshold: val)
     written: list[Path] = []  # files this call made (a failure removes them; files it replaced stay)
     before = {p.name for p in out.iterdir()}

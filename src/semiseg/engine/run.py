@@ -21,7 +21,7 @@ from semiseg.engine.evaluate import ALL_METRICS, FAST_METRICS, evaluate_split, p
 from semiseg.engine.inference import build_predict
 from semiseg.engine.loggers import Logger, build_logger, check_logger
 from semiseg.errors import ConfigError, DataError, SemisegError, first_line
-from semiseg.io import atomic_write_text
+from semiseg.io import atomic_write_text, check_folder, make_folder
 
 
 def peak_memory_mib() -> float:
@@ -108,6 +108,7 @@ def train(
     out = Path(output_dir or cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: the output folder is a file")
+    check_folder(out)  # a parent that is a file, or not writable: before any work
     if resume and not (out / "last.pt").is_file():  # before any folder or file is made
         raise ConfigError(f"--resume: no checkpoint at {out / 'last.pt'}")
     check_logger(cfg.train.logger)  # on every process, before any of them starts
@@ -126,7 +127,7 @@ def train(
         if cfg.train.init and not resume:
             init_segmenter(method, cfg.train.init)
         if info.is_main:
-            out.mkdir(parents=True, exist_ok=True)
+            make_folder(out)
         trainer = Trainer(cfg, method, data, out, info=info, device=device, resume=resume, logger=logger)
         started = True
 
@@ -279,6 +280,34 @@ def write_plots(
     plots.overlays(items, out / "overlays.png", num_classes)
 
 
+def _state_mismatch(method, state: dict, exc: BaseException) -> str:
+    """The first difference between ``method``'s parameters and a checkpoint's ``method_state``, for
+    a one-line error: a missing or unexpected tensor, or a shape mismatch (else torch's first line)."""
+    saved = state.get("method_state")
+    if not isinstance(saved, dict):
+        return "no weights in the checkpoint"
+    own = method.state_dict()
+    missing = [k for k in own if k not in saved]
+    extra = [k for k in saved if k not in own]
+    shaped = [
+        k
+        for k in own
+        if k in saved and hasattr(saved[k], "shape") and tuple(saved[k].shape) != tuple(own[k].shape)
+    ]
+    if shaped:
+        k = shaped[0]
+        return f"'{k}' has shape {list(saved[k].shape)} in the checkpoint, {list(own[k].shape)} in the model"
+    if missing:
+        return f"'{missing[0]}' missing from the checkpoint" + (
+            f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        )
+    if extra:
+        return f"unexpected '{extra[0]}' in the checkpoint" + (
+            f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        )
+    return first_line(exc)
+
+
 def load_trained(checkpoint: str | Path, device: torch.device | str = "cpu"):
     """(method in eval mode, config, checkpoint dict) from a ``best.pt`` / ``last.pt``."""
     state = load_checkpoint(checkpoint, device)
@@ -292,7 +321,8 @@ def load_trained(checkpoint: str | Path, device: torch.device | str = "cpu"):
     try:
         method.load_state_dict(state["method_state"])
     except (RuntimeError, KeyError, TypeError) as exc:
-        first = first_line(exc)
-        raise ConfigError(f"{checkpoint}: its weights do not fit its config's model ({first})") from None
+        raise ConfigError(
+            f"{checkpoint}: its weights do not fit its config's model ({_state_mismatch(method, state, exc)})"
+        ) from None
     method.to(device).eval()
     return method, cfg, state

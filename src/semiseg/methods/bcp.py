@@ -109,6 +109,7 @@ class BCPConfig(SupervisedConfig):
     teacher_batch_stats: bool = True  #: teacher normalises with its batch's statistics (train mode)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0.0 < self.box_ratio <= 1.0:
             raise FieldError("box_ratio", f"must be in (0, 1], got {self.box_ratio}")
         if self.box_placement not in PLACEMENTS:

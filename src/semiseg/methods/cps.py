@@ -87,6 +87,7 @@ class CPSConfig(SupervisedConfig):
     joint_batch: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.cps_weight < 0:
             raise FieldError("cps_weight", f"must be >= 0, got {self.cps_weight}")
         if self.ramp_up_steps < 0:

@@ -127,6 +127,7 @@ class FixMatchConfig(SupervisedConfig):
     ema_decay: float = 0.99  #: decay of the EMA teacher (pseudo_source: ema)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0.0 <= self.ema_decay <= 1.0:
             raise FieldError("ema_decay", f"must be in [0, 1], got {self.ema_decay}")
         if not 0.0 <= self.threshold <= 1.0:

@@ -106,6 +106,7 @@ class MeanTeacherConfig(SupervisedConfig):
     joint_batch: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0.0 <= self.ema_decay <= 1.0:
             raise FieldError("ema_decay", f"must be in [0, 1], got {self.ema_decay}")
         check_weights(self, "ce_weight", "dice_weight", "consistency_weight")

@@ -79,6 +79,7 @@ class PseudoLabelConfig(SupervisedConfig):
     reinit_each_round: bool = False  #: restart the student from a fresh initialisation every round
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.rounds < 0:
             raise FieldError("rounds", f"must be >= 0, got {self.rounds}")
         if not 0.0 <= self.threshold <= 1.0:

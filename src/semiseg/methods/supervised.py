@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from semiseg.config import FieldError, check_weights
 from semiseg.losses.supervised import masked_cross_entropy, masked_dice_loss
 from semiseg.methods import register
 from semiseg.methods.base import Method, MethodConfig, Phase
@@ -16,6 +17,12 @@ from semiseg.models import build_model
 class SupervisedConfig(MethodConfig):
     ce_weight: float = 1.0
     dice_weight: float = 0.0
+
+    def __post_init__(self) -> None:  # every subclass's __post_init__ calls it first
+        check_weights(self, "ce_weight", "dice_weight")
+        # supervised training alone has no other loss (methods built on it may zero the labeled one)
+        if self.name == "supervised" and self.ce_weight + self.dice_weight <= 0:
+            raise FieldError("ce_weight", "and dice_weight are both 0: the labeled loss would be nothing")
 
 
 @register("supervised")

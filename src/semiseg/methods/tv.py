@@ -35,6 +35,7 @@ class TVConfig(SupervisedConfig):
     axis_weights: list[float] | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         try:
             self.tv_spec()  # checks the values with the regulariser's own checks, named as options here
         except FieldError as exc:

@@ -13,6 +13,8 @@ The 2D network is the same module tree, parameters and drawing order as before 3
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -27,8 +29,9 @@ def norm_layer(kind: str, channels: int, dims: int = 2) -> nn.Module:
         return (nn.BatchNorm2d if dims == 2 else nn.BatchNorm3d)(channels)
     if kind == "instance":
         return (nn.InstanceNorm2d if dims == 2 else nn.InstanceNorm3d)(channels, affine=True)
-    if kind == "group":
-        return nn.GroupNorm(min(8, channels), channels)
+    if kind == "group":  # 8 groups (one per channel below 8); a width no such count divides: gcd(8, C)
+        groups = min(8, channels)
+        return nn.GroupNorm(groups if channels % groups == 0 else math.gcd(8, channels), channels)
     return nn.Identity()
 
 

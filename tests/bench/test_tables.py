@@ -324,3 +324,16 @@ def test_acdc_3d_semi_row_is_its_recipe_moved_to_volumes_as_the_3d_recipes(quick
     differ = {k for k in set(ours) | set(ref) if ours.get(k) != ref.get(k)}
     assert {k for k in differ if not k.startswith(("method.", "quick.", "output_dir"))} == set()
     assert ours["model.spatial_dims"] == 3 and ours["data.dataset"] == "acdc_3d"
+
+
+def test_ssldec_acdc_rows_with_rounds_share_the_quick_retraining_cap():
+    """The control, the pseudo model and SSLDEC retrain under the same cap (quick: 5 epochs); the
+    bounds, which have no rounds, keep their configs (and so their finished runs)."""
+    table = get_table("ssldec-acdc")
+    caps = {}
+    for row in table.rows:
+        cfg = row_config(table, row, 0, quick=True)
+        caps.setdefault(cfg.method.get("max_rounds") != 0, set()).add(cfg.method["max_retrain_epochs"])
+        if "bound" in row.method and "schedule" not in row.method:
+            assert row.quick_overrides == {}
+    assert caps == {True: {5}, False: {20}}

@@ -97,6 +97,11 @@ def test_bad_datasets_are_one_line_errors(tmp_path):
     write(root / "labelsTr" / "a.nii.gz", np.full((8, 6, 3), 4, np.uint8))
     with pytest.raises(DataError, match="label values 4 are not in dataset.json's labels"):
         load_nnunet(root)
+    root = make_dataset(tmp_path / "misnamed")
+    (root / "labelsTr" / "b.nii.gz").rename(root / "labelsTr" / "B.nii.gz")  # a label with no image
+    with pytest.raises(DataError, match=r"B.nii.gz: no image for this label in imagesTr"):
+        load_nnunet(root)
+    root = tmp_path / "values"
     (root / "dataset.json").write_text("[]")
     with pytest.raises(DataError, match="dataset.json: must hold one JSON object"):
         load_nnunet(root)

@@ -177,6 +177,10 @@ def load_nnunet(
         cases = _cases(root / images, ending, n_channels)
         if split == "train" and not cases:
             raise DataError(root / images, f"no cases (<case>_0000{ending})")
+        if (root / labels).is_dir():  # a label file with no image is a misnamed case, not a spare file
+            for path in sorted((root / labels).glob(f"*{ending}")):
+                if path.name[: -len(ending)] not in cases:
+                    raise DataError(path, f"no image for this label in {images} (<case>_0000{ending})")
         readers = []
         for case, files in sorted(cases.items()):
             label = root / labels / f"{case}{ending}"

@@ -494,7 +494,7 @@ def test_train_on_masks_of_a_few_clicked_pixels(tmp_path, capsys):
         ("inference.sigma_scale=.nan", "'inference.sigma_scale' must be a finite number > 0"),
         ("train.save_epochs=[0]", "'train.save_epochs' epochs count from 1"),
         ("method.ce_weight=-1", "'method.ce_weight' must be a finite number >= 0"),
-        ("method.dice_weight=0", "'method.ce_weight' and dice_weight are both 0"),
+        ("method.dice_weight=0", "'method.ce_weight' and 'method.dice_weight' are both 0"),
     ],
 )
 def test_bad_values_are_one_line_errors_before_any_output(tmp_path, capsys, override, fragment):
@@ -562,3 +562,25 @@ def test_bench_status_refuses_a_work_dir_or_ledger_that_is_a_file(tmp_path, caps
 def test_a_config_that_is_a_folder_is_named_as_one(tmp_path, capsys):
     assert main(["train", "-c", str(tmp_path)]) == 2
     assert_one_line_error(capsys, "train", f"{tmp_path}: is a folder, not a YAML recipe")
+
+
+def test_data_commands_check_their_output_before_loading(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    missing = str(tmp_path / "no-such-recipe.yaml")  # the output is refused before the recipe is read
+    for action in ("split", "check"):
+        assert main(["data", action, "-c", missing, "-o", str(blocker / "out.json")]) == 2
+        assert_one_line_error(capsys, "data", "file: is a file, not a folder to write into")
+    assert main(["data", "generate", "cluttered-mnist", "-o", str(blocker / "gen")]) == 2
+    assert_one_line_error(capsys, "data", "file: is a file, not a folder to write into")
+
+
+def test_an_os_refusal_of_a_named_file_is_one_line(tmp_path, capsys, monkeypatch):
+    import semiseg.cli as cli
+
+    def refuse(args):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "x"))
+
+    monkeypatch.setitem(cli.COMMANDS, "demo", refuse)
+    assert main(["demo"]) == 2
+    assert_one_line_error(capsys, "demo", f"{tmp_path / 'x'}: Permission denied")

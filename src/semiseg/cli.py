@@ -345,7 +345,13 @@ def cmd_bench(args) -> int:
 def cmd_data(args) -> int:
     from semiseg.data import load_bundle
     from semiseg.data.splits import make_split
+    from semiseg.errors import DataError
+    from semiseg.io import check_folder
 
+    if args.output:  # before loading or generating anything
+        if args.action != "generate" and Path(args.output).is_dir():
+            raise DataError(args.output, "is a folder: give a file name to write")
+        check_folder(Path(args.output).parent)
     if args.action == "generate":
         return _generate(args)
     cfg = _load_cfg(args)
@@ -419,6 +425,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"semiseg {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # the machine refused a named file (permission, a full disk, ...): one line
+        if not exc.filename:
+            raise
+        print(
+            f"semiseg {args.command}: error: {exc.filename}: {exc.strerror or type(exc).__name__}",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

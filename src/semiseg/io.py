@@ -62,9 +62,19 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _exists(path: Path) -> bool:
+    """``path.exists()``, with a folder on the way that cannot be entered as a one-line error (Python
+    3.11's ``exists`` raises ``PermissionError`` there)."""
+    try:
+        return path.exists()
+    except OSError as exc:
+        raise DataError(path, f"cannot be reached ({exc.strerror or type(exc).__name__})") from None
+
+
 def check_folder(path: str | Path) -> Path:
-    """``path`` as a folder this process can create or write into, checked before any work: not a
-    file, its first existing ancestor a writable folder. Raises a one-line :class:`DataError`.
+    """``path`` as a folder to create or write into, checked before any work: neither it nor its
+    first existing ancestor is a file. Raises a one-line :class:`DataError`. (Permissions are left
+    to the write itself: ``os.access`` can disagree with it.)
 
     Examples:
         >>> import pathlib, tempfile
@@ -78,15 +88,11 @@ def check_folder(path: str | Path) -> Path:
         semiseg.errors.DataError: ...f: is a file, not a folder to write into
     """
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise DataError(path, "is a file, not a folder to write into")
     ancestor = path
-    while not ancestor.exists() and ancestor != ancestor.parent:
+    while not _exists(ancestor) and ancestor != ancestor.parent:
         ancestor = ancestor.parent
-    if ancestor.exists() and not ancestor.is_dir():
+    if _exists(ancestor) and not ancestor.is_dir():
         raise DataError(ancestor, "is a file, not a folder to write into")
-    if ancestor.exists() and not os.access(ancestor, os.W_OK | os.X_OK):
-        raise DataError(ancestor, "is not a folder this process may write into")
     return path
 
 
@@ -110,7 +116,8 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     path = Path(path)
     if path.is_dir():
         raise DataError(path, "is a folder: give a file name to write")
-    make_folder(path.parent)
+    check_folder(path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)  # an OS refusal stays an OSError (callers may allow it)
     tmp = _create_temp(path.parent, path.name)
     try:
         write(tmp)

@@ -98,8 +98,9 @@ def test_bad_datasets_are_one_line_errors(tmp_path):
     with pytest.raises(DataError, match="label values 4 are not in dataset.json's labels"):
         load_nnunet(root)
     root = make_dataset(tmp_path / "misnamed")
-    (root / "labelsTr" / "b.nii.gz").rename(root / "labelsTr" / "B.nii.gz")  # a label with no image
-    with pytest.raises(DataError, match=r"B.nii.gz: no image for this label in imagesTr"):
+    for case in ("a", "b"):  # every label misnamed: none names a case
+        (root / "labelsTr" / f"{case}.nii.gz").rename(root / "labelsTr" / f"{case.upper()}.nii.gz")
+    with pytest.raises(DataError, match=r"labelsTr: none of its 2 label files names a case of imagesTr"):
         load_nnunet(root)
     root = tmp_path / "values"
     (root / "dataset.json").write_text("[]")
@@ -134,3 +135,13 @@ def test_a_multichannel_model_predicts_nnunet_channel_files(tmp_path):
     (root / "imagesTs" / "t_0001.nii.gz").unlink()
     assert main([*args, "--output", str(tmp_path / "pred2")]) == 2  # one line: case 't': channel 1 is missing
     assert not (tmp_path / "pred2").exists()
+
+
+def test_spare_and_hidden_files_are_tolerated_as_nnunet_does(tmp_path):
+    """A spare label file (no image) and macOS's "._" metadata files load as nnU-Net's own checks allow."""
+    root = make_dataset(tmp_path / "Dataset003_Spare")
+    write(root / "labelsTr" / "z.nii.gz", np.zeros((8, 6, 3), np.uint8))
+    for folder, name in (("labelsTr", "._a.nii.gz"), ("imagesTr", "._a_0000.nii.gz")):
+        (root / folder / name).write_bytes(b"\x00\x05\x16\x07")  # AppleDouble junk, not NIfTI
+    bundle = load_nnunet(root)
+    assert [r.id for r in bundle.train] == ["a", "b", "c"]

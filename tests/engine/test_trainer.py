@@ -204,6 +204,9 @@ def test_load_checkpoint_errors(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(DataError, match="junk.pt: cannot read checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(DataError, match="empty.pt: cannot read checkpoint: an empty file"):
+        load_checkpoint(tmp_path / "empty.pt")
     torch.save({"weights": 1}, tmp_path / "other.pt")
     with pytest.raises(DataError, match="other.pt: not a semiseg checkpoint"):
         load_checkpoint(tmp_path / "other.pt")

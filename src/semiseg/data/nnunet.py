@@ -68,7 +68,9 @@ def _read_json(root: Path) -> dict:
 
 def _cases(images: Path, ending: str, channels: int) -> dict[str, list[Path]]:
     """case → its channel files in order (files ``<case>_<NNNN><ending>`` of ``images``)."""
-    files = sorted(p for p in images.iterdir() if p.name.endswith(ending)) if images.is_dir() else []
+    # hidden files (macOS's "._<name>" metadata beside each file on copies) are not cases
+    listed = images.iterdir() if images.is_dir() else []
+    files = sorted(p for p in listed if p.name.endswith(ending) and not p.name.startswith("."))
     return channel_cases(files, channels)
 
 
@@ -177,10 +179,11 @@ def load_nnunet(
         cases = _cases(root / images, ending, n_channels)
         if split == "train" and not cases:
             raise DataError(root / images, f"no cases (<case>_0000{ending})")
-        if (root / labels).is_dir():  # a label file with no image is a misnamed case, not a spare file
-            for path in sorted((root / labels).glob(f"*{ending}")):
-                if path.name[: -len(ending)] not in cases:
-                    raise DataError(path, f"no image for this label in {images} (<case>_0000{ending})")
+        label_files = [p for p in sorted((root / labels).glob(f"*{ending}")) if not p.name.startswith(".")]
+        if label_files and not any(p.name[: -len(ending)] in cases for p in label_files):
+            # nnU-Net tolerates spare label files, but none naming a case is a misnamed dataset
+            raise DataError(root / labels, f"none of its {len(label_files)} label files names a case of "
+                                           f"{images} (<case>{ending} for <case>_0000{ending})")  # fmt: skip
         readers = []
         for case, files in sorted(cases.items()):
             label = root / labels / f"{case}{ending}"

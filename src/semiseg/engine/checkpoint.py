@@ -42,6 +42,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise DataError(
             path, "refused: the checkpoint holds objects other than tensors and plain values (unsafe to load)"
         ) from None
+    except OSError as exc:  # the file system refused it (permissions, ...): say so, not "not a checkpoint"
+        raise DataError(path, f"cannot read checkpoint ({exc.strerror or type(exc).__name__})") from None
     except Exception as exc:  # noqa: BLE001 - any reading failure is a bad file for the user
         what = "an empty file" if path.stat().st_size == 0 else "not a PyTorch checkpoint, or a truncated one"
         raise DataError(path, f"cannot read checkpoint: {what} ({type(exc).__name__})") from None

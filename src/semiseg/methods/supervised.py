@@ -22,7 +22,9 @@ class SupervisedConfig(MethodConfig):
         check_weights(self, "ce_weight", "dice_weight")
         # supervised training alone has no other loss (methods built on it may zero the labeled one)
         if self.name == "supervised" and self.ce_weight + self.dice_weight <= 0:
-            raise FieldError("ce_weight", "and dice_weight are both 0: the labeled loss would be nothing")
+            raise FieldError(
+                "ce_weight", "and 'method.dice_weight' are both 0: the labeled loss would be nothing"
+            )
 
 
 @register("supervised")

@@ -557,6 +557,7 @@ def test_bench_status_refuses_a_work_dir_or_ledger_that_is_a_file(tmp_path, caps
     for option in ("--work-dir", "--ledger"):
         assert main(["bench", "supervised-horse", "--quick", "--status", option, str(blocker)]) == 2
         assert_one_line_error(capsys, "bench", f"{option} {blocker}: is a file, not a folder")
+    assert main(["bench", "list", "--ledger", str(blocker)]) == 0  # listing the tables reads neither
 
 
 def test_a_config_that_is_a_folder_is_named_as_one(tmp_path, capsys):

@@ -307,14 +307,14 @@ def cmd_bench(args) -> int:
 
     if args.seeds and min(args.seeds) < 0:
         raise ConfigError(f"--seeds: must be 0 or more, got {min(args.seeds)}")
-    for option, folder in (("--work-dir", args.work_dir), ("--ledger", args.ledger)):
-        if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
-            raise ConfigError(f"{option} {folder}: is a file, not a folder")
 
     if args.table == "list":
         for name in sorted(TABLES):
             print(f"{name:<24} {TABLES[name]().title}")
         return 0
+    for option, folder in (("--work-dir", args.work_dir), ("--ledger", args.ledger)):
+        if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+            raise ConfigError(f"{option} {folder}: is a file, not a folder")
     if args.status:
         from semiseg.bench.provenance import source_hash
         from semiseg.bench.status import format_status, table_status

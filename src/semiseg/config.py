@@ -689,7 +689,7 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     if t.num_workers < 0:
         bad("train.num_workers", f"must be 0 or more, got {t.num_workers}")
     if len(t.augment.scale) != 2 or not 0 < t.augment.scale[0] <= t.augment.scale[1] < math.inf:
-        bad("train.augment.scale", "must be [min, max] with 0 < min <= max")
+        bad("train.augment.scale", "must be [min, max] with 0 < min <= max, both finite")
     for name in ("rotate_degrees", "brightness", "contrast", "noise_std"):
         value = getattr(t.augment, name)
         if not (math.isfinite(value) and value >= 0):

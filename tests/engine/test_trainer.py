@@ -204,6 +204,8 @@ def test_load_checkpoint_errors(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(DataError, match="junk.pt: cannot read checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(DataError, match="is a folder: give a checkpoint file"):
+        load_checkpoint(tmp_path)
     (tmp_path / "empty.pt").write_bytes(b"")
     with pytest.raises(DataError, match="empty.pt: cannot read checkpoint: an empty file"):
         load_checkpoint(tmp_path / "empty.pt")

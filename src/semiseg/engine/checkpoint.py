@@ -29,6 +29,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise DataError(path, "is a folder: give a checkpoint file (e.g. best.pt in it)")
     if not path.is_file():
         raise DataError(path, "checkpoint not found")
     try:

@@ -585,3 +585,20 @@ def test_an_os_refusal_of_a_named_file_is_one_line(tmp_path, capsys, monkeypatch
     monkeypatch.setitem(cli.COMMANDS, "demo", refuse)
     assert main(["demo"]) == 2
     assert_one_line_error(capsys, "demo", f"{tmp_path / 'x'}: Permission denied")
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["evaluate", "--checkpoint", "x", "--split", "nope"], "argument --split: invalid choice: 'nope'"),
+        (["train"], "the following arguments are required: --config/-c"),
+        (["demo", "--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
+    ],
+)
+def test_command_line_mistakes_are_one_line_with_a_pointer_to_help(capsys, argv, fragment):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "usage:" not in err and fragment in err, err
+    assert err.endswith(f"(see semiseg {argv[0]} --help)")

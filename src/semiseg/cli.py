@@ -28,10 +28,16 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="folder holding the datasets (default: $SEMISEG_DATA)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: a mistake on the command line names the option and what is
+    wrong, and points to ``--help`` instead of printing the usage block (exit code 2, as argparse)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="semiseg", description="Segmentation learning when dense labels are scarce."
-    )
+    parser = _Parser(prog="semiseg", description="Segmentation learning when dense labels are scarce.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a method from a YAML recipe")

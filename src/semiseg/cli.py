@@ -191,13 +191,11 @@ def cmd_evaluate(args) -> int:
     from semiseg.data import prepare_data
     from semiseg.engine.distributed import resolve_device
     from semiseg.engine.run import evaluate_trained, load_trained, split_records
-    from semiseg.errors import ConfigError, DataError
-    from semiseg.io import atomic_write_text, check_folder
+    from semiseg.errors import ConfigError
+    from semiseg.io import atomic_write_text, check_file_target
 
     if args.output:  # before the evaluation: a path it cannot write to fails first
-        if Path(args.output).is_dir():
-            raise DataError(args.output, "is a folder: give a file name to write")
-        check_folder(Path(args.output).parent)
+        check_file_target(args.output)
     device = resolve_device(args.device, where="--device")
     method, cfg, state = load_trained(args.checkpoint, device)
     data = prepare_data(cfg, args.data_root)
@@ -351,13 +349,13 @@ def cmd_bench(args) -> int:
 def cmd_data(args) -> int:
     from semiseg.data import load_bundle
     from semiseg.data.splits import make_split
-    from semiseg.errors import DataError
-    from semiseg.io import check_folder
+    from semiseg.io import check_file_target, check_folder
 
-    if args.output:  # before loading or generating anything
-        if args.action != "generate" and Path(args.output).is_dir():
-            raise DataError(args.output, "is a folder: give a file name to write")
-        check_folder(Path(args.output).parent)
+    if args.output:  # before loading or generating anything (generate makes a folder, the rest a file)
+        if args.action == "generate":
+            check_folder(args.output)
+        else:
+            check_file_target(args.output)
     if args.action == "generate":
         return _generate(args)
     cfg = _load_cfg(args)

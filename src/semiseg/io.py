@@ -96,6 +96,16 @@ def check_folder(path: str | Path) -> Path:
     return path
 
 
+def check_file_target(path: str | Path) -> Path:
+    """``path`` as a file to write, checked before any work: not a folder, and its folder can be made
+    (:func:`check_folder`). Raises a one-line :class:`DataError`."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(path, "is a folder: give a file name to write")
+    check_folder(path.parent)
+    return path
+
+
 def make_folder(path: str | Path) -> Path:
     """:func:`check_folder`, then create it (and its parents); an OS refusal is a one-line
     :class:`DataError`."""
@@ -113,10 +123,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     The parent folder is created if needed. ``write`` receives the path of an empty temporary file
     in the same folder (any writer that opens a path works: ``torch.save``, ``Image.save``, ...).
     """
-    path = Path(path)
-    if path.is_dir():
-        raise DataError(path, "is a folder: give a file name to write")
-    check_folder(path.parent)
+    path = check_file_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)  # an OS refusal stays an OSError (callers may allow it)
     tmp = _create_temp(path.parent, path.name)
     try:

@@ -166,9 +166,8 @@ def _cell(summary: dict[str, Any] | None) -> str:
     """``mean ± std (n)`` of a :func:`semiseg.bench.stats.summarise` record; a single run is marked."""
     if summary is None:
         return "–"
-    if summary.get("std") is None or not supports_claim(summary):
-        return f"{summary['mean']:.2f}{SINGLE_RUN_MARK} (n={summary['n_runs']})"
-    return f"{summary['mean']:.2f} ± {summary['std']:.2f} (n={summary['n_runs']})"
+    mean, std = _mean_std(summary)
+    return f"{mean} ± {std} (n={summary['n_runs']})" if supports_claim(summary) else f"{mean} ({std})"
 
 
 #: provenance keys of a table's distances by row (label → row → summary) and of their unit

@@ -88,11 +88,9 @@ def export_onnx(checkpoint: str | Path, output: str | Path) -> dict[str, float]:
     (``max_abs_diff``). Nothing is written when the export or the check fails."""
     from semiseg.config import to_dict
     from semiseg.engine.run import load_trained
-    from semiseg.io import atomic_write, check_folder
+    from semiseg.io import atomic_write, check_file_target
 
-    if Path(output).is_dir():  # before the slow export
-        raise DataError(output, "is a folder: give a file name to write")
-    check_folder(Path(output).parent)
+    check_file_target(output)  # before the slow export
     _need("onnxscript", "semiseg export --format onnx")
     onnx = _need("onnx", "semiseg export --format onnx")
     method, cfg, state = load_trained(checkpoint, "cpu")

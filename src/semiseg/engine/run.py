@@ -297,14 +297,12 @@ def _state_mismatch(method, state: dict, exc: BaseException) -> str:
     if shaped:
         k = shaped[0]
         return f"'{k}' has shape {list(saved[k].shape)} in the checkpoint, {list(own[k].shape)} in the model"
-    if missing:
-        return f"'{missing[0]}' missing from the checkpoint" + (
-            f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        )
-    if extra:
-        return f"unexpected '{extra[0]}' in the checkpoint" + (
-            f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
-        )
+    for names, what in (
+        (missing, "'{}' missing from the checkpoint"),
+        (extra, "unexpected '{}' in the checkpoint"),
+    ):
+        if names:
+            return what.format(names[0]) + (f" (and {len(names) - 1} more)" if len(names) > 1 else "")
     return first_line(exc)
 
 

@@ -116,7 +116,7 @@ class BCPConfig(SupervisedConfig):
             raise FieldError("box_placement", f"must be one of {', '.join(PLACEMENTS)}")
         if not 0.0 <= self.ema_decay <= 1.0:
             raise FieldError("ema_decay", f"must be in [0, 1], got {self.ema_decay}")
-        check_weights(self, "ce_weight", "dice_weight", "alpha")
+        check_weights(self, "alpha")
         if self.pretrain_epochs is not None and self.pretrain_epochs < 0:
             raise FieldError("pretrain_epochs", f"must be >= 0, got {self.pretrain_epochs}")
 

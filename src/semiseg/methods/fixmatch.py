@@ -134,7 +134,7 @@ class FixMatchConfig(SupervisedConfig):
             raise FieldError("threshold", f"must be in [0, 1], got {self.threshold}")
         if self.warmup_epochs < 0:
             raise FieldError("warmup_epochs", f"must be >= 0, got {self.warmup_epochs}")
-        check_weights(self, "ce_weight", "dice_weight", "supervised_weight", "unlabeled_weight")
+        check_weights(self, "supervised_weight", "unlabeled_weight")
 
 
 def cutmix_partner(x: torch.Tensor) -> torch.Tensor:

@@ -109,7 +109,7 @@ class MeanTeacherConfig(SupervisedConfig):
         super().__post_init__()
         if not 0.0 <= self.ema_decay <= 1.0:
             raise FieldError("ema_decay", f"must be in [0, 1], got {self.ema_decay}")
-        check_weights(self, "ce_weight", "dice_weight", "consistency_weight")
+        check_weights(self, "consistency_weight")
         for name in ("ramp_up_steps", "consistency_start_step", "teacher_noise_std", "teacher_noise_clip"):
             if getattr(self, name) < 0:
                 raise FieldError(name, f"must be >= 0, got {getattr(self, name)}")

@@ -48,8 +48,7 @@ def render(result: dict, provenance: str) -> str:
         + " | best val MSE (epoch) | wall (s) |"
     )
     lines = [
-        "# IODA Fig. 6 in full mode: 256 hidden units, seed 0, validation image "
-        f"{result['image']} (validation only)",
+        f"# IODA Fig. 6 in full mode: 256 hidden units, seed 0, {result['image']} (validation only)",
         "",
         f"Figure: `{Path(result['figure']).name}`",
         "",

@@ -51,20 +51,17 @@ def main() -> None:
                 "min": z.min().item(),
                 "max": z.max().item(),
             }
-            out["centroid_distance"] = {
-                "mean": torch.pdist(mu).mean().item(),
-                "min": torch.pdist(mu).min().item(),
-            }
+            apart = torch.pdist(mu)
+            out["centroid_distance"] = {"mean": apart.mean().item(), "min": apart.min().item()}
             out["d2_own_centroid"] = d2.gather(1, y[:, None]).mean().item()
             out["d2_all_centroids"] = d2.mean().item()
         else:
             q = net(x).softmax(1)
     true = q.gather(1, y[:, None])
-    out["mean_max_q"], out["mean_true_q"] = q.max(1).values.mean().item(), true.mean().item()
-    out["cross_entropy"], out["accuracy"] = (
-        -true.log().mean().item(),
-        (q.argmax(1) == y).float().mean().item(),
-    )
+    out["mean_max_q"] = q.max(1).values.mean().item()
+    out["mean_true_q"] = true.mean().item()
+    out["cross_entropy"] = -true.log().mean().item()
+    out["accuracy"] = (q.argmax(1) == y).float().mean().item()
     print(json.dumps(_rounded(out)))
 
 

@@ -6,12 +6,13 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from semiseg.cli import main
-from semiseg.engine.distributed import DistInfo, epoch_batches
+from semiseg.engine.distributed import DistInfo, epoch_batches, main_first
 from semiseg.errors import ConfigError
 
 
@@ -48,6 +49,46 @@ def test_global_batch_must_divide_among_ranks():
         ConfigError, match=r"train.batch_size: 6 is not divisible by the number of processes \(4\)"
     ):
         batches(4, 0, gb=6)
+
+
+def _main_first_worker(rank: int, folder: str) -> None:
+    import time
+
+    import torch.distributed as dist
+
+    root = Path(folder)
+    dist.init_process_group("gloo", init_method=f"file://{root / 'store'}", rank=rank, world_size=2)
+    info = DistInfo(rank=rank, world_size=2)
+    try:
+        with main_first(info):  # rank 0 leaves a file for the others, slowly
+            if rank == 0:
+                time.sleep(0.5)
+                (root / "built").write_text("0")
+            else:
+                (root / "seen").write_text(str((root / "built").is_file()))
+        try:  # an error in rank 0's block releases the others, which then run theirs
+            with main_first(info):
+                if rank == 0:
+                    raise ValueError("bad data")
+                (root / "released").write_text("1")
+        except ValueError:
+            pass
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_main_first_runs_rank_0_before_the_others_and_releases_them_on_an_error(tmp_path):
+    import torch.multiprocessing as mp
+
+    try:
+        mp.spawn(_main_first_worker, args=(str(tmp_path),), nprocs=2, join=True)
+    except mp.ProcessExitedException:  # gloo's teardown abort after the work (see below)
+        assert (tmp_path / "released").is_file()
+    assert (tmp_path / "seen").read_text() == "True"
+    assert (tmp_path / "released").read_text() == "1"
+    with main_first(DistInfo()):  # one process: just the block
+        pass
 
 
 # ------------------------------------------------------------------------------------------ torchrun

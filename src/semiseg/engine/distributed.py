@@ -10,7 +10,9 @@ in the middle of its evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -77,6 +79,28 @@ _FINAL_GROUP = None
 def finish(info: DistInfo) -> None:
     """Every rank waits here until all reach it (rank 0 after writing its results)."""
     if info.enabled and dist.is_initialized() and _FINAL_GROUP is not None:
+        dist.barrier(group=_FINAL_GROUP)
+
+
+@contextlib.contextmanager
+def main_first(info: DistInfo) -> Iterator[None]:
+    """Rank 0 runs the block first, then the other ranks (at once): work whose results rank 0 leaves
+    on disk for the others, such as the on-disk store's entries of volumes on their training grid,
+    which every rank would otherwise build at the same time (correct, since the first rename wins,
+    but each rank repeating the work). Rank 0 releases the others when it leaves the block, also on
+    an error, so that they fail on their own (the same data error) instead of waiting. The barrier
+    is that of the long-timeout group of :func:`finish` (a first build of a large dataset can take
+    longer than the default 30 minutes), or the default group when :func:`setup` did not make it."""
+    if not info.enabled or not dist.is_initialized():
+        yield
+        return
+    if not info.is_main:
+        dist.barrier(group=_FINAL_GROUP)
+        yield
+        return
+    try:
+        yield
+    finally:
         dist.barrier(group=_FINAL_GROUP)
 
 

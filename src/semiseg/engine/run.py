@@ -116,7 +116,8 @@ def train(
     logger = Logger()  # train.logger's tracker on the main process (built once the folder exists)
     failed, created, started, remove = True, info.is_main and not out.exists(), False, False
     try:
-        data = prepare_data(cfg, data_root, bundle=bundle)  # validates all data before any training
+        with D.main_first(info):  # rank 0 builds the on-disk store's entries, the others read them
+            data = prepare_data(cfg, data_root, bundle=bundle)  # validates all data before any training
         if not test:
             data = dataclasses.replace(data, test=[])
         if cfg.train.threshold == "val" and (data.bundle.num_classes != 2 or data.bundle.task != "segment"):

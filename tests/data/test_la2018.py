@@ -75,11 +75,8 @@ def test_the_la2018_recipes_follow_ua_mt_and_share_everything_but_the_unlabeled_
     full = build_config(load_yaml(RECIPES / f"{recipe}.yaml"), source=recipe)
     quick = build_config(load_yaml(RECIPES / f"{recipe}.yaml"), quick=True, source=recipe)
     assert full.data.dataset == "la2018" and full.model.spatial_dims == 3
-    assert full.data.patch_size == [80, 112, 112] and full.data.image_size == [
-        -1,
-        -1,
-        -1,
-    ]  # (x, y, z) 112, 112, 80
+    assert full.data.patch_size == [80, 112, 112]  # (x, y, z) = 112, 112, 80
+    assert full.data.image_size == [-1, -1, -1]
     assert full.train.epochs * full.train.iters_per_epoch == 6000 and full.train.batch_size == 2
     assert (full.train.optimizer, full.train.lr, full.train.momentum) == ("sgd", 0.01, 0.9)
     assert full.data.split.labeled == 8 and full.data.split.first_draw == "listed"

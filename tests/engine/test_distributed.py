@@ -53,11 +53,13 @@ def test_global_batch_must_divide_among_ranks():
 
 def _main_first_worker(rank: int, folder: str) -> None:
     import time
+    from datetime import timedelta
 
     import torch.distributed as dist
 
     root = Path(folder)
-    dist.init_process_group("gloo", init_method=f"file://{root / 'store'}", rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=f"file://{root / 'store'}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=60))  # a deadlock fails instead of hanging  # fmt: skip
     info = DistInfo(rank=rank, world_size=2)
     try:
         with main_first(info):  # rank 0 leaves a file for the others, slowly

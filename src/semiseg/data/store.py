@@ -11,7 +11,9 @@ grid), and the source code of semiseg's data modules. A changed file, option or 
 key; entries are never updated in place, so concurrent runs (several workers, DDP ranks, table runs)
 share them safely: each writes a private temporary folder and renames it, and the first rename wins.
 Under DDP, rank 0 prepares the data first and the other ranks then read its entries
-(:func:`semiseg.engine.distributed.main_first`), so a first run builds each entry once.
+(:func:`semiseg.engine.distributed.main_first`), so a first run builds each entry once on one node
+or with a cache folder that all nodes share (with a folder per node, each other node's ranks then
+build its entries at once, correctly).
 Old entries are not removed automatically: delete the folder at any time to reclaim the space.
 """
 

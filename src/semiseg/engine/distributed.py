@@ -90,7 +90,9 @@ def main_first(info: DistInfo) -> Iterator[None]:
     but each rank repeating the work). Rank 0 releases the others when it leaves the block, also on
     an error, so that they fail on their own (the same data error) instead of waiting. The barrier
     is that of the long-timeout group of :func:`finish` (a first build of a large dataset can take
-    longer than the default 30 minutes), or the default group when :func:`setup` did not make it."""
+    longer than the default 30 minutes), or the default group when :func:`setup` did not make it.
+    The cost: data that needs no store (2D images read eagerly) is read by rank 0, then by the
+    others, instead of by all at once."""
     if not info.enabled or not dist.is_initialized():
         yield
         return

@@ -67,6 +67,12 @@ def test_bad_layouts_are_one_line_errors(tmp_path):
         load_la2018(root)
     with pytest.raises(DataError, match="LA2018 folder not found"):
         load_la2018(tmp_path / "nowhere")
+    root = fake_la(tmp_path / "empty", train=("case_a",), test=("case_t",))
+    with h5py.File(root / CASES_DIR / "case_t" / "mri_norm2.h5", "w") as f:
+        f.create_dataset("image", data=np.zeros((4, 4, 0), np.float32))
+        f.create_dataset("label", data=np.zeros((4, 4, 0), np.uint8))
+    with pytest.raises(DataError, match=r"case_t/mri_norm2.h5: empty image: an axis of length 0"):
+        load_la2018(root)
 
 
 # ------------------------------------------------------------------------------------------ recipes

@@ -52,6 +52,11 @@ def test_labels_are_written_back_in_the_inputs_space(tmp_path):
 def test_bad_volumes_and_mismatched_masks_are_one_line_errors(tmp_path):
     with pytest.raises(DataError, match=r"expected a 3-D volume .* got shape \(4, 5, 6, 2\)"):
         read_volume(save(tmp_path / "4d.nii.gz", np.zeros((4, 5, 6, 2), np.float32)))
+    for reader in (read_volume, probe_volume):  # before any reduction over the voxels fails
+        with pytest.raises(
+            DataError, match=r"empty.nii.gz: empty volume: an axis of length 0 \(shape \(4, 5, 0\)\)"
+        ):
+            reader(save(tmp_path / "empty.nii.gz", np.zeros((4, 5, 0), np.float32)))
     volume, _ = read_volume(save(tmp_path / "one.nii.gz", np.zeros((4, 5, 6, 1), np.float32)))
     assert volume.shape == (6, 5, 4)  # a trailing axis of one frame is dropped
     (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti file")

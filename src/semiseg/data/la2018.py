@@ -57,6 +57,8 @@ def _read_case(path: Path) -> Record:
         raise DataError(path, f"cannot read HDF5 file ({exc})") from None
     if image.ndim != 3:
         raise DataError(path, f"image must be a volume (x, y, z), got shape {image.shape}")
+    if image.size == 0:
+        raise DataError(path, f"empty image: an axis of length 0 (shape {image.shape})")
     if label.shape != image.shape:
         raise DataError(path, f"label shape {label.shape} differs from the image's {image.shape}")
     if label.dtype.kind not in "iub":

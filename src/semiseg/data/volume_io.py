@@ -93,6 +93,8 @@ def _open_volume(path: str | os.PathLike):
         shape = shape[:3]
     if len(shape) != 3:
         raise DataError(path, f"expected a 3-D volume (x, y, z), got shape {shape}")
+    if min(shape) == 0:
+        raise DataError(path, f"empty volume: an axis of length 0 (shape {shape})")
     header = img.header.binaryblock if hasattr(img.header, "binaryblock") else b""
     geometry = VolumeGeometry(
         np.asarray(img.affine, dtype=np.float64), shape, header, isinstance(img.header, nib.Nifti2Header)

@@ -41,6 +41,16 @@ def test_load_checkpoint_refuses_a_pickle_that_would_run_code(malicious):
     assert not marker.exists()
 
 
+def test_a_plain_pickle_is_one_error_without_torch_s_protocol_warning(tmp_path, recwarn):
+    import pickle
+
+    path = tmp_path / "dict.pkl"
+    path.write_bytes(pickle.dumps({"a": 1}, protocol=4))  # torch warns about protocol 4 before failing
+    with pytest.raises(DataError, match="dict.pkl: cannot read checkpoint: not a PyTorch checkpoint"):
+        load_checkpoint(path)
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
+
+
 @pytest.mark.parametrize("command", ["predict", "evaluate"])
 def test_cli_refuses_a_malicious_checkpoint_with_exit_2(malicious, tmp_path, capsys, command):
     path, marker = malicious

@@ -134,3 +134,16 @@ def test_readers_that_a_key_cannot_describe_are_refused_and_arrays_key_by_conten
     assert store.entry_key("g", functools.partial(_volume, a)) == store.entry_key(
         "g", functools.partial(_volume, a.copy())
     )
+
+
+def test_a_cache_folder_that_is_a_file_is_a_one_line_config_error(tmp_path, monkeypatch):
+    from semiseg.errors import ConfigError
+
+    file = tmp_path / "existing_file"
+    file.write_text("x")
+    with pytest.raises(ConfigError, match=r"^data.cache_dir: .*existing_file is a file, not a folder$"):
+        store.cache_dir(str(file))
+    monkeypatch.setenv("SEMISEG_CACHE", str(file))
+    with pytest.raises(ConfigError, match=r"^\$SEMISEG_CACHE: .*existing_file is a file"):
+        store.cache_dir()
+    assert store.cache_dir(str(tmp_path / "new")) == tmp_path / "new"  # a folder to be made is fine

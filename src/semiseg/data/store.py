@@ -47,9 +47,18 @@ STORE_FORMAT = 1  #: bump when the layout of entries changes
 
 
 def cache_dir(option: str | None = None) -> Path:
-    """``data.cache_dir``, else ``$SEMISEG_CACHE``, else ``~/.cache/semiseg``."""
-    value = option or os.environ.get("SEMISEG_CACHE") or "~/.cache/semiseg"
-    return Path(value).expanduser()
+    """``data.cache_dir``, else ``$SEMISEG_CACHE``, else ``~/.cache/semiseg``.
+
+    Raises:
+        ConfigError: the chosen path exists and is not a folder (named with the option it came from).
+    """
+    where = "data.cache_dir" if option else "$SEMISEG_CACHE" if os.environ.get("SEMISEG_CACHE") else None
+    path = Path(option or os.environ.get("SEMISEG_CACHE") or "~/.cache/semiseg").expanduser()
+    if path.exists() and not path.is_dir():
+        from semiseg.errors import ConfigError
+
+        raise ConfigError(f"{where or 'the default cache folder'}: {path} is a file, not a folder")
+    return path
 
 
 class UndescribedReader(ValueError):

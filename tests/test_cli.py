@@ -602,3 +602,28 @@ def test_command_line_mistakes_are_one_line_with_a_pointer_to_help(capsys, argv,
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "usage:" not in err and fragment in err, err
     assert err.endswith(f"(see semiseg {argv[0]} --help)")
+
+
+def test_evaluate_refuses_data_whose_split_differs_from_the_run_s(tmp_path, capsys):
+    """A folder that gained cases after training re-draws the split (its test cases could be training
+    cases of the run): evaluate compares with the run's split.json and refuses, naming it."""
+    root = make_folder(tmp_path / "data")
+    out = tmp_path / "out"
+    assert (
+        main(["train", "-c", folder_recipe(tmp_path, root), "-o", str(out), "--set", "train.epochs=1"]) == 0
+    )
+    capsys.readouterr()
+    ckpt = str(out / "best.pt")
+    assert main(["evaluate", "--checkpoint", ckpt, "--split", "test"]) == 0  # the same data: fine
+    assert "note:" not in capsys.readouterr().err
+    for i in range(8, 12):  # four more cases
+        for kind in ("images", "masks"):
+            (root / kind / f"img{i:03d}.png").write_bytes((root / kind / "img000.png").read_bytes())
+    for split in ("test", "val"):
+        assert main(["evaluate", "--checkpoint", ckpt, "--split", split]) == 2
+        assert_one_line_error(
+            capsys, "evaluate", f"{out / 'split.json'}: the data now give another {split} split"
+        )
+    (out / "split.json").unlink()  # a checkpoint without its run folder: drawn again, and said so
+    assert main(["evaluate", "--checkpoint", ckpt, "--split", "test"]) == 0
+    assert "note: no split.json beside" in capsys.readouterr().err

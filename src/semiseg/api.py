@@ -76,10 +76,12 @@ class Run:
     def evaluate(self, split: str = "test", checkpoint: str | os.PathLike | None = None) -> dict[str, float]:
         """Every metric's mean over ``split`` ("val" or "test") for ``best.pt`` (or ``checkpoint``)."""
         from semiseg.data import prepare_data
-        from semiseg.engine.run import evaluate_trained, load_trained
+        from semiseg.engine.run import check_recorded_split, evaluate_trained, load_trained, split_records
 
         method, cfg, state = load_trained(checkpoint or self.checkpoint, "cpu")
         data = prepare_data(cfg, self.data_root)
+        split_records(data, split)  # a bad split name or an empty split first
+        check_recorded_split(data, [split], checkpoint or self.checkpoint)  # the cases the run recorded
         means, _, _ = evaluate_trained(method, cfg, state, data, split, method_device(method))
         return means
 

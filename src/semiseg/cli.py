@@ -190,7 +190,7 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from semiseg.data import prepare_data
     from semiseg.engine.distributed import resolve_device
-    from semiseg.engine.run import evaluate_trained, load_trained, split_records
+    from semiseg.engine.run import check_recorded_split, evaluate_trained, load_trained, split_records
     from semiseg.errors import ConfigError
     from semiseg.io import atomic_write_text, check_file_target
 
@@ -200,6 +200,10 @@ def cmd_evaluate(args) -> int:
     method, cfg, state = load_trained(args.checkpoint, device)
     data = prepare_data(cfg, args.data_root)
     split_records(data, args.split)  # an empty split fails before any tuning
+    read = {args.split, "val"} if args.postprocess == "mrf" else {args.split}  # the MRF tunes on val
+    if not check_recorded_split(data, sorted(read), args.checkpoint):
+        print(f"note: no split.json beside {args.checkpoint}: the {args.split} split is drawn again from the "
+              "data and the run's config", file=sys.stderr)  # fmt: skip
     postprocess, post_info = None, None
     if data.bundle.task == "classify" and args.postprocess != "none":
         raise ConfigError(

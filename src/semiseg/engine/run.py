@@ -209,6 +209,35 @@ def split_records(data, split: str) -> list:
     return records
 
 
+def check_recorded_split(data, splits, checkpoint) -> bool:
+    """Whether the run's ``split.json`` beside ``checkpoint`` was found; a DataError naming it when the
+    prepared ``data`` now give other cases for any of ``splits`` ("val", "test") than the run
+    recorded (a dataset folder that gained or lost cases re-draws the split, and a test split drawn
+    again may hold the run's training cases).
+    """
+    path = Path(checkpoint).parent / "split.json"
+    if not path.is_file():
+        return False
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(path, f"cannot read the run's split ({type(exc).__name__})") from None
+    for name in splits:
+        ids = recorded.get(name) if isinstance(recorded, dict) else None
+        if not isinstance(ids, list):
+            raise DataError(path, f"has no '{name}' list of case ids")
+        now = [r.id for r in (data.val if name == "val" else data.test)]
+        if sorted(now) != sorted(ids):
+            gone, new = sorted(set(ids) - set(now)), sorted(set(now) - set(ids))
+            raise DataError(
+                path,
+                f"the data now give another {name} split than this run recorded ({len(gone)} of its cases "
+                f"missing, {len(new)} new, e.g. '{(gone or new)[0]}'): evaluate on the data and config "
+                "the run was trained with",
+            )
+    return True
+
+
 def evaluate_trained(method, cfg: RunConfig, state: dict, data, split: str, device, postprocess=None):
     """(means, per-case values, records) of a trained ``method`` on ``split`` ("val" or "test") of its
     prepared ``data``, with every metric (accuracy for classification); ``postprocess`` as

@@ -627,3 +627,21 @@ def test_evaluate_refuses_data_whose_split_differs_from_the_run_s(tmp_path, caps
     (out / "split.json").unlink()  # a checkpoint without its run folder: drawn again, and said so
     assert main(["evaluate", "--checkpoint", ckpt, "--split", "test"]) == 0
     assert "note: no split.json beside" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_a_val_or_test_image_without_a_mask_is_a_one_line_error_before_training(tmp_path, capsys, split):
+    root = tmp_path / "data"
+    make_folder(root / "train")
+    make_folder(root / "val", n=2)
+    make_folder(root / "test", n=2)
+    (root / split / "masks" / "img001.png").unlink()
+    out = tmp_path / "out"
+    assert (
+        main(["train", "-c", folder_recipe(tmp_path, root), "-o", str(out), "--set", "train.epochs=1"]) == 2
+    )
+    name = "validation" if split == "val" else "test"
+    assert_one_line_error(capsys, "train", f"img001.png: a {name} image needs a mask")
+    assert not out.exists()
+    assert main(["data", "check", "-c", folder_recipe(tmp_path, root)]) == 2
+    assert_one_line_error(capsys, "data", f"a {name} image needs a mask")

@@ -279,6 +279,12 @@ def test_quick_section_is_checked(recipe):
         ({"data": {"split": {"sparse_pixels": 0}}}, "data.split.sparse_pixels"),
         ({"data": {"split": {"val_fraction": 1.0}}}, "data.split.val_fraction/test_fraction"),
         ({"data": {"split": {"test_fraction": -0.1}}}, "data.split.val_fraction/test_fraction"),
+        (
+            {"data": {"split": {"val_fraction": 0.7, "test_fraction": 0.6}}},
+            "data.split.val_fraction/test_fraction",
+        ),
+        ({"data": {"split": {"labeled": 4, "labeled_fraction": 0.1}}}, "data.split.labeled"),
+        ({"data": {"split": {"draw": -1}}}, "data.split.draw"),
         ({"train": {"epochs": 0}}, "train.epochs"),
         ({"train": {"batch_size": 0}}, "train.batch_size"),
         ({"train": {"val_every": 0}}, "train.val_every"),
@@ -318,13 +324,15 @@ def test_validate_accepts_edge_values():
         {
             "data": {
                 "image_size": [8, 8],
-                "split": {"labeled": 1, "labeled_fraction": 1.0, "val_fraction": 0},
+                "split": {"labeled": 1, "val_fraction": 0, "draw": 0},
             },
             "model": {"depth": 0},
             "train": {"augment": {"scale": [0.5, 0.5]}},
         }
     )
     assert cfg.data.image_size == [8, 8] and cfg.model.depth == 0
+    cfg = build({"data": {"split": {"labeled_fraction": 1.0, "val_fraction": 0.5, "test_fraction": 0.49}}})
+    assert cfg.data.split.labeled_fraction == 1.0
     cfg = build({"data": {"dataset": "folder", "num_classes": 254, "intensity": "percentile"}})
     assert cfg.data.num_classes == 254
     strong = {"jitter_prob": 0, "blur_prob": 1, "cutmix_prob": 1, "cutmix_area": [1.0, 1.0], "brightness": 0}

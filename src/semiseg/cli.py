@@ -351,7 +351,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from semiseg.data import load_bundle
+    from semiseg.data import check_scored_masks, load_bundle
     from semiseg.data.splits import make_split
     from semiseg.io import check_file_target, check_folder
 
@@ -365,6 +365,7 @@ def cmd_data(args) -> int:
     cfg = _load_cfg(args)
     bundle = load_bundle(cfg.data, args.data_root)
     split = make_split(bundle, cfg.data.split)
+    check_scored_masks(bundle, split)
     s = split.summary()
     if args.action == "check":
         from semiseg.data.stats import dataset_stats, format_stats

@@ -670,6 +670,13 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         bad("data.split.sparse_pixels", "must be at least 1")
     if not 0 <= s.val_fraction < 1 or not 0 <= s.test_fraction < 1:
         bad("data.split.val_fraction/test_fraction", "must be in [0, 1)")
+    if s.val_fraction + s.test_fraction >= 1:
+        bad("data.split.val_fraction/test_fraction", f"sum to {s.val_fraction + s.test_fraction:g}: nothing would be "
+            "left to train on (they must sum to less than 1)")  # fmt: skip
+    if s.labeled is not None and s.labeled_fraction is not None:
+        bad("data.split.labeled", "and data.split.labeled_fraction are both set: give one of them")
+    if s.draw < 0:
+        bad("data.split.draw", f"must be 0 or more, got {s.draw}")
     t = cfg.train
     for key in ("epochs", "batch_size", "val_every", "log_every", "checkpoint_every"):
         if getattr(t, key) < 1:

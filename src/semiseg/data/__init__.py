@@ -24,6 +24,7 @@ __all__ = [
     "IGNORE_INDEX",
     "DatasetBundle",
     "Record",
+    "check_scored_masks",
     "dataset_folder",
     "load_bundle",
     "prepare_data",
@@ -91,6 +92,21 @@ class PreparedData:
     test: list[Record]
 
 
+def check_scored_masks(bundle: DatasetBundle, split) -> None:
+    """A DataError naming the first validation or test image of a segmentation dataset that has no mask
+    (they are scored against their masks; e.g. a folder's ``val/`` or ``test/`` image without one)."""
+    if bundle.task != "segment":
+        return
+    for name, records in (("validation", split.val), ("test", split.test)):
+        bare = next((r for r in records if not r.has_mask), None)
+        if bare is not None:
+            raise DataError(
+                bare.source or bare.id,
+                f"a {name} image needs a mask, and this one has none (images without masks belong to the "
+                "training pool)",
+            )
+
+
 def prepare_data(
     cfg: RunConfig, data_root: str | None = None, bundle: DatasetBundle | None = None
 ) -> PreparedData:
@@ -100,6 +116,7 @@ def prepare_data(
 
     bundle = bundle or load_bundle(cfg.data, data_root)
     split = make_split(bundle, cfg.data.split)  # an empty validation set is refused by the trainer
+    check_scored_masks(bundle, split)
     spec = cfg.data.split
     if spec.val_supervision == "same" and spec.supervision == "sparse":
         split.val = sparsify_records(split.val, spec.sparse_pixels, spec.seed, spec.draw)

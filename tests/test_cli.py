@@ -645,3 +645,17 @@ def test_a_val_or_test_image_without_a_mask_is_a_one_line_error_before_training(
     assert not out.exists()
     assert main(["data", "check", "-c", folder_recipe(tmp_path, root)]) == 2
     assert_one_line_error(capsys, "data", f"a {name} image needs a mask")
+
+
+def test_a_mask_learning_method_refuses_labeled_items_without_masks(tmp_path, capsys):
+    """supervised with image tags (or sizes) on its labeled items would train on nothing (loss 0)."""
+    root = make_folder(tmp_path / "data")
+    out = tmp_path / "out"
+    args = ["train", "-c", folder_recipe(tmp_path, root), "-o", str(out), "--set", "train.epochs=1"]
+    assert main([*args, "--set", "data.split.supervision=tag"]) == 2
+    assert_one_line_error(capsys, "train", "data.split.supervision: 'tag' gives the labeled images no masks",
+                          "method 'supervised' learns from dense or sparse masks")  # fmt: skip
+    assert not out.exists()
+    # sizes of the labeled images read by a size regulariser on them: a weakly supervised run, allowed
+    reg = "method.regularizers=[{name: size, weight: 0.01, streams: [labeled]}]"
+    assert main([*args, "--set", "data.split.supervision=size", "--set", reg]) == 0

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from semiseg.config import OptimizerConfig, RunConfig, to_dict
-from semiseg.core import Batch
+from semiseg.core import Batch, Supervision
 from semiseg.data import PreparedData
 from semiseg.data.splits import stable_hash
 from semiseg.engine import distributed as D
@@ -197,6 +197,14 @@ class Trainer:
         valid = metric_keys(self.num_classes, FAST_METRICS, task)
         if cfg.train.val_metric not in valid:
             raise ConfigError(f"train.val_metric: '{cfg.train.val_metric}' is not one of {', '.join(valid)}")
+        kind = Supervision(int(data.labeled.kind)).name.lower()
+        if method.learns_from is not None and kind not in method.learns_from:
+            if not any("labeled" in r.streams and kind in r.spec.weak_labels() for r in method.regularizers):
+                raise ConfigError(
+                    f"data.split.supervision: '{kind}' gives the labeled images no masks, and method "
+                    f"'{cfg.method['name']}' learns from {' or '.join(method.learns_from)} masks (weak labels "
+                    "of the unlabeled images: data.split.unlabeled_supervision)"
+                )
         self._stream_sets: dict[StreamSpec, Any] = {}
         for ph in self.phases:
             for spec in self.stream_specs(ph):

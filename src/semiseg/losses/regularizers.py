@@ -129,6 +129,11 @@ class RegularizerSpec:
     #: volumes too declares ``(2, 3)``
     spatial_dims: ClassVar[tuple[int, ...]] = (2,)
 
+    def weak_labels(self) -> tuple[str, ...]:
+        """The weak labels of a batch the loss reads ("tag", "size"; default none): a method that learns
+        from masks may then train on labeled items that carry only these (the trainer checks)."""
+        return ()
+
     def __post_init__(self) -> None:
         if not self.name:
             self.name = self.registered_name

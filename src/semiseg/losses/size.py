@@ -264,6 +264,9 @@ class SizeSpec(RegularizerSpec):
         if not self.regressor_rotate_degrees >= 0:
             raise FieldError("regressor_rotate_degrees", f"must be >= 0, got {self.regressor_rotate_degrees}")
 
+    def weak_labels(self) -> tuple[str, ...]:
+        return ("size",) if self.source == "data" else ()
+
     def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         """The penalty with ``R`` = ``batch.sizes`` (``source: data``)."""
         return size_penalty(

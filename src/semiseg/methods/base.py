@@ -86,6 +86,9 @@ class Method(nn.Module):
     #: the model's spatial dimensions the method supports (``model.spatial_dims``); a method that
     #: trains on volumes too declares ``(2, 3)``
     spatial_dims: tuple[int, ...] = (2,)
+    #: the supervision kinds of labeled items its loss learns from (``data.split.supervision``; None:
+    #: any): the trainer refuses others unless a regulariser on the labeled stream reads them
+    learns_from: tuple[str, ...] | None = None
 
     def __init__(
         self,

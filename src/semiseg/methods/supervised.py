@@ -32,6 +32,7 @@ class Supervised(Method):
     """Trains the segmenter on labeled pixels only; unlabeled data is not used."""
 
     spatial_dims = (2, 3)  # and every method built on it (its losses and batches are N-D)
+    learns_from = ("dense", "sparse")  # its labeled loss reads masks (and so every method built on it)
 
     config_class = SupervisedConfig
 

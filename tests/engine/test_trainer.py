@@ -97,6 +97,29 @@ def test_resume_refuses_a_changed_config(tmp_path, make_config):
     assert {name: (tmp_path / name).read_text() for name in record} == record  # the run's record kept
 
 
+def test_resume_refuses_fewer_epochs_and_a_missing_best_model(tmp_path, make_config):
+    train(make_config("train.epochs=2"), tmp_path)
+    record = {name: (tmp_path / name).read_text() for name in ("config.json", "split.json")}
+    with pytest.raises(ConfigError, match=r"--resume: train.epochs can only grow on resume \(2 → 1\)"):
+        train(make_config("train.epochs=1"), tmp_path, resume=True)
+    best = load_checkpoint(tmp_path / "last.pt")["best"]
+    assert best["epoch"] is not None
+    (tmp_path / "best.pt").unlink()  # the model the run selected on validation: resuming would report another
+    with pytest.raises(ConfigError, match=r"best.pt is missing, but the run selected it .*epoch"):
+        train(make_config("train.epochs=3"), tmp_path, resume=True)
+    assert {name: (tmp_path / name).read_text() for name in record} == record
+
+
+def test_resume_refuses_a_new_length_for_several_phases(tmp_path, make_config):
+    """pseudo_label's phases all run train.epochs: a longer resume would lengthen only those not trained yet."""
+    cfg = ("method.name=pseudo_label", "data.split.unlabeled=rest", "method.rounds=1")
+    train(make_config(*cfg, "train.epochs=1"), tmp_path)
+    with pytest.raises(
+        ConfigError, match=r"train.epochs changed \(1 → 2\) but it is the length of several phases"
+    ):
+        train(make_config(*cfg, "train.epochs=2"), tmp_path, resume=True)
+
+
 def test_resume_without_checkpoint(tmp_path, make_config):
     with pytest.raises(ConfigError, match="--resume: no checkpoint at"):
         train(make_config(), tmp_path / "new", resume=True)

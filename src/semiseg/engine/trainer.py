@@ -197,8 +197,9 @@ class Trainer:
         valid = metric_keys(self.num_classes, FAST_METRICS, task)
         if cfg.train.val_metric not in valid:
             raise ConfigError(f"train.val_metric: '{cfg.train.val_metric}' is not one of {', '.join(valid)}")
-        kind = Supervision(int(data.labeled.kind)).name.lower()
-        if method.learns_from is not None and kind not in method.learns_from:
+        given = getattr(data.labeled, "kind", None)  # (stand-in datasets of tools may not say)
+        kind = None if given is None else Supervision(int(given)).name.lower()
+        if kind is not None and method.learns_from is not None and kind not in method.learns_from:
             if not any("labeled" in r.streams and kind in r.spec.weak_labels() for r in method.regularizers):
                 raise ConfigError(
                     f"data.split.supervision: '{kind}' gives the labeled images no masks, and method "
@@ -465,6 +466,17 @@ class Trainer:
                     f"--resume: config differs from the checkpoint at '{key}' ({then.get(key)!r} → {now.get(key)!r})"
                 )
         before, after = then.get("train.epochs"), now.get("train.epochs")
+        shared = [ph.name for ph in self.phases if ph.epochs is None]
+        if before != after and after < before:
+            raise ConfigError(
+                f"--resume: train.epochs can only grow on resume ({before} → {after}); start a new run"
+            )
+        if before != after and len(shared) > 1:
+            raise ConfigError(
+                f"--resume: train.epochs changed ({before} → {after}) but it is the length of several phases "
+                f"({', '.join(shared)}): phases already trained would keep {before}; resume with "
+                f"train.epochs={before} or start a new run"
+            )
         if before != after:
             # phases without their own epoch count run train.epochs: their LR schedule spans the run
             for phase in self.phases:
@@ -494,6 +506,15 @@ class Trainer:
         self.phase_step = state.get("phase_step", self.epoch * self.iters_per_epoch())  # older checkpoints
         self.best, self.history = state["best"], state["history"]
         self.phase_best = state.get("phase_best", self.phase_best)
+        kept = [(self.best, self.out / "best.pt")]
+        if self.phase_index < len(self.phases) and self.phases[self.phase_index].restore_best:
+            kept.append((self.phase_best, self._phase_best_path(self.phases[self.phase_index])))
+        for best, file in kept:  # a selected model whose file is gone would be reported from another state
+            if best.get("epoch") is not None and not file.is_file():
+                raise ConfigError(
+                    f"--resume: {file} is missing, but the run selected it (phase '{best['phase']}', epoch "
+                    f"{best['epoch']}); resume needs the run folder as training left it"
+                )
         self.train_seconds, self.images_seen = state["train_seconds"], state["images_seen"]
         self.persisted = state.get("persisted_optimizers", {})
         if self.scaler and state.get("scaler"):

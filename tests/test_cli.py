@@ -659,3 +659,44 @@ def test_a_mask_learning_method_refuses_labeled_items_without_masks(tmp_path, ca
     # sizes of the labeled images read by a size regulariser on them: a weakly supervised run, allowed
     reg = "method.regularizers=[{name: size, weight: 0.01, streams: [labeled]}]"
     assert main([*args, "--set", "data.split.supervision=size", "--set", reg]) == 0
+
+
+MOONS_SSLDEC = ["-c", "ssldec-moons", "--set", "data.num_images=40", "--set", "method.pretrain_epochs=2",
+                "--set", "method.max_rounds=1", "--set", "method.max_retrain_epochs=2"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        # a regulariser that could never act: on class vectors, on a stream the split leaves empty,
+        # reading size labels that no stream has, on a method that applies none
+        ([*MOONS_SSLDEC, "--set", "method.regularizers=[{name: tv, weight: 0.1}]"],
+         "method.regularizers: 'tv' acts on segmentation maps, and data.dataset 'moons' is a classification"),
+        (["--set", "method.regularizers=[{name: tv, weight: 0.1, streams: [unlabeled]}]",
+          "--set", "data.split.unlabeled=none"],
+         "method.regularizers: 'tv' looks at the unlabeled images, and data.split leaves none"),
+        (["--set", "method.regularizers=[{name: size, weight: 0.01}]"],
+         "method.regularizers: 'size' reads size labels, and none of its streams (labeled, unlabeled) carries"),
+        (["--set", "method={name: translation, regularizers: [{name: tv, weight: 0.1}]}",
+          "--set", "data.split.unlabeled_supervision=tag"],
+         "method.regularizers: method 'translation' does not apply regularisers"),
+        # found by a phase once training is set up, before its first step: no folder left either
+        (["--set", "method={name: size, source: oracle}"],
+         "method.source: oracle needs data.split.unlabeled_supervision: size"),
+    ],
+)  # fmt: skip
+def test_checks_found_at_or_after_setup_are_one_line_errors_leaving_no_folder(
+    tmp_path, capsys, overrides, fragment
+):
+    recipe = write_recipe(tmp_path / "shapes.yaml", SHAPES)
+    args = ["train", "-c", recipe, *overrides] if overrides[0] != "-c" else ["train", *overrides]
+    assert main([*args, "-o", str(tmp_path / "out")]) == 2
+    assert_one_line_error(capsys, "train", fragment)
+    assert not (tmp_path / "out").exists()
+
+
+def test_quick_needs_a_quick_section(tmp_path, capsys):
+    recipe = write_recipe(tmp_path / "shapes.yaml", SHAPES)
+    assert main(["train", "-c", recipe, "--quick", "-o", str(tmp_path / "out")]) == 2
+    assert_one_line_error(capsys, "train", f"--quick: {recipe} has no quick section")
+    assert not (tmp_path / "out").exists()

@@ -162,8 +162,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load_cfg(args):
     from semiseg.config import build_config, load_yaml
+    from semiseg.errors import ConfigError
 
-    return build_config(load_yaml(args.config), args.overrides, quick=args.quick, source=args.config)
+    raw = load_yaml(args.config)
+    if getattr(args, "quick", False) and not raw.get("quick"):
+        raise ConfigError(f"--quick: {args.config} has no quick section (nothing to apply)")
+    return build_config(raw, args.overrides, quick=args.quick, source=args.config)
 
 
 def cmd_train(args) -> int:

@@ -189,7 +189,10 @@ def train(
         failed = False
         return results
     except SemisegError:
-        remove = created and not started  # a setup error (one line for the user): leave no folder behind
+        # a setup error (one line for the user), also one found once training was set up but before its
+        # first step (a phase's data check): leave no folder behind
+        stepped = (out / "steps.jsonl").exists() or (out / "last.pt").exists()
+        remove = created and (not started or not stepped)
         raise
     finally:
         logger.close(failed)

@@ -197,6 +197,7 @@ class Trainer:
         valid = metric_keys(self.num_classes, FAST_METRICS, task)
         if cfg.train.val_metric not in valid:
             raise ConfigError(f"train.val_metric: '{cfg.train.val_metric}' is not one of {', '.join(valid)}")
+        self._check_regularizers(method, data, task)
         given = getattr(data.labeled, "kind", None)  # (stand-in datasets of tools may not say)
         kind = None if given is None else Supervision(int(given)).name.lower()
         if kind is not None and method.learns_from is not None and kind not in method.learns_from:
@@ -285,6 +286,34 @@ class Trainer:
         if phase.epoch_iters == "pass" and plan is not None and first in plan.subsets:
             return max(1, math.ceil(len(plan.subsets[first]) / self.cfg.train.batch_size))
         return self.phase_iters(phase)
+
+    def _check_regularizers(self, method, data, task: str) -> None:
+        """One-line config errors for a regulariser that could never act: on a task whose outputs it does
+        not take, on streams the split leaves empty, or reading weak labels none of its streams has."""
+        present = {"labeled": data.labeled, "unlabeled": data.unlabeled}
+        for reg in method.regularizers:
+            where = f"method.regularizers: '{reg.name}'"
+            if task not in reg.spec.tasks:
+                raise ConfigError(
+                    f"{where} acts on segmentation maps, and data.dataset '{self.cfg.data.dataset}' is a "
+                    "classification dataset"
+                )
+            seen = [s for s in reg.streams if present.get(s) is not None]
+            if not seen:
+                raise ConfigError(
+                    f"{where} looks at the {' and '.join(reg.streams)} images, and data.split leaves none"
+                )
+            needs = reg.spec.weak_labels()
+            kinds = [getattr(present[s], "kind", None) for s in seen]
+            if (
+                needs
+                and None not in kinds
+                and not any(Supervision(int(k)).name.lower() in needs for k in kinds)
+            ):
+                raise ConfigError(
+                    f"{where} reads {' / '.join(needs)} labels, and none of its streams ({', '.join(seen)}) carries "
+                    "them (data.split.supervision / unlabeled_supervision)"
+                )
 
     def stream_specs(self, phase: Phase) -> tuple[StreamSpec, ...]:
         """The phase's streams plus the optional ones the data has."""

@@ -16,7 +16,7 @@ writes a sum), ``"sum"``, or ``"none"``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn as nn
@@ -144,6 +144,7 @@ class DECSpec(RegularizerSpec):
 
     streams: list[Literal["labeled", "unlabeled"]] = None  # type: ignore[assignment]
     reduction: Literal["mean", "sum"] = "mean"
+    tasks: ClassVar[tuple[str, ...]] = ("segment", "classify")
 
     def __post_init__(self) -> None:
         if self.streams is None:

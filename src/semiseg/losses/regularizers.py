@@ -125,6 +125,9 @@ class RegularizerSpec:
     streams: list[Literal["labeled", "unlabeled"]] = field(default_factory=lambda: list(STREAMS))
 
     registered_name: ClassVar[str] = ""  #: set by @register_regularizer
+    #: the tasks whose outputs the loss takes: "segment" (class maps) and/or "classify" (a class vector
+    #: per image); the trainer refuses the spec on other data
+    tasks: ClassVar[tuple[str, ...]] = ("segment",)
     #: the models' spatial dimensions the loss supports (``model.spatial_dims``); a spec that works on
     #: volumes too declares ``(2, 3)``
     spatial_dims: ClassVar[tuple[int, ...]] = (2,)

@@ -89,6 +89,8 @@ class Method(nn.Module):
     #: the supervision kinds of labeled items its loss learns from (``data.split.supervision``; None:
     #: any): the trainer refuses others unless a regulariser on the labeled stream reads them
     learns_from: tuple[str, ...] | None = None
+    #: whether its training steps add ``method.regularizers`` (a method that does not refuses them)
+    applies_regularizers: bool = True
 
     def __init__(
         self,
@@ -120,6 +122,8 @@ class Method(nn.Module):
         #: what a regulariser may need of the run (a method adding one of its own passes it too)
         self.regularizer_context = RegularizerContext(in_channels=in_channels, num_classes=num_classes,
                                                       model=model_cfg)  # fmt: skip
+        if cfg.regularizers and not self.applies_regularizers:
+            raise ConfigError(f"method.regularizers: method '{cfg.name}' does not apply regularisers")
         self.regularizers = build_regularizers(cfg.regularizers, self.regularizer_context)
 
     # ------------------------------------------------------------------ declared by subclasses

@@ -164,6 +164,7 @@ class TranslationConfig(MethodConfig):
 @register("translation")
 class Translation(Method):
     config_class = TranslationConfig
+    applies_regularizers = False  # its losses are the paper's (eqs. 1–12)
 
     def __init__(self, cfg: TranslationConfig, **kwargs):
         super().__init__(cfg, **kwargs)

@@ -335,9 +335,22 @@ def test_sizes_json_gives_rough_region_sizes(tmp_path: Path) -> None:
         ({"a": {"1": 10**400}}, "sizes of 'a' must map foreground classes"),
         ({"a": [3]}, "sizes of 'a' must map foreground classes"),
         ([1], "must hold one JSON object"),
+        ({"a": {"1": 49}}, r"sizes of 'a' \(\{1: 49.0\}\) exceed the image's 48 pixels"),  # 6 x 8 images
     ):
         (tmp_path / "sizes.json").write_text(json.dumps(bad))
         with pytest.raises(DataError, match=message):
+            load_folder(tmp_path, num_classes=3)
+    # an image with a mask: the classes present must agree with it (as tags.json); the sizes may be rough
+    mask = np.zeros((6, 8), np.uint8)
+    mask[:2, :2] = 1
+    _mask(tmp_path / "masks" / "a.png", mask)
+    (tmp_path / "sizes.json").write_text(json.dumps({"a": {"1": 6}}))  # 4 in the mask: rough, fine
+    assert load_folder(tmp_path, num_classes=3).sizes["a"] == {1: 6.0}
+    for bad in ({"a": {}}, {"a": {"1": 4, "2": 3}}, {"a": {"1": 0}}):
+        (tmp_path / "sizes.json").write_text(json.dumps(bad))
+        with pytest.raises(
+            DataError, match=r"sizes of 'a' \(classes present: .*\) disagree with its mask, which shows \[1\]"
+        ):
             load_folder(tmp_path, num_classes=3)
 
 

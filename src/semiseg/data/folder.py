@@ -134,9 +134,13 @@ def _read_sizes(splits: dict[str, list[Record]], path: Path, num_classes: int) -
     it (an image listed takes its sizes from the file). One-line DataError on a bad file."""
     import math
 
+    import numpy as np
+
+    from semiseg.core import IGNORE_INDEX
+
     out: dict[str, dict[int, float]] = {}
     form = "{image stem: {foreground class: pixels}}"
-    for stem, given, _ in _entries(splits, path, form, images_only=True):
+    for stem, given, record in _entries(splits, path, form, images_only=True):
         bad = DataError(path, f"sizes of '{stem}' must map foreground classes 1..{num_classes - 1} to pixel "
                               f"counts >= 0, got {given!r}")  # fmt: skip
         if not isinstance(given, dict):
@@ -154,6 +158,21 @@ def _read_sizes(splits: dict[str, list[Record]], path: Path, num_classes: int) -
             if not math.isfinite(pixels) or pixels < 0:
                 raise bad
             entry[int(key)] = pixels
+        area = math.prod(record.shape[1:])
+        over = {c: v for c, v in entry.items() if v > area}
+        if over:
+            raise DataError(path, f"sizes of '{stem}' ({over}) exceed the image's {area} pixels")
+        if record.has_mask:  # as tags.json: the classes present (size > 0) must agree with the mask
+            present = sorted(c for c, v in entry.items() if v > 0)
+            values = np.unique(record.mask)
+            in_mask = sorted(int(c) for c in values if 0 < c < num_classes)
+            partial = bool((values == IGNORE_INDEX).any())
+            if not set(in_mask) <= set(present) or (not partial and in_mask != present):
+                raise DataError(
+                    path,
+                    f"sizes of '{stem}' (classes present: {present}) disagree with its mask, which shows "
+                    f"{in_mask}",
+                )
         out[stem] = entry
     return out
 

@@ -189,6 +189,21 @@ def test_png_0_255_mask_suggests_mask_threshold(tmp_path: Path) -> None:
     np.testing.assert_array_equal(load_folder(tmp_path, mask_threshold=127).train[0].mask, values // 255)
 
 
+def test_mask_threshold_on_class_index_masks_or_more_classes_is_refused(tmp_path: Path) -> None:
+    from semiseg.errors import ConfigError
+
+    _image(tmp_path / "images" / "a.png")
+    values = np.zeros((6, 8), dtype=np.uint8)
+    values[2:5, 3:6] = 1  # class indices: a threshold of 127 would make every mask background
+    _mask(tmp_path / "masks" / "a.png", values)
+    with pytest.raises(DataError, match=r"data.mask_threshold: 127 leaves every mask empty"):
+        load_folder(tmp_path, mask_threshold=127)
+    with pytest.raises(
+        ConfigError, match=r"data.mask_threshold: gives binary masks .* data.num_classes is 3"
+    ):
+        load_folder(tmp_path, num_classes=3, mask_threshold=0)
+
+
 def _image16(path: Path, values: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(values.astype(np.uint16)).save(path)

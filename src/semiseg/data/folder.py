@@ -354,6 +354,10 @@ def load_folder(
             "is a class" if 0 <= mask_unlabeled < num_classes else "cannot be used with data.mask_threshold"
         )
         raise ConfigError(f"data.mask_unlabeled: {mask_unlabeled} {what} (classes 0..{num_classes - 1})")
+    if mask_threshold is not None and num_classes != 2:
+        raise ConfigError(
+            f"data.mask_threshold: gives binary masks (classes 0 and 1), but data.num_classes is {num_classes}"
+        )
     options = dict(
         num_classes=num_classes,
         image_dir=image_dir,
@@ -376,6 +380,10 @@ def load_folder(
             raise DataError(root / image_dir, "no images found (PNG/JPG/TIFF/NPY or NIfTI)")
         splits["train"] = _load_split(root, **options)
 
+    masked = [r for records in splits.values() for r in records if r.has_mask]
+    if mask_threshold is not None and masked and not any(r.has_foreground for r in masked):
+        raise DataError(root, f"data.mask_threshold: {mask_threshold} leaves every mask empty (no pixel above "
+                              "it); masks of class indices (0, 1) need no threshold")  # fmt: skip
     if (root / LABELS_FILE).is_file():
         _apply_labels(splits, root / LABELS_FILE)
     tags = _read_tags(splits, root / TAGS_FILE, num_classes) if (root / TAGS_FILE).is_file() else {}

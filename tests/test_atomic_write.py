@@ -116,3 +116,16 @@ def test_a_folder_or_a_file_in_the_way_is_a_one_line_error(tmp_path):
     with pytest.raises(DataError, match=r"f: is a file, not a folder to write into"):
         atomic_write_text(tmp_path / "f" / "child.json", "x")
     assert (tmp_path / "f").read_text() == "mine" and not any((tmp_path / "odir").iterdir())
+
+
+def test_a_folder_that_refuses_writes_is_named_with_the_file_meant(tmp_path, monkeypatch):
+    """Not our temporary file's name (the CLI prints filename: strerror in one line)."""
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(args[0]))
+
+    monkeypatch.setattr(sio.os, "open", refuse)
+    with pytest.raises(PermissionError) as info:
+        sio.atomic_write_text(tmp_path / "split.json", "{}")
+    assert info.value.filename == str(tmp_path)
+    assert info.value.strerror == "cannot write split.json into this folder (permission denied)"

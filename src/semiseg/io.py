@@ -34,6 +34,10 @@ def _create_temp(folder: Path, name: str) -> str:
             os.close(os.open(tmp, flags, 0o666))
         except FileExistsError:
             continue
+        except PermissionError:  # name the folder and the file meant, not our temporary file
+            raise PermissionError(
+                13, f"cannot write {name} into this folder (permission denied)", str(folder)
+            ) from None
         return str(tmp)
     raise FileExistsError(f"{folder}: could not create a temporary file for {name}")  # pragma: no cover
 

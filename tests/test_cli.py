@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -100,6 +101,17 @@ def test_train_evaluate_predict(tmp_path, capsys):
     assert result["split"] == "test" and result["n"] == len(metrics["test_cases"]) == 4
     for key, value in metrics["test"].items():  # same model, same split: the training run's final test scores
         assert result["metrics"][key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+    # the cases each mean leaves out (nan: e.g. HD95 of a class one of prediction and truth lacks), counted
+    nans = {
+        k: sum(math.isnan(c[k]) for c in metrics["test_cases"])
+        for k in metrics["test"]
+        if k in metrics["test_cases"][0]
+    }
+    assert metrics["test_undefined"] == result["undefined"] == {k: n for k, n in nans.items() if n}
+    for key, n in result["undefined"].items():
+        assert f"(over {4 - n} of 4 cases)" in next(
+            line for line in printed.splitlines() if line.startswith(key + " ")
+        )
 
     images = tmp_path / "images"
     images.mkdir()

@@ -197,6 +197,7 @@ def cmd_evaluate(args) -> int:
     from semiseg.engine.run import check_recorded_split, evaluate_trained, load_trained, split_records
     from semiseg.errors import ConfigError
     from semiseg.io import atomic_write_text, check_file_target
+    from semiseg.metrics import undefined_counts
 
     if args.output:  # before the evaluation: a path it cannot write to fails first
         check_file_target(args.output)
@@ -216,19 +217,22 @@ def cmd_evaluate(args) -> int:
     if data.bundle.task != "classify":
         postprocess, post_info = build_postprocess(args, method, cfg, data, device, state)
     means, cases, records = evaluate_trained(method, cfg, state, data, args.split, device, postprocess)
+    undefined = undefined_counts(cases)
     result = {
         "checkpoint": str(args.checkpoint),
         "split": args.split,
         "postprocess": post_info,
         "n": len(records),
         "metrics": means,
+        "undefined": undefined,  # per metric: the cases its mean leaves out (nan, e.g. HD95 of a missed class)
         "cases": cases,
     }
     if args.output:
         atomic_write_text(args.output, json.dumps(result, indent=1, default=float))
     width = max(len(k) for k in means)
     for k, v in means.items():
-        print(f"{k:<{width}}  {v:.4f}")
+        left = f"  (over {len(records) - undefined[k]} of {len(records)} cases)" if undefined.get(k) else ""
+        print(f"{k:<{width}}  {v:.4f}{left}")
     return 0
 
 

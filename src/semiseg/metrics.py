@@ -461,6 +461,19 @@ def pooled_dice(cm: torch.Tensor) -> dict[str, float]:
     return out
 
 
+def undefined_counts(cases: Sequence[dict[str, object]]) -> dict[str, int]:
+    """For each metric that is undefined (``nan``) in some of ``cases``, how many: the cases its mean
+    leaves out (e.g. HD95 of a class that one of prediction and truth lacks). Non-numeric values
+    (a case's ``id``) are skipped.
+
+    Examples:
+        >>> undefined_counts([{"id": "a", "hd95_px/1": 2.0}, {"id": "b", "hd95_px/1": float("nan")}])
+        {'hd95_px/1': 1}
+    """
+    numeric = [{k: v for k, v in c.items() if isinstance(v, numbers.Real)} for c in cases]
+    return {k: int(v["n_nan"]) for k, v in aggregate(numeric).items() if v["n_nan"]}
+
+
 def aggregate(cases: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
     """Summarises per-case metric dicts (e.g. from :func:`evaluate_case`) key by key.
 

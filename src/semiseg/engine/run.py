@@ -22,6 +22,7 @@ from semiseg.engine.inference import build_predict
 from semiseg.engine.loggers import Logger, build_logger, check_logger
 from semiseg.errors import ConfigError, DataError, SemisegError, first_line
 from semiseg.io import atomic_write_text, check_folder, make_folder
+from semiseg.metrics import undefined_counts
 
 
 def peak_memory_mib() -> float:
@@ -175,6 +176,7 @@ def train(
             for name, (means, cases) in _score(method, data, cfg, device, ALL_METRICS, postprocess).items():
                 results[name] = means
                 results[f"{name}_cases"] = cases
+                results[f"{name}_undefined"] = undefined_counts(cases)  # cases each mean leaves out
             if cfg.train.plots and data.bundle.task == "segment":
                 write_plots(
                     trainer.history, method, data.val, cfg, device, out, data.bundle.num_classes, data.test

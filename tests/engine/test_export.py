@@ -234,3 +234,17 @@ def test_export_refuses_an_output_it_cannot_write_before_exporting_and_stays_qui
     assert main(["export", "--checkpoint", checkpoint, "-o", str(tmp_path / "m.onnx")]) == 0
     err = capsys.readouterr().err
     assert "torchvision" not in err and "FutureWarning" not in err, err
+
+
+def test_a_classifier_exports_checked_at_its_own_input_size(tmp_path, capsys):
+    """A classifier takes inputs of its training size only (an MLP on 2-D points): the export checks it
+    there, not also on a larger image, which it cannot take."""
+    run, onnx = tmp_path / "moons", tmp_path / "moons.onnx"
+    tiny = ["data.num_images=60", "method.pretrain_epochs=2", "method.max_rounds=1", "method.max_retrain_epochs=2",
+            "train.progress=false"]  # fmt: skip
+    assert (
+        main(["train", "-c", "ssldec-moons", "-o", str(run), *[a for s in tiny for a in ("--set", s)]]) == 0
+    )
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(run / "last.pt"), "-o", str(onnx)]) == 0
+    assert onnx.is_file()

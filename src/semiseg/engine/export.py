@@ -109,8 +109,10 @@ def export_onnx(checkpoint: str | Path, output: str | Path) -> dict[str, float]:
     data = model.SerializeToString()
     session = _session(data)
     odd = torch.rand(1, x.shape[1], *(s + 3 for s in x.shape[2:]), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        maps = network(x).ndim > 2  # a segmenter takes any size; a classifier (one vector per image) its own
     diff = 0.0
-    for example in (x, odd):  # the training size, and one no stride divides
+    for example in (x, odd) if maps else (x,):  # the training size, and one no stride divides
         with torch.no_grad():
             want = network(example).numpy()
         try:

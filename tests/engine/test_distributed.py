@@ -233,3 +233,14 @@ def test_torchrun_two_processes_match_one_on_3d_patches_with_padding(tmp_path):
             assert a[key] == pytest.approx(b[key], abs=1e-3), (a["step"], key)
     # every step trains on pseudo-labels, foreground among them, and not on every voxel
     assert all(0.1 < s["confident"] < 0.9 and s["pseudo_foreground"] > 0.1 for s in one), one
+
+
+def test_a_logger_failing_on_rank_0_ends_the_torchrun_run_instead_of_hanging(tmp_path, monkeypatch):
+    """Rank 0 builds the logger; its one-line error must not leave it waiting for ranks stuck in training."""
+    pytest.importorskip("mlflow")
+    recipe = tmp_path / "ddp.yaml"
+    recipe.write_text(yaml.safe_dump({**RECIPE, "train": {**RECIPE["train"], "logger": "mlflow"}}))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "bogus://x")
+    done = torchrun("train", "-c", str(recipe), "-o", str(tmp_path / "ddp"))  # (a 300 s timeout)
+    assert done.returncode != 0
+    assert "train.logger: mlflow cannot start a run at bogus://x" in done.stderr

@@ -74,3 +74,32 @@ def test_a_missing_logger_package_is_a_one_line_error_before_training(tmp_path, 
     with pytest.raises(ConfigError, match=r"train.logger: tensorboard needs the tensorboard package"):
         train(cfg_with("tensorboard"), output_dir=tmp_path / "run")
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_a_chosen_mlflow_file_store_works_and_a_bad_uri_is_one_line_before_any_record(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "store").resolve().as_uri())  # MLflow 3: opt in
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    train(cfg_with("mlflow"), output_dir=tmp_path / "run")
+    assert (tmp_path / "run" / "mlflow_run_id").is_file()
+    mlflow.set_tracking_uri(None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "bogus://x")
+    out = tmp_path / "bad"
+    with pytest.raises(ConfigError, match=r"^train.logger: mlflow cannot start a run at bogus://x \("):
+        train(cfg_with("mlflow"), output_dir=out)
+    assert not out.exists()
+    mlflow.set_tracking_uri(None)
+
+
+def test_a_logger_that_cannot_start_leaves_a_previous_run_whole(tmp_path):
+    """tensorboard/ is a file: one line, and the folder's earlier run keeps its own record."""
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "run"
+    train(cfg_with("none"), output_dir=out)
+    before = {f: (out / f).read_bytes() for f in ("config.json", "split.json", "metrics.json", "best.pt")}
+    (out / "tensorboard").write_text("x")
+    with pytest.raises(ConfigError, match=r"tensorboard is a file, not a folder for its events"):
+        train(cfg_with("tensorboard", lr=0.5), output_dir=out)
+    assert {f: (out / f).read_bytes() for f in before} == before

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from semiseg.errors import ConfigError
+from semiseg.errors import ConfigError, first_line
 
 __all__ = ["LOGGERS", "Logger", "build_logger"]
 
@@ -82,6 +82,10 @@ class MLflowLogger(Logger):
         if not chosen:  # a local file store (MLflow 3 asks to opt in)
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
             mlflow.set_tracking_uri((out / "mlruns").resolve().as_uri())
+        elif "://" not in str(mlflow.get_tracking_uri()) or str(mlflow.get_tracking_uri()).startswith(
+            "file:"
+        ):
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # a file store the user chose
         id_file = out / "mlflow_run_id"
         run_id = id_file.read_text().strip() if resume and id_file.is_file() else None
         nested = mlflow.active_run() is not None  # inside a user's own run: a child run
@@ -140,4 +144,16 @@ def build_logger(kind: str, out: Path, config: dict[str, Any], resume: bool = Fa
     check_logger(kind)
     if kind == "none":
         return Logger()
-    return TensorBoardLogger(out, resume) if kind == "tensorboard" else MLflowLogger(out, config, resume)
+    if kind == "tensorboard":
+        if (out / "tensorboard").exists() and not (out / "tensorboard").is_dir():
+            raise ConfigError(
+                f"train.logger: tensorboard: {out / 'tensorboard'} is a file, not a folder for its events"
+            )
+        return TensorBoardLogger(out, resume)
+    try:
+        return MLflowLogger(out, config, resume)
+    except Exception as exc:  # noqa: BLE001 - MLflow's stores raise many types; the user needs one line
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or "the run folder's mlruns"
+        raise ConfigError(
+            f"train.logger: mlflow cannot start a run at {uri} ({first_line(exc, 160)})"
+        ) from None

@@ -135,15 +135,16 @@ def train(
 
         def record() -> None:  # the run's record, once a resume has been accepted (fit's checks)
             nonlocal logger
-            if info.is_main:
+            if info.is_main:  # the logger first: one that cannot start leaves a previous run's record whole
+                logger = trainer.logger = build_logger(cfg.train.logger, out, to_dict(cfg), resume)
                 data.split.write(out / "split.json")
                 atomic_write_text(out / "config.json", json.dumps(to_dict(cfg), indent=1))
-                logger = trainer.logger = build_logger(cfg.train.logger, out, to_dict(cfg), resume)
 
         start = time.perf_counter()
         trainer.fit(on_start=record)
         wall = time.perf_counter() - start
         if not info.is_main:
+            failed = False
             return {}  # (after rank 0's final evaluation: see the finally below)
         results: dict[str, Any] = {
             "best": trainer.best,
@@ -198,7 +199,10 @@ def train(
         raise
     finally:
         logger.close(failed)
-        D.finish(info)  # the other ranks wait for rank 0's evaluation and files
+        # the other ranks wait for rank 0's evaluation and files; a failed rank leaves at once (torchrun
+        # then stops the others: waiting here for ranks stuck in a training collective would hang)
+        if not failed:
+            D.finish(info)
         D.teardown()
         if failed and remove:
             shutil.rmtree(out, ignore_errors=True)

@@ -124,6 +124,14 @@ def test_a_3d_model_trains_evaluates_and_predicts_a_nifti_folder_from_the_cli(tm
     src, pred = nib.load(str(root / "images" / "case0.nii.gz")), nib.load(str(out / "case0.nii.gz"))
     assert pred.shape == src.shape and np.allclose(pred.affine, src.affine)
     assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1}
+    # a.nii beside a.nii.gz would both write a.nii.gz: refused in one line before any mask is written
+    both = tmp_path / "both"
+    both.mkdir()
+    (both / "case0.nii.gz").write_bytes((root / "images" / "case0.nii.gz").read_bytes())
+    nib.save(nib.load(str(root / "images" / "case0.nii.gz")), str(both / "case0.nii"))
+    assert main(["predict", "--checkpoint", str(run / "best.pt"), "--input", str(both),
+                 "--output", str(tmp_path / "pred2")]) == 2  # fmt: skip
+    assert not (tmp_path / "pred2").exists()
 
 
 def test_a_target_spacing_resamples_the_training_grid_and_predictions_return_to_each_volume(tmp_path):

@@ -51,7 +51,7 @@ def predict_folder(
     from semiseg.data.io import IMAGE_SUFFIXES, probe_image, read_model_image
     from semiseg.data.nnunet import probe_case, read_case
     from semiseg.data.records import Record
-    from semiseg.data.volume_io import is_nifti, write_label_volume
+    from semiseg.data.volume_io import is_nifti, nifti_stem, write_label_volume
     from semiseg.engine.inference import build_predict
 
     src = Path(input_dir)
@@ -64,11 +64,15 @@ def predict_folder(
         raise DataError(src, "no images found (PNG/JPG/TIFF/NPY or NIfTI .nii/.nii.gz)")
     images = [f for f in files if not is_nifti(f)]
     volumes = [f for f in files if is_nifti(f)]
-    seen: dict[str, Path] = {}
-    for f in images:  # one mask per stem: a.png and a.npy would write one a.png
-        if f.stem in seen:
-            raise DataError(f, f"two inputs with the same name stem {f.stem!r} (also {seen[f.stem].name})")
-        seen[f.stem] = f
+    for group, stem_of in ((images, lambda f: f.stem), (volumes, nifti_stem)):
+        seen: dict[str, Path] = {}
+        for f in (
+            group
+        ):  # one output per stem: a.png and a.npy would write one a.png, a.nii and a.nii.gz one a.nii.gz
+            stem = stem_of(f)
+            if stem in seen:
+                raise DataError(f, f"two inputs with the same name stem {stem!r} (also {seen[stem].name})")
+            seen[stem] = f
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise DataError(out, "the output folder is a file")

@@ -142,6 +142,9 @@ class Model:
                 raise ConfigError(
                     f"{path}: an ONNX model runs in float32 (--dtype {dtype} applies to checkpoints)"
                 )
+            if str(device) not in ("auto", "cpu"):
+                raise ConfigError(f"{path}: an ONNX model runs on onnxruntime's CPU provider (device {device!r} "
+                                  "applies to checkpoints)")  # fmt: skip
             onnx_model = OnnxModel(path, threads)
             self.network, self.cfg, self.state = onnx_model.predict, onnx_model.cfg, onnx_model.state
             self.device = torch.device("cpu")

@@ -283,10 +283,15 @@ def build_postprocess(args, method, cfg, data, device, state=None):
 def cmd_predict(args) -> int:
     from semiseg.api import Model
     from semiseg.engine.predict import CLASSES_FILE, is_classifier, predict_folder
+    from semiseg.errors import ConfigError
 
-    model = Model(
-        args.model or args.checkpoint, args.device, args.dtype, args.threads
-    )  # .onnx or a checkpoint
+    path = args.model or args.checkpoint
+    is_onnx = Path(path).suffix.lower() == ".onnx"
+    if args.model and not is_onnx:
+        raise ConfigError(f"--model: {path} is not an .onnx file (a checkpoint goes to --checkpoint)")
+    if args.checkpoint and is_onnx:
+        raise ConfigError(f"--checkpoint: {path} is an ONNX model (give it to --model)")
+    model = Model(path, args.device, args.dtype, args.threads)  # .onnx or a checkpoint
     classify = is_classifier(model.network, model.state, model.device)
     n = predict_folder(
         model.network, model.state, args.input, args.output, model.device, model.cfg, classify=classify

@@ -107,6 +107,10 @@ def test_bad_models_and_options_are_one_line_errors(trained, tmp_path, capsys):
         (["predict", "--model", str(tmp_path / "plain.onnx")], "not a model exported by semiseg"),
         (["predict", "--model", str(tmp_path / "junk.onnx")], "cannot read ONNX model"),
         (["predict", "--model", str(tmp_path / "none.onnx")], "model file not found"),
+        # the source flag names the backend: an ONNX model is run by onnxruntime on the CPU only
+        (["predict", "--model", str(tmp_path / "best.pt")], "--model: "),
+        (["predict", "--checkpoint", str(path)], "--checkpoint: "),
+        (["predict", "--model", str(path), "--device", "cuda"], "runs on onnxruntime's CPU provider"),
     ]
     for args, fragment in cases:
         assert main([*args, "--input", str(tmp_path), "--output", str(tmp_path / "out")]) == 2

@@ -83,9 +83,20 @@ def batch_sum(values: torch.Tensor) -> torch.Tensor:
     """
     if not _reducing:
         return values
+    return differentiable_all_reduce(values)
+
+
+def differentiable_all_reduce(values: torch.Tensor) -> torch.Tensor:
+    """The sum of ``values`` over all processes with gradient (the backward all-reduces the gradients):
+    ``torch.distributed.nn.functional.all_reduce``, whose deprecation notice (a FutureWarning pointing to
+    a private API) is silenced here rather than printed by every process of every run."""
+    import warnings
+
     from torch.distributed.nn.functional import all_reduce
 
-    return all_reduce(values)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*all_reduce is deprecated", category=FutureWarning)
+        return all_reduce(values)
 
 
 def all_reduce_(values: torch.Tensor, op: str = "sum") -> torch.Tensor:

@@ -193,7 +193,7 @@ class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
             self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         ):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
+        from semiseg.parallel import differentiable_all_reduce as all_reduce
 
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import semiseg
 from semiseg.errors import ConfigError, DataError
@@ -51,6 +52,8 @@ def test_predict_matches_the_cli_and_bad_inputs_are_one_line_errors(tmp_path):
         by_path = model.predict(tmp_path / "in" / f"x{i}.png")
         by_array = model.predict(np.asarray(Image.open(tmp_path / "in" / f"x{i}.png")))  # uint8: / 255
         assert np.array_equal(cli, by_path) and np.array_equal(cli, by_array)
+    tensor = torch.from_numpy(np.asarray(Image.open(tmp_path / "in" / "x0.png")).astype(np.float32) / 255)
+    assert np.array_equal(model.predict(tensor), model.predict(tmp_path / "in" / "x0.png"))  # a tensor too
     with pytest.raises(DataError, match="does not fit a model of 1 channel"):
         model.predict(np.zeros((2, 3, 8, 8)))
     with pytest.raises(DataError, match="image file not found"):
@@ -60,6 +63,7 @@ def test_predict_matches_the_cli_and_bad_inputs_are_one_line_errors(tmp_path):
         (np.full((16, 16), np.nan), "NaN or infinite values"),
         (np.array([]), "expected a non-empty numeric array"),
         (np.array([["a"]]), "expected a non-empty numeric array"),
+        ([np.zeros((40, 50)), np.zeros((30, 20))], "takes one image .* got a list; call it once per image"),
     ):
         with pytest.raises(DataError, match=message):
             model.predict(bad)

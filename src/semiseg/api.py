@@ -216,7 +216,10 @@ class Model:
                 volume, geometry = read_case([path], predict_intensity(self.cfg))
                 return volume, geometry.spacing
             return read_model_image(path, channels, predict_intensity(self.cfg)), None
-        array = np.asarray(image)
+        if isinstance(image, (list, tuple)):
+            raise DataError(None, f"predict: takes one image (an array, or a file path), got a {type(image).__name__}; "
+                                  "call it once per image")  # fmt: skip
+        array = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image)
         if array.dtype.kind not in "biuf" or array.size == 0:
             raise DataError(None, f"predict: expected a non-empty numeric array, got {array.dtype} of shape "
                                   f"{array.shape}")  # fmt: skip

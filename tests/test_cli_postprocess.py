@@ -119,3 +119,21 @@ def test_mrf_options_without_the_mrf_are_refused(checkpoint, tmp_path, capsys):
     code, result = evaluate(checkpoint, tmp_path / "bad.json", "--mrf-weight", "1")
     assert code == 2 and result is None
     assert_one_line_error(capsys, "--mrf-weight / --mrf-contrast-sigma: apply with --postprocess mrf")
+
+
+def test_the_mrf_says_it_replaces_a_validation_chosen_threshold(tmp_path, capsys):
+    recipe = tmp_path / "t.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "data": {"dataset": "shapes", "image_size": [32, 32], "num_images": 20, "shapes_classes": 2,
+                 "split": {"labeled": 4}},
+        "model": {"name": "unet", "width": 4, "depth": 2},
+        "train": {"epochs": 2, "batch_size": 4, "iters_per_epoch": 2, "progress": False, "plots": False,
+                  "threshold": "val"},
+    }))  # fmt: skip
+    assert main(["train", "-c", str(recipe), "-o", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    report = tmp_path / "m.json"
+    args = ["evaluate", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--postprocess", "mrf"]
+    assert main([*args, "--mrf-weight", "0", "-o", str(report)]) == 0
+    assert "note: the MRF replaces the run's validation-chosen threshold" in capsys.readouterr().err
+    assert "replaces_threshold" in json.loads(report.read_text())["postprocess"]

@@ -277,6 +277,11 @@ def build_postprocess(args, method, cfg, data, device, state=None):
         info["tuning"] = {"split": "val", "metric": "pixel_error", "n": len(val), "table": table}
         print(f"mrf weight {weight:g} (tuned on {len(val)} validation cases)", file=sys.stderr)
     info.update(weight=weight, contrast_sigma=args.mrf_contrast_sigma)
+    decision = (state or {}).get("decision")
+    if decision is not None:  # the MRF decides on the probabilities: the stored threshold is not used
+        info["replaces_threshold"] = decision["threshold"]
+        print(f"note: the MRF replaces the run's validation-chosen threshold {decision['threshold']:g} "
+              "(train.threshold: val)", file=sys.stderr)  # fmt: skip
     return MRFPostprocess(weight, contrast_sigma=args.mrf_contrast_sigma), info
 
 
@@ -364,7 +369,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from semiseg.data import check_scored_masks, load_bundle
+    from semiseg.data import check_scored_masks, load_bundle, volume_slices
     from semiseg.data.splits import make_split
     from semiseg.io import check_file_target, check_folder
 
@@ -379,6 +384,8 @@ def cmd_data(args) -> int:
     bundle = load_bundle(cfg.data, args.data_root)
     split = make_split(bundle, cfg.data.split)
     check_scored_masks(bundle, split)
+    if cfg.model.spatial_dims == 2:  # a 2D model trains on the slices of volumes: the ids a run writes
+        split.labeled, split.unlabeled = volume_slices(split.labeled), volume_slices(split.unlabeled)
     s = split.summary()
     if args.action == "check":
         from semiseg.data.stats import dataset_stats, format_stats

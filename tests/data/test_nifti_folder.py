@@ -235,3 +235,32 @@ def test_volume_masks_with_unlabeled_voxels(tmp_path):
     (root / "tags.json").write_text(json.dumps({"case1": [1]}))  # tags name 2D images only
     with pytest.raises(DataError, match="'case1' is a volume: the file names 2D images"):
         load_folder(root, mask_unlabeled=9)
+
+
+def test_a_2d_model_s_split_of_volumes_is_its_slices_in_data_split_too_and_item_fractions_are_refused(
+    tmp_path,
+):
+    """`data split` writes the ids a run trains on (a 2D model: the volumes' slices); labeled_item_fraction,
+    which labels a fraction of 2D items per group, refuses volumes instead of labeling them whole."""
+    import yaml
+
+    from semiseg.cli import main
+    from semiseg.errors import ConfigError
+
+    root = make_volumes(tmp_path / "data", n=8)
+    raw = {"data": {"dataset": "folder", "path": str(root), "image_size": [16, 16],
+                    "split": {"labeled": 3, "val_fraction": 0.25, "test_fraction": 0.25}},
+           "model": {"name": "unet", "width": 4, "depth": 2},
+           "train": {"epochs": 1, "batch_size": 2, "iters_per_epoch": 1, "progress": False, "plots": False}}  # fmt: skip
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    assert main(["train", "-c", str(recipe), "-o", str(tmp_path / "run"), "--no-test"]) == 0
+    assert main(["data", "split", "-c", str(recipe), "-o", str(tmp_path / "split.json")]) == 0
+    run, alone = (
+        json.loads((p).read_text()) for p in (tmp_path / "run" / "split.json", tmp_path / "split.json")
+    )
+    assert run == alone and all("_slice_" in i for i in run["labeled"])
+    with pytest.raises(ConfigError, match="labeled_item_fraction: .* this dataset's items are volumes"):
+        prepare_data(
+            build_config(copy.deepcopy(raw), ["data.split.labeled_item_fraction=0.25"], source="test")
+        )

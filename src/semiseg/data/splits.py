@@ -189,7 +189,14 @@ def make_split(bundle: DatasetBundle, spec: SplitConfig) -> Split:
                     if _has_rule(spec)
                     else ("have a class" if bundle.task == "classify" else "have masks")
                 )
-                raise ConfigError(f"data.split.labeled: asked for {spec.labeled} but only {n} {unit} {which}")
+                held = (
+                    " (after validation and test are set aside)"
+                    if bundle.val is None or bundle.test is None
+                    else ""
+                )
+                raise ConfigError(
+                    f"data.split.labeled: asked for {spec.labeled} but only {n} {unit} {which}{held}"
+                )
             n = spec.labeled
         elif spec.labeled_fraction is not None:
             n = max(1, round(spec.labeled_fraction * len({key(r) for r in counted})))
@@ -207,6 +214,11 @@ def make_split(bundle: DatasetBundle, spec: SplitConfig) -> Split:
             rng = np.random.default_rng([spec.seed, spec.draw, 104729])
             chosen = set(rng.permutation(np.array(candidates, dtype=object))[:n].tolist())
     labeled = [r for r in eligible if key(r) in chosen]
+    if spec.labeled_item_fraction < 1 and any(r.ndim == 4 for r in labeled):  # [C, D, H, W]
+        raise ConfigError(
+            "data.split.labeled_item_fraction: labels a fraction of each labeled group's 2D items (e.g. ACDC's "
+            "slices per patient); this dataset's items are volumes, for which it is not implemented"
+        )
     if spec.labeled_item_fraction < 1:
         labeled = _spaced_items(
             labeled, spec.labeled_item_fraction, np.random.default_rng([spec.seed, spec.draw, 15485863])

@@ -70,7 +70,7 @@ def dataset_stats(bundle: DatasetBundle, parts: dict[str, Sequence[Record]]) -> 
             part["file_sizes"] = {"items": sized}
         if part["with_mask"]:
             share = pixels / max(pixels.sum(), 1)
-            part["classes"] = {bundle.class_names[i]: {"pixel_share": round(float(share[i]), 5),
+            part["classes"] = {bundle.class_names[i]: {"pixel_share": round(float(share[i]), 6),
                                                        "items_with_class": round(float(present[i] / part["with_mask"]), 4)}
                                for i in range(k)}  # fmt: skip
         out["parts"][name] = part

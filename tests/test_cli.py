@@ -570,6 +570,10 @@ def test_bench_status_refuses_a_work_dir_or_ledger_that_is_a_file(tmp_path, caps
         assert main(["bench", "supervised-horse", "--quick", "--status", option, str(blocker)]) == 2
         assert_one_line_error(capsys, "bench", f"{option} {blocker}: is a file, not a folder")
     assert main(["bench", "list", "--ledger", str(blocker)]) == 0  # listing the tables reads neither
+    # a ledger folder that does not exist: every run shows as pending, and a note says why
+    args = ["bench", "supervised-horse", "--quick", "--status", "--work-dir", str(tmp_path / "w")]
+    assert main([*args, "--ledger", str(tmp_path / "nowhere")]) == 0
+    assert f"note: --ledger {tmp_path / 'nowhere'}: no such folder" in capsys.readouterr().err
 
 
 def test_a_config_that_is_a_folder_is_named_as_one(tmp_path, capsys):

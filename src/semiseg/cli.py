@@ -349,6 +349,11 @@ def cmd_bench(args) -> int:
         entries = table_status(args.table, quick=args.quick, work_dir=args.work_dir, seeds=args.seeds,
                                overrides=args.overrides, source=source, ledger=args.ledger)  # fmt: skip
         mode = "quick" if args.quick else "full"
+        if args.ledger is not None and not Path(args.ledger).is_dir():
+            print(
+                f"note: --ledger {args.ledger}: no such folder (no finished run is read from it)",
+                file=sys.stderr,
+            )
         print(f"{args.table} ({mode}): runs of training code {source} in {Path(args.work_dir) / 'cache'}\n")
         print(format_status(entries))
         return 0

@@ -96,15 +96,28 @@ def _apply_labels(splits: dict[str, list[Record]], path: Path) -> None:
         record.label = label
 
 
+def _check_present(path: Path, given: str, present: list[int], record: Record, num_classes: int) -> None:
+    """A DataError when the foreground classes ``present`` (sorted) that a weak-label file gives an
+    image with a mask disagree with that mask: every class the mask shows must be present, and with
+    no unlabeled pixel in the mask nothing else may be. ``given`` names the entry in the message."""
+    import numpy as np
+
+    from semiseg.core import IGNORE_INDEX
+
+    if not record.has_mask:
+        return
+    values = np.unique(record.mask)
+    in_mask = sorted(int(c) for c in values if 0 < c < num_classes)
+    partial = bool((values == IGNORE_INDEX).any())  # a mask with unlabeled pixels may not show every class
+    if not set(in_mask) <= set(present) or (not partial and in_mask != present):
+        raise DataError(path, f"{given} disagree with its mask, which shows {in_mask}")
+
+
 def _read_tags(splits: dict[str, list[Record]], path: Path, num_classes: int) -> dict[str, list[int]]:
     """``tags.json``: each listed 2D image's foreground classes present (``[]``: none, e.g. a healthy
     image), for weak supervision (``data.split.unlabeled_supervision: tag``) of images without a
     mask (a mask with unlabeled pixels too: the file's tag is used for it). An image with a mask must
     agree with it (only the classes it shows, if it has unlabeled pixels). One-line DataError on a bad file."""
-    import numpy as np
-
-    from semiseg.core import IGNORE_INDEX
-
     out: dict[str, list[int]] = {}
     form = "{image stem: [foreground classes present]}"
     for stem, present, record in _entries(splits, path, form, images_only=True):
@@ -114,14 +127,7 @@ def _read_tags(splits: dict[str, list[Record]], path: Path, num_classes: int) ->
             raise DataError(path, f"tags of '{stem}' must be a list of foreground classes 1..{num_classes - 1} "
                                   f"(data.num_classes {num_classes}), got {present!r}")  # fmt: skip
         present = sorted(set(present))
-        if record.has_mask:  # a mask with unlabeled pixels may not show every class present
-            values = np.unique(record.mask)
-            in_mask = sorted(int(c) for c in values if 0 < c < num_classes)
-            partial = bool((values == IGNORE_INDEX).any())
-            if not set(in_mask) <= set(present) or (not partial and in_mask != present):
-                raise DataError(
-                    path, f"tags of '{stem}' ({present}) disagree with its mask, which shows {in_mask}"
-                )
+        _check_present(path, f"tags of '{stem}' ({present})", present, record, num_classes)
         out[stem] = present
     return out
 
@@ -133,10 +139,6 @@ def _read_sizes(splits: dict[str, list[Record]], path: Path, num_classes: int) -
     (``data.split.unlabeled_supervision: size``) of images without a mask or with unlabeled pixels in
     it (an image listed takes its sizes from the file). One-line DataError on a bad file."""
     import math
-
-    import numpy as np
-
-    from semiseg.core import IGNORE_INDEX
 
     out: dict[str, dict[int, float]] = {}
     form = "{image stem: {foreground class: pixels}}"
@@ -162,17 +164,8 @@ def _read_sizes(splits: dict[str, list[Record]], path: Path, num_classes: int) -
         over = {c: v for c, v in entry.items() if v > area}
         if over:
             raise DataError(path, f"sizes of '{stem}' ({over}) exceed the image's {area} pixels")
-        if record.has_mask:  # as tags.json: the classes present (size > 0) must agree with the mask
-            present = sorted(c for c, v in entry.items() if v > 0)
-            values = np.unique(record.mask)
-            in_mask = sorted(int(c) for c in values if 0 < c < num_classes)
-            partial = bool((values == IGNORE_INDEX).any())
-            if not set(in_mask) <= set(present) or (not partial and in_mask != present):
-                raise DataError(
-                    path,
-                    f"sizes of '{stem}' (classes present: {present}) disagree with its mask, which shows "
-                    f"{in_mask}",
-                )
+        present = sorted(c for c, v in entry.items() if v > 0)  # as tags.json: agree with a mask
+        _check_present(path, f"sizes of '{stem}' (classes present: {present})", present, record, num_classes)
         out[stem] = entry
     return out
 

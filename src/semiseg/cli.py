@@ -374,8 +374,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from semiseg.data import check_scored_masks, load_bundle, volume_slices
-    from semiseg.data.splits import make_split
+    from semiseg.data import load_bundle, run_split
     from semiseg.io import check_file_target, check_folder
 
     if args.output:  # before loading or generating anything (generate makes a folder, the rest a file)
@@ -387,10 +386,7 @@ def cmd_data(args) -> int:
         return _generate(args)
     cfg = _load_cfg(args)
     bundle = load_bundle(cfg.data, args.data_root)
-    split = make_split(bundle, cfg.data.split)
-    check_scored_masks(bundle, split)
-    if cfg.model.spatial_dims == 2:  # a 2D model trains on the slices of volumes: the ids a run writes
-        split.labeled, split.unlabeled = volume_slices(split.labeled), volume_slices(split.unlabeled)
+    split = run_split(bundle, cfg)  # the ids a run of this config writes
     s = split.summary()
     if args.action == "check":
         from semiseg.data.stats import dataset_stats, format_stats

@@ -30,6 +30,7 @@ __all__ = [
     "prepare_data",
     "register_dataset",
     "resolve_data_root",
+    "run_split",
 ]
 
 
@@ -107,16 +108,27 @@ def check_scored_masks(bundle: DatasetBundle, split) -> None:
             )
 
 
+def run_split(bundle: DatasetBundle, cfg: RunConfig):
+    """The split a run of ``cfg`` trains on (what ``split.json`` and ``semiseg data split`` record): the
+    split spec applied to ``bundle``, validation and test checked for masks, and for a 2D model the
+    volumes of the training pool as their slices."""
+    from semiseg.data.splits import make_split
+
+    split = make_split(bundle, cfg.data.split)  # an empty validation set is refused by the trainer
+    check_scored_masks(bundle, split)
+    if cfg.model.spatial_dims != 3:  # a 2D model: volumes become their slices
+        split.labeled, split.unlabeled = volume_slices(split.labeled), volume_slices(split.unlabeled)
+    return split
+
+
 def prepare_data(
     cfg: RunConfig, data_root: str | None = None, bundle: DatasetBundle | None = None
 ) -> PreparedData:
     """Load, split and wrap the data of a run. Fails before training on any data problem."""
-    from semiseg.data.splits import make_split
     from semiseg.data.views import TrainSet
 
     bundle = bundle or load_bundle(cfg.data, data_root)
-    split = make_split(bundle, cfg.data.split)  # an empty validation set is refused by the trainer
-    check_scored_masks(bundle, split)
+    split = run_split(bundle, cfg)
     spec = cfg.data.split
     if spec.val_supervision == "same" and spec.supervision == "sparse":
         split.val = sparsify_records(split.val, spec.sparse_pixels, spec.seed, spec.draw)
@@ -134,8 +146,7 @@ def prepare_data(
         items = PatchSet
         common.update(patch_size=tuple(cfg.data.patch_size), foreground_ratio=cfg.data.foreground_ratio,
                       target_spacing=cfg.data.target_spacing)  # fmt: skip
-    else:  # a 2D model: volumes become their slices
-        split.labeled, split.unlabeled = volume_slices(split.labeled), volume_slices(split.unlabeled)
+    else:  # a 2D model (on the slices of volumes: run_split)
         # lazy images: one store entry for the training pool, whichever items a draw labels
         common["pool"] = sorted(split.labeled + split.unlabeled, key=lambda r: r.id)
     for r in split.labeled + split.unlabeled:

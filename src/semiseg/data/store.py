@@ -52,12 +52,16 @@ def cache_dir(option: str | None = None) -> Path:
     Raises:
         ConfigError: the chosen path exists and is not a folder (named with the option it came from).
     """
-    where = "data.cache_dir" if option else "$SEMISEG_CACHE" if os.environ.get("SEMISEG_CACHE") else None
-    path = Path(option or os.environ.get("SEMISEG_CACHE") or "~/.cache/semiseg").expanduser()
+    env = os.environ.get("SEMISEG_CACHE")
+    where, value = (
+        ("data.cache_dir", option) if option else ("$SEMISEG_CACHE", env) if env
+        else ("the default cache folder", "~/.cache/semiseg")
+    )  # fmt: skip
+    path = Path(value).expanduser()
     if path.exists() and not path.is_dir():
         from semiseg.errors import ConfigError
 
-        raise ConfigError(f"{where or 'the default cache folder'}: {path} is a file, not a folder")
+        raise ConfigError(f"{where}: {path} is a file, not a folder")
     return path
 
 

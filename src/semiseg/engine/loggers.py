@@ -82,10 +82,10 @@ class MLflowLogger(Logger):
         if not chosen:  # a local file store (MLflow 3 asks to opt in)
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
             mlflow.set_tracking_uri((out / "mlruns").resolve().as_uri())
-        elif "://" not in str(mlflow.get_tracking_uri()) or str(mlflow.get_tracking_uri()).startswith(
-            "file:"
-        ):
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # a file store the user chose
+        else:
+            uri = str(mlflow.get_tracking_uri())
+            if "://" not in uri or uri.startswith("file:"):  # a file store the user chose
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         id_file = out / "mlflow_run_id"
         run_id = id_file.read_text().strip() if resume and id_file.is_file() else None
         nested = mlflow.active_run() is not None  # inside a user's own run: a child run

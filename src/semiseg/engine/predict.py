@@ -64,11 +64,10 @@ def predict_folder(
         raise DataError(src, "no images found (PNG/JPG/TIFF/NPY or NIfTI .nii/.nii.gz)")
     images = [f for f in files if not is_nifti(f)]
     volumes = [f for f in files if is_nifti(f)]
+    # one output per stem: a.png and a.npy would write one a.png, a.nii and a.nii.gz one a.nii.gz
     for group, stem_of in ((images, lambda f: f.stem), (volumes, nifti_stem)):
         seen: dict[str, Path] = {}
-        for f in (
-            group
-        ):  # one output per stem: a.png and a.npy would write one a.png, a.nii and a.nii.gz one a.nii.gz
+        for f in group:
             stem = stem_of(f)
             if stem in seen:
                 raise DataError(f, f"two inputs with the same name stem {stem!r} (also {seen[stem].name})")

@@ -197,16 +197,7 @@ class Trainer:
         valid = metric_keys(self.num_classes, FAST_METRICS, task)
         if cfg.train.val_metric not in valid:
             raise ConfigError(f"train.val_metric: '{cfg.train.val_metric}' is not one of {', '.join(valid)}")
-        self._check_regularizers(method, data, task)
-        given = getattr(data.labeled, "kind", None)  # (stand-in datasets of tools may not say)
-        kind = None if given is None else Supervision(int(given)).name.lower()
-        if kind is not None and method.learns_from is not None and kind not in method.learns_from:
-            if not any("labeled" in r.streams and kind in r.spec.weak_labels() for r in method.regularizers):
-                raise ConfigError(
-                    f"data.split.supervision: '{kind}' gives the labeled images no masks, and method "
-                    f"'{cfg.method['name']}' learns from {' or '.join(method.learns_from)} masks (weak labels "
-                    "of the unlabeled images: data.split.unlabeled_supervision)"
-                )
+        self._check_supervision(method, data, task)
         self._stream_sets: dict[StreamSpec, Any] = {}
         for ph in self.phases:
             for spec in self.stream_specs(ph):
@@ -287,10 +278,27 @@ class Trainer:
             return max(1, math.ceil(len(plan.subsets[first]) / self.cfg.train.batch_size))
         return self.phase_iters(phase)
 
-    def _check_regularizers(self, method, data, task: str) -> None:
-        """One-line config errors for a regulariser that could never act: on a task whose outputs it does
-        not take, on streams the split leaves empty, or reading weak labels none of its streams has."""
+    def _check_supervision(self, method, data, task: str) -> None:
+        """One-line config errors for labels the run could never learn from: labeled items without the
+        masks the method learns from (unless a regulariser on them reads what they carry), or a
+        regulariser on a task whose outputs it does not take, on streams the split leaves empty, or
+        reading weak labels none of its streams has."""
+
+        def kind(ds) -> str | None:  # the stream's supervision kind (stand-in datasets of tools may not say)
+            given = getattr(ds, "kind", None)
+            return None if given is None else Supervision(int(given)).name.lower()
+
         present = {"labeled": data.labeled, "unlabeled": data.unlabeled}
+        labeled = kind(data.labeled)
+        if labeled is not None and method.learns_from is not None and labeled not in method.learns_from:
+            if not any(
+                "labeled" in r.streams and labeled in r.spec.weak_labels() for r in method.regularizers
+            ):
+                raise ConfigError(
+                    f"data.split.supervision: '{labeled}' gives the labeled images no masks, and method "
+                    f"'{self.cfg.method['name']}' learns from {' or '.join(method.learns_from)} masks (weak "
+                    "labels of the unlabeled images: data.split.unlabeled_supervision)"
+                )
         for reg in method.regularizers:
             where = f"method.regularizers: '{reg.name}'"
             if task not in reg.spec.tasks:
@@ -303,13 +311,8 @@ class Trainer:
                 raise ConfigError(
                     f"{where} looks at the {' and '.join(reg.streams)} images, and data.split leaves none"
                 )
-            needs = reg.spec.weak_labels()
-            kinds = [getattr(present[s], "kind", None) for s in seen]
-            if (
-                needs
-                and None not in kinds
-                and not any(Supervision(int(k)).name.lower() in needs for k in kinds)
-            ):
+            needs, kinds = reg.spec.weak_labels(), [kind(present[s]) for s in seen]
+            if needs and None not in kinds and not set(kinds) & set(needs):
                 raise ConfigError(
                     f"{where} reads {' / '.join(needs)} labels, and none of its streams ({', '.join(seen)}) carries "
                     "them (data.split.supervision / unlabeled_supervision)"

@@ -174,13 +174,14 @@ def _stem(f: Path) -> str:
     return nifti_stem(f) if is_nifti(f) else f.stem
 
 
-def _by_stem(files: list[Path]) -> dict[str, Path]:
-    """Maps file stem to file; two files with one stem (``a.png`` and ``a.jpg``) are an error."""
+def files_by_stem(files: list[Path], noun: str = "files") -> dict[str, Path]:
+    """Maps file stem (a NIfTI file's without ``.nii`` / ``.nii.gz``) to file; two ``noun`` with one
+    stem (``a.png`` and ``a.jpg``, ``a.nii`` and ``a.nii.gz``) are an error."""
     out: dict[str, Path] = {}
     for f in files:
         stem = _stem(f)
         if stem in out:
-            raise DataError(f, f"two files with the same name stem {stem!r} (also {out[stem].name})")
+            raise DataError(f, f"two {noun} with the same name stem {stem!r} (also {out[stem].name})")
         out[stem] = f
     return out
 
@@ -237,10 +238,10 @@ def _load_split(
     images_path = split_root / image_dir
     if not images_path.is_dir():
         raise DataError(images_path, "image folder not found")
-    images = _by_stem(_list_files(images_path))
+    images = files_by_stem(_list_files(images_path))
     if not images:
         raise DataError(images_path, "no images found (PNG/JPG/TIFF/NPY or NIfTI)")
-    masks = _by_stem(_list_files(split_root / mask_dir))
+    masks = files_by_stem(_list_files(split_root / mask_dir))
     for stem, mask_path in sorted(masks.items()):
         if stem not in images:
             raise DataError(mask_path, f"mask has no matching image in {images_path}")

@@ -48,10 +48,11 @@ def predict_folder(
     """
     from PIL import Image
 
+    from semiseg.data.folder import files_by_stem
     from semiseg.data.io import IMAGE_SUFFIXES, probe_image, read_model_image
     from semiseg.data.nnunet import probe_case, read_case
     from semiseg.data.records import Record
-    from semiseg.data.volume_io import is_nifti, nifti_stem, write_label_volume
+    from semiseg.data.volume_io import is_nifti, write_label_volume
     from semiseg.engine.inference import build_predict
 
     src = Path(input_dir)
@@ -64,14 +65,8 @@ def predict_folder(
         raise DataError(src, "no images found (PNG/JPG/TIFF/NPY or NIfTI .nii/.nii.gz)")
     images = [f for f in files if not is_nifti(f)]
     volumes = [f for f in files if is_nifti(f)]
-    # one output per stem: a.png and a.npy would write one a.png, a.nii and a.nii.gz one a.nii.gz
-    for group, stem_of in ((images, lambda f: f.stem), (volumes, nifti_stem)):
-        seen: dict[str, Path] = {}
-        for f in group:
-            stem = stem_of(f)
-            if stem in seen:
-                raise DataError(f, f"two inputs with the same name stem {stem!r} (also {seen[stem].name})")
-            seen[stem] = f
+    for group in (images, volumes):  # one output per stem: a.png + a.npy, a.nii + a.nii.gz would share one
+        files_by_stem(group, noun="inputs")
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise DataError(out, "the output folder is a file")

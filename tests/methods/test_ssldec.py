@@ -18,7 +18,7 @@ from semiseg.engine.run import train
 from semiseg.errors import ConfigError
 from semiseg.losses.dec import target_distribution
 from semiseg.methods import build_method
-from semiseg.methods.ssldec import SECOND, accuracy_counts, balanced_subset, round_of
+from semiseg.methods.ssldec import FIT, SECOND, accuracy_counts, balanced_subset, round_of
 
 RECIPE = Path(__file__).resolve().parents[2] / "src" / "semiseg" / "configs" / "ssldec-moons.yaml"
 
@@ -64,7 +64,8 @@ def test_accuracy_counts_images_and_pixels():
 
 def test_config_checks():
     for bad in ({"max_rounds": -1}, {"change_tol": 1.0}, {"retrain_threshold": 1.5}, {"dec_iters": 0},
-                {"pretrain_epochs": 0, "max_rounds": 0}, {"targets": "soft"}):  # fmt: skip
+                {"pretrain_epochs": 0, "max_rounds": 0}, {"targets": "soft"}, {"pretrain_threshold": 1.5},
+                {"max_pretrain_fit_epochs": 0}):  # fmt: skip
         with pytest.raises(ConfigError):
             build("ssldec", **bad)
 
@@ -82,6 +83,18 @@ def test_phases_alternate_and_share_one_optimizer_state():
         assert p.final
     assert phases[1].stream_specs[0].name == "unlabeled" and phases[1].epochs == 1
     assert build("ssldec", max_rounds=0).phases()[0].final
+
+
+def test_pretrain_fit_phase_goes_on_at_the_last_rate_with_the_pretraining_state():
+    method = build("ssldec", max_rounds=1, pretrain_threshold=0.9, max_pretrain_fit_epochs=7)
+    phases = method.phases()
+    assert [p.name for p in phases] == ["pretrain", FIT, "dec1", "labeled1"]
+    pre, fit = phases[0].optimizer_specs[0], phases[1].optimizer_specs[0]
+    assert pre.persist == fit.persist == FIT and phases[1].epochs == 7
+    assert fit.settings.scheduler == "none" and fit.settings.lr == pytest.approx(1e-4)  # 1e-3 · 0.1
+    assert not phases[0].final and not phases[1].final
+    only = build("ssldec", max_rounds=0, pretrain_threshold=0.9).phases()
+    assert [p.name for p in only] == ["pretrain", FIT] and not only[0].final and only[1].final
 
 
 def test_image_mode_dec_step_uses_the_sweep_targets_of_its_items():
@@ -157,6 +170,34 @@ def test_unreachable_threshold_retrains_up_to_the_cap(tmp_path):
     train(cfg, output_dir=tmp_path)
     labeled = [r for r in log_of(tmp_path) if r["phase"] == "labeled1"]
     assert len(labeled) == 4 and all("ended" not in r for r in labeled)
+
+
+def test_pretrain_fit_trains_until_the_labeled_items_are_fitted(tmp_path):
+    """Too short a pre-training (1 epoch at a low rate) leaves the 8 points unfitted; pretrain_fit
+    trains on until all are, then the rounds start; a threshold already met trains no fit epoch."""
+    cfg = moons_config("method.pretrain_epochs=1", "method.pretrain_lr=0.3", "method.pretrain_end_factor=0.1",
+                       "method.pretrain_threshold=1.0", "method.max_pretrain_fit_epochs=200",
+                       "method.max_rounds=1")  # fmt: skip
+    train(cfg, output_dir=tmp_path / "a")
+    log = log_of(tmp_path / "a")
+    fit = [r for r in log if r["phase"] == FIT]
+    trained = [r for r in fit if "ended" not in r]
+    assert 1 <= len(trained) < 200 and all(r["train/train_accuracy"] < 1.0 for r in trained)
+    assert fit[-1].get("ended") == "plan"  # reached 100 % before the cap
+    assert [r["phase"] for r in log].index("dec1") > [r["phase"] for r in log].index(FIT)
+    met = moons_config("method.pretrain_epochs=1", "method.pretrain_threshold=0.0", "method.max_rounds=0")
+    train(met, output_dir=tmp_path / "b")
+    assert [r.get("ended") for r in log_of(tmp_path / "b") if r["phase"] == FIT] == ["plan"]
+
+
+def test_resume_is_exact_inside_pretrain_fit(tmp_path, resume_check):
+    """The crash lands in pretrain_fit's second epoch: its Adam state comes from the checkpoint."""
+    cfg = moons_config("method.pretrain_epochs=1", "method.pretrain_lr=0.3", "method.pretrain_threshold=1.0",
+                       "method.max_pretrain_fit_epochs=200", "method.max_rounds=1")  # fmt: skip
+    log = resume_check(
+        cfg, tmp_path, crash_at=lambda trainer, phase: phase.name == FIT and trainer.epoch == 1
+    )
+    assert sum(r["phase"] == FIT and "ended" not in r for r in log) >= 2, "the crash point must be reached"
 
 
 def test_change_tol_ends_the_rounds_and_skips_the_rest(tmp_path):

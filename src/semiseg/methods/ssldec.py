@@ -11,6 +11,12 @@ data) or per pixel (segmentation data). Algorithm 1 as the engine's phases:
 1. ``pretrain`` (``pretrain_epochs``): the labeled items, KL(onehot(y) ‖ q) = cross-entropy of q
    (centroids trained too), learning rate linear from ``pretrain_lr`` to ``pretrain_lr ·
    pretrain_end_factor`` (the paper: 1e-3 → 1e-4 over 100 epochs).
+   Optional ``pretrain_fit`` (``pretrain_threshold`` set; not in the paper): the pre-training
+   goes on at its last rate, with its Adam state, until the labeled training accuracy reaches
+   ``pretrain_threshold`` (checked before each epoch as in ``labeled<r>``; at most
+   ``max_pretrain_fit_epochs``). The paper stresses that the targets of eq. 2 come from this model,
+   which "needs to be as accurate as possible" (§III-A); a fixed epoch count fits a narrow network's
+   labeled items less well (``benchmarks/dev/ssldec-dev.md``).
 2. For r = 1 … ``max_rounds``, two phases, constant learning rate ``lr`` (the paper: 1e-4), one
    Adam state handed on through all of them (``OptimizerSpec.persist``, as a re-fitted Keras model):
 
@@ -87,6 +93,8 @@ from semiseg.parallel import batch_sum, mean_denominator
 
 #: the key under which the second part's phases share one optimizer state
 SECOND = "ssldec"
+#: the optional phase that pre-trains on until the labeled items are fitted, and its optimizer key
+FIT = "pretrain_fit"
 #: salts of the method's keyed draws
 SUBSET_SALT, PIXEL_SALT = 0x5D, 0x5E
 
@@ -99,6 +107,11 @@ class SSLDECConfig(MethodConfig):
     pretrain_epochs: int = 100  #: epochs of supervised pre-training on the labeled items
     pretrain_lr: float | None = 1e-3  #: None = train.lr
     pretrain_end_factor: float = 0.1  #: pre-training lr falls linearly to pretrain_lr · this
+    #: after ``pretrain``, a ``pretrain_fit`` phase trains the labeled items on (lr pretrain_lr ·
+    #: pretrain_end_factor, pre-training's Adam state) until their training accuracy
+    #: (``retrain_metric``) reaches this, at most ``max_pretrain_fit_epochs``; None = no such phase
+    pretrain_threshold: float | None = None
+    max_pretrain_fit_epochs: int = 300
     lr: float | None = 1e-4  #: constant lr of the rounds; None = train.lr
     max_rounds: int = 100  #: rounds of (unlabeled epoch, labeled retraining); 0 = pre-training only
     #: image mode: stop when fewer than this share of the items change class between rounds (DEC's
@@ -134,9 +147,13 @@ class SSLDECConfig(MethodConfig):
             raise FieldError("change_tol", f"must be in [0, 1), got {self.change_tol}")
         if self.dec_iters is not None and self.dec_iters < 1:
             raise FieldError("dec_iters", f"must be >= 1, got {self.dec_iters}")
+        if self.pretrain_threshold is not None and not 0 <= self.pretrain_threshold <= 1:
+            raise FieldError(
+                "pretrain_threshold", f"must be in [0, 1] or null, got {self.pretrain_threshold}"
+            )
         if not 0 <= self.retrain_threshold <= 1:
             raise FieldError("retrain_threshold", f"must be in [0, 1], got {self.retrain_threshold}")
-        for name in ("max_retrain_epochs", "sweep_batch_size"):
+        for name in ("max_retrain_epochs", "max_pretrain_fit_epochs", "sweep_batch_size"):
             if getattr(self, name) < 1:
                 raise FieldError(name, f"must be >= 1, got {getattr(self, name)}")
         if self.l2_weight < 0:
@@ -222,9 +239,17 @@ class SSLDEC(Method):
     def phases(self) -> list[Phase]:
         cfg = self.cfg
         phases = []
+        fit = cfg.pretrain_threshold is not None
+        keep = FIT if fit else None  # pre-training's Adam state goes on into pretrain_fit
         if cfg.pretrain_epochs:
             pre = OptimizerConfig(lr=cfg.pretrain_lr, scheduler="linear", end_factor=cfg.pretrain_end_factor)
-            phases.append(Phase("pretrain", epochs=cfg.pretrain_epochs, optimizers=(OptimizerSpec("main", pre),),
+            phases.append(Phase("pretrain", epochs=cfg.pretrain_epochs, optimizers=(OptimizerSpec("main", pre, keep),),
+                                epoch_iters=cfg.epoch_iters, final=cfg.max_rounds == 0 and not fit,
+                                validate=cfg.validate))  # fmt: skip
+        if fit:
+            lr = cfg.pretrain_lr * cfg.pretrain_end_factor if cfg.pretrain_lr is not None else None
+            end = OptimizerConfig(lr=lr, scheduler="none")
+            phases.append(Phase(FIT, epochs=cfg.max_pretrain_fit_epochs, optimizers=(OptimizerSpec("main", end, keep),),
                                 epoch_iters=cfg.epoch_iters, final=cfg.max_rounds == 0, validate=cfg.validate))  # fmt: skip
         second = (OptimizerSpec("main", OptimizerConfig(lr=cfg.lr, scheduler="none"), persist=SECOND),)
         for r in range(1, cfg.max_rounds + 1):
@@ -237,24 +262,31 @@ class SSLDEC(Method):
     def plan_epoch(self, phase, epoch, sweep):
         where = round_of(phase)
         self.round_stats = {}
+        if phase == FIT:
+            return self._fit_until(self.cfg.pretrain_threshold, sweep)
         if where is None:
             return None
         if bool(self.stopped):
             return EpochPlan(done=True)
         kind, r = where
         if kind == "labeled":
-            counts = sweep("labeled", self._accuracy_counts, batch_size=self.cfg.sweep_batch_size).sum(0)
-            correct, total = counts[0], counts[1]
-            if self.cfg.retrain_metric == "accuracy":
-                score = float(correct.sum() / total.sum().clamp_min(1))
-            else:
-                seen = total > 0
-                score = float((correct[seen] / total[seen]).mean()) if seen.any() else 0.0
-            self.round_stats = {"train_accuracy": score}  # logged with this epoch's losses
-            return EpochPlan(done=True) if score >= self.cfg.retrain_threshold else None
+            return self._fit_until(self.cfg.retrain_threshold, sweep)
         if self.cfg.targets == "none":
             return EpochPlan(done=True)
         return self._refresh(r, sweep) if epoch == 0 else None
+
+    def _fit_until(self, threshold: float, sweep) -> EpochPlan | None:
+        """Ends the phase once the labeled items' training accuracy (``retrain_metric``, clean
+        images, eval mode) reaches ``threshold``; else one more epoch."""
+        counts = sweep("labeled", self._accuracy_counts, batch_size=self.cfg.sweep_batch_size).sum(0)
+        correct, total = counts[0], counts[1]
+        if self.cfg.retrain_metric == "accuracy":
+            score = float(correct.sum() / total.sum().clamp_min(1))
+        else:
+            seen = total > 0
+            score = float((correct[seen] / total[seen]).mean()) if seen.any() else 0.0
+        self.round_stats = {"train_accuracy": score}  # logged with this epoch's losses
+        return EpochPlan(done=True) if score >= threshold else None
 
     def _refresh(self, r: int, sweep) -> EpochPlan:
         """Round ``r``'s targets from a sweep over the unlabeled stream (see the module docstring)."""

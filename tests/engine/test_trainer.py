@@ -314,6 +314,19 @@ def test_run_writes_logs_metrics_and_plots(tmp_path, make_config):
     assert json.loads((tmp_path / "config.json").read_text())["train"]["epochs"] == 2
 
 
+def test_click_only_validation_reports_no_shape_metrics_but_the_test_split_does(tmp_path, make_config):
+    """With val_supervision: same and sparse labels a validation mask holds a few clicked pixels:
+    HD95, ASD and the area difference would measure the clicks, so only the dense test split has them."""
+    cfg = make_config("data.split.supervision=sparse", "data.split.sparse_pixels=5",
+                      "data.split.val_supervision=same")  # fmt: skip
+    train(cfg, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert "dice/mean" in metrics["val"] and "dice/mean" in metrics["test"]
+    for key in ("hd95_px/mean", "asd_px/mean", "rad/mean"):
+        assert key not in metrics["val"] and key in metrics["test"]
+    assert all("hd95_px" not in case for case in metrics["val_cases"])
+
+
 def test_val_every_skips_validation_but_validates_the_last_epoch(tmp_path, make_config):
     train(make_config("train.epochs=3", "train.val_every=2"), tmp_path)
     has_val = ["val/dice/mean" in h for h in epoch_log(tmp_path)]

@@ -247,6 +247,20 @@ def check_recorded_split(data, splits, checkpoint) -> bool:
     return True
 
 
+#: metrics of a whole region's shape or area, which a few clicked pixels per image cannot score
+SHAPE_METRICS = frozenset({"hd95", "asd", "rad"})
+
+
+def split_metrics(cfg: RunConfig, split: str, metrics) -> tuple[str, ...]:
+    """``metrics`` for ``split``, without HD95, ASD and the relative area difference on a validation
+    split that keeps only the clicked pixels (``val_supervision: same`` with sparse supervision):
+    their distances and areas would be those of the clicks, not of the region."""
+    split_cfg = cfg.data.split
+    if split == "val" and split_cfg.val_supervision == "same" and split_cfg.supervision == "sparse":
+        return tuple(m for m in metrics if m not in SHAPE_METRICS)
+    return tuple(metrics)
+
+
 def evaluate_trained(method, cfg: RunConfig, state: dict, data, split: str, device, postprocess=None):
     """(means, per-case values, records) of a trained ``method`` on ``split`` ("val" or "test") of its
     prepared ``data``, with every metric (accuracy for classification); ``postprocess`` as
@@ -256,7 +270,8 @@ def evaluate_trained(method, cfg: RunConfig, state: dict, data, split: str, devi
     with torch.no_grad():
         means, cases = evaluate_split(build_predict(method.predict, cfg), records, task=data.bundle.task,
                                       num_classes=state["num_classes"], image_size=cfg.data.image_size,
-                                      device=device, metrics=ALL_METRICS, postprocess=postprocess)  # fmt: skip
+                                      device=device, metrics=split_metrics(cfg, split, ALL_METRICS),
+                                      postprocess=postprocess)  # fmt: skip
     return means, cases, records
 
 
@@ -294,7 +309,7 @@ def _score(method, data, cfg: RunConfig, device, metrics, postprocess=None) -> d
                 num_classes=data.bundle.num_classes,
                 image_size=cfg.data.image_size,
                 device=device,
-                metrics=metrics,
+                metrics=split_metrics(cfg, name, metrics),
                 postprocess=postprocess,
             )
     return out

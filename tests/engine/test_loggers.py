@@ -93,6 +93,28 @@ def test_a_chosen_mlflow_file_store_works_and_a_bad_uri_is_one_line_before_any_r
     mlflow.set_tracking_uri(None)
 
 
+def test_an_unreachable_mlflow_server_is_one_line_within_seconds(tmp_path, monkeypatch):
+    """MLflow retries an unreachable server for minutes; the run checks the port first."""
+    pytest.importorskip("mlflow")
+    import socket
+    import time
+
+    import mlflow
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    out = tmp_path / "run"
+    start = time.monotonic()
+    with pytest.raises(
+        ConfigError, match=rf"mlflow cannot start a run at http://127.0.0.1:{port} \(the server"
+    ):
+        train(cfg_with("mlflow"), output_dir=out)
+    assert time.monotonic() - start < 30 and not out.exists()
+    mlflow.set_tracking_uri(None)
+
+
 def test_a_logger_that_cannot_start_leaves_a_previous_run_whole(tmp_path):
     """tensorboard/ is a file: one line, and the folder's earlier run keeps its own record."""
     pytest.importorskip("tensorboard")

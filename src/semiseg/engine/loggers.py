@@ -86,6 +86,7 @@ class MLflowLogger(Logger):
             uri = str(mlflow.get_tracking_uri())
             if "://" not in uri or uri.startswith("file:"):  # a file store the user chose
                 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            check_reachable(uri)
         id_file = out / "mlflow_run_id"
         run_id = id_file.read_text().strip() if resume and id_file.is_file() else None
         nested = mlflow.active_run() is not None  # inside a user's own run: a child run
@@ -137,6 +138,27 @@ def check_logger(kind: str) -> None:
         raise ConfigError(
             f"train.logger: {kind} needs the {needs[kind]} package (pip install 'semiseg[loggers]')"
         ) from None
+
+
+#: seconds to wait for an MLflow server to accept a connection before the run is refused
+CONNECT_TIMEOUT = 10.0
+
+
+def check_reachable(uri: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """An ``http(s)://`` tracking server must accept a TCP connection within ``timeout`` seconds, else
+    ``OSError``: MLflow itself retries for minutes before it says anything. Other URIs pass."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__)
+        raise OSError(f"the server does not answer at {parts.hostname}:{port}: {reason}") from None
 
 
 def build_logger(kind: str, out: Path, config: dict[str, Any], resume: bool = False) -> Logger:

@@ -923,6 +923,55 @@ def ssldec() -> Table:
     )
 
 
+#: pre-training until the labeled digits are fitted (method.pretrain_threshold), the follow-up of the
+#: ssldec table's diagnosis (benchmarks/dev/ssldec-dev.md)
+SSLDEC_FIT = {"method.pretrain_threshold": 1.0}
+
+
+def ssldec_fit_rows() -> list[Row]:
+    mnist = dict(
+        recipe="ssldec-mnist", metric="error", metric_label="error (%), 2000 test digits", seeds=[0, 1, 2]
+    )
+    setting = "MNIST, 100 labels"
+    base = {"data.split.labeled": 100, "data.split.val_from_labeled": 10, **SSLDEC_FIT}
+    return [
+        Row("supervised (pre-trained until fitted)", setting, {**base, "method.max_rounds": 0}, **mnist),
+        Row(SSLDEC_CONTROL, setting, {**base, "method.targets": "none"}, **mnist),
+        Row("pseudo model", setting, {**base, "method.targets": "hard", "model.head": "linear"}, **mnist),
+        Row("SSLDEC", setting, base, paper=SSLDEC_PAPER[100], **mnist),
+    ]
+
+
+@register_table("ssldec-fit")
+def ssldec_fit() -> Table:
+    return Table(
+        name="ssldec-fit",
+        title="SSLDEC on MNIST with 100 labels, pre-trained until the labeled digits are fitted",
+        recipe="ssldec-mnist",
+        rows=ssldec_fit_rows(),
+        metric="error",
+        metric_label="error (%)",
+        seeds=[0, 1, 2],
+        quick_seeds=[0, 1, 2],
+        score="last",
+        notes=(
+            "The `ssldec` table's MNIST rows at 100 labels with one change: after the recipe's 100 "
+            "pre-training epochs a `pretrain_fit` phase trains on the 90 labeled digits (at the "
+            "pre-training's last rate, 1e-4, with its Adam state) until all are classified correctly "
+            "(clean images, eval mode), at most 300 more epochs of one step (`method.pretrain_threshold: "
+            "1.0`). Every row gets it, so the rows compare as in `ssldec`. Why: in `ssldec` the quick "
+            "(quarter-width) network's clustering head fitted about 76 % of the labeled digits after "
+            "pre-training, and SSLDEC's targets of eq. 2 come from that model; a development run on "
+            "training data only (benchmarks/dev/ssldec-dev.md) found the rounds helped from a 400-epoch "
+            "pre-training. That run was made after the `ssldec` table's test numbers were known; the "
+            "threshold is the paper's own retraining rule (100 % training accuracy), not a tuned value. "
+            "Otherwise as `ssldec` (8,000 training digits, 2,000 test digits, 90 + 10 labels, 3 draws, "
+            "no model selection, quick mode: quarter width, at most 15 rounds of at most 20 retraining "
+            "epochs). `paper` = Fig. 5 (60,000 training digits)."
+        ),
+    )
+
+
 #: the rows of ssldec-acdc (the paper's iSeg Figs. 9-11 are on other data and classes, WM / GM / CSF: no
 #: `paper` column, its claim in the notes)
 #: the equal-budget control (as the ssldec table's), at the paper's claim's 1 and 2 patients only (CPU)

@@ -65,7 +65,7 @@ def test_accuracy_counts_images_and_pixels():
 def test_config_checks():
     for bad in ({"max_rounds": -1}, {"change_tol": 1.0}, {"retrain_threshold": 1.5}, {"dec_iters": 0},
                 {"pretrain_epochs": 0, "max_rounds": 0}, {"targets": "soft"}, {"pretrain_threshold": 1.5},
-                {"max_pretrain_fit_epochs": 0}):  # fmt: skip
+                {"max_pretrain_fit_epochs": 0}, {"pretrain_threshold": 0.9, "pretrain_lr": None}):  # fmt: skip
         with pytest.raises(ConfigError):
             build("ssldec", **bad)
 
@@ -94,7 +94,30 @@ def test_pretrain_fit_phase_goes_on_at_the_last_rate_with_the_pretraining_state(
     assert fit.settings.scheduler == "none" and fit.settings.lr == pytest.approx(1e-4)  # 1e-3 · 0.1
     assert not phases[0].final and not phases[1].final
     only = build("ssldec", max_rounds=0, pretrain_threshold=0.9).phases()
-    assert [p.name for p in only] == ["pretrain", FIT] and not only[0].final and only[1].final
+    assert [p.name for p in only] == ["pretrain", FIT] and only[0].final and only[1].final
+    assert [
+        p.name for p in build("ssldec", max_rounds=0, pretrain_epochs=0, pretrain_threshold=0.9).phases()
+    ] == [FIT]
+
+
+def test_pretrain_fit_continues_the_adam_state_of_pretraining(tmp_path, monkeypatch):
+    """pretrain_fit's optimizer starts from pre-training's moments and step count, not a fresh state."""
+    from semiseg.engine.trainer import Trainer
+
+    seen = {}
+    original = Trainer._take_persisted
+
+    def spy(self, phase, opts):
+        original(self, phase, opts)
+        if phase.name == FIT:
+            state = opts["main"].state_dict()["state"]
+            seen["steps"] = [float(v["step"]) for v in state.values()]
+
+    monkeypatch.setattr(Trainer, "_take_persisted", spy)
+    cfg = moons_config("method.pretrain_epochs=3", "method.pretrain_lr=1e-6", "method.pretrain_threshold=1.0",
+                       "method.max_pretrain_fit_epochs=1", "method.max_rounds=0")  # fmt: skip
+    train(cfg, output_dir=tmp_path)
+    assert seen["steps"] and set(seen["steps"]) == {3.0}  # 3 one-step pre-training epochs
 
 
 def test_image_mode_dec_step_uses_the_sweep_targets_of_its_items():
@@ -173,7 +196,7 @@ def test_unreachable_threshold_retrains_up_to_the_cap(tmp_path):
 
 
 def test_pretrain_fit_trains_until_the_labeled_items_are_fitted(tmp_path):
-    """Too short a pre-training (1 epoch at a low rate) leaves the 8 points unfitted; pretrain_fit
+    """Too short a pre-training (1 epoch) leaves the 8 points unfitted; pretrain_fit
     trains on until all are, then the rounds start; a threshold already met trains no fit epoch."""
     cfg = moons_config("method.pretrain_epochs=1", "method.pretrain_lr=0.3", "method.pretrain_end_factor=0.1",
                        "method.pretrain_threshold=1.0", "method.max_pretrain_fit_epochs=200",
@@ -191,13 +214,17 @@ def test_pretrain_fit_trains_until_the_labeled_items_are_fitted(tmp_path):
 
 
 def test_resume_is_exact_inside_pretrain_fit(tmp_path, resume_check):
-    """The crash lands in pretrain_fit's second epoch: its Adam state comes from the checkpoint."""
+    """Crashes at pretrain_fit's first epoch (the hand-over of pre-training's Adam state is read
+    from the checkpoint) and at its second (its own state)."""
     cfg = moons_config("method.pretrain_epochs=1", "method.pretrain_lr=0.3", "method.pretrain_threshold=1.0",
                        "method.max_pretrain_fit_epochs=200", "method.max_rounds=1")  # fmt: skip
-    log = resume_check(
-        cfg, tmp_path, crash_at=lambda trainer, phase: phase.name == FIT and trainer.epoch == 1
-    )
-    assert sum(r["phase"] == FIT and "ended" not in r for r in log) >= 2, "the crash point must be reached"
+    for epoch in (0, 1):
+        log = resume_check(
+            cfg,
+            tmp_path / str(epoch),
+            crash_at=lambda trainer, phase, epoch=epoch: phase.name == FIT and trainer.epoch == epoch,
+        )
+    assert sum(r["phase"] == FIT and "ended" not in r for r in log) >= 2, "the crash points must be reached"
 
 
 def test_change_tol_ends_the_rounds_and_skips_the_rest(tmp_path):

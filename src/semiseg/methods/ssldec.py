@@ -12,11 +12,13 @@ data) or per pixel (segmentation data). Algorithm 1 as the engine's phases:
    (centroids trained too), learning rate linear from ``pretrain_lr`` to ``pretrain_lr ·
    pretrain_end_factor`` (the paper: 1e-3 → 1e-4 over 100 epochs).
    Optional ``pretrain_fit`` (``pretrain_threshold`` set; not in the paper): the pre-training
-   goes on at its last rate, with its Adam state, until the labeled training accuracy reaches
+   goes on at its last rate (``pretrain_lr · pretrain_end_factor``), with its Adam state (a fresh
+   one when ``pretrain_epochs`` is 0), until the labeled training accuracy reaches
    ``pretrain_threshold`` (checked before each epoch as in ``labeled<r>``; at most
-   ``max_pretrain_fit_epochs``). The paper stresses that the targets of eq. 2 come from this model,
-   which "needs to be as accurate as possible" (§III-A); a fixed epoch count fits a narrow network's
-   labeled items less well (``benchmarks/dev/ssldec-dev.md``).
+   ``max_pretrain_fit_epochs``). With ``max_rounds: 0`` both pre-training phases are ``final``.
+   The paper stresses that the targets of eq. 2 come from this model, which "needs to be as
+   accurate as possible" (§III-A); a fixed epoch count fits a narrow network's labeled items less
+   well (``benchmarks/dev/ssldec-dev.md``).
 2. For r = 1 … ``max_rounds``, two phases, constant learning rate ``lr`` (the paper: 1e-4), one
    Adam state handed on through all of them (``OptimizerSpec.persist``, as a re-fitted Keras model):
 
@@ -65,9 +67,9 @@ whole dataset are not kept); a class that no item is predicted as is left out of
 KL is a mean over the items (pixels) that count (Keras's ``kld``), not the paper's sum; the second
 part starts a fresh Adam state (the paper changes the learning rate between the parts), which its
 phases then share; items held out for validation (``data.split.val_from_labeled``) are not in the
-sweep; every phase but ``pretrain`` is ``final`` (best validation over rounds goes to ``best.pt``;
-the classification tables score the last state, ``train.eval_last``, since 10 validation digits
-cannot select).
+sweep; every phase of the rounds is ``final``, the pre-training phases only with ``max_rounds: 0``
+(best validation over rounds goes to ``best.pt``; the classification tables score the last state,
+``train.eval_last``, since 10 validation digits cannot select).
 """
 
 from __future__ import annotations
@@ -135,7 +137,7 @@ class SSLDECConfig(MethodConfig):
         for name in ("pretrain_epochs", "max_rounds"):
             if getattr(self, name) < 0:
                 raise FieldError(name, f"must be >= 0, got {getattr(self, name)}")
-        if self.pretrain_epochs == 0 and self.max_rounds == 0:
+        if self.pretrain_epochs == 0 and self.max_rounds == 0 and self.pretrain_threshold is None:
             raise FieldError("pretrain_epochs", "0 needs max_rounds >= 1 (there would be nothing to train)")
         for name in ("pretrain_lr", "lr"):
             value = getattr(self, name)
@@ -147,6 +149,11 @@ class SSLDECConfig(MethodConfig):
             raise FieldError("change_tol", f"must be in [0, 1), got {self.change_tol}")
         if self.dec_iters is not None and self.dec_iters < 1:
             raise FieldError("dec_iters", f"must be >= 1, got {self.dec_iters}")
+        if self.pretrain_threshold is not None and self.pretrain_lr is None:
+            raise FieldError(
+                "pretrain_threshold",
+                "needs a pretrain_lr (pretrain_fit trains at pretrain_lr · pretrain_end_factor)",
+            )
         if self.pretrain_threshold is not None and not 0 <= self.pretrain_threshold <= 1:
             raise FieldError(
                 "pretrain_threshold", f"must be in [0, 1] or null, got {self.pretrain_threshold}"
@@ -244,11 +251,9 @@ class SSLDEC(Method):
         if cfg.pretrain_epochs:
             pre = OptimizerConfig(lr=cfg.pretrain_lr, scheduler="linear", end_factor=cfg.pretrain_end_factor)
             phases.append(Phase("pretrain", epochs=cfg.pretrain_epochs, optimizers=(OptimizerSpec("main", pre, keep),),
-                                epoch_iters=cfg.epoch_iters, final=cfg.max_rounds == 0 and not fit,
-                                validate=cfg.validate))  # fmt: skip
+                                epoch_iters=cfg.epoch_iters, final=cfg.max_rounds == 0, validate=cfg.validate))  # fmt: skip
         if fit:
-            lr = cfg.pretrain_lr * cfg.pretrain_end_factor if cfg.pretrain_lr is not None else None
-            end = OptimizerConfig(lr=lr, scheduler="none")
+            end = OptimizerConfig(lr=cfg.pretrain_lr * cfg.pretrain_end_factor, scheduler="none")
             phases.append(Phase(FIT, epochs=cfg.max_pretrain_fit_epochs, optimizers=(OptimizerSpec("main", end, keep),),
                                 epoch_iters=cfg.epoch_iters, final=cfg.max_rounds == 0, validate=cfg.validate))  # fmt: skip
         second = (OptimizerSpec("main", OptimizerConfig(lr=cfg.lr, scheduler="none"), persist=SECOND),)

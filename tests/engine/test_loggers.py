@@ -104,6 +104,8 @@ def test_an_unreachable_mlflow_server_is_one_line_within_seconds(tmp_path, monke
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    for name in ("http_proxy", "HTTP_PROXY"):  # a proxy in the environment would skip the probe
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     out = tmp_path / "run"
     start = time.monotonic()
@@ -113,6 +115,29 @@ def test_an_unreachable_mlflow_server_is_one_line_within_seconds(tmp_path, monke
         train(cfg_with("mlflow"), output_dir=out)
     assert time.monotonic() - start < 30 and not out.exists()
     mlflow.set_tracking_uri(None)
+
+
+def test_the_reachability_probe_skips_proxied_and_non_http_uris_and_hides_a_password(tmp_path, monkeypatch):
+    import socket
+
+    from semiseg.engine.loggers import _without_password, check_reachable
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for name in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(OSError, match="does not answer at 127.0.0.1"):
+        check_reachable(f"http://user:pw@127.0.0.1:{port}")
+    for uri in ("databricks", "file:///tmp/x", "sqlite:///x.db"):
+        check_reachable(uri)  # not an HTTP server: no probe
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")  # MLflow would go through it
+    check_reachable(f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # ... unless the host bypasses it
+    with pytest.raises(OSError):
+        check_reachable(f"http://127.0.0.1:{port}")
+    assert _without_password("https://me:s3cret@host:5000") == "https://me:***@host:5000"
+    assert _without_password("http://host:5000") == "http://host:5000"
 
 
 def test_a_logger_that_cannot_start_leaves_a_previous_run_whole(tmp_path):

@@ -146,12 +146,17 @@ CONNECT_TIMEOUT = 10.0
 
 def check_reachable(uri: str, timeout: float = CONNECT_TIMEOUT) -> None:
     """An ``http(s)://`` tracking server must accept a TCP connection within ``timeout`` seconds, else
-    ``OSError``: MLflow itself retries for minutes before it says anything. Other URIs pass."""
+    ``OSError``: MLflow itself retries for minutes before it says anything. Other URIs pass, and so
+    does a server reached through an HTTP proxy (``HTTP(S)_PROXY`` without a ``NO_PROXY`` match:
+    MLflow's requests go through the proxy, so a direct connection proves nothing)."""
     import socket
+    import urllib.request
     from urllib.parse import urlsplit
 
     parts = urlsplit(uri)
     if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    if urllib.request.getproxies().get(parts.scheme) and not urllib.request.proxy_bypass(parts.hostname):
         return
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
@@ -159,6 +164,16 @@ def check_reachable(uri: str, timeout: float = CONNECT_TIMEOUT) -> None:
     except OSError as exc:
         reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__)
         raise OSError(f"the server does not answer at {parts.hostname}:{port}: {reason}") from None
+
+
+def _without_password(uri: str) -> str:
+    """``uri`` for a message: a ``user:password@`` becomes ``user:***@``."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    return uri.replace(f":{parts.password}@", ":***@", 1)
 
 
 def build_logger(kind: str, out: Path, config: dict[str, Any], resume: bool = False) -> Logger:
@@ -175,7 +190,7 @@ def build_logger(kind: str, out: Path, config: dict[str, Any], resume: bool = Fa
     try:
         return MLflowLogger(out, config, resume)
     except Exception as exc:  # noqa: BLE001 - MLflow's stores raise many types; the user needs one line
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or "the run folder's mlruns"
+        uri = _without_password(os.environ.get("MLFLOW_TRACKING_URI") or "the run folder's mlruns")
         raise ConfigError(
             f"train.logger: mlflow cannot start a run at {uri} ({first_line(exc, 160)})"
         ) from None

@@ -716,3 +716,6 @@ def test_quick_needs_a_quick_section(tmp_path, capsys):
     assert main(["train", "-c", recipe, "--quick", "-o", str(tmp_path / "out")]) == 2
     assert_one_line_error(capsys, "train", f"--quick: {recipe} has no quick section")
     assert not (tmp_path / "out").exists()
+    # an explicit empty section says the recipe is already CPU-sized: --quick runs it as it is
+    empty = write_recipe(tmp_path / "sized.yaml", {**SHAPES, "quick": {}})
+    assert main(["train", "-c", empty, "--quick", "--no-test", "-o", str(tmp_path / "sized")]) == 0

@@ -303,6 +303,7 @@ def test_quick_section_is_checked(recipe):
         ({"data": {"shapes_classes": 1}}, "data.shapes_classes"),
         ({"data": {"intensity": "zscore"}}, "data.intensity"),  # shapes: fixed scaling
         ({"data": {"dataset": "acdc", "intensity": "minmax"}}, "data.intensity"),
+        ({"data": {"dataset": "texture_rings", "intensity": "zscore"}}, "data.intensity"),  # generated
         ({"train": {"strong_augment": {"jitter_prob": 1.5}}}, "train.strong_augment.jitter_prob"),
         ({"train": {"strong_augment": {"cutmix_prob": -0.1}}}, "train.strong_augment.cutmix_prob"),
         ({"train": {"strong_augment": {"brightness": 1.5}}}, "train.strong_augment.brightness"),

@@ -165,7 +165,7 @@ def _load_cfg(args):
     from semiseg.errors import ConfigError
 
     raw = load_yaml(args.config)
-    if getattr(args, "quick", False) and not raw.get("quick"):
+    if getattr(args, "quick", False) and "quick" not in raw:  # `quick: {}` = already CPU-sized
         raise ConfigError(f"--quick: {args.config} has no quick section (nothing to apply)")
     return build_config(raw, args.overrides, quick=args.quick, source=args.config)
 

@@ -578,6 +578,9 @@ _FIXED_INTENSITY = (
     "la2018",
     "mnist",
     "cluttered_mnist",
+    "mnist_digits",
+    "moons",
+    "texture_rings",
 )
 #: how ``semiseg predict`` scales NIfTI inputs for a model trained on a built-in dataset of fixed
 #: scaling that min-max (``"auto"``) would not reproduce: LA2018's ``mri_norm2`` volumes are z-scored

@@ -545,6 +545,17 @@ def test_save_epochs_keeps_the_state_after_those_epochs(tmp_path, make_config):
     assert not list(tmp_path.glob("epoch_*.pt"))
 
 
+def test_a_fresh_run_removes_the_earlier_runs_plots_and_tensorboard_events(tmp_path, make_config):
+    pytest.importorskip("tensorboard")
+    engine_run.train(make_config("train.plots=true", "train.logger=tensorboard"), output_dir=tmp_path)
+    assert (tmp_path / "overlays.png").is_file() and list(tmp_path.glob("tensorboard/events.out.tfevents.*"))
+    engine_run.train(make_config("train.plots=false"), output_dir=tmp_path)
+    assert not (tmp_path / "overlays.png").exists() and not (tmp_path / "learning_curves.png").exists()
+    assert not list(tmp_path.glob("tensorboard/events.out.tfevents.*"))
+    engine_run.train(make_config("train.logger=tensorboard"), output_dir=tmp_path)  # its own events stay
+    assert len(list(tmp_path.glob("tensorboard/events.out.tfevents.*"))) == 1
+
+
 def test_checkpoint_every_n_epochs_resumes_exactly(tmp_path, make_config, resume_check):
     cfg = make_config("train.epochs=5", "train.checkpoint_every=3")
     straight = tmp_path / "alone"

@@ -686,9 +686,11 @@ class Trainer:
             on_start()
         if not self.resume and self.main:
             # a fresh run must not leave an earlier run's checkpoints or results next to its own logs
-            for name in ("steps.jsonl", "epochs.jsonl", "epochs.csv", "last.pt", "best.pt", "metrics.json"):
+            for name in ("steps.jsonl", "epochs.jsonl", "epochs.csv", "last.pt", "best.pt", "metrics.json",
+                         "learning_curves.png", "overlays.png"):  # fmt: skip
                 (self.out / name).unlink(missing_ok=True)
-            for old in [*self.out.glob("best_*.pt"), *self.out.glob("epoch_*.pt")]:
+            events = self.out.glob("tensorboard/events.out.tfevents.*")
+            for old in [*self.out.glob("best_*.pt"), *self.out.glob("epoch_*.pt"), *events]:
                 old.unlink()
         from tqdm.auto import tqdm
 

@@ -798,7 +798,8 @@ SSLDEC_PAPER = {"moons": 99.8, 100: 0.88, 1000: 0.46}
 SSLDEC_MEMBERS = "SSLDEC, ensemble members | MNIST, 100 labels, draw 0"
 
 
-#: the equal-budget control: SSLDEC's schedule without its unlabeled epochs (``method.targets: none``)
+#: the control for the unlabeled epochs (not an exactly equal budget: see the table notes): SSLDEC's
+#: schedule without its unlabeled epochs (``method.targets: none``)
 SSLDEC_CONTROL = "supervised, SSLDEC's labeled schedule"
 
 
@@ -974,7 +975,7 @@ def ssldec_fit() -> Table:
 
 #: the rows of ssldec-acdc (the paper's iSeg Figs. 9-11 are on other data and classes, WM / GM / CSF: no
 #: `paper` column, its claim in the notes)
-#: the equal-budget control (as the ssldec table's), at the paper's claim's 1 and 2 patients only (CPU)
+#: the control for the unlabeled epochs (as the ssldec table's), at the paper's claim's 1 and 2 patients only (CPU)
 SSLDEC_ACDC_CONTROL = "lower bound, SSLDEC's labeled schedule"
 SSLDEC_ACDC_CONTROL_PATIENTS = (1, 2)
 SSLDEC_ACDC_ROWS = (

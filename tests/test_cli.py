@@ -719,3 +719,20 @@ def test_quick_needs_a_quick_section(tmp_path, capsys):
     # an explicit empty section says the recipe is already CPU-sized: --quick runs it as it is
     empty = write_recipe(tmp_path / "sized.yaml", {**SHAPES, "quick": {}})
     assert main(["train", "-c", empty, "--quick", "--no-test", "-o", str(tmp_path / "sized")]) == 0
+
+
+def test_an_error_whose_wrapped_message_has_line_breaks_prints_as_one_line(monkeypatch, capsys):
+    """nibabel's message for a truncated NIfTI holds a line break: the user still gets one line."""
+    from semiseg import cli
+    from semiseg.errors import DataError
+
+    def boom(args):
+        raise DataError(
+            "c.nii.gz",
+            "cannot read NIfTI file (OSError: got 3920 bytes from \n - could the file be damaged?)",
+        )
+
+    monkeypatch.setitem(cli.COMMANDS, "train", boom)
+    assert cli.main(["train", "-c", "x.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bytes from - could the file" in err

@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -449,8 +450,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command](args)
-    except SemisegError as exc:
-        print(f"semiseg {args.command}: error: {exc}", file=sys.stderr)
+    except SemisegError as exc:  # one line, also when a wrapped library message holds line breaks
+        message = re.sub(r"\s*\n\s*", " ", str(exc).strip())
+        print(f"semiseg {args.command}: error: {message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"semiseg {args.command}: interrupted", file=sys.stderr)

@@ -108,6 +108,18 @@ def test_bad_datasets_are_one_line_errors(tmp_path):
         load_nnunet(root)
     with pytest.raises(DataError, match="dataset.json: not found"):
         load_nnunet(tmp_path / "missing_channel" / "imagesTr")
+    root = make_dataset(tmp_path / "undeclared_channel")
+    write(root / "imagesTr" / "a_0002.nii.gz", np.zeros((8, 6, 3), np.float32))
+    with pytest.raises(
+        DataError, match=r"a_0002.nii.gz: channel 2 of case 'a' is not in .*dataset.json's channel_names"
+    ):
+        load_nnunet(root)
+    root = make_dataset(tmp_path / "no_ending")
+    meta = json.loads((root / "dataset.json").read_text())
+    del meta["file_ending"]
+    (root / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="dataset.json: needs 'file_ending'"):
+        load_nnunet(root)
 
 
 def test_a_multichannel_model_predicts_nnunet_channel_files(tmp_path):

@@ -52,7 +52,9 @@ def _read_json(root: Path) -> dict:
     for key in ("channel_names", "labels"):
         if not isinstance(meta.get(key), dict) or not meta[key]:
             raise DataError(path, f"needs a non-empty '{key}' mapping")
-    ending = meta.get("file_ending", ".nii.gz")
+    if "file_ending" not in meta:
+        raise DataError(path, "needs 'file_ending' (.nii.gz or .nii), as nnU-Net's dataset.json does")
+    ending = meta["file_ending"]
     if ending not in (".nii.gz", ".nii"):
         raise DataError(path, f"file_ending {ending!r}: only NIfTI (.nii.gz, .nii) is read")
     labels = dict(meta["labels"])
@@ -66,19 +68,23 @@ def _read_json(root: Path) -> dict:
     return meta
 
 
-def _cases(images: Path, ending: str, channels: int) -> dict[str, list[Path]]:
-    """case → its channel files in order (files ``<case>_<NNNN><ending>`` of ``images``)."""
+def _cases(images: Path, ending: str, channels: int, declared: Path) -> dict[str, list[Path]]:
+    """case → its channel files in order (files ``<case>_<NNNN><ending>`` of ``images``); a channel
+    file beyond ``declared``'s (dataset.json's) ``channel_names`` is an error."""
     # hidden files (macOS's "._<name>" metadata beside each file on copies) are not cases
     listed = images.iterdir() if images.is_dir() else []
     files = sorted(p for p in listed if p.name.endswith(ending) and not p.name.startswith("."))
-    return channel_cases(files, channels)
+    return channel_cases(files, channels, declared=declared)
 
 
-def channel_cases(files: Sequence[Path], channels: int, *, strict: bool = False) -> dict[str, list[Path]]:
+def channel_cases(
+    files: Sequence[Path], channels: int, *, strict: bool = False, declared: Path | None = None
+) -> dict[str, list[Path]]:
     """case → its channel files in order, from NIfTI files named ``<case>_0000`` … (nnU-Net's naming).
 
     A missing channel is an error naming the file expected; with ``strict`` (files a user hands to a
-    model), so are a file outside that naming and a channel the model does not read.
+    model), so are a file outside that naming and a channel the model does not read; with
+    ``declared`` (a dataset's dataset.json), a channel beyond its ``channel_names``.
     """
     pattern = re.compile(r"^(.*)_(\d{4})$")
     found: dict[str, dict[int, Path]] = {}
@@ -103,6 +109,9 @@ def channel_cases(files: Sequence[Path], channels: int, *, strict: bool = False)
         extra = sorted(set(by_channel) - set(range(channels)))
         if strict and extra:
             why = f"case '{case}' has channel {extra[0]}, which the model does not read ({channels} channels)"
+            raise DataError(by_channel[extra[0]], why)
+        if declared is not None and extra:
+            why = f"channel {extra[0]} of case '{case}' is not in {declared}'s channel_names ({channels} channels)"
             raise DataError(by_channel[extra[0]], why)
         out[case] = [by_channel[c] for c in range(channels)]
     return out
@@ -169,14 +178,14 @@ def load_nnunet(
     if not root.is_dir():
         raise DataError(root, "dataset folder not found")
     meta = _read_json(root)
-    ending = meta.get("file_ending", ".nii.gz")
+    ending = meta["file_ending"]
     n_channels = len(meta["channel_names"])
     num_classes = len(meta["classes"])
     splits: dict[str, list[Record]] = {}
     for split, images, labels in (("train", "imagesTr", "labelsTr"), ("test", "imagesTs", "labelsTs")):
         if split == "test" and not (root / labels).is_dir():
             continue
-        cases = _cases(root / images, ending, n_channels)
+        cases = _cases(root / images, ending, n_channels, root / "dataset.json")
         if split == "train" and not cases:
             raise DataError(root / images, f"no cases (<case>_0000{ending})")
         label_files = [p for p in sorted((root / labels).glob(f"*{ending}")) if not p.name.startswith(".")]

@@ -264,3 +264,25 @@ def test_a_2d_model_s_split_of_volumes_is_its_slices_in_data_split_too_and_item_
         prepare_data(
             build_config(copy.deepcopy(raw), ["data.split.labeled_item_fraction=0.25"], source="test")
         )
+
+
+def test_a_3d_run_on_volumes_of_mixed_spacing_notes_the_target_spacing_option(tmp_path, capsys):
+    from semiseg.engine.run import note_mixed_spacing
+
+    root = make_volumes(tmp_path / "data", n=6, shape=(24, 20, 6))
+    coarse = make_volumes(tmp_path / "coarse", n=2, shape=(24, 20, 6), zooms=(0.7, 0.7, 6.0))
+    for name in ("images", "masks"):  # two volumes at twice the slice spacing
+        for f in (coarse / name).iterdir():
+            f.rename(root / name / f"coarse_{f.name}")
+    raw = {"data": {"dataset": "folder", "path": str(root), "image_size": [-1, -1, -1], "patch_size": [4, 8, 8],
+                    "split": {"labeled": 3, "val_fraction": 0.25, "test_fraction": 0.25}},
+           "model": {"name": "unet", "width": 4, "depth": 2, "spatial_dims": 3, "inplane_levels": 1}}  # fmt: skip
+    data = prepare_data(build_config(copy.deepcopy(raw), [], source="test"))
+    note = note_mixed_spacing(build_config(copy.deepcopy(raw), [], source="test"), data.bundle.train)
+    assert note and "[3.0, 0.7, 0.7] .. [6.0, 0.7, 0.7] mm" in note and "data.target_spacing" in note
+    assert capsys.readouterr().err.strip() == note
+    resampled = build_config(copy.deepcopy(raw), ["data.target_spacing=[3.0, -1, -1]"], source="test")
+    assert note_mixed_spacing(resampled, data.bundle.train) is None  # the user chose a grid
+    uniform = make_volumes(tmp_path / "uniform", n=6, shape=(24, 20, 6))
+    same = prepare_data(build_config(copy.deepcopy(raw), [f"data.path={uniform}"], source="test"))
+    assert note_mixed_spacing(build_config(copy.deepcopy(raw), [], source="test"), same.bundle.train) is None

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from semiseg.config import RunConfig, build_config, to_dict
@@ -119,6 +120,8 @@ def train(
     try:
         with D.main_first(info):  # rank 0 builds the on-disk store's entries, the others read them
             data = prepare_data(cfg, data_root, bundle=bundle)  # validates all data before any training
+        if info.is_main:
+            note_mixed_spacing(cfg, data.bundle.train)
         if not test:
             data = dataclasses.replace(data, test=[])
         if cfg.train.threshold == "val" and (data.bundle.num_classes != 2 or data.bundle.task != "segment"):
@@ -245,6 +248,31 @@ def check_recorded_split(data, splits, checkpoint) -> bool:
                 "the run was trained with",
             )
     return True
+
+
+#: a spacing range (largest / smallest, on some axis) beyond which a 3D run without a target spacing
+#: gets a note: the network sees voxels, so one grid for all volumes usually trains better
+MIXED_SPACING = 1.25
+
+
+def note_mixed_spacing(cfg: RunConfig, records) -> str | None:
+    """A note on stderr (also returned) when a 3D model trains on volumes whose voxel spacings differ
+    by more than :data:`MIXED_SPACING` on an axis and ``data.target_spacing`` is not set."""
+    if cfg.model.spatial_dims != 3 or cfg.data.target_spacing is not None:
+        return None
+    spacings = [r.spacing for r in records if r.spacing is not None]
+    if len(spacings) < 2 or len({len(s) for s in spacings}) != 1:
+        return None
+    low, high = np.min(spacings, 0), np.max(spacings, 0)
+    if not (high > MIXED_SPACING * low).any():
+        return None
+    note = (
+        f"note: data: the training volumes' voxel spacings differ ({low.round(3).tolist()} .. "
+        f"{high.round(3).tolist()} mm, D H W); the network sees voxels, not millimetres: "
+        "data.target_spacing resamples them to one grid"
+    )
+    print(note, file=sys.stderr)
+    return note
 
 
 #: metrics of a whole region's shape or area, which a few clicked pixels per image cannot score

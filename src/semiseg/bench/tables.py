@@ -803,20 +803,32 @@ SSLDEC_MEMBERS = "SSLDEC, ensemble members | MNIST, 100 labels, draw 0"
 SSLDEC_CONTROL = "supervised, SSLDEC's labeled schedule"
 
 
+#: the MNIST rows' metric and draws
+SSLDEC_MNIST = dict(
+    recipe="ssldec-mnist", metric="error", metric_label="error (%), 2000 test digits", seeds=[0, 1, 2]
+)
+
+
+def ssldec_mnist_rows(
+    n: int, extra: dict | None = None, lower: str = "supervised (pre-training only)"
+) -> list[Row]:
+    """The four MNIST rows at ``n`` labels (pre-training only, the control, the pseudo model, SSLDEC),
+    every one with the overrides ``extra``."""
+    setting = f"MNIST, {n} labels"
+    base = {"data.split.labeled": n, "data.split.val_from_labeled": n // 10, **(extra or {})}
+    mnist = SSLDEC_MNIST
+    return [
+        Row(lower, setting, {**base, "method.max_rounds": 0}, **mnist),
+        Row(SSLDEC_CONTROL, setting, {**base, "method.targets": "none"}, **mnist),
+        Row("pseudo model", setting, {**base, "method.targets": "hard", "model.head": "linear"}, **mnist),
+        Row("SSLDEC", setting, base, paper=SSLDEC_PAPER[n], **mnist),
+    ]
+
+
 def ssldec_rows() -> list[Row]:
-    rows = []  # MNIST first: the provenance's throughput measures the first row's model
-    mnist = dict(
-        recipe="ssldec-mnist", metric="error", metric_label="error (%), 2000 test digits", seeds=[0, 1, 2]
-    )
-    for n in (100, 1000):
-        setting = f"MNIST, {n} labels"
-        base = {"data.split.labeled": n, "data.split.val_from_labeled": n // 10}
-        rows += [
-            Row("supervised (pre-training only)", setting, {**base, "method.max_rounds": 0}, **mnist),
-            Row(SSLDEC_CONTROL, setting, {**base, "method.targets": "none"}, **mnist),
-            Row("pseudo model", setting, {**base, "method.targets": "hard", "model.head": "linear"}, **mnist),
-            Row("SSLDEC", setting, base, paper=SSLDEC_PAPER[n], **mnist),
-        ]
+    # MNIST first: the provenance's throughput measures the first row's model
+    rows = ssldec_mnist_rows(100) + ssldec_mnist_rows(1000)
+    mnist = SSLDEC_MNIST
     base = {"data.split.labeled": 100, "data.split.val_from_labeled": 10}
     members = {**mnist, "seeds": [0, 1, 2, 3, 4]}
     method, setting = SSLDEC_MEMBERS.split(" | ")
@@ -930,17 +942,7 @@ SSLDEC_FIT = {"method.pretrain_threshold": 1.0}
 
 
 def ssldec_fit_rows() -> list[Row]:
-    mnist = dict(
-        recipe="ssldec-mnist", metric="error", metric_label="error (%), 2000 test digits", seeds=[0, 1, 2]
-    )
-    setting = "MNIST, 100 labels"
-    base = {"data.split.labeled": 100, "data.split.val_from_labeled": 10, **SSLDEC_FIT}
-    return [
-        Row("supervised (pre-trained until fitted)", setting, {**base, "method.max_rounds": 0}, **mnist),
-        Row(SSLDEC_CONTROL, setting, {**base, "method.targets": "none"}, **mnist),
-        Row("pseudo model", setting, {**base, "method.targets": "hard", "model.head": "linear"}, **mnist),
-        Row("SSLDEC", setting, base, paper=SSLDEC_PAPER[100], **mnist),
-    ]
+    return ssldec_mnist_rows(100, SSLDEC_FIT, lower="supervised (pre-trained until fitted)")
 
 
 @register_table("ssldec-fit")

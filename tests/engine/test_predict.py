@@ -149,7 +149,7 @@ def test_images_are_segmented_a_chunk_at_a_time_and_a_bad_one_is_caught_before_a
     assert not (tmp_path / "out3").exists()  # im0..im3 were written, then removed with the folder
 
 
-def test_a_classifier_writes_one_csv_of_classes_and_refuses_volumes(tmp_path):
+def test_a_classifier_writes_one_csv_of_classes_and_refuses_volumes(tmp_path, capsys):
     """A classifier's network gives [B, K]: one row per image (its class and probabilities), no PNG."""
     from PIL import Image
 
@@ -169,6 +169,12 @@ def test_a_classifier_writes_one_csv_of_classes_and_refuses_volumes(tmp_path):
     rows = {r.split(",")[0]: r.split(",")[1:] for r in lines[1:]}
     assert rows["bright.png"][0] == "1" and rows["dark.png"][0] == "0"
     assert abs(sum(float(v) for v in rows["dark.png"][1:]) - 1.0) < 1e-5
+    assert "note: 2 of 2 images are not 16x16 and were resized" in capsys.readouterr().err  # 20x12 files
+    fits = tmp_path / "fits"
+    fits.mkdir()
+    Image.fromarray(np.full((16, 16), 200, np.uint8)).save(fits / "a.png")
+    predict_folder(mean_classifier, state, fits, tmp_path / "out_fits", torch.device("cpu"))
+    assert "note" not in capsys.readouterr().err  # the training size: nothing to say
     volume(src / "v.nii.gz", np.zeros((16, 16, 3)))
     with pytest.raises(DataError, match="v.nii.gz: a classification model labels 2D images, not volumes"):
         predict_folder(mean_classifier, state, src, tmp_path / "out2", torch.device("cpu"))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -93,10 +94,13 @@ def predict_folder(
     written: list[Path] = []  # files this call made (a failure removes them; files it replaced stay)
     before = {p.name for p in out.iterdir()}
     rows: list[str] = []  # a classifier's CSV
+    resized = 0  # a classifier's inputs of another size than its training images
     try:
         for start in range(0, len(images), IMAGE_CHUNK):  # a chunk of images in memory at a time
             chunk = images[start : start + IMAGE_CHUNK]
             pixels = [torch.from_numpy(read_model_image(p, state["in_channels"], intensity)) for p in chunk]
+            if classify:  # a class has no map to resize back: say that the input was resized
+                resized += sum(tuple(x.shape[-2:]) != tuple(image_size) for x in pixels)
             for path, p in zip(chunk, predict_slices(predict, pixels, image_size, device)):
                 if classify:
                     rows.append(
@@ -119,6 +123,10 @@ def predict_folder(
             target = out / CLASSES_FILE
             atomic_write(target, lambda tmp: Path(tmp).write_text("\n".join([head, *rows]) + "\n"))
             written.append(target)
+            if resized:
+                size = "x".join(str(v) for v in image_size)
+                print(f"note: {resized} of {len(images)} images are not {size} and were resized to it, the "
+                      "size the classifier was trained on", file=sys.stderr)  # fmt: skip
     except BaseException:
         for target in written:
             if target.name not in before:

@@ -451,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except SemisegError as exc:  # one line, also when a wrapped library message holds line breaks
-        message = re.sub(r"\s*\n\s*", " ", str(exc).strip())
+        message = re.sub(r"\s*[\r\n]+\s*", " ", str(exc).strip())
         print(f"semiseg {args.command}: error: {message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

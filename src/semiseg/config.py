@@ -136,9 +136,9 @@ class DataConfig:
     #: scribbles, the rest unlabeled); losses and metrics skip those pixels
     mask_unlabeled: int | None = None
     channels: Literal["auto", "gray", "rgb"] = "auto"
-    #: intensity scaling of image files (folder datasets): "auto" = 8-bit ÷ 255, 16-bit and float
-    #: images min-max per image to [0, 1]; "minmax" / "percentile" (0.5–99.5, clipped) to [0, 1] or
-    #: "zscore" per image; "none" = raw stored values. Other datasets accept "auto" only.
+    #: intensity scaling of image files (folder and nnunet datasets): "auto" = 8-bit ÷ 255, 16-bit and
+    #: float images min-max per image to [0, 1]; "minmax" / "percentile" (0.5–99.5, clipped) to [0, 1]
+    #: or "zscore" per image; "none" = raw stored values. Other datasets accept "auto" only.
     intensity: Literal["auto", "minmax", "percentile", "zscore", "none"] = "auto"
     num_images: int = 120  #: generated sets: "shapes" images, "moons" points
     shapes_classes: int = 3  #: generated "shapes" set: classes incl. background

@@ -57,6 +57,8 @@ def test_mlflow_run_has_params_metrics_artifacts_and_a_resume_continues_it(tmp_p
     assert (out / "mlflow_run_id").read_text().strip() == run_id
     steps = [m.step for m in client.get_metric_history(run_id, "step/loss")]
     assert steps == [1, 2, 3, 4, 5, 6]  # the same MLflow run, continued
+    train(cfg_with("none"), output_dir=out)  # a fresh run without MLflow replaces the run ...
+    assert not (out / "mlflow_run_id").exists()  # ... so a later --resume with mlflow starts its own
 
 
 def test_a_missing_logger_package_is_a_one_line_error_before_training(tmp_path, monkeypatch):

@@ -140,6 +140,8 @@ def train(
             nonlocal logger
             if info.is_main:  # the logger first: one that cannot start leaves a previous run's record whole
                 logger = trainer.logger = build_logger(cfg.train.logger, out, to_dict(cfg), resume)
+                if not resume and cfg.train.logger != "mlflow":  # a later --resume with mlflow must not
+                    (out / "mlflow_run_id").unlink(missing_ok=True)  # continue a replaced run's MLflow run
                 data.split.write(out / "split.json")
                 atomic_write_text(out / "config.json", json.dumps(to_dict(cfg), indent=1))
 
@@ -269,7 +271,7 @@ def note_mixed_spacing(cfg: RunConfig, records) -> str | None:
     note = (
         f"note: data: the training volumes' voxel spacings differ ({low.round(3).tolist()} .. "
         f"{high.round(3).tolist()} mm, D H W); the network sees voxels, not millimetres: "
-        "data.target_spacing resamples them to one grid"
+        "data.target_spacing resamples them to one grid (with -1 on those axes of data.image_size)"
     )
     print(note, file=sys.stderr)
     return note

@@ -696,6 +696,11 @@ MOONS_SSLDEC = ["-c", "ssldec-moons", "--set", "data.num_images=40", "--set", "m
         (["--set", "method={name: translation, regularizers: [{name: tv, weight: 0.1}]}",
           "--set", "data.split.unlabeled_supervision=tag"],
          "method.regularizers: method 'translation' does not apply regularisers"),
+        # weak labels of the unlabeled images that nothing in the run reads
+        (["--set", "data.split.unlabeled_supervision=tag"],
+         "data.split.unlabeled_supervision: 'tag' labels the unlabeled images, and nothing in this run reads them"),
+        (["--set", "method={name: size, source: regressor}", "--set", "data.split.unlabeled_supervision=size"],
+         "data.split.unlabeled_supervision: 'size' labels the unlabeled images, and nothing in this run reads them"),
         # found by a phase once training is set up, before its first step: no folder left either
         (["--set", "method={name: size, source: oracle}"],
          "method.source: oracle needs data.split.unlabeled_supervision: size"),

@@ -299,6 +299,16 @@ class Trainer:
                     f"'{self.cfg.method['name']}' learns from {' or '.join(method.learns_from)} masks (weak "
                     "labels of the unlabeled images: data.split.unlabeled_supervision)"
                 )
+        weak = kind(data.unlabeled) if data.unlabeled is not None else None
+        if weak in ("tag", "size"):
+            read = set(method.unlabeled_labels_read())
+            read |= {k for r in method.regularizers if "unlabeled" in r.streams for k in r.spec.weak_labels()}
+            if weak not in read:
+                raise ConfigError(
+                    f"data.split.unlabeled_supervision: '{weak}' labels the unlabeled images, and nothing in this "
+                    f"run reads them (method '{self.cfg.method['name']}' does not; a regulariser on the unlabeled "
+                    "images that does, e.g. size with source: data, or unlabeled_supervision: none)"
+                )
         for reg in method.regularizers:
             where = f"method.regularizers: '{reg.name}'"
             if task not in reg.spec.tasks:

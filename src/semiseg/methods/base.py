@@ -131,6 +131,13 @@ class Method(nn.Module):
         """The method's own phases (default: one, "train"); the engine runs :meth:`run_phases`."""
         return [Phase()]
 
+    def unlabeled_labels_read(self) -> frozenset[str]:
+        """The weak labels of unlabeled items ("tag", "size") the method's own losses read (default:
+        tags, when a phase draws a stream filtered by an image tag); the trainer refuses weak labels
+        that nothing in the run reads."""
+        tagged = any(getattr(s, "tag_class", None) is not None for p in self.phases() for s in p.stream_specs)
+        return frozenset({"tag"} if tagged else ())
+
     def parameters_for(self, phase: str, optimizer: str) -> Iterator[nn.Parameter]:
         """Parameters updated by ``optimizer`` in ``phase`` (default: the segmenter's; never those of
         a regulariser's own network, which trains in its own phases)."""

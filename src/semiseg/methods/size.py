@@ -179,6 +179,9 @@ class SizeConstrained(Supervised):
             self.regress, records, image_size, device, self.num_classes, self.classes, target_spacing
         )
 
+    def unlabeled_labels_read(self) -> frozenset[str]:
+        return super().unlabeled_labels_read() | ({"size"} if self.cfg.source == "oracle" else set())
+
     # ------------------------------------------------------------------------------ segmenter
     def _bounds(self, unlabeled: Batch, probs: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Per-class size estimates in pixels ``[B, K]`` (NaN = unconstrained) and centroid bounds."""

@@ -114,9 +114,12 @@ def test_tv_on_unlabeled_uses_the_unlabeled_stream_when_present():
 def test_built_in_tv_comes_after_the_user_regularizers():
     method = build_tv(tv_weight=0.3, regularizers=[{"name": "tv", "weight": 2.0, "norm": "l2"}])
     out = method.training_step(batch(), "train", "main")
-    assert set(out) == {"loss", "ce", "reg/tv", "reg/tv1"}
-    # user regularizers keep their index (for error messages); the method's own TV is appended
-    torch.testing.assert_close(out["loss"], out["ce"] + 2.0 * out["reg/tv"] + 0.3 * out["reg/tv1"])
+    # the method's own TV is appended after the user's (whose index is in error messages) and keeps
+    # the bare key, as without the user's; the user's TV is logged under its index
+    assert set(out) == {"loss", "ce", "reg/tv", "reg/tv0"}
+    torch.testing.assert_close(out["loss"], out["ce"] + 2.0 * out["reg/tv0"] + 0.3 * out["reg/tv"])
+    alone = build_tv(tv_weight=0.3).training_step(batch(), "train", "main")
+    torch.testing.assert_close(out["reg/tv"], alone["reg/tv"])  # the same term under the same key
 
 
 @pytest.mark.parametrize("tv_weight", [0.0, 0.5])

@@ -218,9 +218,13 @@ class Method(nn.Module):
         plus ``"reg_total"``, the weighted (ramped) sum to add to the loss."""
         out: dict[str, torch.Tensor] = {}
         total = None
+        # a method's own term (e.g. the tv method's) keeps the bare key; a configured one of the same
+        # name takes its index in method.regularizers, so a log key always means the same term
+        own = {r.name for r in self.regularizers if r.where == "method"}
         for i, reg in enumerate(self.regularizers):
             value = reg(logits, batch)
-            key = f"reg/{reg.name}" if f"reg/{reg.name}" not in out else f"reg/{reg.name}{i}"
+            bare = f"reg/{reg.name}"
+            key = bare if bare not in out and (reg.where == "method" or reg.name not in own) else f"{bare}{i}"
             out[key] = value
             # ramped by the run's or the phase's step (spec.ramp_from), both set by the engine
             weighted = reg.current_weight(reg.ramp_step(self.global_step, self.phase_step)) * value

@@ -696,6 +696,8 @@ MOONS_SSLDEC = ["-c", "ssldec-moons", "--set", "data.num_images=40", "--set", "m
         (["--set", "method={name: translation, regularizers: [{name: tv, weight: 0.1}]}",
           "--set", "data.split.unlabeled_supervision=tag"],
          "method.regularizers: method 'translation' does not apply regularisers"),
+        (["--set", "method.regularizers=[{name: shape_prior, weight: 0.1}]", "--set", "data.split.supervision=sparse"],
+         "method.regularizers: 'shape_prior' learns shapes from dense masks, and data.split.supervision: 'sparse'"),
         # weak labels of the unlabeled images that nothing in the run reads
         (["--set", "data.split.unlabeled_supervision=tag"],
          "data.split.unlabeled_supervision: 'tag' labels the unlabeled images, and nothing in this run reads them"),

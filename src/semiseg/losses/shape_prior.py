@@ -145,6 +145,8 @@ class ShapePriorSpec(RegularizerSpec):
     ``method.regularizers: [{name: shape_prior, weight: 0.1, ramp_up_steps: 200}]``
     """
 
+    mask_kinds = ("dense",)  # the autoencoder learns shapes: clicks are not one
+
     code_weight: float = 1.0  #: (a) code distance on images with a dense mask
     recon_weight: float = 1.0  #: (b) distance to the reconstruction on images without one
     ae_epochs: int = 50  #: epochs of phase shape_prior_ae

@@ -203,7 +203,10 @@ def test_dataset_bundle_and_a_tiny_run(tmp_path, monkeypatch):
     assert all(r.mask.any() for r in present) and not any(r.mask.any() for r in absent)
     assert all(r.label is not None for r in bundle.val + bundle.test)
     assert bundle.train[0].image.shape == (1, 48, 48) and bundle.train[0].image.dtype == np.float32
-    result = train(cfg, data_root=str(tmp_path / "data"), output_dir=tmp_path / "run")
+    raw["data"]["split"]["unlabeled_supervision"] = "none"  # supervised training reads no tags (refused)
+    result = train(
+        build_config(raw, source="test"), data_root=str(tmp_path / "data"), output_dir=tmp_path / "run"
+    )
     assert 0.0 <= result["test"]["dice/mean"] <= 1.0
 
 

@@ -188,7 +188,10 @@ def supervised_baseline(cfg):
         "name": "supervised",
         **{k: cfg.method[k] for k in ("ce_weight", "dice_weight") if k in cfg.method},
     }
-    return dataclasses.replace(cfg, method=method)
+    # the same images; the weak labels of the unlabeled ones, which supervised training does not read
+    # (and refuses), are left out
+    split = dataclasses.replace(cfg.data.split, unlabeled_supervision="none")
+    return dataclasses.replace(cfg, method=method, data=dataclasses.replace(cfg.data, split=split))
 
 
 def _config_of(ctx: BenchContext, key: str, seed: int):

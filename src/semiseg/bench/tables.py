@@ -819,12 +819,16 @@ def ssldec_mnist_rows(
     every one with the overrides ``extra``."""
     setting = f"MNIST, {n} labels"
     base = {"data.split.labeled": n, "data.split.val_from_labeled": n // 10, **(extra or {})}
-    mnist = SSLDEC_MNIST
     return [
-        Row(lower, setting, {**base, "method.max_rounds": 0}, **mnist),
-        Row(SSLDEC_CONTROL, setting, {**base, "method.targets": "none"}, **mnist),
-        Row("pseudo model", setting, {**base, "method.targets": "hard", "model.head": "linear"}, **mnist),
-        Row("SSLDEC", setting, base, paper=SSLDEC_PAPER[n], **mnist),
+        Row(lower, setting, {**base, "method.max_rounds": 0}, **SSLDEC_MNIST),
+        Row(SSLDEC_CONTROL, setting, {**base, "method.targets": "none"}, **SSLDEC_MNIST),
+        Row(
+            "pseudo model",
+            setting,
+            {**base, "method.targets": "hard", "model.head": "linear"},
+            **SSLDEC_MNIST,
+        ),
+        Row("SSLDEC", setting, base, paper=SSLDEC_PAPER[n], **SSLDEC_MNIST),
     ]
 
 
@@ -950,16 +954,16 @@ def ssldec_fit_rows() -> list[Row]:
 
 @register_table("ssldec-fit")
 def ssldec_fit() -> Table:
-    return Table(
+    # the ssldec table (recipe, metric, scoring of the last state) with its MNIST-100 rows pre-trained
+    # until fitted; no figures (they read the ssldec rows)
+    return dataclasses.replace(
+        ssldec(),
         name="ssldec-fit",
         title="SSLDEC on MNIST with 100 labels, pre-trained until the labeled digits are fitted",
-        recipe="ssldec-mnist",
         rows=ssldec_fit_rows(),
-        metric="error",
-        metric_label="error (%)",
         seeds=[0, 1, 2],
         quick_seeds=[0, 1, 2],
-        score="last",
+        extras=None,
         notes=(
             "The `ssldec` table's MNIST rows at 100 labels with one change: after the recipe's 100 "
             "pre-training epochs a `pretrain_fit` phase trains on the 90 labeled digits (at the "

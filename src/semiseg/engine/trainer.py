@@ -316,9 +316,13 @@ class Trainer:
                     f"{where} acts on segmentation maps, and data.dataset '{self.cfg.data.dataset}' is a "
                     "classification dataset"
                 )
-            if reg.spec.mask_kinds is not None and labeled is not None and labeled not in reg.spec.mask_kinds:
+            if (
+                reg.spec.learns_from is not None
+                and labeled is not None
+                and labeled not in reg.spec.learns_from
+            ):
                 raise ConfigError(
-                    f"{where} learns shapes from {' or '.join(reg.spec.mask_kinds)} masks, and "
+                    f"{where} learns shapes from {' or '.join(reg.spec.learns_from)} masks, and "
                     f"data.split.supervision: '{labeled}' gives the labeled images none"
                 )
             seen = [s for s in reg.streams if present.get(s) is not None]

@@ -131,9 +131,10 @@ class RegularizerSpec:
     #: the models' spatial dimensions the loss supports (``model.spatial_dims``); a spec that works on
     #: volumes too declares ``(2, 3)``
     spatial_dims: ClassVar[tuple[int, ...]] = (2,)
-    #: the kinds of labeled masks the loss learns shapes from (None: any, or none read); the trainer
-    #: refuses a labeled stream of another kind (e.g. clicks for a shape prior)
-    mask_kinds: ClassVar[tuple[str, ...] | None] = None
+    #: the supervision kinds of labeled items the loss learns from, as ``Method.learns_from`` (None:
+    #: any, or it reads no labels); the trainer refuses a labeled stream of another kind (e.g. clicks
+    #: for a shape prior)
+    learns_from: ClassVar[tuple[str, ...] | None] = None
 
     def weak_labels(self) -> tuple[str, ...]:
         """The weak labels of a batch the loss reads ("tag", "size"; default none): a method that learns

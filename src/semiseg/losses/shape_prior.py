@@ -145,7 +145,7 @@ class ShapePriorSpec(RegularizerSpec):
     ``method.regularizers: [{name: shape_prior, weight: 0.1, ramp_up_steps: 200}]``
     """
 
-    mask_kinds = ("dense",)  # the autoencoder learns shapes: clicks are not one
+    learns_from = ("dense",)  # the autoencoder learns shapes: clicks are not one
 
     code_weight: float = 1.0  #: (a) code distance on images with a dense mask
     recon_weight: float = 1.0  #: (b) distance to the reconstruction on images without one

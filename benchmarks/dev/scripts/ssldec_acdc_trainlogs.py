@@ -3,16 +3,19 @@ value is read): per row, the labeled cross-entropy at the end of pre-training, t
 per class after pre-training and at the end, and the labeled slices' balanced pixel accuracy that
 the retraining phases measured (their threshold is 0.95).
 
-    python benchmarks/dev/scripts/ssldec_acdc_trainlogs.py [benchmarks/results/ssldec-acdc.json]
+    python benchmarks/dev/scripts/ssldec_acdc_trainlogs.py [benchmarks/results/ssldec-acdc.json] \
+        [--jsonl benchmarks/dev/ssldec-acdc-dev.jsonl]
 
-Reads each run's ``epochs.jsonl`` from its ``run_dir`` (the campaign's run cache under runs/bench).
+Reads each run's ``epochs.jsonl`` from its ``run_dir`` (the campaign's run cache under runs/bench);
+``--jsonl`` also writes one record per run (row, seed, run folder, the table's commit, source hash,
+config and hardware, and the values summarised), so the figures stay traceable once the cache is gone.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -35,8 +38,14 @@ def summary(rows: list[dict]) -> dict[str, float]:
 
 
 def main() -> None:
-    path = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/ssldec-acdc.json")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("results", nargs="?", default="benchmarks/results/ssldec-acdc.json")
+    parser.add_argument("--jsonl", help="also write one record per run here")
+    args = parser.parse_args()
+    path = Path(args.results)
     results = json.loads(path.read_text())
+    prov = results["provenance"]
+    records = []
     by_row: dict[tuple[str, str], list[dict]] = defaultdict(list)
     seen = set()
     missing: dict[tuple[str, str], int] = defaultdict(int)
@@ -50,6 +59,10 @@ def main() -> None:
             continue
         rows = [json.loads(line) for line in log.read_text().splitlines()]
         by_row[(run["setting"].split(",")[0], run["method"])].append(summary(rows))
+        records.append({"method": run["method"], "setting": run["setting"], "seed": run["seed"],
+                        "run_dir": run["run_dir"], "git_commit": prov.get("git_commit"),
+                        "source_hash": prov.get("source_hash"), "config": prov.get("config"),
+                        "hardware": prov.get("hardware"), "values": summary(rows)})  # fmt: skip
     keys = list(next(iter(by_row.values()))[0])
     keys += [k for runs in by_row.values() for s in runs for k in s if k not in keys]
     keys = list(dict.fromkeys(keys))
@@ -68,9 +81,9 @@ def main() -> None:
         print(f"| {setting} | {method} | {len(runs)} | " + " | ".join(cells) + " |")
     for (setting, method), n in missing.items():
         print(f"\n{setting} | {method}: {n} run(s) without an epoch log (ledger record only)")
-    print(
-        f"\nsource: {path} (commit {results['provenance'].get('git_commit', '?')}); each run's epochs.jsonl"
-    )
+    print(f"\nsource: {path} (commit {prov.get('git_commit', '?')}); each run's epochs.jsonl")
+    if args.jsonl:
+        Path(args.jsonl).write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 if __name__ == "__main__":

@@ -26,9 +26,16 @@ config equals an earlier row's counted once as the run cache trains them once):
 As a check of the 3F rule and of the hooks (a network without hooks would be missed), the same
 iteration's forward and backward FLOPs are also counted by FlopCounterMode at the small size and
 divided by the rule's estimate at that size (for fully convolutional networks both scale with the
-pixel count, so the ratio carries over to the full size). Rows this cannot estimate (3D models, methods
-without an ``encode`` / ``decode`` network to hook, e.g. translation or autoencoders) are listed as not
-estimated, and the totals say they are incomplete.
+pixel count, so the ratio carries over to the full size).
+
+A 3D model's training item is its patch (``data.patch_size``): passes are counted at patches of the same
+depth and ``--small``² in-plane, FLOPs per item at the full patch.
+
+Runs whose networks cannot be hooked (no ``encode`` / ``decode`` split: IODA's and SSLDEC's networks, the
+shape prior's autoencoder, translation's) are priced by :func:`measure_counted` instead: FlopCounterMode
+over one iteration of every phase at the full training size, with real compute on the CPU (exact for
+that iteration; no rule, no passes). Rows neither way can price (a 3D run without hooks) are listed as
+not estimated, and the totals say they are incomplete.
 
 Writes ``benchmarks/results/full-mode-cost.{json,md}``.
 
@@ -156,27 +163,29 @@ def shape_only_data(cfg, in_channels: int, num_classes: int, task: str = "segmen
     return PreparedData(bundle, None, ShapeOnlyItems(n_lab, num_classes), unlabeled, [None], [])
 
 
-def synthetic_batch(cfg, spec, phase, n: int, in_channels: int, num_classes: int, size: int, gen) -> dict:
-    """A collated batch of ``n`` random items of stream ``spec`` at ``size``², as the stream's dataset
-    would give them: the labeled items with ``data.split.supervision`` (dense masks, or ``sparse_pixels``
-    labeled pixels, tags or sizes), the unlabeled ones with ``data.split.unlabeled_supervision``, and the
-    phase's views of the stream (strong views, CutMix boxes)."""
+def synthetic_batch(cfg, spec, phase, n: int, in_channels: int, num_classes: int, spatial, gen) -> dict:
+    """A collated batch of ``n`` random items of stream ``spec`` of spatial size ``spatial`` (a 2D image
+    or a 3D patch), as the stream's dataset would give them: the labeled items with
+    ``data.split.supervision`` (dense masks, or ``sparse_pixels`` labeled pixels, tags or sizes), the
+    unlabeled ones with ``data.split.unlabeled_supervision``, and the phase's views of the stream (strong
+    views, CutMix boxes)."""
     import torch
 
     from semiseg.core import IGNORE_INDEX, Supervision
     from semiseg.engine.trainer import stream_id
 
+    spatial = tuple(spatial)
     split = cfg.data.split
     kind = Supervision.parse(split.supervision if spec.source == "labeled" else split.unlabeled_supervision)
-    image = torch.rand(n, in_channels, size, size, generator=gen)
-    dense = torch.randint(0, num_classes, (n, size, size), generator=gen)
-    counts = torch.nn.functional.one_hot(dense, num_classes).flatten(1, 2).sum(1).float()
+    image = torch.rand(n, in_channels, *spatial, generator=gen)
+    dense = torch.randint(0, num_classes, (n, *spatial), generator=gen)
+    counts = torch.nn.functional.one_hot(dense, num_classes).flatten(1, -2).sum(1).float()
     nan = torch.full((n, num_classes), float("nan"))
     mask = torch.full_like(dense, IGNORE_INDEX)
     if kind == Supervision.DENSE:
         mask = dense
     elif kind == Supervision.SPARSE:
-        keep = torch.rand(n, size * size, generator=gen).argsort(1)[:, : split.sparse_pixels]
+        keep = torch.rand(n, math.prod(spatial), generator=gen).argsort(1)[:, : split.sparse_pixels]
         mask.view(n, -1).scatter_(1, keep, dense.view(n, -1).gather(1, keep))
     tags = (counts > 0).float() if kind == Supervision.TAG else nan.clone()
     if spec.tag_class is not None:
@@ -195,10 +204,10 @@ def synthetic_batch(cfg, spec, phase, n: int, in_channels: int, num_classes: int
     views = phase.views.get(spec.name)
     if views is not None and views.strong:
         k = views.strong
-        raw["strong"] = torch.rand(n, k, in_channels, size, size, generator=gen)
+        raw["strong"] = torch.rand(n, k, in_channels, *spatial, generator=gen)
         if views.cutmix:
-            boxes = torch.zeros(n, k, size, size, dtype=torch.bool)
-            boxes[..., size // 4 : size // 2, size // 4 : 3 * size // 4] = True
+            boxes = torch.zeros(n, k, *spatial, dtype=torch.bool)
+            boxes[(..., *(slice(s // 4, 3 * s // 4) for s in spatial))] = True
             raw["cutmix"] = boxes
     return raw
 
@@ -269,9 +278,24 @@ def gpu_hours(flops: float, tflops: float) -> float:
 
 
 # ------------------------------------------------------------------------------------ measurement
+def train_spatial(cfg) -> tuple[int, ...]:
+    """The spatial size of one training item: ``data.image_size`` for a 2D model, the patch
+    ``data.patch_size`` for a 3D one (whose volumes have no fixed size)."""
+    if cfg.model.spatial_dims == 2:
+        return tuple(cfg.data.image_size)
+    if cfg.data.patch_size is None or len(cfg.data.patch_size) != 3:
+        raise NotImplementedError("a 3D model without a 3-entry data.patch_size (whole volumes vary in size)")
+    return tuple(cfg.data.patch_size)
+
+
 def small_config(cfg, size: int):
-    """``cfg`` at ``size``² images (everything else, batch sizes included, unchanged)."""
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, image_size=[size, size]))
+    """``cfg`` at ``size``² images, or for a 3D model at patches of the same depth and ``size``² in-plane
+    (everything else, batch sizes included, unchanged)."""
+    if cfg.model.spatial_dims == 2:
+        return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, image_size=[size, size]))
+    depth = train_spatial(cfg)[0]
+    data = dataclasses.replace(cfg.data, image_size=[-1, size, size], patch_size=[depth, size, size])
+    return dataclasses.replace(cfg, data=data)
 
 
 def phase_lengths(trainer) -> list[dict[str, Any]]:
@@ -321,6 +345,81 @@ def count_iteration(trainer, phase, nets: dict, batch) -> tuple[dict[str, dict[s
     return {n: p for n, p in passes.items() if any(p.values())}, counted / steps
 
 
+class Unhookable(NotImplementedError):
+    """The run's networks lack the ``encode`` / ``decode`` split the pass counter hooks (an MLP, a
+    clustering head, a regulariser's autoencoder): :func:`measure_counted` prices the run instead."""
+
+
+def phase_iterations(cfg, method, in_channels: int, num_classes: int, task: str, spatial, nets: dict,
+                     seed: int = 0):  # fmt: skip
+    """One iteration of every phase of ``method`` under ``cfg`` (:func:`count_iteration`, synthetic batches
+    of ``spatial`` items): yields ``(phase, length, stream specs, passes per network, counted FLOPs)``."""
+    import torch
+
+    from semiseg.engine.trainer import Trainer
+
+    with tempfile.TemporaryDirectory(prefix="semiseg-cost-") as tmp:
+        data = shape_only_data(cfg, in_channels, num_classes, task)
+        trainer = Trainer(cfg, method, data, tmp, device=torch.device("cpu"))
+        gen = torch.Generator().manual_seed(seed)
+        for i, (phase, length) in enumerate(zip(trainer.phases, phase_lengths(trainer))):
+            trainer.phase_index, trainer.epoch = i, 0
+            specs = trainer.stream_specs(phase)
+
+            def batch(phase=phase, specs=specs) -> dict:
+                n = cfg.train.batch_size
+                raw = {
+                    s.name: synthetic_batch(cfg, s, phase, n, in_channels, num_classes, spatial, gen)
+                    for s in specs
+                }
+                return {name: trainer.to_batch(b) for name, b in raw.items()}
+
+            passes, counted = count_iteration(trainer, phase, nets, batch)
+            yield phase, length, specs, passes, counted
+
+
+def phase_record(cfg, phase, length: dict, specs) -> dict[str, Any]:
+    """What a measurement records of a phase besides its passes and FLOPs."""
+    return {
+        **length,
+        "optimizer_steps_per_iteration": {s.name: s.settings.repeat / s.settings.every
+                                          for s in phase.optimizer_specs},
+        "images_per_stream": {s.name: cfg.train.batch_size for s in specs},
+        "views": {k: dataclasses.asdict(v) for k, v in phase.views.items()},
+    }  # fmt: skip
+
+
+def measure_counted(
+    cfg, in_channels: int, num_classes: int, task: str = "segment", seed: int = 0
+) -> dict[str, Any]:
+    """Passes are not counted; the FLOPs of one iteration of every phase are counted by FlopCounterMode
+    (forward and backward) at the full training size, on the CPU with real compute: the fallback of
+    :func:`measure` for 2D runs whose networks cannot be hooked. Exact for the iteration it runs (no 3F
+    rule, no small-size extrapolation), so it needs no check; it costs one full-size iteration per phase."""
+    from semiseg.engine.checkpoint import seed_everything
+    from semiseg.engine.run import build_method_for
+
+    if cfg.model.spatial_dims != 2:
+        raise NotImplementedError(
+            "a 3D run whose networks cannot be hooked (counting it at full size is too slow here)"
+        )
+    full = train_spatial(cfg)
+    seed_everything(seed)
+    method = build_method_for(cfg, in_channels, num_classes)
+    phases = []
+    for phase, length, specs, _, counted in phase_iterations(cfg, method, in_channels, num_classes, task, full,
+                                                              {}, seed):  # fmt: skip
+        phases.append({
+            **phase_record(cfg, phase, length, specs),
+            "passes": {},
+            "full_passes": {},
+            "training_flops_per_iteration": counted,
+            "check": {"counted_flops_small": None, "rule_flops_small": None, "ratio": None},
+        })  # fmt: skip
+    return {"image_size": list(full), "small_size": None, "segmenter": None, "networks": {},
+            "counted_at_full_size": True, "phases": phases}  # fmt: skip
+
+
 def measure(cfg, in_channels: int, num_classes: int, task: str = "segment", small: int = SMALL,
             seed: int = 0) -> dict[str, Any]:  # fmt: skip
     """Passes and FLOPs of one run config, per phase (see the module docstring).
@@ -332,23 +431,18 @@ def measure(cfg, in_channels: int, num_classes: int, task: str = "segment", smal
     (:func:`phase_lengths`, with shape-only data), images per stream, passes per network and the
     training FLOPs per iteration by the 3F rule (full size), with the small-size check.
     """
-    import torch
 
     from semiseg.bench.timing import segmenter_networks
     from semiseg.engine.checkpoint import seed_everything
     from semiseg.engine.run import build_method_for
-    from semiseg.engine.trainer import Trainer
 
-    if cfg.model.spatial_dims != 2:
-        raise NotImplementedError("2D models only (3D patches are not built here)")
-    full = tuple(cfg.data.image_size)
+    full = train_spatial(cfg)
     seed_everything(seed)
     full_nets = segmenter_networks(build_method_for(cfg, in_channels, num_classes))
     if not full_nets:
-        raise NotImplementedError(
-            f"method '{cfg.method['name']}' has no network with encode / decode to hook"
-        )
+        raise Unhookable(f"method '{cfg.method['name']}' has no network with encode / decode to hook")
     scfg = small_config(cfg, small)
+    small_spatial = train_spatial(scfg)
     method = build_method_for(scfg, in_channels, num_classes)
     nets = segmenter_networks(method)
     if set(nets) != set(full_nets):
@@ -358,50 +452,29 @@ def measure(cfg, in_channels: int, num_classes: int, task: str = "segment", smal
         ch = in_channels_of(net)
         networks[name] = {
             "full": network_flops(net, ch, full),
-            "small": network_flops(net, ch, (small, small)),
+            "small": network_flops(net, ch, small_spatial),
         }
     segmenter = next((n for n, m in nets.items() if m is method.segmenter), None)
-    with tempfile.TemporaryDirectory(prefix="semiseg-cost-") as tmp:
-        data = shape_only_data(scfg, in_channels, num_classes, task)
-        trainer = Trainer(scfg, method, data, tmp, device=torch.device("cpu"))
-        gen = torch.Generator().manual_seed(seed)
-        phases = []
-        for i, (phase, length) in enumerate(zip(trainer.phases, phase_lengths(trainer))):
-            trainer.phase_index, trainer.epoch = i, 0
-            specs = trainer.stream_specs(phase)
-
-            def batch(phase=phase, specs=specs) -> dict:
-                n = scfg.train.batch_size
-                raw = {
-                    s.name: synthetic_batch(scfg, s, phase, n, in_channels, num_classes, small, gen)
-                    for s in specs
-                }
-                return {name: trainer.to_batch(b) for name, b in raw.items()}
-
-            passes, counted = count_iteration(trainer, phase, nets, batch)
-            if counted and not passes:
-                raise NotImplementedError(
-                    f"phase '{phase.name}' runs networks without encode / decode to hook"
-                )
-            per_iter = rule_flops(passes, {n: networks[n]["full"] for n in passes})
-            small_rule = rule_flops(passes, {n: networks[n]["small"] for n in passes})
-            phases.append({
-                **length,
-                "optimizer_steps_per_iteration": {s.name: s.settings.repeat / s.settings.every
-                                                  for s in phase.optimizer_specs},
-                "images_per_stream": {s.name: scfg.train.batch_size for s in specs},
-                "views": {k: dataclasses.asdict(v) for k, v in phase.views.items()},
-                "passes": passes,
-                "full_passes": {n: {"grad": (p["encoder_grad"] + p["decoder_grad"]) / 2,
-                                    "nograd": (p["encoder_nograd"] + p["decoder_nograd"]) / 2}
-                                for n, p in passes.items()},
-                "training_flops_per_iteration": per_iter,
-                "check": {"counted_flops_small": counted, "rule_flops_small": small_rule,
-                          "ratio": round(counted / small_rule, 3) if small_rule else None},
-            })  # fmt: skip
+    phases = []
+    for phase, length, specs, passes, counted in phase_iterations(scfg, method, in_channels, num_classes, task,
+                                                                   small_spatial, nets, seed):  # fmt: skip
+        if counted and not passes:
+            raise Unhookable(f"phase '{phase.name}' runs networks without encode / decode to hook")
+        per_iter = rule_flops(passes, {n: networks[n]["full"] for n in passes})
+        small_rule = rule_flops(passes, {n: networks[n]["small"] for n in passes})
+        phases.append({
+            **phase_record(scfg, phase, length, specs),
+            "passes": passes,
+            "full_passes": {n: {"grad": (p["encoder_grad"] + p["decoder_grad"]) / 2,
+                                "nograd": (p["encoder_nograd"] + p["decoder_nograd"]) / 2}
+                            for n, p in passes.items()},
+            "training_flops_per_iteration": per_iter,
+            "check": {"counted_flops_small": counted, "rule_flops_small": small_rule,
+                      "ratio": round(counted / small_rule, 3) if small_rule else None},
+        })  # fmt: skip
     return {
         "image_size": list(full),
-        "small_size": [small, small],
+        "small_size": list(small_spatial),
         "segmenter": segmenter,
         "networks": {
             n: {"gflops_per_image": {k: v / 1e9 for k, v in f["full"].items()}} for n, f in networks.items()
@@ -466,7 +539,10 @@ def table_cost(name: str, bundles, data_root: str | None, small: int, cache: dic
         )
         if key not in cache:
             try:
-                cache[key] = measure(cfg, bundle.in_channels, bundle.num_classes, bundle.task, small)
+                try:
+                    cache[key] = measure(cfg, bundle.in_channels, bundle.num_classes, bundle.task, small)
+                except Unhookable:
+                    cache[key] = measure_counted(cfg, bundle.in_channels, bundle.num_classes, bundle.task)
             except (NotImplementedError, SemisegError) as exc:
                 cache[key] = {"error": str(exc)}
             if "error" in cache[key]:
@@ -475,9 +551,11 @@ def table_cost(name: str, bundles, data_root: str | None, small: int, cache: dic
                 continue
             print(f"[{name}] {run['row']}: "
                   + "; ".join(f"{p['phase']} {p['iterations']} it, "
-                              f"{sum(f['grad'] for f in p['full_passes'].values()):g} / "
-                              f"{sum(f['nograd'] for f in p['full_passes'].values()):g} passes, "
-                              f"check {p['check']['ratio']}" for p in cache[key]["phases"]), flush=True)  # fmt: skip
+                              + (f"{p['training_flops_per_iteration'] / 1e9:.3g} GFLOPs counted at full size"
+                                 if cache[key].get("counted_at_full_size") else
+                                 f"{sum(f['grad'] for f in p['full_passes'].values()):g} / "
+                                 f"{sum(f['nograd'] for f in p['full_passes'].values()):g} passes, "
+                                 f"check {p['check']['ratio']}") for p in cache[key]["phases"]), flush=True)  # fmt: skip
         m = cache[key]
         if "error" in m:
             row["not_estimated"] = m["error"]
@@ -515,6 +593,7 @@ def summary_row(r: dict[str, Any]) -> dict[str, Any]:
         m = r["measurement"]
         distinct = sorted({tuple(i) for i in r["iterations"]})
         out["image_size"], out["segmenter"], out["networks"] = m["image_size"], m["segmenter"], m["networks"]
+        out["counted_at_full_size"] = bool(m.get("counted_at_full_size"))
         out["phases"] = [{k: v for k, v in p.items() if k != "iterations"} for p in m["phases"]]
         out["iterations_per_run"] = [list(d) for d in distinct]  # one entry unless the data sets the length
     return out
@@ -595,6 +674,8 @@ def _short(net: str) -> str:
 def _passes(row: dict[str, Any]) -> str:
     """Passes per iteration, grad / no-grad, of each phase: segmenter-sized networks (the segmenter, its
     teacher or twin) summed, other networks (e.g. a size regressor) named."""
+    if row.get("counted_at_full_size"):
+        return "not counted (FLOPs counted at full size)"
     seg = row["networks"][row["segmenter"]]["gflops_per_image"] if row.get("segmenter") else None
     out = []
     for p in row["phases"]:
@@ -623,11 +704,14 @@ def _iterations(row: dict[str, Any]) -> str:
 
 
 def _gflops(row: dict[str, Any]) -> str:
+    if row.get("counted_at_full_size"):
+        return "–"
     nets = row["networks"]
     seg = row.get("segmenter")
     parts = []
     if seg:
-        parts.append(f"{sum(nets[seg]['gflops_per_image'].values()):.2f}")
+        patch = " per patch" if len(row.get("image_size", ())) == 3 else ""
+        parts.append(f"{sum(nets[seg]['gflops_per_image'].values()):.2f}{patch}")
     for net, v in nets.items():
         if seg and v["gflops_per_image"] == nets[seg]["gflops_per_image"]:
             continue
@@ -726,6 +810,12 @@ def markdown(results: dict[str, Any], provenance_line: str) -> str:
         "- **FLOPs per forward image** `F`: `torch.utils.flop_counter.FlopCounterMode` on one image at the full "
         "image size on the meta device (a multiply-add = 2 FLOPs; convolutions and matrix products only: "
         "normalisation, activations, pooling, losses and optimizer updates are not counted).",
+        "- **Networks without hooks** (the IODA and SSLDEC methods' networks, the shape prior's autoencoder; "
+        'rows whose passes say "FLOPs counted at full size"): FlopCounterMode counts one iteration of every '
+        "phase at the full training size (real compute on the CPU, synthetic batches as above), forward and "
+        "backward, with no rule and no extrapolation; the iteration's passes are not counted.",
+        "- **3D models**: the item is a patch (`data.patch_size`); passes are counted at patches of the same "
+        "depth and the small in-plane size, FLOPs per image at the full patch.",
         "- **Approximation**: training FLOPs per iteration ≈ n_grad × 3F + n_nograd × F (a backward pass ≈ twice "
         "its forward), per network and for encoder and decoder apart. **check** = the FLOPs FlopCounterMode "
         "counts in the same iteration (forward and backward) at the small size over this rule's estimate at "

@@ -136,3 +136,58 @@ def test_table_cost_counts_runs_phases_and_shared_configs(tmp_path, monkeypatch)
     assert any(line.startswith("| **total** | | **5** |") for line in lines)
     cells = [re.sub(r"\\\|", "", line).count("|") for line in lines if line.startswith("|")]
     assert cells and set(cells) == {11}  # 10 columns in every line (pipes in row names escaped)
+
+
+def test_3d_patches_are_counted_small_in_plane_and_priced_at_the_full_patch():
+    raw = copy.deepcopy(RECIPE)
+    raw["model"].update(spatial_dims=3)
+    raw["data"].update(image_size=[-1, SIZE, SIZE], patch_size=[4, SIZE, SIZE])
+    m = FMC["measure"](build_config(raw), 1, 2, small=SMALL)
+    assert m["image_size"] == [4, SIZE, SIZE] and m["small_size"] == [4, SMALL, SMALL]
+    phase = only_phase(m)
+    assert phase["full_passes"] == {"model": {"grad": B, "nograd": 0}}
+    from semiseg.models.unet import UNet
+
+    net = UNet(1, 2, WIDTH, DEPTH, spatial_dims=3)
+    full = FMC["network_flops"](net, 1, (4, SIZE, SIZE))
+    small = FMC["network_flops"](net, 1, (4, SMALL, SMALL))
+    # fully convolutional: the FLOPs scale with the voxel count, and a 3x3x3 kernel costs 3x a 3x3 one
+    ratio = (SIZE / SMALL) ** 2
+    assert sum(full.values()) == pytest.approx(ratio * sum(small.values()), rel=0.02)
+    assert full["encoder"] > 2.5 * unet_flops(1, 2, WIDTH, DEPTH, SIZE)[0]
+    assert phase["training_flops_per_iteration"] == 3 * B * sum(full.values())
+    assert 0.9 < phase["check"]["ratio"] <= 1.0
+
+
+MLP_ROW = {"model.name": "mlp", "model.output": "map", "model.hidden": [16], "data.image_size": [8, 8]}
+
+
+def test_networks_without_hooks_are_counted_at_full_size():
+    raw = copy.deepcopy(RECIPE)
+    raw["model"] = {"name": "mlp", "output": "map", "hidden": [16]}
+    raw["data"]["image_size"] = [8, 8]
+    cfg = build_config(raw)
+    with pytest.raises(FMC["Unhookable"]):
+        FMC["measure"](cfg, 1, 2, small=SMALL)
+    m = FMC["measure_counted"](cfg, 1, 2)
+    phase = only_phase(m)
+    # 64 pixels -> 16 -> 64 units (one per pixel for 2 classes): forward 2 x (64 x 16) per layer; backward
+    # the weight gradients of both layers and the input gradient of the second (the image needs none)
+    layer = 2 * 64 * 16
+    assert phase["training_flops_per_iteration"] == B * (2 * layer + 3 * layer)
+    assert phase["passes"] == {} and phase["check"]["ratio"] is None and m["counted_at_full_size"]
+
+
+def test_a_table_row_without_hooks_falls_back_to_the_full_size_count(tmp_path):
+    recipe = write_recipe(tmp_path / "recipe.yaml", epochs=3, iters_per_epoch=5)
+    rows = [Row("supervised", "20 px", {"data.split.sparse_pixels": 20}), Row("mlp", "20 px", MLP_ROW)]
+    with registered(simple_table(recipe, "tiny-mlp-cost", rows, seeds=[0], quick_seeds=[0])):
+        cost = FMC["table_cost"]("tiny-mlp-cost", Bundles(None), None, SMALL, {})
+    by_row = {r["row"]: r for r in cost["rows"]}
+    mlp = by_row["mlp | 20 px"]
+    assert mlp["runs"] == 1 and mlp["counted_at_full_size"] and not cost["total"]["rows_not_estimated"]
+    assert mlp["pflops"] == pytest.approx(15 * B * 5 * 2 * 64 * 16 / 1e15)
+    text = FMC["markdown"]({"tables": [cost], "total": {**cost["total"], "runs_in_several_tables": 0},
+                            "throughputs_tflops": [5.0, 20.0], "provenance": {"small_size": [SMALL, SMALL]}},
+                           "provenance line")  # fmt: skip
+    assert "| mlp | 20 px | 1 | 15 | not counted (FLOPs counted at full size) | – |" in text

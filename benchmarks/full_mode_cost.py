@@ -360,11 +360,20 @@ class Unhookable(NotImplementedError):
 def phase_iterations(cfg, method, in_channels: int, num_classes: int, task: str, spatial, nets: dict,
                      seed: int = 0):  # fmt: skip
     """One iteration of every phase of ``method`` under ``cfg`` (:func:`count_iteration`, synthetic batches
-    of ``spatial`` items): yields ``(phase, length, stream specs, passes per network, counted FLOPs)``."""
+    of ``spatial`` items): yields ``(phase, length, stream specs, passes per network, counted FLOPs)``.
+
+    Repeated phases (the same name but for a trailing round number, e.g. SSLDEC's ``dec1``, ``dec2``, ...,
+    with the same streams, views, optimizer settings and trained parameter tensors; IODA's
+    ``input_pretrain1`` and ``input_pretrain2`` train different layers, so both count) are counted once,
+    at their first occurrence: a method with 100 rounds of two phases would otherwise cost 200 counted
+    iterations."""
+    import re
+
     import torch
 
     from semiseg.engine.trainer import Trainer
 
+    seen: dict[str, tuple[dict, float]] = {}
     with tempfile.TemporaryDirectory(prefix="semiseg-cost-") as tmp:
         data = shape_only_data(cfg, in_channels, num_classes, task)
         trainer = Trainer(cfg, method, data, tmp, device=torch.device("cpu"))
@@ -372,6 +381,15 @@ def phase_iterations(cfg, method, in_channels: int, num_classes: int, task: str,
         for i, (phase, length) in enumerate(zip(trainer.phases, phase_lengths(trainer))):
             trainer.phase_index, trainer.epoch = i, 0
             specs = trainer.stream_specs(phase)
+            owner = trainer.method.phase_owner(phase.name)
+            trained = [
+                sorted(id(t) for t in owner.parameters_for(phase.name, o.name)) for o in phase.optimizer_specs
+            ]
+            kind = repr((re.sub(r"\d+$", "", phase.name), [s.name for s in specs], sorted(phase.views.items()),
+                         [(o.name, o.settings) for o in phase.optimizer_specs], trained))  # fmt: skip
+            if kind in seen:
+                yield phase, length, specs, *seen[kind]
+                continue
 
             def batch(phase=phase, specs=specs) -> dict:
                 n = cfg.train.batch_size
@@ -382,6 +400,7 @@ def phase_iterations(cfg, method, in_channels: int, num_classes: int, task: str,
                 return {name: trainer.to_batch(b) for name, b in raw.items()}
 
             passes, counted = count_iteration(trainer, phase, nets, batch)
+            seen[kind] = passes, counted
             yield phase, length, specs, passes, counted
 
 

@@ -191,3 +191,32 @@ def test_a_table_row_without_hooks_falls_back_to_the_full_size_count(tmp_path):
                             "throughputs_tflops": [5.0, 20.0], "provenance": {"small_size": [SMALL, SMALL]}},
                            "provenance line")  # fmt: skip
     assert "| mlp | 20 px | 1 | 15 | not counted (FLOPs counted at full size) | – |" in text
+
+
+def test_repeated_rounds_are_counted_once_and_distinct_layers_each(monkeypatch):
+    import semiseg.bench.timing as timing
+
+    made = []
+
+    class Counting(timing.PassCounter):
+        def __init__(self, method):
+            made.append(method)
+            super().__init__(method)
+
+    monkeypatch.setattr(timing, "PassCounter", Counting)
+    m = FMC["measure"](config({"name": "pseudo_label", "rounds": 3}), 1, 2, small=SMALL)
+    assert [p["phase"] for p in m["phases"]] == ["supervised", "round1", "round2", "round3"]
+    assert len(made) == 2 * 2  # the supervised phase and round1, each with the student and the teacher hooked
+    rounds = m["phases"][1:]
+    assert all(p["full_passes"] == rounds[0]["full_passes"] for p in rounds)
+    # IODA's two input autoencoders train different layers: both are counted, at their own cost
+    raw = copy.deepcopy(RECIPE)
+    raw["model"] = {"name": "mlp", "output": "map", "hidden": [16, 8], "activation": "tanh"}
+    raw["data"]["image_size"] = [8, 8]
+    raw["data"]["split"].update(supervision="dense")
+    raw["method"] = {"name": "ioda", "input_layers": 2, "output_layers": 0, "input_epochs": 1, "loss": "mse"}
+    flops = {
+        p["phase"]: p["training_flops_per_iteration"]
+        for p in FMC["measure_counted"](build_config(raw), 1, 2)["phases"]
+    }
+    assert flops["input_pretrain1"] > 2 * flops["input_pretrain2"] > 0

@@ -796,7 +796,7 @@ def markdown(results: dict[str, Any], provenance_line: str) -> str:
                 f"| {_cell(r['method'])}{start} | {_cell(r['setting'])} | {r['runs']}{note} | {_iterations(r)} "
                 f"| {_passes(r)} "
                 f"| {_gflops(r)} | {_num(r['pflops'])} | {_num(r['gpu_hours'][t5])} | {_num(r['gpu_hours'][t20])} "
-                f"| {', '.join(f'{x:.2f}' for x in ratios)} |"
+                f"| {', '.join(f'{x:.2f}' for x in ratios) or '–'} |"
             )
         tot = table["total"]
         if tot["rows_not_estimated"]:

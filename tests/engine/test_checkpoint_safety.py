@@ -136,3 +136,20 @@ def test_resume_to_more_epochs_continues_a_constant_schedule(tmp_path, make_conf
     steps = [json.loads(ln) for ln in (tmp_path / "run" / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [1, 2, 3, 4, 5, 6]
     assert {s["lr"] for s in steps} == {0.01}
+
+
+def test_cuda_rng_states_are_restored_for_the_gpus_this_machine_has(monkeypatch):
+    """A checkpoint from a 2-GPU machine resumed on a 1-GPU one: the first state is restored, as a
+    CPU byte tensor (``set_rng_state`` refuses others), and the missing GPU is skipped."""
+    import torch
+
+    from semiseg.engine.checkpoint import rng_state, set_rng_state
+
+    state = rng_state()  # this machine's (no CUDA), before CUDA is faked
+    state["cuda"] = [torch.full((8,), 1, dtype=torch.uint8), torch.full((8,), 2, dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: restored.append((s.tolist(), device)))
+    set_rng_state(state)
+    assert restored == [([1] * 8, 0)]

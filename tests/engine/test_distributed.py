@@ -244,3 +244,53 @@ def test_a_logger_failing_on_rank_0_ends_the_torchrun_run_instead_of_hanging(tmp
     done = torchrun("train", "-c", str(recipe), "-o", str(tmp_path / "ddp"))  # (a 300 s timeout)
     assert done.returncode != 0
     assert "train.logger: mlflow cannot start a run at bogus://x" in done.stderr
+
+
+def test_collectives_use_the_cuda_device_under_nccl_and_the_cpu_under_gloo(monkeypatch):
+    import torch
+    import torch.distributed as dist
+
+    from semiseg.engine import distributed as D
+
+    monkeypatch.setattr(dist, "get_backend", lambda *a, **k: "nccl")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert D.comm_device() == torch.device("cuda", 1)  # NCCL refuses CPU tensors
+    monkeypatch.setattr(dist, "get_backend", lambda *a, **k: "gloo")
+    assert D.comm_device() == torch.device("cpu")
+
+
+def test_one_explicit_gpu_for_every_torchrun_process_is_a_config_error(monkeypatch):
+    import torch
+
+    from semiseg.engine import distributed as D
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ConfigError, match=r"train.device: 'cuda:0' names one GPU for all 2 processes"):
+        D.setup("cuda:0")
+
+
+def test_sync_batchnorm_statistics_survive_half_precision_inputs(monkeypatch):
+    """Under autocast a convolution hands batch norm float16: the per-process count (4 x 128 x 128 =
+    65,536) is beyond float16's range, so the statistics are taken in float32."""
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from semiseg import parallel
+    from semiseg.engine.distributed import SyncBatchNorm
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda *a: 2)
+    monkeypatch.setattr(parallel, "differentiable_all_reduce", lambda t: t)  # one process's share alone
+    x = (torch.randn(4, 2, 128, 128, generator=torch.Generator().manual_seed(0)) * 3 + 1).half()
+    bn = SyncBatchNorm(2).train()
+    y = bn(x)
+    ref_mean, ref_var = torch.zeros(2), torch.ones(2)
+    ref = F.batch_norm(x.float(), ref_mean, ref_var, bn.weight, bn.bias, training=True, eps=bn.eps)
+    assert y.dtype == torch.float16
+    torch.testing.assert_close(y.float(), ref, atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(bn.running_mean, ref_mean, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(bn.running_var, ref_var, atol=1e-3, rtol=1e-3)

@@ -84,8 +84,9 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
         flat = torch.zeros_like(cells[0])
         for c, n in zip(cells, (mask.shape[0], *size)):
             flat = flat * n + c
-        position = torch.arange(len(flat))
-        first = torch.full((int(flat.max()) + 1,), len(flat)).scatter_reduce(0, flat, position, reduce="amin")
+        position = torch.arange(len(flat), device=flat.device)
+        first = torch.full((int(flat.max()) + 1,), len(flat), device=flat.device)
+        first = first.scatter_reduce(0, flat, position, reduce="amin")
         keep = (first[flat] == position) & (out[tuple(cells)] == IGNORE_INDEX)  # one source pixel per cell
         out[tuple(c[keep] for c in cells)] = mask[labeled][keep]
     return out

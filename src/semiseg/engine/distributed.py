@@ -61,6 +61,11 @@ def setup(device_option: str) -> tuple[DistInfo, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     info = DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
     device = resolve_device(device_option, info.local_rank)
+    if info.enabled and device.type == "cuda" and device.index != info.local_rank:
+        raise ConfigError(
+            f"train.device: '{device_option}' names one GPU for all {world} processes; under torchrun each "
+            "process takes the GPU of its local rank: use cuda or auto"
+        )
     if info.enabled and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
@@ -113,12 +118,21 @@ def teardown() -> None:
     _FINAL_GROUP = None
 
 
+def comm_device() -> torch.device:
+    """The device the default process group's collectives take tensors on: this rank's CUDA device
+    under NCCL (which refuses CPU tensors), else the CPU (gloo)."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_reduce_mean(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The mean of ``values`` over the processes, on ``values``' device (reduced on :func:`comm_device`)."""
     if not info.enabled:
         return values
-    values = values.clone()
-    dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values / info.world_size
+    reduced = values.to(comm_device(), copy=True)
+    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+    return (reduced / info.world_size).to(values.device)
 
 
 def barrier(info: DistInfo) -> None:
@@ -129,7 +143,7 @@ def barrier(info: DistInfo) -> None:
 def broadcast_flag(flag: bool, info: DistInfo) -> bool:
     if not info.enabled:
         return flag
-    t = torch.tensor([int(flag)])
+    t = torch.tensor([int(flag)], device=comm_device())
     dist.broadcast(t, src=0)
     return bool(t.item())
 
@@ -197,6 +211,10 @@ class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
 
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
+        # statistics in float32 at least: under autocast x may be float16, whose largest value (65504)
+        # a per-process voxel count exceeds (4 x 128 x 128), and whose sums of squares overflow
+        dtype = x.dtype
+        x = x.float() if dtype in (torch.float16, torch.bfloat16) else x
         count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
         stats = all_reduce(torch.cat([x.sum(dims), count]))
         n = stats[-1].detach()
@@ -211,7 +229,7 @@ class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
         y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y
+        return y.to(dtype)
 
 
 def convert_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:

@@ -718,14 +718,47 @@ def _passes(row: dict[str, Any]) -> str:
     return "; ".join(out)
 
 
+def _rounds(names: list[str]) -> list[tuple[str, list[int]]]:
+    """Phase names grouped by kind, in order of first appearance: repeated round phases (``dec1``, ``dec2``,
+    ...: a trailing number, 3 or more of a kind) as one group ``"dec1–dec100"``, the others alone; with the
+    positions of each group's phases.
+
+    Examples:
+        >>> _rounds(["pretrain", "dec1", "labeled1", "dec2", "labeled2", "dec3", "labeled3"])
+        [('pretrain', [0]), ('dec1–dec3', [1, 3, 5]), ('labeled1–labeled3', [2, 4, 6])]
+    """
+    import re
+
+    kinds: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        base = re.sub(r"\d+$", "", name)
+        kinds.setdefault(base if base != name else name, []).append(i)
+    out = []
+    for where in kinds.values():
+        if len(where) >= 3:
+            out.append((f"{names[where[0]]}–{names[where[-1]]}", where))
+        else:
+            out += [(names[i], [i]) for i in where]
+    return sorted(out, key=lambda g: g[1][0])
+
+
 def _iterations(row: dict[str, Any]) -> str:
     names = [p["phase"] for p in row["phases"]]
     texts = []
     for its in row["iterations_per_run"]:
         if len(its) == 1:
             texts.append(f"{its[0]:,}")
-        else:
-            texts.append(" + ".join(f"{n:,} ({name})" for n, name in zip(its, names)))
+            continue
+        parts = []
+        for label, where in _rounds(names):
+            values = {its[i] for i in where}
+            if len(where) == 1:
+                parts.append(f"{its[where[0]]:,} ({label})")
+            elif len(values) == 1:
+                parts.append(f"{len(where)} × {its[where[0]]:,} ({label})")
+            else:
+                parts.append(f"{sum(its[i] for i in where):,} ({label}, in all)")
+        texts.append(" + ".join(parts))
     return " or ".join(texts)
 
 
@@ -784,10 +817,11 @@ def markdown(results: dict[str, Any], provenance_line: str) -> str:
                 continue
             ratios = [p["check"]["ratio"] for p in r["phases"] if p["check"]["ratio"] is not None]
             checks += ratios
-            for p in r["phases"]:
+            for label, where in _rounds([p["phase"] for p in r["phases"]]):
+                p = r["phases"][where[0]]  # a round's phases share their flags
                 flags = [k for k in ("data_dependent", "planned", "adaptive") if p[k]]
                 if flags:
-                    flagged.append(f"{table['table']} / {r['row']} / {p['phase']}: {', '.join(flags)}")
+                    flagged.append(f"{table['table']} / {r['row']} / {label}: {', '.join(flags)}")
             start = ""
             if r.get("init_from"):
                 source = r["init_from"].removesuffix(f" | {r['setting']}")
@@ -824,8 +858,13 @@ def markdown(results: dict[str, Any], provenance_line: str) -> str:
         "## How this is estimated",
         "",
         "- **Iterations**: each phase's epochs (its own or `train.epochs`) × iterations per epoch "
-        "(`train.iters_per_epoch`, else one pass over the labeled items), as the trainer counts them; warm-up, "
-        "pre-training and regulariser phases (e.g. the size regressor's) each count.",
+        "(`train.iters_per_epoch`, else one pass over the phase's first stream, e.g. SSLDEC's unlabeled "
+        "`dec` rounds), as the trainer counts them before any epoch plan; warm-up, pre-training and "
+        "regulariser phases (e.g. the size regressor's) each count. A method's epoch plan can change the length "
+        "(listed under *Uncertain lengths*): SSLDEC's rounds stop early on their thresholds; its `dec` "
+        "phases run `method.dec_iters` per round when set (ACDC: 200 against the 110 of one pass counted "
+        "here) and none at all with `method.targets: none` (the control rows \"supervised, SSLDEC's labeled "
+        'schedule": priced here as if they ran, about 2.2 times their cost at 100 MNIST labels).',
         "- **Passes**: images through each network per iteration, with gradient (grad) and without (no-grad), "
         "counted with forward hooks on each network's first encoder block and its head during one iteration of "
         "the run's method through the trainer's `train_step`, on synthetic batches with the run's batch size per "
@@ -836,29 +875,38 @@ def markdown(results: dict[str, Any], provenance_line: str) -> str:
         "- **FLOPs per forward image** `F`: `torch.utils.flop_counter.FlopCounterMode` on one image at the full "
         "image size on the meta device (a multiply-add = 2 FLOPs; convolutions and matrix products only: "
         "normalisation, activations, pooling, losses and optimizer updates are not counted).",
-        "- **Networks without hooks** (the IODA and SSLDEC methods' networks, the shape prior's autoencoder; "
-        'rows whose passes say "FLOPs counted at full size"): FlopCounterMode counts one iteration of every '
-        "phase at the full training size (real compute on the CPU, synthetic batches as above), forward and "
-        "backward, with no rule and no extrapolation; the iteration's passes are not counted.",
+        "- **Networks without hooks** (IODA's MLP, SSLDEC's classification network on moons and MNIST, the "
+        "shape prior's autoencoder, the translation networks and critics; rows whose passes say \"FLOPs "
+        'counted at full size"): FlopCounterMode counts one iteration of every phase at the full training '
+        "size (real compute on the CPU, synthetic batches of the full size with the run's batch size, "
+        "supervision and views), forward and backward, with no rule and no extrapolation; the iteration's "
+        "passes are not counted. A repeated round phase (same kind, streams, views, optimizer settings and "
+        "trained tensors) is counted at its first round. Networks that run only after a method's sweep are "
+        "missed by both counts (per-pixel SSLDEC's frozen teacher in the `dec` phases: about +33 % of those "
+        "phases' FLOPs, a few % of the run).",
         "- **3D models**: the item is a patch (`data.patch_size`); passes are counted at patches of the same "
         "depth and the small in-plane size, FLOPs per image at the full patch.",
         "- **Approximation**: training FLOPs per iteration ≈ n_grad × 3F + n_nograd × F (a backward pass ≈ twice "
         "its forward), per network and for encoder and decoder apart. **check** = the FLOPs FlopCounterMode "
         "counts in the same iteration (forward and backward) at the small size over this rule's estimate at "
         "that size, per phase (fully convolutional: both scale with the pixel count); values near 1 confirm the "
-        "rule and that no network escaped the hooks (slightly below 1: the first layer needs no input "
-        "gradient).",
+        "rule and that no network that runs in a step escaped the hooks (slightly below 1: the first layer "
+        "needs no input gradient).",
         f"- **GPU-hours** = FLOPs / ({t5} or {t20} TFLOP/s × 3600 s). These throughputs are **assumptions, not "
         "measurements**: sustained fp32 / TF32 training throughput of one modern data-centre GPU on small "
         "UNets (width 16, batches of 12–24 images of 128²–256²) rarely exceeds them (such networks are bound "
         "by memory traffic and kernel launches, far from peak); data loading and augmentation on the CPU can "
-        "be the bottleneck instead.",
+        "be the bottleneck instead. Larger networks (translation's width-128 critics, IODA's 2048-unit dense "
+        "layers, 3D UNets) may run nearer peak, so their GPU-hours may be overstated.",
         "- **Not counted**: validation and test evaluation (forward passes over the validation split every "
         "`val_every` epochs and the test split once: by a rough count about 1–2 % of a supervised run's training "
         "FLOPs here, e.g. ACDC's 210 validation slices 60 times against 30,000 × 12 × 3 image-forwards, the "
         "horses' 16 validation images 30 times against 600 × 16 × 3; less for the semi-supervised methods), "
         "MRF / ensemble post-processing, the tuning of post-processing weights, data loading, and reruns of "
-        "interrupted runs.",
+        "interrupted runs; passes outside the training step: epoch plans' sweeps (SSLDEC: every round sweeps "
+        "the unlabeled set and every retraining epoch the labeled one, about +29 % at 100 MNIST labels), the "
+        "adaptive learning rate's criterion (IODA: a second, gradient-free pass over each epoch's batches, "
+        "about +35–40 %) and its rejected, rerun epochs.",
     ]
     if flagged:
         lines.append("- **Uncertain lengths** (data-dependent lengths counted on the real split; an epoch plan or "

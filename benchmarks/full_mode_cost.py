@@ -306,8 +306,9 @@ def small_config(cfg, size: int):
 
 
 def phase_lengths(trainer) -> list[dict[str, Any]]:
-    """Epochs and iterations of each phase of ``trainer`` as its ``fit`` counts them (before any plan),
-    with what makes the count uncertain: a data-dependent length, an epoch plan, an adaptive rate."""
+    """Epochs and iterations of each phase of ``trainer`` as its ``fit`` counts them before any plan, but
+    for iterations a method's plan fixes from the config alone (``Method.planned_iterations``), with what
+    makes the count uncertain: a data-dependent length, an epoch plan, an adaptive rate."""
     from semiseg.methods.base import Method
 
     out = []
@@ -315,12 +316,17 @@ def phase_lengths(trainer) -> list[dict[str, Any]]:
         owner = trainer.method.phase_owner(phase.name)
         planner = getattr(type(owner), "plan_epoch", None)
         epochs, iters = trainer.phase_epochs(phase), trainer.phase_iters(phase)
+        planned_iterations = getattr(owner, "planned_iterations", None)  # a plan the config alone decides
+        fixed = planned_iterations(phase.name) if planned_iterations is not None else None
+        if fixed is not None:
+            iters = fixed
         out.append({
             "phase": phase.name,
             "epochs": epochs,
             "iters_per_epoch": iters,
             "iterations": epochs * iters,
-            "data_dependent": phase.epoch_iters == "pass" or not trainer.cfg.train.iters_per_epoch,
+            "data_dependent": fixed is None and (phase.epoch_iters == "pass" or not trainer.cfg.train.iters_per_epoch),
+            "fixed_by_plan": fixed is not None,
             "planned": planner is not None and planner is not Method.plan_epoch,
             "adaptive": any(trainer._scheduler_kind(s) == "adaptive" for s in phase.optimizer_specs),
         })  # fmt: skip
@@ -860,11 +866,12 @@ def markdown(results: dict[str, Any], provenance_line: str) -> str:
         "- **Iterations**: each phase's epochs (its own or `train.epochs`) × iterations per epoch "
         "(`train.iters_per_epoch`, else one pass over the phase's first stream, e.g. SSLDEC's unlabeled "
         "`dec` rounds), as the trainer counts them before any epoch plan; warm-up, pre-training and "
-        "regulariser phases (e.g. the size regressor's) each count. A method's epoch plan can change the length "
-        "(listed under *Uncertain lengths*): SSLDEC's rounds stop early on their thresholds; its `dec` "
-        "phases run `method.dec_iters` per round when set (ACDC: 200 against the 110 of one pass counted "
-        "here) and none at all with `method.targets: none` (the control rows \"supervised, SSLDEC's labeled "
-        'schedule": priced here as if they ran, about 2.2 times their cost at 100 MNIST labels).',
+        "regulariser phases (e.g. the size regressor's) each count. Iterations a method's epoch plan fixes "
+        "from the config alone are taken from it (`Method.planned_iterations`): SSLDEC's `dec` phases run "
+        "`method.dec_iters` per round when set (ACDC: 200) and none with `method.targets: none` (the control "
+        'rows "supervised, SSLDEC\'s labeled schedule"). Other plans can still change the length (listed '
+        "under *Uncertain lengths*): SSLDEC's rounds stop early on their thresholds, and its image-mode `dec` "
+        "phases pass over a class-balanced subset.",
         "- **Passes**: images through each network per iteration, with gradient (grad) and without (no-grad), "
         "counted with forward hooks on each network's first encoder block and its head during one iteration of "
         "the run's method through the trainer's `train_step`, on synthetic batches with the run's batch size per "

@@ -220,3 +220,15 @@ def test_repeated_rounds_are_counted_once_and_distinct_layers_each(monkeypatch):
         for p in FMC["measure_counted"](build_config(raw), 1, 2)["phases"]
     }
     assert flops["input_pretrain1"] > 2 * flops["input_pretrain2"] > 0
+
+
+@pytest.mark.parametrize("targets, dec_iters, expected", [("dec", None, None), ("dec", 7, 7), ("none", 7, 0)])
+def test_ssldec_dec_rounds_run_what_the_config_fixes(targets, dec_iters, expected):
+    """SSLDEC's unlabeled rounds: one pass by default (data-dependent), ``dec_iters`` when set, none
+    for the ``targets: none`` control (its plan ends them before any step)."""
+    from semiseg.methods.ssldec import SSLDEC
+
+    method = SSLDEC.__new__(SSLDEC)  # only the config is read
+    method.cfg = type("Cfg", (), {"targets": targets, "dec_iters": dec_iters})()
+    assert method.planned_iterations("dec3") == expected
+    assert method.planned_iterations("labeled3") is None and method.planned_iterations("pretrain") is None

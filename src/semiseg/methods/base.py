@@ -161,6 +161,12 @@ class Method(nn.Module):
         unlabeled set. Default: None (every item, the phase's length)."""
         return None
 
+    def planned_iterations(self, phase: str) -> int | None:
+        """Iterations each epoch of ``phase`` will run when :meth:`plan_epoch` fixes them from the config
+        alone (e.g. 0 for a phase the config disables), for estimates made without training
+        (``benchmarks/full_mode_cost.py``); None: the phase's own length, or unknown before training."""
+        return None
+
     def on_epoch_end(self, phase: str, epoch: int) -> None:
         """Called after every epoch of ``phase`` (``epoch`` counts from 1), before validation and the
         checkpoint (e.g. DEC's target distribution, a pseudo-label refresh)."""

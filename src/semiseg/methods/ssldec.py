@@ -264,6 +264,12 @@ class SSLDEC(Method):
                                 epoch_iters=cfg.epoch_iters, validate=cfg.validate))  # fmt: skip
         return phases
 
+    def planned_iterations(self, phase):
+        where = round_of(phase)
+        if where is None or where[0] != "dec":
+            return None
+        return 0 if self.cfg.targets == "none" else self.cfg.dec_iters  # see plan_epoch / _refresh
+
     def plan_epoch(self, phase, epoch, sweep):
         where = round_of(phase)
         self.round_stats = {}

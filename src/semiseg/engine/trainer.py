@@ -419,7 +419,9 @@ class Trainer:
         if subset is not None:  # draw from the plan's items: j-th of the subset = item subset[j]
             items = [int(i) for i in subset]
             batches = [[(items[j], position) for j, position in b] for b in batches]
-        return DataLoader(ds, batch_sampler=batches, num_workers=self.cfg.train.num_workers)
+        # pinned host memory on GPUs, so that to_batch's non-blocking copies overlap compute
+        pin = self.device.type == "cuda"
+        return DataLoader(ds, batch_sampler=batches, num_workers=self.cfg.train.num_workers, pin_memory=pin)
 
     def to_batch(self, raw: dict[str, torch.Tensor]) -> Batch:
         """A collated dict of a dataset → :class:`Batch` on this rank's device."""

@@ -268,8 +268,53 @@ def test_one_explicit_gpu_for_every_torchrun_process_is_a_config_error(monkeypat
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(ConfigError, match=r"train.device: 'cuda:0' names one GPU for all 2 processes"):
         D.setup("cuda:0")
+
+
+class _Joined(Exception):
+    pass
+
+
+@pytest.mark.parametrize("option", ["cuda:0", "cuda", "auto"])
+def test_one_visible_gpu_per_process_is_that_processs_gpu(monkeypatch, option):
+    """A launcher that gives each process one GPU (CUDA_VISIBLE_DEVICES per process) shows every rank
+    its GPU as cuda:0: that is the rank's device, set as current before the group is joined."""
+    import torch
+    import torch.distributed as dist
+
+    from semiseg.engine import distributed as D
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    current = []
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+
+    def join(backend):
+        raise _Joined(backend)
+
+    monkeypatch.setattr(dist, "init_process_group", join)
+    with pytest.raises(_Joined, match="nccl"):
+        D.setup(option)
+    assert current == [torch.device("cuda", 0)]
+
+
+def test_each_local_rank_takes_its_gpu_among_several():
+    import torch
+
+    from semiseg.engine import distributed as D
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.cuda, "is_available", lambda: True)
+        mp.setattr(torch.cuda, "device_count", lambda: 4)
+        assert D.resolve_device("auto", 3) == torch.device("cuda", 3)
+        assert D.resolve_device("cuda", 2) == torch.device("cuda", 2)
+        with pytest.raises(ConfigError, match="local rank 5 has no GPU of its own"):
+            D.resolve_device("cuda", 5)
 
 
 def test_sync_batchnorm_statistics_survive_half_precision_inputs(monkeypatch):

@@ -42,7 +42,7 @@ def resolve_device(option: str, local_rank: int = 0, where: str = "train.device"
     """The torch device of ``option`` ("auto", "cpu", "cuda", "cuda:1"); ``where`` names the option in
     errors (``--device`` on the command line)."""
     if option == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+        return _rank_gpu(local_rank, where) if torch.cuda.is_available() else torch.device("cpu")
     try:
         device = torch.device(option)
     except RuntimeError:
@@ -52,8 +52,19 @@ def resolve_device(option: str, local_rank: int = 0, where: str = "train.device"
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{where}: '{option}' requested but CUDA is not available")
     if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
+        device = _rank_gpu(local_rank, where)
     return device
+
+
+def _rank_gpu(local_rank: int, where: str) -> torch.device:
+    """The GPU of local rank ``local_rank``: its index among the visible GPUs, or the only one when a
+    launcher gives each process one GPU (``CUDA_VISIBLE_DEVICES`` per process, e.g. SLURM)."""
+    count = torch.cuda.device_count()
+    if count == 1:
+        return torch.device("cuda", 0)
+    if local_rank >= count:
+        raise ConfigError(f"{where}: local rank {local_rank} has no GPU of its own ({count} visible)")
+    return torch.device("cuda", local_rank)
 
 
 def setup(device_option: str) -> tuple[DistInfo, torch.device]:
@@ -61,15 +72,20 @@ def setup(device_option: str) -> tuple[DistInfo, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     info = DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
     device = resolve_device(device_option, info.local_rank)
-    if info.enabled and device.type == "cuda" and device.index != info.local_rank:
+    if (
+        info.enabled
+        and device.type == "cuda"
+        and torch.cuda.device_count() > 1
+        and device.index != info.local_rank
+    ):
         raise ConfigError(
             f"train.device: '{device_option}' names one GPU for all {world} processes; under torchrun each "
             "process takes the GPU of its local rank: use cuda or auto"
         )
+    if info.enabled and device.type == "cuda":
+        torch.cuda.set_device(device)  # also when the group exists: collectives run on the current device
     if info.enabled and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
         global _FINAL_GROUP
         _FINAL_GROUP = dist.new_group(backend="gloo", timeout=FINAL_TIMEOUT)

@@ -153,3 +153,25 @@ def test_cuda_rng_states_are_restored_for_the_gpus_this_machine_has(monkeypatch)
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: restored.append((s.tolist(), device)))
     set_rng_state(state)
     assert restored == [([1] * 8, 0)]
+
+
+def test_each_ddp_rank_resumes_the_cuda_stream_of_its_own_gpu(monkeypatch):
+    """Rank 0 saves; rank 1 draws from GPU 1, whose stream is rank 0's GPU 0 stream (same seed, same
+    draws): the saver's current-GPU state goes to the resuming process's current GPU, after the
+    per-GPU states (which hold rank 0's never-used GPU 1 state)."""
+    import torch
+
+    from semiseg.engine.checkpoint import rng_state, set_rng_state
+
+    state = rng_state()  # this machine's (no CUDA), before CUDA is faked
+    used, unused = torch.full((8,), 7, dtype=torch.uint8), torch.full((8,), 1, dtype=torch.uint8)
+    state["cuda"], state["cuda_current"] = [used, unused], used
+    restored = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(
+        torch.cuda, "set_rng_state", lambda s, device: restored.__setitem__(device, s.tolist())
+    )
+    set_rng_state(state)
+    assert restored == {0: [7] * 8, 1: [7] * 8}

@@ -68,13 +68,17 @@ def rng_state() -> dict[str, Any]:
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda_current"] = torch.cuda.get_rng_state()  # the generator this process draws from
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore :func:`rng_state`'s states, whatever device a checkpoint load mapped their tensors to
     (the generators take CPU byte tensors). CUDA states are restored for the GPUs both the saving and
-    this process see (a resume on a machine with fewer GPUs restores those it has)."""
+    this process see (a resume on a machine with fewer GPUs restores those it has); then the saving
+    process's current GPU's state goes to this process's current GPU. Under DDP rank 0 saves and rank r
+    draws from GPU r, whose generator was seeded as rank 0's GPU and consumed as much (the same ops
+    on the same per-rank shapes), so each rank resumes its own stream."""
     torch.set_rng_state(state["torch"].cpu())
     name, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, gauss))
@@ -83,6 +87,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if "cuda" in state and torch.cuda.is_available():
         for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(cuda_state.cpu(), index)
+        if "cuda_current" in state:
+            torch.cuda.set_rng_state(state["cuda_current"].cpu(), torch.cuda.current_device())
 
 
 def seed_everything(seed: int) -> None:

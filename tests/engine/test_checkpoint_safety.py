@@ -150,9 +150,11 @@ def test_cuda_rng_states_are_restored_for_the_gpus_this_machine_has(monkeypatch)
     restored = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: restored.append((s.tolist(), device)))
     set_rng_state(state)
-    assert restored == [([1] * 8, 0)]
+    # GPU 0's state, then again as the saver's current GPU's (no cuda_current: GPU 0); GPU 1 skipped
+    assert restored == [([1] * 8, 0), ([1] * 8, 0)]
 
 
 def test_each_ddp_rank_resumes_the_cuda_stream_of_its_own_gpu(monkeypatch):
@@ -175,3 +177,37 @@ def test_each_ddp_rank_resumes_the_cuda_stream_of_its_own_gpu(monkeypatch):
     )
     set_rng_state(state)
     assert restored == {0: [7] * 8, 1: [7] * 8}
+
+
+def test_a_checkpoint_without_the_current_gpu_state_resumes_rank_r_on_rank_0s_gpu_0_stream(monkeypatch):
+    """Checkpoints written before ``cuda_current`` was saved: rank 0's current GPU was GPU 0, so rank r
+    (current GPU r) resumes GPU 0's saved stream, as with the key."""
+    import torch
+
+    from semiseg.engine.checkpoint import rng_state, set_rng_state
+
+    state = rng_state()  # this machine's (no CUDA), before CUDA is faked
+    state["cuda"] = [torch.full((8,), 7, dtype=torch.uint8), torch.full((8,), 1, dtype=torch.uint8)]
+    restored = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(
+        torch.cuda, "set_rng_state", lambda s, device: restored.__setitem__(device, s.tolist())
+    )
+    set_rng_state(state)
+    assert restored == {0: [7] * 8, 1: [7] * 8}
+
+
+def test_the_saver_records_the_state_of_the_gpu_it_draws_from(monkeypatch):
+    import torch
+
+    from semiseg.engine.checkpoint import rng_state
+
+    per_gpu = [torch.full((8,), 3, dtype=torch.uint8), torch.full((8,), 4, dtype=torch.uint8)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: per_gpu)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": per_gpu[1])  # current: GPU 1
+    state = rng_state()
+    assert [s.tolist() for s in state["cuda"]] == [[3] * 8, [4] * 8]
+    assert state["cuda_current"].tolist() == [4] * 8

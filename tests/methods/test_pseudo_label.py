@@ -172,6 +172,17 @@ def test_reinit_each_round_is_deterministic_and_leaves_the_global_rng_alone():
     assert not same(other_seed.model.state_dict(), round1)
 
 
+def test_reinit_leaves_the_gpu_generators_alone(monkeypatch):
+    """The fresh student is built on the CPU from the CPU generator: reseeding the GPUs' generators
+    (which ``fork_rng(devices=[])`` does not restore) would move a GPU run's dropout streams."""
+    method = build("pseudo_label", reinit_each_round=True)
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: reseeded.append(seed))
+    method.on_phase_start("round1")
+    assert reseeded == []
+
+
 def test_no_teacher_without_rounds():
     method = build("pseudo_label", rounds=0)
     assert not hasattr(method, "teacher") and "reinit_seed" not in method.state_dict()

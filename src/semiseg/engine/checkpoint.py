@@ -87,8 +87,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if "cuda" in state and torch.cuda.is_available():
         for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(cuda_state.cpu(), index)
-        if "cuda_current" in state:
-            torch.cuda.set_rng_state(state["cuda_current"].cpu(), torch.cuda.current_device())
+        # the saver's current GPU; a checkpoint written before this key existed came from a process
+        # whose current GPU was GPU 0 (rank 0 under DDP, or a single process: set_device is called
+        # for DDP only), so its first state is that GPU's
+        current = state.get("cuda_current", state["cuda"][0] if state["cuda"] else None)
+        if current is not None:
+            torch.cuda.set_rng_state(current.cpu(), torch.cuda.current_device())
 
 
 def seed_everything(seed: int) -> None:

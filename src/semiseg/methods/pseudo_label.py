@@ -169,7 +169,9 @@ class PseudoLabel(Supervised):
         """Fresh weights for the student, a function of the method's ``reinit_seed`` and the round
         only (the global RNG is left untouched)."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(self.reinit_seed) + round_number)
+            # the CPU generator only (the network is built on the CPU): torch.manual_seed would also
+            # reseed every GPU's generator, which fork_rng(devices=[]) does not restore
+            torch.default_generator.manual_seed(int(self.reinit_seed) + round_number)
             fresh = build_model(self.model_cfg, self.in_channels, self.num_classes)
         self.model.load_state_dict(fresh.state_dict())
 

@@ -157,8 +157,14 @@ def test_torchrun_two_processes_matches_single_process(tmp_path):
     assert len(one) == len(two) == 21
     for a, b_ in zip(one, two):
         assert a["step"] == b_["step"]
+        # the first epoch agrees to ~1e-7; later steps carry float32 sums made in another order (the
+        # convolution kernels' blocking depends on the per-process batch size and on the CPU: on an
+        # Intel Xeon the last epoch drifts to ~2e-5, on an AMD EPYC it stayed under 1e-5), which
+        # training amplifies; a wrong reduction (gradients, batch-norm statistics, masked means)
+        # differs by far more from the first steps on
+        rel = 1e-5 if a["step"] <= RECIPE["train"]["iters_per_epoch"] else 1e-4
         for key in ("loss", "ce", "dice"):
-            assert a[key] == pytest.approx(b_[key], rel=1e-5, abs=1e-6), (a["step"], key)
+            assert a[key] == pytest.approx(b_[key], rel=rel, abs=1e-6), (a["step"], key)
     assert one[0]["loss"] != pytest.approx(one[-1]["loss"], rel=1e-3)  # the runs really trained
     assert json.loads((ddp / "metrics.json").read_text())["val"]["dice/mean"] == pytest.approx(
         json.loads((single / "metrics.json").read_text())["val"]["dice/mean"], abs=1e-4

@@ -157,37 +157,21 @@ def test_cuda_rng_states_are_restored_for_the_gpus_this_machine_has(monkeypatch)
     assert restored == [([1] * 8, 0), ([1] * 8, 0)]
 
 
-def test_each_ddp_rank_resumes_the_cuda_stream_of_its_own_gpu(monkeypatch):
+@pytest.mark.parametrize("saved_current", [True, False], ids=["cuda_current", "older_checkpoint"])
+def test_each_ddp_rank_resumes_the_cuda_stream_of_its_own_gpu(monkeypatch, saved_current):
     """Rank 0 saves; rank 1 draws from GPU 1, whose stream is rank 0's GPU 0 stream (same seed, same
     draws): the saver's current-GPU state goes to the resuming process's current GPU, after the
-    per-GPU states (which hold rank 0's never-used GPU 1 state)."""
+    per-GPU states (which hold rank 0's never-used GPU 1 state). A checkpoint written before
+    ``cuda_current`` was saved came from a process whose current GPU was GPU 0: its first state."""
     import torch
 
     from semiseg.engine.checkpoint import rng_state, set_rng_state
 
     state = rng_state()  # this machine's (no CUDA), before CUDA is faked
     used, unused = torch.full((8,), 7, dtype=torch.uint8), torch.full((8,), 1, dtype=torch.uint8)
-    state["cuda"], state["cuda_current"] = [used, unused], used
-    restored = {}
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
-    monkeypatch.setattr(
-        torch.cuda, "set_rng_state", lambda s, device: restored.__setitem__(device, s.tolist())
-    )
-    set_rng_state(state)
-    assert restored == {0: [7] * 8, 1: [7] * 8}
-
-
-def test_a_checkpoint_without_the_current_gpu_state_resumes_rank_r_on_rank_0s_gpu_0_stream(monkeypatch):
-    """Checkpoints written before ``cuda_current`` was saved: rank 0's current GPU was GPU 0, so rank r
-    (current GPU r) resumes GPU 0's saved stream, as with the key."""
-    import torch
-
-    from semiseg.engine.checkpoint import rng_state, set_rng_state
-
-    state = rng_state()  # this machine's (no CUDA), before CUDA is faked
-    state["cuda"] = [torch.full((8,), 7, dtype=torch.uint8), torch.full((8,), 1, dtype=torch.uint8)]
+    state["cuda"] = [used, unused]
+    if saved_current:
+        state["cuda_current"] = used
     restored = {}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

@@ -36,6 +36,9 @@ from semiseg.bench.runner import Row, row_config, run_table
 from semiseg.config import to_dict
 from semiseg.errors import ConfigError
 
+HW = provenance.hardware()
+HERE = f"{HW['cpu']}, {HW['cores']} cores" + (f", {HW['gpu']}" if HW["gpu"] else "")  # this machine
+
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
@@ -222,7 +225,9 @@ def test_an_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch):
         record = json.loads((run_dir / "bench-run.json").read_text())
         assert not record["finished"] and (run_dir / "last.pt").is_file() and record["seconds"] > 0
         spy = Spy(monkeypatch)
-        resumed = run_table("tiny-resume", work_dir=tmp_path / "w", **kwargs)
+        with pytest.MonkeyPatch.context() as mp:  # the second session on another machine
+            mp.setattr("semiseg.bench.cache._machine", lambda: "Other CPU, 2 cores")
+            resumed = run_table("tiny-resume", work_dir=tmp_path / "w", **kwargs)
         assert spy.resumed == [True] and resumed["runs"][0]["status"] == "resumed"
         assert resumed["provenance"]["cache"] == {"dir": str(tmp_path / "w" / "cache"), "trained": 0,
                                                   "resumed": 1, "reused": 0}  # fmt: skip
@@ -230,8 +235,9 @@ def test_an_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch):
         assert epochs == [1, 2]
         record = json.loads((run_dir / "bench-run.json").read_text())
         assert record["finished"] and record["resumed_at"] == [COMMIT]
+        assert record["trained_on"] == resumed["runs"][0]["trained_on"] == [HERE, "Other CPU, 2 cores"]
         whole = run_table("tiny-resume", work_dir=tmp_path / "w2", **kwargs)  # uninterrupted
-    assert whole["runs"][0]["status"] == "trained"
+    assert whole["runs"][0]["status"] == "trained" and whole["runs"][0]["trained_on"] == [HERE]
     assert resumed["runs"][0]["test"] == pytest.approx(whole["runs"][0]["test"], abs=1e-6)
     assert resumed["runs"][0]["val_best"] == whole["runs"][0]["val_best"]
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from semiseg.bench.lock import claim
+from semiseg.bench.provenance import hardware
 
 RECORD = "bench-run.json"
 #: the lock file of a run being trained (see :mod:`semiseg.bench.lock`)
@@ -244,6 +245,11 @@ class RunCache:
             }
         elif resume:
             record["resumed_at"].append(self.commit)
+        # the machines the run trained on, in order (a run resumed elsewhere has more than one): a
+        # table's provenance names only the writing process's hardware
+        machine = _machine()
+        if record.setdefault("trained_on", [])[-1:] != [machine]:
+            record["trained_on"].append(machine)
         self._write_record(out, record)
         t0, c0 = time.perf_counter(), time.process_time()
         try:
@@ -311,3 +317,9 @@ class RunCache:
             return json.loads(path.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return None
+
+
+def _machine() -> str:
+    """This machine as a run record names it: CPU model, core count and GPU, if any."""
+    hw = hardware()
+    return f"{hw['cpu']}, {hw['cores']} cores" + (f", {hw['gpu']}" if hw["gpu"] else "")

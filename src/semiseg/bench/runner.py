@@ -323,7 +323,7 @@ def _row_runs(ctx: BenchContext, row: Row, seeds: list[int], configs: dict) -> l
             last = run.result.get("last", {}).get("test", {}).get(metric)
             info = {"val_best": run.result["best"], "images_per_second": run.result["images_per_second"],
                     "labeled": run.result["labeled"], "status": run.status, "seconds": record["seconds"],
-                    "cpu_seconds": record.get("cpu_seconds")}  # fmt: skip
+                    "cpu_seconds": record.get("cpu_seconds"), "trained_on": record.get("trained_on")}  # fmt: skip
             steps = phase_steps(run_dir)
             if steps is not None:  # each run's training budget, beside its time
                 info["steps_by_phase"] = steps

@@ -645,6 +645,29 @@ def test_evaluate_refuses_data_whose_split_differs_from_the_run_s(tmp_path, caps
     assert "note: no split.json beside" in capsys.readouterr().err
 
 
+def test_resume_refuses_data_whose_split_differs_from_the_run_s(tmp_path, capsys):
+    """A folder that gained cases re-draws the split: resumed epochs would train on the interrupted
+    run's validation or test cases. The resume is refused, naming split.json, and nothing changes."""
+    root = make_folder(tmp_path / "data")
+    out = tmp_path / "out"
+    recipe = folder_recipe(tmp_path, root)
+    assert main(["train", "-c", recipe, "-o", str(out), "--set", "train.epochs=1"]) == 0
+    for i in range(8, 12):  # four more cases
+        for kind in ("images", "masks"):
+            (root / kind / f"img{i:03d}.png").write_bytes((root / kind / "img000.png").read_bytes())
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", "-c", recipe, "-o", str(out), "--set", "train.epochs=2", "--resume"]) == 2
+    assert_one_line_error(
+        capsys, "train", f"{out / 'split.json'}: the data now give another", "resume with the data the run"
+    )
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    for i in range(8, 12):  # the same data again: the resume goes on
+        for kind in ("images", "masks"):
+            (root / kind / f"img{i:03d}.png").unlink()
+    assert main(["train", "-c", recipe, "-o", str(out), "--set", "train.epochs=2", "--resume"]) == 0
+
+
 @pytest.mark.parametrize("split", ["val", "test"])
 def test_a_val_or_test_image_without_a_mask_is_a_one_line_error_before_training(tmp_path, capsys, split):
     root = tmp_path / "data"

@@ -120,6 +120,8 @@ def train(
     try:
         with D.main_first(info):  # rank 0 builds the on-disk store's entries, the others read them
             data = prepare_data(cfg, data_root, bundle=bundle)  # validates all data before any training
+        if resume:
+            check_resumed_split(data.split, out)
         if info.is_main:
             note_mixed_spacing(cfg, data.bundle.train)
         if not test:
@@ -232,24 +234,43 @@ def check_recorded_split(data, splits, checkpoint) -> bool:
     path = Path(checkpoint).parent / "split.json"
     if not path.is_file():
         return False
+    recorded = _read_split(path)
+    for name in splits:
+        now = [r.id for r in (data.val if name == "val" else data.test)]
+        _same_split(path, name, recorded, now, "evaluate on the data and config the run was trained with")
+    return True
+
+
+def check_resumed_split(split, out: Path) -> None:
+    """``--resume``: a DataError naming ``out/split.json`` when the data now give another split than the
+    run recorded (a folder that gained or lost cases re-draws it: the resumed epochs would train on the
+    interrupted run's validation or test cases). Runs without a ``split.json`` are not checked."""
+    path = out / "split.json"
+    if path.is_file():
+        recorded, now = _read_split(path), split.summary()
+        for name in ("labeled", "unlabeled", "val", "test"):
+            _same_split(path, name, recorded, now[name], "resume with the data the run was trained on")
+
+
+def _read_split(path: Path) -> dict:
     try:
         recorded = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise DataError(path, f"cannot read the run's split ({type(exc).__name__})") from None
-    for name in splits:
-        ids = recorded.get(name) if isinstance(recorded, dict) else None
-        if not isinstance(ids, list):
-            raise DataError(path, f"has no '{name}' list of case ids")
-        now = [r.id for r in (data.val if name == "val" else data.test)]
-        if sorted(now) != sorted(ids):
-            gone, new = sorted(set(ids) - set(now)), sorted(set(now) - set(ids))
-            raise DataError(
-                path,
-                f"the data now give another {name} split than this run recorded ({len(gone)} of its cases "
-                f"missing, {len(new)} new, e.g. '{(gone or new)[0]}'): evaluate on the data and config "
-                "the run was trained with",
-            )
-    return True
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def _same_split(path: Path, name: str, recorded: dict, now: list[str], advice: str) -> None:
+    ids = recorded.get(name)
+    if not isinstance(ids, list):
+        raise DataError(path, f"has no '{name}' list of case ids")
+    if sorted(now) != sorted(ids):
+        gone, new = sorted(set(ids) - set(now)), sorted(set(now) - set(ids))
+        raise DataError(
+            path,
+            f"the data now give another {name} split than this run recorded ({len(gone)} of its cases "
+            f"missing, {len(new)} new, e.g. '{(gone or new)[0]}'): {advice}",
+        )
 
 
 #: a spacing range (largest / smallest, on some axis) beyond which a 3D run without a target spacing

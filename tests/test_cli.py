@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import subprocess
 import sys
@@ -100,14 +99,17 @@ def test_train_evaluate_predict(tmp_path, capsys):
     result = json.loads(report.read_text())
     assert result["split"] == "test" and result["n"] == len(metrics["test_cases"]) == 4
     for key, value in metrics["test"].items():  # same model, same split: the training run's final test scores
-        assert result["metrics"][key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
-    # the cases each mean leaves out (nan: e.g. HD95 of a class one of prediction and truth lacks), counted
+        assert result["metrics"][key] == (None if value is None else pytest.approx(value, abs=1e-6)), key
+    # the cases each mean leaves out (undefined, written as null: e.g. HD95 of a class one of prediction and
+    # truth lacks), counted
     nans = {
-        k: sum(math.isnan(c[k]) for c in metrics["test_cases"])
+        k: sum(c[k] is None for c in metrics["test_cases"])
         for k in metrics["test"]
         if k in metrics["test_cases"][0]
     }
     assert metrics["test_undefined"] == result["undefined"] == {k: n for k, n in nans.items() if n}
+    assert any(nans.values())  # the tiny run leaves some HD95 undefined: the null path is exercised
+    assert "NaN" not in (out / "metrics.json").read_text() + report.read_text()  # strict JSON
     for key, n in result["undefined"].items():
         assert f"(over {4 - n} of 4 cases)" in next(
             line for line in printed.splitlines() if line.startswith(key + " ")
@@ -738,6 +740,42 @@ def test_checks_found_at_or_after_setup_are_one_line_errors_leaving_no_folder(
     args = ["train", "-c", recipe, *overrides] if overrides[0] != "-c" else ["train", *overrides]
     assert main([*args, "-o", str(tmp_path / "out")]) == 2
     assert_one_line_error(capsys, "train", fragment)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (["method={name: size, source: regressor}"],
+         "method 'size': method.source: regressor counts the labeled masks' sizes, and the mask of this "
+         "labeled image has unlabeled pixels"),
+        (["method.regularizers=[{name: size, weight: 0.01, source: regressor}]"],
+         "method.regularizers: 'size' source: regressor counts the labeled masks' sizes, and the mask of"),
+        (["method.regularizers=[{name: shape_prior, weight: 0.1}]"],
+         "method.regularizers: 'shape_prior' learns shapes from the labeled masks, and the mask of this"),
+        ([], None),  # the supervised loss ignores the unlabeled pixels: fine
+    ],
+)  # fmt: skip
+def test_sizes_and_shapes_are_not_learned_from_folder_masks_with_unlabeled_pixels(
+    tmp_path, capsys, overrides, fragment
+):
+    """A folder's "dense" masks may hold unlabeled pixels (data.mask_unlabeled): a regressor would count
+    too small sizes from them, a shape prior learn the shapes of clicks. Refused before training."""
+    root = make_folder(tmp_path / "data")
+    for path in (root / "masks").iterdir():
+        mask = np.array(Image.open(path))
+        mask[:2] = 255  # two unlabeled rows
+        Image.fromarray(mask).save(path)
+    args = ["train", "-c", folder_recipe(tmp_path, root), "-o", str(tmp_path / "out"), "--no-test",
+            "--set", "data.mask_unlabeled=255", "--set", "train.epochs=1"]  # fmt: skip
+    for o in overrides:
+        args += ["--set", o]
+    if fragment is None:
+        assert main(args) == 0
+        return
+    assert main(args) == 2
+    err = assert_one_line_error(capsys, "train", fragment, "it needs whole masks")
+    assert f"error: {root / 'images'}" in err  # the image whose mask it is
     assert not (tmp_path / "out").exists()
 
 

@@ -9,6 +9,7 @@ import pytest
 
 MODULES = [
     "semiseg.core",
+    "semiseg.io",
     "semiseg.data.patches",
     "semiseg.data.transforms",
     "semiseg.data.views",

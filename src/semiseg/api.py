@@ -215,7 +215,8 @@ class Model:
                                           "volume (use semiseg predict with <case>_0000.nii.gz ... files)")  # fmt: skip
                 volume, geometry = read_case([path], predict_intensity(self.cfg))
                 return volume, geometry.spacing
-            return read_model_image(path, channels, predict_intensity(self.cfg)), None
+            converted = self.cfg.data.channels if self.cfg is not None else "auto"
+            return read_model_image(path, channels, predict_intensity(self.cfg), converted), None
         if isinstance(image, (list, tuple)):
             raise DataError(None, f"predict: takes one image (an array, or a file path), got a {type(image).__name__}; "
                                   "call it once per image")  # fmt: skip

@@ -197,7 +197,7 @@ def cmd_evaluate(args) -> int:
     from semiseg.engine.distributed import resolve_device
     from semiseg.engine.run import check_recorded_split, evaluate_trained, load_trained, split_records
     from semiseg.errors import ConfigError
-    from semiseg.io import atomic_write_text, check_file_target
+    from semiseg.io import atomic_write_text, check_file_target, strict_json
     from semiseg.metrics import undefined_counts
 
     if args.output:  # before the evaluation: a path it cannot write to fails first
@@ -229,7 +229,7 @@ def cmd_evaluate(args) -> int:
         "cases": cases,
     }
     if args.output:
-        atomic_write_text(args.output, json.dumps(result, indent=1, default=float))
+        atomic_write_text(args.output, strict_json(result, indent=1))
     width = max(len(k) for k in means)
     for k, v in means.items():
         left = f"  (over {len(records) - undefined[k]} of {len(records)} cases)" if undefined.get(k) else ""

@@ -16,10 +16,14 @@ Examples:
 
 from __future__ import annotations
 
+import json
+import math
+import numbers
 import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from semiseg.errors import DataError
 
@@ -149,3 +153,31 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             fh.write(text)
 
     atomic_write(path, write)
+
+
+def strict_json(obj: Any, **kwargs: Any) -> str:
+    """``json.dumps`` of ``obj`` as strict JSON: NaN and ±inf become ``null`` (``jq``, JavaScript and
+    most JSON libraries refuse Python's bare ``NaN``), numeric scalars of other libraries (NumPy,
+    0-d tensors) plain numbers. For the files users read: ``metrics.json``, ``evaluate -o``.
+
+    Examples:
+        >>> strict_json({"hd95": float("nan"), "dice": 0.5, "cases": 2})
+        '{"hd95": null, "dice": 0.5, "cases": 2}'
+    """
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        if x is None or isinstance(x, (bool, str)):
+            return x
+        if isinstance(x, numbers.Integral):
+            return int(x)
+        try:
+            value = float(x)
+        except (TypeError, ValueError):
+            return x
+        return value if math.isfinite(value) else None
+
+    return json.dumps(clean(obj), allow_nan=False, **kwargs)

@@ -351,6 +351,8 @@ def test_sizes_json_gives_rough_region_sizes(tmp_path: Path) -> None:
         ({"a": [3]}, "sizes of 'a' must map foreground classes"),
         ([1], "must hold one JSON object"),
         ({"a": {"1": 49}}, r"sizes of 'a' \(\{1: 49.0\}\) exceed the image's 48 pixels"),  # 6 x 8 images
+        ({"a": {"\u00b2": 3}}, "sizes of 'a' must map foreground classes"),  # "²".isdigit(), no int
+        ({"a": {"1": 30, "2": 20}}, "sizes of 'a' sum to 50 pixels, more than the image's 48"),
     ):
         (tmp_path / "sizes.json").write_text(json.dumps(bad))
         with pytest.raises(DataError, match=message):

@@ -335,6 +335,10 @@ def test_npy_images_keep_any_number_of_channels_and_masks_read_as_integers(tmp_p
     np.save(tmp_path / "u8.npy", np.full((6, 7), 51, np.uint8))  # [H, W] uint8: one channel, / 255
     np.testing.assert_allclose(read_image(tmp_path / "u8.npy"), np.full((1, 6, 7), 0.2, np.float32))
     assert read_model_image(tmp_path / "five.npy", 5).shape == (5, 6, 7)
+    # three channels of an array need not be colours: a 1-channel model refuses them unless training
+    # converted its own arrays to gray (data.channels: gray), as it does with PNGs
+    np.save(tmp_path / "three.npy", rng.random((3, 6, 7)).astype(np.float32))
+    assert read_model_image(tmp_path / "three.npy", 1, channels="gray").shape == (1, 6, 7)
     np.save(tmp_path / "m.npy", np.array([[0, 1], [2, 1]], np.int16))
     assert read_mask(tmp_path / "m.npy", 3).tolist() == [[0, 1], [2, 1]]
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
@@ -344,6 +348,10 @@ def test_npy_images_keep_any_number_of_channels_and_masks_read_as_integers(tmp_p
         (lambda: read_image(tmp_path / "empty.npy"), "empty array (shape (0, 32))"),
         (lambda: read_image(tmp_path / "five.npy", channels="gray"), "has 5 channels: data.channels 'gray'"),
         (lambda: read_model_image(tmp_path / "five.npy", 3), "image has 5 channel(s), the model reads 3"),
+        (
+            lambda: read_model_image(tmp_path / "three.npy", 1),
+            "image has 3 channel(s), the model reads 1 (a .npy",
+        ),
         (lambda: read_image(tmp_path / "obj.npy"), "cannot read array"),  # never unpickled
         (lambda: read_image(tmp_path / "four_d.npy"), "must be [H, W] or [C, H, W]"),
         (lambda: read_mask(tmp_path / "m.npy", 2), "outside classes 0..1"),

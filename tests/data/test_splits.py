@@ -9,7 +9,7 @@ import pytest
 
 from semiseg.config import SplitConfig
 from semiseg.data.records import IGNORE_INDEX, DatasetBundle, Record
-from semiseg.data.splits import make_split
+from semiseg.data.splits import make_split, natural_key
 from semiseg.errors import ConfigError, DataError
 
 
@@ -387,3 +387,9 @@ def test_labeled_item_fraction_keeps_evenly_spaced_items_of_each_labeled_group()
     }
     assert len(offsets) > 1  # the offset (and patients) change with the draw
     assert ids(make_split(bundle, SplitConfig(**spec)).labeled) == ids(s.labeled)
+
+
+def test_natural_key_orders_numbers_by_value_and_takes_any_file_name():
+    assert sorted(["p1_slice_10", "p1_slice_2"], key=natural_key) == ["p1_slice_2", "p1_slice_10"]
+    # "²" is a digit to str.isdigit but not a decimal int() reads: it stays text
+    assert natural_key("img1\u00b2") == ["img", 1, "\u00b2"]

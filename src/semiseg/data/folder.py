@@ -149,7 +149,8 @@ def _read_sizes(splits: dict[str, list[Record]], path: Path, num_classes: int) -
             raise bad
         entry: dict[int, float] = {}
         for key, value in given.items():
-            if not (isinstance(key, str) and key.isdigit() and 1 <= int(key) < num_classes):
+            # ASCII digits only: "²".isdigit() holds, and int("²") fails
+            if not (isinstance(key, str) and key.isascii() and key.isdigit() and 1 <= int(key) < num_classes):
                 raise bad
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise bad
@@ -164,6 +165,9 @@ def _read_sizes(splits: dict[str, list[Record]], path: Path, num_classes: int) -
         over = {c: v for c, v in entry.items() if v > area}
         if over:
             raise DataError(path, f"sizes of '{stem}' ({over}) exceed the image's {area} pixels")
+        if sum(entry.values()) > area:  # the regions do not overlap: together, at most the image
+            raise DataError(path, f"sizes of '{stem}' sum to {sum(entry.values()):g} pixels, more than the "
+                                  f"image's {area}")  # fmt: skip
         present = sorted(c for c, v in entry.items() if v > 0)  # as tags.json: agree with a mask
         _check_present(path, f"sizes of '{stem}' (classes present: {present})", present, record, num_classes)
         out[stem] = entry

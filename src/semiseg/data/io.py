@@ -194,17 +194,25 @@ def read_image(path: str | os.PathLike, channels: str = "auto", intensity: str =
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-def read_model_image(path: str | os.PathLike, in_channels: int, intensity: str = "auto") -> np.ndarray:
+def read_model_image(
+    path: str | os.PathLike, in_channels: int, intensity: str = "auto", channels: str = "auto"
+) -> np.ndarray:
     """An image for a model of ``in_channels`` channels: gray or RGB files converted as training
-    converted them (``channels`` gray / rgb), other channel counts (``.npy``) kept and checked.
+    converted them (``channels`` gray / rgb), other channel counts kept and checked. A ``.npy``
+    array's channels need not be colours (e.g. three scan types): converted only when training
+    converted them too (``channels``, the run's ``data.channels``, gray or rgb).
 
     Raises:
         DataError: The file is unreadable or has another number of channels than the model.
     """
     image = read_image(path, "auto", intensity)
     if image.shape[0] != in_channels:
-        if image.shape[0] not in (1, 3) or in_channels not in (1, 3):
-            raise DataError(path, f"image has {image.shape[0]} channel(s), the model reads {in_channels}")
+        npy = Path(path).suffix.lower() == ".npy"
+        if image.shape[0] not in (1, 3) or in_channels not in (1, 3) or (npy and channels == "auto"):
+            why = " (a .npy array's channels are not converted as colours are)" if npy else ""
+            raise DataError(
+                path, f"image has {image.shape[0]} channel(s), the model reads {in_channels}{why}"
+            )
         image = read_image(path, "gray" if in_channels == 1 else "rgb", intensity)
     return image
 

@@ -126,7 +126,7 @@ def natural_key(text: str) -> list:
         >>> sorted(["p1_slice_10", "p1_slice_2"], key=natural_key)
         ['p1_slice_2', 'p1_slice_10']
     """
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+    return [int(part) if part.isdecimal() else part for part in re.split(r"(\d+)", text)]
 
 
 def _spaced_items(records: list[Record], fraction: float, rng: np.random.Generator) -> list[Record]:

@@ -78,6 +78,7 @@ def predict_folder(
     if images and len(image_size) == 3:
         raise DataError(images[0], "a 3D model segments volumes (NIfTI), not 2D images")
     intensity = predict_intensity(cfg)
+    channels = cfg.data.channels if cfg is not None else "auto"  # how training converted colours
     for path in images:
         probe_image(path)
     cases = _volume_cases(volumes, state["in_channels"])
@@ -98,7 +99,10 @@ def predict_folder(
     try:
         for start in range(0, len(images), IMAGE_CHUNK):  # a chunk of images in memory at a time
             chunk = images[start : start + IMAGE_CHUNK]
-            pixels = [torch.from_numpy(read_model_image(p, state["in_channels"], intensity)) for p in chunk]
+            pixels = [
+                torch.from_numpy(read_model_image(p, state["in_channels"], intensity, channels))
+                for p in chunk
+            ]
             if classify:  # a class has no map to resize back: say that the input was resized
                 resized += sum(tuple(x.shape[-2:]) != tuple(image_size) for x in pixels)
             for path, p in zip(chunk, predict_slices(predict, pixels, image_size, device)):

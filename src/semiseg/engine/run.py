@@ -22,7 +22,7 @@ from semiseg.engine.evaluate import ALL_METRICS, FAST_METRICS, evaluate_split, p
 from semiseg.engine.inference import build_predict
 from semiseg.engine.loggers import Logger, build_logger, check_logger
 from semiseg.errors import ConfigError, DataError, SemisegError, first_line
-from semiseg.io import atomic_write_text, check_folder, make_folder
+from semiseg.io import atomic_write_text, check_folder, make_folder, strict_json
 from semiseg.metrics import undefined_counts
 
 
@@ -195,7 +195,7 @@ def train(
             for split in ("val", "test"):
                 if split in results:
                     logger.scalars(results[split], trainer.global_step, prefix=f"final/{split}/")
-        atomic_write_text(out / "metrics.json", json.dumps(results, indent=1, default=float))
+        atomic_write_text(out / "metrics.json", strict_json(results, indent=1))
         failed = False
         return results
     except SemisegError:

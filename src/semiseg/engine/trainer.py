@@ -21,11 +21,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from semiseg.config import OptimizerConfig, RunConfig, to_dict
-from semiseg.core import Batch, Supervision
+from semiseg.core import IGNORE_INDEX, Batch, Supervision
 from semiseg.data import PreparedData
 from semiseg.data.splits import stable_hash
 from semiseg.engine import distributed as D
@@ -309,6 +310,8 @@ class Trainer:
                     f"run reads them (method '{self.cfg.method['name']}' does not; a regulariser on the unlabeled "
                     "images that does, e.g. size with source: data, or unlabeled_supervision: none)"
                 )
+        if labeled == "dense":  # a folder's masks may still hold unlabeled pixels (data.mask_unlabeled)
+            self._check_whole_masks(method, data)
         for reg in method.regularizers:
             where = f"method.regularizers: '{reg.name}'"
             if task not in reg.spec.tasks:
@@ -335,6 +338,23 @@ class Trainer:
                 raise ConfigError(
                     f"{where} reads {' / '.join(needs)} labels, and none of its streams ({', '.join(seen)}) carries "
                     "them (data.split.supervision / unlabeled_supervision)"
+                )
+
+    def _check_whole_masks(self, method, data) -> None:
+        """A DataError naming the first labeled mask with unlabeled pixels when part of the run counts
+        the labeled masks' sizes or learns their shapes (a mask of clicks gives neither)."""
+        needs = [f"method '{self.cfg.method['name']}': {w}" for w in [method.needs_whole_masks()] if w]
+        for reg in method.regularizers:
+            if need := reg.spec.needs_whole_masks():
+                needs.append(f"method.regularizers: '{reg.name}' {need}")
+        if not needs:
+            return
+        for r in data.split.labeled:
+            if r.has_mask and (np.asarray(r.mask) == IGNORE_INDEX).any():
+                raise DataError(
+                    r.source or r.id,
+                    f"{needs[0]}, and the mask of this labeled image has unlabeled pixels (data.mask_unlabeled): it "
+                    "needs whole masks",
                 )
 
     def stream_specs(self, phase: Phase) -> tuple[StreamSpec, ...]:

@@ -141,6 +141,11 @@ class RegularizerSpec:
         from masks may then train on labeled items that carry only these (the trainer checks)."""
         return ()
 
+    def needs_whole_masks(self) -> str | None:
+        """What of the loss learns from the labeled images' masks as wholes, as
+        ``Method.needs_whole_masks`` (default: nothing, None)."""
+        return None
+
     def __post_init__(self) -> None:
         if not self.name:
             self.name = self.registered_name

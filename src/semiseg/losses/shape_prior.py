@@ -147,6 +147,9 @@ class ShapePriorSpec(RegularizerSpec):
 
     learns_from = ("dense",)  # the autoencoder learns shapes: clicks are not one
 
+    def needs_whole_masks(self) -> str | None:
+        return "learns shapes from the labeled masks"
+
     code_weight: float = 1.0  #: (a) code distance on images with a dense mask
     recon_weight: float = 1.0  #: (b) distance to the reconstruction on images without one
     ae_epochs: int = 50  #: epochs of phase shape_prior_ae

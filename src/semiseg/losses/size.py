@@ -267,6 +267,9 @@ class SizeSpec(RegularizerSpec):
     def weak_labels(self) -> tuple[str, ...]:
         return ("size",) if self.source == "data" else ()
 
+    def needs_whole_masks(self) -> str | None:
+        return "source: regressor counts the labeled masks' sizes" if self.source == "regressor" else None
+
     def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         """The penalty with ``R`` = ``batch.sizes`` (``source: data``)."""
         return size_penalty(

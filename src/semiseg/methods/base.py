@@ -131,6 +131,12 @@ class Method(nn.Module):
         """The method's own phases (default: one, "train"); the engine runs :meth:`run_phases`."""
         return [Phase()]
 
+    def needs_whole_masks(self) -> str | None:
+        """What of the method learns from the labeled images' masks as wholes (counts their sizes,
+        learns their shapes), e.g. "method.source: regressor counts the labeled masks' sizes"; None
+        (default) when nothing does. The trainer refuses labeled masks with unlabeled pixels for it."""
+        return None
+
     def unlabeled_labels_read(self) -> frozenset[str]:
         """The weak labels of unlabeled items ("tag", "size") the method's own losses read (default:
         tags, when a phase draws a stream filtered by an image tag); the trainer refuses weak labels

@@ -182,6 +182,13 @@ class SizeConstrained(Supervised):
     def unlabeled_labels_read(self) -> frozenset[str]:
         return super().unlabeled_labels_read() | ({"size"} if self.cfg.source == "oracle" else set())
 
+    def needs_whole_masks(self) -> str | None:
+        return (
+            "method.source: regressor counts the labeled masks' sizes"
+            if self.cfg.source == "regressor"
+            else None
+        )
+
     # ------------------------------------------------------------------------------ segmenter
     def _bounds(self, unlabeled: Batch, probs: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Per-class size estimates in pixels ``[B, K]`` (NaN = unconstrained) and centroid bounds."""

@@ -40,6 +40,7 @@ def test_predict_matches_the_cli_and_bad_inputs_are_one_line_errors(tmp_path):
         overrides={"train.lr": 0.01}, output_dir=tmp_path / "run",
     )  # fmt: skip
     assert run.cfg.train.lr == 0.01 and set(run.evaluate("test")) >= {"dice/mean", "hd95_px/mean"}
+    assert run.dir.is_absolute()  # found again after an os.chdir
     rng = np.random.default_rng(0)
     (tmp_path / "in").mkdir()
     for i in range(3):
@@ -54,12 +55,34 @@ def test_predict_matches_the_cli_and_bad_inputs_are_one_line_errors(tmp_path):
         assert np.array_equal(cli, by_path) and np.array_equal(cli, by_array)
     tensor = torch.from_numpy(np.asarray(Image.open(tmp_path / "in" / "x0.png")).astype(np.float32) / 255)
     assert np.array_equal(model.predict(tensor), model.predict(tmp_path / "in" / "x0.png"))  # a tensor too
+    assert model.predict(tensor.bfloat16()).shape == (40, 36)  # NumPy has no bfloat16
+    # "cpu:0" is the CPU (torch.load's map_location refused it: the checkpoint was called unreadable)
+    assert np.array_equal(semiseg.load(run.checkpoint, device="cpu:0").predict(tensor), model.predict(tensor))
+    # a checkpoint of a method this process has not registered (a custom one): the error names the file
+    state = torch.load(run.checkpoint, weights_only=True)
+    state["config"]["method"]["name"] = "my_custom_method"
+    torch.save(state, tmp_path / "custom.pt")
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(tmp_path / 'custom.pt'))}: .*my_custom_method"):
+        semiseg.load(tmp_path / "custom.pt")
+    default = torch.get_default_dtype()
+    try:  # a caller's float64 default: the saved float32 network still predicts
+        torch.set_default_dtype(torch.float64)
+        assert np.array_equal(semiseg.load(run.checkpoint).predict(tensor), model.predict(tensor))
+    finally:
+        torch.set_default_dtype(default)
     with pytest.raises(DataError, match="does not fit a model of 1 channel"):
         model.predict(np.zeros((2, 3, 8, 8)))
     with pytest.raises(DataError, match="image file not found"):
         model.predict(tmp_path / "nope.png")
     for bad, message in (
-        (np.zeros((32, 32, 3)), r"looks like \[H, W, C\] \(channels last\)"),
+        (
+            np.zeros((32, 32, 3)),
+            r"looks like \[H, W, C\] \(channels last\); the model reads 1 channel: pass \[H, W\], in",
+        ),
+        (
+            np.zeros((32, 32, 1)),
+            r"looks like \[H, W, C\] \(channels last\); .* pass \[H, W\] \(array\[\.\.\., 0\]\)",
+        ),
         (np.full((16, 16), np.nan), "NaN or infinite values"),
         (np.array([]), "expected a non-empty numeric array"),
         (np.array([["a"]]), "expected a non-empty numeric array"),
@@ -88,3 +111,27 @@ def test_wrong_arguments_are_semiseg_config_errors():
         with pytest.raises(ConfigError, match=message):
             semiseg.train(config, overrides)
     assert _config("supervised-shapes", {"train.epochs": np.int64(3)}, False).train.epochs == 3
+    nested = {
+        "data": {"dataset": "shapes", "image_size": [np.int64(32), 32]},
+        "train": {"lr": np.float32(0.5)},
+    }
+    cfg = _config(nested, None, False)  # NumPy scalars in a dict config too
+    assert list(cfg.data.image_size) == [32, 32] and cfg.train.lr == 0.5
+    with pytest.raises(ConfigError, match="resume: True or False, got 'no'"):
+        semiseg.train("supervised-shapes", resume="no")
+    for path, threads, message in (
+        (None, None, "the model is a checkpoint or .onnx file path, got NoneType"),
+        ("best.pt", "2", "threads must be a whole number of at least 1, not '2'"),
+        ("best.pt", 1.5, "threads must be a whole number of at least 1, not 1.5"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            semiseg.load(path, threads=threads)
+
+
+def test_a_run_without_best_pt_points_at_last_pt(tmp_path):
+    """A run that selects no model (e.g. ssldec with validate: false) writes last.pt only."""
+    run = semiseg.Run(tmp_path, None, {})
+    (tmp_path / "last.pt").write_bytes(b"")
+    assert run.checkpoint == tmp_path / "last.pt"
+    (tmp_path / "best.pt").write_bytes(b"")
+    assert run.checkpoint == tmp_path / "best.pt"

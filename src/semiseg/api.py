@@ -5,7 +5,7 @@
     import semiseg
 
     run = semiseg.train("configs/supervised-shapes.yaml", overrides={"train.epochs": 2}, output_dir="runs/x")
-    print(run.metrics["test"]["dice"])           # the validation-selected model on the test split
+    print(run.metrics["test"]["dice/mean"])      # the validation-selected model on the test split
     scores = run.evaluate("val")                  # every metric, means over the split
     model = semiseg.load(run.checkpoint)          # or a model.onnx from ``semiseg export``
     mask = model.predict("image.png")             # uint8 class map at the image's own size
@@ -44,7 +44,7 @@ def _config(config: str | os.PathLike | dict, overrides: dict[str, Any] | None, 
         raise ConfigError(
             f"overrides: a dict of dotted keys, e.g. {{'train.lr': 0.01}}, got {type(overrides).__name__}"
         )
-    raw, source = (config, "config") if isinstance(config, dict) else (load_yaml(config), str(config))
+    raw, source = (_plain(config), "config") if isinstance(config, dict) else (load_yaml(config), str(config))
     sets = []
     for key, value in (overrides or {}).items():
         if isinstance(value, np.generic):  # numpy scalars (np.int64(1)) as plain Python values
@@ -59,6 +59,15 @@ def _config(config: str | os.PathLike | dict, overrides: dict[str, Any] | None, 
     return build_config(raw, sets, quick=quick, source=source)
 
 
+def _plain(value: Any) -> Any:
+    """A dict config with NumPy scalars (``np.int64(1)``) as plain Python values, as YAML would give."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
+
+
 @dataclass
 class Run:
     """A finished training run: its folder, config and ``metrics.json`` (``metrics["test"]``, ...)."""
@@ -70,8 +79,10 @@ class Run:
 
     @property
     def checkpoint(self) -> Path:
-        """The validation-selected model (``best.pt``)."""
-        return self.dir / "best.pt"
+        """The validation-selected model (``best.pt``); ``last.pt`` for a run that selects none (e.g.
+        ``train.validate: false``), whose scores in ``metrics.json`` come from it."""
+        best = self.dir / "best.pt"
+        return best if best.is_file() or not (self.dir / "last.pt").is_file() else self.dir / "last.pt"
 
     def evaluate(self, split: str = "test", checkpoint: str | os.PathLike | None = None) -> dict[str, float]:
         """Every metric's mean over ``split`` ("val" or "test") for ``best.pt`` (or ``checkpoint``)."""
@@ -104,9 +115,13 @@ def train(
     """Train a recipe (a YAML path, a built-in recipe's name, a dict or a ``RunConfig``) with ``overrides``
     (dotted keys, e.g. ``{"train.lr": 0.01}``) as ``semiseg train`` does, and return the :class:`Run`."""
     from semiseg.engine.run import train as run_training
+    from semiseg.errors import ConfigError
 
+    for name, flag in (("quick", quick), ("resume", resume)):
+        if not isinstance(flag, bool):  # resume="no" would be true
+            raise ConfigError(f"{name}: True or False, got {flag!r}")
     cfg = _config(config, overrides, quick)
-    out = Path(output_dir or cfg.output_dir)
+    out = Path(output_dir or cfg.output_dir).absolute()  # the Run still finds it after os.chdir
     metrics = run_training(cfg, data_root=data_root, output_dir=out, resume=resume)
     return Run(out, cfg, metrics, data_root)
 
@@ -131,8 +146,12 @@ class Model:
 
         if dtype not in DTYPES:
             raise ConfigError(f"predict: dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
-        if threads is not None and threads < 1:
-            raise ConfigError(f"predict: threads must be at least 1, not {threads}")
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+            raise ConfigError(f"predict: threads must be a whole number of at least 1, not {threads!r}")
+        if not isinstance(path, (str, os.PathLike)):
+            raise ConfigError(
+                f"predict: the model is a checkpoint or .onnx file path, got {type(path).__name__}"
+            )
         path = Path(path)
         #: the network call (``method.predict``, or onnxruntime's), the checkpoint entries and the config
         if path.suffix.lower() == ".onnx":
@@ -156,6 +175,7 @@ class Model:
                 torch.set_num_threads(threads)
             self.device = resolve_device(device, where="device")
             method, self.cfg, self.state = load_trained(path, self.device)
+            method.float()  # the saved float32 weights, whatever the caller's default dtype
             self.network = method.predict if dtype == "float32" else _autocast(method.predict, self.device)
         self.path, self.dtype = path, dtype
 
@@ -167,9 +187,11 @@ class Model:
         """Class probabilities ``[K, *S]`` (float32 numpy) of one image or volume at its own size.
 
         ``image``: a file (PNG/JPG/TIFF/NPY, read as ``semiseg predict`` reads it; or a NIfTI volume,
-        scaled as ``data.intensity`` says), or an array ``[H, W]`` / ``[C, H, W]`` (2D model) or
+        scaled as ``data.intensity`` says, whose maps come back in the file's (x, y, z) axis order, as
+        ``semiseg predict`` writes them), or an array ``[H, W]`` / ``[C, H, W]`` (2D model) or
         ``[D, H, W]`` / ``[C, D, H, W]`` (volume) scaled as the training images were (uint8 arrays
-        are divided by 255).
+        are divided by 255; other integer arrays, e.g. 16-bit, go in as they are, whereas a 16-bit
+        file is min-max scaled as training read it: scale such arrays yourself).
         """
         import torch
 
@@ -182,7 +204,9 @@ class Model:
         with torch.no_grad():
             (probs,) = predict_records(build_predict(self.network, self.cfg), [record], self.state["image_size"],
                                        self.device)  # fmt: skip
-        return probs.numpy()
+        if spacing is not None:  # a NIfTI file: back to its (x, y, z) axis order, as semiseg predict writes
+            probs = probs.permute(0, 3, 2, 1)
+        return np.ascontiguousarray(probs.numpy())
 
     def predict(self, image: np.ndarray | str | os.PathLike) -> np.ndarray:
         """The uint8 class map of one image or volume at its own size (see :meth:`probabilities`);
@@ -220,18 +244,32 @@ class Model:
         if isinstance(image, (list, tuple)):
             raise DataError(None, f"predict: takes one image (an array, or a file path), got a {type(image).__name__}; "
                                   "call it once per image")  # fmt: skip
-        array = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image)
+        if hasattr(image, "detach"):  # a tensor; NumPy has no bfloat16
+            import torch
+
+            image = image.detach().cpu()
+            image = image.float() if image.dtype == torch.bfloat16 else image
+        array = np.asarray(image)
         if array.dtype.kind not in "biuf" or array.size == 0:
             raise DataError(None, f"predict: expected a non-empty numeric array, got {array.dtype} of shape "
                                   f"{array.shape}")  # fmt: skip
         if (
             array.ndim == 3
-            and array.shape[-1] in (3, 4)
+            and array.shape[-1] in (1, 3, 4)
             and min(array.shape[:2]) > 4
             and channels != array.shape[0]
         ):
+            last = array.shape[-1]
+            if channels == 1:
+                advice = "the model reads 1 channel: pass [H, W]" + (
+                    " (array[..., 0])" if last == 1 else ", in grey"
+                )
+            elif last == channels:
+                advice = "pass [C, H, W] (array.transpose(2, 0, 1))"
+            else:
+                advice = f"the model reads {channels} channels: pass [{channels}, H, W]"
             raise DataError(None, f"predict: an array of shape {array.shape} looks like [H, W, C] (channels last); "
-                                  "pass [C, H, W] (array.transpose(2, 0, 1))")  # fmt: skip
+                                  f"{advice}")  # fmt: skip
         if array.dtype == np.uint8:
             array = array.astype(np.float32) / 255.0
         array = array.astype(np.float32, copy=False)

@@ -124,6 +124,11 @@ def test_a_3d_model_trains_evaluates_and_predicts_a_nifti_folder_from_the_cli(tm
     src, pred = nib.load(str(root / "images" / "case0.nii.gz")), nib.load(str(out / "case0.nii.gz"))
     assert pred.shape == src.shape and np.allclose(pred.affine, src.affine)
     assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1}
+    import semiseg  # the Python API gives the file's (x, y, z) axis order too, the same labels
+
+    assert np.array_equal(
+        semiseg.load(run / "best.pt").predict(root / "images" / "case0.nii.gz"), pred.dataobj
+    )
     # a.nii beside a.nii.gz would both write a.nii.gz: refused in one line before any mask is written
     both = tmp_path / "both"
     both.mkdir()

@@ -49,6 +49,8 @@ def resolve_device(option: str, local_rank: int = 0, where: str = "train.device"
         raise ConfigError(f"{where}: invalid device '{option}'") from None
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"{where}: '{option}' is not supported (cpu, cuda or auto)")
+    if device.type == "cpu":  # "cpu:0" names the one CPU device too (torch.load's map_location refuses it)
+        return torch.device("cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{where}: '{option}' requested but CUDA is not available")
     if device.type == "cuda" and device.index is None:

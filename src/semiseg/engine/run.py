@@ -420,7 +420,10 @@ def load_trained(checkpoint: str | Path, device: torch.device | str = "cpu"):
     if missing:
         raise ConfigError(f"{checkpoint}: not a semiseg model checkpoint (no {', '.join(missing)})")
     cfg = build_config(state["config"], source=str(checkpoint))
-    method = build_method_for(cfg, state["in_channels"], state["num_classes"])
+    try:
+        method = build_method_for(cfg, state["in_channels"], state["num_classes"])
+    except ConfigError as exc:  # e.g. a custom method or regulariser this process has not registered
+        raise ConfigError(f"{checkpoint}: {exc}") from None
     try:
         method.load_state_dict(state["method_state"])
     except (RuntimeError, KeyError, TypeError) as exc:

@@ -29,16 +29,21 @@ def test_the_readme_example_runs(tmp_path, monkeypatch):
 
 
 def test_predict_matches_the_cli_and_bad_inputs_are_one_line_errors(tmp_path):
+    import random
+
     from PIL import Image
 
     from semiseg.cli import main
 
+    states = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
     run = semiseg.train(
         {"data": {"dataset": "shapes", "image_size": [32, 32], "num_images": 16, "split": {"labeled": 4}},
          "model": {"name": "unet", "width": 4, "depth": 2},
          "train": {"epochs": 1, "batch_size": 4, "iters_per_epoch": 2, "progress": False, "plots": False}},
         overrides={"train.lr": 0.01}, output_dir=tmp_path / "run",
     )  # fmt: skip
+    after = torch.get_rng_state(), np.random.get_state()[1], random.getstate()
+    assert torch.equal(states[0], after[0]) and np.array_equal(states[1], after[1]) and states[2] == after[2]
     assert run.cfg.train.lr == 0.01 and set(run.evaluate("test")) >= {"dice/mean", "hd95_px/mean"}
     assert run.dir.is_absolute()  # found again after an os.chdir
     rng = np.random.default_rng(0)

@@ -113,7 +113,9 @@ def train(
     resume: bool = False,
 ) -> Run:
     """Train a recipe (a YAML path, a built-in recipe's name, a dict or a ``RunConfig``) with ``overrides``
-    (dotted keys, e.g. ``{"train.lr": 0.01}``) as ``semiseg train`` does, and return the :class:`Run`."""
+    (dotted keys, e.g. ``{"train.lr": 0.01}``) as ``semiseg train`` does, and return the :class:`Run`.
+    The caller's global random generators (torch CPU, NumPy, Python) are left as they were."""
+    from semiseg.engine.checkpoint import rng_state, set_rng_state
     from semiseg.engine.run import train as run_training
     from semiseg.errors import ConfigError
 
@@ -122,7 +124,11 @@ def train(
             raise ConfigError(f"{name}: True or False, got {flag!r}")
     cfg = _config(config, overrides, quick)
     out = Path(output_dir or cfg.output_dir).absolute()  # the Run still finds it after os.chdir
-    metrics = run_training(cfg, data_root=data_root, output_dir=out, resume=resume)
+    caller = rng_state()  # training seeds the global generators: the caller's streams go on after it
+    try:
+        metrics = run_training(cfg, data_root=data_root, output_dir=out, resume=resume)
+    finally:
+        set_rng_state(caller)
     return Run(out, cfg, metrics, data_root)
 
 

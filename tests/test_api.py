@@ -46,6 +46,14 @@ def test_predict_matches_the_cli_and_bad_inputs_are_one_line_errors(tmp_path):
     assert torch.equal(states[0], after[0]) and np.array_equal(states[1], after[1]) and states[2] == after[2]
     assert run.cfg.train.lr == 0.01 and set(run.evaluate("test")) >= {"dice/mean", "hd95_px/mean"}
     assert run.dir.is_absolute()  # found again after an os.chdir
+    reopened = semiseg.open_run(tmp_path / "run")  # a finished run's folder, later
+    assert (
+        reopened.metrics == run.metrics and reopened.cfg == run.cfg and reopened.checkpoint == run.checkpoint
+    )
+    for folder, message in ((tmp_path, "is not a finished run's folder (no config.json)"),
+                            (tmp_path / "nope", "is not a folder")):  # fmt: skip
+        with pytest.raises(DataError, match=re.escape(message)):
+            semiseg.open_run(folder)
     rng = np.random.default_rng(0)
     (tmp_path / "in").mkdir()
     for i in range(3):

@@ -7,7 +7,7 @@ submodules that need them, so ``semiseg --help`` stays fast.
 __version__ = "0.1.0"
 
 #: the Python API (:mod:`semiseg.api`), imported on first use
-_API = ("train", "load", "Run", "Model")
+_API = ("train", "load", "open_run", "Run", "Model")
 __all__ = ["__version__", *_API]
 
 

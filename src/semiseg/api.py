@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Model", "Run", "load", "train"]
+__all__ = ["Model", "Run", "load", "open_run", "train"]
 
 
 def _config(config: str | os.PathLike | dict, overrides: dict[str, Any] | None, quick: bool):
@@ -97,6 +97,31 @@ class Run:
         return means
 
 
+def open_run(path: str | os.PathLike, data_root: str | None = None) -> Run:
+    """The finished run in folder ``path`` (its ``config.json`` and ``metrics.json``), as
+    :func:`train` returned it; ``data_root`` as for :func:`train`, for :meth:`Run.evaluate`."""
+    import json
+
+    from semiseg.config import build_config
+    from semiseg.errors import DataError
+
+    if not isinstance(path, (str, os.PathLike)):
+        raise DataError(None, f"open_run: a run folder path, got {type(path).__name__}")
+    folder = Path(path).absolute()
+    parts = {}
+    for name in ("config.json", "metrics.json"):
+        file = folder / name
+        if not file.is_file():
+            why = "is not a finished run's folder" if folder.is_dir() else "is not a folder"
+            raise DataError(folder, f"{why} (no {name})")
+        try:
+            parts[name] = json.loads(file.read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(file, f"cannot read it ({type(exc).__name__})") from None
+    cfg = build_config(parts["config.json"], source=str(folder / "config.json"))
+    return Run(folder, cfg, parts["metrics.json"], data_root)
+
+
 def method_device(method):
     import torch
 
@@ -115,9 +140,12 @@ def train(
     """Train a recipe (a YAML path, a built-in recipe's name, a dict or a ``RunConfig``) with ``overrides``
     (dotted keys, e.g. ``{"train.lr": 0.01}``) as ``semiseg train`` does, and return the :class:`Run`.
     The caller's global random generators (torch CPU, NumPy, Python) are left as they were."""
+    import json
+
     from semiseg.engine.checkpoint import rng_state, set_rng_state
     from semiseg.engine.run import train as run_training
     from semiseg.errors import ConfigError
+    from semiseg.io import strict_json
 
     for name, flag in (("quick", quick), ("resume", resume)):
         if not isinstance(flag, bool):  # resume="no" would be true
@@ -129,7 +157,7 @@ def train(
         metrics = run_training(cfg, data_root=data_root, output_dir=out, resume=resume)
     finally:
         set_rng_state(caller)
-    return Run(out, cfg, metrics, data_root)
+    return Run(out, cfg, json.loads(strict_json(metrics)), data_root)  # as metrics.json holds them (null)
 
 
 class Model:

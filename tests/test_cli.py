@@ -664,6 +664,10 @@ def test_resume_refuses_data_whose_split_differs_from_the_run_s(tmp_path, capsys
         capsys, "train", f"{out / 'split.json'}: the data now give another", "resume with the data the run"
     )
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    # a changed split option is a changed config (named as such), not changed data
+    assert main(["train", "-c", recipe, "-o", str(out), "--set", "train.epochs=2", "--resume",
+                 "--set", "data.split.labeled=3"]) == 2  # fmt: skip
+    assert_one_line_error(capsys, "train", "data.split.labeled")
     for i in range(8, 12):  # the same data again: the resume goes on
         for kind in ("images", "masks"):
             (root / kind / f"img{i:03d}.png").unlink()
@@ -747,36 +751,40 @@ def test_checks_found_at_or_after_setup_are_one_line_errors_leaving_no_folder(
     "overrides, fragment",
     [
         (["method={name: size, source: regressor}"],
-         "method 'size': method.source: regressor counts the labeled masks' sizes, and the mask of this "
-         "labeled image has unlabeled pixels"),
+         "method 'size': method.source: regressor counts the labeled masks' sizes, and 31% of this labeled "
+         "image's mask is unlabeled"),
         (["method.regularizers=[{name: size, weight: 0.01, source: regressor}]"],
-         "method.regularizers: 'size' source: regressor counts the labeled masks' sizes, and the mask of"),
+         "method.regularizers: 'size' source: regressor counts the labeled masks' sizes, and 31% of"),
         (["method.regularizers=[{name: shape_prior, weight: 0.1}]"],
-         "method.regularizers: 'shape_prior' learns shapes from the labeled masks, and the mask of this"),
+         "method.regularizers: 'shape_prior' learns shapes from the labeled masks, and 31% of this"),
         ([], None),  # the supervised loss ignores the unlabeled pixels: fine
     ],
 )  # fmt: skip
-def test_sizes_and_shapes_are_not_learned_from_folder_masks_with_unlabeled_pixels(
+def test_sizes_and_shapes_are_not_learned_from_folder_masks_that_are_mostly_unlabeled(
     tmp_path, capsys, overrides, fragment
 ):
-    """A folder's "dense" masks may hold unlabeled pixels (data.mask_unlabeled): a regressor would count
-    too small sizes from them, a shape prior learn the shapes of clicks. Refused before training."""
-    root = make_folder(tmp_path / "data")
-    for path in (root / "masks").iterdir():
-        mask = np.array(Image.open(path))
-        mask[:2] = 255  # two unlabeled rows
-        Image.fromarray(mask).save(path)
-    args = ["train", "-c", folder_recipe(tmp_path, root), "-o", str(tmp_path / "out"), "--no-test",
-            "--set", "data.mask_unlabeled=255", "--set", "train.epochs=1"]  # fmt: skip
-    for o in overrides:
-        args += ["--set", o]
-    if fragment is None:
-        assert main(args) == 0
-        return
-    assert main(args) == 2
-    err = assert_one_line_error(capsys, "train", fragment, "it needs whole masks")
-    assert f"error: {root / 'images'}" in err  # the image whose mask it is
-    assert not (tmp_path / "out").exists()
+    """A folder's "dense" masks may hold unlabeled pixels (data.mask_unlabeled): from masks of clicks a
+    regressor would count too small sizes, a shape prior learn the clicks' shapes. Refused before
+    training above a quarter of a mask; a thin unlabeled border (a void edge) stays accepted."""
+    root = make_folder(tmp_path / "data", n=10)
+    for i in (8, 9):  # unlabeled images (the size method needs some)
+        (root / "masks" / f"img00{i}.png").unlink()
+    sets = [a for o in ("data.mask_unlabeled=255", "train.epochs=1", *overrides) for a in ("--set", o)]
+    recipe = folder_recipe(tmp_path, root)
+    for rows in (2, 10):  # 2 of 32 rows unlabeled: accepted in every case; 10 (31 %): refused
+        for path in (root / "masks").iterdir():
+            mask = np.array(Image.open(path))
+            mask[:rows] = 255
+            Image.fromarray(mask).save(path)
+        out = tmp_path / f"out{rows}"
+        code = main(["train", "-c", recipe, "-o", str(out), "--no-test", *sets])
+        if rows == 2 or fragment is None:
+            assert code == 0
+            continue
+        assert code == 2
+        err = assert_one_line_error(capsys, "train", fragment, "it needs (nearly) whole masks")
+        assert f"error: {root / 'images'}" in err  # the image whose mask it is
+        assert not out.exists()
 
 
 def test_quick_needs_a_quick_section(tmp_path, capsys):

@@ -85,16 +85,38 @@ class Run:
         return best if best.is_file() or not (self.dir / "last.pt").is_file() else self.dir / "last.pt"
 
     def evaluate(self, split: str = "test", checkpoint: str | os.PathLike | None = None) -> dict[str, float]:
-        """Every metric's mean over ``split`` ("val" or "test") for ``best.pt`` (or ``checkpoint``)."""
+        """Every metric's mean over ``split`` ("val" or "test") for ``best.pt`` (or ``checkpoint``);
+        ``None`` where no case defines it, as in ``metrics``."""
+        import json
+
         from semiseg.data import prepare_data
         from semiseg.engine.run import check_recorded_split, evaluate_trained, load_trained, split_records
+        from semiseg.io import strict_json
 
         method, cfg, state = load_trained(checkpoint or self.checkpoint, "cpu")
         data = prepare_data(cfg, self.data_root)
         split_records(data, split)  # a bad split name or an empty split first
         check_recorded_split(data, [split], checkpoint or self.checkpoint)  # the cases the run recorded
         means, _, _ = evaluate_trained(method, cfg, state, data, split, method_device(method))
-        return means
+        return json.loads(strict_json(means))
+
+
+def _global_rngs(restore: tuple | None = None) -> tuple:
+    """The torch CPU, NumPy and Python random states (and the GPUs', only if this process has already
+    started CUDA: reading them would start it); with ``restore``, set them back first."""
+    import random
+
+    import torch
+
+    if restore is not None:
+        cpu, numpy_state, python, gpus = restore
+        torch.set_rng_state(cpu)
+        np.random.set_state(numpy_state)
+        random.setstate(python)
+        if gpus is not None:
+            torch.cuda.set_rng_state_all(gpus)
+    gpus = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), np.random.get_state(), random.getstate(), gpus
 
 
 def open_run(path: str | os.PathLike, data_root: str | None = None) -> Run:
@@ -103,10 +125,10 @@ def open_run(path: str | os.PathLike, data_root: str | None = None) -> Run:
     import json
 
     from semiseg.config import build_config
-    from semiseg.errors import DataError
+    from semiseg.errors import ConfigError, DataError
 
     if not isinstance(path, (str, os.PathLike)):
-        raise DataError(None, f"open_run: a run folder path, got {type(path).__name__}")
+        raise ConfigError(f"open_run: a run folder path, got {type(path).__name__}")
     folder = Path(path).absolute()
     parts = {}
     for name in ("config.json", "metrics.json"):
@@ -142,7 +164,6 @@ def train(
     The caller's global random generators (torch CPU, NumPy, Python) are left as they were."""
     import json
 
-    from semiseg.engine.checkpoint import rng_state, set_rng_state
     from semiseg.engine.run import train as run_training
     from semiseg.errors import ConfigError
     from semiseg.io import strict_json
@@ -152,11 +173,11 @@ def train(
             raise ConfigError(f"{name}: True or False, got {flag!r}")
     cfg = _config(config, overrides, quick)
     out = Path(output_dir or cfg.output_dir).absolute()  # the Run still finds it after os.chdir
-    caller = rng_state()  # training seeds the global generators: the caller's streams go on after it
+    caller = _global_rngs()  # training seeds the global generators: the caller's streams go on after it
     try:
         metrics = run_training(cfg, data_root=data_root, output_dir=out, resume=resume)
     finally:
-        set_rng_state(caller)
+        _global_rngs(caller)
     return Run(out, cfg, json.loads(strict_json(metrics)), data_root)  # as metrics.json holds them (null)
 
 

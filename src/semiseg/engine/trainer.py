@@ -150,6 +150,11 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+#: the unlabeled share of a labeled mask above which a size regressor or shape prior refuses it (a
+#: mask of clicks or scribbles); below it, unlabeled pixels count as no class
+PARTIAL_MASK_SHARE = 0.25
+
+
 class Trainer:
     """Runs ``method`` on ``data`` as ``cfg`` says, writing everything under ``output_dir``."""
 
@@ -341,8 +346,10 @@ class Trainer:
                 )
 
     def _check_whole_masks(self, method, data) -> None:
-        """A DataError naming the first labeled mask with unlabeled pixels when part of the run counts
-        the labeled masks' sizes or learns their shapes (a mask of clicks gives neither)."""
+        """A DataError naming the first labeled mask that is mostly unlabeled (more than
+        :data:`PARTIAL_MASK_SHARE` of its pixels: clicks, scribbles) when part of the run counts the
+        labeled masks' sizes or learns their shapes. A few unlabeled pixels (a void border, an
+        nnU-Net "ignore" region) count as no class, as before."""
         needs = [f"method '{self.cfg.method['name']}': {w}" for w in [method.needs_whole_masks()] if w]
         for reg in method.regularizers:
             if need := reg.spec.needs_whole_masks():
@@ -350,11 +357,14 @@ class Trainer:
         if not needs:
             return
         for r in data.split.labeled:
-            if r.has_mask and (np.asarray(r.mask) == IGNORE_INDEX).any():
+            if not r.has_mask:
+                continue
+            share = float((np.asarray(r.mask) == IGNORE_INDEX).mean())
+            if share > PARTIAL_MASK_SHARE:
                 raise DataError(
                     r.source or r.id,
-                    f"{needs[0]}, and the mask of this labeled image has unlabeled pixels (data.mask_unlabeled): it "
-                    "needs whole masks",
+                    f"{needs[0]}, and {share:.0%} of this labeled image's mask is unlabeled (clicks or scribbles: "
+                    "data.mask_unlabeled, an nnU-Net 'ignore' label): it needs (nearly) whole masks",
                 )
 
     def stream_specs(self, phase: Phase) -> tuple[StreamSpec, ...]:

@@ -111,6 +111,18 @@ def test_predict_matches_the_cli_and_bad_inputs_are_one_line_errors(tmp_path):
         run.evaluate("train")
 
 
+def test_errors_through_the_api_use_its_argument_names(tmp_path):
+    """Messages shared with the CLI name its flags (--set, --resume); through the API they name the
+    arguments (overrides, resume), and stay semiseg errors of one line."""
+    with pytest.raises(ConfigError, match=r"^overrides: bad key ''$"):
+        semiseg.train("supervised-shapes", overrides={"": 1})
+    with pytest.raises(ConfigError, match=r"^resume: no checkpoint at .*last\.pt$"):
+        semiseg.train("supervised-shapes", resume=True, output_dir=tmp_path / "none")
+    run = semiseg.train("supervised-shapes", {"train.epochs": 1}, quick=True, output_dir=tmp_path / "run")
+    with pytest.raises(ConfigError, match="overrides and quick apply to a recipe"):
+        semiseg.train(run.cfg, {"train.epochs": 2})
+
+
 def test_wrong_arguments_are_semiseg_config_errors():
     """Mistakes in the Python API's arguments raise semiseg's ConfigError with a clear message."""
     import numpy as np

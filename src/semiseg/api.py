@@ -16,6 +16,7 @@ Everything the CLI refuses (a bad config key, a missing file, bad data) raises t
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,32 @@ import numpy as np
 __all__ = ["Model", "Run", "load", "open_run", "train"]
 
 
+#: command-line words in shared error messages, and the API's names for the same things
+API_WORDS = (("--set: ", "overrides: "), ("--resume: ", "resume: "), ("--data-root DIR", "data_root=DIR"),
+             ("--data-root", "data_root"), ("--quick", "quick"))  # fmt: skip
+
+
+def _api_words(function):
+    """``function`` with the command-line words of its errors (``--set``, ``--resume``, ...) in the
+    API's names (``overrides``, ``resume``, ...); the error keeps its type and stays one line."""
+
+    @functools.wraps(function)
+    def wrapped(*args, **kwargs):
+        from semiseg.errors import DataError, SemisegError
+
+        try:
+            return function(*args, **kwargs)
+        except SemisegError as exc:
+            text = exc.message if isinstance(exc, DataError) else str(exc)
+            for cli, api in API_WORDS:
+                text = text.replace(cli, api)
+            if text == (exc.message if isinstance(exc, DataError) else str(exc)):
+                raise
+            raise (DataError(exc.path, text) if isinstance(exc, DataError) else type(exc)(text)) from None
+
+    return wrapped
+
+
 def _config(config: str | os.PathLike | dict, overrides: dict[str, Any] | None, quick: bool):
     import yaml
 
@@ -34,7 +61,9 @@ def _config(config: str | os.PathLike | dict, overrides: dict[str, Any] | None, 
 
     if isinstance(config, RunConfig):
         if overrides or quick:
-            raise TypeError("overrides and quick apply to a recipe (path, name or dict), not to a RunConfig")
+            raise ConfigError(
+                "overrides and quick apply to a recipe (path, name or dict), not to a RunConfig"
+            )
         return config
     if not isinstance(config, (str, os.PathLike, dict)):
         raise ConfigError(
@@ -84,6 +113,7 @@ class Run:
         best = self.dir / "best.pt"
         return best if best.is_file() or not (self.dir / "last.pt").is_file() else self.dir / "last.pt"
 
+    @_api_words
     def evaluate(self, split: str = "test", checkpoint: str | os.PathLike | None = None) -> dict[str, float]:
         """Every metric's mean over ``split`` ("val" or "test") for ``best.pt`` (or ``checkpoint``);
         ``None`` where no case defines it, as in ``metrics``."""
@@ -119,6 +149,7 @@ def _global_rngs(restore: tuple | None = None) -> tuple:
     return torch.get_rng_state(), np.random.get_state(), random.getstate(), gpus
 
 
+@_api_words
 def open_run(path: str | os.PathLike, data_root: str | None = None) -> Run:
     """The finished run in folder ``path`` (its ``config.json`` and ``metrics.json``), as
     :func:`train` returned it; ``data_root`` as for :func:`train`, for :meth:`Run.evaluate`."""
@@ -150,6 +181,7 @@ def method_device(method):
     return next((p.device for p in method.parameters()), torch.device("cpu"))
 
 
+@_api_words
 def train(
     config: str | os.PathLike | dict,
     overrides: dict[str, Any] | None = None,
@@ -192,6 +224,7 @@ class Model:
     the default.
     """
 
+    @_api_words
     def __init__(
         self, path: str | os.PathLike, device: str = "cpu", dtype: str = "float32", threads: int | None = None
     ):

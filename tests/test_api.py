@@ -118,6 +118,14 @@ def test_errors_through_the_api_use_its_argument_names(tmp_path):
         semiseg.train("supervised-shapes", overrides={"": 1})
     with pytest.raises(ConfigError, match=r"^resume: no checkpoint at .*last\.pt$"):
         semiseg.train("supervised-shapes", resume=True, output_dir=tmp_path / "none")
+    default = torch.get_default_dtype()
+    try:  # a caller's float64 default: refused before anything is written
+        torch.set_default_dtype(torch.float64)
+        with pytest.raises(ConfigError, match=r"^training runs in float32, and this process's default dtype"):
+            semiseg.train("supervised-shapes", {"train.epochs": 1}, quick=True, output_dir=tmp_path / "f64")
+    finally:
+        torch.set_default_dtype(default)
+    assert not (tmp_path / "f64").exists()
     run = semiseg.train("supervised-shapes", {"train.epochs": 1}, quick=True, output_dir=tmp_path / "run")
     with pytest.raises(ConfigError, match="overrides and quick apply to a recipe"):
         semiseg.train(run.cfg, {"train.epochs": 2})

@@ -108,6 +108,11 @@ def train(
     from semiseg.engine.trainer import Trainer
 
     out = Path(output_dir or cfg.output_dir)
+    if torch.get_default_dtype() != torch.float32:  # networks and data would disagree mid-step
+        raise ConfigError(
+            f"training runs in float32, and this process's default dtype is {torch.get_default_dtype()} "
+            "(torch.set_default_dtype(torch.float32) before training; mixed precision on GPUs: train.amp)"
+        )
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: the output folder is a file")
     check_folder(out)  # a parent that is a file, or not writable: before any work

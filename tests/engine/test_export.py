@@ -142,7 +142,7 @@ def test_bfloat16_and_threads_options(trained, tmp_path, capsys):
     assert len(list((tmp_path / "bf16").glob("*.png"))) == 10
     for args, fragment in (
         (["--model", str(onnx_path), "--dtype", "bfloat16"], "an ONNX model runs in float32"),
-        (["--checkpoint", str(checkpoint), "--threads", "0"], "threads must be at least 1"),
+        (["--checkpoint", str(checkpoint), "--threads", "0"], "threads must be a whole number of at least 1"),
     ):
         assert (
             main(["predict", *args, "--input", str(tmp / "data" / "images"), "-o", str(tmp_path / "x")]) == 2

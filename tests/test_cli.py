@@ -710,6 +710,75 @@ MOONS_SSLDEC = ["-c", "ssldec-moons", "--set", "data.num_images=40", "--set", "m
                 "--set", "method.max_rounds=1", "--set", "method.max_retrain_epochs=2"]  # fmt: skip
 
 
+SIGTERM_SCRIPT = """
+import os, signal, sys, time
+from semiseg import cli
+
+def terminated(args):
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the handler interrupts this
+    finally:
+        print("cleaned up", flush=True)
+    return 0
+
+cli.COMMANDS["demo"] = terminated
+before = signal.getsignal(signal.SIGTERM)
+code = cli.main(["demo"])
+print("handler restored" if signal.getsignal(signal.SIGTERM) == before else "handler left", flush=True)
+sys.exit(code)
+"""
+
+
+def test_sigterm_runs_the_command_s_clean_up_and_a_closed_pipe_is_quiet(monkeypatch, capsys):
+    """SIGTERM (timeout, SLURM) stops a command as Ctrl-C does, so its clean-up runs (a killed
+    `data generate` left a hidden half-written folder); the handler is the caller's again after (in a
+    child process: without the handler SIGTERM ends the process). A reader that closes the pipe
+    (| head) ends the command quietly, exit 141."""
+    from semiseg import cli
+
+    child = subprocess.run([sys.executable, "-c", SIGTERM_SCRIPT], capture_output=True, text=True, timeout=60)
+    assert child.returncode == 130, child.stderr
+    assert child.stdout.split("\n")[:2] == ["cleaned up", "handler restored"]
+    assert child.stderr.strip() == "semiseg demo: interrupted"
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setitem(cli.COMMANDS, "demo", broken)
+    assert main(["demo"]) == 141
+    assert capsys.readouterr().err == ""
+
+
+def test_moons_points_predict_from_files_as_from_arrays(tmp_path, capsys):
+    """A moons point is a [2, 1, 1] "image" of coordinates: predict reads .npy points as they are, as
+    the API's arrays (min-max scaling mapped every point to (0, 1) or (1, 0))."""
+    import csv
+
+    import semiseg
+
+    out = tmp_path / "run"
+    assert main(["train", *MOONS_SSLDEC, "-o", str(out)]) == 0
+    points = tmp_path / "points"
+    points.mkdir()
+    rng = np.random.default_rng(0)
+    arrays = {f"p{i}": (rng.random((2, 1, 1)) * 3 - 1).astype(np.float32) for i in range(4)}
+    for stem, a in arrays.items():
+        np.save(points / f"{stem}.npy", a)
+    checkpoint = next(p for p in (out / "best.pt", out / "last.pt") if p.is_file())
+    assert (
+        main(["predict", "--checkpoint", str(checkpoint), "--input", str(points), "-o", str(tmp_path / "o")])
+        == 0
+    )
+    rows = {Path(r["image"]).stem: r for r in csv.DictReader((tmp_path / "o" / "predictions.csv").open())}
+    model = semiseg.load(checkpoint)
+    for stem, a in arrays.items():
+        want = model.probabilities(a).ravel()
+        assert [float(rows[stem][f"p_{k}"]) for k in range(len(want))] == pytest.approx(
+            want.tolist(), abs=1e-5
+        )
+
+
 @pytest.mark.parametrize(
     "overrides, fragment",
     [

@@ -12,6 +12,7 @@ import math
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 
 
@@ -90,12 +91,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="intra-op threads (PyTorch or onnxruntime; default: theirs)")
 
     p = sub.add_parser("export", help="export a checkpoint's network (ONNX) for fast CPU inference")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--format", choices=["onnx"], default="onnx")
-    p.add_argument("--output", "-o", required=True, help="the model file to write (e.g. model.onnx)")
+    p.add_argument("--checkpoint", required=True, help="the trained run's best.pt (or last.pt)")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="the exported format (default: onnx)")
+    p.add_argument("--output", "-o", required=True, help="the model file to write, ending in .onnx")
 
     p = sub.add_parser("demo", help="train on built-in generated data, print a comparison, write plots")
-    p.add_argument("--output", "-o", default="runs/demo")
+    p.add_argument(
+        "--output", "-o", default="runs/demo", help="folder of the runs, table and plots (default: runs/demo)"
+    )
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: 30)")
 
     p = sub.add_parser(
@@ -305,7 +308,7 @@ def cmd_predict(args) -> int:
     if classify:
         print(f"wrote the classes of {n} images to {Path(args.output) / CLASSES_FILE}")
     else:
-        print(f"wrote {n} masks to {args.output}")
+        print(f"wrote {n} mask{'' if n == 1 else 's'} to {args.output}")
     return 0
 
 
@@ -444,12 +447,36 @@ COMMANDS = {
 }
 
 
+def _terminated(signum, frame):
+    """SIGTERM (``timeout``, SLURM, torchrun stopping its other workers) as Ctrl-C: the commands'
+    clean-up (partial outputs, temporary folders) runs instead of the process vanishing mid-write."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    import signal
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if in_main_thread else None
+    try:
+        return _run(args)
+    finally:
+        if in_main_thread:  # (None: a handler not set from Python, i.e. the default)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _run(args) -> int:
     from semiseg.errors import SemisegError
 
     try:
         return COMMANDS[args.command](args)
+    except BrokenPipeError:  # the reader went away (| head): quiet, as other command-line tools
+        try:  # no second error when Python flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
     except SemisegError as exc:  # one line, also when a wrapped library message holds line breaks
         message = re.sub(r"\s*[\r\n]+\s*", " ", str(exc).strip())
         print(f"semiseg {args.command}: error: {message}", file=sys.stderr)

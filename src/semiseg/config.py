@@ -584,8 +584,9 @@ _FIXED_INTENSITY = (
 )
 #: how ``semiseg predict`` scales NIfTI inputs for a model trained on a built-in dataset of fixed
 #: scaling that min-max (``"auto"``) would not reproduce: LA2018's ``mri_norm2`` volumes are z-scored
-#: per volume (UA-MT's preprocessing); ACDC's h5 volumes are min-max per volume, as "auto"
-PREDICT_INTENSITY = {"la2018": "zscore"}
+#: per volume (UA-MT's preprocessing); ACDC's h5 volumes are min-max per volume, as "auto"; moons'
+#: points are coordinates, taken as they are (min-max would map every point to (0, 1) or (1, 0))
+PREDICT_INTENSITY = {"la2018": "zscore", "moons": "none"}
 
 
 def predict_intensity(cfg: RunConfig | None) -> str:

@@ -122,7 +122,7 @@ def test_bad_datasets_are_one_line_errors(tmp_path):
         load_nnunet(root)
 
 
-def test_a_multichannel_model_predicts_nnunet_channel_files(tmp_path):
+def test_a_multichannel_model_predicts_nnunet_channel_files(tmp_path, capsys):
     import yaml
 
     from semiseg.cli import main
@@ -140,7 +140,9 @@ def test_a_multichannel_model_predicts_nnunet_channel_files(tmp_path):
     assert main(["train", "-c", str(recipe), "-o", str(tmp_path / "run")]) == 0
     out = tmp_path / "pred"
     args = ["predict", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--input", str(root / "imagesTs")]
+    capsys.readouterr()
     assert main([*args, "--output", str(out)]) == 0
+    assert f"wrote 1 mask to {out}" in capsys.readouterr().out  # one case of 2 channel files: one mask
     src, pred = nib.load(str(root / "imagesTs" / "t_0000.nii.gz")), nib.load(str(out / "t.nii.gz"))
     assert sorted(p.name for p in out.iterdir()) == ["t.nii.gz"]
     assert pred.shape == src.shape and np.allclose(pred.affine, src.affine)

@@ -231,10 +231,17 @@ def test_export_refuses_an_output_it_cannot_write_before_exporting_and_stays_qui
     tmp, _ = trained
     (tmp_path / "file").write_text("x")
     checkpoint = str(tmp / "run" / "best.pt")
-    for output, fragment in ((tmp_path, "is a folder"), (tmp_path / "file" / "m.onnx", "is a file")):
+    before = Path(checkpoint).read_bytes()
+    for output, fragment in (
+        (tmp_path, "is a folder"),
+        (tmp_path / "file" / "m.onnx", "is a file"),
+        (tmp_path / "m.txt", "an ONNX model's file name ends in .onnx"),  # predict / load go by it
+        (checkpoint, "an ONNX model's file name ends in .onnx"),  # it replaced the checkpoint it read
+    ):
         assert main(["export", "--checkpoint", checkpoint, "-o", str(output)]) == 2
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and fragment in err and "Traceback" not in err, err
+    assert Path(checkpoint).read_bytes() == before and not (tmp_path / "m.txt").exists()
     assert main(["export", "--checkpoint", checkpoint, "-o", str(tmp_path / "m.onnx")]) == 0
     err = capsys.readouterr().err
     assert "torchvision" not in err and "FutureWarning" not in err, err

@@ -138,7 +138,7 @@ def predict_folder(
         if created and not any(out.iterdir()):
             out.rmdir()
         raise
-    return len(files)
+    return len(images) + len(cases)  # outputs: a multi-channel case's files make one mask
 
 
 def is_classifier(predict, state: dict, device: torch.device) -> bool:

@@ -13,7 +13,7 @@ while true; do
     git add benchmarks/ledger
     n=$(git diff --cached --name-only -- benchmarks/ledger | wc -l)
     if [ "$n" -gt 0 ]; then
-        git commit -q -m "bench ledger: $n finished run records (quick campaign; trained on $cpu)" \
+        git commit -q -m "bench ledger: $n finished run record$([ "$n" -eq 1 ] || echo s) (quick campaign; trained on $cpu)" \
             -- benchmarks/ledger && echo "$(date -u +%FT%TZ) committed $n"
     fi
 done

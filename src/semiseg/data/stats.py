@@ -42,6 +42,7 @@ def dataset_stats(bundle: DatasetBundle, parts: dict[str, Sequence[Record]]) -> 
             part["spacing_mm"] = {"min": s.min(0).round(4).tolist(), "max": s.max(0).round(4).tolist()}
         pixels = np.zeros(k, np.int64)
         present = np.zeros(k, np.int64)
+        unlabeled = 0  # mask pixels without a label (clicks, scribbles): outside the class shares
         total, sums, squares = 0, np.zeros(c), np.zeros(c)
         low, high = np.full(c, np.inf), np.full(c, -np.inf)
         for r in records:
@@ -55,6 +56,7 @@ def dataset_stats(bundle: DatasetBundle, parts: dict[str, Sequence[Record]]) -> 
             if r.has_mask:
                 mask = np.asarray(r.mask)
                 counts = np.bincount(mask[mask != IGNORE_INDEX].ravel(), minlength=k)[:k]
+                unlabeled += int(mask.size - counts.sum())
                 pixels += counts
                 present += counts > 0
         mean = sums / total
@@ -73,6 +75,8 @@ def dataset_stats(bundle: DatasetBundle, parts: dict[str, Sequence[Record]]) -> 
             part["classes"] = {bundle.class_names[i]: {"pixel_share": round(float(share[i]), 6),
                                                        "items_with_class": round(float(present[i] / part["with_mask"]), 4)}
                                for i in range(k)}  # fmt: skip
+            if unlabeled:
+                part["unlabeled_pixel_share"] = round(unlabeled / (unlabeled + int(pixels.sum())), 6)
         out["parts"][name] = part
     return out
 
@@ -92,9 +96,13 @@ def format_stats(stats: dict) -> str:
             lines.append(
                 f"    channel {i}: mean {ch['mean']:.3f}, std {ch['std']:.3f}, range {ch['min']:.3f} .. {ch['max']:.3f}"
             )
+        partial = "unlabeled_pixel_share" in part
+        if partial:
+            lines.append(f"    unlabeled: {100 * part['unlabeled_pixel_share']:.2f} % of the masks' pixels")
         for cls, v in part.get("classes", {}).items():
             share, items = 100 * v["pixel_share"], 100 * v["items_with_class"]
-            lines.append(f"    {cls}: {share:.2f} % of pixels, in {items:.1f} % of masked items")
+            of = "of labeled pixels" if partial else "of pixels"
+            lines.append(f"    {cls}: {share:.2f} % {of}, in {items:.1f} % of masked items")
         if "file_tags" in part:
             t = part["file_tags"]
             shown = ", ".join(f"{cls} present in {n}" for cls, n in t["present"].items())

@@ -43,10 +43,10 @@ def _api_words(function):
         try:
             return function(*args, **kwargs)
         except SemisegError as exc:
-            text = exc.message if isinstance(exc, DataError) else str(exc)
+            text = original = exc.message if isinstance(exc, DataError) else str(exc)
             for cli, api in API_WORDS:
                 text = text.replace(cli, api)
-            if text == (exc.message if isinstance(exc, DataError) else str(exc)):
+            if text == original:
                 raise
             raise (DataError(exc.path, text) if isinstance(exc, DataError) else type(exc)(text)) from None
 
@@ -76,8 +76,7 @@ def _config(config: str | os.PathLike | dict, overrides: dict[str, Any] | None, 
     raw, source = (_plain(config), "config") if isinstance(config, dict) else (load_yaml(config), str(config))
     sets = []
     for key, value in (overrides or {}).items():
-        if isinstance(value, np.generic):  # numpy scalars (np.int64(1)) as plain Python values
-            value = value.item()
+        value = _plain(value)  # numpy scalars (np.int64(1)) as plain Python values
         try:
             text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
         except yaml.YAMLError:
@@ -117,36 +116,16 @@ class Run:
     def evaluate(self, split: str = "test", checkpoint: str | os.PathLike | None = None) -> dict[str, float]:
         """Every metric's mean over ``split`` ("val" or "test") for ``best.pt`` (or ``checkpoint``);
         ``None`` where no case defines it, as in ``metrics``."""
-        import json
-
         from semiseg.data import prepare_data
         from semiseg.engine.run import check_recorded_split, evaluate_trained, load_trained, split_records
-        from semiseg.io import strict_json
+        from semiseg.io import json_values
 
         method, cfg, state = load_trained(checkpoint or self.checkpoint, "cpu")
         data = prepare_data(cfg, self.data_root)
         split_records(data, split)  # a bad split name or an empty split first
         check_recorded_split(data, [split], checkpoint or self.checkpoint)  # the cases the run recorded
         means, _, _ = evaluate_trained(method, cfg, state, data, split, method_device(method))
-        return json.loads(strict_json(means))
-
-
-def _global_rngs(restore: tuple | None = None) -> tuple:
-    """The torch CPU, NumPy and Python random states (and the GPUs', only if this process has already
-    started CUDA: reading them would start it); with ``restore``, set them back first."""
-    import random
-
-    import torch
-
-    if restore is not None:
-        cpu, numpy_state, python, gpus = restore
-        torch.set_rng_state(cpu)
-        np.random.set_state(numpy_state)
-        random.setstate(python)
-        if gpus is not None:
-            torch.cuda.set_rng_state_all(gpus)
-    gpus = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    return torch.get_rng_state(), np.random.get_state(), random.getstate(), gpus
+        return json_values(means)
 
 
 @_api_words
@@ -194,23 +173,26 @@ def train(
     """Train a recipe (a YAML path, a built-in recipe's name, a dict or a ``RunConfig``) with ``overrides``
     (dotted keys, e.g. ``{"train.lr": 0.01}``) as ``semiseg train`` does, and return the :class:`Run`.
     The caller's global random generators (torch CPU, NumPy, Python) are left as they were."""
-    import json
+    import torch
 
+    from semiseg.engine.checkpoint import rng_state, set_rng_state
     from semiseg.engine.run import train as run_training
     from semiseg.errors import ConfigError
-    from semiseg.io import strict_json
+    from semiseg.io import json_values
 
     for name, flag in (("quick", quick), ("resume", resume)):
         if not isinstance(flag, bool):  # resume="no" would be true
             raise ConfigError(f"{name}: True or False, got {flag!r}")
     cfg = _config(config, overrides, quick)
     out = Path(output_dir or cfg.output_dir).absolute()  # the Run still finds it after os.chdir
-    caller = _global_rngs()  # training seeds the global generators: the caller's streams go on after it
+    # training seeds the global generators: the caller's streams go on after it (the GPUs' only if
+    # this process has started CUDA: reading their states would start it)
+    caller = rng_state(cuda=torch.cuda.is_initialized())
     try:
         metrics = run_training(cfg, data_root=data_root, output_dir=out, resume=resume)
     finally:
-        _global_rngs(caller)
-    return Run(out, cfg, json.loads(strict_json(metrics)), data_root)  # as metrics.json holds them (null)
+        set_rng_state(caller)
+    return Run(out, cfg, json_values(metrics), data_root)  # as metrics.json holds them (None for null)
 
 
 class Model:

@@ -155,29 +155,36 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, write)
 
 
+def json_values(obj: Any) -> Any:
+    """``obj`` (dicts, lists, numbers) as strict JSON holds it: NaN and ±inf as ``None``, numeric
+    scalars of other libraries (NumPy, 0-d tensors) as plain numbers.
+
+    Examples:
+        >>> json_values({"hd95": float("nan"), "dice": 0.5, "cases": [2]})
+        {'hd95': None, 'dice': 0.5, 'cases': [2]}
+    """
+    if isinstance(obj, dict):
+        return {k: json_values(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_values(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, numbers.Integral):
+        return int(obj)
+    try:
+        value = float(obj)
+    except (TypeError, ValueError):
+        return obj
+    return value if math.isfinite(value) else None
+
+
 def strict_json(obj: Any, **kwargs: Any) -> str:
-    """``json.dumps`` of ``obj`` as strict JSON: NaN and ±inf become ``null`` (``jq``, JavaScript and
-    most JSON libraries refuse Python's bare ``NaN``), numeric scalars of other libraries (NumPy,
-    0-d tensors) plain numbers. For the files users read: ``metrics.json``, ``evaluate -o``.
+    """``json.dumps`` of :func:`json_values` of ``obj``: ``null`` for NaN and ±inf (``jq``, JavaScript
+    and most JSON libraries refuse Python's bare ``NaN``). For the files users read:
+    ``metrics.json``, ``evaluate -o``.
 
     Examples:
         >>> strict_json({"hd95": float("nan"), "dice": 0.5, "cases": 2})
         '{"hd95": null, "dice": 0.5, "cases": 2}'
     """
-
-    def clean(x: Any) -> Any:
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [clean(v) for v in x]
-        if x is None or isinstance(x, (bool, str)):
-            return x
-        if isinstance(x, numbers.Integral):
-            return int(x)
-        try:
-            value = float(x)
-        except (TypeError, ValueError):
-            return x
-        return value if math.isfinite(value) else None
-
-    return json.dumps(clean(obj), allow_nan=False, **kwargs)
+    return json.dumps(json_values(obj), allow_nan=False, **kwargs)

@@ -57,8 +57,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def rng_state() -> dict[str, Any]:
-    """The global RNG states as tensors and plain values (weights-only loadable)."""
+def rng_state(cuda: bool = True) -> dict[str, Any]:
+    """The global RNG states as tensors and plain values (weights-only loadable); the GPUs' too when
+    ``cuda`` and CUDA is available (reading them starts CUDA)."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     version, internal, gauss_next = random.getstate()
     state = {
@@ -66,7 +67,7 @@ def rng_state() -> dict[str, Any]:
         "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
         "python": [version, list(internal), gauss_next],
     }
-    if torch.cuda.is_available():
+    if cuda and torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
         state["cuda_current"] = torch.cuda.get_rng_state()  # the generator this process draws from
     return state

@@ -98,6 +98,10 @@ def test_predict_matches_the_cli_and_bad_inputs_are_one_line_errors(tmp_path):
             np.zeros((32, 32, 1)),
             r"looks like \[H, W, C\] \(channels last\); .* pass \[H, W\] \(array\[\.\.\., 0\]\)",
         ),
+        (  # a volume, channels last: the same advice ((16, 16, 8, 1) was read as 16 channels)
+            np.zeros((16, 16, 8, 1)),
+            r"looks like \[D, H, W, C\] \(channels last\); .* pass \[D, H, W\] \(array\[\.\.\., 0\]\)",
+        ),
         (np.full((16, 16), np.nan), "NaN or infinite values"),
         (np.array([]), "expected a non-empty numeric array"),
         (np.array([["a"]]), "expected a non-empty numeric array"),

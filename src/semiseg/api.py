@@ -323,23 +323,24 @@ class Model:
         if array.dtype.kind not in "biuf" or array.size == 0:
             raise DataError(None, f"predict: expected a non-empty numeric array, got {array.dtype} of shape "
                                   f"{array.shape}")  # fmt: skip
-        if (
-            array.ndim == 3
+        if (  # [H, W, C] or [D, H, W, C]: channels last (a small last axis after large ones)
+            array.ndim in (3, 4)
             and array.shape[-1] in (1, 3, 4)
-            and min(array.shape[:2]) > 4
+            and min(array.shape[-3:-1]) > 4
             and channels != array.shape[0]
         ):
-            last = array.shape[-1]
+            last, axes = array.shape[-1], ("H, W" if array.ndim == 3 else "D, H, W")
             if channels == 1:
-                advice = "the model reads 1 channel: pass [H, W]" + (
+                advice = f"the model reads 1 channel: pass [{axes}]" + (
                     " (array[..., 0])" if last == 1 else ", in grey"
                 )
             elif last == channels:
-                advice = "pass [C, H, W] (array.transpose(2, 0, 1))"
+                order = ", ".join(str(i) for i in (array.ndim - 1, *range(array.ndim - 1)))
+                advice = f"pass [C, {axes}] (array.transpose({order}))"
             else:
-                advice = f"the model reads {channels} channels: pass [{channels}, H, W]"
-            raise DataError(None, f"predict: an array of shape {array.shape} looks like [H, W, C] (channels last); "
-                                  f"{advice}")  # fmt: skip
+                advice = f"the model reads {channels} channels: pass [{channels}, {axes}]"
+            raise DataError(None, f"predict: an array of shape {array.shape} looks like [{axes}, C] (channels "
+                                  f"last); {advice}")  # fmt: skip
         if array.dtype == np.uint8:
             array = array.astype(np.float32) / 255.0
         array = array.astype(np.float32, copy=False)

@@ -174,3 +174,50 @@ def test_a_run_without_best_pt_points_at_last_pt(tmp_path):
     assert run.checkpoint == tmp_path / "last.pt"
     (tmp_path / "best.pt").write_bytes(b"")
     assert run.checkpoint == tmp_path / "best.pt"
+
+
+def test_arrays_are_scaled_as_the_training_files_were(tmp_path):
+    """A model trained on a folder of 16-bit PNGs (min-max per image) or NIfTI volumes (min-max per
+    volume) predicts from the raw array as from the file; before, such arrays went in unscaled."""
+    from PIL import Image
+
+    nib = pytest.importorskip("nibabel")
+    rng = np.random.default_rng(3)
+    root, volumes = tmp_path / "png16", tmp_path / "nifti"
+    for folder in (root, volumes):
+        (folder / "images").mkdir(parents=True)
+        (folder / "masks").mkdir()
+    for i in range(6):
+        image = rng.integers(0, 1200, (24, 24)).astype(np.uint16)  # 12-bit content, low
+        mask = np.zeros((24, 24), np.uint8)
+        mask[4 + i : 14 + i, 5:15] = 1
+        image[mask == 1] += 2500
+        Image.fromarray(image).save(root / "images" / f"c{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"c{i}.png")
+        if i < 4:  # volumes (x, y, z) of CT-like values, spacing 0.7 x 0.7 x 3
+            affine = np.diag([0.7, 0.7, 3.0, 1.0])
+            volume = rng.normal(-500, 100, (16, 12, 4)).astype(np.float32)
+            volume[4 + i : 10 + i, 3:9] += 900
+            nib.save(nib.Nifti1Image(volume, affine), str(volumes / "images" / f"v{i}.nii.gz"))
+            nib.save(
+                nib.Nifti1Image((volume > 0).astype(np.uint8), affine),
+                str(volumes / "masks" / f"v{i}.nii.gz"),
+            )
+    train = {"epochs": 1, "batch_size": 2, "iters_per_epoch": 2, "progress": False, "plots": False}
+    model_cfg = {"name": "unet", "width": 4, "depth": 2}
+    for folder, size, read in (
+        (root, [24, 24], lambda p: np.asarray(Image.open(p))),
+        (volumes, [16, 16], lambda p: nib.load(str(p)).get_fdata(dtype=np.float32).transpose(2, 1, 0)),
+    ):
+        run = semiseg.train(
+            {"data": {"dataset": "folder", "path": str(folder), "image_size": size}, "model": model_cfg,
+             "train": train}, output_dir=tmp_path / f"run-{folder.name}",
+        )  # fmt: skip
+        model = semiseg.load(run.checkpoint)
+        path = sorted((folder / "images").iterdir())[0]
+        raw = read(path)
+        assert raw.max() > 2 or raw.min() < -2, "the raw values are beyond [0, 1]"
+        by_path, by_array = model.probabilities(path), model.probabilities(raw)
+        if by_path.ndim == 4:  # NIfTI: the file's (x, y, z) order back; the array's is (z, y, x)
+            by_array = by_array.transpose(0, 3, 2, 1)
+        np.testing.assert_allclose(by_array, by_path, atol=1e-5)

@@ -259,9 +259,11 @@ class Model:
         ``image``: a file (PNG/JPG/TIFF/NPY, read as ``semiseg predict`` reads it; or a NIfTI volume,
         scaled as ``data.intensity`` says, whose maps come back in the file's (x, y, z) axis order, as
         ``semiseg predict`` writes them), or an array ``[H, W]`` / ``[C, H, W]`` (2D model) or
-        ``[D, H, W]`` / ``[C, D, H, W]`` (volume) scaled as the training images were (uint8 arrays
-        are divided by 255; other integer arrays, e.g. 16-bit, go in as they are, whereas a 16-bit
-        file is min-max scaled as training read it: scale such arrays yourself).
+        ``[D, H, W]`` / ``[C, D, H, W]`` (volume). For a model trained on a folder or nnU-Net dataset,
+        an array is scaled as training scaled the files (``data.intensity``; with "auto" an image as
+        a ``.npy`` file of its dtype: uint8 ÷ 255, 16-bit or float min-max; a volume each channel
+        min-max, as a NIfTI file); for a built-in dataset, uint8 arrays are divided by 255 and other
+        arrays go in as they are (scaled as the dataset's images were).
         """
         import torch
 
@@ -341,9 +343,6 @@ class Model:
                 advice = f"the model reads {channels} channels: pass [{channels}, {axes}]"
             raise DataError(None, f"predict: an array of shape {array.shape} looks like [{axes}, C] (channels "
                                   f"last); {advice}")  # fmt: skip
-        if array.dtype == np.uint8:
-            array = array.astype(np.float32) / 255.0
-        array = array.astype(np.float32, copy=False)
         if not np.isfinite(array).all():
             raise DataError(None, "predict: the array has NaN or infinite values")
         # a 3D model takes volumes; a 2D model images, or volumes [C, D, H, W] slice by slice (a
@@ -358,8 +357,26 @@ class Model:
             want = "[C, D, H, W]" if volume else "[C, H, W]"
             raise DataError(None, f"predict: an array of shape {np.shape(image)} does not fit a model of "
                                   f"{channels} channel(s) ({want})")  # fmt: skip
-        return np.ascontiguousarray(array), None
+        return np.ascontiguousarray(self._scaled(array, volume)), None
 
+    def _scaled(self, array: np.ndarray, volume: bool) -> np.ndarray:
+        """An array scaled as training scaled the files it read (``data.intensity`` of a folder or
+        nnU-Net dataset: an image as a ``.npy`` file of its dtype, a volume each channel on its own
+        as a NIfTI file); for the built-in datasets, uint8 ÷ 255 and other dtypes as they are."""
+        from semiseg.config import predict_intensity
+        from semiseg.data.io import normalize_intensity, scale_array
+
+        if self.cfg is None or self.cfg.data.dataset not in FILE_DATASETS:
+            return array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
+        mode = predict_intensity(self.cfg)
+        if volume:
+            return np.stack([normalize_intensity(c, "minmax" if mode == "auto" else mode) for c in array])
+        return scale_array(array, mode)
+
+
+#: datasets whose training read image files scaled by ``data.intensity``: arrays handed to
+#: :meth:`Model.predict` are scaled as those files were
+FILE_DATASETS = ("folder", "nnunet")
 
 #: the precisions a checkpoint's network can predict in
 DTYPES = ("float32", "bfloat16")

@@ -187,11 +187,33 @@ def read_image(path: str | os.PathLike, channels: str = "auto", intensity: str =
         arr = np.tensordot(_LUMA_WEIGHTS, arr, axes=1)[None]
     elif channels == "rgb" and arr.shape[0] == 1:
         arr = np.repeat(arr, 3, axis=0)
+    return _scaled(arr, full_scale, intensity)
+
+
+def _scaled(arr: np.ndarray, full_scale: float | None, intensity: str) -> np.ndarray:
+    """The last scaling step of :func:`read_image` (after any division by the full scale)."""
     if intensity != "auto":
         arr = normalize_intensity(arr, intensity)
     elif full_scale is None:
         arr = normalize_intensity(arr, "minmax")
     return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def scale_array(arr: np.ndarray, intensity: str = "auto") -> np.ndarray:
+    """An image array ``[C, H, W]`` scaled as :func:`read_image` scales a ``.npy`` file holding it:
+    its dtype decides ``"auto"`` (uint8 ÷ 255, bool as 0 / 1, other dtypes min-max per image).
+
+    Examples:
+        >>> scale_array(np.array([[[0, 1000, 4000]]], dtype=np.uint16))
+        array([[[0.  , 0.25, 1.  ]]], dtype=float32)
+    """
+    if intensity not in INTENSITY_MODES:
+        raise ConfigError(f"intensity must be one of {', '.join(INTENSITY_MODES)}; got {intensity!r}")
+    full_scale = 255.0 if arr.dtype == np.uint8 else 1.0 if arr.dtype == np.bool_ else None
+    out = np.asarray(arr, dtype=np.float32)
+    if intensity == "auto" and full_scale not in (None, 1.0):
+        out = out / full_scale
+    return _scaled(out, full_scale, intensity)
 
 
 def read_model_image(

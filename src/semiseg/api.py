@@ -262,8 +262,9 @@ class Model:
         ``[D, H, W]`` / ``[C, D, H, W]`` (volume). For a model trained on a folder or nnU-Net dataset,
         an array is scaled as training scaled the files (``data.intensity``; with "auto" an image as
         a ``.npy`` file of its dtype: uint8 ÷ 255, 16-bit or float min-max; a volume each channel
-        min-max, as a NIfTI file); for a built-in dataset, uint8 arrays are divided by 255 and other
-        arrays go in as they are (scaled as the dataset's images were).
+        min-max, as a NIfTI file; a 2D model trained on volumes scaled each volume as a whole, so
+        pass it the volume, not one slice); for a built-in dataset, uint8 arrays are divided by 255
+        and other arrays go in as they are (scaled as the dataset's images were).
         """
         import torch
 

@@ -155,6 +155,60 @@ def build_scheduler(
 PARTIAL_MASK_SHARE = 0.25
 
 
+def check_supervision(cfg: RunConfig, method, data, task: str) -> None:
+    """One-line config errors for labels the run could never learn from: labeled items without the
+    masks the method learns from (unless a regulariser on them reads what they carry), or a
+    regulariser on a task whose outputs it does not take, on streams the split leaves empty, or
+    reading weak labels none of its streams has."""
+
+    def kind(ds) -> str | None:  # the stream's supervision kind (stand-in datasets of tools may not say)
+        given = getattr(ds, "kind", None)
+        return None if given is None else Supervision(int(given)).name.lower()
+
+    present = {"labeled": data.labeled, "unlabeled": data.unlabeled}
+    labeled = kind(data.labeled)
+    if labeled is not None and method.learns_from is not None and labeled not in method.learns_from:
+        if not any("labeled" in r.streams and labeled in r.spec.weak_labels() for r in method.regularizers):
+            raise ConfigError(
+                f"data.split.supervision: '{labeled}' gives the labeled images no masks, and method "
+                f"'{cfg.method['name']}' learns from {' or '.join(method.learns_from)} masks (weak "
+                "labels of the unlabeled images: data.split.unlabeled_supervision)"
+            )
+    weak = kind(data.unlabeled) if data.unlabeled is not None else None
+    if weak in ("tag", "size"):
+        read = set(method.unlabeled_labels_read())
+        read |= {k for r in method.regularizers if "unlabeled" in r.streams for k in r.spec.weak_labels()}
+        if weak not in read:
+            raise ConfigError(
+                f"data.split.unlabeled_supervision: '{weak}' labels the unlabeled images, and nothing in this "
+                f"run reads them (method '{cfg.method['name']}' does not; a regulariser on the unlabeled "
+                "images that does, e.g. size with source: data, or unlabeled_supervision: none)"
+            )
+    for reg in method.regularizers:
+        where = f"method.regularizers: '{reg.name}'"
+        if task not in reg.spec.tasks:
+            raise ConfigError(
+                f"{where} acts on segmentation maps, and data.dataset '{cfg.data.dataset}' is a "
+                "classification dataset"
+            )
+        if reg.spec.learns_from is not None and labeled is not None and labeled not in reg.spec.learns_from:
+            raise ConfigError(
+                f"{where} learns shapes from {' or '.join(reg.spec.learns_from)} masks, and "
+                f"data.split.supervision: '{labeled}' gives the labeled images none"
+            )
+        seen = [s for s in reg.streams if present.get(s) is not None]
+        if not seen:
+            raise ConfigError(
+                f"{where} looks at the {' and '.join(reg.streams)} images, and data.split leaves none"
+            )
+        needs, kinds = reg.spec.weak_labels(), [kind(present[s]) for s in seen]
+        if needs and None not in kinds and not set(kinds) & set(needs):
+            raise ConfigError(
+                f"{where} reads {' / '.join(needs)} labels, and none of its streams ({', '.join(seen)}) carries "
+                "them (data.split.supervision / unlabeled_supervision)"
+            )
+
+
 class Trainer:
     """Runs ``method`` on ``data`` as ``cfg`` says, writing everything under ``output_dir``."""
 
@@ -203,7 +257,9 @@ class Trainer:
         valid = metric_keys(self.num_classes, FAST_METRICS, task)
         if cfg.train.val_metric not in valid:
             raise ConfigError(f"train.val_metric: '{cfg.train.val_metric}' is not one of {', '.join(valid)}")
-        self._check_supervision(method, data, task)
+        check_supervision(cfg, method, data, task)
+        if getattr(data.labeled, "kind", None) == Supervision.DENSE:
+            self._check_whole_masks(method, data)  # a folder's masks may hold unlabeled pixels
         self._stream_sets: dict[StreamSpec, Any] = {}
         for ph in self.phases:
             for spec in self.stream_specs(ph):
@@ -283,67 +339,6 @@ class Trainer:
         if phase.epoch_iters == "pass" and plan is not None and first in plan.subsets:
             return max(1, math.ceil(len(plan.subsets[first]) / self.cfg.train.batch_size))
         return self.phase_iters(phase)
-
-    def _check_supervision(self, method, data, task: str) -> None:
-        """One-line config errors for labels the run could never learn from: labeled items without the
-        masks the method learns from (unless a regulariser on them reads what they carry), or a
-        regulariser on a task whose outputs it does not take, on streams the split leaves empty, or
-        reading weak labels none of its streams has."""
-
-        def kind(ds) -> str | None:  # the stream's supervision kind (stand-in datasets of tools may not say)
-            given = getattr(ds, "kind", None)
-            return None if given is None else Supervision(int(given)).name.lower()
-
-        present = {"labeled": data.labeled, "unlabeled": data.unlabeled}
-        labeled = kind(data.labeled)
-        if labeled is not None and method.learns_from is not None and labeled not in method.learns_from:
-            if not any(
-                "labeled" in r.streams and labeled in r.spec.weak_labels() for r in method.regularizers
-            ):
-                raise ConfigError(
-                    f"data.split.supervision: '{labeled}' gives the labeled images no masks, and method "
-                    f"'{self.cfg.method['name']}' learns from {' or '.join(method.learns_from)} masks (weak "
-                    "labels of the unlabeled images: data.split.unlabeled_supervision)"
-                )
-        weak = kind(data.unlabeled) if data.unlabeled is not None else None
-        if weak in ("tag", "size"):
-            read = set(method.unlabeled_labels_read())
-            read |= {k for r in method.regularizers if "unlabeled" in r.streams for k in r.spec.weak_labels()}
-            if weak not in read:
-                raise ConfigError(
-                    f"data.split.unlabeled_supervision: '{weak}' labels the unlabeled images, and nothing in this "
-                    f"run reads them (method '{self.cfg.method['name']}' does not; a regulariser on the unlabeled "
-                    "images that does, e.g. size with source: data, or unlabeled_supervision: none)"
-                )
-        if labeled == "dense":  # a folder's masks may still hold unlabeled pixels (data.mask_unlabeled)
-            self._check_whole_masks(method, data)
-        for reg in method.regularizers:
-            where = f"method.regularizers: '{reg.name}'"
-            if task not in reg.spec.tasks:
-                raise ConfigError(
-                    f"{where} acts on segmentation maps, and data.dataset '{self.cfg.data.dataset}' is a "
-                    "classification dataset"
-                )
-            if (
-                reg.spec.learns_from is not None
-                and labeled is not None
-                and labeled not in reg.spec.learns_from
-            ):
-                raise ConfigError(
-                    f"{where} learns shapes from {' or '.join(reg.spec.learns_from)} masks, and "
-                    f"data.split.supervision: '{labeled}' gives the labeled images none"
-                )
-            seen = [s for s in reg.streams if present.get(s) is not None]
-            if not seen:
-                raise ConfigError(
-                    f"{where} looks at the {' and '.join(reg.streams)} images, and data.split leaves none"
-                )
-            needs, kinds = reg.spec.weak_labels(), [kind(present[s]) for s in seen]
-            if needs and None not in kinds and not set(kinds) & set(needs):
-                raise ConfigError(
-                    f"{where} reads {' / '.join(needs)} labels, and none of its streams ({', '.join(seen)}) carries "
-                    "them (data.split.supervision / unlabeled_supervision)"
-                )
 
     def _check_whole_masks(self, method, data) -> None:
         """A DataError naming the first labeled mask that is mostly unlabeled (more than

@@ -85,6 +85,63 @@ def test_console_script_is_installed():
 
 
 # ------------------------------------------------------------------------------------------ end to end
+def test_flip_tta_from_the_cli_and_the_config(tmp_path, capsys):
+    """--tta flip on evaluate / predict (the metrics JSON says which); inference.tta in the config
+    applies to the run's final evaluation, and a resume may change it (validation does not use it)."""
+    recipe = write_recipe(tmp_path / "shapes.yaml", SHAPES)
+    out = tmp_path / "run"
+    assert main(["train", "-c", recipe, "-o", str(out), "--set", "train.epochs=1"]) == 0
+    plain, flipped = tmp_path / "plain.json", tmp_path / "flip.json"
+    ckpt = str(out / "best.pt")
+    assert main(["evaluate", "--checkpoint", ckpt, "-o", str(plain)]) == 0
+    assert main(["evaluate", "--checkpoint", ckpt, "--tta", "flip", "-o", str(flipped)]) == 0
+    plain, flipped = json.loads(plain.read_text()), json.loads(flipped.read_text())
+    assert plain["tta"] == "none" and flipped["tta"] == "flip"
+    assert flipped["metrics"] != plain["metrics"]  # four network calls averaged: other probabilities
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray((np.random.default_rng(0).random((30, 40)) * 255).astype(np.uint8)).save(images / "a.png")
+    masks = {}
+    for tta in ("none", "flip"):
+        target = tmp_path / f"masks-{tta}"
+        assert (
+            main(["predict", "--checkpoint", ckpt, "--input", str(images), "-o", str(target), "--tta", tta])
+            == 0
+        )
+        masks[tta] = np.asarray(Image.open(target / "a.png"))
+    assert masks["none"].shape == masks["flip"].shape == (30, 40)
+    capsys.readouterr()
+    # in the config: the final test scores are the flipped ones; a resume with tta changed is allowed
+    assert (
+        main(
+            ["train", "-c", recipe, "-o", str(out), "--set", "train.epochs=1", "--set", "inference.tta=flip"]
+        )
+        == 0
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["dice/mean"] == pytest.approx(flipped["metrics"]["dice/mean"], abs=1e-6)
+    assert main(["train", "-c", recipe, "-o", str(out), "--resume", "--set", "train.epochs=2"]) == 0
+    capsys.readouterr()
+    refused = tmp_path / "moons"
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                "ssldec-moons",
+                "--quick",
+                "--set",
+                "inference.tta=flip",
+                "-o",
+                str(refused),
+            ]
+        )
+        == 2
+    )
+    assert_one_line_error(capsys, "train", "inference.tta: 'flip' applies to segmentations", "'moons'")
+    assert not refused.exists()
+
+
 def test_train_evaluate_predict(tmp_path, capsys):
     recipe = write_recipe(tmp_path / "shapes.yaml", SHAPES)
     out = tmp_path / "run"

@@ -76,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", "-o", help="write the metrics JSON here")
     p.add_argument("--device", default="auto")
+    p.add_argument("--tta", choices=["none", "flip"], default=None,
+                   help="test-time augmentation: flip = mean logits over every flip of the spatial axes "
+                        "(4 network calls per 2D image, 8 per volume; default: the run's inference.tta)")  # fmt: skip
 
     p = sub.add_parser("predict", help="segment a folder of images into PNG masks")
     source = p.add_mutually_exclusive_group(required=True)
@@ -89,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="a checkpoint's precision: bfloat16 autocast is 1.45-1.76x faster on CPUs with "
                         "bfloat16 instructions (benchmarks/results/speed.md); ONNX models run in float32")  # fmt: skip
     p.add_argument("--threads", type=int, help="intra-op threads (PyTorch or onnxruntime; default: theirs)")
+    p.add_argument("--tta", choices=["none", "flip"], default=None,
+                   help="test-time augmentation: flip = mean logits over every flip of the spatial axes "
+                        "(4 network calls per 2D image, 8 per volume; default: the run's inference.tta)")  # fmt: skip
 
     p = sub.add_parser("export", help="export a checkpoint's network (ONNX) for fast CPU inference")
     p.add_argument("--checkpoint", required=True, help="the trained run's best.pt (or last.pt)")
@@ -207,6 +213,7 @@ def cmd_evaluate(args) -> int:
         check_file_target(args.output)
     device = resolve_device(args.device, where="--device")
     method, cfg, state = load_trained(args.checkpoint, device)
+    cfg = _with_tta(cfg, args.tta)
     data = prepare_data(cfg, args.data_root)
     split_records(data, args.split)  # an empty split fails before any tuning
     read = {args.split, "val"} if args.postprocess == "mrf" else {args.split}  # the MRF tunes on val
@@ -218,6 +225,8 @@ def cmd_evaluate(args) -> int:
         raise ConfigError(
             f"--postprocess {args.postprocess}: applies to segmentations, not to classification"
         )
+    if data.bundle.task == "classify" and cfg.inference.tta != "none":
+        raise ConfigError(f"--tta {cfg.inference.tta}: applies to segmentations, not to classification")
     if data.bundle.task != "classify":
         postprocess, post_info = build_postprocess(args, method, cfg, data, device, state)
     means, cases, records = evaluate_trained(method, cfg, state, data, args.split, device, postprocess)
@@ -226,6 +235,7 @@ def cmd_evaluate(args) -> int:
         "checkpoint": str(args.checkpoint),
         "split": args.split,
         "postprocess": post_info,
+        "tta": cfg.inference.tta,
         "n": len(records),
         "metrics": means,
         "undefined": undefined,  # per metric: the cases its mean leaves out (nan, e.g. HD95 of a missed class)
@@ -289,6 +299,15 @@ def build_postprocess(args, method, cfg, data, device, state=None):
     return MRFPostprocess(weight, contrast_sigma=args.mrf_contrast_sigma), info
 
 
+def _with_tta(cfg, tta: str | None):
+    """``cfg`` with ``inference.tta`` set from ``--tta`` (``None``: the run's own)."""
+    import dataclasses
+
+    if tta is None:
+        return cfg
+    return dataclasses.replace(cfg, inference=dataclasses.replace(cfg.inference, tta=tta))
+
+
 def cmd_predict(args) -> int:
     from semiseg.api import Model
     from semiseg.engine.predict import CLASSES_FILE, is_classifier, predict_folder
@@ -302,8 +321,15 @@ def cmd_predict(args) -> int:
         raise ConfigError(f"--checkpoint: {path} is an ONNX model (give it to --model)")
     model = Model(path, args.device, args.dtype, args.threads)  # .onnx or a checkpoint
     classify = is_classifier(model.network, model.state, model.device)
+    cfg = model.cfg
+    if args.tta is not None:
+        if cfg is None:
+            raise ConfigError(f"--tta: {path} carries no run config to apply it to")
+        if classify and args.tta != "none":
+            raise ConfigError(f"--tta {args.tta}: applies to segmentations, not to classification")
+        cfg = _with_tta(cfg, args.tta)
     n = predict_folder(
-        model.network, model.state, args.input, args.output, model.device, model.cfg, classify=classify
+        model.network, model.state, args.input, args.output, model.device, cfg, classify=classify
     )
     if classify:
         print(f"wrote the classes of {n} images to {Path(args.output) / CLASSES_FILE}")

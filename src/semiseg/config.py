@@ -327,6 +327,10 @@ class InferenceConfig:
     blend: Literal["gaussian", "constant", "trim"] = "gaussian"
     sigma_scale: float = 0.125  #: Gaussian blending: sigma as a share of the window side
     batch_size: int = 4  #: windows per network call
+    #: test-time augmentation of evaluate, predict and the Python API (not of validation while
+    #: training): "flip" = the mean logits over every combination of flips along the spatial axes (4
+    #: network calls per 2D image or window, 8 per 3D one; nnU-Net's mirroring), "none" = one call
+    tta: Literal["none", "flip"] = "none"
 
 
 @dataclass

@@ -93,3 +93,65 @@ def test_bad_settings_raise(kwargs, match):
 def test_window_dimensions_must_match_the_input():
     with pytest.raises(ValueError, match="does not match"):
         Inferer("sliding", roi=(4, 4))(conv_net(3), torch.rand(1, 1, 4, 4, 4))
+
+
+def _ramp(x: torch.Tensor) -> torch.Tensor:
+    """Not flip-equivariant: two classes from the input plus a ramp along every spatial axis."""
+    ramp = sum(torch.arange(n, dtype=x.dtype).view(*([1] * a), n, *([1] * (x.ndim - 3 - a))) for a, n in
+               enumerate(x.shape[2:]))  # fmt: skip
+    return torch.cat([x[:, :1] + ramp, -x[:, :1]], dim=1)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 5, 7), (1, 1, 3, 4, 6)])
+def test_flip_tta_is_the_mean_over_every_flip_combination_flipped_back(shape):
+    import itertools
+
+    from semiseg.engine.inference import FlipAverage
+
+    x = torch.randn(shape)
+    axes = range(2, x.ndim)
+    combos = [c for n in range(len(axes) + 1) for c in itertools.combinations(axes, n)]
+    assert len(combos) == 2 ** (x.ndim - 2)
+    expected = sum(_ramp(x.flip(c)).flip(c) for c in combos) / len(combos)
+    got = FlipAverage(_ramp)(x)
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(got, _ramp(x))  # the ramp is not equivariant: the average differs
+    conv = nn.Conv2d(1, 2, 3, padding=1) if x.ndim == 4 else nn.Conv3d(1, 2, 3, padding=1)
+    with torch.no_grad():  # a symmetric kernel commutes with flips: the average is the network's output
+        conv.weight.copy_(torch.ones_like(conv.weight))
+        torch.testing.assert_close(FlipAverage(conv)(x), conv(x))
+
+
+def test_flip_tta_refuses_class_vectors():
+    from semiseg.engine.inference import FlipAverage
+    from semiseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"inference.tta: 'flip' flips class maps back.*use tta none"):
+        FlipAverage(lambda x: x.mean(dim=(2, 3)))(torch.zeros(1, 3, 4, 4))
+
+
+def test_build_predict_applies_tta_to_evaluation_not_to_validation_and_per_window():
+    from semiseg.config import build_config
+    from semiseg.engine.inference import build_predict
+
+    calls = []
+
+    def predict(x):
+        calls.append(tuple(x.shape))
+        return _ramp(x)
+
+    cfg = build_config({"inference": {"tta": "flip"}})
+    x = torch.randn(1, 1, 8, 8)
+    build_predict(predict, cfg, validation=True)(x)
+    assert len(calls) == 1
+    calls.clear()
+    build_predict(predict, cfg)(x)
+    assert len(calls) == 4
+    calls.clear()
+    cfg = build_config({"inference": {"tta": "flip", "overlap": 0.0, "batch_size": 1}, "model": {"spatial_dims": 3},
+                        "data": {"image_size": [4, 8, 8], "patch_size": [4, 4, 8]}})  # fmt: skip
+    out = build_predict(predict, cfg)(torch.randn(1, 1, 4, 8, 8))  # a 3D model: sliding windows
+    assert len(calls) == 16 and set(calls) == {(1, 1, 4, 4, 8)}  # 2 windows x 8 flips
+    assert out.shape == (1, 2, 4, 8, 8)
+    calls.clear()
+    assert build_predict(predict, build_config({}))(x).shape == (1, 2, 8, 8) and len(calls) == 1

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Inferer", "build_predict", "window_starts"]
+__all__ = ["FlipAverage", "Inferer", "build_predict", "window_starts"]
 
 BLENDS = ("gaussian", "constant", "trim")
 
@@ -133,13 +133,49 @@ class Inferer:
         return out
 
 
+class FlipAverage:
+    """Test-time augmentation by flips: the mean of ``predict``'s logits over every combination of
+    flips along the spatial axes of its input, each flipped back (2^d calls for d spatial axes, as
+    nnU-Net's mirroring). A network equivariant to flips gives its own output.
+
+    Examples:
+        >>> tta = FlipAverage(lambda x: x * 2)
+        >>> bool(torch.equal(tta(torch.arange(6.0).view(1, 1, 2, 3)), torch.arange(6.0).view(1, 1, 2, 3) * 2))
+        True
+    """
+
+    def __init__(self, predict: Callable[[torch.Tensor], torch.Tensor]):
+        self.predict = predict
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        axes = range(2, x.ndim)
+        total = None
+        flips = [c for n in range(len(axes) + 1) for c in itertools.combinations(axes, n)]
+        for dims in flips:
+            out = self.predict(x.flip(dims) if dims else x)
+            if out.ndim != x.ndim:
+                from semiseg.errors import ConfigError
+
+                raise ConfigError(
+                    f"inference.tta: 'flip' flips class maps back, and the model gives outputs of shape "
+                    f"{list(out.shape)} (a class per image): use tta none"
+                )
+            out = out.flip(dims) if dims else out
+            total = out.float() if total is None else total + out.float()
+        return total / len(flips)
+
+
 def build_predict(
-    predict: Callable[[torch.Tensor], torch.Tensor], cfg
+    predict: Callable[[torch.Tensor], torch.Tensor], cfg, validation: bool = False
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The network call of evaluation for a run's config ``cfg``: ``predict`` itself for 2D models
     and ``inference.mode: whole``; otherwise ``predict`` through sliding windows of
-    ``data.patch_size`` (``inference.mode`` "auto" with a 3D model, or "sliding")."""
+    ``data.patch_size`` (``inference.mode`` "auto" with a 3D model, or "sliding"). With
+    ``inference.tta: flip`` each call (each window) is a :class:`FlipAverage`, except for validation
+    while training (``validation``)."""
     inf = cfg.inference
+    if inf.tta == "flip" and not validation:
+        predict = FlipAverage(predict)
     sliding = inf.mode == "sliding" or (inf.mode == "auto" and cfg.model.spatial_dims == 3)
     target = cfg.data.target_spacing
     if not sliding and target is None:

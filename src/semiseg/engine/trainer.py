@@ -66,6 +66,7 @@ RESUMABLE_CHANGES = (
     "data.cache_mib",
     "data.cache_dir",
     "train.logger",
+    "inference.tta",  # evaluation after training only (validation runs without it)
 )
 #: learning-rate schedules that depend on the run length (a resumed run cannot lengthen them)
 LENGTH_DEPENDENT = ("cosine", "poly", "linear")
@@ -240,6 +241,11 @@ class Trainer:
             raise ConfigError(
                 f"method '{cfg.method['name']}' does not {task} ({', '.join(method.tasks)} only) but "
                 f"data.dataset '{cfg.data.dataset}' is a {kind} dataset"
+            )
+        if task == "classify" and cfg.inference.tta != "none":
+            raise ConfigError(
+                f"inference.tta: '{cfg.inference.tta}' applies to segmentations, and data.dataset "
+                f"'{cfg.data.dataset}' is a classification dataset"
             )
         if not data.val and any(ph.validate for ph in self.phases):
             raise DataError(
@@ -641,7 +647,7 @@ class Trainer:
                 self.method.train()
                 return own
         means, _ = evaluate_split(
-            build_predict(self.method.predict, self.cfg),
+            build_predict(self.method.predict, self.cfg, validation=True),
             self.data.val,
             task=self.data.bundle.task,
             num_classes=self.num_classes,

@@ -221,3 +221,24 @@ def test_arrays_are_scaled_as_the_training_files_were(tmp_path):
         if by_path.ndim == 4:  # NIfTI: the file's (x, y, z) order back; the array's is (z, y, x)
             by_array = by_array.transpose(0, 3, 2, 1)
         np.testing.assert_allclose(by_array, by_path, atol=1e-5)
+
+
+def test_load_with_flip_tta_averages_the_flipped_predictions(tmp_path):
+    run = semiseg.train(
+        {"data": {"dataset": "shapes", "image_size": [32, 32], "num_images": 12, "split": {"labeled": 4}},
+         "model": {"name": "unet", "width": 4, "depth": 2},
+         "train": {"epochs": 1, "batch_size": 4, "iters_per_epoch": 2, "progress": False, "plots": False}},
+        output_dir=tmp_path / "run",
+    )  # fmt: skip
+    image = np.random.default_rng(0).random((32, 40)).astype(np.float32)
+    plain, flip = semiseg.load(run.checkpoint), semiseg.load(run.checkpoint, tta="flip")
+    logits = [
+        torch.from_numpy(plain.probabilities(np.ascontiguousarray(image[:: a or 1, :: b or 1]))).log()
+        for a in (None, -1)
+        for b in (None, -1)
+    ]  # softmax logits up to a constant per pixel: log-probabilities average the same way
+    mean = sum(lg.flip(d) if d else lg for lg, d in zip(logits, [(), (2,), (1,), (1, 2)])) / 4  # flipped back
+    np.testing.assert_allclose(flip.probabilities(image), torch.softmax(mean, 0).numpy(), atol=1e-5)
+    assert not np.allclose(flip.probabilities(image), plain.probabilities(image), atol=1e-4)
+    with pytest.raises(ConfigError, match=r"^tta: must be one of none, flip, not 'mirror'$"):
+        semiseg.load(run.checkpoint, tta="mirror")

@@ -203,12 +203,18 @@ class Model:
     float32 on the development CPU with no pixel changing class, ``benchmarks/results/speed.md``;
     slower on CPUs without bfloat16 instructions); an ONNX model runs in float32. ``threads`` sets
     the intra-op threads (PyTorch's for the whole process, or the onnxruntime session's); None keeps
-    the default.
+    the default. ``tta`` ("none" or "flip") overrides the run's ``inference.tta`` (test-time
+    augmentation by flips, segmentation only); None keeps it.
     """
 
     @_api_words
     def __init__(
-        self, path: str | os.PathLike, device: str = "cpu", dtype: str = "float32", threads: int | None = None
+        self,
+        path: str | os.PathLike,
+        device: str = "cpu",
+        dtype: str = "float32",
+        threads: int | None = None,
+        tta: str | None = None,
     ):
         import torch
 
@@ -247,6 +253,12 @@ class Model:
             method, self.cfg, self.state = load_trained(path, self.device)
             method.float()  # the saved float32 weights, whatever the caller's default dtype
             self.network = method.predict if dtype == "float32" else _autocast(method.predict, self.device)
+        if tta is not None:
+            from semiseg.config import with_tta
+
+            if self.cfg is None:
+                raise ConfigError(f"tta: {path} carries no run config to apply it to")
+            self.cfg = with_tta(self.cfg, tta, where="tta")
         self.path, self.dtype = path, dtype
 
     @property
@@ -395,8 +407,12 @@ def _autocast(predict, device):
 
 
 def load(
-    path: str | os.PathLike, device: str = "cpu", dtype: str = "float32", threads: int | None = None
+    path: str | os.PathLike,
+    device: str = "cpu",
+    dtype: str = "float32",
+    threads: int | None = None,
+    tta: str | None = None,
 ) -> Model:
     """A trained model for prediction: a checkpoint (``best.pt``) or an exported ``model.onnx``
-    (``dtype`` and ``threads`` as for :class:`Model`)."""
-    return Model(path, device, dtype, threads)
+    (``dtype``, ``threads`` and ``tta`` as for :class:`Model`)."""
+    return Model(path, device, dtype, threads, tta)

@@ -202,6 +202,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from semiseg.config import with_tta
     from semiseg.data import prepare_data
     from semiseg.engine.distributed import resolve_device
     from semiseg.engine.run import check_recorded_split, evaluate_trained, load_trained, split_records
@@ -213,7 +214,8 @@ def cmd_evaluate(args) -> int:
         check_file_target(args.output)
     device = resolve_device(args.device, where="--device")
     method, cfg, state = load_trained(args.checkpoint, device)
-    cfg = _with_tta(cfg, args.tta)
+    if args.tta is not None:
+        cfg = with_tta(cfg, args.tta)
     data = prepare_data(cfg, args.data_root)
     split_records(data, args.split)  # an empty split fails before any tuning
     read = {args.split, "val"} if args.postprocess == "mrf" else {args.split}  # the MRF tunes on val
@@ -299,17 +301,9 @@ def build_postprocess(args, method, cfg, data, device, state=None):
     return MRFPostprocess(weight, contrast_sigma=args.mrf_contrast_sigma), info
 
 
-def _with_tta(cfg, tta: str | None):
-    """``cfg`` with ``inference.tta`` set from ``--tta`` (``None``: the run's own)."""
-    import dataclasses
-
-    if tta is None:
-        return cfg
-    return dataclasses.replace(cfg, inference=dataclasses.replace(cfg.inference, tta=tta))
-
-
 def cmd_predict(args) -> int:
     from semiseg.api import Model
+    from semiseg.config import with_tta
     from semiseg.engine.predict import CLASSES_FILE, is_classifier, predict_folder
     from semiseg.errors import ConfigError
 
@@ -327,7 +321,7 @@ def cmd_predict(args) -> int:
             raise ConfigError(f"--tta: {path} carries no run config to apply it to")
         if classify and args.tta != "none":
             raise ConfigError(f"--tta {args.tta}: applies to segmentations, not to classification")
-        cfg = _with_tta(cfg, args.tta)
+        cfg = with_tta(cfg, args.tta)
     n = predict_folder(
         model.network, model.state, args.input, args.output, model.device, cfg, classify=classify
     )

@@ -593,6 +593,17 @@ _FIXED_INTENSITY = (
 PREDICT_INTENSITY = {"la2018": "zscore", "moons": "none"}
 
 
+def with_tta(cfg: RunConfig, tta: str, where: str = "--tta") -> RunConfig:
+    """``cfg`` with ``inference.tta`` set to ``tta`` (checked; ``where`` names the option in errors)."""
+    import dataclasses
+    import typing
+
+    choices = typing.get_args(typing.get_type_hints(InferenceConfig)["tta"])
+    if tta not in choices:
+        raise ConfigError(f"{where}: must be one of {', '.join(choices)}, not {tta!r}")
+    return dataclasses.replace(cfg, inference=dataclasses.replace(cfg.inference, tta=tta))
+
+
 def predict_intensity(cfg: RunConfig | None) -> str:
     """How a trained run's prediction scales image and NIfTI inputs (:data:`PREDICT_INTENSITY`, else
     ``data.intensity``; "auto" without a run configuration)."""

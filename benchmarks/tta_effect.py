@@ -23,17 +23,19 @@ from typing import Any
 import torch
 
 
-def score(run: Path, data_root: str | None, tta: str) -> tuple[dict[str, float], float]:
-    """Validation means of ``run``'s best.pt with ``inference.tta`` = ``tta``, and the seconds taken."""
+def score(run: Path, data_root: str | None, tta: str) -> tuple[dict[str, float], dict[str, int], float]:
+    """Validation means of ``run``'s best.pt with ``inference.tta`` = ``tta``, the number of cases
+    each mean leaves out (undefined, e.g. HD95 of a missed class), and the seconds taken."""
     from semiseg.data import prepare_data
     from semiseg.engine.run import evaluate_trained, load_trained
+    from semiseg.metrics import undefined_counts
 
     method, cfg, state = load_trained(run / "best.pt", torch.device("cpu"))
     cfg = dataclasses.replace(cfg, inference=dataclasses.replace(cfg.inference, tta=tta))
     data = prepare_data(cfg, data_root)
     start = time.perf_counter()
-    means, _, _ = evaluate_trained(method, cfg, state, data, "val", torch.device("cpu"))
-    return means, time.perf_counter() - start
+    means, cases, _ = evaluate_trained(method, cfg, state, data, "val", torch.device("cpu"))
+    return means, undefined_counts(cases), time.perf_counter() - start
 
 
 def spread(values: list[float]) -> dict[str, Any]:
@@ -69,6 +71,7 @@ def render(res: dict[str, Any], prov: str) -> str:
     ]
     if res["config"].get("note"):
         lines[3:3] = ["", res["config"]["note"]]
+    left_out = []
     for r in res["rows"]:
         d, h = r["summary"][metrics[0]], r["summary"][metrics[1]]
         n = d["none"]["n"]
@@ -77,6 +80,12 @@ def render(res: dict[str, Any], prov: str) -> str:
             f"{fmt(d['flip_minus_none'], 100)} | {fmt(h['none'], 1)} | {fmt(h['flip'], 1)} | "
             f"{fmt(h['flip_minus_none'], 1)} | {r['time_ratio']:.2f} |"
         )
+        if "undefined" in r["runs"][0]["none"]:
+            counts = {t: [run[t]["undefined"][metrics[1]] for run in r["runs"]] for t in ("none", "flip")}
+            left_out.append(f"{r['label']}: none {counts['none']}, flip {counts['flip']}")
+    if left_out:
+        lines += ["", f"Validation cases each run's `{metrics[1]}` leaves out (undefined: a class missed or "
+                      "predicted where absent), per run: " + "; ".join(left_out) + "."]  # fmt: skip
     lines += ["", "Reproduce: `" + " ".join(["python benchmarks/tta_effect.py", *(f'--row "{x}"' for x in rows),
                                              "--data-root ../shared/data"]) + "`", "", prov, ""]  # fmt: skip
     return "\n".join(lines)
@@ -115,8 +124,9 @@ def main() -> None:
         for d in dirs.split(","):
             run = {"run": d}
             for tta in ("none", "flip"):  # interleaved per run
-                means, seconds = score(Path(d), args.data_root, tta)
+                means, undefined, seconds = score(Path(d), args.data_root, tta)
                 run[tta] = {m: means.get(m) for m in metrics} | {"seconds": round(seconds, 2)}
+                run[tta]["undefined"] = {m: undefined.get(m, 0) for m in metrics}
             print(label, d, {t: run[t] for t in ("none", "flip")}, flush=True)
             runs.append(run)
         summary = {}

@@ -221,6 +221,14 @@ def test_arrays_are_scaled_as_the_training_files_were(tmp_path):
         if by_path.ndim == 4:  # NIfTI: the file's (x, y, z) order back; the array's is (z, y, x)
             by_array = by_array.transpose(0, 3, 2, 1)
         np.testing.assert_allclose(by_array, by_path, atol=1e-5)
+        if folder == root:  # trained on image files: a stack [D, H, W] is scaled slice by slice, as files
+            assert model.state["volumes"] is False
+            stack = np.stack([read(p) for p in sorted((folder / "images").iterdir())[:3]])
+            stacked = model.probabilities(stack)
+            for d in range(3):
+                np.testing.assert_allclose(stacked[:, d], model.probabilities(stack[d]), atol=1e-5)
+        else:
+            assert model.state["volumes"] is True
 
 
 def test_load_with_flip_tta_averages_the_flipped_predictions(tmp_path):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -111,15 +112,20 @@ def test_flip_tta_from_the_cli_and_the_config(tmp_path, capsys):
         masks[tta] = np.asarray(Image.open(target / "a.png"))
     assert masks["none"].shape == masks["flip"].shape == (30, 40)
     capsys.readouterr()
-    # in the config: the final test scores are the flipped ones; a resume with tta changed is allowed
-    assert (
-        main(
-            ["train", "-c", recipe, "-o", str(out), "--set", "train.epochs=1", "--set", "inference.tta=flip"]
-        )
-        == 0
-    )
+    # in the config: the final test scores are the flipped ones, and best.pt carries the setting
+    flip_run = ["train", "-c", recipe, "-o", str(out), "--set", "inference.tta=flip"]
+    assert main([*flip_run, "--set", "train.epochs=1"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["dice/mean"] == pytest.approx(flipped["metrics"]["dice/mean"], abs=1e-6)
+    assert torch.load(out / "best.pt", weights_only=True)["config"]["inference"]["tta"] == "flip"
+    capsys.readouterr()
+    # a resume may not change it (best.pt would keep the old setting; --tta on evaluate / predict does)
+    assert main(["train", "-c", recipe, "-o", str(out), "--resume", "--set", "train.epochs=2"]) == 2
+    assert_one_line_error(capsys, "train", "config differs from the checkpoint at 'inference.tta'")
+    # a checkpoint written before a config key existed resumes: the key takes its default
+    state = torch.load(out / "last.pt", weights_only=True)
+    del state["config"]["inference"]["tta"]
+    torch.save(state, out / "last.pt")
     assert main(["train", "-c", recipe, "-o", str(out), "--resume", "--set", "train.epochs=2"]) == 0
     capsys.readouterr()
     refused = tmp_path / "moons"

@@ -204,7 +204,9 @@ class Model:
     slower on CPUs without bfloat16 instructions); an ONNX model runs in float32. ``threads`` sets
     the intra-op threads (PyTorch's for the whole process, or the onnxruntime session's); None keeps
     the default. ``tta`` ("none" or "flip") overrides the run's ``inference.tta`` (test-time
-    augmentation by flips, segmentation only); None keeps it.
+    augmentation by flips, segmentation only); None keeps it. A threshold chosen on validation
+    (``train.threshold: val``) applies as stored, also when it was chosen under another ``tta``
+    (``state["decision"]["tta"]`` says which).
     """
 
     @_api_words
@@ -256,8 +258,6 @@ class Model:
         if tta is not None:
             from semiseg.config import with_tta
 
-            if self.cfg is None:
-                raise ConfigError(f"tta: {path} carries no run config to apply it to")
             self.cfg = with_tta(self.cfg, tta, where="tta")
         self.path, self.dtype = path, dtype
 
@@ -275,8 +275,9 @@ class Model:
         an array is scaled as training scaled the files (``data.intensity``; with "auto" an image as
         a ``.npy`` file of its dtype: uint8 ÷ 255, 16-bit or float min-max; a volume each channel
         min-max, as a NIfTI file; a 2D model trained on volumes scaled each volume as a whole, so
-        pass it the volume, not one slice); for a built-in dataset, uint8 arrays are divided by 255
-        and other arrays go in as they are (scaled as the dataset's images were).
+        pass it the volume, not one slice; a 2D model trained on image files scales each slice of a
+        volume array as such a file); for a built-in dataset, uint8 arrays are divided by 255 and
+        other arrays go in as they are (scaled as the dataset's images were).
         """
         import torch
 
@@ -382,8 +383,10 @@ class Model:
         if self.cfg is None or self.cfg.data.dataset not in FILE_DATASETS:
             return array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
         mode = predict_intensity(self.cfg)
-        if volume:
+        if volume and (len(self.state["image_size"]) == 3 or self.state.get("volumes") is not False):
             return np.stack([normalize_intensity(c, "minmax" if mode == "auto" else mode) for c in array])
+        if volume:  # a 2D model trained on image files: each slice as such a file
+            return np.stack([scale_array(array[:, d], mode) for d in range(array.shape[1])], axis=1)
         return scale_array(array, mode)
 
 

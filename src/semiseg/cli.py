@@ -78,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--tta", choices=["none", "flip"], default=None,
                    help="test-time augmentation: flip = mean logits over every flip of the spatial axes "
-                        "(4 network calls per 2D image, 8 per volume; default: the run's inference.tta)")  # fmt: skip
+                        "(4 network calls per 2D image or slice, 8 per 3D volume or window; default: the run's "
+                        "inference.tta)")  # fmt: skip
 
     p = sub.add_parser("predict", help="segment a folder of images into PNG masks")
     source = p.add_mutually_exclusive_group(required=True)
@@ -94,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="intra-op threads (PyTorch or onnxruntime; default: theirs)")
     p.add_argument("--tta", choices=["none", "flip"], default=None,
                    help="test-time augmentation: flip = mean logits over every flip of the spatial axes "
-                        "(4 network calls per 2D image, 8 per volume; default: the run's inference.tta)")  # fmt: skip
+                        "(4 network calls per 2D image or slice, 8 per 3D volume or window; default: the run's "
+                        "inference.tta)")  # fmt: skip
 
     p = sub.add_parser("export", help="export a checkpoint's network (ONNX) for fast CPU inference")
     p.add_argument("--checkpoint", required=True, help="the trained run's best.pt (or last.pt)")
@@ -252,6 +254,14 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _note_threshold_tta(decision: dict, cfg) -> None:
+    """A note when the stored validation threshold was chosen under another ``inference.tta``."""
+    chosen = decision.get("tta", "none")  # thresholds stored before TTA existed: chosen without it
+    if chosen != cfg.inference.tta:
+        print(f"note: the stored threshold {decision['threshold']:g} was chosen on validation with tta {chosen}; "
+              f"this run applies it with tta {cfg.inference.tta}", file=sys.stderr)  # fmt: skip
+
+
 def build_postprocess(args, method, cfg, data, device, state=None):
     """The ``--postprocess`` callable and a description of it (with the MRF weight tuning, if any); with
     none, the threshold stored in the checkpoint (``train.threshold: val``), if any."""
@@ -264,6 +274,7 @@ def build_postprocess(args, method, cfg, data, device, state=None):
         decision = (state or {}).get("decision")
         if decision is None:
             return None, info
+        _note_threshold_tta(decision, cfg)
         from semiseg.engine.decision import ThresholdPostprocess
 
         return ThresholdPostprocess(decision["threshold"]), {"name": "threshold", **decision}
@@ -317,11 +328,11 @@ def cmd_predict(args) -> int:
     classify = is_classifier(model.network, model.state, model.device)
     cfg = model.cfg
     if args.tta is not None:
-        if cfg is None:
-            raise ConfigError(f"--tta: {path} carries no run config to apply it to")
         if classify and args.tta != "none":
             raise ConfigError(f"--tta {args.tta}: applies to segmentations, not to classification")
         cfg = with_tta(cfg, args.tta)
+    if model.state.get("decision") and not classify:
+        _note_threshold_tta(model.state["decision"], cfg)
     n = predict_folder(
         model.network, model.state, args.input, args.output, model.device, cfg, classify=classify
     )

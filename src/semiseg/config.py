@@ -329,7 +329,8 @@ class InferenceConfig:
     batch_size: int = 4  #: windows per network call
     #: test-time augmentation of evaluate, predict and the Python API (not of validation while
     #: training): "flip" = the mean logits over every combination of flips along the spatial axes (4
-    #: network calls per 2D image or window, 8 per 3D one; nnU-Net's mirroring), "none" = one call
+    #: network calls per 2D image or slice, 8 per 3D volume or window; nnU-Net's mirroring), "none" =
+    #: one call; a resume may not change it (the checkpoints carry it)
     tta: Literal["none", "flip"] = "none"
 
 

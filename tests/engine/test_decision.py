@@ -58,6 +58,15 @@ def test_a_run_stores_the_threshold_and_scores_with_it(tmp_path, make_config, ca
     report = json.loads((tmp_path / "e.json").read_text())
     assert report["postprocess"]["name"] == "threshold"
     assert report["metrics"]["dice/1"] == pytest.approx(results["test"]["dice/1"])
+    # the threshold records the test-time augmentation it was chosen under; applied under another,
+    # evaluate says so
+    assert decision["tta"] == "none"
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "best.pt"), "--tta", "flip"]) == 0
+    err = capsys.readouterr().err
+    assert (
+        f"note: the stored threshold {decision['threshold']:g} was chosen on validation with tta none" in err
+    )
+    assert "applies it with tta flip" in err
 
 
 def test_more_than_two_classes_refuse_a_threshold(tmp_path, make_config):

@@ -30,7 +30,7 @@ TOLERANCE = 1e-4
 METADATA_KEY = "semiseg"
 METADATA_FORMAT = 1
 #: checkpoint entries kept in the model's metadata (besides the config)
-STATE_KEYS = ("num_classes", "in_channels", "class_names", "image_size", "dataset", "decision")
+STATE_KEYS = ("num_classes", "in_channels", "class_names", "image_size", "dataset", "decision", "volumes")
 
 
 def _need(module: str, what: str):

@@ -345,7 +345,7 @@ def choose_threshold(method, data, cfg: RunConfig, device, best_path: Path | Non
     with torch.no_grad():
         probs = predict_records(build_predict(method.predict, cfg), data.val, cfg.data.image_size, device)
     threshold, table = tune_threshold(probs, [r.mask for r in data.val])
-    decision = {"threshold": threshold, "metric": "jaccard", "split": "val", "n": len(data.val),
+    decision = {"threshold": threshold, "metric": "jaccard", "split": "val", "n": len(data.val), "tta": cfg.inference.tta,
                 "val_jaccard": table[threshold], "val_jaccard_at_0.5": table[0.5]}  # fmt: skip
     if best_path is not None and best_path.is_file():
         state = load_checkpoint(best_path, device)

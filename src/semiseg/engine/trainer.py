@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from semiseg.config import OptimizerConfig, RunConfig, to_dict
+from semiseg.config import OptimizerConfig, RunConfig, from_dict, to_dict
 from semiseg.core import IGNORE_INDEX, Batch, Supervision
 from semiseg.data import PreparedData
 from semiseg.data.splits import stable_hash
@@ -66,7 +66,6 @@ RESUMABLE_CHANGES = (
     "data.cache_mib",
     "data.cache_dir",
     "train.logger",
-    "inference.tta",  # evaluation after training only (validation runs without it)
 )
 #: learning-rate schedules that depend on the run length (a resumed run cannot lengthen them)
 LENGTH_DEPENDENT = ("cosine", "poly", "linear")
@@ -538,9 +537,16 @@ class Trainer:
             "class_names": b.class_names,
             "image_size": list(self.cfg.data.image_size),
             "dataset": b.name,
+            #: the training data were volumes (a 2D model then read their slices, each volume scaled as a
+            #: whole): the Python API scales an array [D, H, W] for it the same way
+            "volumes": any(r.ndim == 4 for r in b.train[:1]),
         }
 
     def _check_resume_config(self, saved: dict[str, Any]) -> None:
+        try:  # keys added to the config since the run started take their defaults (the old behaviour)
+            saved = to_dict(from_dict(RunConfig, copy.deepcopy(saved)))
+        except ConfigError:
+            pass  # a key since removed or renamed: compared as saved, and named below
         now, then = _flatten(to_dict(self.cfg)), _flatten(saved)
         for key in sorted(set(now) | set(then)):
             if key.startswith(RESUMABLE_CHANGES) or key == "train.epochs":

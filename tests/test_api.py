@@ -250,3 +250,10 @@ def test_load_with_flip_tta_averages_the_flipped_predictions(tmp_path):
     assert not np.allclose(flip.probabilities(image), plain.probabilities(image), atol=1e-4)
     with pytest.raises(ConfigError, match=r"^tta: must be one of none, flip, not 'mirror'$"):
         semiseg.load(run.checkpoint, tta="mirror")
+    classifier = semiseg.train(  # a point classifier: refused when loaded, not at its first prediction
+        "ssldec-moons", {"method.pretrain_epochs": 1, "method.max_rounds": 0, "train.progress": False},
+        output_dir=tmp_path / "moons",
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^tta: 'flip' applies to segmentations, and .* is a classifier$"):
+        semiseg.load(classifier.checkpoint, tta="flip")
+    assert semiseg.load(classifier.checkpoint, tta="none").cfg.inference.tta == "none"

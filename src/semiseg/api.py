@@ -257,8 +257,11 @@ class Model:
             self.network = method.predict if dtype == "float32" else _autocast(method.predict, self.device)
         if tta is not None:
             from semiseg.config import with_tta
+            from semiseg.engine.predict import is_classifier
 
             self.cfg = with_tta(self.cfg, tta, where="tta")
+            if tta != "none" and is_classifier(self.network, self.state, self.device):
+                raise ConfigError(f"tta: {tta!r} applies to segmentations, and {path} is a classifier")
         self.path, self.dtype = path, dtype
 
     @property

@@ -371,3 +371,22 @@ def test_unlabeled_to_ignore_relabels_only_the_unlabeled_value():
     assert out.dtype == np.int64
     assert out.tolist() == [[0, 1], [IGNORE_INDEX, 2]]
     assert unlabeled_to_ignore(mask, None).tolist() == [[0, 1], [255, 2]]
+
+
+def test_scale_array_scales_an_array_as_read_image_scales_a_npy_file_of_it(tmp_path):
+    from semiseg.data.io import scale_array
+
+    rng = np.random.default_rng(0)
+    arrays = [
+        rng.integers(0, 255, (1, 5, 6), dtype=np.uint8),
+        rng.integers(100, 4000, (1, 5, 6)).astype(np.uint16),
+        rng.normal(size=(3, 5, 6)).astype(np.float32),
+        rng.random((1, 5, 6)) > 0.5,
+        np.ones((1, 5, 6), bool),  # constant: min-max gives 0, as for the file
+    ]
+    for i, arr in enumerate(arrays):
+        np.save(tmp_path / f"a{i}.npy", arr)
+        for mode in ("auto", "zscore", "none"):
+            np.testing.assert_array_equal(
+                scale_array(arr, mode), read_image(tmp_path / f"a{i}.npy", intensity=mode)
+            )

@@ -201,7 +201,7 @@ def _scaled(arr: np.ndarray, full_scale: float | None, intensity: str) -> np.nda
 
 def scale_array(arr: np.ndarray, intensity: str = "auto") -> np.ndarray:
     """An image array ``[C, H, W]`` scaled as :func:`read_image` scales a ``.npy`` file holding it:
-    its dtype decides ``"auto"`` (uint8 ÷ 255, bool as 0 / 1, other dtypes min-max per image).
+    its dtype decides ``"auto"`` (uint8 ÷ 255, other dtypes, bool included, min-max per image).
 
     Examples:
         >>> scale_array(np.array([[[0, 1000, 4000]]], dtype=np.uint16))
@@ -209,9 +209,9 @@ def scale_array(arr: np.ndarray, intensity: str = "auto") -> np.ndarray:
     """
     if intensity not in INTENSITY_MODES:
         raise ConfigError(f"intensity must be one of {', '.join(INTENSITY_MODES)}; got {intensity!r}")
-    full_scale = 255.0 if arr.dtype == np.uint8 else 1.0 if arr.dtype == np.bool_ else None
+    full_scale = 255.0 if arr.dtype == np.uint8 else None  # as _npy_image
     out = np.asarray(arr, dtype=np.float32)
-    if intensity == "auto" and full_scale not in (None, 1.0):
+    if intensity == "auto" and full_scale is not None:
         out = out / full_scale
     return _scaled(out, full_scale, intensity)
 

@@ -14,7 +14,6 @@ the test split is not read.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import time
 from pathlib import Path
@@ -23,18 +22,25 @@ from typing import Any
 import torch
 
 
-def score(run: Path, data_root: str | None, tta: str) -> tuple[dict[str, float], dict[str, int], float]:
-    """Validation means of ``run``'s best.pt with ``inference.tta`` = ``tta``, the number of cases
-    each mean leaves out (undefined, e.g. HD95 of a missed class), and the seconds taken."""
+def load_run(run: Path, data_root: str | None) -> tuple[Any, Any, dict, Any]:
+    """``run``'s best.pt (method, config, checkpoint) and its prepared data, read once for both settings."""
     from semiseg.data import prepare_data
-    from semiseg.engine.run import evaluate_trained, load_trained
-    from semiseg.metrics import undefined_counts
+    from semiseg.engine.run import load_trained
 
     method, cfg, state = load_trained(run / "best.pt", torch.device("cpu"))
-    cfg = dataclasses.replace(cfg, inference=dataclasses.replace(cfg.inference, tta=tta))
-    data = prepare_data(cfg, data_root)
+    return method, cfg, state, prepare_data(cfg, data_root)
+
+
+def score(loaded: tuple[Any, Any, dict, Any], tta: str) -> tuple[dict[str, float], dict[str, int], float]:
+    """Validation means of a :func:`load_run` with ``inference.tta`` = ``tta``, the number of cases
+    each mean leaves out (undefined, e.g. HD95 of a missed class), and the seconds taken."""
+    from semiseg.config import with_tta
+    from semiseg.engine.run import evaluate_trained
+    from semiseg.metrics import undefined_counts
+
+    method, cfg, state, data = loaded
     start = time.perf_counter()
-    means, cases, _ = evaluate_trained(method, cfg, state, data, "val", torch.device("cpu"))
+    means, cases, _ = evaluate_trained(method, with_tta(cfg, tta), state, data, "val", torch.device("cpu"))
     return means, undefined_counts(cases), time.perf_counter() - start
 
 
@@ -122,9 +128,9 @@ def main() -> None:
         label, _, dirs = spec.partition("=")
         runs = []
         for d in dirs.split(","):
-            run = {"run": d}
+            run, loaded = {"run": d}, load_run(Path(d), args.data_root)
             for tta in ("none", "flip"):  # interleaved per run
-                means, undefined, seconds = score(Path(d), args.data_root, tta)
+                means, undefined, seconds = score(loaded, tta)
                 run[tta] = {m: means.get(m) for m in metrics} | {"seconds": round(seconds, 2)}
                 run[tta]["undefined"] = {m: undefined.get(m, 0) for m in metrics}
             print(label, d, {t: run[t] for t in ("none", "flip")}, flush=True)

@@ -38,6 +38,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _add_tta(p: argparse.ArgumentParser) -> None:
+    """The ``--tta`` option of evaluate and predict."""
+    p.add_argument("--tta", choices=["none", "flip"], default=None,
+                   help="test-time augmentation: flip = mean logits over every flip of the spatial axes "
+                        "(4 network calls per 2D image or slice, 8 per 3D volume or window; default: the run's "
+                        "inference.tta)")  # fmt: skip
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="semiseg", description="Segmentation learning when dense labels are scarce.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -76,10 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", "-o", help="write the metrics JSON here")
     p.add_argument("--device", default="auto")
-    p.add_argument("--tta", choices=["none", "flip"], default=None,
-                   help="test-time augmentation: flip = mean logits over every flip of the spatial axes "
-                        "(4 network calls per 2D image or slice, 8 per 3D volume or window; default: the run's "
-                        "inference.tta)")  # fmt: skip
+    _add_tta(p)
 
     p = sub.add_parser("predict", help="segment a folder of images into PNG masks")
     source = p.add_mutually_exclusive_group(required=True)
@@ -93,10 +98,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="a checkpoint's precision: bfloat16 autocast is 1.45-1.76x faster on CPUs with "
                         "bfloat16 instructions (benchmarks/results/speed.md); ONNX models run in float32")  # fmt: skip
     p.add_argument("--threads", type=int, help="intra-op threads (PyTorch or onnxruntime; default: theirs)")
-    p.add_argument("--tta", choices=["none", "flip"], default=None,
-                   help="test-time augmentation: flip = mean logits over every flip of the spatial axes "
-                        "(4 network calls per 2D image or slice, 8 per 3D volume or window; default: the run's "
-                        "inference.tta)")  # fmt: skip
+    _add_tta(p)
 
     p = sub.add_parser("export", help="export a checkpoint's network (ONNX) for fast CPU inference")
     p.add_argument("--checkpoint", required=True, help="the trained run's best.pt (or last.pt)")
